@@ -1,0 +1,697 @@
+//! Apply: carrying out a plan against the providers.
+//!
+//! The plan's changes become steps in a DAG. A step starts as soon as the steps it
+//! depends on are done (not level by level), up to a parallelism limit. A failed step
+//! skips only the steps that depend on it; everything else goes on, and the report
+//! lists every step's outcome.
+//!
+//! Ordering rules:
+//! - create and update after the resources they depend on;
+//! - a replacement creates the new resource first, moves dependents to it, then deletes
+//!   the old one (create-before-delete); with delete-before-replace the old one and any
+//!   dependents replaced the same way are deleted first;
+//! - a delete waits for everything that depended on the resource in state to be deleted
+//!   or moved off it: the dependencies recorded in state, because a removed resource is
+//!   no longer in the program.
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use cairn_state::{Props, ResourceState, StackState, StoredOptions, Urn};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::error::{Error, Result};
+use crate::input::Prop;
+use crate::plan::{Action, Change, Plan, Summary, PLAN_FORMAT};
+use crate::provider::{Observed, ProviderError, Providers};
+
+/// How to apply.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// How many provider operations may run at once. Default 16; `usize::MAX` for no
+    /// limit.
+    pub parallelism: usize,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions { parallelism: 16 }
+    }
+}
+
+/// What one step did to a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOp {
+    /// Created it.
+    Create,
+    /// Updated it in place.
+    Update,
+    /// Created the replacement of an existing resource.
+    CreateReplacement,
+    /// Deleted the resource a replacement replaced.
+    DeleteReplaced,
+    /// Deleted it.
+    Delete,
+}
+
+/// How a step ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum StepStatus {
+    /// The provider call succeeded.
+    Done,
+    /// Nothing needed doing once unknown values were known (a "may replace" that did
+    /// not), or a retained resource was forgotten without a call.
+    NoOp {
+        /// Why no call was made.
+        reason: String,
+    },
+    /// The provider call failed or timed out. The cloud MAY have changed.
+    Failed {
+        /// The provider's message.
+        error: String,
+    },
+    /// Not attempted because a step it depends on failed.
+    Skipped {
+        /// The resource whose failure caused the skip.
+        because: Urn,
+    },
+}
+
+/// One step's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// The resource.
+    pub urn: Urn,
+    /// What the step did.
+    pub op: StepOp,
+    /// How it ended.
+    #[serde(flatten)]
+    pub status: StepStatus,
+    /// How long the provider call took.
+    #[serde(with = "secs")]
+    pub elapsed: Duration,
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs_f64(f64::deserialize(d)?))
+    }
+}
+
+/// The result of an apply: every step's outcome and the new state.
+#[derive(Clone, Debug)]
+pub struct ApplyReport {
+    /// Every step, in the order they finished.
+    pub steps: Vec<StepReport>,
+    /// The state after the apply, whatever failed: persist it.
+    pub state: StackState,
+    /// What was actually done, per action (a failed or skipped step counts nowhere).
+    pub summary: Summary,
+    /// Wall time of the whole apply.
+    pub elapsed: Duration,
+}
+
+impl ApplyReport {
+    /// Whether every step succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.failures().next().is_none()
+    }
+
+    /// The failed and skipped steps.
+    pub fn failures(&self) -> impl Iterator<Item = &StepReport> {
+        self.steps.iter().filter(|s| matches!(s.status, StepStatus::Failed { .. } | StepStatus::Skipped { .. }))
+    }
+}
+
+struct Step {
+    change: usize,
+    op: StepOp,
+    deps: Vec<usize>,
+}
+
+/// A finished provider call.
+enum CallResult {
+    Created(Observed, Props),
+    Updated(Observed, Props),
+    Deleted,
+}
+
+/// Applies `plan` to the resources recorded in `state`.
+///
+/// Refuses a plan made against another state (lineage or serial differ) before any
+/// provider call. Otherwise returns a report even when steps fail.
+pub async fn apply(plan: &Plan, state: &StackState, providers: &Providers, options: &ApplyOptions) -> Result<ApplyReport> {
+    let started = Instant::now();
+    if plan.format != PLAN_FORMAT {
+        return Err(Error::program(&plan.stack, format!("unsupported plan format '{}', expected '{PLAN_FORMAT}'", plan.format)));
+    }
+    if plan.base.lineage != state.lineage || plan.base.serial != state.serial {
+        return Err(Error::StalePlan {
+            planned: plan.base.serial,
+            planned_lineage: plan.base.lineage.clone(),
+            current: state.serial,
+            current_lineage: state.lineage.clone(),
+        });
+    }
+    if plan.stack != state.stack {
+        return Err(Error::WrongStack { expected: plan.stack.clone(), found: state.stack.clone() });
+    }
+    for change in plan.changed() {
+        if providers.for_token(&change.ty).is_none() && !(change.options.retain_on_delete && change.action == Action::Delete) {
+            return Err(Error::NoProvider {
+                package: change.ty.split(':').next().unwrap_or_default().to_owned(),
+                urn: change.urn.clone(),
+            });
+        }
+    }
+
+    let steps = build_steps(plan, state)?;
+    let mut run = Run::new(plan, state, providers, &steps);
+    run.execute(options.parallelism.max(1)).await;
+    Ok(run.into_report(started))
+}
+
+/// Turns changes into steps and their dependencies.
+fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut fwd: HashMap<&Urn, usize> = HashMap::new();
+    let mut dels: HashMap<&Urn, Vec<usize>> = HashMap::new();
+    let mut delete_old: HashMap<&Urn, usize> = HashMap::new();
+    for (ci, c) in plan.changes.iter().enumerate() {
+        let mut push = |op| {
+            steps.push(Step { change: ci, op, deps: Vec::new() });
+            steps.len() - 1
+        };
+        match c.action {
+            Action::Same => {}
+            Action::Create => {
+                fwd.insert(&c.urn, push(StepOp::Create));
+            }
+            Action::Update => {
+                fwd.insert(&c.urn, push(StepOp::Update));
+            }
+            Action::Replace => {
+                fwd.insert(&c.urn, push(StepOp::CreateReplacement));
+                let d = push(StepOp::DeleteReplaced);
+                delete_old.insert(&c.urn, d);
+                dels.entry(&c.urn).or_default().push(d);
+            }
+            Action::Delete => {
+                let d = push(StepOp::Delete);
+                dels.entry(&c.urn).or_default().push(d);
+            }
+        }
+    }
+
+    // Who depended on whom when state was written.
+    let mut state_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::new();
+    for r in &state.resources {
+        for d in &r.dependencies {
+            state_dependents.entry(d).or_default().push(&r.urn);
+        }
+    }
+    // Who depends on whom in the plan.
+    let mut plan_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::new();
+    for c in plan.changes.iter().filter(|c| c.action != Action::Delete) {
+        for d in &c.dependencies {
+            plan_dependents.entry(d).or_default().push(&c.urn);
+        }
+    }
+
+    for s in 0..steps.len() {
+        let c = &plan.changes[steps[s].change];
+        let mut deps = Vec::new();
+        match steps[s].op {
+            StepOp::Create | StepOp::Update | StepOp::CreateReplacement => {
+                deps.extend(c.dependencies.iter().filter_map(|d| fwd.get(d).copied()));
+                if c.action == Action::Replace && c.delete_before_replace {
+                    deps.push(delete_old[&c.urn]);
+                }
+            }
+            StepOp::DeleteReplaced | StepOp::Delete => {
+                // Whatever referred to it in state goes (or moves off it) first.
+                for dependent in state_dependents.get(&c.urn).into_iter().flatten() {
+                    if *dependent == &c.urn {
+                        continue;
+                    }
+                    deps.extend(dels.get(dependent).into_iter().flatten().copied());
+                    let dbr = steps[s].op == StepOp::DeleteReplaced && c.delete_before_replace;
+                    if !dbr {
+                        deps.extend(fwd.get(dependent).copied());
+                    }
+                }
+                if steps[s].op == StepOp::DeleteReplaced && !c.delete_before_replace {
+                    deps.push(fwd[&c.urn]);
+                    for dependent in plan_dependents.get(&c.urn).into_iter().flatten() {
+                        deps.extend(fwd.get(dependent).copied());
+                    }
+                }
+            }
+        }
+        deps.retain(|&d| d != s);
+        deps.sort_unstable();
+        deps.dedup();
+        steps[s].deps = deps;
+    }
+
+    // The rules above cannot loop for plans the planner makes; a hand-edited plan could.
+    let mut indegree: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        for &d in &s.deps {
+            dependents[d].push(i);
+        }
+    }
+    let mut queue: Vec<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut seen = 0;
+    while let Some(i) = queue.pop() {
+        seen += 1;
+        for &j in &dependents[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                queue.push(j);
+            }
+        }
+    }
+    if seen != steps.len() {
+        return Err(Error::program(
+            &plan.stack,
+            "the plan's steps depend on each other in a loop (a delete-before-replace resource whose dependents are replaced create-before-delete); set delete_before_replace on those dependents too",
+        ));
+    }
+    Ok(steps)
+}
+
+/// One apply in progress.
+struct Run<'a> {
+    plan: &'a Plan,
+    providers: &'a Providers,
+    steps: &'a [Step],
+    dependents: Vec<Vec<usize>>,
+    waiting: Vec<usize>,
+    /// The live resources before the apply.
+    old: HashMap<&'a Urn, &'a ResourceState>,
+    /// Resources created, updated or replaced so far.
+    new: HashMap<Urn, ResourceState>,
+    /// Replacements that turned out not to be needed once values were known.
+    downgraded: HashMap<usize, ()>,
+    /// Changes whose old resource is gone (deleted or forgotten).
+    deleted: Vec<bool>,
+    skipped: Vec<bool>,
+    reports: Vec<StepReport>,
+    summary: Summary,
+    state: &'a StackState,
+}
+
+impl<'a> Run<'a> {
+    fn new(plan: &'a Plan, state: &'a StackState, providers: &'a Providers, steps: &'a [Step]) -> Self {
+        let mut dependents = vec![Vec::new(); steps.len()];
+        for (i, s) in steps.iter().enumerate() {
+            for &d in &s.deps {
+                dependents[d].push(i);
+            }
+        }
+        Run {
+            plan,
+            providers,
+            steps,
+            dependents,
+            waiting: steps.iter().map(|s| s.deps.len()).collect(),
+            old: state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect(),
+            new: HashMap::new(),
+            downgraded: HashMap::new(),
+            deleted: vec![false; plan.changes.len()],
+            skipped: vec![false; steps.len()],
+            reports: Vec::with_capacity(steps.len()),
+            summary: Summary::default(),
+            state,
+        }
+    }
+
+    async fn execute(&mut self, limit: usize) {
+        let mut ready: VecDeque<usize> = (0..self.steps.len()).filter(|&s| self.waiting[s] == 0).collect();
+        let mut running: JoinSet<(Duration, Result<CallResult, String>)> = JoinSet::new();
+        let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
+        loop {
+            while running.len() < limit {
+                let Some(s) = ready.pop_front() else { break };
+                if self.skipped[s] {
+                    continue;
+                }
+                match self.start(s) {
+                    Started::Call(fut) => {
+                        let handle = running.spawn(async move {
+                            let t = Instant::now();
+                            let r = fut.await;
+                            (t.elapsed(), r)
+                        });
+                        task_step.insert(handle.id(), s);
+                    }
+                    Started::Finished(status) => self.finish(s, Duration::ZERO, Ok(status), &mut ready),
+                }
+            }
+            let Some(joined) = running.join_next_with_id().await else { break };
+            let (s, elapsed, result) = match joined {
+                Ok((id, (elapsed, r))) => (task_step[&id], elapsed, r),
+                // A provider that panics has a bug; its step fails like any other.
+                Err(e) => (task_step[&e.id()], Duration::ZERO, Err(format!("the provider panicked: {e}"))),
+            };
+            self.finish_call(s, elapsed, result, &mut ready);
+        }
+    }
+
+    /// The value of a reference, from what this apply has done or from state.
+    fn lookup(&self, urn: &Urn, property: &str) -> Option<Value> {
+        let r = self.new.get(urn).or_else(|| self.old.get(urn).copied())?;
+        r.outputs.get(property).or_else(|| r.inputs.get(property)).cloned()
+    }
+
+    fn resolve(&self, inputs: &[(String, Prop)]) -> std::result::Result<Props, String> {
+        inputs
+            .iter()
+            .map(|(k, p)| {
+                p.resolve(&mut |r| self.lookup(&r.urn, &r.property))
+                    .map(|v| (k.clone(), v))
+                    .ok_or_else(|| format!("input '{k}' refers to a value that is still unknown"))
+            })
+            .collect()
+    }
+
+    fn start(&mut self, s: usize) -> Started {
+        let step = &self.steps[s];
+        let change = &self.plan.changes[step.change];
+        let provider = self.providers.for_token(&change.ty).cloned();
+        let urn = change.urn.clone();
+        let timeouts = change.options.timeouts;
+        match step.op {
+            StepOp::Create | StepOp::Update | StepOp::CreateReplacement => {
+                let inputs = match self.resolve(&change.inputs) {
+                    Ok(i) => i,
+                    Err(e) => return Started::Finished(StepStatus::Failed { error: e }),
+                };
+                let old = self.old.get(&change.urn).copied();
+                let mut op = step.op;
+                if let Some(old) = old {
+                    // Values unknown at plan time are known now: the replacement or the
+                    // update may turn out to be unnecessary.
+                    let needed = still_needed(change, &old.inputs, &inputs);
+                    if op == StepOp::CreateReplacement && needed != Needed::Replace && !self.deleted[step.change] {
+                        self.downgraded.insert(step.change, ());
+                        op = StepOp::Update;
+                    }
+                    if op == StepOp::Update && needed == Needed::Nothing {
+                        self.new.insert(change.urn.clone(), ResourceState {
+                            dependencies: change.dependencies.clone(),
+                            options: stored(change),
+                            ..old.clone()
+                        });
+                        return Started::Finished(StepStatus::NoOp {
+                            reason: "unchanged once unknown values were known".to_owned(),
+                        });
+                    }
+                }
+                let provider = provider.expect("checked before the apply started");
+                match op {
+                    StepOp::Update => {
+                        let old = old.expect("an update has a resource in state");
+                        let (id, old_inputs) = (old.id.clone(), old.inputs.clone());
+                        Started::call(timeouts.update, async move {
+                            provider.update(&urn, &id, &old_inputs, &inputs).await.map(|o| CallResult::Updated(o, inputs))
+                        })
+                    }
+                    _ => Started::call(timeouts.create, async move {
+                        provider.create(&urn, &inputs).await.map(|o| CallResult::Created(o, inputs))
+                    }),
+                }
+            }
+            StepOp::DeleteReplaced | StepOp::Delete => {
+                if step.op == StepOp::DeleteReplaced {
+                    if self.downgraded.contains_key(&step.change) {
+                        return Started::Finished(StepStatus::NoOp {
+                            reason: "the replacement was not needed once unknown values were known".to_owned(),
+                        });
+                    }
+                    if change.delete_before_replace {
+                        if let (Ok(inputs), Some(old)) = (self.resolve(&change.inputs), self.old.get(&change.urn)) {
+                            if still_needed(change, &old.inputs, &inputs) != Needed::Replace {
+                                self.downgraded.insert(step.change, ());
+                                return Started::Finished(StepStatus::NoOp {
+                                    reason: "the replacement was not needed once unknown values were known".to_owned(),
+                                });
+                            }
+                        }
+                    }
+                }
+                if change.options.retain_on_delete {
+                    return Started::Finished(StepStatus::NoOp { reason: "retained: forgotten, not deleted".to_owned() });
+                }
+                let Some(old) = self.old_copy(change) else {
+                    return Started::Finished(StepStatus::NoOp { reason: "not in state".to_owned() });
+                };
+                let (id, inputs, outputs) = (old.id.clone(), old.inputs.clone(), old.outputs.clone());
+                let provider = provider.expect("checked before the apply started");
+                Started::call(timeouts.delete, async move {
+                    provider.delete(&urn, &id, &inputs, &outputs).await.map(|()| CallResult::Deleted)
+                })
+            }
+        }
+    }
+
+    /// The state entry a delete step removes.
+    fn old_copy(&self, change: &Change) -> Option<&'a ResourceState> {
+        if change.pending_delete {
+            self.state.resources.iter().find(|r| r.pending_delete && r.urn == change.urn && Some(&r.id) == change.id.as_ref())
+        } else {
+            self.old.get(&change.urn).copied()
+        }
+    }
+
+    fn finish_call(&mut self, s: usize, elapsed: Duration, result: Result<CallResult, String>, ready: &mut VecDeque<usize>) {
+        let step = &self.steps[s];
+        let change = &self.plan.changes[step.change];
+        let status = match result {
+            Err(e) => Err(e),
+            Ok(CallResult::Created(obs, inputs)) | Ok(CallResult::Updated(obs, inputs)) => {
+                self.new.insert(change.urn.clone(), ResourceState {
+                    urn: change.urn.clone(),
+                    ty: change.ty.clone(),
+                    id: obs.id,
+                    inputs,
+                    outputs: obs.outputs,
+                    dependencies: change.dependencies.clone(),
+                    options: stored(change),
+                    pending_delete: false,
+                });
+                Ok(StepStatus::Done)
+            }
+            Ok(CallResult::Deleted) => Ok(StepStatus::Done),
+        };
+        self.finish(s, elapsed, status, ready);
+    }
+
+    fn finish(&mut self, s: usize, elapsed: Duration, status: Result<StepStatus, String>, ready: &mut VecDeque<usize>) {
+        let step = &self.steps[s];
+        let change = &self.plan.changes[step.change];
+        let status = status.unwrap_or_else(|error| StepStatus::Failed { error });
+        match &status {
+            StepStatus::Failed { .. } => self.skip_dependents(s, &change.urn),
+            _ => {
+                if matches!(step.op, StepOp::Delete | StepOp::DeleteReplaced)
+                    && !(step.op == StepOp::DeleteReplaced && self.downgraded.contains_key(&step.change))
+                {
+                    self.deleted[step.change] = true;
+                }
+                let counted = match (step.op, &status) {
+                    (StepOp::Create, _) => Some(Action::Create),
+                    (StepOp::Update, StepStatus::Done) => Some(Action::Update),
+                    (StepOp::CreateReplacement, _) if self.downgraded.contains_key(&step.change) => {
+                        matches!(status, StepStatus::Done).then_some(Action::Update)
+                    }
+                    (StepOp::CreateReplacement, _) => Some(Action::Replace),
+                    (StepOp::Delete, _) => Some(Action::Delete),
+                    _ => None,
+                };
+                if let Some(a) = counted {
+                    self.summary.add(a);
+                }
+                for &d in &self.dependents[s] {
+                    self.waiting[d] -= 1;
+                    if self.waiting[d] == 0 {
+                        ready.push_back(d);
+                    }
+                }
+            }
+        }
+        self.reports.push(StepReport { urn: change.urn.clone(), op: step.op, status, elapsed });
+    }
+
+    fn skip_dependents(&mut self, failed: usize, because: &Urn) {
+        let mut stack: Vec<usize> = self.dependents[failed].clone();
+        while let Some(d) = stack.pop() {
+            if self.skipped[d] {
+                continue;
+            }
+            self.skipped[d] = true;
+            let c = &self.plan.changes[self.steps[d].change];
+            self.reports.push(StepReport {
+                urn: c.urn.clone(),
+                op: self.steps[d].op,
+                status: StepStatus::Skipped { because: because.clone() },
+                elapsed: Duration::ZERO,
+            });
+            stack.extend(self.dependents[d].iter().copied());
+        }
+    }
+
+    /// Assembles the new state from what happened.
+    fn into_report(mut self, started: Instant) -> ApplyReport {
+        let mut entries = Vec::with_capacity(self.plan.changes.len());
+        for (ci, c) in self.plan.changes.iter().enumerate() {
+            if c.action == Action::Delete {
+                if !self.deleted[ci] {
+                    entries.extend(self.old_copy(c).cloned());
+                }
+                continue;
+            }
+            let old = self.old.get(&c.urn).copied();
+            match (self.new.remove(&c.urn), old) {
+                (Some(new), Some(old))
+                    if c.action == Action::Replace && !self.deleted[ci] && !self.downgraded.contains_key(&ci) =>
+                {
+                    // Created the replacement, but the old one is not deleted (yet): the
+                    // next apply deletes it.
+                    entries.push(new);
+                    entries.push(ResourceState { pending_delete: true, ..old.clone() });
+                }
+                (Some(new), _) => entries.push(new),
+                // Deleted first (delete-before-replace), then the create failed.
+                (None, Some(_)) if self.deleted[ci] => {}
+                (None, Some(old)) if c.action == Action::Same => entries.push(ResourceState {
+                    dependencies: c.dependencies.clone(),
+                    options: stored(c),
+                    ..old.clone()
+                }),
+                (None, Some(old)) => entries.push(old.clone()),
+                (None, None) => {}
+            }
+        }
+        let state = StackState {
+            serial: self.state.serial + 1,
+            user_state: self.plan.user_state.clone(),
+            resources: sort_by_dependencies(entries),
+            ..self.state.clone_without_resources()
+        };
+        ApplyReport { steps: self.reports, state, summary: self.summary, elapsed: started.elapsed() }
+    }
+}
+
+enum Started {
+    Call(std::pin::Pin<Box<dyn std::future::Future<Output = Result<CallResult, String>> + Send>>),
+    Finished(StepStatus),
+}
+
+impl Started {
+    fn call<F>(timeout: Option<Duration>, fut: F) -> Started
+    where
+        F: std::future::Future<Output = std::result::Result<CallResult, ProviderError>> + Send + 'static,
+    {
+        Started::Call(Box::pin(async move {
+            match timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("timed out after {:?} (custom timeout)", t)),
+                },
+                None => fut.await.map_err(|e| e.to_string()),
+            }
+        }))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Needed {
+    Nothing,
+    Update,
+    Replace,
+}
+
+/// What a change still needs once every input is known.
+fn still_needed(change: &Change, old: &Props, new: &Props) -> Needed {
+    let replacing_props: Vec<&str> = change.diffs.iter().filter(|d| d.replaces).map(|d| d.name.as_str()).collect();
+    let mut needed = Needed::Nothing;
+    let keys = old.keys().chain(new.keys());
+    for k in keys {
+        if old.get(k) != new.get(k) {
+            if replacing_props.contains(&k) || (change.action == Action::Replace && !change.may_replace) {
+                return Needed::Replace;
+            }
+            needed = Needed::Update;
+        }
+    }
+    if change.action == Action::Replace && !change.may_replace {
+        return Needed::Replace;
+    }
+    needed
+}
+
+fn stored(change: &Change) -> StoredOptions {
+    StoredOptions { protect: change.options.protect, retain_on_delete: change.options.retain_on_delete }
+}
+
+/// Entries ordered so each comes after the entries it depends on, otherwise in the
+/// order given. Entries sharing a URN (a resource and its old copies) stay together.
+pub(crate) fn sort_by_dependencies(entries: Vec<ResourceState>) -> Vec<ResourceState> {
+    let n = entries.len();
+    // Each entry's group: the position of the first entry with its URN.
+    let group: Vec<usize> = {
+        let mut first_of: HashMap<&Urn, usize> = HashMap::with_capacity(n);
+        entries.iter().enumerate().map(|(i, e)| *first_of.entry(&e.urn).or_insert(i)).collect()
+    };
+    let mut indegree = vec![0usize; n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    {
+        let first_of: HashMap<&Urn, usize> = entries.iter().zip(&group).map(|(e, &g)| (&e.urn, g)).collect();
+        for (e, &g) in entries.iter().zip(&group) {
+            for d in &e.dependencies {
+                if let Some(&dg) = first_of.get(d) {
+                    if dg != g {
+                        dependents[dg].push(g);
+                        indegree[g] += 1;
+                    }
+                }
+            }
+        }
+    }
+    let is_head = |i: usize| group[i] == i;
+    let mut heap: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| is_head(i) && indegree[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    let mut placed = vec![false; n];
+    while let Some(Reverse(g)) = heap.pop() {
+        placed[g] = true;
+        order.push(g);
+        for &d in &dependents[g] {
+            indegree[d] -= 1;
+            if indegree[d] == 0 {
+                heap.push(Reverse(d));
+            }
+        }
+    }
+    // A loop in recorded dependencies should not happen; keep the rest as they were.
+    order.extend((0..n).filter(|&i| is_head(i) && !placed[i]));
+    let mut members: Vec<Vec<ResourceState>> = (0..n).map(|_| Vec::new()).collect();
+    for (e, g) in entries.into_iter().zip(group) {
+        members[g].push(e);
+    }
+    order.into_iter().flat_map(|g| std::mem::take(&mut members[g])).collect()
+}

@@ -1,0 +1,265 @@
+//! The engine's errors. Each says what went wrong, where, and what to do next.
+
+use std::fmt;
+
+use cairn_state::Urn;
+use serde_json::Value;
+
+use crate::input::OutputRef;
+use crate::schema::CheckFailure;
+
+/// The result of engine operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can stop a preview or an apply before it starts.
+///
+/// None of these is returned after a provider call was made: an apply whose steps fail
+/// still returns a report listing every step's outcome.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The user's program returned an error. Nothing was planned or changed.
+    #[error("the program of stack '{stack}' failed: {message}")]
+    Program {
+        /// The stack.
+        stack: String,
+        /// The program's message.
+        message: String,
+    },
+    /// The program declared an invalid graph. Nothing was planned or changed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// The plan would delete or replace protected resources. Nothing was changed.
+    #[error(transparent)]
+    Protected(#[from] ProtectViolations),
+    /// A saved plan was made against another version of the state.
+    #[error(
+        "the saved plan was made against state serial {planned} of lineage {planned_lineage}, \
+         but the state is now at serial {current} of lineage {current_lineage}; \
+         run preview again and apply the new plan"
+    )]
+    StalePlan {
+        /// The serial the plan was made against.
+        planned: u64,
+        /// The lineage the plan was made against.
+        planned_lineage: String,
+        /// The state's serial now.
+        current: u64,
+        /// The state's lineage now.
+        current_lineage: String,
+    },
+    /// A resource's type belongs to a package no provider was registered for.
+    #[error("no provider is registered for package '{package}' (needed by {urn}); register one with Stack::provider")]
+    NoProvider {
+        /// The package, e.g. `aws`.
+        package: String,
+        /// The first resource that needed it.
+        urn: Urn,
+    },
+    /// The state belongs to another stack.
+    #[error("the state given is stack '{found}', not '{expected}'; pass this stack's own state")]
+    WrongStack {
+        /// The stack being operated on.
+        expected: String,
+        /// The stack the state names.
+        found: String,
+    },
+    /// The user state `S` could not be converted to or from JSON.
+    #[error("the stack's user state could not be {action} as JSON: {source}; check S's Serialize/Deserialize impls")]
+    UserState {
+        /// "read" or "written".
+        action: &'static str,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// An error from the user's program.
+    pub fn program(stack: &str, message: impl fmt::Display) -> Self {
+        Error::Program { stack: stack.to_owned(), message: message.to_string() }
+    }
+}
+
+/// Every problem found in a declared graph, reported together so one run shows them all.
+#[derive(Debug, PartialEq)]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+impl std::error::Error for ValidationErrors {}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "the program declares an invalid graph ({n} problem{}); nothing was changed:", plural(n))?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem in a declared graph.
+#[derive(Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// Two declarations share type and name.
+    Duplicate {
+        /// The repeated identity.
+        urn: Urn,
+    },
+    /// A property the type does not have (or an output, which a program cannot set).
+    UnknownProperty {
+        /// The resource.
+        urn: Urn,
+        /// The property set.
+        property: String,
+        /// The inputs the type does have.
+        known: Vec<&'static str>,
+    },
+    /// A required property left unset.
+    Missing {
+        /// The resource.
+        urn: Urn,
+        /// The property.
+        property: &'static str,
+    },
+    /// A value the type's checks refuse.
+    Invalid {
+        /// The resource.
+        urn: Urn,
+        /// What is wrong.
+        failure: CheckFailure,
+    },
+    /// An input refers to a resource the program does not declare.
+    Dangling {
+        /// The resource with the reference.
+        urn: Urn,
+        /// Its property holding the reference (or `depends_on`).
+        property: String,
+        /// The missing resource.
+        target: Urn,
+    },
+    /// An input refers to a property the referenced resource's type does not have.
+    UnknownOutput {
+        /// The resource with the reference.
+        urn: Urn,
+        /// Its property holding the reference.
+        property: String,
+        /// The reference.
+        target: OutputRef,
+        /// The properties the target does have.
+        known: Vec<&'static str>,
+    },
+    /// Resources that depend on each other in a loop; the first is repeated at the end.
+    Cycle {
+        /// The loop.
+        path: Vec<Urn>,
+    },
+}
+
+fn who(urn: &Urn) -> String {
+    format!("{} '{}'", urn.ty(), urn.name())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn show_value(v: &Option<Value>) -> String {
+    match v {
+        Some(v) => v.to_string(),
+        None => "(unset)".to_owned(),
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValidationError::Duplicate { urn } => write!(
+                f,
+                "{} is declared more than once; give each declaration its own name",
+                who(urn)
+            ),
+            ValidationError::UnknownProperty { urn, property, known } => write!(
+                f,
+                "{}: unknown property '{property}'; the inputs of {} are: {}",
+                who(urn),
+                urn.ty(),
+                known.join(", ")
+            ),
+            ValidationError::Missing { urn, property } => {
+                write!(f, "{}: property '{property}' is required; set it in the program", who(urn))
+            }
+            ValidationError::Invalid { urn, failure } => write!(
+                f,
+                "{}: property '{}' = {} is invalid: it must {}",
+                who(urn),
+                failure.property,
+                show_value(&failure.value),
+                failure.expected
+            ),
+            ValidationError::Dangling { urn, property, target } => write!(
+                f,
+                "{}: '{property}' refers to {}, which this program does not declare; declare it with cx.add or remove the reference",
+                who(urn),
+                who(target)
+            ),
+            ValidationError::UnknownOutput { urn, property, target, known } => write!(
+                f,
+                "{}: '{property}' refers to '{}' of {}, which has no such property; it has: {}",
+                who(urn),
+                target.property,
+                who(&target.urn),
+                known.join(", ")
+            ),
+            ValidationError::Cycle { path } => {
+                // The path follows the data (dependency first); read it as "depends on".
+                let names: Vec<String> = path.iter().rev().map(who).collect();
+                write!(
+                    f,
+                    "dependency cycle (each depends on the next): {}; remove one of these references",
+                    names.join(" -> ")
+                )
+            }
+        }
+    }
+}
+
+/// Resources a plan would delete or replace although they are protected.
+#[derive(Debug, PartialEq)]
+pub struct ProtectViolations(pub Vec<ProtectViolation>);
+
+/// One protected resource a plan would delete or replace.
+#[derive(Debug, PartialEq)]
+pub struct ProtectViolation {
+    /// The resource.
+    pub urn: Urn,
+    /// "delete" or "replace".
+    pub action: &'static str,
+    /// For a replace, the properties forcing it.
+    pub reasons: Vec<String>,
+}
+
+impl std::error::Error for ProtectViolations {}
+
+impl fmt::Display for ProtectViolations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the plan would change protected resources; nothing was changed:")?;
+        for v in &self.0 {
+            write!(f, "\n  - {} is protected but would be {}d", who(&v.urn), v.action)?;
+            if !v.reasons.is_empty() {
+                write!(f, " (because of {})", v.reasons.join(", "))?;
+            }
+            write!(
+                f,
+                "; to go ahead, remove .protect() from it and run up once, then make the change"
+            )?;
+        }
+        Ok(())
+    }
+}

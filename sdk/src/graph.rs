@@ -1,0 +1,261 @@
+//! The resource graph: declarations, their dependencies, and validation.
+//!
+//! Built from what a program declared. Validation runs before anything else and
+//! reports every problem at once: duplicate names, unknown or missing properties, the
+//! types' own checks, references to undeclared resources or properties, and cycles.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use cairn_state::{Props, Urn};
+use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::error::{ValidationError, ValidationErrors};
+use crate::input::Prop;
+use crate::resource::Decl;
+use crate::schema::PropertyKind;
+
+/// A validated resource graph in deterministic topological order: by depth (a
+/// resource comes after everything it depends on), then by URN.
+#[derive(Debug)]
+pub struct Graph {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) index: HashMap<Urn, usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) urn: Urn,
+    pub(crate) decl: Decl,
+    /// Indices of the nodes this one depends on, sorted, without repeats.
+    pub(crate) deps: Vec<usize>,
+}
+
+impl Graph {
+    /// Builds and validates the graph of `decls` for `stack`.
+    pub fn build(stack: &str, decls: Vec<Decl>) -> Result<Graph, ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut index: HashMap<Urn, usize> = HashMap::with_capacity(decls.len());
+        let mut nodes: Vec<Node> = Vec::with_capacity(decls.len());
+        for mut decl in decls {
+            let urn = Urn::new(stack, decl.ty.token, &decl.name);
+            if index.contains_key(&urn) {
+                if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if *u == urn)) {
+                    errors.push(ValidationError::Duplicate { urn });
+                }
+                continue;
+            }
+            apply_defaults(&mut decl);
+            check_properties(&urn, &decl, &mut errors);
+            index.insert(urn.clone(), nodes.len());
+            nodes.push(Node { urn, decl, deps: Vec::new() });
+        }
+
+        // Edges: every reference inside an input, plus depends_on.
+        for i in 0..nodes.len() {
+            let mut deps = Vec::new();
+            let node = &nodes[i];
+            for (property, prop) in &node.decl.props {
+                prop.for_each_ref(&mut |r| match index.get(&r.urn) {
+                    None => errors.push(ValidationError::Dangling {
+                        urn: node.urn.clone(),
+                        property: property.clone(),
+                        target: r.urn.clone(),
+                    }),
+                    Some(&t) => {
+                        let target_ty = nodes[t].decl.ty;
+                        if target_ty.property(&r.property).is_none() {
+                            errors.push(ValidationError::UnknownOutput {
+                                urn: node.urn.clone(),
+                                property: property.clone(),
+                                target: r.clone(),
+                                known: target_ty.properties.iter().map(|p| p.name).collect(),
+                            });
+                        }
+                        deps.push(t);
+                    }
+                });
+            }
+            for target in &node.decl.options.depends_on {
+                match index.get(target) {
+                    Some(&t) => deps.push(t),
+                    None => errors.push(ValidationError::Dangling {
+                        urn: node.urn.clone(),
+                        property: "depends_on".to_owned(),
+                        target: target.clone(),
+                    }),
+                }
+            }
+            deps.sort_unstable();
+            deps.dedup();
+            nodes[i].deps = deps;
+        }
+
+        let order = match topological_order(&nodes) {
+            Ok(order) => order,
+            Err(cycles) => {
+                errors.extend(cycles);
+                Vec::new()
+            }
+        };
+        if !errors.is_empty() {
+            return Err(ValidationErrors(errors));
+        }
+        Ok(Graph::reorder(nodes, order))
+    }
+
+    /// Puts nodes in the given order and renumbers their dependencies.
+    fn reorder(nodes: Vec<Node>, order: Vec<usize>) -> Graph {
+        let mut new_pos = vec![0usize; nodes.len()];
+        for (pos, &old) in order.iter().enumerate() {
+            new_pos[old] = pos;
+        }
+        let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+        let mut nodes = Vec::with_capacity(slots.len());
+        let mut index = HashMap::with_capacity(slots.len());
+        for &old in &order {
+            let mut node = slots[old].take().expect("each node is placed once");
+            for d in &mut node.deps {
+                *d = new_pos[*d];
+            }
+            node.deps.sort_unstable();
+            index.insert(node.urn.clone(), nodes.len());
+            nodes.push(node);
+        }
+        Graph { nodes, index }
+    }
+
+    /// How many resources the graph holds.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The resources in order, each with the URNs it depends on.
+    pub fn resources(&self) -> impl Iterator<Item = (&Urn, Vec<&Urn>)> {
+        self.nodes.iter().map(move |n| (&n.urn, n.deps.iter().map(|&d| &self.nodes[d].urn).collect()))
+    }
+
+    /// The graph in Graphviz DOT, an edge from each dependency to its dependent.
+    pub fn to_dot(&self) -> String {
+        let mut out = String::from("digraph cairn {\n  rankdir=LR;\n  node [shape=box];\n");
+        for n in &self.nodes {
+            let _ = writeln!(out, "  \"{}\" [label=\"{}\\n{}\"];", n.urn, n.urn.ty(), n.urn.name());
+        }
+        for n in &self.nodes {
+            for &d in &n.deps {
+                let _ = writeln!(out, "  \"{}\" -> \"{}\";", self.nodes[d].urn, n.urn);
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn apply_defaults(decl: &mut Decl) {
+    for p in decl.ty.inputs() {
+        if let Some(default) = p.default {
+            if decl.get(p.name).is_none() {
+                decl.set_prop(p.name, Prop::Value(default.to_value()));
+            }
+        }
+    }
+}
+
+fn check_properties(urn: &Urn, decl: &Decl, errors: &mut Vec<ValidationError>) {
+    let ty = decl.ty;
+    let mut known = Props::new();
+    for (name, prop) in &decl.props {
+        match ty.property(name) {
+            Some(p) if p.kind != PropertyKind::Output => {
+                if let Prop::Value(v) = prop {
+                    known.insert(name.clone(), v.clone());
+                }
+            }
+            _ => errors.push(ValidationError::UnknownProperty {
+                urn: urn.clone(),
+                property: name.clone(),
+                known: ty.inputs().map(|p| p.name).collect(),
+            }),
+        }
+    }
+    for p in ty.inputs() {
+        if p.required && decl.get(p.name).is_none() {
+            errors.push(ValidationError::Missing { urn: urn.clone(), property: p.name });
+        }
+    }
+    let mut failures = Vec::new();
+    (ty.validate)(&known, &mut failures);
+    errors.extend(failures.into_iter().map(|failure| ValidationError::Invalid { urn: urn.clone(), failure }));
+}
+
+/// Dependencies first, then by depth and URN; or every cycle found.
+fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, Vec<ValidationError>> {
+    let mut g: DiGraph<(), ()> = DiGraph::with_capacity(nodes.len(), nodes.len() * 2);
+    for _ in nodes {
+        g.add_node(());
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        for &d in &n.deps {
+            g.add_edge(NodeIndex::new(d), NodeIndex::new(i), ());
+        }
+    }
+    let topo = toposort(&g, None).map_err(|_| find_cycles(&g, nodes))?;
+    let mut depth = vec![0u32; nodes.len()];
+    for ix in &topo {
+        let i = ix.index();
+        depth[i] = nodes[i].deps.iter().map(|&d| depth[d] + 1).max().unwrap_or(0);
+    }
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by(|&a, &b| depth[a].cmp(&depth[b]).then_with(|| nodes[a].urn.cmp(&nodes[b].urn)));
+    Ok(order)
+}
+
+fn find_cycles(g: &DiGraph<(), ()>, nodes: &[Node]) -> Vec<ValidationError> {
+    let mut errors = Vec::new();
+    for scc in tarjan_scc(g) {
+        let self_loop = scc.len() == 1 && g.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        // Walk the loop from its smallest URN, following edges inside the component,
+        // so the message is the same on every run.
+        let members: std::collections::HashSet<usize> = scc.iter().map(|n| n.index()).collect();
+        let start = *members.iter().min_by_key(|&&i| &nodes[i].urn).expect("non-empty component");
+        let mut path = vec![start];
+        let mut seen = std::collections::HashSet::from([start]);
+        let mut at = start;
+        loop {
+            let mut next: Vec<usize> =
+                g.neighbors(NodeIndex::new(at)).map(|n| n.index()).filter(|i| members.contains(i)).collect();
+            next.sort_by(|a, b| nodes[*a].urn.cmp(&nodes[*b].urn));
+            let step = next.iter().copied().find(|i| *i == start).or_else(|| next.iter().copied().find(|i| !seen.contains(i)));
+            match step {
+                Some(s) if s == start => {
+                    path.push(start);
+                    break;
+                }
+                Some(s) => {
+                    seen.insert(s);
+                    path.push(s);
+                    at = s;
+                }
+                // Every neighbour seen: close the loop at the first one on the path.
+                None => {
+                    let back = next[0];
+                    let pos = path.iter().position(|&p| p == back).unwrap_or(0);
+                    path.drain(..pos);
+                    path.push(back);
+                    break;
+                }
+            }
+        }
+        errors.push(ValidationError::Cycle { path: path.into_iter().map(|i| nodes[i].urn.clone()).collect() });
+    }
+    errors
+}

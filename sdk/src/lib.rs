@@ -1,0 +1,34 @@
+//! Cairn's engine: resource model, typed outputs, graph, diff, plans and parallel apply.
+//!
+//! A program declares resources into a [`Cx`] from the user's state `S`; the engine
+//! validates the [`Graph`], diffs it against the stored state into a [`Plan`], and
+//! applies the plan through [`Provider`]s, each step as soon as its dependencies are
+//! done. See the `cairn` crate for the guide.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod apply;
+pub mod cx;
+pub mod error;
+pub mod graph;
+pub mod input;
+pub mod plan;
+pub mod provider;
+pub mod refresh;
+pub mod resource;
+pub mod schema;
+pub mod stack;
+pub mod testing;
+
+pub use apply::{ApplyOptions, ApplyReport, StepOp, StepReport, StepStatus};
+pub use cairn_state::{Props, ResourceState, StackState, Urn};
+pub use cx::Cx;
+pub use error::{Error, Result, ValidationError, ValidationErrors};
+pub use graph::Graph;
+pub use input::{Input, Output, OutputRef, Prop};
+pub use plan::{Action, Change, Plan, RenderOptions, Summary};
+pub use provider::{Observed, Planned, PropertyDiff, Provider, ProviderError, Providers};
+pub use refresh::{Drift, RefreshReport};
+pub use resource::{Decl, DynamicResource, Handle, Resource, ResourceExt, ResourceOptions, Timeouts};
+pub use schema::{CheckFailure, Property, PropertyKind, ResourceType};
+pub use stack::{BoxError, ProgramResult, Stack};

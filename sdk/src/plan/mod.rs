@@ -1,0 +1,448 @@
+//! Plans: what an apply will do, decided before it does anything.
+//!
+//! [`plan`] diffs a validated [`Graph`] against a [`StackState`]. The result is a value:
+//! rendered as text for people ([`Plan::render`]), as JSON for machines (the `Plan`'s
+//! serde form, described in ARCHITECTURE.md), asserted by snapshot tests, and saved to
+//! be applied exactly later.
+
+mod render;
+
+use std::collections::HashMap;
+
+use cairn_state::{ResourceState, StackState, Urn};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, ProtectViolation, ProtectViolations, Result};
+use crate::graph::Graph;
+use crate::input::{OutputRef, Prop};
+use crate::provider::{schema_diff, DiffRequest, Planned, PropertyDiff, Providers};
+use crate::resource::ResourceOptions;
+use crate::schema::PropertyKind;
+
+pub use render::RenderOptions;
+
+/// The plan format this build writes and applies.
+pub const PLAN_FORMAT: &str = "cairn.plan/v1";
+
+/// What happens to one resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Created.
+    Create,
+    /// Changed in place.
+    Update,
+    /// Replaced: a new one is created and the old one deleted (in that order unless
+    /// delete-before-replace).
+    Replace,
+    /// Deleted.
+    Delete,
+    /// Left as it is.
+    Same,
+}
+
+impl Action {
+    /// The action's name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+            Action::Same => "same",
+        }
+    }
+}
+
+/// The state a plan was made against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanBase {
+    /// The state's lineage.
+    pub lineage: String,
+    /// The state's serial.
+    pub serial: u64,
+}
+
+/// How many resources get each action.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// To create.
+    pub create: usize,
+    /// To update in place.
+    pub update: usize,
+    /// To replace.
+    pub replace: usize,
+    /// To delete.
+    pub delete: usize,
+    /// Unchanged.
+    pub same: usize,
+}
+
+impl Summary {
+    /// Counts one more change with `action`.
+    pub fn add(&mut self, action: Action) {
+        *match action {
+            Action::Create => &mut self.create,
+            Action::Update => &mut self.update,
+            Action::Replace => &mut self.replace,
+            Action::Delete => &mut self.delete,
+            Action::Same => &mut self.same,
+        } += 1;
+    }
+
+    /// How many resources change.
+    pub fn changes(&self) -> usize {
+        self.create + self.update + self.replace + self.delete
+    }
+}
+
+/// What happens to one resource, and everything apply needs to do it exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The resource.
+    pub urn: Urn,
+    /// Its type token.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// What happens to it.
+    pub action: Action,
+    /// For a replace: the properties whose change forces it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replace_reasons: Vec<String>,
+    /// For a replace: true when it depends on values known only after apply, so it may
+    /// turn out to be an update (or nothing) once they are known.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_replace: bool,
+    /// The changed properties, by name; for a create, every input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diffs: Vec<PropertyDiff>,
+    /// Properties whose values are hidden in renderings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// The cloud id of the existing resource (update, replace, delete, same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The inputs to create or update with; references resolve at apply time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<(String, Prop)>,
+    /// The resources it depends on (from the program; for a delete, from state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Urn>,
+    /// The resource's options.
+    #[serde(default, skip_serializing_if = "is_default_options")]
+    pub options: ResourceOptions,
+    /// For a replace: delete the old resource first (asked for, implied by a physical
+    /// name that cannot exist twice, or by a dependency replaced that way).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_before_replace: bool,
+    /// For a delete: the old copy left by an earlier create-before-delete replacement.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_delete: bool,
+}
+
+fn is_default_options(o: &ResourceOptions) -> bool {
+    *o == ResourceOptions::default()
+}
+
+/// A plan: every resource's change, in deterministic order (the program's resources
+/// in topological order, then deletes in reverse dependency order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// [`PLAN_FORMAT`].
+    pub format: String,
+    /// The stack.
+    pub stack: String,
+    /// The state the plan was made against; apply refuses any other.
+    pub base: PlanBase,
+    /// The user state `S` the plan renders, persisted by apply.
+    pub user_state: Value,
+    /// Every resource's change, unchanged ones included.
+    pub changes: Vec<Change>,
+    /// Counts per action.
+    pub summary: Summary,
+}
+
+impl Plan {
+    /// Whether applying it would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.summary.changes() > 0
+    }
+
+    /// The changes that do something.
+    pub fn changed(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| c.action != Action::Same)
+    }
+
+    /// The plan as pretty JSON, the documented machine-readable form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan serializes to JSON")
+    }
+
+    /// Reads a plan saved with [`Plan::to_json`].
+    pub fn from_json(text: &str) -> std::result::Result<Plan, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// What the planner needs to know of a node it has planned, for its dependents.
+struct NodeStatus {
+    action: Action,
+    delete_before_replace: bool,
+    /// The planned inputs, in name order.
+    planned: Vec<(String, Planned)>,
+}
+
+/// Diffs `graph` against `state`.
+///
+/// `providers` supply custom diffs; a resource whose package has no provider gets the
+/// schema's diff, so a preview (and a snapshot test) needs no provider at all.
+pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state: Value) -> Result<Plan> {
+    let live: HashMap<&Urn, &ResourceState> =
+        state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect();
+    let mut statuses: Vec<NodeStatus> = Vec::with_capacity(graph.nodes.len());
+    let mut changes = Vec::with_capacity(graph.nodes.len() + 8);
+    let mut violations = Vec::new();
+    let mut summary = Summary::default();
+
+    for node in &graph.nodes {
+        let decl = &node.decl;
+        let ty = decl.ty;
+        let old = live.get(&node.urn).copied();
+        let options = &decl.options;
+
+        let mut inputs: Vec<(String, Prop)> = decl.props.clone();
+        // An auto-named property left unset keeps the name it was given.
+        for p in ty.inputs().filter(|p| p.auto_name) {
+            if decl.get(p.name).is_none() {
+                let name = match old.and_then(|o| o.inputs.get(p.name)) {
+                    Some(v) => v.clone(),
+                    None => Value::from(auto_name(&node.urn, state.serial, 0)),
+                };
+                set_input(&mut inputs, p.name, Prop::Value(name));
+            }
+        }
+        // Ignored changes keep the value in state.
+        if let Some(old) = old {
+            for name in &options.ignore_changes {
+                match old.inputs.get(name) {
+                    Some(v) => set_input(&mut inputs, name, Prop::Value(v.clone())),
+                    None => inputs.retain(|(k, _)| k != name),
+                }
+            }
+        }
+
+        let mut planned: Vec<(String, Planned)> = inputs
+            .iter()
+            .map(|(k, prop)| {
+                let v = prop.resolve(&mut |r| resolve_ref(r, graph, &statuses, &live));
+                (k.clone(), v.map_or(Planned::Unknown, Planned::Known))
+            })
+            .collect();
+
+        let secrets: Vec<String> =
+            ty.properties.iter().filter(|p| p.secret).map(|p| p.name.to_owned()).collect();
+        let deps: Vec<Urn> = node.deps.iter().map(|&d| graph.nodes[d].urn.clone()).collect();
+        let mut change = Change {
+            urn: node.urn.clone(),
+            ty: ty.token.to_owned(),
+            action: Action::Same,
+            replace_reasons: Vec::new(),
+            may_replace: false,
+            diffs: Vec::new(),
+            secrets,
+            id: old.map(|o| o.id.clone()),
+            inputs: Vec::new(),
+            dependencies: deps,
+            options: options.clone(),
+            delete_before_replace: false,
+            pending_delete: false,
+        };
+
+        match old {
+            None => {
+                change.action = Action::Create;
+                change.diffs = planned
+                    .iter()
+                    .map(|(k, p)| PropertyDiff {
+                        name: k.clone(),
+                        old: None,
+                        new: known(p),
+                        known: matches!(p, Planned::Known(_)),
+                        replaces: false,
+                    })
+                    .collect();
+            }
+            Some(old) => {
+                let req = DiffRequest { urn: &node.urn, ty, old: &old.inputs, new: &planned };
+                let diff = match providers.for_token(ty.token) {
+                    Some(p) => p.diff(&req),
+                    None => schema_diff(&req),
+                };
+                let certain: Vec<String> =
+                    diff.changes.iter().filter(|d| d.replaces && d.known).map(|d| d.name.clone()).collect();
+                let maybe: Vec<String> =
+                    diff.changes.iter().filter(|d| d.replaces && !d.known).map(|d| d.name.clone()).collect();
+                change.action = if !certain.is_empty() || !maybe.is_empty() {
+                    Action::Replace
+                } else if !diff.changes.is_empty() {
+                    Action::Update
+                } else {
+                    Action::Same
+                };
+                change.may_replace = certain.is_empty() && !maybe.is_empty();
+                change.replace_reasons = if certain.is_empty() { maybe } else { certain };
+                change.diffs = diff.changes;
+                if change.action == Action::Replace && (old.options.protect || options.protect) {
+                    violations.push(ProtectViolation {
+                        urn: node.urn.clone(),
+                        action: "replace",
+                        reasons: change.replace_reasons.clone(),
+                    });
+                }
+            }
+        }
+
+        if change.action == Action::Replace {
+            let dep_dbr = node.deps.iter().any(|&d| statuses[d].action == Action::Replace && statuses[d].delete_before_replace);
+            let explicit_name = ty.inputs().any(|p| {
+                p.auto_name
+                    && decl.get(p.name).is_some()
+                    && !change.diffs.iter().any(|d| d.name == p.name)
+            });
+            change.delete_before_replace = options.delete_before_replace || dep_dbr || explicit_name;
+            if !change.delete_before_replace {
+                // A fresh physical name, so old and new can exist side by side.
+                for p in ty.inputs().filter(|p| p.auto_name && decl.get(p.name).is_none()) {
+                    let old_name = old.and_then(|o| o.inputs.get(p.name)).cloned();
+                    let mut salt = 1;
+                    let mut name = Value::from(auto_name(&node.urn, state.serial, salt));
+                    while Some(&name) == old_name.as_ref() {
+                        salt += 1;
+                        name = Value::from(auto_name(&node.urn, state.serial, salt));
+                    }
+                    set_input(&mut inputs, p.name, Prop::Value(name.clone()));
+                    set_planned(&mut planned, p.name, Planned::Known(name.clone()));
+                    change.diffs.retain(|d| d.name != p.name);
+                    change.diffs.push(PropertyDiff {
+                        name: p.name.to_owned(),
+                        old: old_name,
+                        new: Some(name),
+                        known: true,
+                        replaces: false,
+                    });
+                    change.diffs.sort_by(|a, b| a.name.cmp(&b.name));
+                }
+            }
+        }
+        if change.action != Action::Same {
+            change.inputs = inputs;
+        }
+        summary.add(change.action);
+        statuses.push(NodeStatus { action: change.action, delete_before_replace: change.delete_before_replace, planned });
+        changes.push(change);
+    }
+
+    // Deletes: what state has and the program no longer declares, plus old copies left
+    // by replacements, dependents before their dependencies (state is stored in
+    // dependency order, so reverse order is safe).
+    for old in state.resources.iter().rev() {
+        if !old.pending_delete && graph.index.contains_key(&old.urn) {
+            continue;
+        }
+        if old.options.protect && !old.pending_delete {
+            violations.push(ProtectViolation { urn: old.urn.clone(), action: "delete", reasons: Vec::new() });
+        }
+        summary.add(Action::Delete);
+        changes.push(Change {
+            urn: old.urn.clone(),
+            ty: old.ty.clone(),
+            action: Action::Delete,
+            replace_reasons: Vec::new(),
+            may_replace: false,
+            diffs: Vec::new(),
+            secrets: Vec::new(),
+            id: Some(old.id.clone()),
+            inputs: Vec::new(),
+            dependencies: old.dependencies.clone(),
+            options: ResourceOptions {
+                protect: old.options.protect,
+                retain_on_delete: old.options.retain_on_delete,
+                ..ResourceOptions::default()
+            },
+            delete_before_replace: false,
+            pending_delete: old.pending_delete,
+        });
+    }
+
+    if !violations.is_empty() {
+        return Err(Error::Protected(ProtectViolations(violations)));
+    }
+    Ok(Plan {
+        format: PLAN_FORMAT.to_owned(),
+        stack: graph_stack(graph, state),
+        base: PlanBase { lineage: state.lineage.clone(), serial: state.serial },
+        user_state,
+        changes,
+        summary,
+    })
+}
+
+fn graph_stack(graph: &Graph, state: &StackState) -> String {
+    graph.nodes.first().map(|n| n.urn.stack().to_owned()).unwrap_or_else(|| state.stack.clone())
+}
+
+fn known(p: &Planned) -> Option<Value> {
+    match p {
+        Planned::Known(v) => Some(v.clone()),
+        Planned::Unknown => None,
+    }
+}
+
+fn set_input(inputs: &mut Vec<(String, Prop)>, name: &str, prop: Prop) {
+    match inputs.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+        Ok(i) => inputs[i].1 = prop,
+        Err(i) => inputs.insert(i, (name.to_owned(), prop)),
+    }
+}
+
+fn set_planned(planned: &mut Vec<(String, Planned)>, name: &str, value: Planned) {
+    match planned.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+        Ok(i) => planned[i].1 = value,
+        Err(i) => planned.insert(i, (name.to_owned(), value)),
+    }
+}
+
+/// The value of a reference at plan time, if known.
+fn resolve_ref(r: &OutputRef, graph: &Graph, statuses: &[NodeStatus], live: &HashMap<&Urn, &ResourceState>) -> Option<Value> {
+    let &t = graph.index.get(&r.urn)?;
+    let status = statuses.get(t)?;
+    let ty = graph.nodes[t].decl.ty;
+    let kind = ty.property(&r.property).map(|p| p.kind);
+    // An input of the target: its planned value, known or not.
+    if let Ok(i) = status.planned.binary_search_by(|(k, _)| k.as_str().cmp(r.property.as_str())) {
+        if kind != Some(PropertyKind::Output) {
+            return known(&status.planned[i].1);
+        }
+    }
+    match status.action {
+        Action::Create | Action::Replace => None,
+        Action::Update if ty.property(&r.property).is_some_and(|p| p.changes_on_update) => None,
+        Action::Same | Action::Update | Action::Delete => {
+            let old = live.get(&r.urn)?;
+            old.outputs.get(&r.property).or_else(|| old.inputs.get(&r.property)).cloned()
+        }
+    }
+}
+
+/// `<name>-<7 hex digits>`, derived from the URN, the state serial and a salt, so the
+/// same plan made twice names things the same (snapshot tests rely on that).
+pub(crate) fn auto_name(urn: &Urn, serial: u64, salt: u32) -> String {
+    // FNV-1a: tiny, stable across Rust versions (unlike std's hasher), good enough.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in urn.as_str().bytes().chain(serial.to_le_bytes()).chain(salt.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{}-{:07x}", urn.name(), h & 0x0fff_ffff)
+}

@@ -1,0 +1,246 @@
+//! The provider interface: how the engine reaches a cloud.
+//!
+//! The engine speaks to providers in a type-erased JSON layer ([`Props`]); users only
+//! see typed builders. A provider serves one package of type tokens (`aws`, `test`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cairn_state::{Props, Urn};
+use serde_json::Value;
+
+use crate::schema::{CheckFailure, PropertyKind, ResourceType};
+
+/// A failed provider operation.
+///
+/// When a create, update or delete fails, the engine cannot know how far the cloud got:
+/// the request MAY have taken effect. The state keeps the last known truth, and a
+/// refresh or the next apply reconciles it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The resource does not exist in the cloud (any more).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The cloud refused or failed the operation; the message says why and what to do.
+    #[error("{0}")]
+    Failed(String),
+    /// The endpoint does not implement the operation.
+    #[error("the endpoint does not support this operation: {0}")]
+    Unsupported(String),
+}
+
+impl ProviderError {
+    /// A failure with a message.
+    pub fn failed(message: impl fmt::Display) -> Self {
+        ProviderError::Failed(message.to_string())
+    }
+}
+
+/// What a provider knows about a resource in the cloud.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// The cloud's identifier.
+    pub id: String,
+    /// The inputs as the cloud sees them now (for drift detection).
+    pub inputs: Props,
+    /// The outputs.
+    pub outputs: Props,
+}
+
+/// The value a property will have after apply: known now, or not.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Planned {
+    /// Known at plan time.
+    Known(Value),
+    /// Depends on a value known only after apply.
+    Unknown,
+}
+
+/// One property's change.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PropertyDiff {
+    /// The property.
+    pub name: String,
+    /// The value before; absent when the property is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    /// The value after; absent when removed or not known yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+    /// False when the new value is known only after apply.
+    pub known: bool,
+    /// Whether this change forces a replacement (or may, when not known).
+    pub replaces: bool,
+}
+
+/// How a provider decided a resource changes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DiffResult {
+    /// The properties that change, in name order.
+    pub changes: Vec<PropertyDiff>,
+}
+
+/// The request to diff a resource's old inputs against its planned ones.
+#[derive(Debug)]
+pub struct DiffRequest<'a> {
+    /// The resource.
+    pub urn: &'a Urn,
+    /// Its type.
+    pub ty: &'static ResourceType,
+    /// The inputs in state.
+    pub old: &'a Props,
+    /// The planned inputs in name order, some perhaps unknown.
+    pub new: &'a [(String, Planned)],
+}
+
+/// A cloud provider. Implementations talk to a real API; the engine calls them from many
+/// tasks at once.
+///
+/// `check` and `diff` are local and synchronous: they must not make network calls,
+/// because preview runs them and must not touch the cloud.
+#[async_trait]
+pub trait Provider: Send + Sync + fmt::Debug + 'static {
+    /// The package of type tokens served: `aws` serves `aws:ec2:Vpc`.
+    fn package(&self) -> &str;
+
+    /// Extra local checks of known inputs, after the type's own.
+    fn check(&self, _urn: &Urn, _inputs: &Props) -> Vec<CheckFailure> {
+        Vec::new()
+    }
+
+    /// Which properties change and whether that forces a replacement. The default
+    /// follows the schema; override it where the cloud's semantics differ.
+    fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
+        schema_diff(req)
+    }
+
+    /// Creates the resource and returns its id and outputs.
+    ///
+    /// The resource's type token is `urn.ty()`; the provider tags what it creates with
+    /// the stack and URN so that [`Provider::lookup`] can find it again.
+    async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError>;
+
+    /// Reads the resource's current inputs and outputs; `None` if it is gone.
+    async fn read(&self, urn: &Urn, id: &str, inputs: &Props, outputs: &Props) -> Result<Option<Observed>, ProviderError>;
+
+    /// Changes the resource in place from `old` to `new` inputs.
+    async fn update(&self, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError>;
+
+    /// Deletes the resource. Deleting one that is already gone succeeds.
+    async fn delete(&self, urn: &Urn, id: &str, inputs: &Props, outputs: &Props) -> Result<(), ProviderError>;
+
+    /// Finds the resource with this URN by the tags Cairn puts on everything it creates
+    /// (`cairn:stack`, `cairn:urn`). Used to settle creates that were interrupted.
+    async fn lookup(&self, urn: &Urn) -> Result<Option<Observed>, ProviderError>;
+}
+
+/// The diff the schema implies: every changed input, known or not, with replacement
+/// forced by the properties marked so. An input the program stopped setting counts as
+/// a change, except an optional computed one, which the cloud then keeps as it is.
+pub fn schema_diff(req: &DiffRequest<'_>) -> DiffResult {
+    let ty = req.ty;
+    let mut changes = Vec::new();
+    let mut new_iter = req.new.iter().peekable();
+    let mut old_iter = req.old.iter().peekable();
+    loop {
+        let (name, old, new) = match (old_iter.peek(), new_iter.peek()) {
+            (None, None) => break,
+            (Some((ok, _)), Some((nk, _))) if *ok == nk.as_str() => {
+                let (k, o) = old_iter.next().unwrap();
+                let (_, n) = new_iter.next().unwrap();
+                (k, Some(o), Some(n))
+            }
+            (Some((ok, _)), Some((nk, _))) if *ok < nk.as_str() => {
+                let (k, o) = old_iter.next().unwrap();
+                (k, Some(o), None)
+            }
+            (Some(_), None) => {
+                let (k, o) = old_iter.next().unwrap();
+                (k, Some(o), None)
+            }
+            _ => {
+                let (k, n) = new_iter.next().unwrap();
+                (k.as_str(), None, Some(n))
+            }
+        };
+        let schema = ty.property(name);
+        let replaces = schema.is_some_and(|p| p.forces_replacement);
+        match (old, new) {
+            (Some(o), Some(Planned::Known(n))) if o == n => {}
+            (Some(o), Some(Planned::Known(n))) => {
+                changes.push(PropertyDiff { name: name.to_owned(), old: Some(o.clone()), new: Some(n.clone()), known: true, replaces })
+            }
+            (old, Some(Planned::Unknown)) => {
+                changes.push(PropertyDiff { name: name.to_owned(), old: old.cloned(), new: None, known: false, replaces })
+            }
+            (None, Some(Planned::Known(n))) => {
+                changes.push(PropertyDiff { name: name.to_owned(), old: None, new: Some(n.clone()), known: true, replaces })
+            }
+            (Some(o), None) => {
+                if schema.is_some_and(|p| p.kind == PropertyKind::OptionalComputed) {
+                    continue;
+                }
+                changes.push(PropertyDiff { name: name.to_owned(), old: Some(o.clone()), new: None, known: true, replaces })
+            }
+            (None, None) => {}
+        }
+    }
+    DiffResult { changes }
+}
+
+/// The providers of a stack, by package.
+#[derive(Clone, Debug, Default)]
+pub struct Providers {
+    by_package: HashMap<String, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    /// No providers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the provider for its package.
+    pub fn insert(&mut self, provider: Arc<dyn Provider>) {
+        self.by_package.insert(provider.package().to_owned(), provider);
+    }
+
+    /// The provider serving the package of type token `token` (`aws` for `aws:ec2:Vpc`).
+    pub fn for_token(&self, token: &str) -> Option<&Arc<dyn Provider>> {
+        self.by_package.get(token.split(':').next().unwrap_or(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Property;
+    use serde_json::json;
+
+    static T: ResourceType = ResourceType::new(
+        "test:Thing",
+        &[Property::input("a").forces_replacement(), Property::input("b"), Property::optional_computed("zone")],
+    );
+
+    fn props(v: Value) -> Props {
+        Props::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn provider_is_object_safe() {
+        fn _takes(_: &dyn Provider) {}
+    }
+
+    #[test]
+    fn schema_diff_marks_replacements_unknowns_and_removals() {
+        let urn = Urn::new("dev", T.token, "x");
+        let old = props(json!({"a": 1, "b": 2, "zone": "z1", "gone": true}));
+        let new = vec![("a".to_owned(), Planned::Unknown), ("b".to_owned(), Planned::Known(json!(3)))];
+        let d = schema_diff(&DiffRequest { urn: &urn, ty: &T, old: &old, new: &new });
+        let summary: Vec<_> = d.changes.iter().map(|c| (c.name.as_str(), c.known, c.replaces)).collect();
+        assert_eq!(summary, [("a", false, true), ("b", true, false), ("gone", true, false)]);
+    }
+}

@@ -1,0 +1,120 @@
+//! Refresh: reading live resources back and reporting drift.
+
+use std::collections::HashMap;
+
+use cairn_state::{StackState, Urn};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::provider::{Observed, PropertyDiff, Providers};
+
+/// How a resource differs from what state recorded.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Drift {
+    /// It no longer exists; refresh forgets it, and the next `up` creates it again.
+    Gone {
+        /// The resource.
+        urn: Urn,
+    },
+    /// Its inputs were changed outside Cairn; the next `up` changes them back.
+    Changed {
+        /// The resource.
+        urn: Urn,
+        /// What differs: `old` as recorded, `new` as found.
+        diffs: Vec<PropertyDiff>,
+    },
+}
+
+/// The result of a refresh.
+#[derive(Clone, Debug)]
+pub struct RefreshReport {
+    /// Every resource found different from state.
+    pub drift: Vec<Drift>,
+    /// Resources that could not be read, with the provider's message; state keeps what
+    /// it had for them.
+    pub errors: Vec<(Urn, String)>,
+    /// The state with what was read.
+    pub state: StackState,
+}
+
+/// Reads every resource in `state` through its provider, up to `parallelism` at once.
+pub async fn refresh(state: &StackState, providers: &Providers, parallelism: usize) -> RefreshReport {
+    let mut results: HashMap<usize, Result<Option<Observed>, String>> = HashMap::new();
+    let mut running = JoinSet::new();
+    let mut next = 0;
+    let limit = parallelism.max(1);
+    loop {
+        while running.len() < limit && next < state.resources.len() {
+            let i = next;
+            next += 1;
+            let r = &state.resources[i];
+            let Some(provider) = providers.for_token(&r.ty).cloned() else {
+                results.insert(i, Err(format!("no provider is registered for type {}", r.ty)));
+                continue;
+            };
+            let (urn, id, inputs, outputs) = (r.urn.clone(), r.id.clone(), r.inputs.clone(), r.outputs.clone());
+            running.spawn(async move {
+                (i, provider.read(&urn, &id, &inputs, &outputs).await.map_err(|e| e.to_string()))
+            });
+        }
+        match running.join_next().await {
+            Some(Ok((i, r))) => {
+                results.insert(i, r);
+            }
+            Some(Err(e)) => {
+                // Without the index we cannot attribute the panic; report it once.
+                results.insert(usize::MAX, Err(format!("a provider panicked during refresh: {e}")));
+            }
+            None => break,
+        }
+    }
+
+    let mut drift = Vec::new();
+    let mut errors = Vec::new();
+    let mut resources = Vec::with_capacity(state.resources.len());
+    for (i, r) in state.resources.iter().enumerate() {
+        match results.remove(&i) {
+            Some(Ok(None)) => drift.push(Drift::Gone { urn: r.urn.clone() }),
+            Some(Ok(Some(obs))) => {
+                let diffs = input_drift(&r.inputs, &obs.inputs);
+                if !diffs.is_empty() {
+                    drift.push(Drift::Changed { urn: r.urn.clone(), diffs });
+                }
+                let mut refreshed = r.clone();
+                refreshed.id = obs.id;
+                refreshed.inputs = obs.inputs;
+                refreshed.outputs = obs.outputs;
+                resources.push(refreshed);
+            }
+            Some(Err(e)) => {
+                errors.push((r.urn.clone(), e));
+                resources.push(r.clone());
+            }
+            None => resources.push(r.clone()),
+        }
+    }
+    if let Some(Err(e)) = results.remove(&usize::MAX) {
+        errors.push((Urn::new(&state.stack, "cairn:refresh", "provider"), e));
+    }
+    let mut new_state = state.clone_without_resources();
+    new_state.serial += 1;
+    new_state.resources = resources;
+    RefreshReport { drift, errors, state: new_state }
+}
+
+fn input_drift(recorded: &cairn_state::Props, found: &cairn_state::Props) -> Vec<PropertyDiff> {
+    let mut diffs = Vec::new();
+    for (k, old) in recorded.iter() {
+        if found.get(k) != Some(old) {
+            diffs.push(PropertyDiff { name: k.to_owned(), old: Some(old.clone()), new: found.get(k).cloned(), known: true, replaces: false });
+        }
+    }
+    for (k, new) in found.iter() {
+        if !recorded.contains_key(k) {
+            diffs.push(PropertyDiff { name: k.to_owned(), old: None, new: Some(new.clone()), known: true, replaces: false });
+        }
+    }
+    diffs.sort_by(|a, b| a.name.cmp(&b.name));
+    diffs
+}

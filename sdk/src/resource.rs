@@ -1,0 +1,326 @@
+//! Declaring resources: the type-erased declaration, options, handles and the
+//! [`Resource`] trait that typed builders implement.
+
+use std::fmt;
+use std::time::Duration;
+
+use cairn_state::Urn;
+use serde::{Deserialize, Serialize};
+
+use crate::input::{Input, Output, Prop};
+use crate::schema::ResourceType;
+
+/// Options any resource accepts, set through [`ResourceExt`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceOptions {
+    /// Extra dependencies beyond those implied by outputs used as inputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Urn>,
+    /// Refuse to delete or replace this resource; the plan fails instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protect: bool,
+    /// Properties whose changes in the program are ignored after creation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_changes: Vec<String>,
+    /// When deleted (or replaced), leave the cloud resource and only forget it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_on_delete: bool,
+    /// Replace by deleting first, then creating: for resources whose physical name or
+    /// other unique property cannot exist twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_before_replace: bool,
+    /// Limits on how long each provider operation may take.
+    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
+}
+
+/// Per-operation time limits. An operation that runs over fails the step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Limit for create.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
+    pub create: Option<Duration>,
+    /// Limit for update.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
+    pub update: Option<Duration>,
+    /// Limit for delete.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
+    pub delete: Option<Duration>,
+}
+
+impl Timeouts {
+    fn is_empty(&self) -> bool {
+        *self == Timeouts::default()
+    }
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.map(Duration::from_secs_f64))
+    }
+}
+
+/// A resource declaration with its type erased: what the engine works on.
+#[derive(Clone)]
+pub struct Decl {
+    pub(crate) ty: &'static ResourceType,
+    pub(crate) name: String,
+    pub(crate) props: Vec<(String, Prop)>,
+    pub(crate) options: ResourceOptions,
+}
+
+impl Decl {
+    /// A declaration of resource `name` of type `ty`, with no property set.
+    pub fn new(ty: &'static ResourceType, name: impl Into<String>) -> Self {
+        Decl { ty, name: name.into(), props: Vec::new(), options: ResourceOptions::default() }
+    }
+
+    /// Sets input `property`. Builders call this from their typed setters.
+    pub fn set<T>(&mut self, property: &str, value: impl Into<Input<T>>) {
+        self.set_prop(property, value.into().into_prop());
+    }
+
+    /// Sets input `property` from an already type-erased value.
+    pub fn set_prop(&mut self, property: &str, prop: Prop) {
+        match self.props.binary_search_by(|(k, _)| k.as_str().cmp(property)) {
+            Ok(i) => self.props[i].1 = prop,
+            Err(i) => self.props.insert(i, (property.to_owned(), prop)),
+        }
+    }
+
+    /// The declared value of `property`.
+    pub fn get(&self, property: &str) -> Option<&Prop> {
+        self.props.binary_search_by(|(k, _)| k.as_str().cmp(property)).ok().map(|i| &self.props[i].1)
+    }
+
+    /// The resource type.
+    pub fn resource_type(&self) -> &'static ResourceType {
+        self.ty
+    }
+
+    /// The logical name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ResourceOptions {
+        &self.options
+    }
+
+    /// The options, to change.
+    pub fn options_mut(&mut self) -> &mut ResourceOptions {
+        &mut self.options
+    }
+}
+
+impl fmt::Debug for Decl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decl")
+            .field("type", &self.ty.token)
+            .field("name", &self.name)
+            .field("props", &self.props)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// A typed resource builder. Implement it for each resource kind; users call
+/// [`Cx::add`](crate::Cx::add) with the builder and get its typed [`Resource::Ref`]
+/// back, whose methods return [`Output`]s.
+pub trait Resource {
+    /// The handle returned by `cx.add`, with a method per output.
+    type Ref: From<Handle>;
+
+    /// The declaration built so far.
+    fn decl(&self) -> &Decl;
+
+    /// The declaration, to change.
+    fn decl_mut(&mut self) -> &mut Decl;
+
+    /// The finished declaration.
+    fn into_decl(self) -> Decl;
+}
+
+/// Options every resource builder accepts.
+pub trait ResourceExt: Resource + Sized {
+    /// Depend on `other` even though no output of it is used.
+    #[must_use]
+    fn depends_on(mut self, other: &Handle) -> Self {
+        self.decl_mut().options.depends_on.push(other.urn.clone());
+        self
+    }
+
+    /// Refuse to delete or replace this resource: a plan that would fails instead.
+    #[must_use]
+    fn protect(mut self) -> Self {
+        self.decl_mut().options.protect = true;
+        self
+    }
+
+    /// Ignore changes the program makes to these properties once the resource exists.
+    ///
+    /// # Warning
+    /// The cloud keeps the values the resource was created with; changing an ignored
+    /// property in the program has no effect until the resource is replaced.
+    #[must_use]
+    fn ignore_changes<I, S>(mut self, properties: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.decl_mut().options.ignore_changes.extend(properties.into_iter().map(Into::into));
+        self
+    }
+
+    /// On delete or replacement, leave the cloud resource in place and only forget it.
+    #[must_use]
+    fn retain_on_delete(mut self) -> Self {
+        self.decl_mut().options.retain_on_delete = true;
+        self
+    }
+
+    /// Replace by deleting the old resource before creating the new one.
+    ///
+    /// # Warning
+    /// The resource does not exist between the two steps, and resources that depend on
+    /// it and are replaced with it are also deleted first.
+    #[must_use]
+    fn delete_before_replace(mut self) -> Self {
+        self.decl_mut().options.delete_before_replace = true;
+        self
+    }
+
+    /// Time limits for the provider's create, update and delete of this resource.
+    #[must_use]
+    fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.decl_mut().options.timeouts = timeouts;
+        self
+    }
+}
+
+impl<R: Resource> ResourceExt for R {}
+
+/// A reference to a declared resource, from which outputs are taken.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Handle {
+    urn: Urn,
+}
+
+impl Handle {
+    /// A handle to the resource with this URN.
+    pub fn new(urn: Urn) -> Self {
+        Handle { urn }
+    }
+
+    /// The resource's URN.
+    pub fn urn(&self) -> &Urn {
+        &self.urn
+    }
+
+    /// An output of the resource, by property name.
+    pub fn output<T>(&self, property: &str) -> Output<T> {
+        Output::new(self.urn.clone(), property)
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handle({})", self.urn)
+    }
+}
+
+/// A resource of any type, built property by property. Useful for resource types that
+/// have no typed builder (a custom provider's, a test's); typed builders are nicer.
+#[derive(Clone, Debug)]
+pub struct DynamicResource {
+    decl: Decl,
+}
+
+impl DynamicResource {
+    /// A resource `name` of type `ty`.
+    pub fn new(ty: &'static ResourceType, name: impl Into<String>) -> Self {
+        DynamicResource { decl: Decl::new(ty, name) }
+    }
+
+    /// Sets input `property`.
+    #[must_use]
+    pub fn set<T>(mut self, property: &str, value: impl Into<Input<T>>) -> Self {
+        self.decl.set(property, value);
+        self
+    }
+}
+
+impl Resource for DynamicResource {
+    type Ref = Handle;
+    fn decl(&self) -> &Decl {
+        &self.decl
+    }
+    fn decl_mut(&mut self) -> &mut Decl {
+        &mut self.decl
+    }
+    fn into_decl(self) -> Decl {
+        self.decl
+    }
+}
+
+/// Defines a typed handle: a newtype over [`Handle`] that derefs to it (so
+/// `depends_on(&vpc)` and `vpc.urn()` work) and has one method per output.
+///
+/// ```
+/// cairn_sdk::typed_handle! {
+///     /// A created VPC.
+///     pub struct VpcRef {
+///         /// The VPC id.
+///         id: String,
+///         /// Its CIDR block.
+///         cidr_block: String,
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! typed_handle {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* $output:ident : $t:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug)]
+        $vis struct $name($crate::Handle);
+
+        impl From<$crate::Handle> for $name {
+            fn from(h: $crate::Handle) -> Self {
+                $name(h)
+            }
+        }
+
+        impl ::std::ops::Deref for $name {
+            type Target = $crate::Handle;
+            fn deref(&self) -> &$crate::Handle {
+                &self.0
+            }
+        }
+
+        impl $name {
+            $(
+                $(#[$fmeta])*
+                pub fn $output(&self) -> $crate::Output<$t> {
+                    self.0.output(stringify!($output))
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,208 @@
+//! [`Stack<S>`]: a program, its providers, and the operations users run on it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use cairn_state::StackState;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::apply::{apply, ApplyOptions, ApplyReport};
+use crate::cx::Cx;
+use crate::error::{Error, Result, ValidationError, ValidationErrors};
+use crate::graph::Graph;
+use crate::input::Prop;
+use crate::plan::{plan, Plan};
+use crate::provider::{Provider, Providers};
+use crate::refresh::{refresh, RefreshReport};
+
+/// Any error a program may return with `?`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a program returns.
+pub type ProgramResult = std::result::Result<(), BoxError>;
+
+type Program<S> = dyn Fn(&mut Cx, &S) -> ProgramResult + Send + Sync;
+
+/// A stack: a program that renders the user's state `S` into resources, and the
+/// providers that manage them.
+///
+/// ```
+/// use cairn_sdk::{Cx, ProgramResult, Stack};
+///
+/// #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+/// struct Shop { web_capacity: u32 }
+///
+/// fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
+///     // cx.add(...) each resource, from `shop`.
+///     let _ = (cx, shop);
+///     Ok(())
+/// }
+///
+/// let stack = Stack::<Shop>::new("dev").program(infra);
+/// assert_eq!(stack.name(), "dev");
+/// ```
+pub struct Stack<S> {
+    name: String,
+    program: Option<Arc<Program<S>>>,
+    providers: Providers,
+    apply_options: ApplyOptions,
+}
+
+impl<S> Clone for Stack<S> {
+    fn clone(&self) -> Self {
+        Stack {
+            name: self.name.clone(),
+            program: self.program.clone(),
+            providers: self.providers.clone(),
+            apply_options: self.apply_options.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Stack<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack")
+            .field("name", &self.name)
+            .field("providers", &self.providers)
+            .field("apply_options", &self.apply_options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Stack<S>
+where
+    S: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    /// A stack named `name` with no program (it declares nothing) and no providers.
+    pub fn new(name: impl Into<String>) -> Self {
+        Stack { name: name.into(), program: None, providers: Providers::new(), apply_options: ApplyOptions::default() }
+    }
+
+    /// The program: a pure function from `S` to resources.
+    #[must_use]
+    pub fn program(mut self, program: impl Fn(&mut Cx, &S) -> ProgramResult + Send + Sync + 'static) -> Self {
+        self.program = Some(Arc::new(program));
+        self
+    }
+
+    /// Registers the provider for its package.
+    #[must_use]
+    pub fn provider(mut self, provider: impl Provider) -> Self {
+        self.providers.insert(Arc::new(provider));
+        self
+    }
+
+    /// How many provider operations an apply runs at once (default 16).
+    #[must_use]
+    pub fn parallelism(mut self, n: usize) -> Self {
+        self.apply_options.parallelism = n.max(1);
+        self
+    }
+
+    /// The stack's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The registered providers.
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// The state of this stack before its first deploy.
+    pub fn new_state(&self) -> StackState {
+        StackState::new(&self.name)
+    }
+
+    /// The user state recorded in `state`, or `S::default()` before the first deploy.
+    pub fn user_state(&self, state: &StackState) -> Result<S> {
+        if state.user_state.is_null() {
+            return Ok(S::default());
+        }
+        S::deserialize(&state.user_state).map_err(|source| Error::UserState { action: "read", source })
+    }
+
+    /// Runs the program on `s` and validates the graph it declares. Makes no cloud call.
+    pub fn render(&self, s: &S) -> Result<Graph> {
+        let mut cx = Cx::new(&self.name);
+        if let Some(program) = &self.program {
+            program(&mut cx, s).map_err(|e| Error::program(&self.name, e))?;
+        }
+        let graph = Graph::build(&self.name, cx.into_decls())?;
+        self.provider_checks(&graph)?;
+        Ok(graph)
+    }
+
+    fn provider_checks(&self, graph: &Graph) -> Result<()> {
+        let mut errors = Vec::new();
+        for node in &graph.nodes {
+            let Some(provider) = self.providers.for_token(node.decl.ty.token) else { continue };
+            let known = node
+                .decl
+                .props
+                .iter()
+                .filter_map(|(k, p)| match p {
+                    Prop::Value(v) => Some((k.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect();
+            for failure in provider.check(&node.urn, &known) {
+                errors.push(ValidationError::Invalid { urn: node.urn.clone(), failure });
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errors).into())
+        }
+    }
+
+    /// Plans the changes that bring `state` to what the program declares for `s`.
+    /// Makes no cloud call.
+    pub fn preview(&self, s: &S, state: &StackState) -> Result<Plan> {
+        self.check_state(state)?;
+        let graph = self.render(s)?;
+        let user_state = serde_json::to_value(s).map_err(|source| Error::UserState { action: "written", source })?;
+        plan(&graph, state, &self.providers, user_state)
+    }
+
+    /// Plans the deletion of every resource in `state`.
+    pub fn preview_destroy(&self, state: &StackState) -> Result<Plan> {
+        self.check_state(state)?;
+        let graph = Graph::build(&self.name, Vec::new())?;
+        plan(&graph, state, &self.providers, state.user_state.clone())
+    }
+
+    /// Applies a plan made by [`Stack::preview`] (now or earlier and saved), exactly.
+    /// Refused if `state` changed since the plan was made.
+    pub async fn apply(&self, plan: &Plan, state: &StackState) -> Result<ApplyReport> {
+        self.check_state(state)?;
+        apply(plan, state, &self.providers, &self.apply_options).await
+    }
+
+    /// Previews and applies in one go.
+    pub async fn up(&self, s: &S, state: &StackState) -> Result<ApplyReport> {
+        let plan = self.preview(s, state)?;
+        self.apply(&plan, state).await
+    }
+
+    /// Deletes every resource of the stack.
+    pub async fn destroy(&self, state: &StackState) -> Result<ApplyReport> {
+        let plan = self.preview_destroy(state)?;
+        self.apply(&plan, state).await
+    }
+
+    /// Reads every resource back from the cloud and reports drift.
+    pub async fn refresh(&self, state: &StackState) -> Result<RefreshReport> {
+        self.check_state(state)?;
+        Ok(refresh(state, &self.providers, self.apply_options.parallelism).await)
+    }
+
+    fn check_state(&self, state: &StackState) -> Result<()> {
+        if state.stack != self.name {
+            return Err(Error::WrongStack { expected: self.name.clone(), found: state.stack.clone() });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,306 @@
+//! Testing aids for users' own stacks: an in-memory provider that records every call
+//! and can be told to be slow or to fail, and plan snapshots.
+//!
+//! ```
+//! use cairn_sdk::testing::{Op, TestProvider};
+//!
+//! // Serve the `aws` package from memory, with one failure injected.
+//! let fake = TestProvider::new("aws").fail("web", Op::Create, "capacity exhausted");
+//! // Stack::new("dev").program(infra).provider(fake.clone()) ... then inspect:
+//! assert!(fake.calls().is_empty());
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_state::{Props, StackState, Urn};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::plan::RenderOptions;
+use crate::provider::{Observed, Provider, ProviderError};
+use crate::stack::Stack;
+
+/// A provider operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `create`
+    Create,
+    /// `read`
+    Read,
+    /// `update`
+    Update,
+    /// `delete`
+    Delete,
+    /// `lookup`
+    Lookup,
+}
+
+/// One recorded call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The operation.
+    pub op: Op,
+    /// The resource.
+    pub urn: Urn,
+}
+
+/// A resource living in the test provider's memory: its "cloud".
+#[derive(Clone, Debug, PartialEq)]
+pub struct FakeResource {
+    /// The URN it was created for (its cairn tag).
+    pub urn: Urn,
+    /// Its id.
+    pub id: String,
+    /// The inputs it was created or last updated with.
+    pub inputs: Props,
+}
+
+type OutputsFn = Arc<dyn Fn(&Urn, &Props) -> Props + Send + Sync>;
+
+struct Failure {
+    name: String,
+    op: Op,
+    message: String,
+    remaining: Option<u32>,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<Call>,
+    latency: Duration,
+    latency_for: HashMap<String, Duration>,
+    failures: Vec<Failure>,
+    cloud: BTreeMap<String, FakeResource>,
+    created: HashMap<Urn, u32>,
+    outputs: Option<OutputsFn>,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// An in-memory provider for one package, for tests: it keeps the resources it
+/// "created", records every call, and can inject latency and failures per resource.
+///
+/// Clones share everything, so keep one clone to inspect after giving another to the
+/// stack. Ids are `<name>-<n>`, `n` counting the creates of that URN, so they are the
+/// same on every run. Outputs echo the inputs plus `id`, and whatever
+/// [`TestProvider::with_outputs`] adds.
+#[derive(Clone, Default)]
+pub struct TestProvider {
+    package: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl fmt::Debug for TestProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestProvider").field("package", &self.package).finish_non_exhaustive()
+    }
+}
+
+impl TestProvider {
+    /// A provider serving the `package` type tokens (`"aws"` to stand in for AWS).
+    pub fn new(package: impl Into<String>) -> Self {
+        TestProvider { package: package.into(), inner: Arc::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A test that panicked while holding the lock already failed; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call takes `latency` (on tokio's clock, so paused-time tests are instant).
+    #[must_use]
+    pub fn with_latency(self, latency: Duration) -> Self {
+        self.lock().latency = latency;
+        self
+    }
+
+    /// Calls about resource `name` take `latency`.
+    #[must_use]
+    pub fn latency_for(self, name: &str, latency: Duration) -> Self {
+        self.lock().latency_for.insert(name.to_owned(), latency);
+        self
+    }
+
+    /// Operation `op` on resource `name` always fails with `message`.
+    #[must_use]
+    pub fn fail(self, name: &str, op: Op, message: &str) -> Self {
+        self.lock().failures.push(Failure { name: name.to_owned(), op, message: message.to_owned(), remaining: None });
+        self
+    }
+
+    /// Operation `op` on resource `name` fails once with `message`, then succeeds.
+    #[must_use]
+    pub fn fail_once(self, name: &str, op: Op, message: &str) -> Self {
+        self.lock().failures.push(Failure { name: name.to_owned(), op, message: message.to_owned(), remaining: Some(1) });
+        self
+    }
+
+    /// Adds computed outputs: `f(urn, inputs)` is merged into each resource's outputs.
+    #[must_use]
+    pub fn with_outputs(self, f: impl Fn(&Urn, &Props) -> Props + Send + Sync + 'static) -> Self {
+        self.lock().outputs = Some(Arc::new(f));
+        self
+    }
+
+    /// Every call so far, in the order they started.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// The calls of one kind, as `(op, resource name)` pairs, sorted: handy to assert.
+    pub fn calls_of(&self, op: Op) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().calls.iter().filter(|c| c.op == op).map(|c| c.urn.name().to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    /// Forgets the calls recorded so far.
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// The resources that exist in the provider's memory, by id.
+    pub fn resources(&self) -> Vec<FakeResource> {
+        self.lock().cloud.values().cloned().collect()
+    }
+
+    /// The most calls that were ever in flight at once.
+    pub fn max_concurrency(&self) -> usize {
+        self.lock().max_in_flight
+    }
+
+    /// Changes a resource's inputs behind the engine's back, as a person in the cloud
+    /// console would: for drift tests.
+    pub fn tamper(&self, id: &str, property: &str, value: Value) {
+        if let Some(r) = self.lock().cloud.get_mut(id) {
+            r.inputs.insert(property, value);
+        }
+    }
+
+    /// Deletes a resource behind the engine's back.
+    pub fn remove(&self, id: &str) {
+        self.lock().cloud.remove(id);
+    }
+
+    async fn enter(&self, op: Op, urn: &Urn) -> Result<(), ProviderError> {
+        let latency = {
+            let mut inner = self.lock();
+            inner.calls.push(Call { op, urn: urn.clone() });
+            inner.in_flight += 1;
+            inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+            inner.latency_for.get(urn.name()).copied().unwrap_or(inner.latency)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let mut inner = self.lock();
+        inner.in_flight -= 1;
+        let hit = inner.failures.iter_mut().find(|f| f.name == urn.name() && f.op == op && f.remaining != Some(0));
+        match hit {
+            Some(f) => {
+                if let Some(n) = f.remaining.as_mut() {
+                    *n -= 1;
+                }
+                Err(ProviderError::Failed(f.message.clone()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn observe(inner: &Inner, r: &FakeResource) -> Observed {
+        let mut outputs = r.inputs.clone();
+        if let Some(f) = &inner.outputs {
+            for (k, v) in f(&r.urn, &r.inputs).iter() {
+                outputs.insert(k, v.clone());
+            }
+        }
+        outputs.insert("id", Value::from(r.id.clone()));
+        Observed { id: r.id.clone(), inputs: r.inputs.clone(), outputs }
+    }
+}
+
+#[async_trait]
+impl Provider for TestProvider {
+    fn package(&self) -> &str {
+        &self.package
+    }
+
+    async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
+        self.enter(Op::Create, urn).await?;
+        let mut inner = self.lock();
+        let n = inner.created.entry(urn.clone()).or_insert(0);
+        *n += 1;
+        let id = format!("{}-{}", urn.name(), n);
+        let r = FakeResource { urn: urn.clone(), id: id.clone(), inputs: inputs.clone() };
+        let observed = Self::observe(&inner, &r);
+        inner.cloud.insert(id, r);
+        Ok(observed)
+    }
+
+    async fn read(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<Option<Observed>, ProviderError> {
+        self.enter(Op::Read, urn).await?;
+        let inner = self.lock();
+        Ok(inner.cloud.get(id).map(|r| Self::observe(&inner, r)))
+    }
+
+    async fn update(&self, urn: &Urn, id: &str, _old: &Props, new: &Props) -> Result<Observed, ProviderError> {
+        self.enter(Op::Update, urn).await?;
+        let mut inner = self.lock();
+        let Some(r) = inner.cloud.get_mut(id) else {
+            return Err(ProviderError::NotFound(format!("{urn} ({id})")));
+        };
+        r.inputs = new.clone();
+        let r = r.clone();
+        Ok(Self::observe(&inner, &r))
+    }
+
+    async fn delete(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<(), ProviderError> {
+        self.enter(Op::Delete, urn).await?;
+        self.lock().cloud.remove(id);
+        Ok(())
+    }
+
+    async fn lookup(&self, urn: &Urn) -> Result<Option<Observed>, ProviderError> {
+        self.enter(Op::Lookup, urn).await?;
+        let inner = self.lock();
+        Ok(inner.cloud.values().find(|r| &r.urn == urn).map(|r| Self::observe(&inner, r)))
+    }
+}
+
+/// The plan of `stack` for user state `s` against `state`, rendered with property
+/// diffs and no colour; if planning fails, the error message instead. What
+/// [`assert_plan_snapshot!`](crate::assert_plan_snapshot) snapshots.
+pub fn render_plan<S>(stack: &Stack<S>, s: &S, state: &StackState) -> String
+where
+    S: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    match stack.preview(s, state) {
+        Ok(plan) => plan.render(RenderOptions::diff()),
+        Err(e) => format!("error: {e}\n"),
+    }
+}
+
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use insta as __insta;
+
+/// Snapshot-tests the plan of a stack for a user state against a state, with insta:
+/// `assert_plan_snapshot!(stack, &shop, &state)`, or with a snapshot name first.
+/// A plan that fails (validation, protection) snapshots its error message.
+///
+/// Needs the `testing` feature.
+#[cfg(feature = "testing")]
+#[macro_export]
+macro_rules! assert_plan_snapshot {
+    ($stack:expr, $s:expr, $state:expr $(,)?) => {
+        $crate::testing::__insta::assert_snapshot!($crate::testing::render_plan(&$stack, $s, $state))
+    };
+    ($name:expr, $stack:expr, $s:expr, $state:expr $(,)?) => {
+        $crate::testing::__insta::assert_snapshot!($name, $crate::testing::render_plan(&$stack, $s, $state))
+    };
+}

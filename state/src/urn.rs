@@ -1,0 +1,102 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The identity of a resource: `urn:cairn:<stack>::<type>::<name>`.
+///
+/// A URN is derived from the stack, the resource's type token and its logical name,
+/// never from anything the cloud assigns, so the same program always yields the same
+/// URNs. Two resources of one stack may share a name only if their types differ.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Urn(String);
+
+/// A string that is not a well-formed Cairn URN.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a Cairn URN (expected urn:cairn:<stack>::<type>::<name>)")]
+pub struct UrnError(String);
+
+const PREFIX: &str = "urn:cairn:";
+
+impl Urn {
+    /// Builds the URN of resource `name` of type `ty` in `stack`.
+    pub fn new(stack: &str, ty: &str, name: &str) -> Self {
+        let mut s = String::with_capacity(PREFIX.len() + stack.len() + ty.len() + name.len() + 4);
+        s.push_str(PREFIX);
+        s.push_str(stack);
+        s.push_str("::");
+        s.push_str(ty);
+        s.push_str("::");
+        s.push_str(name);
+        Urn(s)
+    }
+
+    /// Parses a URN, checking its shape.
+    pub fn parse(s: &str) -> Result<Self, UrnError> {
+        let rest = s.strip_prefix(PREFIX).ok_or_else(|| UrnError(s.to_owned()))?;
+        if rest.splitn(3, "::").count() != 3 {
+            return Err(UrnError(s.to_owned()));
+        }
+        Ok(Urn(s.to_owned()))
+    }
+
+    /// The whole URN as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn parts(&self) -> (&str, &str, &str) {
+        let rest = &self.0[PREFIX.len()..];
+        let mut it = rest.splitn(3, "::");
+        let stack = it.next().unwrap_or_default();
+        let ty = it.next().unwrap_or_default();
+        let name = it.next().unwrap_or_default();
+        (stack, ty, name)
+    }
+
+    /// The stack part.
+    pub fn stack(&self) -> &str {
+        self.parts().0
+    }
+
+    /// The type token, e.g. `aws:ec2:Vpc`.
+    pub fn ty(&self) -> &str {
+        self.parts().1
+    }
+
+    /// The logical name given in the program.
+    pub fn name(&self) -> &str {
+        self.parts().2
+    }
+}
+
+impl fmt::Display for Urn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Urn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_round_trip_even_with_colons_in_the_type() {
+        let urn = Urn::new("dev", "aws:ec2:Vpc", "shop");
+        assert_eq!(urn.as_str(), "urn:cairn:dev::aws:ec2:Vpc::shop");
+        assert_eq!((urn.stack(), urn.ty(), urn.name()), ("dev", "aws:ec2:Vpc", "shop"));
+        assert_eq!(Urn::parse(urn.as_str()).unwrap(), urn);
+    }
+
+    #[test]
+    fn malformed_urns_are_refused() {
+        assert!(Urn::parse("arn:aws:sqs:x").is_err());
+        assert!(Urn::parse("urn:cairn:dev::only-type").is_err());
+    }
+}
