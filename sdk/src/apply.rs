@@ -230,6 +230,7 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
         }
     }
 
+    #[allow(clippy::needless_range_loop)] // `s` is also compared with each dependency
     for s in 0..steps.len() {
         let c = &plan.changes[steps[s].change];
         let mut deps = Vec::new();
@@ -305,6 +306,9 @@ struct Run<'a> {
     old: HashMap<&'a Urn, &'a ResourceState>,
     /// Resources created, updated or replaced so far.
     new: HashMap<Urn, ResourceState>,
+    /// Resources with a create, update or replacement step: until it is done, their
+    /// outputs are unknown, not the old ones.
+    changing: std::collections::HashSet<&'a Urn>,
     /// Replacements that turned out not to be needed once values were known.
     downgraded: HashMap<usize, ()>,
     /// Changes whose old resource is gone (deleted or forgotten).
@@ -331,6 +335,11 @@ impl<'a> Run<'a> {
             waiting: steps.iter().map(|s| s.deps.len()).collect(),
             old: state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect(),
             new: HashMap::new(),
+            changing: steps
+                .iter()
+                .filter(|s| matches!(s.op, StepOp::Create | StepOp::Update | StepOp::CreateReplacement))
+                .map(|s| &plan.changes[s.change].urn)
+                .collect(),
             downgraded: HashMap::new(),
             deleted: vec![false; plan.changes.len()],
             skipped: vec![false; steps.len()],
@@ -374,7 +383,11 @@ impl<'a> Run<'a> {
 
     /// The value of a reference, from what this apply has done or from state.
     fn lookup(&self, urn: &Urn, property: &str) -> Option<Value> {
-        let r = self.new.get(urn).or_else(|| self.old.get(urn).copied())?;
+        let r = match self.new.get(urn) {
+            Some(r) => r,
+            None if self.changing.contains(urn) => return None,
+            None => self.old.get(urn).copied()?,
+        };
         r.outputs.get(property).or_else(|| r.inputs.get(property)).cloned()
     }
 

@@ -193,7 +193,7 @@ impl fmt::Display for ValidationError {
                 known.join(", ")
             ),
             ValidationError::Missing { urn, property } => {
-                write!(f, "{}: property '{property}' is required; set it in the program", who(urn))
+                write!(f, "{}: property '{property}' is required; set it with .{property}(...)", who(urn))
             }
             ValidationError::Invalid { urn, failure } => write!(
                 f,

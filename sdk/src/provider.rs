@@ -74,6 +74,16 @@ pub struct PropertyDiff {
     pub known: bool,
     /// Whether this change forces a replacement (or may, when not known).
     pub replaces: bool,
+    /// A secret: `old` and `new` hold `"[secret]"` instead of the values.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+}
+
+impl PropertyDiff {
+    /// A change of `name` from `old` to `new` (`None` for unknown when `known` is false).
+    pub fn new(name: impl Into<String>, old: Option<Value>, new: Option<Value>, known: bool, replaces: bool) -> Self {
+        PropertyDiff { name: name.into(), old, new, known, replaces, secret: false }
+    }
 }
 
 /// How a provider decided a resource changes.
@@ -171,19 +181,19 @@ pub fn schema_diff(req: &DiffRequest<'_>) -> DiffResult {
         match (old, new) {
             (Some(o), Some(Planned::Known(n))) if o == n => {}
             (Some(o), Some(Planned::Known(n))) => {
-                changes.push(PropertyDiff { name: name.to_owned(), old: Some(o.clone()), new: Some(n.clone()), known: true, replaces })
+                changes.push(PropertyDiff::new(name, Some(o.clone()), Some(n.clone()), true, replaces))
             }
             (old, Some(Planned::Unknown)) => {
-                changes.push(PropertyDiff { name: name.to_owned(), old: old.cloned(), new: None, known: false, replaces })
+                changes.push(PropertyDiff::new(name, old.cloned(), None, false, replaces))
             }
             (None, Some(Planned::Known(n))) => {
-                changes.push(PropertyDiff { name: name.to_owned(), old: None, new: Some(n.clone()), known: true, replaces })
+                changes.push(PropertyDiff::new(name, None, Some(n.clone()), true, replaces))
             }
             (Some(o), None) => {
                 if schema.is_some_and(|p| p.kind == PropertyKind::OptionalComputed) {
                     continue;
                 }
-                changes.push(PropertyDiff { name: name.to_owned(), old: Some(o.clone()), new: None, known: true, replaces })
+                changes.push(PropertyDiff::new(name, Some(o.clone()), None, true, replaces))
             }
             (None, None) => {}
         }

@@ -107,12 +107,12 @@ fn input_drift(recorded: &cairn_state::Props, found: &cairn_state::Props) -> Vec
     let mut diffs = Vec::new();
     for (k, old) in recorded.iter() {
         if found.get(k) != Some(old) {
-            diffs.push(PropertyDiff { name: k.to_owned(), old: Some(old.clone()), new: found.get(k).cloned(), known: true, replaces: false });
+            diffs.push(PropertyDiff::new(k, Some(old.clone()), found.get(k).cloned(), true, false));
         }
     }
     for (k, new) in found.iter() {
         if !recorded.contains_key(k) {
-            diffs.push(PropertyDiff { name: k.to_owned(), old: None, new: Some(new.clone()), known: true, replaces: false });
+            diffs.push(PropertyDiff::new(k, None, Some(new.clone()), true, false));
         }
     }
     diffs.sort_by(|a, b| a.name.cmp(&b.name));

@@ -117,14 +117,12 @@ pub struct Change {
     /// The changed properties, by name; for a create, every input.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diffs: Vec<PropertyDiff>,
-    /// Properties whose values are hidden in renderings.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<String>,
     /// The cloud id of the existing resource (update, replace, delete, same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The inputs to create or update with; references resolve at apply time.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The inputs to create or update with; references resolve at apply time. Secret
+    /// values are here in clear, as apply needs them: guard saved plans like state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "prop_map")]
     pub inputs: Vec<(String, Prop)>,
     /// The resources it depends on (from the program; for a delete, from state).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -240,8 +238,6 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             })
             .collect();
 
-        let secrets: Vec<String> =
-            ty.properties.iter().filter(|p| p.secret).map(|p| p.name.to_owned()).collect();
         let deps: Vec<Urn> = node.deps.iter().map(|&d| graph.nodes[d].urn.clone()).collect();
         let mut change = Change {
             urn: node.urn.clone(),
@@ -250,7 +246,6 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             replace_reasons: Vec::new(),
             may_replace: false,
             diffs: Vec::new(),
-            secrets,
             id: old.map(|o| o.id.clone()),
             inputs: Vec::new(),
             dependencies: deps,
@@ -264,13 +259,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                 change.action = Action::Create;
                 change.diffs = planned
                     .iter()
-                    .map(|(k, p)| PropertyDiff {
-                        name: k.clone(),
-                        old: None,
-                        new: known(p),
-                        known: matches!(p, Planned::Known(_)),
-                        replaces: false,
-                    })
+                    .map(|(k, p)| PropertyDiff::new(k.clone(), None, known(p), matches!(p, Planned::Known(_)), false))
                     .collect();
             }
             Some(old) => {
@@ -324,17 +313,12 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     set_input(&mut inputs, p.name, Prop::Value(name.clone()));
                     set_planned(&mut planned, p.name, Planned::Known(name.clone()));
                     change.diffs.retain(|d| d.name != p.name);
-                    change.diffs.push(PropertyDiff {
-                        name: p.name.to_owned(),
-                        old: old_name,
-                        new: Some(name),
-                        known: true,
-                        replaces: false,
-                    });
+                    change.diffs.push(PropertyDiff::new(p.name, old_name, Some(name), true, false));
                     change.diffs.sort_by(|a, b| a.name.cmp(&b.name));
                 }
             }
         }
+        redact_secrets(&mut change.diffs, ty);
         if change.action != Action::Same {
             change.inputs = inputs;
         }
@@ -361,7 +345,6 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             replace_reasons: Vec::new(),
             may_replace: false,
             diffs: Vec::new(),
-            secrets: Vec::new(),
             id: Some(old.id.clone()),
             inputs: Vec::new(),
             dependencies: old.dependencies.clone(),
@@ -386,6 +369,50 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         changes,
         summary,
     })
+}
+
+/// Plans are shown and logged: secret values never appear in their diffs.
+fn redact_secrets(diffs: &mut [PropertyDiff], ty: &crate::schema::ResourceType) {
+    for d in diffs.iter_mut().filter(|d| ty.property(&d.name).is_some_and(|p| p.secret)) {
+        d.secret = true;
+        d.old = d.old.as_ref().map(|_| Value::from("[secret]"));
+        d.new = d.new.as_ref().map(|_| Value::from("[secret]"));
+    }
+}
+
+/// `Vec<(String, Prop)>` as a JSON object.
+mod prop_map {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde::ser::{SerializeMap, Serializer};
+
+    use crate::input::Prop;
+
+    pub(super) fn serialize<S: Serializer>(v: &[(String, Prop)], s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(v.len()))?;
+        for (k, p) in v {
+            m.serialize_entry(k, p)?;
+        }
+        m.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Prop)>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<(String, Prop)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of inputs")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut v: Vec<(String, Prop)> = Vec::new();
+                while let Some(e) = a.next_entry()? {
+                    v.push(e);
+                }
+                v.sort_by(|x, y| x.0.cmp(&y.0));
+                Ok(v)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn graph_stack(graph: &Graph, state: &StackState) -> String {

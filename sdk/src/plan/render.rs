@@ -107,9 +107,8 @@ fn render_change(out: &mut String, change: &Change, options: RenderOptions) {
     }
     let width = change.diffs.iter().map(|d| d.name.len()).max().unwrap_or(0);
     for d in &change.diffs {
-        let secret = change.secrets.iter().any(|s| *s == d.name);
         let show = |v: &Option<Value>| match v {
-            _ if secret => "[secret]".to_owned(),
+            Some(Value::String(s)) if d.secret => s.clone(),
             Some(v) => v.to_string(),
             None => "(none)".to_owned(),
         };

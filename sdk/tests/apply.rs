@@ -1,0 +1,355 @@
+//! Apply behaviour users rely on, on the test provider and tokio's virtual clock.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cairn_sdk::schema::{Property, ResourceType};
+use cairn_sdk::testing::{Call, Op};
+use cairn_sdk::{
+    Action, DynamicResource, Error, Handle, Plan, ResourceExt, Stack, StackState, StepStatus, Timeouts, Urn,
+};
+use common::*;
+use tokio::time::Instant;
+
+static THING: ResourceType = ResourceType::new("test:misc:Thing", &[Property::input("size"), Property::input("after")]);
+
+fn thing(name: &str) -> DynamicResource {
+    DynamicResource::new(&THING, name).set("size", 1u32)
+}
+
+/// The position of the first call `op` on resource `name`.
+fn pos(calls: &[Call], op: Op, name: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c.op == op && c.urn.name() == name)
+        .unwrap_or_else(|| panic!("no {op:?} of {name} in {calls:?}"))
+}
+
+/// Every delete comes after the deletes of what depended on it in `state`.
+fn assert_deletes_respect(state: &StackState, calls: &[Call]) {
+    let deleted: HashMap<&Urn, usize> =
+        calls.iter().enumerate().filter(|(_, c)| c.op == Op::Delete).map(|(i, c)| (&c.urn, i)).collect();
+    for r in &state.resources {
+        for d in &r.dependencies {
+            if let (Some(dep), Some(me)) = (deleted.get(d), deleted.get(&r.urn)) {
+                assert!(me < dep, "{} deleted after its dependency {}", r.urn, d);
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_starts_as_soon_as_its_own_dependencies_finish() {
+    // slow (100 ms) stands alone; fast (10 ms) -> next (10 ms). Level by level would take
+    // 110 ms (slow and fast, then next); per-step scheduling takes 100 ms.
+    let fake = TestProvider::new("test").latency_for("slow", Duration::from_millis(100)).latency_for("fast", Duration::from_millis(10)).latency_for("next", Duration::from_millis(10));
+    let stack = Stack::<()>::new("dev").provider(fake.clone()).program(|cx, _| {
+        cx.add(thing("slow"));
+        let fast = cx.add(thing("fast"));
+        cx.add(thing("next").depends_on(&fast));
+        Ok(())
+    });
+    let t = Instant::now();
+    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    assert!(report.succeeded());
+    assert_eq!(t.elapsed(), Duration::from_millis(100));
+    let calls = fake.calls();
+    assert!(pos(&calls, Op::Create, "fast") < pos(&calls, Op::Create, "next"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallelism_limit_is_respected_and_used() {
+    let fake = TestProvider::new("test").with_latency(Duration::from_millis(10));
+    let stack = Stack::<()>::new("dev").provider(fake.clone()).parallelism(4).program(|cx, _| {
+        for i in 0..50 {
+            cx.add(thing(&format!("t{i:02}")));
+        }
+        Ok(())
+    });
+    let t = Instant::now();
+    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    assert_eq!(report.summary.create, 50);
+    assert_eq!(fake.max_concurrency(), 4);
+    assert_eq!(t.elapsed(), Duration::from_millis(130), "13 rounds of 4 at 10 ms");
+}
+
+#[tokio::test]
+async fn the_default_parallelism_is_16() {
+    let fake = TestProvider::new("test").with_latency(Duration::from_millis(1));
+    let stack = Stack::<()>::new("dev").provider(fake.clone()).program(|cx, _| {
+        for i in 0..40 {
+            cx.add(thing(&format!("t{i:02}")));
+        }
+        Ok(())
+    });
+    tokio::time::pause();
+    stack.up(&(), &stack.new_state()).await.unwrap();
+    assert_eq!(fake.max_concurrency(), 16);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_skips_only_its_dependents_and_the_next_up_converges() {
+    let fake = provider().fail_once("web-a", Op::Create, "no capacity in zone-a");
+    let stack = shop_stack(&fake);
+    let report = stack.up(&Shop::new(), &stack.new_state()).await.unwrap();
+
+    let status: HashMap<&str, &StepStatus> = report.steps.iter().map(|s| (s.urn.name(), &s.status)).collect();
+    assert_eq!(status["web-a"], &StepStatus::Failed { error: "no capacity in zone-a".into() });
+    assert!(matches!(status["web"], StepStatus::Skipped { because } if because.name() == "web-a"));
+    for done in ["shop", "web-b", "orders", "orders-dlq"] {
+        assert_eq!(status[done], &StepStatus::Done, "{done}");
+    }
+    assert_eq!(report.steps.len(), 6, "every step is reported");
+    assert!(!report.succeeded());
+    let names: Vec<&str> = report.state.resources.iter().map(|r| r.urn.name()).collect();
+    assert_eq!(names, ["shop", "orders-dlq", "web-b", "orders"]);
+
+    fake.clear_calls();
+    let again = stack.up(&Shop::new(), &report.state).await.unwrap();
+    assert!(again.succeeded());
+    assert_eq!(fake.calls_of(Op::Create), ["web", "web-a"]);
+    assert!(!stack.preview(&Shop::new(), &again.state).unwrap().has_changes());
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletes_go_in_reverse_dependency_order_from_state() {
+    let fake = provider().with_latency(Duration::from_millis(5));
+    let stack = shop_stack(&fake);
+    let state = deployed(&stack, &Shop { flash_sale: true, ..Shop::new() }).await;
+    fake.clear_calls();
+    let report = stack.destroy(&state).await.unwrap();
+    assert!(report.succeeded());
+    assert_eq!(report.summary.delete, 9);
+    assert!(report.state.resources.is_empty());
+    assert!(fake.resources().is_empty(), "nothing left in the cloud");
+    assert_deletes_respect(&state, &fake.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn replace_creates_first_moves_dependents_then_deletes_the_old_one() {
+    let fake = provider().with_latency(Duration::from_millis(5));
+    let stack = shop_stack(&fake);
+    let state = deployed(&stack, &Shop::new()).await;
+    fake.clear_calls();
+    let report = stack.up(&Shop { network_cidr: "10.1.0.0/16".into(), ..Shop::new() }, &state).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    assert_eq!((report.summary.replace, report.summary.update), (3, 1));
+
+    let calls = fake.calls();
+    let create_net = pos(&calls, Op::Create, "shop");
+    let create_a = pos(&calls, Op::Create, "web-a");
+    let update_web = pos(&calls, Op::Update, "web");
+    let delete_a = pos(&calls, Op::Delete, "web-a");
+    let delete_net = pos(&calls, Op::Delete, "shop");
+    assert!(create_net < create_a && create_a < update_web, "{calls:?}");
+    assert!(update_web < delete_a && delete_a < delete_net, "{calls:?}");
+
+    // The new network got a new physical name; everything points at the new ids.
+    let net = report.state.resource(&Urn::new("dev", "test:net:Network", "shop")).unwrap();
+    assert_eq!(net.id, "shop-2");
+    let old_name = state.resource(&net.urn).unwrap().inputs.get("name").unwrap();
+    assert_ne!(net.inputs.get("name").unwrap(), old_name);
+    let a = report.state.resource(&Urn::new("dev", "test:net:Subnet", "web-a")).unwrap();
+    assert_eq!(a.inputs.get("network_id").unwrap(), "shop-2");
+    assert_eq!(fake.resources().len(), 6, "old copies are gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_explicit_physical_name_replaces_delete_first() {
+    let fake = provider();
+    let stack = Stack::<bool>::new("dev").provider(fake.clone()).program(|cx, fifo| {
+        cx.add(Queue::new("jobs").name("jobs-queue").fifo(*fifo));
+        Ok(())
+    });
+    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
+    let plan = stack.preview(&true, &state).unwrap();
+    assert!(plan.changes[0].delete_before_replace, "two queues named jobs-queue cannot coexist");
+    fake.clear_calls();
+    let report = stack.apply(&plan, &state).await.unwrap();
+    assert!(report.succeeded());
+    let calls = fake.calls();
+    assert!(pos(&calls, Op::Delete, "jobs") < pos(&calls, Op::Create, "jobs"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn delete_before_replace_deletes_dependents_replaced_with_it_first() {
+    let fake = provider();
+    let stack = Stack::<String>::new("dev").provider(fake.clone()).program(|cx, cidr| {
+        let net = cx.add(Network::new("shop").cidr_block(cidr.as_str()).delete_before_replace());
+        cx.add(Subnet::new("web-a").network_id(net.id()).cidr_block("10.0.1.0/24"));
+        Ok(())
+    });
+    let state = stack.up(&"10.0.0.0/16".to_owned(), &stack.new_state()).await.unwrap().state;
+    fake.clear_calls();
+    let report = stack.up(&"10.1.0.0/16".to_owned(), &state).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    let calls: Vec<(Op, &str)> = fake.calls().iter().map(|c| (c.op, c.urn.name())).collect::<Vec<_>>().into_iter().map(|(o, n)| (o, leak(n))).collect();
+    assert_eq!(calls, [(Op::Delete, "web-a"), (Op::Delete, "shop"), (Op::Create, "shop"), (Op::Create, "web-a")]);
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+#[tokio::test(start_paused = true)]
+async fn retain_on_delete_forgets_without_deleting() {
+    let fake = provider();
+    let stack = Stack::<bool>::new("dev").provider(fake.clone()).program(|cx, keep| {
+        if *keep {
+            cx.add(Queue::new("archive").retain_on_delete());
+        }
+        Ok(())
+    });
+    let state = stack.up(&true, &stack.new_state()).await.unwrap().state;
+    fake.clear_calls();
+    let report = stack.up(&false, &state).await.unwrap();
+    assert!(report.succeeded());
+    assert!(report.state.resources.is_empty(), "forgotten by cairn");
+    assert!(fake.calls_of(Op::Delete).is_empty(), "not deleted in the cloud");
+    assert_eq!(fake.resources().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignore_changes_keeps_the_value_the_resource_was_created_with() {
+    let stack = shop_stack(&provider());
+    let stack = stack.program(|cx, shop: &Shop| {
+        cx.add(Group::new("web").subnets(["s-1"]).image("img").capacity(1, shop.capacity, 12).ignore_changes(["desired"]));
+        Ok(())
+    });
+    let state = stack.up(&Shop { capacity: 2, ..Shop::new() }, &stack.new_state()).await.unwrap().state;
+    let plan = stack.preview(&Shop { capacity: 9, ..Shop::new() }, &state).unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render(Default::default()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_timeout_fails_the_step() {
+    let fake = TestProvider::new("test").latency_for("slow", Duration::from_secs(600));
+    let stack = Stack::<()>::new("dev").provider(fake).program(|cx, _| {
+        cx.add(thing("slow").timeouts(Timeouts { create: Some(Duration::from_secs(30)), ..Default::default() }));
+        Ok(())
+    });
+    let t = Instant::now();
+    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    assert_eq!(t.elapsed(), Duration::from_secs(30));
+    assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.contains("timed out after 30s")));
+    assert!(report.state.resources.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saved_plan_applies_exactly_and_is_refused_once_state_moved() {
+    let fake = provider();
+    let stack = shop_stack(&fake);
+    let state = deployed(&stack, &Shop::new()).await;
+    let saved = stack.preview(&Shop { capacity: 4, ..Shop::new() }, &state).unwrap().to_json();
+
+    let plan = Plan::from_json(&saved).unwrap();
+    fake.clear_calls();
+    let report = stack.apply(&plan, &state).await.unwrap();
+    assert!(report.succeeded());
+    assert_eq!(fake.calls_of(Op::Update), ["web"]);
+    assert_eq!(report.state.user_state["capacity"], 4, "the plan's S is persisted");
+
+    fake.clear_calls();
+    let err = stack.apply(&plan, &report.state).await.unwrap_err();
+    assert!(matches!(err, Error::StalePlan { planned: 1, current: 2, .. }), "{err}");
+    assert!(err.to_string().contains("run preview again"));
+    assert!(fake.calls().is_empty(), "refused before any provider call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_may_replace_that_does_not_is_not_replaced() {
+    // `tag.value` forces replacement and comes from the group's `version`, an output that
+    // may change on update. The fake cloud keeps version 1, so nothing is replaced.
+    static TAG: ResourceType = ResourceType::new("test:misc:Tag", &[Property::input("value").forces_replacement()]);
+    let fake = provider();
+    let stack = Stack::<u32>::new("dev").provider(fake.clone()).program(|cx, desired| {
+        let web = cx.add(Group::new("web").subnets(["s-1"]).image("img").capacity(1, *desired, 12));
+        cx.add(DynamicResource::new(&TAG, "tag").set("value", web.version()));
+        Ok(())
+    });
+    let state = stack.up(&1, &stack.new_state()).await.unwrap().state;
+    let plan = stack.preview(&2, &state).unwrap();
+    let tag = plan.changes.iter().find(|c| c.urn.name() == "tag").unwrap();
+    assert!(tag.action == Action::Replace && tag.may_replace);
+    fake.clear_calls();
+    let report = stack.apply(&plan, &state).await.unwrap();
+    assert!(report.succeeded());
+    assert_eq!(fake.calls_of(Op::Create), Vec::<String>::new());
+    assert_eq!(fake.calls_of(Op::Delete), Vec::<String>::new());
+    assert_eq!(report.summary.replace, 0);
+    let tag_steps: Vec<_> = report.steps.iter().filter(|s| s.urn.name() == "tag").collect();
+    assert!(tag_steps.iter().all(|s| matches!(s.status, StepStatus::NoOp { .. })), "{tag_steps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_old_copy_whose_delete_failed_is_deleted_by_the_next_apply() {
+    let fake = provider().fail_once("orders", Op::Delete, "queue busy");
+    let stack = Stack::<bool>::new("dev").provider(fake.clone()).program(|cx, fifo| {
+        cx.add(Queue::new("orders").fifo(*fifo));
+        Ok(())
+    });
+    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
+    let report = stack.up(&true, &state).await.unwrap();
+    assert!(!report.succeeded());
+    let copies: Vec<bool> = report.state.resources.iter().map(|r| r.pending_delete).collect();
+    assert_eq!(copies, [false, true], "the new queue, and the old one still to delete");
+
+    let plan = stack.preview(&true, &report.state).unwrap();
+    assert_eq!(plan.summary.delete, 1);
+    assert!(plan.changes.iter().any(|c| c.pending_delete));
+    let done = stack.apply(&plan, &report.state).await.unwrap();
+    assert!(done.succeeded());
+    assert_eq!(done.state.resources.len(), 1);
+    assert_eq!(fake.resources().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_reports_drift_and_the_next_up_corrects_it() {
+    let fake = provider();
+    let stack = shop_stack(&fake);
+    let state = deployed(&stack, &Shop::new()).await;
+    fake.tamper("web-1", "desired", serde_json::json!(7));
+    fake.remove("orders-dlq-1");
+
+    let refreshed = stack.refresh(&state).await.unwrap();
+    let drift = serde_json::to_value(&refreshed.drift).unwrap();
+    insta::assert_json_snapshot!(drift);
+    assert!(refreshed.errors.is_empty());
+
+    fake.clear_calls();
+    let report = stack.up(&Shop::new(), &refreshed.state).await.unwrap();
+    assert!(report.succeeded());
+    // The queue comes back and the group's capacity is set back. `orders` pointed at the
+    // queue's ARN, unknown at plan time; the new queue has the same ARN, so no update.
+    assert_eq!((report.summary.create, report.summary.update), (1, 1), "{:?}", report.steps);
+    assert_eq!(fake.calls_of(Op::Update), ["web"]);
+    let again = stack.refresh(&report.state).await.unwrap();
+    assert!(again.drift.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_provider_is_refused_before_any_call() {
+    let stack = Stack::<Shop>::new("dev").program(shop_program);
+    let err = stack.up(&Shop::new(), &stack.new_state()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no provider is registered for package 'test' (needed by urn:cairn:dev::test:net:Network::shop); register one with Stack::provider"
+    );
+}
+
+#[tokio::test]
+async fn state_of_another_stack_is_refused() {
+    let stack = shop_stack(&provider());
+    let err = stack.preview(&Shop::new(), &StackState::new("prod")).unwrap_err();
+    assert!(matches!(err, Error::WrongStack { .. }), "{err}");
+}
+
+#[test]
+fn handles_deref_to_their_urn() {
+    let mut cx = cairn_sdk::Cx::new("dev");
+    let net = cx.add(Network::new("shop").cidr_block("10.0.0.0/16"));
+    let h: &Handle = &net;
+    assert_eq!(h.urn().as_str(), "urn:cairn:dev::test:net:Network::shop");
+}
