@@ -1,1 +1,10 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub use cairn_sdk::*;
+
+/// Stack state: the model, stores and journal (the `cairn-state` crate).
+pub mod state {
+    pub use cairn_state::*;
+}

@@ -395,9 +395,24 @@ impl<'a> Run<'a> {
         inputs
             .iter()
             .map(|(k, p)| {
-                p.resolve(&mut |r| self.lookup(&r.urn, &r.property))
-                    .map(|v| (k.clone(), v))
-                    .ok_or_else(|| format!("input '{k}' refers to a value that is still unknown"))
+                let mut missing = None;
+                p.resolve(&mut |r| {
+                    let v = self.lookup(&r.urn, &r.property);
+                    if v.is_none() && missing.is_none() {
+                        missing = Some(r.clone());
+                    }
+                    v
+                })
+                .map(|v| (k.clone(), v))
+                .ok_or_else(|| match missing {
+                    Some(r) => format!(
+                        "input '{k}' refers to '{}' of {} '{}', which its provider did not return",
+                        r.property,
+                        r.urn.ty(),
+                        r.urn.name()
+                    ),
+                    None => format!("input '{k}' could not be resolved"),
+                })
             })
             .collect()
     }

@@ -353,3 +353,21 @@ fn handles_deref_to_their_urn() {
     let h: &Handle = &net;
     assert_eq!(h.urn().as_str(), "urn:cairn:dev::test:net:Network::shop");
 }
+
+#[tokio::test]
+async fn an_output_the_provider_did_not_return_fails_the_dependent_clearly() {
+    // A provider without computed outputs: `arn` never comes back.
+    let stack = Stack::<()>::new("dev").provider(TestProvider::new("test")).program(|cx, _| {
+        let dlq = cx.add(Queue::new("dlq"));
+        cx.add(Queue::new("orders").dead_letter_arn(dlq.arn()));
+        Ok(())
+    });
+    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let orders = report.steps.iter().find(|s| s.urn.name() == "orders").unwrap();
+    assert_eq!(
+        orders.status,
+        StepStatus::Failed {
+            error: "input 'dead_letter_arn' refers to 'arn' of test:queue:Queue 'dlq', which its provider did not return".into()
+        }
+    );
+}
