@@ -1,1 +1,448 @@
-fn main(){}
+//! Engine benchmarks: planning large graphs, and applying under simulated latency.
+//!
+//! A custom harness (`harness = false`, run with `cargo bench --bench engine`). Stdout
+//! carries exactly one `BENCH <name> <value> <unit>` line per figure, for scripts to
+//! parse; everything else (phase breakdowns, sanity numbers) goes to stderr.
+//!
+//! The engine is driven only through its public API, with the in-memory
+//! [`TestProvider`], so no cloud SDK is involved and the numbers measure the engine
+//! itself.
+
+use std::time::{Duration, Instant};
+
+use cairn_sdk::schema::{Property, ResourceType};
+use cairn_sdk::testing::{Op, TestProvider};
+use cairn_sdk::{Cx, DynamicResource, Graph, Handle, Input, Plan, ProgramResult, Props, Resource, ResourceState, Stack, StackState, Urn};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+const STACK: &str = "bench";
+
+/// Level-0 resources: nothing to depend on.
+static ROOT: ResourceType = ResourceType::new(
+    "bench:index:Root",
+    &[
+        Property::input("name").required().forces_replacement(),
+        Property::input("size"),
+        Property::input("tags"),
+        Property::output("id"),
+    ],
+);
+
+/// Everything else: a required `parent` reference makes chains, extra references hide
+/// in the `tags` list next to literals (so list resolution is exercised too).
+static NODE: ResourceType = ResourceType::new(
+    "bench:index:Node",
+    &[
+        Property::input("name").required().forces_replacement(),
+        Property::input("parent").required().forces_replacement(),
+        Property::input("size"),
+        Property::input("tags"),
+        Property::output("id"),
+    ],
+);
+
+/// The user state: it alone decides which graph the program declares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+enum BenchState {
+    #[default]
+    Empty,
+    /// `n` resources in chains of depth 10, with long-range and hub references.
+    Mixed { n: usize },
+    /// `levels` x `width` resources, each below level 0 depending on 1-3 of the level
+    /// above: a DAG whose critical path is exactly `levels` calls.
+    Layered { levels: usize, width: usize },
+}
+
+/// Knuth's MMIX LCG: deterministic across runs and platforms, no `rand` crate.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        // The low bits of an LCG are weak; the high ones are fine for picking indices.
+        self.0 >> 33
+    }
+
+    /// Uniform enough in `0..n` for picking graph edges.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One resource of a generated graph. References are indices of earlier resources, so
+/// the program can turn them into outputs of handles it already holds.
+struct Spec {
+    index: usize,
+    level: usize,
+    parent: Option<usize>,
+    peers: [usize; 2],
+    peer_count: usize,
+}
+
+impl Spec {
+    fn ty(&self) -> &'static ResourceType {
+        if self.parent.is_some() {
+            &NODE
+        } else {
+            &ROOT
+        }
+    }
+
+    fn logical_name(&self) -> String {
+        format!("r{:06}", self.index)
+    }
+
+    fn name(&self) -> String {
+        format!("bench-{:06}", self.index)
+    }
+
+    fn size(&self) -> i64 {
+        (self.index as i64 * 37) % 500 + 1
+    }
+
+    fn tier(&self) -> String {
+        format!("tier-{}", self.level)
+    }
+
+    fn peers(&self) -> &[usize] {
+        &self.peers[..self.peer_count]
+    }
+
+    /// Records an extra reference unless it repeats one already made.
+    fn add_peer(&mut self, j: usize) {
+        if Some(j) != self.parent && !self.peers().contains(&j) {
+            self.peers[self.peer_count] = j;
+            self.peer_count += 1;
+        }
+    }
+}
+
+/// The resources `state` declares, in declaration order. Both the program and the
+/// hand-built state below read it, so they cannot disagree about the graph.
+fn specs(state: BenchState) -> impl Iterator<Item = Spec> {
+    let mut rng = Lcg(0x5eed);
+    let total = match state {
+        BenchState::Empty => 0,
+        BenchState::Mixed { n } => n,
+        BenchState::Layered { levels, width } => levels * width,
+    };
+    (0..total).map(move |i| match state {
+        BenchState::Empty => unreachable!(),
+        BenchState::Mixed { .. } => {
+            // Resource 10c + l is link l of chain c. Links past the first hang off the
+            // previous one (depth) and reference up to two lower links of any earlier
+            // chain (width); a quarter of those go to the first few chains, which makes
+            // hubs with a large fan-out. Lower levels only, so the depth stays 10.
+            const DEPTH: usize = 10;
+            let (chain, level) = (i / DEPTH, i % DEPTH);
+            let mut spec = Spec { index: i, level, parent: None, peers: [0; 2], peer_count: 0 };
+            if level > 0 {
+                spec.parent = Some(i - 1);
+                for _ in 0..rng.below(3) {
+                    let c = if rng.below(4) == 0 { rng.below(chain.min(3) + 1) } else { rng.below(chain + 1) };
+                    spec.add_peer(c * DEPTH + rng.below(level));
+                }
+            }
+            spec
+        }
+        BenchState::Layered { width, .. } => {
+            let level = i / width;
+            let mut spec = Spec { index: i, level, parent: None, peers: [0; 2], peer_count: 0 };
+            if level > 0 {
+                let above = (level - 1) * width;
+                spec.parent = Some(above + rng.below(width));
+                for _ in 0..rng.below(3) {
+                    spec.add_peer(above + rng.below(width));
+                }
+            }
+            spec
+        }
+    })
+}
+
+/// Declares every resource of `state`, handing each to `add`. Generic over `add` so the
+/// same code feeds a real [`Cx`] and, for the phase breakdown, a bare `Vec<Decl>`.
+fn declare(state: BenchState, mut add: impl FnMut(DynamicResource) -> Handle) {
+    // Handles are what a real program keeps to wire outputs into later inputs.
+    let mut handles: Vec<Handle> = Vec::new();
+    for spec in specs(state) {
+        let mut tags: Vec<Input<String>> = Vec::with_capacity(1 + spec.peer_count);
+        tags.push(spec.tier().into());
+        tags.extend(spec.peers().iter().map(|&p| Input::from(handles[p].output::<String>("id"))));
+        let mut r = DynamicResource::new(spec.ty(), spec.logical_name())
+            .set("name", spec.name())
+            .set("size", spec.size())
+            .set("tags", Input::<Vec<String>>::list(tags));
+        if let Some(p) = spec.parent {
+            r = r.set("parent", handles[p].output::<String>("id"));
+        }
+        handles.push(add(r));
+    }
+}
+
+fn program(cx: &mut Cx, state: &BenchState) -> ProgramResult {
+    declare(*state, |r| cx.add(r));
+    Ok(())
+}
+
+fn stack(provider: TestProvider) -> Stack<BenchState> {
+    Stack::<BenchState>::new(STACK).program(program).provider(provider)
+}
+
+/// The state a successful `up` of `shape` on a fresh [`TestProvider`] leaves, built
+/// directly. At 100k resources an `up` would leave the TestProvider's copy of every
+/// resource and the apply's own peak in the process's high-water mark, which is
+/// supposed to measure the plan; [`check_built_state`] proves the two agree.
+fn built_state(stack: &Stack<BenchState>, shape: BenchState) -> StackState {
+    let mut state = stack.new_state();
+    state.serial = 1;
+    state.user_state = serde_json::to_value(shape).expect("the bench state serializes");
+    let mut urns: Vec<Urn> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    for spec in specs(shape) {
+        let name = spec.logical_name();
+        let urn = Urn::new(STACK, spec.ty().token, &name);
+        // TestProvider ids are `<name>-<creates of that URN>`.
+        let id = format!("{name}-1");
+        let mut tags = vec![Value::from(spec.tier())];
+        tags.extend(spec.peers().iter().map(|&p| Value::from(ids[p].as_str())));
+        let mut inputs = Props::new();
+        inputs.insert("name", Value::from(spec.name()));
+        inputs.insert("size", Value::from(spec.size()));
+        inputs.insert("tags", Value::Array(tags));
+        let mut dependencies: Vec<Urn> = spec.peers().iter().map(|&p| urns[p].clone()).collect();
+        if let Some(p) = spec.parent {
+            inputs.insert("parent", Value::from(ids[p].as_str()));
+            dependencies.push(urns[p].clone());
+        }
+        // TestProvider outputs echo the inputs plus the id.
+        let mut outputs = inputs.clone();
+        outputs.insert("id", Value::from(id.as_str()));
+        state.resources.push(ResourceState {
+            urn: urn.clone(),
+            ty: spec.ty().token.to_owned(),
+            id: id.clone(),
+            inputs,
+            outputs,
+            dependencies,
+            options: Default::default(),
+            pending_delete: false,
+        });
+        urns.push(urn);
+        ids.push(id);
+    }
+    state
+}
+
+/// Asserts that [`built_state`] matches what `up` really stores, up to the order of
+/// resources and of their dependencies (which no plan depends on).
+fn check_built_state(real: &StackState, built: &StackState) {
+    fn canonical(state: &StackState) -> Vec<ResourceState> {
+        let mut resources = state.resources.clone();
+        for r in &mut resources {
+            r.dependencies.sort();
+        }
+        resources.sort_by(|a, b| a.urn.cmp(&b.urn));
+        resources
+    }
+    assert_eq!(real.serial, built.serial);
+    assert_eq!(real.user_state, built.user_state);
+    assert!(canonical(real) == canonical(built), "the hand-built state differs from what up stores");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_time().build().expect("a tokio runtime")
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn bench(name: &str, value: f64, unit: &str) {
+    println!("BENCH {name} {value:.2} {unit}");
+}
+
+/// The process's peak resident set size (VmHWM), in MiB.
+fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+/// A `kB` field of /proc/self/status, in MiB.
+fn proc_status_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status (Linux only)");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} line in /proc/self/status"));
+    kb / 1024.0
+}
+
+/// Median wall time of `runs` previews of `shape` against `state`, each checked with
+/// `check` so a plan that does the wrong thing cannot look fast.
+fn time_preview(stack: &Stack<BenchState>, shape: BenchState, state: &StackState, runs: usize, check: impl Fn(&Plan)) -> f64 {
+    let times = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let plan = stack.preview(&shape, state).expect("the preview succeeds");
+            let elapsed = ms(t.elapsed());
+            check(&plan);
+            // Dropping the plan is part of a real preview's cost, but not what we time.
+            drop(plan);
+            elapsed
+        })
+        .collect();
+    median(times)
+}
+
+/// Where a preview's time goes, on stderr (median of 3 each): the program alone,
+/// graph validation, the whole render (which adds the providers' checks), the diff, and
+/// freeing the graph and plan (a preview frees its graph before it returns).
+fn phase_breakdown(stack: &Stack<BenchState>, shape: BenchState, state: &StackState) {
+    let mut phases: [Vec<f64>; 6] = Default::default();
+    let mut changes = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut cx = Cx::new(STACK);
+        declare(shape, |r| cx.add(r));
+        phases[0].push(ms(t.elapsed()));
+        drop(cx);
+
+        let mut decls = Vec::new();
+        declare(shape, |r| {
+            let handle = Handle::new(Urn::new(STACK, r.decl().resource_type().token, r.decl().name()));
+            decls.push(r.into_decl());
+            handle
+        });
+        let t = Instant::now();
+        let graph = Graph::build(STACK, decls).expect("a valid graph");
+        phases[1].push(ms(t.elapsed()));
+        drop(graph);
+
+        let t = Instant::now();
+        let graph = stack.render(&shape).expect("a valid graph");
+        phases[2].push(ms(t.elapsed()));
+        let user_state = serde_json::to_value(shape).expect("the bench state serializes");
+        let t = Instant::now();
+        let plan = cairn_sdk::plan::plan(&graph, state, stack.providers(), user_state).expect("a plan");
+        phases[3].push(ms(t.elapsed()));
+        changes = plan.summary.changes();
+        let t = Instant::now();
+        drop(graph);
+        phases[4].push(ms(t.elapsed()));
+        let t = Instant::now();
+        drop(plan);
+        phases[5].push(ms(t.elapsed()));
+    }
+    let [program, build, render, plan, drop_graph, drop_plan] = phases.map(median);
+    eprintln!(
+        "  phases {shape:?}, {changes} changes: program {program:.1} ms, Graph::build {build:.1} ms, \
+         render {render:.1} ms (so provider checks ~{:.1} ms), plan {plan:.1} ms, drop graph {drop_graph:.1} ms, \
+         drop plan {drop_plan:.1} ms",
+        render - program - build
+    );
+}
+
+/// The process's resident set size now (VmRSS), in MiB: what the state alone takes.
+fn rss_mb() -> f64 {
+    proc_status_mb("VmRSS:")
+}
+
+/// Plans 100k unchanged resources. Runs first and drops everything, so the process's
+/// peak RSS afterwards is this workload's.
+fn plan_100k() {
+    let shape = BenchState::Mixed { n: 100_000 };
+    let stack = stack(TestProvider::new("bench"));
+    let t = Instant::now();
+    let state = built_state(&stack, shape);
+    eprintln!("100k: state built in {:.0} ms, RSS {:.0} MiB (peak {:.0} MiB)", ms(t.elapsed()), rss_mb(), peak_rss_mb());
+    let nochange = time_preview(&stack, shape, &state, 3, |plan| {
+        assert!(!plan.has_changes(), "a no-change plan must report no changes: {:?}", plan.summary);
+        assert_eq!(plan.summary.same, 100_000);
+    });
+    bench("plan_nochange_100k_ms", nochange, "ms");
+    bench("plan_100k_peak_rss_mb", peak_rss_mb(), "MB");
+    phase_breakdown(&stack, shape, &state);
+}
+
+/// Plans 10k resources against the state a real `up` left, and against no state.
+fn plan_10k(rt: &tokio::runtime::Runtime) {
+    let shape = BenchState::Mixed { n: 10_000 };
+    let stack = stack(TestProvider::new("bench"));
+    let t = Instant::now();
+    let report = rt.block_on(stack.up(&shape, &stack.new_state())).expect("the up succeeds");
+    assert!(report.succeeded() && report.summary.create == 10_000, "up: {:?}", report.summary);
+    eprintln!("10k: up with zero latency in {:.0} ms", ms(t.elapsed()));
+    let state = report.state;
+    check_built_state(&state, &built_state(&stack, shape));
+
+    let _warm_up = stack.preview(&shape, &state);
+    let nochange = time_preview(&stack, shape, &state, 5, |plan| {
+        assert!(!plan.has_changes(), "a no-change plan must report no changes: {:?}", plan.summary);
+        assert_eq!(plan.summary.same, 10_000);
+    });
+    bench("plan_nochange_10k_ms", nochange, "ms");
+
+    let empty = stack.new_state();
+    let create = time_preview(&stack, shape, &empty, 5, |plan| {
+        assert_eq!(plan.summary.create, 10_000);
+        assert_eq!(plan.summary.changes(), 10_000);
+    });
+    bench("plan_create_10k_ms", create, "ms");
+    phase_breakdown(&stack, shape, &state);
+    phase_breakdown(&stack, shape, &empty);
+}
+
+const LATENCY: Duration = Duration::from_millis(20);
+const LEVELS: usize = 10;
+const WIDTH: usize = 100;
+
+/// Median wall time of applying the 10 x 100 layered DAG from empty state, with every
+/// provider call taking [`LATENCY`], at `parallelism`.
+fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
+    let shape = BenchState::Layered { levels: LEVELS, width: WIDTH };
+    let mut times: Vec<Duration> = (0..3)
+        .map(|_| {
+            let provider = TestProvider::new("bench").with_latency(LATENCY);
+            let stack = stack(provider.clone()).parallelism(parallelism);
+            let state = stack.new_state();
+            let plan = stack.preview(&shape, &state).expect("the preview succeeds");
+            let t = Instant::now();
+            let report = rt.block_on(stack.apply(&plan, &state)).expect("the apply runs");
+            let wall = t.elapsed();
+            assert!(report.succeeded(), "apply failed: {:?}", report.failures().next());
+            assert_eq!(report.summary.create, LEVELS * WIDTH);
+            assert_eq!(provider.calls_of(Op::Create).len(), LEVELS * WIDTH);
+            eprintln!(
+                "  apply p={parallelism}: {:.1} ms, most calls in flight {}",
+                ms(wall),
+                provider.max_concurrency()
+            );
+            wall
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn main() {
+    // Order matters: the 100k plan runs before anything else is allocated, so the peak
+    // RSS it reports is its own.
+    plan_100k();
+    let rt = runtime();
+    plan_10k(&rt);
+
+    let critical_path = LATENCY * LEVELS as u32;
+    let unlimited = time_apply(&rt, usize::MAX);
+    bench("apply_critical_path_ratio", unlimited.as_secs_f64() / critical_path.as_secs_f64(), "x");
+
+    let p16_bound = critical_path.max(LATENCY * (LEVELS * WIDTH) as u32 / 16);
+    let p16 = time_apply(&rt, 16);
+    bench("apply_p16_ratio", p16.as_secs_f64() / p16_bound.as_secs_f64(), "x");
+}

@@ -14,11 +14,14 @@
 //!   or moved off it: the dependencies recorded in state, because a removed resource is
 //!   no longer in the program.
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::cmp::Reverse;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use cairn_state::{Props, ResourceState, StackState, StoredOptions, Urn};
+use std::sync::Arc;
+
+use cairn_state::{
+    Journal, JournalRecord, PendingKind, PendingOperation, Props, ResourceState, StackState, StepEffect, StoredOptions, Urn,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -34,12 +37,23 @@ pub struct ApplyOptions {
     /// How many provider operations may run at once. Default 16; `usize::MAX` for no
     /// limit.
     pub parallelism: usize,
+    /// Told when each step starts and ends (the CLI's progress display).
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
-        ApplyOptions { parallelism: 16 }
+        ApplyOptions { parallelism: 16, progress: None }
     }
+}
+
+/// Observes an apply's steps as they start and finish. Called from the scheduler: keep
+/// it quick.
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// A step is about to call its provider.
+    fn started(&self, _urn: &Urn, _op: StepOp) {}
+    /// A step finished (or was skipped).
+    fn finished(&self, _step: &StepReport) {}
 }
 
 /// What one step did to a resource.
@@ -141,19 +155,32 @@ struct Step {
     deps: Vec<usize>,
 }
 
-/// A finished provider call.
-enum CallResult {
-    Created(Observed, Props),
-    Updated(Observed, Props),
-    Deleted,
+/// Why a step's call failed, and whether the cloud may have done it anyway.
+struct Failure {
+    message: String,
+    uncertain: bool,
 }
+
+type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<StepEffect, Failure>> + Send>>;
 
 /// Applies `plan` to the resources recorded in `state`.
 ///
 /// Refuses a plan made against another state (lineage or serial differ) before any
 /// provider call. Otherwise returns a report even when steps fail.
-pub async fn apply(plan: &Plan, state: &StackState, providers: &Providers, options: &ApplyOptions) -> Result<ApplyReport> {
+///
+/// Each step's begin is recorded in `journal` before its provider call and its end
+/// after, so a crash leaves pending operations rather than lost knowledge.
+pub async fn apply(
+    plan: &Plan,
+    state: &StackState,
+    providers: &Providers,
+    options: &ApplyOptions,
+    journal: Arc<dyn Journal>,
+) -> Result<ApplyReport> {
     let started = Instant::now();
+    if !state.pending.is_empty() {
+        return Err(Error::pending(state));
+    }
     if plan.format != PLAN_FORMAT {
         return Err(Error::program(&plan.stack, format!("unsupported plan format '{}', expected '{PLAN_FORMAT}'", plan.format)));
     }
@@ -178,7 +205,9 @@ pub async fn apply(plan: &Plan, state: &StackState, providers: &Providers, optio
     }
 
     let steps = build_steps(plan, state)?;
-    let mut run = Run::new(plan, state, providers, &steps);
+    // The state being converged to is durable before anything changes.
+    journal.record(JournalRecord::UserState { base: state.serial, value: plan.user_state.clone() }).await?;
+    let mut run = Run::new(plan, state, providers, &steps, journal, options.progress.clone());
     run.execute(options.parallelism.max(1)).await;
     Ok(run.into_report(started))
 }
@@ -317,10 +346,23 @@ struct Run<'a> {
     reports: Vec<StepReport>,
     summary: Summary,
     state: &'a StackState,
+    journal: Arc<dyn Journal>,
+    progress: Option<Arc<dyn Progress>>,
+    /// Identifies this apply's records in the journal.
+    op_id: u64,
+    /// Steps whose call failed in a way that may still have changed the cloud.
+    uncertain: Vec<PendingOperation>,
 }
 
 impl<'a> Run<'a> {
-    fn new(plan: &'a Plan, state: &'a StackState, providers: &'a Providers, steps: &'a [Step]) -> Self {
+    fn new(
+        plan: &'a Plan,
+        state: &'a StackState,
+        providers: &'a Providers,
+        steps: &'a [Step],
+        journal: Arc<dyn Journal>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Self {
         let mut dependents = vec![Vec::new(); steps.len()];
         for (i, s) in steps.iter().enumerate() {
             for &d in &s.deps {
@@ -346,12 +388,19 @@ impl<'a> Run<'a> {
             reports: Vec::with_capacity(steps.len()),
             summary: Summary::default(),
             state,
+            journal,
+            progress,
+            op_id: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+            },
+            uncertain: Vec::new(),
         }
     }
 
     async fn execute(&mut self, limit: usize) {
         let mut ready: VecDeque<usize> = (0..self.steps.len()).filter(|&s| self.waiting[s] == 0).collect();
-        let mut running: JoinSet<(Duration, Result<CallResult, String>)> = JoinSet::new();
+        let mut running: JoinSet<(Duration, Result<StepEffect, Failure>)> = JoinSet::new();
         let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
         loop {
             while running.len() < limit {
@@ -360,11 +409,15 @@ impl<'a> Run<'a> {
                     continue;
                 }
                 match self.start(s) {
-                    Started::Call(fut) => {
+                    Started::Call(pending, call) => {
+                        if let Some(p) = &self.progress {
+                            p.started(&pending.urn, self.steps[s].op);
+                        }
+                        let journal = self.journal.clone();
+                        let (base, step) = (self.state.serial, (self.op_id, s as u32));
                         let handle = running.spawn(async move {
                             let t = Instant::now();
-                            let r = fut.await;
-                            (t.elapsed(), r)
+                            (t.elapsed(), journaled(journal, base, step, pending, call).await)
                         });
                         task_step.insert(handle.id(), s);
                     }
@@ -375,7 +428,11 @@ impl<'a> Run<'a> {
             let (s, elapsed, result) = match joined {
                 Ok((id, (elapsed, r))) => (task_step[&id], elapsed, r),
                 // A provider that panics has a bug; its step fails like any other.
-                Err(e) => (task_step[&e.id()], Duration::ZERO, Err(format!("the provider panicked: {e}"))),
+                Err(e) => (
+                    task_step[&e.id()],
+                    Duration::ZERO,
+                    Err(Failure { message: format!("the provider panicked: {e}"), uncertain: true }),
+                ),
             };
             self.finish_call(s, elapsed, result, &mut ready);
         }
@@ -451,17 +508,39 @@ impl<'a> Run<'a> {
                     }
                 }
                 let provider = provider.expect("checked before the apply started");
+                let template = ResourceState {
+                    urn: urn.clone(),
+                    ty: change.ty.clone(),
+                    id: String::new(),
+                    inputs: Props::new(),
+                    outputs: Props::new(),
+                    dependencies: change.dependencies.clone(),
+                    options: stored(change),
+                    pending_delete: false,
+                };
+                let into_state = move |obs: Observed, inputs: Props| ResourceState { id: obs.id, inputs, outputs: obs.outputs, ..template };
                 match op {
                     StepOp::Update => {
                         let old = old.expect("an update has a resource in state");
                         let (id, old_inputs) = (old.id.clone(), old.inputs.clone());
-                        Started::call(timeouts.update, async move {
-                            provider.update(&urn, &id, &old_inputs, &inputs).await.map(|o| CallResult::Updated(o, inputs))
+                        let pending = self.pending(change, PendingKind::Update, Some(&id));
+                        Started::call(pending, timeouts.update, async move {
+                            let obs = provider.update(&urn, &id, &old_inputs, &inputs).await?;
+                            Ok(StepEffect::Upsert { resource: into_state(obs, inputs) })
                         })
                     }
-                    _ => Started::call(timeouts.create, async move {
-                        provider.create(&urn, &inputs).await.map(|o| CallResult::Created(o, inputs))
-                    }),
+                    _ => {
+                        // A replacement whose old copy is already gone (delete first) is
+                        // a plain create as far as state goes.
+                        let replaces = op == StepOp::CreateReplacement && !self.deleted[step.change];
+                        let kind = if replaces { PendingKind::CreateReplacement } else { PendingKind::Create };
+                        let pending = self.pending(change, kind, None);
+                        Started::call(pending, timeouts.create, async move {
+                            let obs = provider.create(&urn, &inputs).await?;
+                            let resource = into_state(obs, inputs);
+                            Ok(if replaces { StepEffect::Replaced { resource } } else { StepEffect::Upsert { resource } })
+                        })
+                    }
                 }
             }
             StepOp::DeleteReplaced | StepOp::Delete => {
@@ -490,8 +569,11 @@ impl<'a> Run<'a> {
                 };
                 let (id, inputs, outputs) = (old.id.clone(), old.inputs.clone(), old.outputs.clone());
                 let provider = provider.expect("checked before the apply started");
-                Started::call(timeouts.delete, async move {
-                    provider.delete(&urn, &id, &inputs, &outputs).await.map(|()| CallResult::Deleted)
+                let kind = if step.op == StepOp::Delete { PendingKind::Delete } else { PendingKind::DeleteReplaced };
+                let pending = self.pending(change, kind, Some(&id));
+                Started::call(pending, timeouts.delete, async move {
+                    provider.delete(&urn, &id, &inputs, &outputs).await?;
+                    Ok(StepEffect::Removed { urn, id })
                 })
             }
         }
@@ -506,25 +588,50 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn finish_call(&mut self, s: usize, elapsed: Duration, result: Result<CallResult, String>, ready: &mut VecDeque<usize>) {
-        let step = &self.steps[s];
-        let change = &self.plan.changes[step.change];
+    fn pending(&self, change: &Change, kind: PendingKind, id: Option<&str>) -> PendingOperation {
+        PendingOperation {
+            kind,
+            urn: change.urn.clone(),
+            ty: change.ty.clone(),
+            id: id.map(str::to_owned),
+            dependencies: change.dependencies.clone(),
+        }
+    }
+
+    fn finish_call(
+        &mut self,
+        s: usize,
+        elapsed: Duration,
+        result: Result<StepEffect, Failure>,
+        ready: &mut VecDeque<usize>,
+    ) {
         let status = match result {
-            Err(e) => Err(e),
-            Ok(CallResult::Created(obs, inputs)) | Ok(CallResult::Updated(obs, inputs)) => {
-                self.new.insert(change.urn.clone(), ResourceState {
-                    urn: change.urn.clone(),
-                    ty: change.ty.clone(),
-                    id: obs.id,
-                    inputs,
-                    outputs: obs.outputs,
-                    dependencies: change.dependencies.clone(),
-                    options: stored(change),
-                    pending_delete: false,
-                });
+            Ok(StepEffect::Upsert { resource } | StepEffect::Replaced { resource }) => {
+                self.new.insert(resource.urn.clone(), resource);
                 Ok(StepStatus::Done)
             }
-            Ok(CallResult::Deleted) => Ok(StepStatus::Done),
+            Ok(_) => Ok(StepStatus::Done),
+            Err(f) => {
+                if f.uncertain {
+                    let step = &self.steps[s];
+                    let change = &self.plan.changes[step.change];
+                    let kind = match step.op {
+                        StepOp::Create => PendingKind::Create,
+                        StepOp::CreateReplacement if self.deleted[step.change] => PendingKind::Create,
+                        StepOp::CreateReplacement => PendingKind::CreateReplacement,
+                        StepOp::Update => PendingKind::Update,
+                        StepOp::DeleteReplaced => PendingKind::DeleteReplaced,
+                        StepOp::Delete => PendingKind::Delete,
+                    };
+                    let id = match step.op {
+                        StepOp::Create | StepOp::CreateReplacement => None,
+                        _ => self.old_copy(change).map(|r| r.id.as_str()),
+                    };
+                    let op = self.pending(change, kind, id);
+                    self.uncertain.push(op);
+                }
+                Err(f.message)
+            }
         };
         self.finish(s, elapsed, status, ready);
     }
@@ -562,7 +669,11 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        self.reports.push(StepReport { urn: change.urn.clone(), op: step.op, status, elapsed });
+        let report = StepReport { urn: change.urn.clone(), op: step.op, status, elapsed };
+        if let Some(p) = &self.progress {
+            p.finished(&report);
+        }
+        self.reports.push(report);
     }
 
     fn skip_dependents(&mut self, failed: usize, because: &Urn) {
@@ -573,12 +684,16 @@ impl<'a> Run<'a> {
             }
             self.skipped[d] = true;
             let c = &self.plan.changes[self.steps[d].change];
-            self.reports.push(StepReport {
+            let report = StepReport {
                 urn: c.urn.clone(),
                 op: self.steps[d].op,
                 status: StepStatus::Skipped { because: because.clone() },
                 elapsed: Duration::ZERO,
-            });
+            };
+            if let Some(p) = &self.progress {
+                p.finished(&report);
+            }
+            self.reports.push(report);
             stack.extend(self.dependents[d].iter().copied());
         }
     }
@@ -615,36 +730,72 @@ impl<'a> Run<'a> {
                 (None, None) => {}
             }
         }
-        let state = StackState {
+        let mut state = StackState {
             serial: self.state.serial + 1,
             user_state: self.plan.user_state.clone(),
-            resources: sort_by_dependencies(entries),
+            resources: entries,
+            pending: std::mem::take(&mut self.uncertain),
             ..self.state.clone_without_resources()
         };
+        state.sort_resources();
         ApplyReport { steps: self.reports, state, summary: self.summary, elapsed: started.elapsed() }
     }
 }
 
 enum Started {
-    Call(std::pin::Pin<Box<dyn std::future::Future<Output = Result<CallResult, String>> + Send>>),
+    /// A provider call to make, with what is pending while it runs.
+    Call(PendingOperation, CallFuture),
+    /// Decided without a provider call.
     Finished(StepStatus),
 }
 
 impl Started {
-    fn call<F>(timeout: Option<Duration>, fut: F) -> Started
+    fn call<F>(pending: PendingOperation, timeout: Option<Duration>, fut: F) -> Started
     where
-        F: std::future::Future<Output = std::result::Result<CallResult, ProviderError>> + Send + 'static,
+        F: std::future::Future<Output = std::result::Result<StepEffect, ProviderError>> + Send + 'static,
     {
-        Started::Call(Box::pin(async move {
-            match timeout {
-                Some(t) => match tokio::time::timeout(t, fut).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("timed out after {:?} (custom timeout)", t)),
-                },
-                None => fut.await.map_err(|e| e.to_string()),
-            }
-        }))
+        let fail = |e: ProviderError| Failure { uncertain: e.is_uncertain(), message: e.to_string() };
+        Started::Call(
+            pending,
+            Box::pin(async move {
+                match timeout {
+                    Some(t) => match tokio::time::timeout(t, fut).await {
+                        Ok(r) => r.map_err(fail),
+                        // The request was in flight: it may have been carried out.
+                        Err(_) => Err(Failure { message: format!("timed out after {t:?} (custom timeout)"), uncertain: true }),
+                    },
+                    None => fut.await.map_err(fail),
+                }
+            }),
+        )
     }
+}
+
+/// Runs a step's call between its journal records. The begin is durable before the
+/// call; an uncertain failure records no end, so the step stays pending.
+async fn journaled(
+    journal: Arc<dyn Journal>,
+    base: u64,
+    step: (u64, u32),
+    pending: PendingOperation,
+    call: CallFuture,
+) -> Result<StepEffect, Failure> {
+    if let Err(e) = journal.record(JournalRecord::Begin { base, step, op: pending }).await {
+        return Err(Failure { message: format!("not started: the journal could not record it: {e}"), uncertain: false });
+    }
+    let result = call.await;
+    let effect = match &result {
+        Ok(effect) => Some(effect.clone()),
+        Err(f) if !f.uncertain => Some(StepEffect::Nothing),
+        Err(_) => None,
+    };
+    if let Some(effect) = effect {
+        // If this write fails the step stays pending in the journal; the snapshot
+        // written at the end of the apply records the truth, and a crash before it
+        // is settled by a look-up, as for any pending step.
+        let _ = journal.record(JournalRecord::End { base, step, effect }).await;
+    }
+    result
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -675,51 +826,4 @@ fn still_needed(change: &Change, old: &Props, new: &Props) -> Needed {
 
 fn stored(change: &Change) -> StoredOptions {
     StoredOptions { protect: change.options.protect, retain_on_delete: change.options.retain_on_delete }
-}
-
-/// Entries ordered so each comes after the entries it depends on, otherwise in the
-/// order given. Entries sharing a URN (a resource and its old copies) stay together.
-pub(crate) fn sort_by_dependencies(entries: Vec<ResourceState>) -> Vec<ResourceState> {
-    let n = entries.len();
-    // Each entry's group: the position of the first entry with its URN.
-    let group: Vec<usize> = {
-        let mut first_of: HashMap<&Urn, usize> = HashMap::with_capacity(n);
-        entries.iter().enumerate().map(|(i, e)| *first_of.entry(&e.urn).or_insert(i)).collect()
-    };
-    let mut indegree = vec![0usize; n];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    {
-        let first_of: HashMap<&Urn, usize> = entries.iter().zip(&group).map(|(e, &g)| (&e.urn, g)).collect();
-        for (e, &g) in entries.iter().zip(&group) {
-            for d in &e.dependencies {
-                if let Some(&dg) = first_of.get(d) {
-                    if dg != g {
-                        dependents[dg].push(g);
-                        indegree[g] += 1;
-                    }
-                }
-            }
-        }
-    }
-    let is_head = |i: usize| group[i] == i;
-    let mut heap: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| is_head(i) && indegree[i] == 0).map(Reverse).collect();
-    let mut order = Vec::with_capacity(n);
-    let mut placed = vec![false; n];
-    while let Some(Reverse(g)) = heap.pop() {
-        placed[g] = true;
-        order.push(g);
-        for &d in &dependents[g] {
-            indegree[d] -= 1;
-            if indegree[d] == 0 {
-                heap.push(Reverse(d));
-            }
-        }
-    }
-    // A loop in recorded dependencies should not happen; keep the rest as they were.
-    order.extend((0..n).filter(|&i| is_head(i) && !placed[i]));
-    let mut members: Vec<Vec<ResourceState>> = (0..n).map(|_| Vec::new()).collect();
-    for (e, g) in entries.into_iter().zip(group) {
-        members[g].push(e);
-    }
-    order.into_iter().flat_map(|g| std::mem::take(&mut members[g])).collect()
 }

@@ -64,6 +64,24 @@ pub enum Error {
         /// The stack the state names.
         found: String,
     },
+    /// The state has steps that were interrupted; they must be settled before planning.
+    #[error(
+        "stack '{stack}' has {count} interrupted operation{} (the first on {first}); \
+         they are settled by looking the resources up in the cloud: run `up` or `refresh`, \
+         or call Stack::resolve_pending, then plan again",
+        if *count == 1 { "" } else { "s" }
+    )]
+    PendingOperations {
+        /// The stack.
+        stack: String,
+        /// How many.
+        count: usize,
+        /// The first one's resource.
+        first: Urn,
+    },
+    /// Reading or writing state failed.
+    #[error(transparent)]
+    State(#[from] cairn_state::StateError),
     /// The user state `S` could not be converted to or from JSON.
     #[error("the stack's user state could not be {action} as JSON: {source}; check S's Serialize/Deserialize impls")]
     UserState {
@@ -76,6 +94,14 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn pending(state: &cairn_state::StackState) -> Self {
+        Error::PendingOperations {
+            stack: state.stack.clone(),
+            count: state.pending.len(),
+            first: state.pending[0].urn.clone(),
+        }
+    }
+
     /// An error from the user's program.
     pub fn program(stack: &str, message: impl fmt::Display) -> Self {
         Error::Program { stack: stack.to_owned(), message: message.to_string() }

@@ -24,18 +24,29 @@ pub enum ProviderError {
     /// The resource does not exist in the cloud (any more).
     #[error("not found: {0}")]
     NotFound(String),
-    /// The cloud refused or failed the operation; the message says why and what to do.
+    /// The cloud refused the operation: nothing changed. The message says why and what
+    /// to do.
     #[error("{0}")]
     Failed(String),
+    /// The request MAY have taken effect (a timeout, a dropped connection, a server
+    /// error). The engine keeps the step pending and settles it with a look-up or a read
+    /// before the next plan, so nothing is created twice.
+    #[error("{0} (the request may have taken effect)")]
+    Uncertain(String),
     /// The endpoint does not implement the operation.
     #[error("the endpoint does not support this operation: {0}")]
     Unsupported(String),
 }
 
 impl ProviderError {
-    /// A failure with a message.
+    /// A refusal with a message: nothing changed.
     pub fn failed(message: impl fmt::Display) -> Self {
         ProviderError::Failed(message.to_string())
+    }
+
+    /// Whether the cloud may have carried out the request despite the error.
+    pub fn is_uncertain(&self) -> bool {
+        matches!(self, ProviderError::Uncertain(_))
     }
 }
 
@@ -142,9 +153,10 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// Deletes the resource. Deleting one that is already gone succeeds.
     async fn delete(&self, urn: &Urn, id: &str, inputs: &Props, outputs: &Props) -> Result<(), ProviderError>;
 
-    /// Finds the resource with this URN by the tags Cairn puts on everything it creates
-    /// (`cairn:stack`, `cairn:urn`). Used to settle creates that were interrupted.
-    async fn lookup(&self, urn: &Urn) -> Result<Option<Observed>, ProviderError>;
+    /// Finds every resource tagged with this URN (`cairn:stack`, `cairn:urn`: the tags
+    /// Cairn puts on everything it creates). Used to settle creates that were
+    /// interrupted; during a replacement the old and the new copy both match.
+    async fn lookup(&self, urn: &Urn) -> Result<Vec<Observed>, ProviderError>;
 }
 
 /// The diff the schema implies: every changed input, known or not, with replacement

@@ -7,13 +7,14 @@ use cairn_state::StackState;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::apply::{apply, ApplyOptions, ApplyReport};
+use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
 use crate::cx::Cx;
 use crate::error::{Error, Result, ValidationError, ValidationErrors};
 use crate::graph::Graph;
 use crate::input::Prop;
 use crate::plan::{plan, Plan};
 use crate::provider::{Provider, Providers};
+use crate::recover::{resolve_pending, Recovery};
 use crate::refresh::{refresh, RefreshReport};
 
 /// Any error a program may return with `?`.
@@ -100,6 +101,17 @@ where
         self
     }
 
+    /// Reports each apply step as it starts and finishes.
+    #[must_use]
+    pub fn progress(mut self, progress: impl Progress + 'static) -> Self {
+        self.apply_options.progress = Some(Arc::new(progress));
+        self
+    }
+
+    pub(crate) fn apply_options(&self) -> &ApplyOptions {
+        &self.apply_options
+    }
+
     /// The stack's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -175,14 +187,29 @@ where
     }
 
     /// Applies a plan made by [`Stack::preview`] (now or earlier and saved), exactly.
-    /// Refused if `state` changed since the plan was made.
+    /// Refused if `state` changed since the plan was made. Keeps no journal: for state
+    /// kept in a store, use [`Stack::lock`] and the session's apply.
     pub async fn apply(&self, plan: &Plan, state: &StackState) -> Result<ApplyReport> {
         self.check_state(state)?;
-        apply(plan, state, &self.providers, &self.apply_options).await
+        apply(plan, state, &self.providers, &self.apply_options, Arc::new(cairn_state::NoJournal)).await
     }
 
-    /// Previews and applies in one go.
+    /// Settles operations a crash interrupted (see [`resolve_pending`]); the returned
+    /// state has none left.
+    pub async fn resolve_pending(&self, state: &StackState) -> Result<(StackState, Vec<Recovery>)> {
+        self.check_state(state)?;
+        resolve_pending(state, &self.providers).await
+    }
+
+    /// Settles interrupted operations, then previews and applies in one go.
     pub async fn up(&self, s: &S, state: &StackState) -> Result<ApplyReport> {
+        let settled;
+        let state = if state.pending.is_empty() {
+            state
+        } else {
+            settled = self.resolve_pending(state).await?.0;
+            &settled
+        };
         let plan = self.preview(s, state)?;
         self.apply(&plan, state).await
     }
@@ -199,7 +226,7 @@ where
         Ok(refresh(state, &self.providers, self.apply_options.parallelism).await)
     }
 
-    fn check_state(&self, state: &StackState) -> Result<()> {
+    pub(crate) fn check_state(&self, state: &StackState) -> Result<()> {
         if state.stack != self.name {
             return Err(Error::WrongStack { expected: self.name.clone(), found: state.stack.clone() });
         }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -80,6 +81,26 @@ struct Inner {
     outputs: Option<OutputsFn>,
     in_flight: usize,
     max_in_flight: usize,
+    /// Where the fake cloud is mirrored, to survive the process.
+    dir: Option<PathBuf>,
+}
+
+impl Inner {
+    /// Mirrors a resource (or its deletion) to disk, atomically.
+    fn persist(&self, id: &str) {
+        let Some(dir) = &self.dir else { return };
+        let path = dir.join(format!("{id}.json"));
+        match self.cloud.get(id) {
+            Some(r) => {
+                let doc = serde_json::json!({ "urn": r.urn, "id": r.id, "inputs": r.inputs });
+                let tmp = dir.join(format!(".{id}.tmp"));
+                std::fs::write(&tmp, doc.to_string()).and_then(|()| std::fs::rename(&tmp, &path)).expect("the test cloud's directory is writable");
+            }
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
 }
 
 /// An in-memory provider for one package, for tests: it keeps the resources it
@@ -110,6 +131,37 @@ impl TestProvider {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A test that panicked while holding the lock already failed; keep going.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A provider whose "cloud" is kept in `dir`, one file per resource, so that it
+    /// outlives the process: for tests that kill a process in the middle of an apply.
+    /// Resources already in `dir` are loaded.
+    pub fn persistent(package: impl Into<String>, dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        let p = Self::new(package);
+        {
+            let mut inner = p.lock();
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let doc: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+                let r = FakeResource {
+                    urn: serde_json::from_value(doc["urn"].clone())?,
+                    id: doc["id"].as_str().unwrap_or_default().to_owned(),
+                    inputs: serde_json::from_value(doc["inputs"].clone())?,
+                };
+                // Ids are `<name>-<n>`: continue the numbering.
+                let n = r.id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let seen = inner.created.entry(r.urn.clone()).or_insert(0);
+                *seen = (*seen).max(n);
+                inner.cloud.insert(r.id.clone(), r);
+            }
+            inner.dir = Some(dir);
+        }
+        Ok(p)
     }
 
     /// Every call takes `latency` (on tokio's clock, so paused-time tests are instant).
@@ -177,14 +229,18 @@ impl TestProvider {
     /// Changes a resource's inputs behind the engine's back, as a person in the cloud
     /// console would: for drift tests.
     pub fn tamper(&self, id: &str, property: &str, value: Value) {
-        if let Some(r) = self.lock().cloud.get_mut(id) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.cloud.get_mut(id) {
             r.inputs.insert(property, value);
         }
+        inner.persist(id);
     }
 
     /// Deletes a resource behind the engine's back.
     pub fn remove(&self, id: &str) {
-        self.lock().cloud.remove(id);
+        let mut inner = self.lock();
+        inner.cloud.remove(id);
+        inner.persist(id);
     }
 
     async fn enter(&self, op: Op, urn: &Urn) -> Result<(), ProviderError> {
@@ -238,7 +294,8 @@ impl Provider for TestProvider {
         let id = format!("{}-{}", urn.name(), n);
         let r = FakeResource { urn: urn.clone(), id: id.clone(), inputs: inputs.clone() };
         let observed = Self::observe(&inner, &r);
-        inner.cloud.insert(id, r);
+        inner.cloud.insert(id.clone(), r);
+        inner.persist(&id);
         Ok(observed)
     }
 
@@ -256,19 +313,22 @@ impl Provider for TestProvider {
         };
         r.inputs = new.clone();
         let r = r.clone();
+        inner.persist(id);
         Ok(Self::observe(&inner, &r))
     }
 
     async fn delete(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<(), ProviderError> {
         self.enter(Op::Delete, urn).await?;
-        self.lock().cloud.remove(id);
+        let mut inner = self.lock();
+        inner.cloud.remove(id);
+        inner.persist(id);
         Ok(())
     }
 
-    async fn lookup(&self, urn: &Urn) -> Result<Option<Observed>, ProviderError> {
+    async fn lookup(&self, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         self.enter(Op::Lookup, urn).await?;
         let inner = self.lock();
-        Ok(inner.cloud.values().find(|r| &r.urn == urn).map(|r| Self::observe(&inner, r)))
+        Ok(inner.cloud.values().filter(|r| &r.urn == urn).map(|r| Self::observe(&inner, r)).collect())
     }
 }
 

@@ -235,6 +235,13 @@ async fn a_custom_timeout_fails_the_step() {
     assert_eq!(t.elapsed(), Duration::from_secs(30));
     assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.contains("timed out after 30s")));
     assert!(report.state.resources.is_empty());
+    // The create was in flight: it may still land, so it stays pending, planning is
+    // refused until it is settled, and the next up settles it with a look-up.
+    assert_eq!(report.state.pending.len(), 1);
+    assert!(matches!(stack.preview(&(), &report.state), Err(Error::PendingOperations { count: 1, .. })));
+    let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
+    assert_eq!(recovered, [cairn_sdk::Recovery::Dropped { urn: Urn::new("dev", "test:misc:Thing", "slow") }]);
+    assert!(settled.pending.is_empty());
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,16 +1,33 @@
-//! Cairn's stack state: what the engine knows about the resources it manages.
+//! Cairn's stack state: what the engine knows about the resources it manages, and
+//! where that knowledge is kept so nothing is ever lost or done twice.
 //!
-//! This crate is the lowest layer of Cairn. It holds the state model
-//! ([`StackState`], [`ResourceState`]), the compact property map ([`Props`]) and
-//! the [`Urn`] that names every resource. It depends on no cloud SDK, so the engine
-//! and its tests build in seconds.
+//! - The model: [`StackState`], [`ResourceState`], the compact [`Props`] map and the
+//!   [`Urn`] that names every resource.
+//! - The journal: [`JournalRecord`]s appended as each apply step begins and ends, so a
+//!   crash leaves [`PendingOperation`]s to resolve instead of lost knowledge.
+//! - Stores: [`FileStore`] (the default, `.cairn/<stack>/`), [`MemoryStore`], and with
+//!   the `s3` feature an S3 store; [`open`] picks one from a location string.
+//!
+//! This crate depends on no cloud SDK by default, so the engine builds in seconds.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod error;
+mod file;
+mod journal;
+mod location;
+mod memory;
 mod model;
 mod props;
+mod store;
 mod urn;
 
-pub use model::{ResourceState, StackState, StoredOptions, FORMAT_VERSION};
+pub use error::{LockedError, StateError};
+pub use file::FileStore;
+pub use journal::{apply_effect, replay, Journal, JournalRecord, NoJournal, PendingKind, PendingOperation, StepEffect};
+pub use location::{open, DEFAULT_LOCATION};
+pub use memory::MemoryStore;
+pub use model::{ResourceState, StackState, StoredOptions, FORMAT_VERSION, PROCESSED_EVENTS_KEPT};
 pub use props::Props;
+pub use store::{format_utc, Lock, LockInfo, Store};
 pub use urn::{Urn, UrnError};

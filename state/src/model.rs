@@ -3,7 +3,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Props, Urn};
+use crate::{PendingOperation, Props, Urn};
 
 /// The state format this build writes. A state with a higher version was written by a
 /// newer Cairn and is refused rather than misread.
@@ -25,7 +25,18 @@ pub struct StackState {
     pub user_state: Value,
     /// The managed resources, dependencies before dependents.
     pub resources: Vec<ResourceState>,
+    /// Steps that began but never recorded their end (the process died). The next
+    /// operation resolves them before planning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingOperation>,
+    /// Ids of the most recent events processed, oldest first, at most
+    /// [`PROCESSED_EVENTS_KEPT`]: a redelivered event is recognised and skipped.
+    #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
+    pub processed_events: std::collections::VecDeque<String>,
 }
+
+/// How many processed event ids a stack remembers.
+pub const PROCESSED_EVENTS_KEPT: usize = 10_000;
 
 /// One managed resource as last seen by the engine.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +93,8 @@ impl StackState {
             serial: 0,
             user_state: Value::Null,
             resources: Vec::new(),
+            pending: Vec::new(),
+            processed_events: Default::default(),
         }
     }
 
@@ -95,7 +108,28 @@ impl StackState {
             serial: self.serial,
             user_state: self.user_state.clone(),
             resources: Vec::new(),
+            pending: self.pending.clone(),
+            processed_events: self.processed_events.clone(),
         }
+    }
+
+    /// Whether event `id` was processed recently.
+    pub fn was_processed(&self, id: &str) -> bool {
+        self.processed_events.iter().any(|e| e == id)
+    }
+
+    /// Remembers event `id` as processed, forgetting the oldest beyond the bound.
+    pub fn remember_event(&mut self, id: impl Into<String>) {
+        self.processed_events.push_back(id.into());
+        while self.processed_events.len() > PROCESSED_EVENTS_KEPT {
+            self.processed_events.pop_front();
+        }
+    }
+
+    /// Orders the resources so each follows the ones it depends on, otherwise keeping
+    /// their order. A resource and its old copies stay together.
+    pub fn sort_resources(&mut self) {
+        self.resources = sort_by_dependencies(std::mem::take(&mut self.resources));
     }
 
     /// The live (not pending-delete) resource with this URN.
@@ -104,8 +138,58 @@ impl StackState {
     }
 }
 
+/// Entries ordered so each comes after the entries it depends on, otherwise in the
+/// order given. Entries sharing a URN (a resource and its old copies) stay together.
+fn sort_by_dependencies(entries: Vec<ResourceState>) -> Vec<ResourceState> {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+
+    let n = entries.len();
+    // Each entry's group: the position of the first entry with its URN.
+    let group: Vec<usize> = {
+        let mut first_of: HashMap<&Urn, usize> = HashMap::with_capacity(n);
+        entries.iter().enumerate().map(|(i, e)| *first_of.entry(&e.urn).or_insert(i)).collect()
+    };
+    let mut indegree = vec![0usize; n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    {
+        let first_of: HashMap<&Urn, usize> = entries.iter().zip(&group).map(|(e, &g)| (&e.urn, g)).collect();
+        for (e, &g) in entries.iter().zip(&group) {
+            for d in &e.dependencies {
+                if let Some(&dg) = first_of.get(d) {
+                    if dg != g {
+                        dependents[dg].push(g);
+                        indegree[g] += 1;
+                    }
+                }
+            }
+        }
+    }
+    let is_head = |i: usize| group[i] == i;
+    let mut heap: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| is_head(i) && indegree[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    let mut placed = vec![false; n];
+    while let Some(Reverse(g)) = heap.pop() {
+        placed[g] = true;
+        order.push(g);
+        for &d in &dependents[g] {
+            indegree[d] -= 1;
+            if indegree[d] == 0 {
+                heap.push(Reverse(d));
+            }
+        }
+    }
+    // A loop in recorded dependencies should not happen; keep the rest as they were.
+    order.extend((0..n).filter(|&i| is_head(i) && !placed[i]));
+    let mut members: Vec<Vec<ResourceState>> = (0..n).map(|_| Vec::new()).collect();
+    for (e, g) in entries.into_iter().zip(group) {
+        members[g].push(e);
+    }
+    order.into_iter().flat_map(|g| std::mem::take(&mut members[g])).collect()
+}
+
 /// A lineage id: unique enough to tell two stacks apart, with no random-number crate.
-fn new_lineage() -> String {
+pub(crate) fn new_lineage() -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);

@@ -196,6 +196,9 @@ struct NodeStatus {
 /// `providers` supply custom diffs; a resource whose package has no provider gets the
 /// schema's diff, so a preview (and a snapshot test) needs no provider at all.
 pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state: Value) -> Result<Plan> {
+    if !state.pending.is_empty() {
+        return Err(Error::pending(state));
+    }
     let live: HashMap<&Urn, &ResourceState> =
         state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect();
     let mut statuses: Vec<NodeStatus> = Vec::with_capacity(graph.nodes.len());

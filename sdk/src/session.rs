@@ -1,0 +1,176 @@
+//! Running a stack against a state store: load, lock, journal, commit.
+
+use std::sync::Arc;
+
+use cairn_state::{Lock, StackState, Store};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::apply::{apply, ApplyReport};
+use crate::error::Result;
+use crate::plan::Plan;
+use crate::recover::{resolve_pending, Recovery};
+use crate::refresh::RefreshReport;
+use crate::stack::Stack;
+
+/// A stack opened for changes: it holds the stack's lock in its store until
+/// [`Session::close`]. Every apply is journaled step by step and committed as a new
+/// snapshot when it ends.
+///
+/// ```no_run
+/// # async fn run(stack: cairn_sdk::Stack<u32>) -> cairn_sdk::Result<()> {
+/// let store = cairn_state::open(cairn_state::DEFAULT_LOCATION).await?;
+/// let mut session = stack.lock(store, "up").await?;
+/// let result = session.up(&3).await;
+/// session.close().await?;
+/// let report = result?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Session<S> {
+    stack: Stack<S>,
+    store: Arc<dyn Store>,
+    lock: Lock,
+    state: StackState,
+    recovered: Vec<Recovery>,
+}
+
+impl<S> Stack<S>
+where
+    S: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    /// Reads the stack's state from `store` without locking it, for previews. Operations
+    /// a crash interrupted are settled in memory (by looking the resources up in the
+    /// cloud, which changes nothing) and returned, so the preview is right.
+    pub async fn load(&self, store: &dyn Store) -> Result<(StackState, Vec<Recovery>)> {
+        let state = match store.load(self.name()).await? {
+            Some(state) => state,
+            None => return Ok((self.new_state(), Vec::new())),
+        };
+        self.check_state(&state)?;
+        if state.pending.is_empty() {
+            return Ok((state, Vec::new()));
+        }
+        resolve_pending(&state, self.providers()).await
+    }
+
+    /// Opens the stack for changes: takes its lock (failing at once, naming the holder,
+    /// if another process has it), loads its state and settles interrupted operations,
+    /// recording the result. Call [`Session::close`] when done.
+    pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
+        let lock = store.lock(self.name(), operation).await?;
+        match self.open_locked(&*store, &lock).await {
+            Ok((state, recovered)) => Ok(Session { stack: self.clone(), store, lock, state, recovered }),
+            Err(e) => {
+                let _ = store.unlock(lock).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_locked(&self, store: &dyn Store, lock: &Lock) -> Result<(StackState, Vec<Recovery>)> {
+        let Some(state) = store.load(self.name()).await? else {
+            // The first snapshot: the journal needs one to apply to.
+            let state = self.new_state();
+            store.commit(lock, &state).await?;
+            return Ok((state, Vec::new()));
+        };
+        self.check_state(&state)?;
+        if state.pending.is_empty() {
+            return Ok((state, Vec::new()));
+        }
+        let (resolved, recovered) = resolve_pending(&state, self.providers()).await?;
+        store.commit(lock, &resolved).await?;
+        Ok((resolved, recovered))
+    }
+}
+
+impl<S> Session<S>
+where
+    S: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    /// The stack's current state.
+    pub fn state(&self) -> &StackState {
+        &self.state
+    }
+
+    /// How interrupted operations were settled since the session opened.
+    pub fn recovered(&self) -> &[Recovery] {
+        &self.recovered
+    }
+
+    /// The user state recorded for the stack (`S::default()` before the first deploy).
+    pub fn user_state(&self) -> Result<S> {
+        self.stack.user_state(&self.state)
+    }
+
+    /// Plans the changes for user state `s`.
+    pub fn preview(&self, s: &S) -> Result<Plan> {
+        self.stack.preview(s, &self.state)
+    }
+
+    /// Plans the deletion of everything.
+    pub fn preview_destroy(&self) -> Result<Plan> {
+        self.stack.preview_destroy(&self.state)
+    }
+
+    /// Applies `plan`, journaling each step, and commits the new state, also when steps
+    /// failed (the report says which).
+    pub async fn apply(&mut self, plan: &Plan) -> Result<ApplyReport> {
+        let journal = self.store.journal(&self.lock).await?;
+        // Steps that failed uncertainly stay pending in the new state: a timed-out create
+        // may still land, so they are settled when the next operation starts.
+        let report = apply(plan, &self.state, self.stack.providers(), self.stack.apply_options(), journal).await?;
+        self.store.commit(&self.lock, &report.state).await?;
+        self.state = report.state.clone();
+        Ok(report)
+    }
+
+    /// Settles operations left pending (by a crash, or by an uncertain failure in an
+    /// earlier apply of this session) and records the result. `up`, `destroy` and
+    /// `refresh` do this first; call it before `preview` if the state has pending
+    /// operations.
+    pub async fn settle(&mut self) -> Result<&[Recovery]> {
+        if !self.state.pending.is_empty() {
+            let (settled, recovered) = resolve_pending(&self.state, self.stack.providers()).await?;
+            self.store.commit(&self.lock, &settled).await?;
+            self.state = settled;
+            self.recovered.extend(recovered);
+        }
+        Ok(&self.recovered)
+    }
+
+    /// Previews and applies user state `s`.
+    pub async fn up(&mut self, s: &S) -> Result<ApplyReport> {
+        self.settle().await?;
+        let plan = self.preview(s)?;
+        self.apply(&plan).await
+    }
+
+    /// Deletes every resource of the stack.
+    pub async fn destroy(&mut self) -> Result<ApplyReport> {
+        self.settle().await?;
+        let plan = self.preview_destroy()?;
+        self.apply(&plan).await
+    }
+
+    /// Reads every resource back, reports drift, and records what was read.
+    pub async fn refresh(&mut self) -> Result<RefreshReport> {
+        self.settle().await?;
+        let report = self.stack.refresh(&self.state).await?;
+        self.store.commit(&self.lock, &report.state).await?;
+        self.state = report.state.clone();
+        Ok(report)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Releases the stack's lock.
+    pub async fn close(self) -> Result<()> {
+        self.store.unlock(self.lock).await?;
+        Ok(())
+    }
+}

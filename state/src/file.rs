@@ -1,0 +1,366 @@
+//! The default store: a directory per stack under `.cairn/`.
+//!
+//! ```text
+//! .cairn/<stack>/state.json       the last snapshot
+//! .cairn/<stack>/state.json.bak   the snapshot before it
+//! .cairn/<stack>/journal.jsonl    step records since the snapshot, one JSON per line
+//! .cairn/<stack>/lock.json        present while an operation holds the stack
+//! .cairn/<stack>/audit.jsonl      the audit log
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::error::LockedError;
+use crate::journal::{replay, Journal, JournalRecord};
+use crate::store::{Lock, LockInfo, Store};
+use crate::{StackState, StateError, FORMAT_VERSION};
+
+const SNAPSHOT: &str = "state.json";
+const BACKUP: &str = "state.json.bak";
+const JOURNAL: &str = "journal.jsonl";
+const LOCK: &str = "lock.json";
+const AUDIT: &str = "audit.jsonl";
+
+/// State in local files: a snapshot plus an append-only journal per stack.
+///
+/// Every step of an apply appends a begin and an end record, fsynced, so writing N
+/// resources costs O(N) bytes; the snapshot is rewritten once, when the operation
+/// commits (temporary file, fsync, rename, fsync of the directory).
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    root: PathBuf,
+    written: Arc<AtomicU64>,
+}
+
+impl FileStore {
+    /// A store rooted at `root` (conventionally `.cairn`).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FileStore { root: root.into(), written: Arc::default() }
+    }
+
+    /// The directory of `stack`.
+    pub fn stack_dir(&self, stack: &str) -> PathBuf {
+        self.root.join(stack)
+    }
+
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StateError> + Send + 'static) -> Result<T, StateError> {
+        tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+/// Reads and checks a snapshot file; `None` if it does not exist.
+pub(crate) fn read_snapshot(path: &Path) -> Result<Option<StackState>, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::io("reading", path)(e)),
+    };
+    parse_snapshot(path, &bytes).map(Some)
+}
+
+/// Parses snapshot bytes, telling empty, truncated, corrupt and too-new apart.
+pub(crate) fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<StackState, StateError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(StateError::Empty { path: path.to_owned() });
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_eof() {
+            StateError::Truncated { path: path.to_owned(), len: bytes.len() as u64 }
+        } else {
+            StateError::Corrupt { path: path.to_owned(), detail: e.to_string() }
+        }
+    })?;
+    let version = value.get("version").and_then(serde_json::Value::as_u64);
+    match version {
+        None => {
+            return Err(StateError::Corrupt { path: path.to_owned(), detail: "no format version: this is not a Cairn state file".into() })
+        }
+        Some(v) if v > u64::from(FORMAT_VERSION) => {
+            return Err(StateError::TooNew { path: path.to_owned(), found: v, supported: FORMAT_VERSION })
+        }
+        Some(_) => {}
+    }
+    serde_json::from_value(value).map_err(|e| StateError::Corrupt { path: path.to_owned(), detail: e.to_string() })
+}
+
+/// Reads journal records. A last line without its newline was cut off by a crash while
+/// being written, before it was acknowledged: it is ignored. Any other bad line is
+/// corruption.
+pub(crate) fn read_journal(path: &Path) -> Result<Vec<JournalRecord>, StateError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StateError::io("reading", path)(e)),
+    };
+    parse_journal(path, &text)
+}
+
+pub(crate) fn parse_journal(path: &Path, text: &str) -> Result<Vec<JournalRecord>, StateError> {
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    complete
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| StateError::JournalCorrupt { path: path.to_owned(), line: i + 1, detail: e.to_string() })
+        })
+        .collect()
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StateError::io("syncing", dir))
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the
+/// directory. Keeps the previous file as `backup` if given.
+fn write_atomic(path: &Path, bytes: &[u8], backup: Option<&Path>) -> Result<(), StateError> {
+    let dir = path.parent().expect("state files live in a directory");
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = File::create(&tmp).map_err(StateError::io("creating", &tmp))?;
+        f.write_all(bytes).map_err(StateError::io("writing", &tmp))?;
+        f.sync_all().map_err(StateError::io("syncing", &tmp))?;
+    }
+    if let Some(backup) = backup {
+        if path.exists() {
+            // A hard link keeps the old snapshot without a moment where no snapshot exists.
+            let _ = fs::remove_file(backup);
+            fs::hard_link(path, backup).or_else(|_| fs::copy(path, backup).map(|_| ())).map_err(StateError::io("backing up", path))?;
+        }
+    }
+    fs::rename(&tmp, path).map_err(StateError::io("renaming into place", path))?;
+    fsync_dir(dir)
+}
+
+#[async_trait]
+impl Store for FileStore {
+    fn location(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn load(&self, stack: &str) -> Result<Option<StackState>, StateError> {
+        let dir = self.stack_dir(stack);
+        Self::blocking(move || {
+            let Some(mut state) = read_snapshot(&dir.join(SNAPSHOT))? else { return Ok(None) };
+            let records = read_journal(&dir.join(JOURNAL))?;
+            replay(&mut state, records);
+            state.sort_resources();
+            Ok(Some(state))
+        })
+        .await
+    }
+
+    async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
+        let dir = self.stack_dir(stack);
+        let info = LockInfo::here(operation);
+        let stack = stack.to_owned();
+        let written = self.written.clone();
+        Self::blocking(move || {
+            fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
+            let path = dir.join(LOCK);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
+                    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(StateError::io("writing", &path))?;
+                    fsync_dir(&dir)?;
+                    written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    Ok(Lock { stack, info })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let holder = read_lock(&path)?.unwrap_or_else(|| LockInfo {
+                        operation: "unknown (the lock file is unreadable)".into(),
+                        user: "unknown".into(),
+                        host: "unknown".into(),
+                        pid: 0,
+                        since: "unknown".into(),
+                        token: String::new(),
+                    });
+                    Err(StateError::Locked(Box::new(LockedError { stack, holder })))
+                }
+                Err(e) => Err(StateError::io("creating", &path)(e)),
+            }
+        })
+        .await
+    }
+
+    async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
+        let path = self.stack_dir(&lock.stack).join(LOCK);
+        Self::blocking(move || {
+            // Release only our own lock: a forced unlock may have handed it on.
+            if read_lock(&path)?.is_some_and(|held| held.token == lock.info.token) {
+                fs::remove_file(&path).map_err(StateError::io("removing", &path))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
+        let path = self.stack_dir(stack).join(LOCK);
+        Self::blocking(move || {
+            let held = read_lock(&path)?;
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(held),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StateError::io("removing", &path)(e)),
+            }
+        })
+        .await
+    }
+
+    async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
+        let path = self.stack_dir(stack).join(LOCK);
+        Self::blocking(move || read_lock(&path)).await
+    }
+
+    async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
+        let path = self.stack_dir(&lock.stack).join(JOURNAL);
+        let written = self.written.clone();
+        let journal = Self::blocking(move || FileJournal::open(path, written)).await?;
+        Ok(Arc::new(journal))
+    }
+
+    async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
+        let dir = self.stack_dir(&lock.stack);
+        let state = state.clone();
+        let written = self.written.clone();
+        let stack = lock.stack.clone();
+        Self::blocking(move || {
+            fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
+            let path = dir.join(SNAPSHOT);
+            // Never replace a snapshot we could not read, or one that is not the
+            // predecessor of this state.
+            if let Some(current) = read_snapshot(&path)? {
+                if current.lineage != state.lineage {
+                    return Err(StateError::Conflict {
+                        stack,
+                        detail: format!("stored lineage {} is not {}", current.lineage, state.lineage),
+                    });
+                }
+                if current.serial >= state.serial {
+                    return Err(StateError::Conflict {
+                        stack,
+                        detail: format!("stored serial {} is not older than {}", current.serial, state.serial),
+                    });
+                }
+            }
+            let mut bytes = serde_json::to_vec(&state).expect("state serializes");
+            bytes.push(b'\n');
+            write_atomic(&path, &bytes, Some(&dir.join(BACKUP)))?;
+            written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            // The journal's records are in the snapshot now (and carry the old serial,
+            // so replaying them by mistake would skip them).
+            let journal = dir.join(JOURNAL);
+            match OpenOptions::new().write(true).open(&journal) {
+                Ok(f) => f.set_len(0).and_then(|()| f.sync_all()).map_err(StateError::io("truncating", &journal))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StateError::io("opening", &journal)(e)),
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError> {
+        let dir = self.stack_dir(stack);
+        let mut line = serde_json::to_vec(entry).expect("audit entries serialize");
+        line.push(b'\n');
+        let written = self.written.clone();
+        Self::blocking(move || {
+            fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
+            let path = dir.join(AUDIT);
+            let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
+            f.write_all(&line).and_then(|()| f.sync_data()).map_err(StateError::io("writing", &path))?;
+            written.fetch_add(line.len() as u64, Ordering::Relaxed);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn history(&self, stack: &str) -> Result<Vec<serde_json::Value>, StateError> {
+        let path = self.stack_dir(stack).join(AUDIT);
+        Self::blocking(move || {
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(StateError::io("reading", &path)(e)),
+            };
+            // A torn last line is a crash mid-append; skip it like the journal does.
+            Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        })
+        .await
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+fn read_lock(path: &Path) -> Result<Option<LockInfo>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateError::io("reading", path)(e)),
+    }
+}
+
+type Pending = (Vec<u8>, oneshot::Sender<io::Result<()>>);
+
+/// The journal file, written by one thread that batches whatever records are waiting
+/// into one write and one fsync (group commit): parallel steps share the cost of
+/// durability instead of queueing for it.
+#[derive(Debug)]
+struct FileJournal {
+    tx: mpsc::Sender<Pending>,
+    path: PathBuf,
+}
+
+impl FileJournal {
+    fn open(path: PathBuf, written: Arc<AtomicU64>) -> Result<Self, StateError> {
+        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
+        let (tx, rx) = mpsc::channel::<Pending>();
+        std::thread::Builder::new()
+            .name("cairn-journal".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let mut buf = Vec::with_capacity(batch.iter().map(|(b, _)| b.len()).sum());
+                    for (bytes, _) in &batch {
+                        buf.extend_from_slice(bytes);
+                    }
+                    let result = file.write_all(&buf).and_then(|()| file.sync_data());
+                    if result.is_ok() {
+                        written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    }
+                    for (_, ack) in batch {
+                        let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                    }
+                }
+            })
+            .map_err(StateError::io("starting the journal writer for", &path))?;
+        Ok(FileJournal { tx, path })
+    }
+}
+
+#[async_trait]
+impl Journal for FileJournal {
+    async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
+        let mut bytes = serde_json::to_vec(&record).expect("journal records serialize");
+        bytes.push(b'\n');
+        let (ack, done) = oneshot::channel();
+        let gone = || StateError::io("writing", &self.path)(io::Error::other("the journal writer stopped"));
+        self.tx.send((bytes, ack)).map_err(|_| gone())?;
+        done.await.map_err(|_| gone())?.map_err(StateError::io("writing", &self.path))
+    }
+}

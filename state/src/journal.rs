@@ -1,0 +1,163 @@
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{ResourceState, StateError, Urn};
+
+/// What a step was doing when it began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingKind {
+    /// Creating a resource.
+    Create,
+    /// Creating the replacement of an existing resource.
+    CreateReplacement,
+    /// Updating in place.
+    Update,
+    /// Deleting the old copy of a replaced resource.
+    DeleteReplaced,
+    /// Deleting.
+    Delete,
+}
+
+/// A step that began and never recorded its end: the process died during it, and the
+/// cloud may or may not have done it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingOperation {
+    /// What the step was doing.
+    pub kind: PendingKind,
+    /// The resource.
+    pub urn: Urn,
+    /// Its type token.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Its cloud id, for steps on an existing resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// What it depends on (to adopt a create with its dependencies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Urn>,
+}
+
+/// How a step ended, as far as state is concerned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "effect")]
+pub enum StepEffect {
+    /// The resource now exists as given (created or updated).
+    Upsert {
+        /// The resource.
+        resource: ResourceState,
+    },
+    /// A replacement exists as given; the previous copy becomes an old copy to delete.
+    Replaced {
+        /// The new resource.
+        resource: ResourceState,
+    },
+    /// The resource with this id is gone (deleted or forgotten).
+    Removed {
+        /// The resource.
+        urn: Urn,
+        /// Its id.
+        id: String,
+    },
+    /// The step failed or changed nothing.
+    Nothing,
+}
+
+/// One line of a stack's journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "record")]
+pub enum JournalRecord {
+    /// The user state `S` an operation is converging to; written before its first step.
+    UserState {
+        /// The snapshot serial the record applies to.
+        base: u64,
+        /// The value.
+        value: serde_json::Value,
+    },
+    /// A step is about to call the provider.
+    Begin {
+        /// The snapshot serial the record applies to.
+        base: u64,
+        /// Identifies the step within the journal: operation and step number.
+        step: (u64, u32),
+        /// What is pending until the matching end.
+        op: PendingOperation,
+    },
+    /// A step finished.
+    End {
+        /// The snapshot serial the record applies to.
+        base: u64,
+        /// The step, as in its begin record.
+        step: (u64, u32),
+        /// What changed.
+        effect: StepEffect,
+    },
+}
+
+impl JournalRecord {
+    /// The snapshot serial the record applies to.
+    pub fn base(&self) -> u64 {
+        match self {
+            JournalRecord::UserState { base, .. } | JournalRecord::Begin { base, .. } | JournalRecord::End { base, .. } => *base,
+        }
+    }
+}
+
+/// Where an apply records its steps. A record is durable when `record` returns.
+#[async_trait]
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    /// Appends a record durably.
+    async fn record(&self, record: JournalRecord) -> Result<(), StateError>;
+}
+
+/// A journal that keeps nothing: for in-memory stacks and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoJournal;
+
+#[async_trait]
+impl Journal for NoJournal {
+    async fn record(&self, _record: JournalRecord) -> Result<(), StateError> {
+        Ok(())
+    }
+}
+
+/// Applies journal records, in order, to the snapshot they were written against.
+/// Records for another serial (left by a compaction that crashed before truncating the
+/// journal) are skipped. Begins without an end become pending operations.
+pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = JournalRecord>) {
+    let mut open: Vec<((u64, u32), PendingOperation)> = Vec::new();
+    for record in records {
+        if record.base() != state.serial {
+            continue;
+        }
+        match record {
+            JournalRecord::UserState { value, .. } => state.user_state = value,
+            JournalRecord::Begin { step, op, .. } => open.push((step, op)),
+            JournalRecord::End { step, effect, .. } => {
+                open.retain(|(s, _)| *s != step);
+                apply_effect(state, effect);
+            }
+        }
+    }
+    state.pending.extend(open.into_iter().map(|(_, op)| op));
+}
+
+/// Changes `state` as a finished step did.
+pub fn apply_effect(state: &mut crate::StackState, effect: StepEffect) {
+    match effect {
+        StepEffect::Upsert { resource } => {
+            match state.resources.iter_mut().find(|r| r.urn == resource.urn && !r.pending_delete) {
+                Some(r) => *r = resource,
+                None => state.resources.push(resource),
+            }
+        }
+        StepEffect::Replaced { resource } => {
+            if let Some(r) = state.resources.iter_mut().find(|r| r.urn == resource.urn && !r.pending_delete) {
+                r.pending_delete = true;
+            }
+            state.resources.push(resource);
+        }
+        StepEffect::Removed { urn, id } => state.resources.retain(|r| !(r.urn == urn && r.id == id)),
+        StepEffect::Nothing => {}
+    }
+}

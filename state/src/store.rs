@@ -1,0 +1,129 @@
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{Journal, StackState, StateError};
+
+/// Who holds a stack's lock, for what, and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// The operation (`up`, `destroy`, `refresh`, `watch`, ...).
+    pub operation: String,
+    /// The user name.
+    pub user: String,
+    /// The host name.
+    pub host: String,
+    /// The process id.
+    pub pid: u32,
+    /// When it was taken, UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub since: String,
+    /// A unique token, so a holder only ever releases its own lock.
+    pub token: String,
+}
+
+impl LockInfo {
+    /// Describes this process taking a lock for `operation`.
+    pub fn here(operation: &str) -> Self {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        LockInfo {
+            operation: operation.to_owned(),
+            user: std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "unknown".into()),
+            host: hostname(),
+            pid: std::process::id(),
+            since: format_utc(now.as_secs()),
+            token: crate::model::new_lineage(),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Proof of holding a stack's lock; pass it to the writes.
+#[derive(Clone, Debug)]
+pub struct Lock {
+    /// The stack.
+    pub stack: String,
+    /// The lock as written.
+    pub info: LockInfo,
+}
+
+/// Where stacks' state lives. Reads need no lock; every write needs the stack's [`Lock`].
+///
+/// Implementations: [`FileStore`](crate::FileStore) (the default, `.cairn/`),
+/// [`MemoryStore`](crate::MemoryStore), and `S3Store` (feature `s3`).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Where it is, as a location string (`file:///...`, `s3://...`).
+    fn location(&self) -> String;
+
+    /// The stack's state: the last snapshot with its journal replayed, begins without an
+    /// end as [`StackState::pending`]. `None` if the stack was never written.
+    async fn load(&self, stack: &str) -> Result<Option<StackState>, StateError>;
+
+    /// Takes the stack's lock, or fails at once with [`StateError::Locked`].
+    async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError>;
+
+    /// Releases a lock this process holds.
+    async fn unlock(&self, lock: Lock) -> Result<(), StateError>;
+
+    /// Removes the stack's lock whoever holds it (`state unlock`); returns what it was.
+    async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError>;
+
+    /// Who holds the stack's lock, if anyone.
+    async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError>;
+
+    /// The journal of the locked stack, for an apply to record its steps.
+    async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError>;
+
+    /// Writes `state` as the new snapshot and clears the journal. Refuses (with
+    /// [`StateError::Conflict`]) if the stored snapshot is not the one `state` follows.
+    async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError>;
+
+    /// Appends one entry to the stack's audit log.
+    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError>;
+
+    /// The stack's audit log, oldest first.
+    async fn history(&self, stack: &str) -> Result<Vec<serde_json::Value>, StateError>;
+
+    /// Bytes written so far by this store (snapshots, journal, audit): for benchmarks.
+    fn bytes_written(&self) -> u64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_827_696), "2000-02-29T12:34:56Z");
+        assert_eq!(format_utc(1_795_305_600), "2026-11-22T00:00:00Z");
+    }
+}

@@ -1,0 +1,206 @@
+//! The local-file store: refusals, the journal, locks and commits.
+
+use std::path::Path;
+
+use cairn_state::{
+    FileStore, JournalRecord, PendingKind, PendingOperation, Props, ResourceState, StackState, StateError, StepEffect, Store,
+    StoredOptions, Urn,
+};
+use serde_json::json;
+
+fn resource(name: &str, id: &str, deps: &[&str]) -> ResourceState {
+    ResourceState {
+        urn: Urn::new("dev", "test:Thing", name),
+        ty: "test:Thing".into(),
+        id: id.into(),
+        inputs: Props::from_value(json!({"size": 1})).unwrap(),
+        outputs: Props::new(),
+        dependencies: deps.iter().map(|d| Urn::new("dev", "test:Thing", d)).collect(),
+        options: StoredOptions::default(),
+        pending_delete: false,
+    }
+}
+
+/// The error's message with the temporary directory replaced, for stable snapshots.
+fn message(e: StateError, dir: &Path) -> String {
+    e.to_string().replace(&dir.display().to_string(), "<dir>")
+}
+
+async fn refusal(contents: &[u8]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let path = tmp.path().join("dev/state.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, contents).unwrap();
+
+    let err = store.load("dev").await.unwrap_err();
+    // Refused to write over it, too.
+    let lock = store.lock("dev", "up").await.unwrap();
+    let mut state = StackState::new("dev");
+    state.serial = 7;
+    let commit = store.commit(&lock, &state).await;
+    assert!(commit.is_err(), "a commit over an unreadable snapshot must be refused");
+    assert_eq!(std::fs::read(&path).unwrap(), contents, "the file is untouched");
+    message(err, tmp.path())
+}
+
+#[tokio::test]
+async fn an_empty_state_file_is_refused() {
+    insta::assert_snapshot!(refusal(b"").await);
+}
+
+#[tokio::test]
+async fn a_truncated_state_file_is_refused() {
+    let full = serde_json::to_vec(&StackState::new("dev")).unwrap();
+    insta::assert_snapshot!(refusal(&full[..full.len() / 2]).await.replace(&(full.len() / 2).to_string(), "N"));
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_refused() {
+    insta::assert_snapshot!(refusal(b"{\"version\": 1, \"stack\": \"dev\",, }").await);
+}
+
+#[tokio::test]
+async fn a_state_file_from_a_newer_cairn_is_refused() {
+    let mut doc = serde_json::to_value(StackState::new("dev")).unwrap();
+    doc["version"] = json!(2);
+    insta::assert_snapshot!(refusal(&serde_json::to_vec(&doc).unwrap()).await);
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_cairn_state_is_refused() {
+    insta::assert_snapshot!(refusal(b"{\"resources\": []}").await);
+}
+
+#[tokio::test]
+async fn commit_then_load_round_trips_and_keeps_a_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    assert!(store.load("dev").await.unwrap().is_none(), "a new stack has no state");
+
+    let lock = store.lock("dev", "up").await.unwrap();
+    let mut state = StackState::new("dev");
+    store.commit(&lock, &state).await.unwrap();
+    state.serial = 1;
+    state.resources.push(resource("a", "a-1", &[]));
+    store.commit(&lock, &state).await.unwrap();
+
+    assert_eq!(store.load("dev").await.unwrap().unwrap(), state);
+    let backup: StackState = serde_json::from_slice(&std::fs::read(tmp.path().join("dev/state.json.bak")).unwrap()).unwrap();
+    assert_eq!(backup.serial, 0, "the previous snapshot is kept");
+}
+
+#[tokio::test]
+async fn a_commit_that_does_not_follow_the_stored_snapshot_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let lock = store.lock("dev", "up").await.unwrap();
+    let mut state = StackState::new("dev");
+    state.serial = 3;
+    store.commit(&lock, &state).await.unwrap();
+
+    let stale = StackState { serial: 3, ..state.clone() };
+    assert!(matches!(store.commit(&lock, &stale).await, Err(StateError::Conflict { .. })));
+    let other = StackState { serial: 9, ..StackState::new("dev") };
+    let err = store.commit(&lock, &other).await.unwrap_err();
+    assert!(err.to_string().contains("changed by someone else"), "{err}");
+}
+
+#[tokio::test]
+async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pending() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let lock = store.lock("dev", "up").await.unwrap();
+    let mut state = StackState::new("dev");
+    state.resources.push(resource("old", "old-1", &[]));
+    store.commit(&lock, &state).await.unwrap();
+
+    let journal = store.journal(&lock).await.unwrap();
+    let begin = |n: u32, kind, name: &str, id: Option<&str>| JournalRecord::Begin {
+        base: 0,
+        step: (7, n),
+        op: PendingOperation { kind, urn: Urn::new("dev", "test:Thing", name), ty: "test:Thing".into(), id: id.map(Into::into), dependencies: vec![] },
+    };
+    journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 4}) }).await.unwrap();
+    journal.record(begin(0, PendingKind::Create, "b", None)).await.unwrap();
+    journal.record(begin(1, PendingKind::Delete, "old", Some("old-1"))).await.unwrap();
+    journal.record(begin(2, PendingKind::Create, "c", None)).await.unwrap();
+    journal.record(JournalRecord::End { base: 0, step: (7, 1), effect: StepEffect::Removed { urn: Urn::new("dev", "test:Thing", "old"), id: "old-1".into() } }).await.unwrap();
+    journal.record(JournalRecord::End { base: 0, step: (7, 0), effect: StepEffect::Upsert { resource: resource("b", "b-1", &[]) } }).await.unwrap();
+    // A record for an older snapshot (left by a compaction that crashed) is ignored.
+    journal.record(JournalRecord::End { base: 99, step: (1, 1), effect: StepEffect::Upsert { resource: resource("ghost", "g-1", &[]) } }).await.unwrap();
+    // A torn last line: the crash came in the middle of writing it.
+    let path = tmp.path().join("dev/journal.jsonl");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"record\":\"end\",\"base\":0,\"st");
+    std::fs::write(&path, text).unwrap();
+
+    let loaded = store.load("dev").await.unwrap().unwrap();
+    let names: Vec<&str> = loaded.resources.iter().map(|r| r.urn.name()).collect();
+    assert_eq!(names, ["b"]);
+    assert_eq!(loaded.user_state, json!({"capacity": 4}));
+    assert_eq!(loaded.pending.len(), 1);
+    assert_eq!((loaded.pending[0].kind, loaded.pending[0].urn.name()), (PendingKind::Create, "c"));
+
+    // Committing folds the journal into the snapshot and empties it.
+    let next = StackState { serial: 1, pending: vec![], ..loaded };
+    store.commit(&lock, &next).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+    assert_eq!(store.load("dev").await.unwrap().unwrap(), next);
+}
+
+#[tokio::test]
+async fn a_corrupt_line_inside_the_journal_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let lock = store.lock("dev", "up").await.unwrap();
+    store.commit(&lock, &StackState::new("dev")).await.unwrap();
+    let path = tmp.path().join("dev/journal.jsonl");
+    std::fs::write(&path, "{\"record\":\"user_state\",\"base\":0,\"value\":1}\nnot json\n{}\n").unwrap();
+    let err = store.load("dev").await.unwrap_err();
+    insta::assert_snapshot!(message(err, tmp.path()));
+}
+
+#[tokio::test]
+async fn a_second_writer_gets_the_lock_error_at_once_and_unlock_clears_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let held = store.lock("dev", "up").await.unwrap();
+    let err = store.lock("dev", "destroy").await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("stack 'dev' is locked by "), "{text}");
+    assert!(text.contains(&format!("(pid {})", std::process::id())), "{text}");
+    assert!(text.contains(&format!("since {} for 'up'", held.info.since)), "{text}");
+    assert!(text.ends_with("clear the stale lock with `state unlock --stack dev`"), "{text}");
+
+    // Reads need no lock.
+    assert!(store.load("dev").await.is_ok());
+
+    let cleared = store.force_unlock("dev").await.unwrap().unwrap();
+    assert_eq!(cleared.token, held.info.token);
+    let again = store.lock("dev", "destroy").await.unwrap();
+    // The old holder's unlock does not release the new holder's lock.
+    store.unlock(held).await.unwrap();
+    assert_eq!(store.lock_holder("dev").await.unwrap().unwrap().token, again.info.token);
+    store.unlock(again).await.unwrap();
+    assert!(store.lock_holder("dev").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_audit_log_appends_and_reads_back_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    for i in 0..3 {
+        store.audit("dev", &json!({"event": i})).await.unwrap();
+    }
+    let history = store.history("dev").await.unwrap();
+    assert_eq!(history, [json!({"event": 0}), json!({"event": 1}), json!({"event": 2})]);
+}
+
+#[tokio::test]
+async fn locations_pick_a_store() {
+    assert!(cairn_state::open("file://.cairn").await.unwrap().location().starts_with("file://"));
+    assert!(cairn_state::open("some/dir").await.is_ok());
+    let err = cairn_state::open("ftp://x").await.unwrap_err();
+    assert_eq!(err.to_string(), "unsupported state location 'ftp://x': use a directory path, file://PATH");
+}
