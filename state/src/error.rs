@@ -62,7 +62,7 @@ pub enum StateError {
         detail: String,
     },
     /// A state location that cannot be understood.
-    #[error("unsupported state location '{0}': use a directory path, file://PATH")]
+    #[error("unsupported state location '{0}': use a directory path, file://PATH or s3://BUCKET/PREFIX")]
     BadLocation(String),
     /// A file system error.
     #[error("{action} {path}: {source}")]

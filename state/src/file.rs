@@ -99,10 +99,10 @@ pub(crate) fn read_journal(path: &Path) -> Result<Vec<JournalRecord>, StateError
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StateError::io("reading", path)(e)),
     };
-    parse_journal(path, &text)
+    read_records(path, &text)
 }
 
-pub(crate) fn parse_journal(path: &Path, text: &str) -> Result<Vec<JournalRecord>, StateError> {
+pub(crate) fn read_records(path: &Path, text: &str) -> Result<Vec<JournalRecord>, StateError> {
     let complete = match text.rfind('\n') {
         Some(i) => &text[..=i],
         None => "",

@@ -6,7 +6,7 @@
 //! - The journal: [`JournalRecord`]s appended as each apply step begins and ends, so a
 //!   crash leaves [`PendingOperation`]s to resolve instead of lost knowledge.
 //! - Stores: [`FileStore`] (the default, `.cairn/<stack>/`), [`MemoryStore`], and with
-//!   the `s3` feature an S3 store; [`open`] picks one from a location string.
+//!   the `s3` feature `S3Store`; [`open`] picks one from a location string.
 //!
 //! This crate depends on no cloud SDK by default, so the engine builds in seconds.
 #![forbid(unsafe_code)]
@@ -19,6 +19,8 @@ mod location;
 mod memory;
 mod model;
 mod props;
+#[cfg(feature = "s3")]
+mod s3;
 mod store;
 mod urn;
 
@@ -29,5 +31,7 @@ pub use location::{open, DEFAULT_LOCATION};
 pub use memory::MemoryStore;
 pub use model::{ResourceState, StackState, StoredOptions, FORMAT_VERSION, PROCESSED_EVENTS_KEPT};
 pub use props::Props;
+#[cfg(feature = "s3")]
+pub use s3::S3Store;
 pub use store::{format_utc, Lock, LockInfo, Store};
 pub use urn::{Urn, UrnError};

@@ -5,14 +5,31 @@ use crate::{FileStore, StateError, Store};
 /// The state location used when none is given: `.cairn` in the working directory.
 pub const DEFAULT_LOCATION: &str = "file://.cairn";
 
-/// Opens the store at `location`: a directory path or `file://PATH`. The CLI takes it
-/// from `--state` or `CAIRN_STATE`.
+/// Opens the store at `location`: a directory path, `file://PATH`, or (with the `s3`
+/// feature) `s3://BUCKET/PREFIX`. The CLI takes it from `--state` or `CAIRN_STATE`.
 pub async fn open(location: &str) -> Result<Arc<dyn Store>, StateError> {
     if let Some(path) = location.strip_prefix("file://") {
         return Ok(Arc::new(FileStore::new(path)));
+    }
+    if let Some(rest) = location.strip_prefix("s3://") {
+        return open_s3(location, rest).await;
     }
     if location.contains("://") || location.is_empty() {
         return Err(StateError::BadLocation(location.to_owned()));
     }
     Ok(Arc::new(FileStore::new(location)))
+}
+
+#[cfg(feature = "s3")]
+async fn open_s3(location: &str, rest: &str) -> Result<Arc<dyn Store>, StateError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(StateError::BadLocation(location.to_owned()));
+    }
+    Ok(Arc::new(crate::S3Store::from_env(bucket, prefix).await))
+}
+
+#[cfg(not(feature = "s3"))]
+async fn open_s3(location: &str, _rest: &str) -> Result<Arc<dyn Store>, StateError> {
+    Err(StateError::BadLocation(format!("{location}' (this build has no S3 support: enable the `s3` feature of cairn-state")))
 }

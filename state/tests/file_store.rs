@@ -202,5 +202,5 @@ async fn locations_pick_a_store() {
     assert!(cairn_state::open("file://.cairn").await.unwrap().location().starts_with("file://"));
     assert!(cairn_state::open("some/dir").await.is_ok());
     let err = cairn_state::open("ftp://x").await.unwrap_err();
-    assert_eq!(err.to_string(), "unsupported state location 'ftp://x': use a directory path, file://PATH");
+    assert_eq!(err.to_string(), "unsupported state location 'ftp://x': use a directory path, file://PATH or s3://BUCKET/PREFIX");
 }

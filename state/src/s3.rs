@@ -1,0 +1,335 @@
+//! State in S3 (feature `s3`): `s3://bucket/prefix`.
+//!
+//! ```text
+//! <prefix>/<stack>/state.json            the snapshot, replaced only with If-Match on its ETag
+//! <prefix>/<stack>/state.json.bak        the snapshot before it
+//! <prefix>/<stack>/lock.json             created with If-None-Match: *, so only one writer wins
+//! <prefix>/<stack>/journal/<key>.json    one object per journal record, keys in write order
+//! <prefix>/<stack>/audit/<key>.json      one object per audit entry
+//! ```
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+
+use crate::error::LockedError;
+use crate::file::{parse_snapshot, read_records};
+use crate::journal::{replay, Journal, JournalRecord};
+use crate::store::{Lock, LockInfo, Store};
+use crate::{StackState, StateError};
+
+/// State in an S3 bucket. Concurrency comes from S3's conditional writes, so any number
+/// of machines can share a bucket safely.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    /// The ETag of each stack's snapshot as last read or written here.
+    etags: Arc<Mutex<HashMap<String, String>>>,
+    written: Arc<AtomicU64>,
+}
+
+/// How an S3 call failed, reduced to what the store decides on.
+enum S3Failure {
+    PreconditionFailed,
+    NotFound,
+    Other(String),
+}
+
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E, aws_smithy_runtime_api::http::Response>) -> S3Failure {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    match (status, e.code()) {
+        (Some(412), _) | (_, Some("PreconditionFailed")) => S3Failure::PreconditionFailed,
+        (Some(404), _) | (_, Some("NoSuchKey")) => S3Failure::NotFound,
+        _ => S3Failure::Other(match e.message() {
+            Some(m) => format!("{}: {m}", e.code().unwrap_or("S3 error")),
+            None => format!("{e:?}"),
+        }),
+    }
+}
+
+impl S3Store {
+    /// A store in `bucket` under `prefix`, with the given client.
+    pub fn new(client: Client, bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into().trim_matches('/').to_owned();
+        S3Store { client, bucket: bucket.into(), prefix, etags: Arc::default(), written: Arc::default() }
+    }
+
+    /// A store configured from the standard AWS chain (environment, profile, ...).
+    /// `AWS_ENDPOINT_URL` is honoured; with an endpoint set, path-style addressing is
+    /// used, which local emulators need.
+    pub async fn from_env(bucket: &str, prefix: &str) -> Self {
+        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        let s3 = aws_sdk_s3::config::Builder::from(&config).force_path_style(custom_endpoint).build();
+        Self::new(Client::from_conf(s3), bucket, prefix)
+    }
+
+    /// The S3 client, for setting up buckets.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn key(&self, stack: &str, name: &str) -> String {
+        if self.prefix.is_empty() {
+            format!("{stack}/{name}")
+        } else {
+            format!("{}/{stack}/{name}", self.prefix)
+        }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        PathBuf::from(format!("s3://{}/{key}", self.bucket))
+    }
+
+    fn remote(&self, action: &str, key: &str, detail: String) -> StateError {
+        StateError::Remote(format!("{action} s3://{}/{key}: {detail}", self.bucket))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Option<String>)>, StateError> {
+        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => {
+                let etag = out.e_tag().map(str::to_owned);
+                let bytes = out.body.collect().await.map_err(|e| self.remote("reading", key, e.to_string()))?;
+                Ok(Some((bytes.into_bytes().to_vec(), etag)))
+            }
+            Err(e) => match classify(e) {
+                S3Failure::NotFound => Ok(None),
+                S3Failure::PreconditionFailed => Err(self.remote("reading", key, "precondition failed".into())),
+                S3Failure::Other(m) => Err(self.remote("reading", key, m)),
+            },
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.remote("listing", prefix, format!("{:?}", e.into_service_error())))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            match out.next_continuation_token() {
+                Some(t) => token = Some(t.to_owned()),
+                None => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<Option<String>, StateError> {
+        let len = bytes.len() as u64;
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| match classify(e) {
+                S3Failure::Other(m) => self.remote("writing", key, m),
+                _ => self.remote("writing", key, "refused".into()),
+            })?;
+        self.written.fetch_add(len, Ordering::Relaxed);
+        Ok(out.e_tag().map(str::to_owned))
+    }
+
+    /// Keys that sort in write order across processes: time, then a counter.
+    fn ordered_name(counter: &AtomicU64) -> String {
+        let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
+        format!("{micros:020}-{:010}-{:08x}", counter.fetch_add(1, Ordering::Relaxed), std::process::id())
+    }
+}
+
+#[derive(Debug)]
+struct S3Journal {
+    store: S3Store,
+    stack: String,
+    counter: AtomicU64,
+}
+
+#[async_trait]
+impl Journal for S3Journal {
+    async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
+        let key = self.store.key(&self.stack, &format!("journal/{}.json", S3Store::ordered_name(&self.counter)));
+        self.store.put(&key, serde_json::to_vec(&record).expect("journal records serialize")).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    async fn load(&self, stack: &str) -> Result<Option<StackState>, StateError> {
+        let key = self.key(stack, "state.json");
+        let Some((bytes, etag)) = self.get(&key).await? else { return Ok(None) };
+        let mut state = parse_snapshot(&self.path(&key), &bytes)?;
+        if let Some(etag) = etag {
+            self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.to_owned(), etag);
+        }
+        let mut lines = String::new();
+        for k in self.list(&self.key(stack, "journal/")).await? {
+            if let Some((bytes, _)) = self.get(&k).await? {
+                lines.push_str(&String::from_utf8_lossy(&bytes));
+                lines.push('\n');
+            }
+        }
+        replay(&mut state, read_records(&self.path(&self.key(stack, "journal/")), &lines)?);
+        state.sort_resources();
+        Ok(Some(state))
+    }
+
+    async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
+        let key = self.key(stack, "lock.json");
+        let info = LockInfo::here(operation);
+        let body = serde_json::to_vec_pretty(&info).expect("lock info serializes");
+        let put = self.client.put_object().bucket(&self.bucket).key(&key).if_none_match("*").body(ByteStream::from(body)).send().await;
+        match put {
+            Ok(_) => Ok(Lock { stack: stack.to_owned(), info }),
+            Err(e) => match classify(e) {
+                S3Failure::PreconditionFailed => {
+                    let holder = self.lock_holder(stack).await?.unwrap_or_else(|| LockInfo {
+                        operation: "unknown (the lock was released while reading it; try again)".into(),
+                        user: "unknown".into(),
+                        host: "unknown".into(),
+                        pid: 0,
+                        since: "unknown".into(),
+                        token: String::new(),
+                    });
+                    Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder })))
+                }
+                S3Failure::NotFound => Err(self.remote("locking", &key, "the bucket does not exist".into())),
+                S3Failure::Other(m) => Err(self.remote("locking", &key, m)),
+            },
+        }
+    }
+
+    async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
+        if self.lock_holder(&lock.stack).await?.is_some_and(|held| held.token == lock.info.token) {
+            self.force_unlock(&lock.stack).await?;
+        }
+        Ok(())
+    }
+
+    async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
+        let held = self.lock_holder(stack).await?;
+        let key = self.key(stack, "lock.json");
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| self.remote("unlocking", &key, format!("{:?}", e.into_service_error())))?;
+        Ok(held)
+    }
+
+    async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
+        Ok(self.get(&self.key(stack, "lock.json")).await?.and_then(|(bytes, _)| serde_json::from_slice(&bytes).ok()))
+    }
+
+    async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
+        Ok(Arc::new(S3Journal { store: self.clone(), stack: lock.stack.clone(), counter: AtomicU64::new(0) }))
+    }
+
+    async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
+        let stack = &lock.stack;
+        let key = self.key(stack, "state.json");
+        let current = self.get(&key).await?;
+        if let Some((bytes, _)) = &current {
+            // Never replace a snapshot we cannot read, nor one this state does not follow.
+            let stored = parse_snapshot(&self.path(&key), bytes)?;
+            if stored.lineage != state.lineage || stored.serial >= state.serial {
+                return Err(StateError::Conflict {
+                    stack: stack.clone(),
+                    detail: format!("stored serial {} of lineage {}", stored.serial, stored.lineage),
+                });
+            }
+            let copy = format!("{}/{key}", self.bucket);
+            self.client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(self.key(stack, "state.json.bak"))
+                .copy_source(copy)
+                .send()
+                .await
+                .map_err(|e| self.remote("backing up", &key, format!("{:?}", e.into_service_error())))?;
+        }
+        let expected = self.etags.lock().unwrap_or_else(|e| e.into_inner()).get(stack).cloned();
+        let bytes = serde_json::to_vec(state).expect("state serializes");
+        let len = bytes.len() as u64;
+        let put = self.client.put_object().bucket(&self.bucket).key(&key).body(ByteStream::from(bytes));
+        // No lost update: replace exactly the snapshot this process last saw.
+        let put = match (&current, expected) {
+            (None, _) => put.if_none_match("*"),
+            (Some(_), Some(etag)) => put.if_match(etag),
+            (Some((_, etag)), None) => put.set_if_match(etag.clone()),
+        };
+        match put.send().await {
+            Ok(out) => {
+                self.written.fetch_add(len, Ordering::Relaxed);
+                if let Some(etag) = out.e_tag() {
+                    self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.clone(), etag.to_owned());
+                }
+            }
+            Err(e) => {
+                return Err(match classify(e) {
+                    S3Failure::PreconditionFailed => {
+                        StateError::Conflict { stack: stack.clone(), detail: "the snapshot's ETag changed (If-Match failed)".into() }
+                    }
+                    S3Failure::NotFound => self.remote("writing", &key, "the bucket does not exist".into()),
+                    S3Failure::Other(m) => self.remote("writing", &key, m),
+                })
+            }
+        }
+        // The journal is in the snapshot now.
+        for k in self.list(&self.key(stack, "journal/")).await? {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&k)
+                .send()
+                .await
+                .map_err(|e| self.remote("clearing the journal at", &k, format!("{:?}", e.into_service_error())))?;
+        }
+        Ok(())
+    }
+
+    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let key = self.key(stack, &format!("audit/{}.json", Self::ordered_name(&COUNTER)));
+        self.put(&key, serde_json::to_vec(entry).expect("audit entries serialize")).await.map(|_| ())
+    }
+
+    async fn history(&self, stack: &str) -> Result<Vec<serde_json::Value>, StateError> {
+        let mut entries = Vec::new();
+        for k in self.list(&self.key(stack, "audit/")).await? {
+            if let Some((bytes, _)) = self.get(&k).await? {
+                entries.extend(serde_json::from_slice(&bytes).ok());
+            }
+        }
+        Ok(entries)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}

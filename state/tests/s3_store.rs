@@ -1,0 +1,102 @@
+//! The S3 store against the local AWS's S3, which honours conditional writes.
+#![cfg(feature = "s3")]
+
+use std::process::Command;
+
+use cairn_state::{JournalRecord, Props, ResourceState, S3Store, StackState, StateError, StepEffect, Store, StoredOptions, Urn};
+use serde_json::json;
+
+const CHILD: &str = "CAIRN_TEST_S3_CHILD";
+
+async fn store(bucket: &str) -> S3Store {
+    cairn_testkit::moto().configure_env();
+    let store = S3Store::from_env(bucket, "stacks").await;
+    // A bucket of its own per test: the tests share one server.
+    store.client().create_bucket().bucket(bucket).send().await.expect("the local S3 creates a bucket");
+    store
+}
+
+fn resource(name: &str) -> ResourceState {
+    ResourceState {
+        urn: Urn::new("dev", "test:Thing", name),
+        ty: "test:Thing".into(),
+        id: format!("{name}-1"),
+        inputs: Props::from_value(json!({"size": 1})).unwrap(),
+        outputs: Props::new(),
+        dependencies: vec![],
+        options: StoredOptions::default(),
+        pending_delete: false,
+    }
+}
+
+#[tokio::test]
+async fn commits_journals_and_loads_back() {
+    let store = store("roundtrip").await;
+    assert!(store.load("dev").await.unwrap().is_none());
+    let lock = store.lock("dev", "up").await.unwrap();
+    let state = StackState::new("dev");
+    store.commit(&lock, &state).await.unwrap();
+
+    let journal = store.journal(&lock).await.unwrap();
+    journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 3}) }).await.unwrap();
+    journal.record(JournalRecord::End { base: 0, step: (1, 0), effect: StepEffect::Upsert { resource: resource("a") } }).await.unwrap();
+    journal.record(JournalRecord::End { base: 0, step: (1, 1), effect: StepEffect::Upsert { resource: resource("b") } }).await.unwrap();
+
+    let loaded = store.load("dev").await.unwrap().unwrap();
+    assert_eq!(loaded.resources.iter().map(|r| r.urn.name()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(loaded.user_state, json!({"capacity": 3}));
+
+    let next = StackState { serial: 1, ..loaded };
+    store.commit(&lock, &next).await.unwrap();
+    assert_eq!(store.load("dev").await.unwrap().unwrap(), next, "the journal was folded in and cleared");
+    store.unlock(lock).await.unwrap();
+    assert!(store.lock_holder("dev").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_stale_writer_cannot_overwrite_a_newer_snapshot() {
+    let a = store("lost-update").await;
+    let lock = a.lock("dev", "up").await.unwrap();
+    a.commit(&lock, &StackState::new("dev")).await.unwrap();
+    let base = a.load("dev").await.unwrap().unwrap();
+
+    // A second store read the same snapshot before `a` wrote a new one.
+    let b = S3Store::from_env("lost-update", "stacks").await;
+    b.load("dev").await.unwrap().unwrap();
+    a.commit(&lock, &StackState { serial: 1, ..base.clone() }).await.unwrap();
+
+    // `b` writes a higher serial, but against the ETag it read: If-Match refuses it.
+    let err = b.commit(&lock, &StackState { serial: 2, ..base }).await.unwrap_err();
+    assert!(matches!(err, StateError::Conflict { .. }), "{err}");
+    assert!(err.to_string().contains("If-Match failed"), "{err}");
+    assert_eq!(a.load("dev").await.unwrap().unwrap().serial, 1, "the newer snapshot survived");
+}
+
+#[tokio::test]
+async fn a_second_process_gets_the_lock_error() {
+    if std::env::var(CHILD).is_ok() {
+        // The child: try to lock the stack the parent holds.
+        let store = S3Store::from_env("two-writers", "stacks").await;
+        match store.lock("dev", "destroy").await {
+            Ok(_) => println!("proceeded"),
+            Err(e) => println!("refused: {e}"),
+        }
+        return;
+    }
+    let store = store("two-writers").await;
+    let lock = store.lock("dev", "up").await.unwrap();
+    let run_child = || {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "a_second_process_gets_the_lock_error", "--nocapture", "--test-threads", "1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = run_child();
+    assert!(out.contains("refused: stack 'dev' is locked by "), "{out}");
+    assert!(out.contains(&format!("(pid {})", std::process::id())) && out.contains("for 'up'"), "{out}");
+
+    store.unlock(lock).await.unwrap();
+    assert!(run_child().contains("proceeded"));
+}
