@@ -161,6 +161,25 @@ fn specs(state: BenchState) -> impl Iterator<Item = Spec> {
     })
 }
 
+/// The shape of a generated graph, on stderr, so a reader knows what was measured.
+fn describe(state: BenchState) {
+    let (mut resources, mut references) = (0, 0);
+    let mut fan_out: Vec<usize> = Vec::new();
+    for spec in specs(state) {
+        resources += 1;
+        fan_out.push(0);
+        for &d in spec.parent.iter().chain(spec.peers()) {
+            references += 1;
+            fan_out[d] += 1;
+        }
+    }
+    let roots = fan_out.len() - specs(state).filter(|s| s.parent.is_some()).count();
+    eprintln!(
+        "{state:?}: {resources} resources ({roots} roots), {references} references, most dependents of one resource {}",
+        fan_out.iter().max().unwrap_or(&0)
+    );
+}
+
 /// Declares every resource of `state`, handing each to `add`. Generic over `add` so the
 /// same code feeds a real [`Cx`] and, for the phase breakdown, a bare `Vec<Decl>`.
 fn declare(state: BenchState, mut add: impl FnMut(DynamicResource) -> Handle) {
@@ -191,9 +210,10 @@ fn stack(provider: TestProvider) -> Stack<BenchState> {
 }
 
 /// The state a successful `up` of `shape` on a fresh [`TestProvider`] leaves, built
-/// directly. At 100k resources an `up` would leave the TestProvider's copy of every
-/// resource and the apply's own peak in the process's high-water mark, which is
-/// supposed to measure the plan; [`check_built_state`] proves the two agree.
+/// directly. Not for speed (an `up` of 100k takes a few seconds) but for memory: it
+/// would leave the TestProvider's copy of every resource and the apply's own peak
+/// (about 610 MiB at 100k) in the process's high-water mark, which is meant to measure
+/// the plan. `plan_10k` checks with [`check_built_state`] that the two agree.
 fn built_state(stack: &Stack<BenchState>, shape: BenchState) -> StackState {
     let mut state = stack.new_state();
     state.serial = 1;
@@ -273,6 +293,11 @@ fn peak_rss_mb() -> f64 {
     proc_status_mb("VmHWM:")
 }
 
+/// The process's resident set size now (VmRSS), in MiB.
+fn rss_mb() -> f64 {
+    proc_status_mb("VmRSS:")
+}
+
 /// A `kB` field of /proc/self/status, in MiB.
 fn proc_status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status (Linux only)");
@@ -287,7 +312,7 @@ fn proc_status_mb(field: &str) -> f64 {
 /// Median wall time of `runs` previews of `shape` against `state`, each checked with
 /// `check` so a plan that does the wrong thing cannot look fast.
 fn time_preview(stack: &Stack<BenchState>, shape: BenchState, state: &StackState, runs: usize, check: impl Fn(&Plan)) -> f64 {
-    let times = (0..runs)
+    let times: Vec<f64> = (0..runs)
         .map(|_| {
             let t = Instant::now();
             let plan = stack.preview(&shape, state).expect("the preview succeeds");
@@ -298,6 +323,8 @@ fn time_preview(stack: &Stack<BenchState>, shape: BenchState, state: &StackState
             elapsed
         })
         .collect();
+    let shown: Vec<String> = times.iter().map(|t| format!("{t:.1}")).collect();
+    eprintln!("  preview {shape:?} against {} resources: runs {} ms", state.resources.len(), shown.join(", "));
     median(times)
 }
 
@@ -343,21 +370,17 @@ fn phase_breakdown(stack: &Stack<BenchState>, shape: BenchState, state: &StackSt
     let [program, build, render, plan, drop_graph, drop_plan] = phases.map(median);
     eprintln!(
         "  phases {shape:?}, {changes} changes: program {program:.1} ms, Graph::build {build:.1} ms, \
-         render {render:.1} ms (so provider checks ~{:.1} ms), plan {plan:.1} ms, drop graph {drop_graph:.1} ms, \
-         drop plan {drop_plan:.1} ms",
-        render - program - build
+         render {render:.1} ms (the rest, mostly provider checks, ~{:.1} ms), plan {plan:.1} ms, \
+         drop graph {drop_graph:.1} ms, drop plan {drop_plan:.1} ms",
+        (render - program - build).max(0.0)
     );
-}
-
-/// The process's resident set size now (VmRSS), in MiB: what the state alone takes.
-fn rss_mb() -> f64 {
-    proc_status_mb("VmRSS:")
 }
 
 /// Plans 100k unchanged resources. Runs first and drops everything, so the process's
 /// peak RSS afterwards is this workload's.
 fn plan_100k() {
     let shape = BenchState::Mixed { n: 100_000 };
+    describe(shape);
     let stack = stack(TestProvider::new("bench"));
     let t = Instant::now();
     let state = built_state(&stack, shape);
@@ -374,6 +397,7 @@ fn plan_100k() {
 /// Plans 10k resources against the state a real `up` left, and against no state.
 fn plan_10k(rt: &tokio::runtime::Runtime) {
     let shape = BenchState::Mixed { n: 10_000 };
+    describe(shape);
     let stack = stack(TestProvider::new("bench"));
     let t = Instant::now();
     let report = rt.block_on(stack.up(&shape, &stack.new_state())).expect("the up succeeds");
@@ -382,7 +406,6 @@ fn plan_10k(rt: &tokio::runtime::Runtime) {
     let state = report.state;
     check_built_state(&state, &built_state(&stack, shape));
 
-    let _warm_up = stack.preview(&shape, &state);
     let nochange = time_preview(&stack, shape, &state, 5, |plan| {
         assert!(!plan.has_changes(), "a no-change plan must report no changes: {:?}", plan.summary);
         assert_eq!(plan.summary.same, 10_000);
@@ -419,10 +442,16 @@ fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
             assert!(report.succeeded(), "apply failed: {:?}", report.failures().next());
             assert_eq!(report.summary.create, LEVELS * WIDTH);
             assert_eq!(provider.calls_of(Op::Create).len(), LEVELS * WIDTH);
+            // A provider call that takes longer than LATENCY is the timer's doing, not
+            // the scheduler's: telling them apart says where a ratio above 1 comes from.
+            let calls: Vec<f64> = report.steps.iter().map(|s| ms(s.elapsed)).collect();
+            let mean_call = calls.iter().sum::<f64>() / calls.len() as f64;
+            let limit = if parallelism == usize::MAX { "unlimited".to_owned() } else { parallelism.to_string() };
             eprintln!(
-                "  apply p={parallelism}: {:.1} ms, most calls in flight {}",
+                "  apply, parallelism {limit}: {:.1} ms, most calls in flight {}, provider call mean {mean_call:.2} ms, max {:.2} ms",
                 ms(wall),
-                provider.max_concurrency()
+                provider.max_concurrency(),
+                calls.iter().copied().fold(0.0, f64::max),
             );
             wall
         })
@@ -431,18 +460,42 @@ fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
     times[times.len() / 2]
 }
 
+/// How long `LEVELS` sleeps of `LATENCY` in a row take on `rt`: the best any apply
+/// can do on tokio's millisecond timer, which rounds every sleep up.
+fn timer_floor(rt: &tokio::runtime::Runtime) -> Duration {
+    let t = Instant::now();
+    rt.block_on(async {
+        for _ in 0..LEVELS {
+            tokio::time::sleep(LATENCY).await;
+        }
+    });
+    t.elapsed()
+}
+
 fn main() {
     // Order matters: the 100k plan runs before anything else is allocated, so the peak
     // RSS it reports is its own.
     plan_100k();
+    // For profiling the big plan alone: `CAIRN_BENCH_ONLY=plan_100k perf record ...`.
+    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("plan_100k") {
+        return;
+    }
     let rt = runtime();
     plan_10k(&rt);
 
+    describe(BenchState::Layered { levels: LEVELS, width: WIDTH });
+    let floor = timer_floor(&rt);
     let critical_path = LATENCY * LEVELS as u32;
+    eprintln!(
+        "  timer floor: {LEVELS} sleeps of {LATENCY:?} in a row take {:.1} ms, ratio {:.3}",
+        ms(floor),
+        floor.as_secs_f64() / critical_path.as_secs_f64()
+    );
     let unlimited = time_apply(&rt, usize::MAX);
     bench("apply_critical_path_ratio", unlimited.as_secs_f64() / critical_path.as_secs_f64(), "x");
 
-    let p16_bound = critical_path.max(LATENCY * (LEVELS * WIDTH) as u32 / 16);
-    let p16 = time_apply(&rt, 16);
-    bench("apply_p16_ratio", p16.as_secs_f64() / p16_bound.as_secs_f64(), "x");
+    const PARALLELISM: usize = 16;
+    let bound = critical_path.max(LATENCY * (LEVELS * WIDTH) as u32 / PARALLELISM as u32);
+    let p16 = time_apply(&rt, PARALLELISM);
+    bench("apply_p16_ratio", p16.as_secs_f64() / bound.as_secs_f64(), "x");
 }

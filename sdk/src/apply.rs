@@ -254,7 +254,7 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
     // Who depends on whom in the plan.
     let mut plan_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::new();
     for c in plan.changes.iter().filter(|c| c.action != Action::Delete) {
-        for d in &c.dependencies {
+        for d in c.dependencies.iter().flatten() {
             plan_dependents.entry(d).or_default().push(&c.urn);
         }
     }
@@ -265,7 +265,7 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
         let mut deps = Vec::new();
         match steps[s].op {
             StepOp::Create | StepOp::Update | StepOp::CreateReplacement => {
-                deps.extend(c.dependencies.iter().filter_map(|d| fwd.get(d).copied()));
+                deps.extend(c.dependencies.iter().flatten().filter_map(|d| fwd.get(d).copied()));
                 if c.action == Action::Replace && c.delete_before_replace {
                     deps.push(delete_old[&c.urn]);
                 }
@@ -417,7 +417,8 @@ impl<'a> Run<'a> {
                         let (base, step) = (self.state.serial, (self.op_id, s as u32));
                         let handle = running.spawn(async move {
                             let t = Instant::now();
-                            (t.elapsed(), journaled(journal, base, step, pending, call).await)
+                            let result = journaled(journal, base, step, pending, call).await;
+                            (t.elapsed(), result)
                         });
                         task_step.insert(handle.id(), s);
                     }
@@ -498,7 +499,7 @@ impl<'a> Run<'a> {
                     }
                     if op == StepOp::Update && needed == Needed::Nothing {
                         self.new.insert(change.urn.clone(), ResourceState {
-                            dependencies: change.dependencies.clone(),
+                            dependencies: change.dependencies.clone().unwrap_or_else(|| old.dependencies.clone()),
                             options: stored(change),
                             ..old.clone()
                         });
@@ -510,11 +511,11 @@ impl<'a> Run<'a> {
                 let provider = provider.expect("checked before the apply started");
                 let template = ResourceState {
                     urn: urn.clone(),
-                    ty: change.ty.clone(),
+                    ty: change.ty.to_string(),
                     id: String::new(),
                     inputs: Props::new(),
                     outputs: Props::new(),
-                    dependencies: change.dependencies.clone(),
+                    dependencies: change.dependencies.clone().unwrap_or_default(),
                     options: stored(change),
                     pending_delete: false,
                 };
@@ -592,9 +593,9 @@ impl<'a> Run<'a> {
         PendingOperation {
             kind,
             urn: change.urn.clone(),
-            ty: change.ty.clone(),
+            ty: change.ty.to_string(),
             id: id.map(str::to_owned),
-            dependencies: change.dependencies.clone(),
+            dependencies: change.dependencies.clone().unwrap_or_default(),
         }
     }
 
@@ -722,7 +723,7 @@ impl<'a> Run<'a> {
                 // Deleted first (delete-before-replace), then the create failed.
                 (None, Some(_)) if self.deleted[ci] => {}
                 (None, Some(old)) if c.action == Action::Same => entries.push(ResourceState {
-                    dependencies: c.dependencies.clone(),
+                    dependencies: c.dependencies.clone().unwrap_or_else(|| old.dependencies.clone()),
                     options: stored(c),
                     ..old.clone()
                 }),

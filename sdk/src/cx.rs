@@ -12,7 +12,7 @@ use crate::schema::ResourceType;
 #[derive(Debug)]
 pub struct Cx {
     stack: String,
-    decls: Vec<Decl>,
+    decls: Vec<(Urn, Decl)>,
 }
 
 impl Cx {
@@ -31,7 +31,7 @@ impl Cx {
     pub fn add<R: Resource>(&mut self, resource: R) -> R::Ref {
         let decl = resource.into_decl();
         let urn = Urn::new(&self.stack, decl.ty.token, &decl.name);
-        self.decls.push(decl);
+        self.decls.push((urn.clone(), decl));
         R::Ref::from(Handle::new(urn))
     }
 
@@ -51,7 +51,7 @@ impl Cx {
         self.decls.is_empty()
     }
 
-    pub(crate) fn into_decls(self) -> Vec<Decl> {
+    pub(crate) fn into_decls(self) -> Vec<(Urn, Decl)> {
         self.decls
     }
 }

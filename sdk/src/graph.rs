@@ -4,24 +4,27 @@
 //! reports every problem at once: duplicate names, unknown or missing properties, the
 //! types' own checks, references to undeclared resources or properties, and cycles.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use cairn_state::{Props, Urn};
-use petgraph::algo::{tarjan_scc, toposort};
+use cairn_state::Urn;
+use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::error::{ValidationError, ValidationErrors};
 use crate::input::Prop;
 use crate::resource::Decl;
 use crate::schema::PropertyKind;
 
-/// A validated resource graph in deterministic topological order: by depth (a
-/// resource comes after everything it depends on), then by URN.
+/// A validated resource graph. Nodes keep declaration order; [`Graph::resources`] and
+/// plans follow a deterministic topological order: by depth (a resource comes after
+/// everything it depends on), then by URN.
 #[derive(Debug)]
 pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     pub(crate) index: HashMap<Urn, usize>,
+    /// Node indices in topological order.
+    pub(crate) order: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -35,11 +38,15 @@ pub(crate) struct Node {
 impl Graph {
     /// Builds and validates the graph of `decls` for `stack`.
     pub fn build(stack: &str, decls: Vec<Decl>) -> Result<Graph, ValidationErrors> {
+        Self::from_declared(decls.into_iter().map(|d| (Urn::new(stack, d.ty.token, &d.name), d)).collect())
+    }
+
+    /// Builds and validates the graph of declarations whose URNs are already known.
+    pub(crate) fn from_declared(decls: Vec<(Urn, Decl)>) -> Result<Graph, ValidationErrors> {
         let mut errors = Vec::new();
-        let mut index: HashMap<Urn, usize> = HashMap::with_capacity(decls.len());
+        let mut index: HashMap<Urn, usize> = HashMap::with_capacity_and_hasher(decls.len(), Default::default());
         let mut nodes: Vec<Node> = Vec::with_capacity(decls.len());
-        for mut decl in decls {
-            let urn = Urn::new(stack, decl.ty.token, &decl.name);
+        for (urn, mut decl) in decls {
             if index.contains_key(&urn) {
                 if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if *u == urn)) {
                     errors.push(ValidationError::Duplicate { urn });
@@ -53,14 +60,15 @@ impl Graph {
         }
 
         // Edges: every reference inside an input, plus depends_on.
+        let mut deps = Vec::new();
         for i in 0..nodes.len() {
-            let mut deps = Vec::new();
+            deps.clear();
             let node = &nodes[i];
             for (property, prop) in &node.decl.props {
                 prop.for_each_ref(&mut |r| match index.get(&r.urn) {
                     None => errors.push(ValidationError::Dangling {
                         urn: node.urn.clone(),
-                        property: property.clone(),
+                        property: property.to_string(),
                         target: r.urn.clone(),
                     }),
                     Some(&t) => {
@@ -68,7 +76,7 @@ impl Graph {
                         if target_ty.property(&r.property).is_none() {
                             errors.push(ValidationError::UnknownOutput {
                                 urn: node.urn.clone(),
-                                property: property.clone(),
+                                property: property.to_string(),
                                 target: r.clone(),
                                 known: target_ty.properties.iter().map(|p| p.name).collect(),
                             });
@@ -89,7 +97,7 @@ impl Graph {
             }
             deps.sort_unstable();
             deps.dedup();
-            nodes[i].deps = deps;
+            nodes[i].deps = deps.clone();
         }
 
         let order = match topological_order(&nodes) {
@@ -102,28 +110,7 @@ impl Graph {
         if !errors.is_empty() {
             return Err(ValidationErrors(errors));
         }
-        Ok(Graph::reorder(nodes, order))
-    }
-
-    /// Puts nodes in the given order and renumbers their dependencies.
-    fn reorder(nodes: Vec<Node>, order: Vec<usize>) -> Graph {
-        let mut new_pos = vec![0usize; nodes.len()];
-        for (pos, &old) in order.iter().enumerate() {
-            new_pos[old] = pos;
-        }
-        let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
-        let mut nodes = Vec::with_capacity(slots.len());
-        let mut index = HashMap::with_capacity(slots.len());
-        for &old in &order {
-            let mut node = slots[old].take().expect("each node is placed once");
-            for d in &mut node.deps {
-                *d = new_pos[*d];
-            }
-            node.deps.sort_unstable();
-            index.insert(node.urn.clone(), nodes.len());
-            nodes.push(node);
-        }
-        Graph { nodes, index }
+        Ok(Graph { nodes, index, order })
     }
 
     /// How many resources the graph holds.
@@ -138,16 +125,21 @@ impl Graph {
 
     /// The resources in order, each with the URNs it depends on.
     pub fn resources(&self) -> impl Iterator<Item = (&Urn, Vec<&Urn>)> {
-        self.nodes.iter().map(move |n| (&n.urn, n.deps.iter().map(|&d| &self.nodes[d].urn).collect()))
+        self.order.iter().map(move |&i| {
+            let n = &self.nodes[i];
+            (&n.urn, n.deps.iter().map(|&d| &self.nodes[d].urn).collect())
+        })
     }
 
     /// The graph in Graphviz DOT, an edge from each dependency to its dependent.
     pub fn to_dot(&self) -> String {
         let mut out = String::from("digraph cairn {\n  rankdir=LR;\n  node [shape=box];\n");
-        for n in &self.nodes {
+        for &i in &self.order {
+            let n = &self.nodes[i];
             let _ = writeln!(out, "  \"{}\" [label=\"{}\\n{}\"];", n.urn, n.urn.ty(), n.urn.name());
         }
-        for n in &self.nodes {
+        for &i in &self.order {
+            let n = &self.nodes[i];
             for &d in &n.deps {
                 let _ = writeln!(out, "  \"{}\" -> \"{}\";", self.nodes[d].urn, n.urn);
             }
@@ -169,19 +161,18 @@ fn apply_defaults(decl: &mut Decl) {
 
 fn check_properties(urn: &Urn, decl: &Decl, errors: &mut Vec<ValidationError>) {
     let ty = decl.ty;
-    let mut known = Props::new();
-    for (name, prop) in &decl.props {
-        match ty.property(name) {
-            Some(p) if p.kind != PropertyKind::Output => {
-                if let Prop::Value(v) = prop {
-                    known.insert(name.clone(), v.clone());
-                }
-            }
-            _ => errors.push(ValidationError::UnknownProperty {
+    for (name, _) in &decl.props {
+        // A key borrowed from the schema is a property of this type, found by address.
+        let schema = match name {
+            std::borrow::Cow::Borrowed(key) => ty.properties.iter().find(|p| std::ptr::eq(p.name, *key)),
+            std::borrow::Cow::Owned(_) => None,
+        };
+        if !schema.is_some_and(|p| p.kind != PropertyKind::Output) {
+            errors.push(ValidationError::UnknownProperty {
                 urn: urn.clone(),
-                property: name.clone(),
+                property: name.to_string(),
                 known: ty.inputs().map(|p| p.name).collect(),
-            }),
+            });
         }
     }
     for p in ty.inputs() {
@@ -190,12 +181,63 @@ fn check_properties(urn: &Urn, decl: &Decl, errors: &mut Vec<ValidationError>) {
         }
     }
     let mut failures = Vec::new();
-    (ty.validate)(&known, &mut failures);
+    (ty.validate)(decl, &mut failures);
     errors.extend(failures.into_iter().map(|failure| ValidationError::Invalid { urn: urn.clone(), failure }));
 }
 
-/// Dependencies first, then by depth and URN; or every cycle found.
+/// Node indices with dependencies first, then by depth and URN; or every cycle found.
 fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, Vec<ValidationError>> {
+    // Kahn's algorithm, computing each node's depth (longest path from a root).
+    let mut waiting: Vec<u32> = nodes.iter().map(|n| n.deps.len() as u32).collect();
+    // Dependents as one flat array (node i's are at start[i]..start[i + 1]).
+    let mut start = vec![0usize; nodes.len() + 1];
+    for n in nodes {
+        for &d in &n.deps {
+            start[d + 1] += 1;
+        }
+    }
+    for i in 0..nodes.len() {
+        start[i + 1] += start[i];
+    }
+    let mut fill = start.clone();
+    let mut flat = vec![0usize; start[nodes.len()]];
+    for (i, n) in nodes.iter().enumerate() {
+        for &d in &n.deps {
+            flat[fill[d]] = i;
+            fill[d] += 1;
+        }
+    }
+    let dependents = |i: usize| &flat[start[i]..start[i + 1]];
+    let mut depth = vec![0u32; nodes.len()];
+    let mut queue: Vec<usize> = (0..nodes.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut done = 0;
+    while let Some(i) = queue.pop() {
+        done += 1;
+        for &j in dependents(i) {
+            depth[j] = depth[j].max(depth[i] + 1);
+            waiting[j] -= 1;
+            if waiting[j] == 0 {
+                queue.push(j);
+            }
+        }
+    }
+    if done != nodes.len() {
+        return Err(find_cycles(nodes));
+    }
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    // By depth, then type and name (the URN's varying parts, cheaper to compare).
+    order.sort_unstable_by(|&a, &b| {
+        let (x, y) = (&nodes[a].decl, &nodes[b].decl);
+        depth[a]
+            .cmp(&depth[b])
+            .then_with(|| if std::ptr::eq(x.ty, y.ty) { std::cmp::Ordering::Equal } else { x.ty.token.cmp(y.ty.token) })
+            .then_with(|| x.name.cmp(&y.name))
+    });
+    Ok(order)
+}
+
+/// Every cycle, each as a path from its smallest URN. Only runs when there is one.
+fn find_cycles(nodes: &[Node]) -> Vec<ValidationError> {
     let mut g: DiGraph<(), ()> = DiGraph::with_capacity(nodes.len(), nodes.len() * 2);
     for _ in nodes {
         g.add_node(());
@@ -205,18 +247,7 @@ fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, Vec<ValidationError>>
             g.add_edge(NodeIndex::new(d), NodeIndex::new(i), ());
         }
     }
-    let topo = toposort(&g, None).map_err(|_| find_cycles(&g, nodes))?;
-    let mut depth = vec![0u32; nodes.len()];
-    for ix in &topo {
-        let i = ix.index();
-        depth[i] = nodes[i].deps.iter().map(|&d| depth[d] + 1).max().unwrap_or(0);
-    }
-    let mut order: Vec<usize> = (0..nodes.len()).collect();
-    order.sort_by(|&a, &b| depth[a].cmp(&depth[b]).then_with(|| nodes[a].urn.cmp(&nodes[b].urn)));
-    Ok(order)
-}
-
-fn find_cycles(g: &DiGraph<(), ()>, nodes: &[Node]) -> Vec<ValidationError> {
+    let g = &g;
     let mut errors = Vec::new();
     for scc in tarjan_scc(g) {
         let self_loop = scc.len() == 1 && g.contains_edge(scc[0], scc[0]);

@@ -4,6 +4,7 @@
 //! resource exists. Every input of a builder takes an [`Input<T>`], which is either a
 //! literal or an output; the engine draws the graph's edges from these references.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -17,7 +18,7 @@ pub struct OutputRef {
     /// The resource that produces the value.
     pub urn: Urn,
     /// The property of that resource (an output, or an input it echoes).
-    pub property: String,
+    pub property: Cow<'static, str>,
 }
 
 /// A declared property value: a literal, a reference, or a list or object that holds
@@ -72,6 +73,14 @@ impl Prop {
         }
     }
 
+    /// The value if it is a literal.
+    pub fn as_value(&self) -> Option<&Value> {
+        match self {
+            Prop::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Collapses an object of props into one, staying a literal when every field is.
     pub fn object(mut fields: Vec<(String, Prop)>) -> Prop {
         fields.sort_by(|a, b| a.0.cmp(&b.0));
@@ -94,7 +103,7 @@ pub struct Output<T> {
 
 impl<T> Output<T> {
     /// A reference to `property` of the resource named by `urn`.
-    pub fn new(urn: Urn, property: impl Into<String>) -> Self {
+    pub fn new(urn: Urn, property: impl Into<Cow<'static, str>>) -> Self {
         Output { reference: OutputRef { urn, property: property.into() }, _type: PhantomData }
     }
 

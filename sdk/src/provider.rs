@@ -3,6 +3,7 @@
 //! The engine speaks to providers in a type-erased JSON layer ([`Props`]); users only
 //! see typed builders. A provider serves one package of type tokens (`aws`, `test`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 use cairn_state::{Props, Urn};
 use serde_json::Value;
 
+use crate::resource::Decl;
 use crate::schema::{CheckFailure, PropertyKind, ResourceType};
 
 /// A failed provider operation.
@@ -61,13 +63,29 @@ pub struct Observed {
     pub outputs: Props,
 }
 
-/// The value a property will have after apply: known now, or not.
+/// The value a property will have after apply: known now, or not. Borrowed from the
+/// declaration or the state where possible.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Planned {
+pub enum Planned<'a> {
     /// Known at plan time.
-    Known(Value),
+    Known(Cow<'a, Value>),
     /// Depends on a value known only after apply.
     Unknown,
+}
+
+impl Planned<'_> {
+    /// The value, if known.
+    pub fn value(&self) -> Option<&Value> {
+        match self {
+            Planned::Known(v) => Some(v),
+            Planned::Unknown => None,
+        }
+    }
+
+    /// Whether it is known.
+    pub fn is_known(&self) -> bool {
+        matches!(self, Planned::Known(_))
+    }
 }
 
 /// One property's change.
@@ -114,7 +132,7 @@ pub struct DiffRequest<'a> {
     /// The inputs in state.
     pub old: &'a Props,
     /// The planned inputs in name order, some perhaps unknown.
-    pub new: &'a [(String, Planned)],
+    pub new: &'a [(&'a str, Planned<'a>)],
 }
 
 /// A cloud provider. Implementations talk to a real API; the engine calls them from many
@@ -127,8 +145,9 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// The package of type tokens served: `aws` serves `aws:ec2:Vpc`.
     fn package(&self) -> &str;
 
-    /// Extra local checks of known inputs, after the type's own.
-    fn check(&self, _urn: &Urn, _inputs: &Props) -> Vec<CheckFailure> {
+    /// Extra local checks of a declaration, after the type's own (read known values
+    /// with [`Decl::value`]).
+    fn check(&self, _urn: &Urn, _decl: &Decl) -> Vec<CheckFailure> {
         Vec::new()
     }
 
@@ -170,12 +189,12 @@ pub fn schema_diff(req: &DiffRequest<'_>) -> DiffResult {
     loop {
         let (name, old, new) = match (old_iter.peek(), new_iter.peek()) {
             (None, None) => break,
-            (Some((ok, _)), Some((nk, _))) if *ok == nk.as_str() => {
+            (Some((ok, _)), Some((nk, _))) if ok == nk => {
                 let (k, o) = old_iter.next().unwrap();
                 let (_, n) = new_iter.next().unwrap();
                 (k, Some(o), Some(n))
             }
-            (Some((ok, _)), Some((nk, _))) if *ok < nk.as_str() => {
+            (Some((ok, _)), Some((nk, _))) if ok < nk => {
                 let (k, o) = old_iter.next().unwrap();
                 (k, Some(o), None)
             }
@@ -185,27 +204,28 @@ pub fn schema_diff(req: &DiffRequest<'_>) -> DiffResult {
             }
             _ => {
                 let (k, n) = new_iter.next().unwrap();
-                (k.as_str(), None, Some(n))
+                (*k, None, Some(n))
             }
         };
-        let schema = ty.property(name);
-        let replaces = schema.is_some_and(|p| p.forces_replacement);
+        // The schema is looked up only for properties that changed.
+        let schema = || ty.property(name);
+        let replaces = || schema().is_some_and(|p| p.forces_replacement);
         match (old, new) {
-            (Some(o), Some(Planned::Known(n))) if o == n => {}
+            (Some(o), Some(Planned::Known(n))) if o == n.as_ref() => {}
             (Some(o), Some(Planned::Known(n))) => {
-                changes.push(PropertyDiff::new(name, Some(o.clone()), Some(n.clone()), true, replaces))
+                changes.push(PropertyDiff::new(name, Some(o.clone()), Some(n.clone().into_owned()), true, replaces()))
             }
             (old, Some(Planned::Unknown)) => {
-                changes.push(PropertyDiff::new(name, old.cloned(), None, false, replaces))
+                changes.push(PropertyDiff::new(name, old.cloned(), None, false, replaces()))
             }
             (None, Some(Planned::Known(n))) => {
-                changes.push(PropertyDiff::new(name, None, Some(n.clone()), true, replaces))
+                changes.push(PropertyDiff::new(name, None, Some(n.clone().into_owned()), true, replaces()))
             }
             (Some(o), None) => {
-                if schema.is_some_and(|p| p.kind == PropertyKind::OptionalComputed) {
+                if schema().is_some_and(|p| p.kind == PropertyKind::OptionalComputed) {
                     continue;
                 }
-                changes.push(PropertyDiff::new(name, Some(o.clone()), None, true, replaces))
+                changes.push(PropertyDiff::new(name, Some(o.clone()), None, true, replaces()))
             }
             (None, None) => {}
         }
@@ -260,7 +280,8 @@ mod tests {
     fn schema_diff_marks_replacements_unknowns_and_removals() {
         let urn = Urn::new("dev", T.token, "x");
         let old = props(json!({"a": 1, "b": 2, "zone": "z1", "gone": true}));
-        let new = vec![("a".to_owned(), Planned::Unknown), ("b".to_owned(), Planned::Known(json!(3)))];
+        let three = json!(3);
+        let new = vec![("a", Planned::Unknown), ("b", Planned::Known(Cow::Borrowed(&three)))];
         let d = schema_diff(&DiffRequest { urn: &urn, ty: &T, old: &old, new: &new });
         let summary: Vec<_> = d.changes.iter().map(|c| (c.name.as_str(), c.known, c.replaces)).collect();
         assert_eq!(summary, [("a", false, true), ("b", true, false), ("gone", true, false)]);

@@ -107,7 +107,7 @@ fn adopt(state: &mut StackState, op: &PendingOperation, resource: ResourceState)
         }
         state.resources.push(resource);
     } else {
-        state.resources.retain(|r| !(r.urn == op.urn && !r.pending_delete));
+        state.resources.retain(|r| r.urn != op.urn || r.pending_delete);
         state.resources.push(resource);
     }
 }

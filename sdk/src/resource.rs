@@ -1,11 +1,14 @@
 //! Declaring resources: the type-erased declaration, options, handles and the
 //! [`Resource`] trait that typed builders implement.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
 use cairn_state::Urn;
 use serde::{Deserialize, Serialize};
+
+use serde_json::Value;
 
 use crate::input::{Input, Output, Prop};
 use crate::schema::ResourceType;
@@ -76,7 +79,8 @@ mod opt_secs {
 pub struct Decl {
     pub(crate) ty: &'static ResourceType,
     pub(crate) name: String,
-    pub(crate) props: Vec<(String, Prop)>,
+    /// Sorted by name. Names the schema knows borrow its `'static` strings.
+    pub(crate) props: Vec<(Cow<'static, str>, Prop)>,
     pub(crate) options: ResourceOptions,
 }
 
@@ -93,15 +97,35 @@ impl Decl {
 
     /// Sets input `property` from an already type-erased value.
     pub fn set_prop(&mut self, property: &str, prop: Prop) {
-        match self.props.binary_search_by(|(k, _)| k.as_str().cmp(property)) {
+        match self.props.binary_search_by(|(k, _)| k.as_ref().cmp(property)) {
             Ok(i) => self.props[i].1 = prop,
-            Err(i) => self.props.insert(i, (property.to_owned(), prop)),
+            Err(i) => {
+                let key = match self.ty.property(property) {
+                    Some(p) => Cow::Borrowed(p.name),
+                    None => Cow::Owned(property.to_owned()),
+                };
+                self.props.insert(i, (key, prop));
+            }
         }
     }
 
     /// The declared value of `property`.
     pub fn get(&self, property: &str) -> Option<&Prop> {
-        self.props.binary_search_by(|(k, _)| k.as_str().cmp(property)).ok().map(|i| &self.props[i].1)
+        self.props.binary_search_by(|(k, _)| k.as_ref().cmp(property)).ok().map(|i| &self.props[i].1)
+    }
+
+    /// The literal value of `property`: `None` if unset or if it comes from another
+    /// resource's output (not known before apply). What validation functions check.
+    pub fn value(&self, property: &str) -> Option<&Value> {
+        match self.get(property)? {
+            Prop::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The declared properties, in name order.
+    pub fn props(&self) -> impl Iterator<Item = (&str, &Prop)> {
+        self.props.iter().map(|(k, p)| (k.as_ref(), p))
     }
 
     /// The resource type.
@@ -230,7 +254,7 @@ impl Handle {
     }
 
     /// An output of the resource, by property name.
-    pub fn output<T>(&self, property: &str) -> Output<T> {
+    pub fn output<T>(&self, property: impl Into<Cow<'static, str>>) -> Output<T> {
         Output::new(self.urn.clone(), property)
     }
 }

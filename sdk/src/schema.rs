@@ -6,8 +6,9 @@
 
 use std::fmt;
 
-use cairn_state::Props;
 use serde_json::Value;
+
+use crate::resource::Decl;
 
 /// The description of one resource kind.
 pub struct ResourceType {
@@ -17,8 +18,9 @@ pub struct ResourceType {
     /// Every property: inputs the program sets and outputs the cloud computes.
     pub properties: &'static [Property],
     /// Checks across properties that the per-property schema cannot express (a CIDR's
-    /// shape, `min <= desired <= max`). It sees only values known at plan time.
-    pub validate: fn(&Props, &mut Vec<CheckFailure>),
+    /// shape, `min <= desired <= max`), run after defaults are filled in. Read values
+    /// with [`Decl::value`]: it gives only those known before apply.
+    pub validate: fn(&Decl, &mut Vec<CheckFailure>),
 }
 
 impl ResourceType {
@@ -28,7 +30,7 @@ impl ResourceType {
     }
 
     /// The same type with a validation function.
-    pub const fn with_validation(mut self, validate: fn(&Props, &mut Vec<CheckFailure>)) -> Self {
+    pub const fn with_validation(mut self, validate: fn(&Decl, &mut Vec<CheckFailure>)) -> Self {
         self.validate = validate;
         self
     }
@@ -55,7 +57,7 @@ impl fmt::Debug for ResourceType {
     }
 }
 
-fn no_checks(_: &Props, _: &mut Vec<CheckFailure>) {}
+fn no_checks(_: &Decl, _: &mut Vec<CheckFailure>) {}
 
 /// Who sets a property.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

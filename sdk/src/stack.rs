@@ -11,7 +11,6 @@ use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
 use crate::cx::Cx;
 use crate::error::{Error, Result, ValidationError, ValidationErrors};
 use crate::graph::Graph;
-use crate::input::Prop;
 use crate::plan::{plan, Plan};
 use crate::provider::{Provider, Providers};
 use crate::recover::{resolve_pending, Recovery};
@@ -141,7 +140,7 @@ where
         if let Some(program) = &self.program {
             program(&mut cx, s).map_err(|e| Error::program(&self.name, e))?;
         }
-        let graph = Graph::build(&self.name, cx.into_decls())?;
+        let graph = Graph::from_declared(cx.into_decls())?;
         self.provider_checks(&graph)?;
         Ok(graph)
     }
@@ -150,16 +149,7 @@ where
         let mut errors = Vec::new();
         for node in &graph.nodes {
             let Some(provider) = self.providers.for_token(node.decl.ty.token) else { continue };
-            let known = node
-                .decl
-                .props
-                .iter()
-                .filter_map(|(k, p)| match p {
-                    Prop::Value(v) => Some((k.clone(), v.clone())),
-                    _ => None,
-                })
-                .collect();
-            for failure in provider.check(&node.urn, &known) {
+            for failure in provider.check(&node.urn, &node.decl) {
                 errors.push(ValidationError::Invalid { urn: node.urn.clone(), failure });
             }
         }

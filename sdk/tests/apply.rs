@@ -378,3 +378,22 @@ async fn an_output_the_provider_did_not_return_fails_the_dependent_clearly() {
         }
     );
 }
+
+#[tokio::test]
+async fn a_new_depends_on_is_recorded_for_an_otherwise_unchanged_resource() {
+    let stack = Stack::<bool>::new("dev").provider(provider()).program(|cx, linked| {
+        let a = cx.add(thing("a"));
+        let mut b = thing("b");
+        if *linked {
+            b = b.depends_on(&a);
+        }
+        cx.add(b);
+        Ok(())
+    });
+    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
+    let plan = stack.preview(&true, &state).unwrap();
+    assert!(!plan.has_changes(), "a dependency alone changes nothing in the cloud");
+    let report = stack.apply(&plan, &state).await.unwrap();
+    let b = report.state.resource(&Urn::new("dev", "test:misc:Thing", "b")).unwrap();
+    assert_eq!(b.dependencies, [Urn::new("dev", "test:misc:Thing", "a")], "deletes will honour it");
+}

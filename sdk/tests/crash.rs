@@ -192,8 +192,8 @@ fn a_second_process_gets_the_lock_error_while_the_first_writes() {
 
         let (code, out) = run_child();
         assert_eq!(code, Some(3), "{out}");
-        let expected = format!("refused: stack 'dev' is locked by ");
-        assert!(out.contains(&expected) && out.contains(&format!("(pid {})", std::process::id())), "{out}");
+        let expected = "refused: stack 'dev' is locked by ";
+        assert!(out.contains(expected) && out.contains(&format!("(pid {})", std::process::id())), "{out}");
         assert!(out.contains("for 'up'") && out.contains("state unlock --stack dev"), "{out}");
 
         session.close().await.unwrap();

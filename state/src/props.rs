@@ -31,6 +31,8 @@ impl Props {
         match self.find(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {
+                // Maps stay small: grow by one rather than double.
+                self.0.reserve_exact(1);
                 self.0.insert(i, (key, value));
                 None
             }
@@ -98,6 +100,7 @@ impl FromIterator<(String, Value)> for Props {
                 false
             }
         });
+        v.shrink_to_fit();
         Props(v)
     }
 }

@@ -1,15 +1,46 @@
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The identity of a resource: `urn:cairn:<stack>::<type>::<name>`.
 ///
 /// A URN is derived from the stack, the resource's type token and its logical name,
 /// never from anything the cloud assigns, so the same program always yields the same
 /// URNs. Two resources of one stack may share a name only if their types differ.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Urn(String);
+///
+/// Cheap to clone (a shared string): the graph, plans and state pass URNs around a lot.
+#[derive(Clone, PartialOrd, Ord)]
+pub struct Urn(Arc<str>);
+
+// Equal URNs have equal text, so hashing the text agrees with `eq`'s shortcut.
+impl std::hash::Hash for Urn {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for Urn {
+    fn eq(&self, other: &Self) -> bool {
+        // References made from a handle share the declaration's URN: skip the compare.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Urn {}
+
+impl Serialize for Urn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Urn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Urn::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// A string that is not a well-formed Cairn URN.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +59,7 @@ impl Urn {
         s.push_str(ty);
         s.push_str("::");
         s.push_str(name);
-        Urn(s)
+        Urn(s.into())
     }
 
     /// Parses a URN, checking its shape.
@@ -37,7 +68,7 @@ impl Urn {
         if rest.splitn(3, "::").count() != 3 {
             return Err(UrnError(s.to_owned()));
         }
-        Ok(Urn(s.to_owned()))
+        Ok(Urn(s.into()))
     }
 
     /// The whole URN as a string.

@@ -7,9 +7,10 @@
 
 mod render;
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use cairn_state::{ResourceState, StackState, Urn};
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -104,7 +105,7 @@ pub struct Change {
     pub urn: Urn,
     /// Its type token.
     #[serde(rename = "type")]
-    pub ty: String,
+    pub ty: Cow<'static, str>,
     /// What happens to it.
     pub action: Action,
     /// For a replace: the properties whose change forces it.
@@ -117,7 +118,7 @@ pub struct Change {
     /// The changed properties, by name; for a create, every input.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diffs: Vec<PropertyDiff>,
-    /// The cloud id of the existing resource (update, replace, delete, same).
+    /// The cloud id of the existing resource (update, replace, delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// The inputs to create or update with; references resolve at apply time. Secret
@@ -125,8 +126,9 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "prop_map")]
     pub inputs: Vec<(String, Prop)>,
     /// The resources it depends on (from the program; for a delete, from state).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dependencies: Vec<Urn>,
+    /// Absent for an unchanged resource whose dependencies did not change either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<Vec<Urn>>,
     /// The resource's options.
     #[serde(default, skip_serializing_if = "is_default_options")]
     pub options: ResourceOptions,
@@ -183,12 +185,15 @@ impl Plan {
     }
 }
 
-/// What the planner needs to know of a node it has planned, for its dependents.
-struct NodeStatus {
+/// What the planner knows of a node it has planned, for its dependents.
+struct NodeStatus<'a> {
     action: Action,
     delete_before_replace: bool,
-    /// The planned inputs, in name order.
-    planned: Vec<(String, Planned)>,
+    /// The planned inputs, in name order; `None` when unchanged, since the inputs in
+    /// state are then the planned ones.
+    planned: Option<Vec<(&'a str, Planned<'a>)>>,
+    /// The resource in state, if it exists.
+    old: Option<&'a ResourceState>,
 }
 
 /// Diffs `graph` against `state`.
@@ -201,57 +206,78 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     }
     let live: HashMap<&Urn, &ResourceState> =
         state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect();
-    let mut statuses: Vec<NodeStatus> = Vec::with_capacity(graph.nodes.len());
+    let mut statuses: Vec<Option<NodeStatus<'_>>> = (0..graph.nodes.len()).map(|_| None).collect();
     let mut changes = Vec::with_capacity(graph.nodes.len() + 8);
     let mut violations = Vec::new();
     let mut summary = Summary::default();
+    // Reused for each resource; kept only for those that change.
+    let mut scratch: Vec<(&str, Planned<'_>)> = Vec::new();
 
-    for node in &graph.nodes {
+    for &i in &graph.order {
+        let node = &graph.nodes[i];
         let decl = &node.decl;
         let ty = decl.ty;
         let old = live.get(&node.urn).copied();
         let options = &decl.options;
 
-        let mut inputs: Vec<(String, Prop)> = decl.props.clone();
+        // The planned value of every input, borrowed where it can be: a literal from the
+        // declaration, a reference to an unchanged resource from state.
+        let mut planned = std::mem::take(&mut scratch);
+        for (k, prop) in &decl.props {
+            let v = match prop {
+                Prop::Value(v) => Some(Cow::Borrowed(v)),
+                Prop::Output(r) => resolve_ref(r, graph, &statuses),
+                nested => {
+                    // A list or object holding references: when it equals what state
+                    // has, borrow that rather than building a copy to compare.
+                    let stored = old.and_then(|o| o.inputs.get(k));
+                    match stored {
+                        Some(s) if nested_equals(nested, s, graph, &statuses) => Some(Cow::Borrowed(s)),
+                        _ => nested
+                            .resolve(&mut |r| resolve_ref(r, graph, &statuses).map(Cow::into_owned))
+                            .map(Cow::Owned),
+                    }
+                }
+            };
+            planned.push((k.as_ref(), v.map_or(Planned::Unknown, Planned::Known)));
+        }
+        // Values the engine sets in place of the declared ones: `None` removes.
+        let mut overrides: Vec<(&str, Option<Cow<'_, Value>>)> = Vec::new();
         // An auto-named property left unset keeps the name it was given.
-        for p in ty.inputs().filter(|p| p.auto_name) {
-            if decl.get(p.name).is_none() {
-                let name = match old.and_then(|o| o.inputs.get(p.name)) {
-                    Some(v) => v.clone(),
-                    None => Value::from(auto_name(&node.urn, state.serial, 0)),
-                };
-                set_input(&mut inputs, p.name, Prop::Value(name));
-            }
+        for p in ty.inputs().filter(|p| p.auto_name && decl.get(p.name).is_none()) {
+            let name = match old.and_then(|o| o.inputs.get(p.name)) {
+                Some(v) => Cow::Borrowed(v),
+                None => Cow::Owned(Value::from(auto_name(&node.urn, state.serial, 0))),
+            };
+            set_planned(&mut planned, p.name, Planned::Known(name.clone()));
+            overrides.push((p.name, Some(name)));
         }
         // Ignored changes keep the value in state.
         if let Some(old) = old {
             for name in &options.ignore_changes {
                 match old.inputs.get(name) {
-                    Some(v) => set_input(&mut inputs, name, Prop::Value(v.clone())),
-                    None => inputs.retain(|(k, _)| k != name),
+                    Some(v) => {
+                        set_planned(&mut planned, name, Planned::Known(Cow::Borrowed(v)));
+                        overrides.push((name, Some(Cow::Borrowed(v))));
+                    }
+                    None => {
+                        planned.retain(|(k, _)| k != name);
+                        overrides.push((name, None));
+                    }
                 }
             }
         }
 
-        let mut planned: Vec<(String, Planned)> = inputs
-            .iter()
-            .map(|(k, prop)| {
-                let v = prop.resolve(&mut |r| resolve_ref(r, graph, &statuses, &live));
-                (k.clone(), v.map_or(Planned::Unknown, Planned::Known))
-            })
-            .collect();
-
-        let deps: Vec<Urn> = node.deps.iter().map(|&d| graph.nodes[d].urn.clone()).collect();
         let mut change = Change {
             urn: node.urn.clone(),
-            ty: ty.token.to_owned(),
+            ty: Cow::Borrowed(ty.token),
             action: Action::Same,
             replace_reasons: Vec::new(),
             may_replace: false,
             diffs: Vec::new(),
-            id: old.map(|o| o.id.clone()),
+            id: None,
             inputs: Vec::new(),
-            dependencies: deps,
+            dependencies: None,
             options: options.clone(),
             delete_before_replace: false,
             pending_delete: false,
@@ -262,7 +288,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                 change.action = Action::Create;
                 change.diffs = planned
                     .iter()
-                    .map(|(k, p)| PropertyDiff::new(k.clone(), None, known(p), matches!(p, Planned::Known(_)), false))
+                    .map(|(k, p)| PropertyDiff::new(*k, None, p.value().cloned(), p.is_known(), false))
                     .collect();
             }
             Some(old) => {
@@ -285,6 +311,9 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                 change.may_replace = certain.is_empty() && !maybe.is_empty();
                 change.replace_reasons = if certain.is_empty() { maybe } else { certain };
                 change.diffs = diff.changes;
+                if change.action != Action::Same {
+                    change.id = Some(old.id.clone());
+                }
                 if change.action == Action::Replace && (old.options.protect || options.protect) {
                     violations.push(ProtectViolation {
                         urn: node.urn.clone(),
@@ -296,13 +325,13 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         }
 
         if change.action == Action::Replace {
-            let dep_dbr = node.deps.iter().any(|&d| statuses[d].action == Action::Replace && statuses[d].delete_before_replace);
-            let explicit_name = ty.inputs().any(|p| {
-                p.auto_name
-                    && decl.get(p.name).is_some()
-                    && !change.diffs.iter().any(|d| d.name == p.name)
+            let dep_replaced_first = node.deps.iter().any(|&d| {
+                statuses[d].as_ref().is_some_and(|s| s.action == Action::Replace && s.delete_before_replace)
             });
-            change.delete_before_replace = options.delete_before_replace || dep_dbr || explicit_name;
+            let explicit_name = ty.inputs().any(|p| {
+                p.auto_name && decl.get(p.name).is_some() && !change.diffs.iter().any(|d| d.name == p.name)
+            });
+            change.delete_before_replace = options.delete_before_replace || dep_replaced_first || explicit_name;
             if !change.delete_before_replace {
                 // A fresh physical name, so old and new can exist side by side.
                 for p in ty.inputs().filter(|p| p.auto_name && decl.get(p.name).is_none()) {
@@ -313,8 +342,8 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                         salt += 1;
                         name = Value::from(auto_name(&node.urn, state.serial, salt));
                     }
-                    set_input(&mut inputs, p.name, Prop::Value(name.clone()));
-                    set_planned(&mut planned, p.name, Planned::Known(name.clone()));
+                    set_planned(&mut planned, p.name, Planned::Known(Cow::Owned(name.clone())));
+                    overrides.push((p.name, Some(Cow::Owned(name.clone()))));
                     change.diffs.retain(|d| d.name != p.name);
                     change.diffs.push(PropertyDiff::new(p.name, old_name, Some(name), true, false));
                     change.diffs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -323,10 +352,33 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         }
         redact_secrets(&mut change.diffs, ty);
         if change.action != Action::Same {
-            change.inputs = inputs;
+            change.inputs = decl.props.iter().map(|(k, p)| (k.to_string(), p.clone())).collect();
+            for (name, value) in overrides {
+                match value {
+                    Some(v) => set_input(&mut change.inputs, name, Prop::Value(v.into_owned())),
+                    None => change.inputs.retain(|(k, _)| k != name),
+                }
+            }
+        }
+        // An unchanged resource's dependencies are carried only if they changed.
+        let deps_changed = || {
+            old.is_none_or(|o| {
+                o.dependencies.len() != node.deps.len()
+                    || node.deps.iter().any(|&d| !o.dependencies.contains(&graph.nodes[d].urn))
+            })
+        };
+        if change.action != Action::Same || deps_changed() {
+            change.dependencies = Some(node.deps.iter().map(|&d| graph.nodes[d].urn.clone()).collect());
         }
         summary.add(change.action);
-        statuses.push(NodeStatus { action: change.action, delete_before_replace: change.delete_before_replace, planned });
+        let planned = if change.action == Action::Same {
+            planned.clear();
+            scratch = planned;
+            None
+        } else {
+            Some(planned)
+        };
+        statuses[i] = Some(NodeStatus { action: change.action, delete_before_replace: change.delete_before_replace, planned, old });
         changes.push(change);
     }
 
@@ -343,14 +395,14 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         summary.add(Action::Delete);
         changes.push(Change {
             urn: old.urn.clone(),
-            ty: old.ty.clone(),
+            ty: Cow::Owned(old.ty.clone()),
             action: Action::Delete,
             replace_reasons: Vec::new(),
             may_replace: false,
             diffs: Vec::new(),
             id: Some(old.id.clone()),
             inputs: Vec::new(),
-            dependencies: old.dependencies.clone(),
+            dependencies: Some(old.dependencies.clone()),
             options: ResourceOptions {
                 protect: old.options.protect,
                 retain_on_delete: old.options.retain_on_delete,
@@ -366,7 +418,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     }
     Ok(Plan {
         format: PLAN_FORMAT.to_owned(),
-        stack: graph_stack(graph, state),
+        stack: state.stack.clone(),
         base: PlanBase { lineage: state.lineage.clone(), serial: state.serial },
         user_state,
         changes,
@@ -418,17 +470,6 @@ mod prop_map {
     }
 }
 
-fn graph_stack(graph: &Graph, state: &StackState) -> String {
-    graph.nodes.first().map(|n| n.urn.stack().to_owned()).unwrap_or_else(|| state.stack.clone())
-}
-
-fn known(p: &Planned) -> Option<Value> {
-    match p {
-        Planned::Known(v) => Some(v.clone()),
-        Planned::Unknown => None,
-    }
-}
-
 fn set_input(inputs: &mut Vec<(String, Prop)>, name: &str, prop: Prop) {
     match inputs.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
         Ok(i) => inputs[i].1 = prop,
@@ -436,31 +477,55 @@ fn set_input(inputs: &mut Vec<(String, Prop)>, name: &str, prop: Prop) {
     }
 }
 
-fn set_planned(planned: &mut Vec<(String, Planned)>, name: &str, value: Planned) {
-    match planned.binary_search_by(|(k, _)| k.as_str().cmp(name)) {
+fn set_planned<'a>(planned: &mut Vec<(&'a str, Planned<'a>)>, name: &'a str, value: Planned<'a>) {
+    match planned.binary_search_by(|(k, _)| (*k).cmp(name)) {
         Ok(i) => planned[i].1 = value,
-        Err(i) => planned.insert(i, (name.to_owned(), value)),
+        Err(i) => planned.insert(i, (name, value)),
     }
 }
 
-/// The value of a reference at plan time, if known.
-fn resolve_ref(r: &OutputRef, graph: &Graph, statuses: &[NodeStatus], live: &HashMap<&Urn, &ResourceState>) -> Option<Value> {
+/// Whether `prop`, its references resolved, equals `stored`: false when a reference is
+/// unknown.
+fn nested_equals<'a>(prop: &Prop, stored: &Value, graph: &'a Graph, statuses: &[Option<NodeStatus<'a>>]) -> bool {
+    match (prop, stored) {
+        (Prop::Value(v), s) => v == s,
+        (Prop::Output(r), s) => resolve_ref(r, graph, statuses).is_some_and(|v| v.as_ref() == s),
+        (Prop::List(items), Value::Array(s)) => {
+            items.len() == s.len() && items.iter().zip(s).all(|(p, v)| nested_equals(p, v, graph, statuses))
+        }
+        (Prop::Object(fields), Value::Object(s)) => {
+            fields.len() == s.len()
+                && fields.iter().all(|(k, p)| s.get(k).is_some_and(|v| nested_equals(p, v, graph, statuses)))
+        }
+        _ => false,
+    }
+}
+
+/// The value of a reference at plan time, if known, borrowed from the declarations or
+/// state where possible.
+fn resolve_ref<'a>(r: &OutputRef, graph: &'a Graph, statuses: &[Option<NodeStatus<'a>>]) -> Option<Cow<'a, Value>> {
     let &t = graph.index.get(&r.urn)?;
-    let status = statuses.get(t)?;
-    let ty = graph.nodes[t].decl.ty;
-    let kind = ty.property(&r.property).map(|p| p.kind);
+    let status = statuses[t].as_ref()?;
+    // Unchanged targets (most of them) need no schema: state has the value.
+    let schema = || graph.nodes[t].decl.ty.property(&r.property);
     // An input of the target: its planned value, known or not.
-    if let Ok(i) = status.planned.binary_search_by(|(k, _)| k.as_str().cmp(r.property.as_str())) {
-        if kind != Some(PropertyKind::Output) {
-            return known(&status.planned[i].1);
+    if status.planned.is_some() && schema().is_none_or(|p| p.kind != PropertyKind::Output) {
+        if let Some(planned) = &status.planned {
+            if let Ok(i) = planned.binary_search_by(|(k, _)| (*k).cmp(r.property.as_ref())) {
+                return match &planned[i].1 {
+                    Planned::Known(Cow::Borrowed(v)) => Some(Cow::Borrowed(*v)),
+                    Planned::Known(Cow::Owned(v)) => Some(Cow::Owned(v.clone())),
+                    Planned::Unknown => None,
+                };
+            }
         }
     }
     match status.action {
         Action::Create | Action::Replace => None,
-        Action::Update if ty.property(&r.property).is_some_and(|p| p.changes_on_update) => None,
+        Action::Update if schema().is_some_and(|p| p.changes_on_update) => None,
         Action::Same | Action::Update | Action::Delete => {
-            let old = live.get(&r.urn)?;
-            old.outputs.get(&r.property).or_else(|| old.inputs.get(&r.property)).cloned()
+            let old = status.old?;
+            old.outputs.get(&r.property).or_else(|| old.inputs.get(&r.property)).map(Cow::Borrowed)
         }
     }
 }

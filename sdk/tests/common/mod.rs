@@ -16,8 +16,8 @@ fn cidr_ok(s: &str) -> bool {
     octets.len() == 4 && octets.iter().all(|o| o.parse::<u8>().is_ok()) && bits.parse::<u8>().is_ok_and(|b| b <= 32)
 }
 
-fn check_cidr(inputs: &Props, out: &mut Vec<CheckFailure>) {
-    if let Some(v) = inputs.get("cidr_block") {
+fn check_cidr(decl: &Decl, out: &mut Vec<CheckFailure>) {
+    if let Some(v) = decl.value("cidr_block") {
         if !v.as_str().is_some_and(cidr_ok) {
             out.push(CheckFailure::new("cidr_block", Some(v), "be an IPv4 CIDR block such as 10.0.0.0/16"));
         }
@@ -118,15 +118,15 @@ pub static GROUP: ResourceType = ResourceType::new(
         Property::output("version").changes_on_update(),
     ],
 )
-.with_validation(|inputs, out| {
-    let n = |k| inputs.get(k).and_then(Value::as_i64);
+.with_validation(|decl, out| {
+    let n = |k| decl.value(k).and_then(Value::as_i64);
     if let (Some(min), Some(max)) = (n("min"), n("max")) {
         if min > max {
-            out.push(CheckFailure::new("min", inputs.get("min"), format!("be at most max ({max})")));
+            out.push(CheckFailure::new("min", decl.value("min"), format!("be at most max ({max})")));
         }
         if let Some(desired) = n("desired") {
             if desired < min || desired > max {
-                out.push(CheckFailure::new("desired", inputs.get("desired"), format!("be between min ({min}) and max ({max})")));
+                out.push(CheckFailure::new("desired", decl.value("desired"), format!("be between min ({min}) and max ({max})")));
             }
         }
     }
