@@ -432,7 +432,9 @@ fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
     let shape = BenchState::Layered { levels: LEVELS, width: WIDTH };
     let mut times: Vec<Duration> = (0..3)
         .map(|_| {
-            let provider = TestProvider::new("bench").with_latency(LATENCY);
+            // The latency is exact (an OS sleep), so the ratio measures the scheduler,
+            // not tokio's timer rounding each 20 ms sleep up to the next tick.
+            let provider = TestProvider::new("bench").with_latency(LATENCY).with_precise_latency();
             let stack = stack(provider.clone()).parallelism(parallelism);
             let state = stack.new_state();
             let plan = stack.preview(&shape, &state).expect("the preview succeeds");
@@ -460,6 +462,28 @@ fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
     times[times.len() / 2]
 }
 
+/// Bytes the file store writes while an `up` creates 10k resources (lock, snapshots,
+/// journal), over the size of the snapshot it ends with: the cost of journaling. A store
+/// that rewrote the snapshot after every step would be at about N/2 = 5000.
+fn state_bytes_ratio(rt: &tokio::runtime::Runtime) -> f64 {
+    let dir = std::env::temp_dir().join(format!("cairn-bench-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = std::sync::Arc::new(cairn_state::FileStore::new(&dir));
+    let stack = stack(TestProvider::new("bench"));
+    let shape = BenchState::Mixed { n: 10_000 };
+    rt.block_on(async {
+        let mut session = stack.lock(store.clone(), "up").await.expect("the stack locks");
+        let report = session.up(&shape).await.expect("the up runs");
+        assert!(report.succeeded() && report.summary.create == 10_000);
+        session.close().await.expect("the lock is released");
+    });
+    let snapshot = std::fs::metadata(dir.join(STACK).join("state.json")).expect("a snapshot was written").len();
+    let written = cairn_state::Store::bytes_written(&*store);
+    eprintln!("  state: {written} bytes written for a {snapshot}-byte snapshot of 10000 resources");
+    let _ = std::fs::remove_dir_all(&dir);
+    written as f64 / snapshot as f64
+}
+
 /// How long `LEVELS` sleeps of `LATENCY` in a row take on `rt`: the best any apply
 /// can do on tokio's millisecond timer, which rounds every sleep up.
 fn timer_floor(rt: &tokio::runtime::Runtime) -> Duration {
@@ -482,6 +506,8 @@ fn main() {
     }
     let rt = runtime();
     plan_10k(&rt);
+
+    bench("state_bytes_ratio_10k", state_bytes_ratio(&rt), "x");
 
     describe(BenchState::Layered { levels: LEVELS, width: WIDTH });
     let floor = timer_floor(&rt);

@@ -590,13 +590,7 @@ impl<'a> Run<'a> {
     }
 
     fn pending(&self, change: &Change, kind: PendingKind, id: Option<&str>) -> PendingOperation {
-        PendingOperation {
-            kind,
-            urn: change.urn.clone(),
-            ty: change.ty.to_string(),
-            id: id.map(str::to_owned),
-            dependencies: change.dependencies.clone().unwrap_or_default(),
-        }
+        PendingOperation { kind, urn: change.urn.clone(), id: id.map(str::to_owned) }
     }
 
     fn finish_call(

@@ -47,15 +47,19 @@ impl Graph {
         let mut index: HashMap<Urn, usize> = HashMap::with_capacity_and_hasher(decls.len(), Default::default());
         let mut nodes: Vec<Node> = Vec::with_capacity(decls.len());
         for (urn, mut decl) in decls {
-            if index.contains_key(&urn) {
-                if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if *u == urn)) {
-                    errors.push(ValidationError::Duplicate { urn });
+            match index.entry(urn.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if *u == urn)) {
+                        errors.push(ValidationError::Duplicate { urn });
+                    }
+                    continue;
                 }
-                continue;
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(nodes.len());
+                }
             }
             apply_defaults(&mut decl);
             check_properties(&urn, &decl, &mut errors);
-            index.insert(urn.clone(), nodes.len());
             nodes.push(Node { urn, decl, deps: Vec::new() });
         }
 

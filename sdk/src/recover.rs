@@ -44,8 +44,8 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
     next.pending.clear();
     let mut recoveries = Vec::with_capacity(state.pending.len());
     for op in &state.pending {
-        let provider = providers.for_token(&op.ty).ok_or_else(|| Error::NoProvider {
-            package: op.ty.split(':').next().unwrap_or_default().to_owned(),
+        let provider = providers.for_token(op.urn.ty()).ok_or_else(|| Error::NoProvider {
+            package: op.urn.ty().split(':').next().unwrap_or_default().to_owned(),
             urn: op.urn.clone(),
         })?;
         let failed = |e: crate::ProviderError| {
@@ -59,11 +59,12 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                     Some(obs) => {
                         adopt(&mut next, op, ResourceState {
                             urn: op.urn.clone(),
-                            ty: op.ty.clone(),
+                            ty: op.urn.ty().to_owned(),
                             id: obs.id.clone(),
                             inputs: obs.inputs,
                             outputs: obs.outputs,
-                            dependencies: op.dependencies.clone(),
+                            // Recorded by the next plan, which sees them differ.
+                            dependencies: Vec::new(),
                             options: StoredOptions::default(),
                             pending_delete: false,
                         });

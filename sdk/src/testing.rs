@@ -83,6 +83,8 @@ struct Inner {
     max_in_flight: usize,
     /// Where the fake cloud is mirrored, to survive the process.
     dir: Option<PathBuf>,
+    /// Sleep latencies on an OS thread (exact to ~0.1 ms) instead of tokio's timer.
+    precise: bool,
 }
 
 impl Inner {
@@ -171,6 +173,19 @@ impl TestProvider {
         self
     }
 
+    /// Latency is slept on a blocking thread, accurate to about a tenth of a
+    /// millisecond, instead of on tokio's timer, which rounds every sleep up to the next
+    /// millisecond tick. For benchmarks that time the engine against a known latency.
+    ///
+    /// # Warning
+    /// Precise latency is real time: it ignores `tokio::time::pause()`, so tests on
+    /// virtual time must not use it.
+    #[must_use]
+    pub fn with_precise_latency(self) -> Self {
+        self.lock().precise = true;
+        self
+    }
+
     /// Calls about resource `name` take `latency`.
     #[must_use]
     pub fn latency_for(self, name: &str, latency: Duration) -> Self {
@@ -244,15 +259,19 @@ impl TestProvider {
     }
 
     async fn enter(&self, op: Op, urn: &Urn) -> Result<(), ProviderError> {
-        let latency = {
+        let (latency, precise) = {
             let mut inner = self.lock();
             inner.calls.push(Call { op, urn: urn.clone() });
             inner.in_flight += 1;
             inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-            inner.latency_for.get(urn.name()).copied().unwrap_or(inner.latency)
+            (inner.latency_for.get(urn.name()).copied().unwrap_or(inner.latency), inner.precise)
         };
         if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
+            if precise {
+                precise_sleep(latency).await;
+            } else {
+                tokio::time::sleep(latency).await;
+            }
         }
         let mut inner = self.lock();
         inner.in_flight -= 1;
@@ -329,6 +348,59 @@ impl Provider for TestProvider {
         self.enter(Op::Lookup, urn).await?;
         let inner = self.lock();
         Ok(inner.cloud.values().filter(|r| &r.urn == urn).map(|r| Self::observe(&inner, r)).collect())
+    }
+}
+
+/// Sleeps `d` of real time with about a tenth of a millisecond of precision: one
+/// thread keeps every pending deadline in a heap and wakes each sleeper on time,
+/// rather than tokio's timer (1 ms ticks, rounding up) or a thread per sleeper.
+async fn precise_sleep(d: Duration) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    use std::sync::mpsc;
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    type Sleeper = (Instant, u64, tokio::sync::oneshot::Sender<()>);
+    static TIMER: OnceLock<Mutex<mpsc::Sender<Sleeper>>> = OnceLock::new();
+    let timer = TIMER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Sleeper>();
+        std::thread::Builder::new()
+            .name("cairn-test-timer".into())
+            .spawn(move || {
+                let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+                let mut wakers: HashMap<u64, tokio::sync::oneshot::Sender<()>> = HashMap::new();
+                loop {
+                    let now = Instant::now();
+                    while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                        let Reverse((_, id)) = heap.pop().expect("peeked");
+                        if let Some(w) = wakers.remove(&id) {
+                            let _ = w.send(());
+                        }
+                    }
+                    let next = match heap.peek() {
+                        Some(Reverse((at, _))) => rx.recv_timeout(at.saturating_duration_since(now)),
+                        None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                    };
+                    match next {
+                        Ok((at, id, w)) => {
+                            heap.push(Reverse((at, id)));
+                            wakers.insert(id, w);
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .expect("the test timer thread starts");
+        Mutex::new(tx)
+    });
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sent = timer.lock().unwrap_or_else(|e| e.into_inner()).send((Instant::now() + d, id, tx));
+    if sent.is_ok() {
+        let _ = rx.await;
     }
 }
 

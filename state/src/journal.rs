@@ -25,17 +25,11 @@ pub enum PendingKind {
 pub struct PendingOperation {
     /// What the step was doing.
     pub kind: PendingKind,
-    /// The resource.
+    /// The resource (its type is part of the URN).
     pub urn: Urn,
-    /// Its type token.
-    #[serde(rename = "type")]
-    pub ty: String,
     /// Its cloud id, for steps on an existing resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// What it depends on (to adopt a create with its dependencies).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dependencies: Vec<Urn>,
 }
 
 /// How a step ended, as far as state is concerned.

@@ -27,7 +27,7 @@ mod urn;
 pub use error::{LockedError, StateError};
 pub use file::FileStore;
 pub use journal::{apply_effect, replay, Journal, JournalRecord, NoJournal, PendingKind, PendingOperation, StepEffect};
-pub use location::{open, DEFAULT_LOCATION};
+pub use location::{location, open, DEFAULT_LOCATION, STATE_ENV};
 pub use memory::MemoryStore;
 pub use model::{ResourceState, StackState, StoredOptions, FORMAT_VERSION, PROCESSED_EVENTS_KEPT};
 pub use props::Props;

@@ -5,6 +5,18 @@ use crate::{FileStore, StateError, Store};
 /// The state location used when none is given: `.cairn` in the working directory.
 pub const DEFAULT_LOCATION: &str = "file://.cairn";
 
+/// The environment variable naming the state location.
+pub const STATE_ENV: &str = "CAIRN_STATE";
+
+/// The location to use: `explicit` (the command line's `--state`) if given, else
+/// `CAIRN_STATE` if set, else [`DEFAULT_LOCATION`].
+pub fn location(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_owned)
+        .or_else(|| std::env::var(STATE_ENV).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| DEFAULT_LOCATION.to_owned())
+}
+
 /// Opens the store at `location`: a directory path, `file://PATH`, or (with the `s3`
 /// feature) `s3://BUCKET/PREFIX`. The CLI takes it from `--state` or `CAIRN_STATE`.
 pub async fn open(location: &str) -> Result<Arc<dyn Store>, StateError> {

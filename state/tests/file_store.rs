@@ -119,7 +119,7 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
     let begin = |n: u32, kind, name: &str, id: Option<&str>| JournalRecord::Begin {
         base: 0,
         step: (7, n),
-        op: PendingOperation { kind, urn: Urn::new("dev", "test:Thing", name), ty: "test:Thing".into(), id: id.map(Into::into), dependencies: vec![] },
+        op: PendingOperation { kind, urn: Urn::new("dev", "test:Thing", name), id: id.map(Into::into) },
     };
     journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 4}) }).await.unwrap();
     journal.record(begin(0, PendingKind::Create, "b", None)).await.unwrap();
@@ -195,6 +195,17 @@ async fn the_audit_log_appends_and_reads_back_in_order() {
     }
     let history = store.history("dev").await.unwrap();
     assert_eq!(history, [json!({"event": 0}), json!({"event": 1}), json!({"event": 2})]);
+}
+
+#[test]
+fn the_location_comes_from_the_flag_then_cairn_state_then_the_default() {
+    // One test owns CAIRN_STATE in this binary, so no other test races on it.
+    std::env::remove_var("CAIRN_STATE");
+    assert_eq!(cairn_state::location(None), "file://.cairn");
+    std::env::set_var("CAIRN_STATE", "s3://bucket/stacks");
+    assert_eq!(cairn_state::location(None), "s3://bucket/stacks");
+    assert_eq!(cairn_state::location(Some("file:///tmp/x")), "file:///tmp/x");
+    std::env::remove_var("CAIRN_STATE");
 }
 
 #[tokio::test]

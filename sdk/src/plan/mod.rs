@@ -10,7 +10,6 @@ mod render;
 use std::borrow::Cow;
 
 use cairn_state::{ResourceState, StackState, Urn};
-use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -204,8 +203,16 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     if !state.pending.is_empty() {
         return Err(Error::pending(state));
     }
-    let live: HashMap<&Urn, &ResourceState> =
-        state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect();
+    // One pass over state: each live resource found in the graph is that node's old
+    // self; the rest (and old copies) are deletes.
+    let mut old_of: Vec<Option<&ResourceState>> = vec![None; graph.nodes.len()];
+    let mut deletes: Vec<&ResourceState> = Vec::new();
+    for r in &state.resources {
+        match graph.index.get(&r.urn) {
+            Some(&i) if !r.pending_delete => old_of[i] = Some(r),
+            _ => deletes.push(r),
+        }
+    }
     let mut statuses: Vec<Option<NodeStatus<'_>>> = (0..graph.nodes.len()).map(|_| None).collect();
     let mut changes = Vec::with_capacity(graph.nodes.len() + 8);
     let mut violations = Vec::new();
@@ -217,7 +224,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         let node = &graph.nodes[i];
         let decl = &node.decl;
         let ty = decl.ty;
-        let old = live.get(&node.urn).copied();
+        let old = old_of[i];
         let options = &decl.options;
 
         // The planned value of every input, borrowed where it can be: a literal from the
@@ -385,10 +392,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     // Deletes: what state has and the program no longer declares, plus old copies left
     // by replacements, dependents before their dependencies (state is stored in
     // dependency order, so reverse order is safe).
-    for old in state.resources.iter().rev() {
-        if !old.pending_delete && graph.index.contains_key(&old.urn) {
-            continue;
-        }
+    for old in deletes.into_iter().rev() {
         if old.options.protect && !old.pending_delete {
             violations.push(ProtectViolation { urn: old.urn.clone(), action: "delete", reasons: Vec::new() });
         }
