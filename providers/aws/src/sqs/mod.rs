@@ -1,0 +1,5 @@
+//! SQS: queues.
+
+pub mod queue;
+
+pub use queue::{Queue, QueueRef, QUEUE};

@@ -1,0 +1,151 @@
+//! `aws:sqs:Queue` against the local AWS, every effect checked with the SQS API itself.
+
+use aws_sdk_sqs::types::QueueAttributeName as Attr;
+use cairn_aws::sqs::Queue;
+use cairn_sdk::{Action, Provider as _, Stack, Urn};
+use serde::{Deserialize, Serialize};
+
+async fn aws() -> (cairn_aws::Provider, aws_sdk_sqs::Client) {
+    cairn_testkit::moto().configure_env();
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    (cairn_aws::Provider::new(&config), aws_sdk_sqs::Client::new(&config))
+}
+
+async fn attribute(sqs: &aws_sdk_sqs::Client, url: &str, attr: Attr) -> Option<String> {
+    let out = sqs.get_queue_attributes().queue_url(url).attribute_names(attr.clone()).send().await.ok()?;
+    out.attributes().and_then(|a| a.get(&attr)).cloned()
+}
+
+async fn exists(sqs: &aws_sdk_sqs::Client, url: &str) -> bool {
+    sqs.get_queue_attributes().queue_url(url).attribute_names(Attr::All).send().await.is_ok()
+}
+
+/// The URLs of the queues tagged with `stack`.
+async fn queues_of(sqs: &aws_sdk_sqs::Client, stack: &str) -> Vec<String> {
+    let mut urls = Vec::new();
+    for url in sqs.list_queues().max_results(1000).send().await.unwrap().queue_urls() {
+        let tags = sqs.list_queue_tags().queue_url(url).send().await.unwrap();
+        if tags.tags().is_some_and(|t| t.get("cairn:stack").map(String::as_str) == Some(stack)) {
+            urls.push(url.clone());
+        }
+    }
+    urls.sort();
+    urls
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Shop {
+    visibility: u32,
+    fifo_jobs: bool,
+}
+
+fn shop(stack: &str, aws: cairn_aws::Provider) -> Stack<Shop> {
+    Stack::<Shop>::new(stack).provider(aws).program(|cx, s| {
+        let dlq = cx.add(Queue::new("orders-dlq"));
+        cx.add(Queue::new("orders").visibility_timeout(s.visibility).dead_letter(dlq.arn(), 3).tags([("team", "shop")]));
+        cx.add(Queue::new("jobs").fifo(s.fifo_jobs));
+        Ok(())
+    })
+}
+
+fn url_of(state: &cairn_sdk::StackState, name: &str) -> String {
+    let urn = Urn::new(&state.stack, "aws:sqs:Queue", name);
+    state.resource(&urn).unwrap().id.clone()
+}
+
+#[tokio::test]
+async fn queues_are_created_updated_in_place_replaced_and_destroyed() {
+    let (provider, sqs) = aws().await;
+    let stack = shop("sqs-lifecycle", provider);
+
+    // Create.
+    let first = Shop { visibility: 30, fifo_jobs: false };
+    let report = stack.up(&first, &stack.new_state()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let state = report.state;
+    let (orders, dlq, jobs) = (url_of(&state, "orders"), url_of(&state, "orders-dlq"), url_of(&state, "jobs"));
+    assert_eq!(attribute(&sqs, &orders, Attr::VisibilityTimeout).await.as_deref(), Some("30"));
+    let dlq_arn = attribute(&sqs, &dlq, Attr::QueueArn).await.unwrap();
+    let redrive = attribute(&sqs, &orders, Attr::RedrivePolicy).await.unwrap();
+    assert!(redrive.contains(&dlq_arn), "the dead-letter queue is wired: {redrive}");
+    let tags = sqs.list_queue_tags().queue_url(&orders).send().await.unwrap();
+    let tags = tags.tags().unwrap();
+    assert_eq!(tags.get("team").map(String::as_str), Some("shop"));
+    assert_eq!(tags.get("cairn:urn").map(String::as_str), Some("urn:cairn:sqs-lifecycle::aws:sqs:Queue::orders"));
+    assert!(!jobs.ends_with(".fifo"));
+
+    // A second up with the same state changes nothing.
+    assert!(!stack.preview(&first, &state).unwrap().has_changes());
+
+    // An attribute change is made in place.
+    let slower = Shop { visibility: 90, ..first.clone() };
+    let plan = stack.preview(&slower, &state).unwrap();
+    let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
+    assert_eq!(actions, [("orders".to_owned(), Action::Update)]);
+    let state = stack.apply(&plan, &state).await.unwrap().state;
+    assert_eq!(url_of(&state, "orders"), orders, "same queue");
+    assert_eq!(attribute(&sqs, &orders, Attr::VisibilityTimeout).await.as_deref(), Some("90"));
+
+    // FIFO-ness forces a replacement: a new queue, the old one deleted.
+    let fifo = Shop { fifo_jobs: true, ..slower.clone() };
+    let plan = stack.preview(&fifo, &state).unwrap();
+    let jobs_change = plan.changes.iter().find(|c| c.urn.name() == "jobs").unwrap();
+    assert_eq!((jobs_change.action, jobs_change.replace_reasons.clone()), (Action::Replace, vec!["fifo".to_owned()]));
+    let report = stack.apply(&plan, &state).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let state = report.state;
+    let new_jobs = url_of(&state, "jobs");
+    assert!(new_jobs.ends_with(".fifo"), "{new_jobs}");
+    assert_eq!(attribute(&sqs, &new_jobs, Attr::FifoQueue).await.as_deref(), Some("true"));
+    assert!(!exists(&sqs, &jobs).await, "the old queue was deleted");
+
+    // Read back, nothing drifted; the look-up by tags finds exactly the live queue.
+    let refreshed = stack.refresh(&state).await.unwrap();
+    assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
+    let provider = cairn_aws::Provider::from_env().await;
+    let found = provider.lookup(&Urn::new("sqs-lifecycle", "aws:sqs:Queue", "jobs")).await.unwrap();
+    assert_eq!(found.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), [new_jobs]);
+
+    // Destroy leaves nothing tagged with the stack.
+    let report = stack.destroy(&refreshed.state).await.unwrap();
+    assert!(report.succeeded());
+    assert!(queues_of(&sqs, "sqs-lifecycle").await.is_empty());
+}
+
+#[tokio::test]
+async fn drift_made_outside_cairn_is_reported_and_corrected() {
+    let (provider, sqs) = aws().await;
+    let stack = shop("sqs-drift", provider);
+    let s = Shop { visibility: 30, fifo_jobs: false };
+    let state = stack.up(&s, &stack.new_state()).await.unwrap().state;
+    let orders = url_of(&state, "orders");
+    sqs.set_queue_attributes().queue_url(&orders).attributes(Attr::VisibilityTimeout, "5").send().await.unwrap();
+
+    let refreshed = stack.refresh(&state).await.unwrap();
+    let drift = serde_json::to_value(&refreshed.drift).unwrap();
+    assert_eq!(drift[0]["urn"], "urn:cairn:sqs-drift::aws:sqs:Queue::orders");
+    assert_eq!(drift[0]["diffs"][0]["name"], "visibility_timeout");
+    assert_eq!((drift[0]["diffs"][0]["old"].clone(), drift[0]["diffs"][0]["new"].clone()), (30.into(), 5.into()));
+
+    let state = stack.up(&s, &refreshed.state).await.unwrap().state;
+    assert_eq!(attribute(&sqs, &orders, Attr::VisibilityTimeout).await.as_deref(), Some("30"));
+    stack.destroy(&state).await.unwrap();
+}
+
+#[test]
+fn bad_queue_settings_are_refused_before_any_call() {
+    let stack = Stack::<()>::new("sqs-checks").program(|cx, _| {
+        cx.add(Queue::new("a").visibility_timeout(50_000));
+        cx.add(Queue::new("b").name("jobs").fifo(true));
+        cx.add(Queue::new("c").name("bad name!"));
+        Ok(())
+    });
+    let err = stack.preview(&(), &stack.new_state()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "the program declares an invalid graph (3 problems); nothing was changed:\n  \
+         - aws:sqs:Queue 'a': property 'visibility_timeout' = 50000 is invalid: it must be a whole number of seconds from 0 to 43200\n  \
+         - aws:sqs:Queue 'b': property 'name' = \"jobs\" is invalid: it must end in .fifo, as the queue is FIFO\n  \
+         - aws:sqs:Queue 'c': property 'name' = \"bad name!\" is invalid: it must be 1 to 80 letters, digits, '-' or '_' (a FIFO queue's ending in .fifo)"
+    );
+}
