@@ -7,6 +7,8 @@ use cairn_sdk::{Observed, Props, ProviderError, Urn};
 /// The service clients, one per enabled feature.
 #[derive(Debug, Clone)]
 pub(crate) struct Clients {
+    #[cfg(feature = "ec2")]
+    pub(crate) ec2: aws_sdk_ec2::Client,
     #[cfg(feature = "sqs")]
     pub(crate) sqs: aws_sdk_sqs::Client,
 }
@@ -15,6 +17,8 @@ impl Clients {
     pub(crate) fn new(config: &aws_config::SdkConfig) -> Self {
         let _ = config;
         Clients {
+            #[cfg(feature = "ec2")]
+            ec2: aws_sdk_ec2::Client::new(config),
             #[cfg(feature = "sqs")]
             sqs: aws_sdk_sqs::Client::new(config),
         }

@@ -19,8 +19,8 @@
 //! server). Every resource is tagged `cairn:stack` and `cairn:urn`, which is how an
 //! interrupted create is found again instead of being created twice.
 //!
-//! Each AWS service is a cargo feature (`sqs`, ...), so a program that needs only SQS
-//! compiles only the SQS SDK.
+//! Each AWS service is a cargo feature (`ec2`, `sqs`, ...), so a program that needs only
+//! SQS compiles only the SQS SDK.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -28,6 +28,8 @@ mod error;
 mod kind;
 mod tags;
 
+#[cfg(feature = "ec2")]
+pub mod ec2;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 
@@ -55,6 +57,11 @@ impl Provider {
     /// A provider using `config` for every service.
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         let mut kinds: HashMap<&'static str, &'static dyn Kind> = HashMap::new();
+        #[cfg(feature = "ec2")]
+        {
+            kinds.insert(ec2::VPC.token, &ec2::vpc::VpcKind);
+            kinds.insert(ec2::SUBNET.token, &ec2::subnet::SubnetKind);
+        }
         #[cfg(feature = "sqs")]
         kinds.insert(sqs::QUEUE.token, &sqs::queue::QueueKind);
         Provider { clients: Clients::new(config), kinds }

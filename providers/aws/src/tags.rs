@@ -43,3 +43,8 @@ pub(crate) fn observed_user_tags<'a>(tags: impl IntoIterator<Item = (&'a String,
 pub(crate) fn is_tagged<'a>(urn: &Urn, mut tags: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
     tags.any(|(k, v)| k == URN && v == urn.as_str())
 }
+
+/// Tag pairs as the `tags` input's JSON object.
+pub(crate) fn to_value<K: Into<String>, V: Into<String>>(tags: impl IntoIterator<Item = (K, V)>) -> Value {
+    Value::Object(tags.into_iter().map(|(k, v)| (k.into(), Value::String(v.into()))).collect())
+}

@@ -135,8 +135,7 @@ impl Queue {
     /// Tags of your own (Cairn adds `cairn:stack` and `cairn:urn`).
     #[must_use]
     pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        let map: serde_json::Map<String, Value> = tags.into_iter().map(|(k, v)| (k.into(), Value::String(v.into()))).collect();
-        self.0.set("tags", Value::Object(map));
+        self.0.set("tags", tags::to_value(tags));
         self
     }
 }
