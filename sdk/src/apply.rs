@@ -84,7 +84,8 @@ pub enum StepStatus {
         /// Why no call was made.
         reason: String,
     },
-    /// The provider call failed or timed out. The cloud MAY have changed.
+    /// The provider call failed. A refusal changed nothing; an uncertain failure (a
+    /// timeout, a lost answer) may have, and is kept in the new state's `pending`.
     Failed {
         /// The provider's message.
         error: String,
@@ -182,7 +183,7 @@ pub async fn apply(
         return Err(Error::pending(state));
     }
     if plan.format != PLAN_FORMAT {
-        return Err(Error::program(&plan.stack, format!("unsupported plan format '{}', expected '{PLAN_FORMAT}'", plan.format)));
+        return Err(Error::BadPlan(format!("its format is '{}', this Cairn applies '{PLAN_FORMAT}'; make the plan again with this version", plan.format)));
     }
     if plan.base.lineage != state.lineage || plan.base.serial != state.serial {
         return Err(Error::StalePlan {
@@ -316,9 +317,8 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
         }
     }
     if seen != steps.len() {
-        return Err(Error::program(
-            &plan.stack,
-            "the plan's steps depend on each other in a loop (a delete-before-replace resource whose dependents are replaced create-before-delete); set delete_before_replace on those dependents too",
+        return Err(Error::BadPlan(
+            "its steps depend on each other in a loop (a delete-before-replace resource whose dependents are replaced create-before-delete); set delete_before_replace on those dependents too".into(),
         ));
     }
     Ok(steps)
@@ -338,8 +338,11 @@ struct Run<'a> {
     /// Resources with a create, update or replacement step: until it is done, their
     /// outputs are unknown, not the old ones.
     changing: std::collections::HashSet<&'a Urn>,
-    /// Replacements that turned out not to be needed once values were known.
-    downgraded: HashMap<usize, ()>,
+    /// Per change: a replacement that turned out not to be needed once values were known.
+    downgraded: Vec<bool>,
+    /// Per step: what its begin record said, to keep it pending if its call fails
+    /// uncertainly, and the operation it really performed.
+    begun: Vec<Option<(PendingOperation, StepOp)>>,
     /// Changes whose old resource is gone (deleted or forgotten).
     deleted: Vec<bool>,
     skipped: Vec<bool>,
@@ -382,7 +385,8 @@ impl<'a> Run<'a> {
                 .filter(|s| matches!(s.op, StepOp::Create | StepOp::Update | StepOp::CreateReplacement))
                 .map(|s| &plan.changes[s.change].urn)
                 .collect(),
-            downgraded: HashMap::new(),
+            downgraded: vec![false; plan.changes.len()],
+            begun: vec![None; steps.len()],
             deleted: vec![false; plan.changes.len()],
             skipped: vec![false; steps.len()],
             reports: Vec::with_capacity(steps.len()),
@@ -410,9 +414,12 @@ impl<'a> Run<'a> {
                 }
                 match self.start(s) {
                     Started::Call(pending, call) => {
+                        // A downgraded replacement updates in place: report what is done.
+                        let op = if pending.kind == PendingKind::Update { StepOp::Update } else { self.steps[s].op };
                         if let Some(p) = &self.progress {
-                            p.started(&pending.urn, self.steps[s].op);
+                            p.started(&pending.urn, op);
                         }
+                        self.begun[s] = Some((pending.clone(), op));
                         let journal = self.journal.clone();
                         let (base, step) = (self.state.serial, (self.op_id, s as u32));
                         let handle = running.spawn(async move {
@@ -483,7 +490,7 @@ impl<'a> Run<'a> {
         let timeouts = change.options.timeouts;
         match step.op {
             StepOp::Create | StepOp::Update | StepOp::CreateReplacement => {
-                let inputs = match self.resolve(&change.inputs) {
+                let mut inputs = match self.resolve(&change.inputs) {
                     Ok(i) => i,
                     Err(e) => return Started::Finished(StepStatus::Failed { error: e }),
                 };
@@ -491,11 +498,19 @@ impl<'a> Run<'a> {
                 let mut op = step.op;
                 if let Some(old) = old {
                     // Values unknown at plan time are known now: the replacement or the
-                    // update may turn out to be unnecessary.
-                    let needed = still_needed(change, &old.inputs, &inputs);
+                    // update may turn out to be unnecessary. If so, the physical names
+                    // generated for the new copy give way to the existing ones.
+                    let mut kept = inputs.clone();
+                    for name in &change.generated_names {
+                        if let Some(v) = old.inputs.get(name) {
+                            kept.insert(name.clone(), v.clone());
+                        }
+                    }
+                    let needed = still_needed(change, &old.inputs, &kept);
                     if op == StepOp::CreateReplacement && needed != Needed::Replace && !self.deleted[step.change] {
-                        self.downgraded.insert(step.change, ());
+                        self.downgraded[step.change] = true;
                         op = StepOp::Update;
+                        inputs = kept;
                     }
                     if op == StepOp::Update && needed == Needed::Nothing {
                         self.new.insert(change.urn.clone(), ResourceState {
@@ -546,7 +561,7 @@ impl<'a> Run<'a> {
             }
             StepOp::DeleteReplaced | StepOp::Delete => {
                 if step.op == StepOp::DeleteReplaced {
-                    if self.downgraded.contains_key(&step.change) {
+                    if self.downgraded[step.change] {
                         return Started::Finished(StepStatus::NoOp {
                             reason: "the replacement was not needed once unknown values were known".to_owned(),
                         });
@@ -554,7 +569,7 @@ impl<'a> Run<'a> {
                     if change.delete_before_replace {
                         if let (Ok(inputs), Some(old)) = (self.resolve(&change.inputs), self.old.get(&change.urn)) {
                             if still_needed(change, &old.inputs, &inputs) != Needed::Replace {
-                                self.downgraded.insert(step.change, ());
+                                self.downgraded[step.change] = true;
                                 return Started::Finished(StepStatus::NoOp {
                                     reason: "the replacement was not needed once unknown values were known".to_owned(),
                                 });
@@ -590,7 +605,14 @@ impl<'a> Run<'a> {
     }
 
     fn pending(&self, change: &Change, kind: PendingKind, id: Option<&str>) -> PendingOperation {
-        PendingOperation { kind, urn: change.urn.clone(), id: id.map(str::to_owned) }
+        let creates = matches!(kind, PendingKind::Create | PendingKind::CreateReplacement);
+        PendingOperation {
+            kind,
+            urn: change.urn.clone(),
+            id: id.map(str::to_owned),
+            dependencies: if creates { change.dependencies.clone().unwrap_or_default() } else { Vec::new() },
+            options: if creates { stored(change) } else { StoredOptions::default() },
+        }
     }
 
     fn finish_call(
@@ -607,23 +629,9 @@ impl<'a> Run<'a> {
             }
             Ok(_) => Ok(StepStatus::Done),
             Err(f) => {
-                if f.uncertain {
-                    let step = &self.steps[s];
-                    let change = &self.plan.changes[step.change];
-                    let kind = match step.op {
-                        StepOp::Create => PendingKind::Create,
-                        StepOp::CreateReplacement if self.deleted[step.change] => PendingKind::Create,
-                        StepOp::CreateReplacement => PendingKind::CreateReplacement,
-                        StepOp::Update => PendingKind::Update,
-                        StepOp::DeleteReplaced => PendingKind::DeleteReplaced,
-                        StepOp::Delete => PendingKind::Delete,
-                    };
-                    let id = match step.op {
-                        StepOp::Create | StepOp::CreateReplacement => None,
-                        _ => self.old_copy(change).map(|r| r.id.as_str()),
-                    };
-                    let op = self.pending(change, kind, id);
-                    self.uncertain.push(op);
+                // The cloud may have done it: it stays pending, exactly as begun.
+                if let (true, Some((pending, _))) = (f.uncertain, &self.begun[s]) {
+                    self.uncertain.push(pending.clone());
                 }
                 Err(f.message)
             }
@@ -639,14 +647,14 @@ impl<'a> Run<'a> {
             StepStatus::Failed { .. } => self.skip_dependents(s, &change.urn),
             _ => {
                 if matches!(step.op, StepOp::Delete | StepOp::DeleteReplaced)
-                    && !(step.op == StepOp::DeleteReplaced && self.downgraded.contains_key(&step.change))
+                    && !(step.op == StepOp::DeleteReplaced && self.downgraded[step.change])
                 {
                     self.deleted[step.change] = true;
                 }
                 let counted = match (step.op, &status) {
                     (StepOp::Create, _) => Some(Action::Create),
                     (StepOp::Update, StepStatus::Done) => Some(Action::Update),
-                    (StepOp::CreateReplacement, _) if self.downgraded.contains_key(&step.change) => {
+                    (StepOp::CreateReplacement, _) if self.downgraded[step.change] => {
                         matches!(status, StepStatus::Done).then_some(Action::Update)
                     }
                     (StepOp::CreateReplacement, _) => Some(Action::Replace),
@@ -664,7 +672,8 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let report = StepReport { urn: change.urn.clone(), op: step.op, status, elapsed };
+        let op = self.begun[s].as_ref().map_or(step.op, |(_, op)| *op);
+        let report = StepReport { urn: change.urn.clone(), op, status, elapsed };
         if let Some(p) = &self.progress {
             p.finished(&report);
         }
@@ -706,7 +715,7 @@ impl<'a> Run<'a> {
             let old = self.old.get(&c.urn).copied();
             match (self.new.remove(&c.urn), old) {
                 (Some(new), Some(old))
-                    if c.action == Action::Replace && !self.deleted[ci] && !self.downgraded.contains_key(&ci) =>
+                    if c.action == Action::Replace && !self.deleted[ci] && !self.downgraded[ci] =>
                 {
                     // Created the replacement, but the old one is not deleted (yet): the
                     // next apply deletes it.

@@ -11,10 +11,12 @@ use crate::schema::CheckFailure;
 /// The result of engine operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can stop a preview or an apply before it starts.
+/// Everything that can stop a preview or an apply.
 ///
-/// None of these is returned after a provider call was made: an apply whose steps fail
-/// still returns a report listing every step's outcome.
+/// An apply whose steps fail still returns a report listing every step's outcome; the
+/// only errors returned after provider calls were made are a failed state write
+/// ([`Error::State`] from a session's commit, the steps being in the journal) and
+/// [`Error::SessionBroken`] afterwards.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -79,6 +81,30 @@ pub enum Error {
         /// The first one's resource.
         first: Urn,
     },
+    /// A session whose last state write failed refuses further changes.
+    #[error(
+        "the state of stack '{stack}' could not be written after the last change ({cause}); \
+         close this session and open the stack again: loading replays the journal, which has every step"
+    )]
+    SessionBroken {
+        /// The stack.
+        stack: String,
+        /// Why the write failed.
+        cause: String,
+    },
+    /// An interrupted operation could not be settled (the look-up or read failed).
+    #[error("could not settle the interrupted {operation} of {urn}: {cause}; nothing was planned, try again")]
+    Recovery {
+        /// The resource.
+        urn: Urn,
+        /// What was interrupted: "create", "update", ...
+        operation: &'static str,
+        /// The provider's message.
+        cause: String,
+    },
+    /// A plan that cannot be applied as given (an unknown format, steps in a loop).
+    #[error("the plan cannot be applied: {0}")]
+    BadPlan(String),
     /// Reading or writing state failed.
     #[error(transparent)]
     State(#[from] cairn_state::StateError),

@@ -15,11 +15,10 @@ use serde_json::Value;
 use crate::resource::Decl;
 use crate::schema::{CheckFailure, PropertyKind, ResourceType};
 
-/// A failed provider operation.
-///
-/// When a create, update or delete fails, the engine cannot know how far the cloud got:
-/// the request MAY have taken effect. The state keeps the last known truth, and a
-/// refresh or the next apply reconciles it.
+/// A failed provider operation. Each variant says what the engine may conclude:
+/// `NotFound`, `Failed` and `Unsupported` mean nothing changed; `Uncertain` means the
+/// request MAY have taken effect, so the step is kept pending and settled by a look-up
+/// or a read before the next plan.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProviderError {

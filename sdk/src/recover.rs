@@ -6,7 +6,7 @@
 //! (dropped if not), an update is read back, a delete is checked for. Nothing is ever
 //! created twice.
 
-use cairn_state::{PendingKind, PendingOperation, ResourceState, StackState, StoredOptions, Urn};
+use cairn_state::{PendingKind, PendingOperation, ResourceState, StackState, Urn};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -48,8 +48,16 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
             package: op.urn.ty().split(':').next().unwrap_or_default().to_owned(),
             urn: op.urn.clone(),
         })?;
-        let failed = |e: crate::ProviderError| {
-            Error::program(&state.stack, format!("could not settle the interrupted {:?} of {}: {e}; try again", op.kind, op.urn))
+        let failed = |e: crate::ProviderError| Error::Recovery {
+            urn: op.urn.clone(),
+            operation: match op.kind {
+                PendingKind::Create => "create",
+                PendingKind::CreateReplacement => "create of a replacement",
+                PendingKind::Update => "update",
+                PendingKind::DeleteReplaced => "delete of a replaced copy",
+                PendingKind::Delete => "delete",
+            },
+            cause: e.to_string(),
         };
         match op.kind {
             PendingKind::Create | PendingKind::CreateReplacement => {
@@ -63,9 +71,8 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                             id: obs.id.clone(),
                             inputs: obs.inputs,
                             outputs: obs.outputs,
-                            // Recorded by the next plan, which sees them differ.
-                            dependencies: Vec::new(),
-                            options: StoredOptions::default(),
+                            dependencies: op.dependencies.clone(),
+                            options: op.options.clone(),
                             pending_delete: false,
                         });
                         recoveries.push(Recovery::Adopted { urn: op.urn.clone(), id: obs.id });

@@ -33,6 +33,10 @@ pub struct Session<S> {
     lock: Lock,
     state: StackState,
     recovered: Vec<Recovery>,
+    /// Set when a commit failed: the store's snapshot no longer matches `state`, so the
+    /// session refuses further changes until the stack is reopened (which replays the
+    /// journal, where every step is).
+    broken: Option<String>,
 }
 
 impl<S> Stack<S>
@@ -60,7 +64,7 @@ where
     pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
         let lock = store.lock(self.name(), operation).await?;
         match self.open_locked(&*store, &lock).await {
-            Ok((state, recovered)) => Ok(Session { stack: self.clone(), store, lock, state, recovered }),
+            Ok((state, recovered)) => Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None }),
             Err(e) => {
                 let _ = store.unlock(lock).await;
                 Err(e)
@@ -120,10 +124,29 @@ where
         let journal = self.store.journal(&self.lock).await?;
         // Steps that failed uncertainly stay pending in the new state: a timed-out create
         // may still land, so they are settled when the next operation starts.
+        self.usable()?;
         let report = apply(plan, &self.state, self.stack.providers(), self.stack.apply_options(), journal).await?;
-        self.store.commit(&self.lock, &report.state).await?;
-        self.state = report.state.clone();
+        self.commit(report.state.clone()).await?;
         Ok(report)
+    }
+
+    /// Makes `state` the session's state and writes it as the snapshot. The session
+    /// takes the state first: what the cloud now holds must never be planned from the
+    /// old state, even if the write fails.
+    async fn commit(&mut self, state: StackState) -> Result<()> {
+        self.state = state;
+        if let Err(e) = self.store.commit(&self.lock, &self.state).await {
+            self.broken = Some(e.to_string());
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn usable(&self) -> Result<()> {
+        match &self.broken {
+            None => Ok(()),
+            Some(why) => Err(crate::Error::SessionBroken { stack: self.state.stack.clone(), cause: why.clone() }),
+        }
     }
 
     /// Settles operations left pending (by a crash, or by an uncertain failure in an
@@ -131,11 +154,11 @@ where
     /// `refresh` do this first; call it before `preview` if the state has pending
     /// operations.
     pub async fn settle(&mut self) -> Result<&[Recovery]> {
+        self.usable()?;
         if !self.state.pending.is_empty() {
             let (settled, recovered) = resolve_pending(&self.state, self.stack.providers()).await?;
-            self.store.commit(&self.lock, &settled).await?;
-            self.state = settled;
             self.recovered.extend(recovered);
+            self.commit(settled).await?;
         }
         Ok(&self.recovered)
     }
@@ -157,9 +180,8 @@ where
     /// Reads every resource back, reports drift, and records what was read.
     pub async fn refresh(&mut self) -> Result<RefreshReport> {
         self.settle().await?;
-        let report = self.stack.refresh(&self.state).await?;
-        self.store.commit(&self.lock, &report.state).await?;
-        self.state = report.state.clone();
+        let report = crate::refresh::refresh(&self.state, self.stack.providers(), self.stack.apply_options().parallelism).await;
+        self.commit(report.state.clone()).await?;
         Ok(report)
     }
 

@@ -193,30 +193,35 @@ where
 
     /// Settles interrupted operations, then previews and applies in one go.
     pub async fn up(&self, s: &S, state: &StackState) -> Result<ApplyReport> {
-        let settled;
-        let state = if state.pending.is_empty() {
-            state
-        } else {
-            settled = self.resolve_pending(state).await?.0;
-            &settled
-        };
-        let plan = self.preview(s, state)?;
-        self.apply(&plan, state).await
+        let state = self.settled(state).await?;
+        let plan = self.preview(s, &state)?;
+        self.apply(&plan, &state).await
     }
 
-    /// Deletes every resource of the stack.
+    /// Settles interrupted operations, then deletes every resource of the stack.
     pub async fn destroy(&self, state: &StackState) -> Result<ApplyReport> {
-        let plan = self.preview_destroy(state)?;
-        self.apply(&plan, state).await
+        let state = self.settled(state).await?;
+        let plan = self.preview_destroy(&state)?;
+        self.apply(&plan, &state).await
     }
 
-    /// Reads every resource back from the cloud and reports drift.
+    /// Settles interrupted operations, then reads every resource back from the cloud
+    /// and reports drift.
     pub async fn refresh(&self, state: &StackState) -> Result<RefreshReport> {
+        let state = self.settled(state).await?;
+        Ok(refresh(&state, &self.providers, self.apply_options.parallelism).await)
+    }
+
+    async fn settled<'s>(&self, state: &'s StackState) -> Result<std::borrow::Cow<'s, StackState>> {
         self.check_state(state)?;
-        Ok(refresh(state, &self.providers, self.apply_options.parallelism).await)
+        if state.pending.is_empty() {
+            return Ok(std::borrow::Cow::Borrowed(state));
+        }
+        Ok(std::borrow::Cow::Owned(self.resolve_pending(state).await?.0))
     }
 
     pub(crate) fn check_state(&self, state: &StackState) -> Result<()> {
+        cairn_state::check_stack_name(&self.name)?;
         if state.stack != self.name {
             return Err(Error::WrongStack { expected: self.name.clone(), found: state.stack.clone() });
         }

@@ -76,6 +76,8 @@ struct Inner {
     latency: Duration,
     latency_for: HashMap<String, Duration>,
     failures: Vec<Failure>,
+    /// Operations that take effect but whose answer is "lost": `(name, op)`, once each.
+    lost: Vec<(String, Op)>,
     cloud: BTreeMap<String, FakeResource>,
     created: HashMap<Urn, u32>,
     outputs: Option<OutputsFn>,
@@ -207,6 +209,26 @@ impl TestProvider {
         self
     }
 
+    /// Operation `op` on resource `name` takes effect, but its answer is lost once: the
+    /// call fails with [`ProviderError::Uncertain`], as a timeout or a dropped
+    /// connection would. For testing recovery.
+    #[must_use]
+    pub fn lose_response(self, name: &str, op: Op) -> Self {
+        self.lock().lost.push((name.to_owned(), op));
+        self
+    }
+
+    fn answer<T>(&self, op: Op, urn: &Urn, value: T) -> Result<T, ProviderError> {
+        let mut inner = self.lock();
+        match inner.lost.iter().position(|(n, o)| n == urn.name() && *o == op) {
+            Some(i) => {
+                inner.lost.remove(i);
+                Err(ProviderError::Uncertain(format!("{op:?} of {} took effect, but its answer was lost", urn.name())))
+            }
+            None => Ok(value),
+        }
+    }
+
     /// Adds computed outputs: `f(urn, inputs)` is merged into each resource's outputs.
     #[must_use]
     pub fn with_outputs(self, f: impl Fn(&Urn, &Props) -> Props + Send + Sync + 'static) -> Self {
@@ -315,7 +337,8 @@ impl Provider for TestProvider {
         let observed = Self::observe(&inner, &r);
         inner.cloud.insert(id.clone(), r);
         inner.persist(&id);
-        Ok(observed)
+        drop(inner);
+        self.answer(Op::Create, urn, observed)
     }
 
     async fn read(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<Option<Observed>, ProviderError> {
@@ -333,7 +356,9 @@ impl Provider for TestProvider {
         r.inputs = new.clone();
         let r = r.clone();
         inner.persist(id);
-        Ok(Self::observe(&inner, &r))
+        let observed = Self::observe(&inner, &r);
+        drop(inner);
+        self.answer(Op::Update, urn, observed)
     }
 
     async fn delete(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<(), ProviderError> {
@@ -341,7 +366,8 @@ impl Provider for TestProvider {
         let mut inner = self.lock();
         inner.cloud.remove(id);
         inner.persist(id);
-        Ok(())
+        drop(inner);
+        self.answer(Op::Delete, urn, ())
     }
 
     async fn lookup(&self, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {

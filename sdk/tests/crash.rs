@@ -113,8 +113,9 @@ fn killed_at_any_point_an_apply_recovers_without_duplicates() {
                 }
             }
         }
-        child.wait().unwrap();
-        if !killed {
+        let status = child.wait().unwrap();
+        // The child may finish before the kill lands; only a real SIGKILL counts.
+        if !killed || std::os::unix::process::ExitStatusExt::signal(&status) != Some(9) {
             continue;
         }
         kills += 1;

@@ -64,6 +64,15 @@ pub enum StateError {
     /// A state location that cannot be understood.
     #[error("unsupported state location '{0}': use a directory path, file://PATH or s3://BUCKET/PREFIX")]
     BadLocation(String),
+    /// A stack name that cannot name a stack.
+    #[error("'{0}' cannot name a stack: use letters, digits, '.', '_' and '-', not starting with '.'")]
+    BadStackName(String),
+    /// A write by a process that no longer holds the stack's lock.
+    #[error("this process no longer holds the lock of stack '{0}' (it was cleared, e.g. with `state unlock`); nothing was written. Run the command again")]
+    LockLost(String),
+    /// An `s3://` location in a build without the `s3` feature.
+    #[error("state location '{0}' is in S3, but this build has no S3 support: enable the `s3` feature of cairn-state")]
+    NoS3(String),
     /// A file system error.
     #[error("{action} {path}: {source}")]
     Io {

@@ -50,6 +50,12 @@ impl FileStore {
         self.root.join(stack)
     }
 
+    /// The directory of `stack`, once its name is checked.
+    fn dir(&self, stack: &str) -> Result<PathBuf, StateError> {
+        crate::store::check_stack_name(stack)?;
+        Ok(self.stack_dir(stack))
+    }
+
     async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StateError> + Send + 'static) -> Result<T, StateError> {
         tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
@@ -149,7 +155,7 @@ impl Store for FileStore {
     }
 
     async fn load(&self, stack: &str) -> Result<Option<StackState>, StateError> {
-        let dir = self.stack_dir(stack);
+        let dir = self.dir(stack)?;
         Self::blocking(move || {
             let Some(mut state) = read_snapshot(&dir.join(SNAPSHOT))? else { return Ok(None) };
             let records = read_journal(&dir.join(JOURNAL))?;
@@ -161,7 +167,7 @@ impl Store for FileStore {
     }
 
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
-        let dir = self.stack_dir(stack);
+        let dir = self.dir(stack)?;
         let info = LockInfo::here(operation);
         let stack = stack.to_owned();
         let written = self.written.clone();
@@ -224,18 +230,25 @@ impl Store for FileStore {
     }
 
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
-        let path = self.stack_dir(&lock.stack).join(JOURNAL);
+        let dir = self.dir(&lock.stack)?;
         let written = self.written.clone();
-        let journal = Self::blocking(move || FileJournal::open(path, written)).await?;
+        let lock = lock.clone();
+        let journal = Self::blocking(move || {
+            crate::store::check_held(&lock, read_lock(&dir.join(LOCK))?.as_ref())?;
+            FileJournal::open(dir.join(JOURNAL), written)
+        })
+        .await?;
         Ok(Arc::new(journal))
     }
 
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
-        let dir = self.stack_dir(&lock.stack);
+        let dir = self.dir(&lock.stack)?;
         let state = state.clone();
         let written = self.written.clone();
         let stack = lock.stack.clone();
+        let lock = lock.clone();
         Self::blocking(move || {
+            crate::store::check_held(&lock, read_lock(&dir.join(LOCK))?.as_ref())?;
             fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
             let path = dir.join(SNAPSHOT);
             // Never replace a snapshot we could not read, or one that is not the
@@ -295,7 +308,8 @@ impl Store for FileStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
                 Err(e) => return Err(StateError::io("reading", &path)(e)),
             };
-            // A torn last line is a crash mid-append; skip it like the journal does.
+            // The log is for people: an unreadable line (a torn last one, after a crash
+            // mid-append) is skipped rather than hiding the rest.
             Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
         })
         .await
@@ -327,7 +341,18 @@ struct FileJournal {
 
 impl FileJournal {
     fn open(path: PathBuf, written: Arc<AtomicU64>) -> Result<Self, StateError> {
-        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
+        let existed = path.exists();
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
+        // A crash mid-append leaves a torn last line, which loading ignores; cut it off
+        // so the next record does not land after it and turn it into corruption.
+        let complete = {
+            let bytes = fs::read(&path).map_err(StateError::io("reading", &path))?;
+            bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64
+        };
+        file.set_len(complete).and_then(|()| file.sync_all()).map_err(StateError::io("repairing", &path))?;
+        if !existed {
+            fsync_dir(path.parent().expect("the journal lives in the stack's directory"))?;
+        }
         let (tx, rx) = mpsc::channel::<Pending>();
         std::thread::Builder::new()
             .name("cairn-journal".into())
@@ -339,9 +364,22 @@ impl FileJournal {
                     for (bytes, _) in &batch {
                         buf.extend_from_slice(bytes);
                     }
+                    let before = file.metadata().map(|m| m.len());
                     let result = file.write_all(&buf).and_then(|()| file.sync_data());
-                    if result.is_ok() {
-                        written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    match &result {
+                        Ok(()) => {
+                            written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        }
+                        // Take back a partial batch, so later records start on a clean line;
+                        // if even that fails, stop: every later record will fail too.
+                        Err(_) => {
+                            if before.and_then(|len| file.set_len(len)).is_err() {
+                                for (_, ack) in batch {
+                                    let _ = ack.send(Err(io::Error::other("the journal could not be repaired after a failed write")));
+                                }
+                                return;
+                            }
+                        }
                     }
                     for (_, ack) in batch {
                         let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{ResourceState, StateError, Urn};
+use crate::{ResourceState, StateError, StoredOptions, Urn};
 
 /// What a step was doing when it began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,12 @@ pub struct PendingOperation {
     /// Its cloud id, for steps on an existing resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// For a create: what it depends on, so an adopted resource is deleted in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Urn>,
+    /// For a create: its options, so an adopted resource stays protected or retained.
+    #[serde(default, skip_serializing_if = "StoredOptions::is_default")]
+    pub options: StoredOptions,
 }
 
 /// How a step ended, as far as state is concerned.

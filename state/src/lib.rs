@@ -33,5 +33,5 @@ pub use model::{ResourceState, StackState, StoredOptions, FORMAT_VERSION, PROCES
 pub use props::Props;
 #[cfg(feature = "s3")]
 pub use s3::S3Store;
-pub use store::{format_utc, Lock, LockInfo, Store};
+pub use store::{check_stack_name, format_utc, Lock, LockInfo, Store};
 pub use urn::{Urn, UrnError};

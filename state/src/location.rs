@@ -43,5 +43,5 @@ async fn open_s3(location: &str, rest: &str) -> Result<Arc<dyn Store>, StateErro
 
 #[cfg(not(feature = "s3"))]
 async fn open_s3(location: &str, _rest: &str) -> Result<Arc<dyn Store>, StateError> {
-    Err(StateError::BadLocation(format!("{location}' (this build has no S3 support: enable the `s3` feature of cairn-state")))
+    Err(StateError::NoS3(location.to_owned()))
 }

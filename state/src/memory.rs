@@ -91,11 +91,13 @@ impl Store for MemoryStore {
     }
 
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
+        self.with(|s| crate::store::check_held(lock, s.locks.get(&lock.stack)))?;
         Ok(Arc::new(MemoryJournal { store: self.clone(), stack: lock.stack.clone() }))
     }
 
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
         self.with(|s| {
+            crate::store::check_held(lock, s.locks.get(&lock.stack))?;
             if let Some(current) = s.snapshots.get(&lock.stack) {
                 if current.lineage != state.lineage || current.serial >= state.serial {
                     return Err(StateError::Conflict {

@@ -78,7 +78,8 @@ pub struct StoredOptions {
 }
 
 impl StoredOptions {
-    fn is_default(&self) -> bool {
+    /// Whether no option is set.
+    pub fn is_default(&self) -> bool {
         *self == StoredOptions::default()
     }
 }

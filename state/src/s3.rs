@@ -47,6 +47,8 @@ enum S3Failure {
 fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E, aws_smithy_runtime_api::http::Response>) -> S3Failure {
     let status = e.raw_response().map(|r| r.status().as_u16());
     match (status, e.code()) {
+        // A missing bucket is an error, not an empty stack.
+        (_, Some("NoSuchBucket")) => S3Failure::Other("the bucket does not exist; create it, or fix the state location".into()),
         (Some(412), _) | (_, Some("PreconditionFailed")) => S3Failure::PreconditionFailed,
         (Some(404), _) | (_, Some("NoSuchKey")) => S3Failure::NotFound,
         _ => S3Failure::Other(match e.message() {
@@ -161,13 +163,16 @@ impl S3Store {
 struct S3Journal {
     store: S3Store,
     stack: String,
-    counter: AtomicU64,
+    /// The next record's number: records are numbered in order under the lock, so
+    /// replay order never depends on clocks.
+    next: AtomicU64,
 }
 
 #[async_trait]
 impl Journal for S3Journal {
     async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
-        let key = self.store.key(&self.stack, &format!("journal/{}.json", S3Store::ordered_name(&self.counter)));
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let key = self.store.key(&self.stack, &format!("journal/{seq:020}.json"));
         self.store.put(&key, serde_json::to_vec(&record).expect("journal records serialize")).await.map(|_| ())
     }
 }
@@ -179,6 +184,7 @@ impl Store for S3Store {
     }
 
     async fn load(&self, stack: &str) -> Result<Option<StackState>, StateError> {
+        crate::store::check_stack_name(stack)?;
         let key = self.key(stack, "state.json");
         let Some((bytes, etag)) = self.get(&key).await? else { return Ok(None) };
         let mut state = parse_snapshot(&self.path(&key), &bytes)?;
@@ -198,6 +204,7 @@ impl Store for S3Store {
     }
 
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
+        crate::store::check_stack_name(stack)?;
         let key = self.key(stack, "lock.json");
         let info = LockInfo::here(operation);
         let body = serde_json::to_vec_pretty(&info).expect("lock info serializes");
@@ -247,10 +254,20 @@ impl Store for S3Store {
     }
 
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
-        Ok(Arc::new(S3Journal { store: self.clone(), stack: lock.stack.clone(), counter: AtomicU64::new(0) }))
+        crate::store::check_held(lock, self.lock_holder(&lock.stack).await?.as_ref())?;
+        let prefix = self.key(&lock.stack, "journal/");
+        let last = self
+            .list(&prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".json")?.parse::<u64>().ok())
+            .max();
+        let next = AtomicU64::new(last.map_or(0, |n| n + 1));
+        Ok(Arc::new(S3Journal { store: self.clone(), stack: lock.stack.clone(), next }))
     }
 
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
+        crate::store::check_held(lock, self.lock_holder(&lock.stack).await?.as_ref())?;
         let stack = &lock.stack;
         let key = self.key(stack, "state.json");
         let current = self.get(&key).await?;

@@ -46,6 +46,27 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Checks that `stack` can name a stack: letters, digits, `.`, `_` and `-`, not
+/// starting with `.`. Stores use the name as a directory or key prefix.
+pub fn check_stack_name(stack: &str) -> Result<(), StateError> {
+    let ok = !stack.is_empty()
+        && !stack.starts_with('.')
+        && stack.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadStackName(stack.to_owned()))
+    }
+}
+
+/// Refuses a write unless `held` (the lock as stored now) is `lock`'s.
+pub(crate) fn check_held(lock: &Lock, held: Option<&LockInfo>) -> Result<(), StateError> {
+    match held {
+        Some(h) if h.token == lock.info.token => Ok(()),
+        _ => Err(StateError::LockLost(lock.stack.clone())),
+    }
+}
+
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;

@@ -119,7 +119,13 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
     let begin = |n: u32, kind, name: &str, id: Option<&str>| JournalRecord::Begin {
         base: 0,
         step: (7, n),
-        op: PendingOperation { kind, urn: Urn::new("dev", "test:Thing", name), id: id.map(Into::into) },
+        op: PendingOperation {
+            kind,
+            urn: Urn::new("dev", "test:Thing", name),
+            id: id.map(Into::into),
+            dependencies: vec![],
+            options: StoredOptions::default(),
+        },
     };
     journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 4}) }).await.unwrap();
     journal.record(begin(0, PendingKind::Create, "b", None)).await.unwrap();
@@ -136,6 +142,10 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
     std::fs::write(&path, text).unwrap();
 
     let loaded = store.load("dev").await.unwrap().unwrap();
+    // Appending after a torn line must not corrupt the journal.
+    let again = store.journal(&lock).await.unwrap();
+    again.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 4}) }).await.unwrap();
+    assert_eq!(store.load("dev").await.unwrap().unwrap(), loaded, "the torn line was cut, the new record read");
     let names: Vec<&str> = loaded.resources.iter().map(|r| r.urn.name()).collect();
     assert_eq!(names, ["b"]);
     assert_eq!(loaded.user_state, json!({"capacity": 4}));
@@ -178,12 +188,25 @@ async fn a_second_writer_gets_the_lock_error_at_once_and_unlock_clears_it() {
 
     let cleared = store.force_unlock("dev").await.unwrap().unwrap();
     assert_eq!(cleared.token, held.info.token);
+    // The old holder can no longer write.
+    let err = store.commit(&held, &StackState::new("dev")).await.unwrap_err();
+    assert!(matches!(err, StateError::LockLost(_)), "{err}");
     let again = store.lock("dev", "destroy").await.unwrap();
     // The old holder's unlock does not release the new holder's lock.
     store.unlock(held).await.unwrap();
     assert_eq!(store.lock_holder("dev").await.unwrap().unwrap().token, again.info.token);
     store.unlock(again).await.unwrap();
     assert!(store.lock_holder("dev").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_stack_name_cannot_escape_the_state_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    for bad in ["../x", "/abs", "a::b", ".hidden", ""] {
+        let err = store.lock(bad, "up").await.unwrap_err();
+        assert!(matches!(err, StateError::BadStackName(_)), "{bad}: {err}");
+    }
 }
 
 #[tokio::test]

@@ -39,12 +39,16 @@ impl Moto {
     /// Sets the standard AWS environment variables to reach this server with test
     /// credentials, so `aws_config::load_defaults` picks them up.
     pub fn configure_env(&self) {
-        // Tests in one binary share one server, so they all set the same values.
-        std::env::set_var("AWS_ENDPOINT_URL", self.endpoint());
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::remove_var("AWS_PROFILE");
+        // Once per test binary, before any test's client reads the environment: tests
+        // run on many threads, and the environment must not change under them.
+        static CONFIGURED: OnceLock<()> = OnceLock::new();
+        CONFIGURED.get_or_init(|| {
+            std::env::set_var("AWS_ENDPOINT_URL", self.endpoint());
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_REGION", "us-east-1");
+            std::env::remove_var("AWS_PROFILE");
+        });
     }
 }
 

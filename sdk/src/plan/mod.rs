@@ -138,6 +138,10 @@ pub struct Change {
     /// For a delete: the old copy left by an earlier create-before-delete replacement.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_delete: bool,
+    /// For a replace: the physical names the planner generated for the new copy. If
+    /// the replacement turns out unnecessary at apply time, the old names are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generated_names: Vec<String>,
 }
 
 fn is_default_options(o: &ResourceOptions) -> bool {
@@ -288,6 +292,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             options: options.clone(),
             delete_before_replace: false,
             pending_delete: false,
+            generated_names: Vec::new(),
         };
 
         match old {
@@ -353,6 +358,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     overrides.push((p.name, Some(Cow::Owned(name.clone()))));
                     change.diffs.retain(|d| d.name != p.name);
                     change.diffs.push(PropertyDiff::new(p.name, old_name, Some(name), true, false));
+                    change.generated_names.push(p.name.to_owned());
                     change.diffs.sort_by(|a, b| a.name.cmp(&b.name));
                 }
             }
@@ -414,6 +420,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             },
             delete_before_replace: false,
             pending_delete: old.pending_delete,
+            generated_names: Vec::new(),
         });
     }
 

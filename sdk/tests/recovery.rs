@@ -1,0 +1,148 @@
+//! Regression tests for recovery and sessions: each guards a failure found in review.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cairn_sdk::schema::{Property, ResourceType};
+use cairn_sdk::{DynamicResource, Error, Recovery, ResourceExt, Stack, StackState, StepOp, StepStatus, Urn};
+use cairn_state::{Journal, Lock, LockInfo, MemoryStore, StateError, Store};
+use common::*;
+
+/// A store whose next commit fails, once.
+#[derive(Debug, Clone)]
+struct FailingCommit {
+    inner: MemoryStore,
+    fail: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Store for FailingCommit {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn load(&self, stack: &str) -> Result<Option<StackState>, StateError> {
+        self.inner.load(stack).await
+    }
+    async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
+        self.inner.lock(stack, operation).await
+    }
+    async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
+        self.inner.unlock(lock).await
+    }
+    async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
+        self.inner.force_unlock(stack).await
+    }
+    async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
+        self.inner.lock_holder(stack).await
+    }
+    async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
+        self.inner.journal(lock).await
+    }
+    async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
+        if self.fail.swap(false, Ordering::SeqCst) {
+            return Err(StateError::Remote("disk full".into()));
+        }
+        self.inner.commit(lock, state).await
+    }
+    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError> {
+        self.inner.audit(stack, entry).await
+    }
+    async fn history(&self, stack: &str) -> Result<Vec<serde_json::Value>, StateError> {
+        self.inner.history(stack).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_never_leads_to_creating_resources_twice() {
+    let cloud = provider();
+    let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
+        cx.add(Queue::new("orders"));
+        Ok(())
+    });
+    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default() };
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    let err = session.up(&()).await.unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    // The session will not plan from a state the store does not have.
+    let again = session.up(&()).await.unwrap_err();
+    assert!(matches!(again, Error::SessionBroken { .. }), "{again}");
+    session.close().await.unwrap();
+
+    // Reopened, the journal has the create: nothing to do, nothing created twice.
+    let session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    assert!(!session.preview(&()).unwrap().has_changes());
+    assert_eq!(cloud.resources().len(), 1);
+    session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replacement_found_unnecessary_keeps_its_physical_name() {
+    // `value` forces replacement and comes from an output that may change on update;
+    // the planner names a new copy, but the value does not change after all.
+    static NAMED: ResourceType = ResourceType::new(
+        "test:misc:Named",
+        &[Property::input("name").auto_name().forces_replacement(), Property::input("value").forces_replacement()],
+    );
+    let cloud = provider();
+    let stack = Stack::<u32>::new("dev").provider(cloud.clone()).program(|cx, desired| {
+        let web = cx.add(Group::new("web").subnets(["s-1"]).image("img").capacity(1, *desired, 12));
+        cx.add(DynamicResource::new(&NAMED, "named").set("value", web.version()));
+        Ok(())
+    });
+    let state = stack.up(&1, &stack.new_state()).await.unwrap().state;
+    let urn = Urn::new("dev", "test:misc:Named", "named");
+    let name = state.resource(&urn).unwrap().inputs.get("name").cloned();
+
+    let plan = stack.preview(&2, &state).unwrap();
+    let change = plan.changes.iter().find(|c| c.urn == urn).unwrap();
+    assert!(change.may_replace && change.generated_names == ["name"]);
+    cloud.clear_calls();
+    let report = stack.apply(&plan, &state).await.unwrap();
+    assert!(report.succeeded());
+    assert_eq!(cloud.calls_of(Op::Update), ["web"], "no rename of `named` in place");
+    assert_eq!(report.state.resource(&urn).unwrap().inputs.get("name").cloned(), name);
+}
+
+#[tokio::test]
+async fn an_adopted_resource_keeps_its_options_and_dependencies() {
+    let cloud = provider().lose_response("orders", Op::Create);
+    let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
+        let dlq = cx.add(Queue::new("dlq"));
+        cx.add(Queue::new("orders").dead_letter_arn(dlq.arn()).protect().retain_on_delete());
+        Ok(())
+    });
+    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    assert_eq!(report.state.pending.len(), 1, "the create may have happened: it is pending");
+
+    let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
+    assert!(matches!(&recovered[..], [Recovery::Adopted { urn, .. }] if urn.name() == "orders"));
+    let orders = settled.resource(&Urn::new("dev", "test:queue:Queue", "orders")).unwrap();
+    assert!(orders.options.protect && orders.options.retain_on_delete);
+    assert_eq!(orders.dependencies, [Urn::new("dev", "test:queue:Queue", "dlq")]);
+    assert!(matches!(stack.preview_destroy(&settled), Err(Error::Protected(_))), "still protected");
+    assert_eq!(cloud.resources().len(), 2, "adopted, not created again");
+}
+
+#[tokio::test]
+async fn an_update_whose_answer_was_lost_is_read_back() {
+    let cloud = provider();
+    let stack = shop_stack(&cloud);
+    let state = deployed(&stack, &Shop::new()).await;
+    let cloud = cloud.lose_response("web", Op::Update);
+    let report = stack.up(&Shop { capacity: 5, ..Shop::new() }, &state).await.unwrap();
+    let web = report.steps.iter().find(|s| s.urn.name() == "web").unwrap();
+    assert_eq!(web.op, StepOp::Update);
+    assert!(matches!(&web.status, StepStatus::Failed { error } if error.contains("may have taken effect")));
+    assert_eq!(report.state.pending.len(), 1);
+
+    let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
+    assert!(matches!(&recovered[..], [Recovery::Refreshed { exists: true, .. }]));
+    let web = settled.resource(&Urn::new("dev", "test:compute:Group", "web")).unwrap();
+    assert_eq!(web.inputs.get("desired"), Some(&serde_json::json!(5)), "state learns what the cloud did");
+    assert!(!stack.preview(&Shop { capacity: 5, ..Shop::new() }, &settled).unwrap().has_changes());
+    drop(cloud);
+}
