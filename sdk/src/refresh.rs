@@ -39,9 +39,17 @@ pub struct RefreshReport {
 }
 
 /// Reads every resource in `state` through its provider, up to `parallelism` at once.
-pub async fn refresh(state: &StackState, providers: &Providers, parallelism: usize) -> RefreshReport {
+///
+/// `secret(urn, property)` says which values to hide in the drift report, as plans do.
+pub async fn refresh(
+    state: &StackState,
+    providers: &Providers,
+    parallelism: usize,
+    secret: &dyn Fn(&Urn, &str) -> bool,
+) -> RefreshReport {
     let mut results: HashMap<usize, Result<Option<Observed>, String>> = HashMap::new();
     let mut running = JoinSet::new();
+    let mut task_resource: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut next = 0;
     let limit = parallelism.max(1);
     loop {
@@ -54,17 +62,15 @@ pub async fn refresh(state: &StackState, providers: &Providers, parallelism: usi
                 continue;
             };
             let (urn, id, inputs, outputs) = (r.urn.clone(), r.id.clone(), r.inputs.clone(), r.outputs.clone());
-            running.spawn(async move {
-                (i, provider.read(&urn, &id, &inputs, &outputs).await.map_err(|e| e.to_string()))
-            });
+            let handle = running.spawn(async move { provider.read(&urn, &id, &inputs, &outputs).await.map_err(|e| e.to_string()) });
+            task_resource.insert(handle.id(), i);
         }
-        match running.join_next().await {
-            Some(Ok((i, r))) => {
-                results.insert(i, r);
+        match running.join_next_with_id().await {
+            Some(Ok((id, r))) => {
+                results.insert(task_resource[&id], r);
             }
             Some(Err(e)) => {
-                // Without the index we cannot attribute the panic; report it once.
-                results.insert(usize::MAX, Err(format!("a provider panicked during refresh: {e}")));
+                results.insert(task_resource[&e.id()], Err(format!("the provider panicked: {e}")));
             }
             None => break,
         }
@@ -77,7 +83,12 @@ pub async fn refresh(state: &StackState, providers: &Providers, parallelism: usi
         match results.remove(&i) {
             Some(Ok(None)) => drift.push(Drift::Gone { urn: r.urn.clone() }),
             Some(Ok(Some(obs))) => {
-                let diffs = input_drift(&r.inputs, &obs.inputs);
+                let mut diffs = input_drift(&r.inputs, &obs.inputs);
+                for d in diffs.iter_mut().filter(|d| secret(&r.urn, &d.name)) {
+                    d.secret = true;
+                    d.old = d.old.as_ref().map(|_| serde_json::Value::from("[secret]"));
+                    d.new = d.new.as_ref().map(|_| serde_json::Value::from("[secret]"));
+                }
                 if !diffs.is_empty() {
                     drift.push(Drift::Changed { urn: r.urn.clone(), diffs });
                 }
@@ -93,9 +104,6 @@ pub async fn refresh(state: &StackState, providers: &Providers, parallelism: usi
             }
             None => resources.push(r.clone()),
         }
-    }
-    if let Some(Err(e)) = results.remove(&usize::MAX) {
-        errors.push((Urn::new(&state.stack, "cairn:refresh", "provider"), e));
     }
     let mut new_state = state.clone_without_resources();
     new_state.serial += 1;

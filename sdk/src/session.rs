@@ -180,7 +180,7 @@ where
     /// Reads every resource back, reports drift, and records what was read.
     pub async fn refresh(&mut self) -> Result<RefreshReport> {
         self.settle().await?;
-        let report = crate::refresh::refresh(&self.state, self.stack.providers(), self.stack.apply_options().parallelism).await;
+        let report = self.stack.refresh_settled(&self.state).await;
         self.commit(report.state.clone()).await?;
         Ok(report)
     }

@@ -1,5 +1,6 @@
 //! [`Stack<S>`]: a program, its providers, and the operations users run on it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -209,7 +210,26 @@ where
     /// and reports drift.
     pub async fn refresh(&self, state: &StackState) -> Result<RefreshReport> {
         let state = self.settled(state).await?;
-        Ok(refresh(&state, &self.providers, self.apply_options.parallelism).await)
+        Ok(self.refresh_settled(&state).await)
+    }
+
+    /// Refresh of a state without pending operations, with secrets hidden as in plans.
+    pub(crate) async fn refresh_settled(&self, state: &StackState) -> RefreshReport {
+        let secrets = self.secret_properties(state);
+        refresh(state, &self.providers, self.apply_options.parallelism, &|urn, property| match secrets.get(urn) {
+            Some(ty) => ty.property(property).is_some_and(|p| p.secret),
+            // A resource the program no longer declares: its schema is unknown, so
+            // nothing of it is shown.
+            None => true,
+        })
+        .await
+    }
+
+    /// The schema of each resource the program declares for the state's `S`, to know
+    /// which properties are secret. Empty if the program cannot render.
+    fn secret_properties(&self, state: &StackState) -> HashMap<cairn_state::Urn, &'static crate::ResourceType> {
+        let graph = self.user_state(state).ok().and_then(|s| self.render(&s).ok());
+        graph.map(|g| g.nodes.into_iter().map(|n| (n.urn, n.decl.ty)).collect()).unwrap_or_default()
     }
 
     async fn settled<'s>(&self, state: &'s StackState) -> Result<std::borrow::Cow<'s, StackState>> {

@@ -397,3 +397,15 @@ async fn a_new_depends_on_is_recorded_for_an_otherwise_unchanged_resource() {
     let b = report.state.resource(&Urn::new("dev", "test:misc:Thing", "b")).unwrap();
     assert_eq!(b.dependencies, [Urn::new("dev", "test:misc:Thing", "a")], "deletes will honour it");
 }
+
+#[tokio::test]
+async fn refresh_hides_secret_values_in_drift() {
+    let fake = provider();
+    let stack = shop_stack(&fake);
+    let state = deployed(&stack, &Shop::new()).await;
+    fake.tamper("orders-1", "auth_token", serde_json::json!("leaked-new-token"));
+    let refreshed = stack.refresh(&state).await.unwrap();
+    let drift = serde_json::to_string(&refreshed.drift).unwrap();
+    assert!(drift.contains("auth_token") && drift.contains("[secret]"), "{drift}");
+    assert!(!drift.contains("s3cr3t") && !drift.contains("leaked-new-token"), "{drift}");
+}

@@ -103,7 +103,7 @@ impl fmt::Display for LockedError {
         let h = &self.holder;
         write!(
             f,
-            "stack '{}' is locked by {}@{} (pid {}) since {} for '{}'. Wait for it to finish; if that process is gone, clear the stale lock with `state unlock --stack {}`",
+            "stack '{}' is locked by {}@{} (pid {}) since {} for '{}'. Wait for it to finish; if that process is gone, clear the stale lock with `state unlock --stack {}` (in code: Store::force_unlock)",
             self.stack, h.user, h.host, h.pid, h.since, h.operation, self.stack
         )
     }

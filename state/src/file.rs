@@ -254,18 +254,7 @@ impl Store for FileStore {
             // Never replace a snapshot we could not read, or one that is not the
             // predecessor of this state.
             if let Some(current) = read_snapshot(&path)? {
-                if current.lineage != state.lineage {
-                    return Err(StateError::Conflict {
-                        stack,
-                        detail: format!("stored lineage {} is not {}", current.lineage, state.lineage),
-                    });
-                }
-                if current.serial >= state.serial {
-                    return Err(StateError::Conflict {
-                        stack,
-                        detail: format!("stored serial {} is not older than {}", current.serial, state.serial),
-                    });
-                }
+                crate::store::check_follows(&stack, &current, &state)?;
             }
             let mut bytes = serde_json::to_vec(&state).expect("state serializes");
             bytes.push(b'\n');

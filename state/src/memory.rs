@@ -99,12 +99,7 @@ impl Store for MemoryStore {
         self.with(|s| {
             crate::store::check_held(lock, s.locks.get(&lock.stack))?;
             if let Some(current) = s.snapshots.get(&lock.stack) {
-                if current.lineage != state.lineage || current.serial >= state.serial {
-                    return Err(StateError::Conflict {
-                        stack: lock.stack.clone(),
-                        detail: format!("stored serial {} of lineage {}", current.serial, current.lineage),
-                    });
-                }
+                crate::store::check_follows(&lock.stack, current, state)?;
             }
             s.snapshots.insert(lock.stack.clone(), state.clone());
             s.journals.remove(&lock.stack);

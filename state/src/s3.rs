@@ -274,12 +274,7 @@ impl Store for S3Store {
         if let Some((bytes, _)) = &current {
             // Never replace a snapshot we cannot read, nor one this state does not follow.
             let stored = parse_snapshot(&self.path(&key), bytes)?;
-            if stored.lineage != state.lineage || stored.serial >= state.serial {
-                return Err(StateError::Conflict {
-                    stack: stack.clone(),
-                    detail: format!("stored serial {} of lineage {}", stored.serial, stored.lineage),
-                });
-            }
+            crate::store::check_follows(stack, &stored, state)?;
             let copy = format!("{}/{key}", self.bucket);
             self.client
                 .copy_object()

@@ -59,6 +59,18 @@ pub fn check_stack_name(stack: &str) -> Result<(), StateError> {
     }
 }
 
+/// Refuses to replace `stored` with `next` unless `next` follows it: same lineage, a
+/// higher serial. What every store's commit checks, so no update is lost.
+pub(crate) fn check_follows(stack: &str, stored: &StackState, next: &StackState) -> Result<(), StateError> {
+    if stored.lineage != next.lineage {
+        return Err(StateError::Conflict { stack: stack.to_owned(), detail: format!("stored lineage {} is not {}", stored.lineage, next.lineage) });
+    }
+    if stored.serial >= next.serial {
+        return Err(StateError::Conflict { stack: stack.to_owned(), detail: format!("stored serial {} is not older than {}", stored.serial, next.serial) });
+    }
+    Ok(())
+}
+
 /// Refuses a write unless `held` (the lock as stored now) is `lock`'s.
 pub(crate) fn check_held(lock: &Lock, held: Option<&LockInfo>) -> Result<(), StateError> {
     match held {
