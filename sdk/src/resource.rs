@@ -299,6 +299,26 @@ impl Resource for DynamicResource {
     }
 }
 
+/// Implements [`Resource`] for a builder that is a newtype over [`Decl`], with `Ref` as
+/// its typed handle: `impl_resource!(Vpc => VpcRef);`.
+#[macro_export]
+macro_rules! impl_resource {
+    ($builder:ty => $handle:ty) => {
+        impl $crate::Resource for $builder {
+            type Ref = $handle;
+            fn decl(&self) -> &$crate::Decl {
+                &self.0
+            }
+            fn decl_mut(&mut self) -> &mut $crate::Decl {
+                &mut self.0
+            }
+            fn into_decl(self) -> $crate::Decl {
+                self.0
+            }
+        }
+    };
+}
+
 /// Defines a typed handle: a newtype over [`Handle`] that derefs to it (so
 /// `depends_on(&vpc)` and `vpc.urn()` work) and has one method per output.
 ///

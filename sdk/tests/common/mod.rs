@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Props, Resource, ResourceExt, Stack, StackState};
+use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Props, ResourceExt, Stack, StackState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -205,17 +205,10 @@ impl Queue {
     }
 }
 
-macro_rules! resource_impls {
-    ($($t:ident => $r:ident),*) => {$(
-        impl Resource for $t {
-            type Ref = $r;
-            fn decl(&self) -> &Decl { &self.0 }
-            fn decl_mut(&mut self) -> &mut Decl { &mut self.0 }
-            fn into_decl(self) -> Decl { self.0 }
-        }
-    )*};
-}
-resource_impls!(Network => NetworkRef, Subnet => SubnetRef, Group => GroupRef, Queue => QueueRef);
+cairn_sdk::impl_resource!(Network => NetworkRef);
+cairn_sdk::impl_resource!(Subnet => SubnetRef);
+cairn_sdk::impl_resource!(Group => GroupRef);
+cairn_sdk::impl_resource!(Queue => QueueRef);
 
 // --- A shop, the shape of the flagship example ---------------------------------------
 

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, ResourceType as Ec2Type};
 use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Resource, Urn};
+use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
 use super::{check_cidr, observed_tags, retag, tag_spec, urn_filter};
@@ -85,18 +85,7 @@ impl Subnet {
     }
 }
 
-impl Resource for Subnet {
-    type Ref = SubnetRef;
-    fn decl(&self) -> &Decl {
-        &self.0
-    }
-    fn decl_mut(&mut self) -> &mut Decl {
-        &mut self.0
-    }
-    fn into_decl(self) -> Decl {
-        self.0
-    }
-}
+cairn_sdk::impl_resource!(Subnet => SubnetRef);
 
 /// The subnet's operations.
 #[derive(Debug)]

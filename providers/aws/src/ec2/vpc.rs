@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType as Ec2Type, VpcAttributeName};
 use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Resource, Urn};
+use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
 use super::{check_cidr, observed_tags, retag, tag_spec, urn_filter};
@@ -83,18 +83,7 @@ impl Vpc {
     }
 }
 
-impl Resource for Vpc {
-    type Ref = VpcRef;
-    fn decl(&self) -> &Decl {
-        &self.0
-    }
-    fn decl_mut(&mut self) -> &mut Decl {
-        &mut self.0
-    }
-    fn into_decl(self) -> Decl {
-        self.0
-    }
-}
+cairn_sdk::impl_resource!(Vpc => VpcRef);
 
 /// The VPC's operations.
 #[derive(Debug)]

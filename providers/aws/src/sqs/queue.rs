@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName as Attr;
 use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Resource, Urn};
+use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::{json, Value};
 
 use crate::error::{aws_error, code};
@@ -140,18 +140,7 @@ impl Queue {
     }
 }
 
-impl Resource for Queue {
-    type Ref = QueueRef;
-    fn decl(&self) -> &Decl {
-        &self.0
-    }
-    fn decl_mut(&mut self) -> &mut Decl {
-        &mut self.0
-    }
-    fn into_decl(self) -> Decl {
-        self.0
-    }
-}
+cairn_sdk::impl_resource!(Queue => QueueRef);
 
 /// The queue's operations.
 #[derive(Debug)]
