@@ -61,6 +61,7 @@ impl Provider {
         {
             kinds.insert(ec2::VPC.token, &ec2::vpc::VpcKind);
             kinds.insert(ec2::SUBNET.token, &ec2::subnet::SubnetKind);
+            kinds.insert(ec2::INTERNET_GATEWAY.token, &ec2::internet_gateway::InternetGatewayKind);
         }
         #[cfg(feature = "sqs")]
         kinds.insert(sqs::QUEUE.token, &sqs::queue::QueueKind);

@@ -156,3 +156,37 @@ fn bad_network_inputs_are_refused_before_any_call() {
          - aws:ec2:Subnet 'web-a': property 'cidr_block' = \"10.0.1.7/24\" is invalid: it must be an IPv4 network in CIDR form with a /16 to /28 prefix and no host bits, such as 10.0.0.0/16"
     );
 }
+
+#[tokio::test]
+async fn an_internet_gateway_is_attached_moved_in_place_and_deleted() {
+    use cairn_aws::ec2::InternetGateway;
+    let (provider, ec2) = ec2().await;
+    let stack = Stack::<bool>::new("ec2-igw").provider(provider).program(|cx, second| {
+        let a = cx.add(Vpc::new("a").cidr_block("10.1.0.0/16"));
+        let b = cx.add(Vpc::new("b").cidr_block("10.2.0.0/16"));
+        cx.add(InternetGateway::new("gw").vpc_id(if *second { b.id() } else { a.id() }));
+        Ok(())
+    });
+    let attached_to = |out: aws_sdk_ec2::operation::describe_internet_gateways::DescribeInternetGatewaysOutput| {
+        out.internet_gateways()[0].attachments().iter().find_map(|a| a.vpc_id()).map(str::to_owned)
+    };
+
+    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
+    let gw = id_of(&state, "aws:ec2:InternetGateway", "gw");
+    let a = id_of(&state, "aws:ec2:Vpc", "a");
+    let out = ec2.describe_internet_gateways().internet_gateway_ids(&gw).send().await.unwrap();
+    assert_eq!(attached_to(out), Some(a));
+
+    let plan = stack.preview(&true, &state).unwrap();
+    let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
+    assert_eq!(actions, [("gw".to_owned(), Action::Update)], "moved in place");
+    let state = stack.apply(&plan, &state).await.unwrap().state;
+    assert_eq!(id_of(&state, "aws:ec2:InternetGateway", "gw"), gw, "same gateway");
+    let out = ec2.describe_internet_gateways().internet_gateway_ids(&gw).send().await.unwrap();
+    assert_eq!(attached_to(out), Some(id_of(&state, "aws:ec2:Vpc", "b")));
+
+    assert!(stack.destroy(&state).await.unwrap().succeeded());
+    let gone = ec2.describe_internet_gateways().internet_gateway_ids(&gw).send().await;
+    assert!(gone.map_or(true, |o| o.internet_gateways().is_empty()), "the gateway is deleted");
+    assert_eq!(tagged(&ec2, "ec2-igw").await, (0, 0));
+}

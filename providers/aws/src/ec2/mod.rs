@@ -1,8 +1,10 @@
-//! EC2 networking: VPCs and subnets.
+//! EC2 networking: VPCs, subnets and internet gateways.
 
+pub mod internet_gateway;
 pub mod subnet;
 pub mod vpc;
 
+pub use internet_gateway::{InternetGateway, InternetGatewayRef, INTERNET_GATEWAY};
 pub use subnet::{Subnet, SubnetRef, SUBNET};
 pub use vpc::{Vpc, VpcRef, VPC};
 
