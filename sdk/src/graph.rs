@@ -18,7 +18,7 @@ use crate::schema::PropertyKind;
 
 /// A validated resource graph. Nodes keep declaration order; [`Graph::resources`] and
 /// plans follow a deterministic topological order: by depth (a resource comes after
-/// everything it depends on), then by URN.
+/// everything it depends on), then by type token and name.
 #[derive(Debug)]
 pub struct Graph {
     pub(crate) nodes: Vec<Node>,
