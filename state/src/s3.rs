@@ -134,6 +134,56 @@ impl S3Store {
         Ok(keys)
     }
 
+    /// The objects at `keys`, in order (`None` for one deleted meanwhile), fetched up to
+    /// 16 at a time: a journal has one object per record.
+    async fn get_all(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        let mut running = tokio::task::JoinSet::new();
+        let mut next = 0;
+        loop {
+            while running.len() < 16 && next < keys.len() {
+                let (store, key, i) = (self.clone(), keys[next].clone(), next);
+                running.spawn(async move { (i, store.get(&key).await) });
+                next += 1;
+            }
+            match running.join_next().await {
+                Some(Ok((i, got))) => found[i] = got?.map(|(bytes, _)| bytes),
+                Some(Err(e)) => return Err(StateError::Remote(format!("reading the journal from s3://{}: {e}", self.bucket))),
+                None => return Ok(found),
+            }
+        }
+    }
+
+    /// Deletes `keys`, 1000 per request (S3's limit).
+    async fn delete_all(&self, keys: Vec<String>) -> Result<(), StateError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StateError::Remote(format!("clearing the journal in s3://{}: {e}", self.bucket)))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StateError::Remote(format!("clearing the journal in s3://{}: {e}", self.bucket)))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.remote("clearing the journal in", &batch[0], format!("{:?}", e.into_service_error())))?;
+            if let Some(failed) = out.errors().first() {
+                let key = failed.key().unwrap_or_default();
+                return Err(self.remote("clearing the journal at", key, failed.message().unwrap_or("refused").to_owned()));
+            }
+        }
+        Ok(())
+    }
+
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<Option<String>, StateError> {
         let len = bytes.len() as u64;
         let out = self
@@ -192,11 +242,9 @@ impl Store for S3Store {
             self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.to_owned(), etag);
         }
         let mut lines = String::new();
-        for k in self.list(&self.key(stack, "journal/")).await? {
-            if let Some((bytes, _)) = self.get(&k).await? {
-                lines.push_str(&String::from_utf8_lossy(&bytes));
-                lines.push('\n');
-            }
+        for bytes in self.get_all(self.list(&self.key(stack, "journal/")).await?).await?.into_iter().flatten() {
+            lines.push_str(&String::from_utf8_lossy(&bytes));
+            lines.push('\n');
         }
         replay(&mut state, read_records(&self.path(&self.key(stack, "journal/")), &lines)?);
         state.sort_resources();
@@ -313,16 +361,7 @@ impl Store for S3Store {
             }
         }
         // The journal is in the snapshot now.
-        for k in self.list(&self.key(stack, "journal/")).await? {
-            self.client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(&k)
-                .send()
-                .await
-                .map_err(|e| self.remote("clearing the journal at", &k, format!("{:?}", e.into_service_error())))?;
-        }
-        Ok(())
+        self.delete_all(self.list(&self.key(stack, "journal/")).await?).await
     }
 
     async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError> {

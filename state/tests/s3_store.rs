@@ -39,16 +39,24 @@ async fn commits_journals_and_loads_back() {
 
     let journal = store.journal(&lock).await.unwrap();
     journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 3}) }).await.unwrap();
-    journal.record(JournalRecord::End { base: 0, step: (1, 0), effect: StepEffect::Upsert { resource: resource("a") } }).await.unwrap();
-    journal.record(JournalRecord::End { base: 0, step: (1, 1), effect: StepEffect::Upsert { resource: resource("b") } }).await.unwrap();
+    // Enough records that reading them back runs concurrently, and order still holds.
+    let names: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let effect = StepEffect::Upsert { resource: resource(name) };
+        journal.record(JournalRecord::End { base: 0, step: (1, i as u32), effect }).await.unwrap();
+    }
+    journal.record(JournalRecord::End { base: 0, step: (1, 99), effect: StepEffect::Removed { urn: resource("r07").urn, id: "r07-1".into() } }).await.unwrap();
 
     let loaded = store.load("dev").await.unwrap().unwrap();
-    assert_eq!(loaded.resources.iter().map(|r| r.urn.name()).collect::<Vec<_>>(), ["a", "b"]);
+    let expected: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != "r07").collect();
+    assert_eq!(loaded.resources.iter().map(|r| r.urn.name()).collect::<Vec<_>>(), expected, "replayed in write order");
     assert_eq!(loaded.user_state, json!({"capacity": 3}));
 
     let next = StackState { serial: 1, ..loaded };
     store.commit(&lock, &next).await.unwrap();
-    assert_eq!(store.load("dev").await.unwrap().unwrap(), next, "the journal was folded in and cleared");
+    assert_eq!(store.load("dev").await.unwrap().unwrap(), next, "the journal was folded in");
+    let left = store.client().list_objects_v2().bucket("roundtrip").prefix("stacks/dev/journal/").send().await.unwrap();
+    assert_eq!(left.contents().len(), 0, "and its objects deleted");
     store.unlock(lock).await.unwrap();
     assert!(store.lock_holder("dev").await.unwrap().is_none());
 }
