@@ -38,4 +38,19 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError>;
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError>;
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError>;
+
+    /// Reads back what a create made. Not finding it is uncertain, not a failure: the
+    /// create succeeded, so the step stays pending and is settled by a look-up.
+    async fn read_created(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Observed, ProviderError> {
+        self.read(aws, urn, id)
+            .await?
+            .ok_or_else(|| ProviderError::Uncertain(format!("{}: created as {id}, but not found right after", crate::error::who(urn))))
+    }
+
+    /// Reads back what an update changed; gone means someone deleted it meanwhile.
+    async fn read_updated(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Observed, ProviderError> {
+        self.read(aws, urn, id)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(format!("{}: {id} is gone", crate::error::who(urn))))
+    }
 }

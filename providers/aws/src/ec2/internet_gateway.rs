@@ -10,7 +10,7 @@ use cairn_sdk::{typed_handle, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
 use super::{observed_tags, retag, tag_spec, urn_filter};
-use crate::error::{aws_error, code, who};
+use crate::error::{aws_error, code};
 use crate::kind::{Clients, Kind};
 
 /// The schema of `aws:ec2:InternetGateway`.
@@ -108,9 +108,7 @@ impl Kind for InternetGatewayKind {
         if let Some(vpc) = vpc_of(inputs) {
             attach(aws, urn, &id, vpc).await?;
         }
-        self.read(aws, urn, &id)
-            .await?
-            .ok_or_else(|| ProviderError::Uncertain(format!("{}: created as {id}, but not found right after", who(urn))))
+        self.read_created(aws, urn, &id).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
@@ -142,7 +140,7 @@ impl Kind for InternetGatewayKind {
             }
         }
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read(aws, urn, id).await?.ok_or_else(|| ProviderError::NotFound(format!("{}: gateway {id} is gone", who(urn))))
+        self.read_updated(aws, urn, id).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {

@@ -166,9 +166,7 @@ impl Kind for SubnetKind {
         if inputs.get("map_public_ip_on_launch").and_then(Value::as_bool) == Some(true) {
             set_public_ips(aws, urn, &id, true).await?;
         }
-        self.read(aws, urn, &id)
-            .await?
-            .ok_or_else(|| ProviderError::Uncertain(format!("{}: created as {id}, but not found right after", who(urn))))
+        self.read_created(aws, urn, &id).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
@@ -198,7 +196,7 @@ impl Kind for SubnetKind {
             set_public_ips(aws, urn, id, on).await?;
         }
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read(aws, urn, id).await?.ok_or_else(|| ProviderError::NotFound(format!("{}: subnet {id} is gone", who(urn))))
+        self.read_updated(aws, urn, id).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {

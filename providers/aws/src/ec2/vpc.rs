@@ -10,7 +10,7 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, Provid
 use serde_json::Value;
 
 use super::{check_cidr, observed_tags, retag, tag_spec, urn_filter};
-use crate::error::{aws_error, code, who};
+use crate::error::{aws_error, code};
 use crate::kind::{Clients, Kind};
 
 /// The schema of `aws:ec2:Vpc`.
@@ -150,9 +150,7 @@ impl Kind for VpcKind {
         if flag(inputs, "enable_dns_hostnames") == Some(true) {
             set_dns(aws, urn, &id, VpcAttributeName::EnableDnsHostnames, true).await?;
         }
-        self.read(aws, urn, &id)
-            .await?
-            .ok_or_else(|| ProviderError::Uncertain(format!("{}: created as {id}, but not found right after", who(urn))))
+        self.read_created(aws, urn, &id).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
@@ -191,7 +189,7 @@ impl Kind for VpcKind {
             set_dns(aws, urn, id, VpcAttributeName::EnableDnsSupport, false).await?;
         }
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read(aws, urn, id).await?.ok_or_else(|| ProviderError::NotFound(format!("{}: VPC {id} is gone", who(urn))))
+        self.read_updated(aws, urn, id).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {

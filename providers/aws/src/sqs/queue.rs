@@ -222,9 +222,7 @@ impl Kind for QueueKind {
             .await
             .map_err(|e| aws_error(urn, "creating the queue", e, hint(inputs)))?;
         let url = out.queue_url().unwrap_or_default().to_owned();
-        self.read(aws, urn, &url)
-            .await?
-            .ok_or_else(|| ProviderError::Uncertain(format!("{}: created as {url}, but not found right after", crate::error::who(urn))))
+        self.read_created(aws, urn, &url).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
@@ -277,9 +275,7 @@ impl Kind for QueueKind {
                 .await
                 .map_err(|e| aws_error(urn, "tagging the queue", e, |_| None))?;
         }
-        self.read(aws, urn, id)
-            .await?
-            .ok_or_else(|| ProviderError::NotFound(format!("{}: the queue {id} is gone", crate::error::who(urn))))
+        self.read_updated(aws, urn, id).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
