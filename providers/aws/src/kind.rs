@@ -11,6 +11,10 @@ pub(crate) struct Clients {
     pub(crate) ec2: aws_sdk_ec2::Client,
     #[cfg(feature = "sqs")]
     pub(crate) sqs: aws_sdk_sqs::Client,
+    #[cfg(feature = "autoscaling")]
+    pub(crate) autoscaling: aws_sdk_autoscaling::Client,
+    #[cfg(feature = "elasticache")]
+    pub(crate) elasticache: aws_sdk_elasticache::Client,
 }
 
 impl Clients {
@@ -21,9 +25,16 @@ impl Clients {
             ec2: aws_sdk_ec2::Client::new(config),
             #[cfg(feature = "sqs")]
             sqs: aws_sdk_sqs::Client::new(config),
+            #[cfg(feature = "autoscaling")]
+            autoscaling: aws_sdk_autoscaling::Client::new(config),
+            #[cfg(feature = "elasticache")]
+            elasticache: aws_sdk_elasticache::Client::new(config),
         }
     }
 }
+
+/// The kinds a provider serves, by type token.
+pub(crate) type Kinds = std::collections::HashMap<&'static str, &'static dyn Kind>;
 
 /// One AWS resource kind's operations. Each lives in `src/<service>/<resource>.rs`, next
 /// to its builder, schema and checks.

@@ -28,24 +28,26 @@ mod error;
 mod kind;
 mod tags;
 
+#[cfg(feature = "autoscaling")]
+pub mod autoscaling;
 #[cfg(feature = "ec2")]
 pub mod ec2;
+#[cfg(feature = "elasticache")]
+pub mod elasticache;
 #[cfg(feature = "sqs")]
 pub mod sqs;
-
-use std::collections::HashMap;
 
 use async_trait::async_trait;
 use cairn_sdk::provider::{DiffRequest, DiffResult};
 use cairn_sdk::{Observed, Props, ProviderError, Urn};
 
-use crate::kind::{Clients, Kind};
+use crate::kind::{Clients, Kind, Kinds};
 
 /// The AWS provider: serves every `aws:*` resource type.
 #[derive(Debug)]
 pub struct Provider {
     clients: Clients,
-    kinds: HashMap<&'static str, &'static dyn Kind>,
+    kinds: Kinds,
 }
 
 impl Provider {
@@ -56,15 +58,15 @@ impl Provider {
 
     /// A provider using `config` for every service.
     pub fn new(config: &aws_config::SdkConfig) -> Self {
-        let mut kinds: HashMap<&'static str, &'static dyn Kind> = HashMap::new();
+        let mut kinds = Kinds::new();
+        #[cfg(feature = "autoscaling")]
+        autoscaling::register(&mut kinds);
         #[cfg(feature = "ec2")]
-        {
-            kinds.insert(ec2::VPC.token, &ec2::vpc::VpcKind);
-            kinds.insert(ec2::SUBNET.token, &ec2::subnet::SubnetKind);
-            kinds.insert(ec2::INTERNET_GATEWAY.token, &ec2::internet_gateway::InternetGatewayKind);
-        }
+        ec2::register(&mut kinds);
+        #[cfg(feature = "elasticache")]
+        elasticache::register(&mut kinds);
         #[cfg(feature = "sqs")]
-        kinds.insert(sqs::QUEUE.token, &sqs::queue::QueueKind);
+        sqs::register(&mut kinds);
         Provider { clients: Clients::new(config), kinds }
     }
 

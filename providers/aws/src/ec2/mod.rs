@@ -12,7 +12,14 @@ use aws_sdk_ec2::types::{Filter, ResourceType as Ec2Type, Tag, TagSpecification}
 use cairn_sdk::{CheckFailure, Props, Urn};
 use serde_json::Value;
 
+use crate::kind::Kinds;
 use crate::tags;
+
+pub(crate) fn register(kinds: &mut Kinds) {
+    kinds.insert(VPC.token, &vpc::VpcKind);
+    kinds.insert(SUBNET.token, &subnet::SubnetKind);
+    kinds.insert(INTERNET_GATEWAY.token, &internet_gateway::InternetGatewayKind);
+}
 
 /// The tags to create a resource with: the user's, Cairn's, and `Name` (the logical
 /// name, unless the user set one).
