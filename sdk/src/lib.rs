@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod cx;
 pub mod error;
+pub mod events;
 pub mod graph;
 pub mod input;
 pub mod plan;

@@ -185,6 +185,27 @@ where
         Ok(report)
     }
 
+    /// Records a new user state and the ids of the events that produced it, as a new
+    /// snapshot, before any of those events is acknowledged.
+    pub async fn record_events(&mut self, user_state: serde_json::Value, ids: &[String]) -> Result<()> {
+        self.usable()?;
+        if ids.is_empty() && user_state == self.state.user_state {
+            return Ok(());
+        }
+        let mut next = self.state.clone();
+        next.user_state = user_state;
+        for id in ids {
+            next.remember_event(id.clone());
+        }
+        next.serial += 1;
+        self.commit(next).await
+    }
+
+    /// The stack.
+    pub fn stack(&self) -> &Stack<S> {
+        &self.stack
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
 use crate::cx::Cx;
+use crate::events::rules::EventRules;
 use crate::error::{Error, Result, ValidationError, ValidationErrors};
 use crate::graph::Graph;
 use crate::plan::{plan, Plan};
@@ -48,6 +49,7 @@ pub struct Stack<S> {
     program: Option<Arc<Program<S>>>,
     providers: Providers,
     apply_options: ApplyOptions,
+    events: Arc<EventRules<S>>,
 }
 
 impl<S> Clone for Stack<S> {
@@ -57,6 +59,7 @@ impl<S> Clone for Stack<S> {
             program: self.program.clone(),
             providers: self.providers.clone(),
             apply_options: self.apply_options.clone(),
+            events: self.events.clone(),
         }
     }
 }
@@ -67,6 +70,7 @@ impl<S> fmt::Debug for Stack<S> {
             .field("name", &self.name)
             .field("providers", &self.providers)
             .field("apply_options", &self.apply_options)
+            .field("events", &self.events)
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +81,13 @@ where
 {
     /// A stack named `name` with no program (it declares nothing) and no providers.
     pub fn new(name: impl Into<String>) -> Self {
-        Stack { name: name.into(), program: None, providers: Providers::new(), apply_options: ApplyOptions::default() }
+        Stack {
+            name: name.into(),
+            program: None,
+            providers: Providers::new(),
+            apply_options: ApplyOptions::default(),
+            events: Arc::new(EventRules::default()),
+        }
     }
 
     /// The program: a pure function from `S` to resources.
@@ -110,6 +120,14 @@ where
 
     pub(crate) fn apply_options(&self) -> &ApplyOptions {
         &self.apply_options
+    }
+
+    pub(crate) fn events(&self) -> &EventRules<S> {
+        &self.events
+    }
+
+    pub(crate) fn events_mut(&mut self) -> &mut EventRules<S> {
+        Arc::make_mut(&mut self.events)
     }
 
     /// The stack's name.

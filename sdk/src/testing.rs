@@ -48,6 +48,8 @@ pub struct Call {
     pub op: Op,
     /// The resource.
     pub urn: Urn,
+    /// When it started, on tokio's clock (virtual in paused-time tests).
+    pub at: tokio::time::Instant,
 }
 
 /// A resource living in the test provider's memory: its "cloud".
@@ -283,7 +285,7 @@ impl TestProvider {
     async fn enter(&self, op: Op, urn: &Urn) -> Result<(), ProviderError> {
         let (latency, precise) = {
             let mut inner = self.lock();
-            inner.calls.push(Call { op, urn: urn.clone() });
+            inner.calls.push(Call { op, urn: urn.clone(), at: tokio::time::Instant::now() });
             inner.in_flight += 1;
             inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
             (inner.latency_for.get(urn.name()).copied().unwrap_or(inner.latency), inner.precise)

@@ -47,8 +47,8 @@ impl Store for FailingCommit {
         }
         self.inner.commit(lock, state).await
     }
-    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError> {
-        self.inner.audit(stack, entry).await
+    async fn audit(&self, stack: &str, entries: &[serde_json::Value]) -> Result<(), StateError> {
+        self.inner.audit(stack, entries).await
     }
     async fn history(&self, stack: &str) -> Result<Vec<serde_json::Value>, StateError> {
         self.inner.history(stack).await

@@ -273,10 +273,16 @@ impl Store for FileStore {
         .await
     }
 
-    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError> {
+    async fn audit(&self, stack: &str, entries: &[serde_json::Value]) -> Result<(), StateError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let dir = self.stack_dir(stack);
-        let mut line = serde_json::to_vec(entry).expect("audit entries serialize");
-        line.push(b'\n');
+        let mut line = Vec::new();
+        for entry in entries {
+            serde_json::to_writer(&mut line, entry).expect("audit entries serialize");
+            line.push(b'\n');
+        }
         let written = self.written.clone();
         Self::blocking(move || {
             fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;

@@ -107,8 +107,8 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError> {
-        self.with(|s| s.audit.entry(stack.to_owned()).or_default().push(entry.clone()));
+    async fn audit(&self, stack: &str, entries: &[serde_json::Value]) -> Result<(), StateError> {
+        self.with(|s| s.audit.entry(stack.to_owned()).or_default().extend_from_slice(entries));
         Ok(())
     }
 

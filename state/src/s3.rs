@@ -364,17 +364,24 @@ impl Store for S3Store {
         self.delete_all(self.list(&self.key(stack, "journal/")).await?).await
     }
 
-    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError> {
+    async fn audit(&self, stack: &str, entries: &[serde_json::Value]) -> Result<(), StateError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // One object per batch: a JSON array of its entries.
         let key = self.key(stack, &format!("audit/{}.json", Self::ordered_name(&COUNTER)));
-        self.put(&key, serde_json::to_vec(entry).expect("audit entries serialize")).await.map(|_| ())
+        self.put(&key, serde_json::to_vec(entries).expect("audit entries serialize")).await.map(|_| ())
     }
 
     async fn history(&self, stack: &str) -> Result<Vec<serde_json::Value>, StateError> {
         let mut entries = Vec::new();
         for k in self.list(&self.key(stack, "audit/")).await? {
             if let Some((bytes, _)) = self.get(&k).await? {
-                entries.extend(serde_json::from_slice(&bytes).ok());
+                // An unreadable object is skipped, as the file store skips a torn line.
+                if let Ok(batch) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes) {
+                    entries.extend(batch);
+                }
             }
         }
         Ok(entries)

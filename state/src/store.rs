@@ -137,8 +137,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`StateError::Conflict`]) if the stored snapshot is not the one `state` follows.
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError>;
 
-    /// Appends one entry to the stack's audit log.
-    async fn audit(&self, stack: &str, entry: &serde_json::Value) -> Result<(), StateError>;
+    /// Appends entries to the stack's audit log, durably, in one write: an event storm
+    /// records a batch per apply, not a sync per event.
+    async fn audit(&self, stack: &str, entries: &[serde_json::Value]) -> Result<(), StateError>;
 
     /// The stack's audit log, oldest first.
     async fn history(&self, stack: &str) -> Result<Vec<serde_json::Value>, StateError>;

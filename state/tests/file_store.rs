@@ -214,7 +214,7 @@ async fn the_audit_log_appends_and_reads_back_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let store = FileStore::new(tmp.path());
     for i in 0..3 {
-        store.audit("dev", &json!({"event": i})).await.unwrap();
+        store.audit("dev", &[json!({"event": i})]).await.unwrap();
     }
     let history = store.history("dev").await.unwrap();
     assert_eq!(history, [json!({"event": 0}), json!({"event": 1}), json!({"event": 2})]);

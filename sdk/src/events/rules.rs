@@ -1,0 +1,280 @@
+//! Handlers, guards and the event plan policy, as registered on a [`Stack`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Event, Pattern};
+use crate::plan::{Action, Plan};
+use crate::stack::{BoxError, Stack};
+
+/// What a handler returns.
+pub type HandlerResult = Result<(), BoxError>;
+
+/// What an async handler returns: a boxed future borrowing the event and `S`.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'a>>;
+
+type SyncHandler<S> = dyn Fn(&Event, &mut S) -> HandlerResult + Send + Sync;
+type AsyncHandler<S> = dyn for<'a> Fn(&'a Event, &'a mut S) -> HandlerFuture<'a> + Send + Sync;
+type GuardFn<S> = dyn Fn(&S) -> Result<(), String> + Send + Sync;
+type PlanCheck = dyn Fn(&Plan) -> Result<(), String> + Send + Sync;
+
+enum HandlerFn<S> {
+    Sync(Arc<SyncHandler<S>>),
+    Async(Arc<AsyncHandler<S>>),
+}
+
+impl<S> Clone for HandlerFn<S> {
+    fn clone(&self) -> Self {
+        match self {
+            HandlerFn::Sync(f) => HandlerFn::Sync(f.clone()),
+            HandlerFn::Async(f) => HandlerFn::Async(f.clone()),
+        }
+    }
+}
+
+/// The event side of a stack: handlers, guards and policy.
+pub(crate) struct EventRules<S> {
+    handlers: Vec<(Pattern, HandlerFn<S>)>,
+    guards: Vec<(String, Arc<GuardFn<S>>)>,
+    pub(crate) policy: EventPolicy,
+}
+
+impl<S> Default for EventRules<S> {
+    fn default() -> Self {
+        EventRules { handlers: Vec::new(), guards: Vec::new(), policy: EventPolicy::default() }
+    }
+}
+
+impl<S> Clone for EventRules<S> {
+    fn clone(&self) -> Self {
+        EventRules { handlers: self.handlers.clone(), guards: self.guards.clone(), policy: self.policy.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for EventRules<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRules")
+            .field("handlers", &self.handlers.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>())
+            .field("guards", &self.guards.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// Why an event changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No handler matches its kind.
+    Unhandled,
+    /// A handler returned an error.
+    Handler(String),
+    /// A guard refused the state the handlers produced.
+    Guard {
+        /// The guard's name.
+        guard: String,
+        /// Its message.
+        message: String,
+    },
+    /// The plan the event would cause breaks the event policy, or cannot be made.
+    Policy(String),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::Unhandled => f.write_str("no handler matches its kind"),
+            Rejection::Handler(e) => write!(f, "a handler failed: {e}"),
+            Rejection::Guard { guard, message } => write!(f, "guard '{guard}' refused it: {message}"),
+            Rejection::Policy(e) => write!(f, "the event policy refused its plan: {e}"),
+        }
+    }
+}
+
+/// Bounds on the plans events may cause, checked before anything is applied. The
+/// default allows at most 50 changed resources per apply; resources with `protect` are
+/// never deleted or replaced by anyone.
+#[derive(Clone)]
+pub struct EventPolicy {
+    max_changes: Option<usize>,
+    frozen: Vec<Pattern>,
+    checks: Vec<(String, Arc<PlanCheck>)>,
+}
+
+impl Default for EventPolicy {
+    fn default() -> Self {
+        EventPolicy { max_changes: Some(50), frozen: Vec::new(), checks: Vec::new() }
+    }
+}
+
+impl std::fmt::Debug for EventPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventPolicy")
+            .field("max_changes", &self.max_changes)
+            .field("frozen", &self.frozen)
+            .field("checks", &self.checks.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl EventPolicy {
+    /// At most `n` resources created, updated, replaced or deleted by the events of one
+    /// apply; `None` for no limit.
+    #[must_use]
+    pub fn max_changes(mut self, n: Option<usize>) -> Self {
+        self.max_changes = n;
+        self
+    }
+
+    /// Events may not delete or replace resources whose type token or logical name
+    /// matches `pattern` (`aws:ec2:Vpc`, `aws:elasticache:*`, `sessions`).
+    #[must_use]
+    pub fn deny_replace_or_delete(mut self, pattern: impl Into<Pattern>) -> Self {
+        self.frozen.push(pattern.into());
+        self
+    }
+
+    /// A check of your own on each plan events cause, named for the audit log.
+    #[must_use]
+    pub fn check(mut self, name: impl Into<String>, check: impl Fn(&Plan) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.checks.push((name.into(), Arc::new(check)));
+        self
+    }
+
+    /// Whether events may apply `plan`; the error says which rule it breaks.
+    pub fn evaluate(&self, plan: &Plan) -> Result<(), String> {
+        for change in plan.changed() {
+            if !matches!(change.action, Action::Replace | Action::Delete) {
+                continue;
+            }
+            if let Some(p) = self.frozen.iter().find(|p| p.matches(&change.ty) || p.matches(change.urn.name())) {
+                let verb = if change.action == Action::Delete { "delete" } else { "replace" };
+                return Err(format!(
+                    "it would {verb} {} '{}', which events may not ({p} is denied replace or delete); change it with `up` instead",
+                    change.ty,
+                    change.urn.name()
+                ));
+            }
+        }
+        let changes = plan.summary.changes();
+        if let Some(max) = self.max_changes.filter(|max| changes > *max) {
+            return Err(format!(
+                "it would change {changes} resources, more than the {max} one apply of events may (raise EventPolicy::max_changes if that is intended)"
+            ));
+        }
+        for (name, check) in &self.checks {
+            check(plan).map_err(|e| format!("check '{name}': {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl<S> Stack<S>
+where
+    S: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    /// Runs `handler` for events whose kind matches `pattern` (exact, or a glob such as
+    /// `traffic.*`). Handlers of one event run in the order registered, on the user
+    /// state; if any fails, the event changes nothing. Handlers must be functions of
+    /// the event and `S` only: an event may be handled more than once (a redelivery
+    /// before it was recorded, or a recheck when a batch breaks the policy).
+    #[must_use]
+    pub fn on_event(
+        mut self,
+        pattern: impl Into<Pattern>,
+        handler: impl Fn(&Event, &mut S) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        self.events_mut().handlers.push((pattern.into(), HandlerFn::Sync(Arc::new(handler))));
+        self
+    }
+
+    /// An async handler: `|event, s| Box::pin(async move { ...; Ok(()) })`.
+    #[must_use]
+    pub fn on_event_async(
+        mut self,
+        pattern: impl Into<Pattern>,
+        handler: impl for<'a> Fn(&'a Event, &'a mut S) -> HandlerFuture<'a> + Send + Sync + 'static,
+    ) -> Self {
+        self.events_mut().handlers.push((pattern.into(), HandlerFn::Async(Arc::new(handler))));
+        self
+    }
+
+    /// A check of the user state after an event's handlers: an `Err` rejects the event,
+    /// which then changes nothing and is recorded as rejected.
+    #[must_use]
+    pub fn guard(mut self, name: impl Into<String>, guard: impl Fn(&S) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.events_mut().guards.push((name.into(), Arc::new(guard)));
+        self
+    }
+
+    /// The bounds on plans events cause (see [`EventPolicy`]).
+    #[must_use]
+    pub fn event_policy(mut self, policy: EventPolicy) -> Self {
+        self.events_mut().policy = policy;
+        self
+    }
+
+    /// The stack's event policy.
+    pub fn policy(&self) -> &EventPolicy {
+        &self.events().policy
+    }
+
+    /// Runs the handlers for `event` on `s`, then the guards. On a rejection `s` is left
+    /// as it was. Makes no cloud call and changes no state.
+    pub fn handle_event(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
+    where
+        S: Clone,
+    {
+        let rules = self.events();
+        if rules.handlers.iter().any(|(_, h)| matches!(h, HandlerFn::Async(_))) {
+            return Err(Rejection::Handler(
+                "the stack has async handlers: use handle_event_async".to_owned(),
+            ));
+        }
+        let mut next = s.clone();
+        let mut matched = false;
+        for (pattern, handler) in &rules.handlers {
+            if let (true, HandlerFn::Sync(f)) = (pattern.matches(&event.kind), handler) {
+                matched = true;
+                f(event, &mut next).map_err(|e| Rejection::Handler(e.to_string()))?;
+            }
+        }
+        self.finish_handling(matched, next, s)
+    }
+
+    /// [`Stack::handle_event`] for stacks with async handlers.
+    pub async fn handle_event_async(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
+    where
+        S: Clone,
+    {
+        let rules = self.events();
+        let mut next = s.clone();
+        let mut matched = false;
+        for (pattern, handler) in &rules.handlers {
+            if !pattern.matches(&event.kind) {
+                continue;
+            }
+            matched = true;
+            let result = match handler {
+                HandlerFn::Sync(f) => f(event, &mut next),
+                HandlerFn::Async(f) => f(event, &mut next).await,
+            };
+            result.map_err(|e| Rejection::Handler(e.to_string()))?;
+        }
+        self.finish_handling(matched, next, s)
+    }
+
+    fn finish_handling(&self, matched: bool, next: S, s: &mut S) -> Result<(), Rejection> {
+        if !matched {
+            return Err(Rejection::Unhandled);
+        }
+        for (name, guard) in &self.events().guards {
+            guard(&next).map_err(|message| Rejection::Guard { guard: name.clone(), message })?;
+        }
+        *s = next;
+        Ok(())
+    }
+}

@@ -1,0 +1,356 @@
+//! The reconciler on virtual time: coalescing, debounce, cooldown, backoff, shutdown,
+//! deduplication, guards, policy, and a storm of 10,000 events.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_sdk::events::{Event, EventPolicy, Events, EventsClosed, Outcome, Reconciler, ReconcilerOptions, Rejection};
+use cairn_sdk::{Session, Stack};
+use cairn_state::{MemoryStore, Store};
+use common::{provider, shop_stack, Op, Shop, TestProvider};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, Instant};
+
+const WEB: &str = "urn:cairn:dev::test:compute:Group::web";
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn events_stack(p: &TestProvider) -> Stack<Shop> {
+    shop_stack(p)
+        .on_event("traffic.spike", |e: &Event, s: &mut Shop| {
+            let rps: u32 = e.field("rps")?;
+            s.capacity = rps.div_ceil(500).clamp(2, 12);
+            Ok(())
+        })
+        .on_event("traffic.normal", |_: &Event, s: &mut Shop| {
+            s.capacity = 2;
+            Ok(())
+        })
+        .on_event("capacity.set", |e: &Event, s: &mut Shop| {
+            s.capacity = e.field("capacity")?;
+            Ok(())
+        })
+        .on_event("sale.*", |e: &Event, s: &mut Shop| {
+            s.flash_sale = e.kind == "sale.started";
+            Ok(())
+        })
+        .on_event("network.move", |e: &Event, s: &mut Shop| {
+            s.network_cidr = e.field("cidr")?;
+            Ok(())
+        })
+        .guard("capacity at most 12", |s: &Shop| if s.capacity <= 12 { Ok(()) } else { Err(format!("capacity {} is above 12", s.capacity)) })
+        .event_policy(EventPolicy::default().deny_replace_or_delete("test:net:Network"))
+}
+
+fn spike(rps: u32) -> Event {
+    Event::new("traffic.spike", json!({ "rps": rps }))
+}
+
+/// A deployed shop in a memory store, locked for watching.
+async fn deployed(stack: &Stack<Shop>, store: &Arc<MemoryStore>) -> Session<Shop> {
+    let mut session = stack.lock(store.clone(), "watch").await.unwrap();
+    assert!(session.up(&Shop::new()).await.unwrap().succeeded());
+    session
+}
+
+struct Running {
+    events: Events,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<cairn_sdk::Result<Session<Shop>>>,
+}
+
+fn start(session: Session<Shop>, options: ReconcilerOptions) -> Running {
+    let (reconciler, events) = Reconciler::new(session, options).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(reconciler.run(async {
+        let _ = stopped.await;
+    }));
+    Running { events, stop, task }
+}
+
+impl Running {
+    async fn finish(self) -> Session<Shop> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap()
+    }
+}
+
+fn web_updates(p: &TestProvider) -> Vec<Instant> {
+    p.calls().into_iter().filter(|c| c.op == Op::Update && c.urn.as_str() == WEB).map(|c| c.at).collect()
+}
+
+fn desired(store_state: &cairn_sdk::StackState) -> i64 {
+    store_state.resource(&cairn_sdk::Urn::new("dev", "test:compute:Group", "web")).unwrap().inputs.get("desired").unwrap().as_i64().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_during_an_apply_are_coalesced_into_one_more_apply() {
+    let p = provider().with_latency(secs(1));
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default());
+
+    let first = run.events.submit(spike(1500)).await.unwrap();
+    sleep(Duration::from_millis(100)).await; // its apply is running now
+    assert_eq!(web_updates(&p).len(), 1);
+    let later = [spike(3000), Event::new("sale.started", json!({})), spike(4000)];
+    let mut receipts = Vec::new();
+    for e in later {
+        receipts.push(run.events.submit(e).await.unwrap());
+    }
+    assert_eq!(first.recorded().await.unwrap(), Outcome::Accepted);
+    for r in receipts {
+        assert_eq!(r.recorded().await.unwrap(), Outcome::Accepted);
+    }
+    let metrics = run.events.metrics().clone();
+    let session = run.finish().await;
+
+    // One apply for the first event, one for the three that came during it.
+    assert_eq!(metrics.applies_of("succeeded"), 2);
+    assert_eq!(web_updates(&p).len(), 2);
+    let state = store.load("dev").await.unwrap().unwrap();
+    let shop: Shop = serde_json::from_value(state.user_state.clone()).unwrap();
+    assert_eq!((shop.capacity, shop.flash_sale), (8, true), "handlers ran in arrival order");
+    assert_eq!(desired(&state), 8);
+    assert!(state.resource(&cairn_sdk::Urn::new("dev", "test:queue:Queue", "sale-orders")).is_some());
+    let history = store.history("dev").await.unwrap();
+    let kinds: Vec<&str> = history.iter().filter_map(|e| e["event"]["kind"].as_str()).collect();
+    assert_eq!(kinds, ["traffic.spike", "traffic.spike", "sale.started", "traffic.spike"]);
+    assert!(history.iter().all(|e| e["apply"]["result"] == "succeeded"), "{history:#?}");
+    session.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn debounce_waits_for_quiet_but_never_longer_than_max_wait() {
+    let p = provider();
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default().debounce(secs(2), secs(10)));
+
+    // A burst of three, a second apart: one apply, 2 s after the last.
+    let t0 = Instant::now();
+    for rps in [1500, 2000, 2500] {
+        run.events.submit(spike(rps)).await.unwrap();
+        sleep(secs(1)).await;
+    }
+    sleep(secs(5)).await;
+    let updates = web_updates(&p);
+    assert_eq!(updates.len(), 1, "one apply for the burst");
+    assert_eq!(updates[0] - t0, secs(4));
+
+    // A steady stream, one event a second for 30 s: the debounce never sees quiet, so
+    // max_wait bounds each event's wait.
+    let t1 = Instant::now();
+    for i in 0..30 {
+        run.events.submit(spike(1000 + 100 * (i % 2))).await.unwrap();
+        sleep(secs(1)).await;
+    }
+    sleep(secs(5)).await;
+    let stream: Vec<Duration> = web_updates(&p)[1..].iter().map(|t| *t - t1).collect();
+    assert!(stream.len() >= 2, "{stream:?}");
+    assert_eq!(stream[0], secs(10), "first apply of the stream at max_wait");
+    run.finish().await.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kind_in_cooldown_waits_and_other_kinds_do_not() {
+    let p = provider();
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default().cooldown("traffic.*", secs(60)));
+
+    let t0 = Instant::now();
+    assert_eq!(run.events.send(spike(3000)).await.unwrap(), Outcome::Accepted);
+    sleep(secs(5)).await;
+    let held = run.events.submit(spike(5000)).await.unwrap();
+    // Another kind goes straight through.
+    assert_eq!(run.events.send(Event::new("sale.started", json!({}))).await.unwrap(), Outcome::Accepted);
+    let sale_created = p.calls().iter().find(|c| c.op == Op::Create && c.urn.name() == "sale-orders").map(|c| c.at).unwrap();
+    assert_eq!(sale_created - t0, secs(5));
+    // The held spike is not lost: it runs when the cooldown ends.
+    assert_eq!(held.recorded().await.unwrap(), Outcome::Accepted);
+    let updates = web_updates(&p);
+    assert_eq!(updates.len(), 2);
+    assert_eq!(updates[1] - t0, secs(60));
+    let session = run.finish().await;
+    assert_eq!(desired(session.state()), 10);
+    session.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_apply_is_retried_with_exponential_backoff_until_it_converges() {
+    let p = provider()
+        .fail_once("web", Op::Update, "throttled")
+        .fail_once("web", Op::Update, "throttled")
+        .fail_once("web", Op::Update, "throttled");
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default().backoff(secs(1), secs(60)));
+
+    assert_eq!(run.events.send(spike(3000)).await.unwrap(), Outcome::Accepted);
+    // No further event: the reconciler keeps going on its own.
+    sleep(secs(30)).await;
+    let updates = web_updates(&p);
+    let gaps: Vec<Duration> = updates.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps, [secs(1), secs(2), secs(4)]);
+    let metrics = run.events.metrics().clone();
+    assert_eq!((metrics.applies_of("failed"), metrics.applies_of("succeeded")), (3, 1));
+    let session = run.finish().await;
+    assert_eq!(desired(session.state()), 6);
+    let history = store.history("dev").await.unwrap();
+    let results: Vec<&str> = history.iter().filter_map(|e| e["apply"]["result"].as_str()).collect();
+    assert_eq!(results, ["failed", "failed", "failed", "succeeded"], "the event's entry, then each retry");
+    session.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_the_running_apply_and_leaves_unrecorded_events_to_their_source() {
+    let p = provider().with_latency(secs(10));
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default());
+
+    let first = run.events.submit(spike(3000)).await.unwrap();
+    sleep(secs(1)).await;
+    let second = run.events.submit(spike(6000)).await.unwrap();
+    let _ = run.stop.send(());
+    let session = run.task.await.unwrap().unwrap();
+
+    assert_eq!(first.recorded().await.unwrap(), Outcome::Accepted);
+    assert_eq!(second.recorded().await, Err(EventsClosed), "the source must deliver it again");
+    let stored = store.load("dev").await.unwrap().unwrap();
+    assert_eq!(desired(&stored), 6, "the running apply finished and was recorded");
+    assert!(stored.pending.is_empty());
+    session.close().await.unwrap();
+    assert!(store.lock_holder("dev").await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redelivered_event_is_recognised_across_restarts_and_not_applied_twice() {
+    let p = provider();
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default());
+    let event = spike(3000).with_id("sqs-message-1");
+    assert_eq!(run.events.send(event.clone()).await.unwrap(), Outcome::Accepted);
+    assert_eq!(run.events.send(event.clone()).await.unwrap(), Outcome::Duplicate);
+    run.finish().await.close().await.unwrap();
+
+    // A new watcher on the same state: the id is remembered.
+    let session = stack.lock(store.clone(), "watch").await.unwrap();
+    let run = start(session, ReconcilerOptions::default());
+    assert_eq!(run.events.send(event).await.unwrap(), Outcome::Duplicate);
+    let metrics = run.events.metrics().clone();
+    run.finish().await.close().await.unwrap();
+    assert_eq!(web_updates(&p).len(), 1);
+    assert!(metrics.render().contains("cairn_events_deduplicated_total{kind=\"traffic.spike\"} 1"), "{}", metrics.render());
+}
+
+#[tokio::test(start_paused = true)]
+async fn guards_and_failing_handlers_reject_an_event_which_then_changes_nothing() {
+    let p = provider();
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let before = session.state().user_state.clone();
+    let run = start(session, ReconcilerOptions::default());
+    p.clear_calls();
+
+    let too_many = run.events.send(Event::new("capacity.set", json!({"capacity": 20}))).await.unwrap();
+    assert_eq!(too_many, Outcome::Rejected(Rejection::Guard { guard: "capacity at most 12".into(), message: "capacity 20 is above 12".into() }));
+    let Outcome::Rejected(Rejection::Handler(why)) = run.events.send(Event::new("traffic.spike", json!({}))).await.unwrap() else {
+        panic!("a handler error rejects the event")
+    };
+    assert!(why.contains("no field `rps`"), "{why}");
+    assert_eq!(run.events.send(Event::new("unknown.kind", json!({}))).await.unwrap(), Outcome::Rejected(Rejection::Unhandled));
+    let metrics = run.events.metrics().clone();
+    let session = run.finish().await;
+
+    assert!(p.calls().iter().all(|c| c.op == Op::Lookup || c.op == Op::Read), "no change reached the cloud: {:?}", p.calls());
+    assert_eq!(session.state().user_state, before);
+    assert_eq!(metrics.applies_of("succeeded"), 0);
+    let history = store.history("dev").await.unwrap();
+    let outcomes: Vec<&str> = history.iter().filter_map(|e| e["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["rejected", "rejected", "unhandled"]);
+    assert!(history[0]["reason"].as_str().unwrap().contains("guard 'capacity at most 12' refused it"));
+    assert_eq!(history[0]["s_before"], history[0]["s_after"]);
+    session.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_policy_rejects_only_the_events_whose_plan_breaks_it() {
+    let p = provider().with_latency(secs(1));
+    let stack = events_stack(&p).event_policy(EventPolicy::default().max_changes(Some(2)).deny_replace_or_delete("test:net:Network"));
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default());
+
+    let first = run.events.submit(spike(1500)).await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    // These three arrive during the first apply and are handled as one batch.
+    let spike = run.events.submit(spike(3000)).await.unwrap();
+    let moved = run.events.submit(Event::new("network.move", json!({"cidr": "10.9.0.0/16"}))).await.unwrap();
+    let sale = run.events.submit(Event::new("sale.started", json!({}))).await.unwrap();
+    assert_eq!(first.recorded().await.unwrap(), Outcome::Accepted);
+    assert_eq!(spike.recorded().await.unwrap(), Outcome::Accepted);
+    let Outcome::Rejected(Rejection::Policy(why)) = moved.recorded().await.unwrap() else { panic!("the network move is refused") };
+    assert!(why.contains("would replace test:net:Network 'shop'"), "{why}");
+    let Outcome::Rejected(Rejection::Policy(why)) = sale.recorded().await.unwrap() else { panic!("the sale is too big") };
+    assert!(why.contains("more than the 2"), "{why}");
+    let session = run.finish().await;
+    let shop: Shop = serde_json::from_value(session.state().user_state.clone()).unwrap();
+    assert_eq!((shop.capacity, shop.network_cidr.as_str(), shop.flash_sale), (6, "10.0.0.0/16", false));
+    assert_eq!(desired(session.state()), 6);
+    session.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_storm_of_ten_thousand_events_is_all_recorded_in_a_handful_of_applies() {
+    let p = provider().with_latency(Duration::from_millis(200));
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default());
+
+    let producer = {
+        let events = run.events.clone();
+        tokio::spawn(async move {
+            let mut receipts = Vec::with_capacity(10_000);
+            for i in 0..10_000u32 {
+                let rps = 1000 + (i % 10) * 500;
+                receipts.push(events.submit(spike(rps).with_id(format!("storm-{i}"))).await.unwrap());
+            }
+            receipts
+        })
+    };
+    let receipts = producer.await.unwrap();
+    let mut accepted = 0;
+    for r in receipts {
+        if r.recorded().await.unwrap() == Outcome::Accepted {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 10_000, "every event recorded, none lost");
+    let metrics = run.events.metrics().clone();
+    let session = run.finish().await;
+    let applies = metrics.applies_of("succeeded");
+    assert!((1..=20).contains(&applies), "{applies} applies for 10,000 events");
+    assert_eq!(metrics.pending(), 0);
+    let history = store.history("dev").await.unwrap();
+    assert_eq!(history.iter().filter(|e| e["outcome"] == "accepted").count(), 10_000);
+    // The last event (i = 9999: 5500 rps) decides the capacity.
+    assert_eq!(desired(session.state()), 11);
+    session.close().await.unwrap();
+}
