@@ -37,6 +37,17 @@ pub enum Recovery {
     },
 }
 
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recovery::Adopted { urn, id } => write!(f, "{urn}: an interrupted create had reached the cloud; adopted {id}"),
+            Recovery::Dropped { urn } => write!(f, "{urn}: an interrupted create never reached the cloud; it will be planned again"),
+            Recovery::Refreshed { urn, exists: true } => write!(f, "{urn}: an interrupted operation was settled by reading it back"),
+            Recovery::Refreshed { urn, exists: false } => write!(f, "{urn}: an interrupted operation was settled: it is gone"),
+        }
+    }
+}
+
 /// Settles every pending operation of `state` through the providers; the result has
 /// none left and a new serial.
 pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>)> {

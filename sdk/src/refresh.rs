@@ -26,6 +26,22 @@ pub enum Drift {
     },
 }
 
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::Gone { urn } => write!(f, "{urn} no longer exists; the next `up` creates it again"),
+            Drift::Changed { urn, diffs } => {
+                write!(f, "{urn} was changed outside Cairn:")?;
+                for d in diffs {
+                    let show = |v: &Option<serde_json::Value>| v.as_ref().map_or_else(|| "(unset)".to_owned(), |v| v.to_string());
+                    write!(f, " {}: {} -> {};", d.name, show(&d.old), show(&d.new))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The result of a refresh.
 #[derive(Clone, Debug)]
 pub struct RefreshReport {

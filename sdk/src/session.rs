@@ -201,6 +201,16 @@ where
         self.commit(next).await
     }
 
+    /// Replaces the stack's state with `state` (`state import`): it takes the stored
+    /// state's lineage and the next serial, so it follows what it replaces.
+    pub async fn import(&mut self, mut state: StackState) -> Result<()> {
+        self.usable()?;
+        self.stack.check_state(&state)?;
+        state.lineage = self.state.lineage.clone();
+        state.serial = self.state.serial + 1;
+        self.commit(state).await
+    }
+
     /// The stack.
     pub fn stack(&self) -> &Stack<S> {
         &self.stack

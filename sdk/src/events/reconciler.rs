@@ -203,6 +203,9 @@ pub struct Reconciler<S> {
     backoff: Duration,
     unapplied: Vec<Entry>,
     last_report: Option<ApplyReport>,
+    /// The plan intake made for the current user state, reused by the apply that
+    /// follows it so an event costs one render and diff, not two.
+    planned: Option<Plan>,
 }
 
 impl<S> std::fmt::Debug for Reconciler<S>
@@ -254,6 +257,7 @@ where
             backoff,
             unapplied: Vec::new(),
             last_report: None,
+            planned: None,
         };
         Ok((reconciler, Events { tx, metrics }))
     }
@@ -449,18 +453,17 @@ where
             let after = if outcome == Outcome::Accepted { to_value(&s) } else { before.clone() };
             entries.push(Entry { event: d.event, outcome, before, after, queued, handled: began.elapsed() });
         }
+        let mut planned = None;
         if entries.iter().any(|e| e.outcome == Outcome::Accepted) {
             // The policy needs a plan, and a plan needs a settled state.
             let _ = self.session.settle().await;
-            if let Err(why) = self.check(&s) {
-                if self.check(&start).is_ok() {
-                    s = self.attribute(&stack, start, &mut entries).await;
-                } else {
-                    // The stack could not be planned before these events either (a
-                    // provider or program problem): not theirs to answer for. The apply
-                    // will fail and be retried.
-                    let _ = why;
-                }
+            match self.check(&s) {
+                Ok(plan) => planned = Some(plan),
+                // The stack could not be planned before these events either (a provider
+                // or program problem): not theirs to answer for. The apply will fail
+                // and be retried.
+                Err(_) if self.check(&start).is_err() => {}
+                Err(_) => s = self.attribute(&stack, start, &mut entries).await,
             }
         }
         // Durable before any acknowledgement: a crash from here on redelivers, and the
@@ -468,6 +471,12 @@ where
         let value = to_value(&s);
         let changed = value != self.session.state().user_state;
         self.session.record_events(value, &ids).await?;
+        // Recording changed only S and the ids, not resources: the plan still holds
+        // for the new serial.
+        self.planned = planned.map(|mut plan| {
+            plan.base.serial = self.session.state().serial;
+            plan
+        });
         if self.seen.len() > 2 * cairn_state::PROCESSED_EVENTS_KEPT {
             self.seen = self.session.state().processed_events.iter().cloned().collect();
         }
@@ -498,9 +507,10 @@ where
     }
 
     /// A plan for `s` that the policy allows, or why not.
-    fn check(&self, s: &S) -> std::result::Result<(), String> {
+    fn check(&self, s: &S) -> std::result::Result<Plan, String> {
         let plan = self.session.preview(s).map_err(|e| e.to_string())?;
-        self.session.stack().policy().evaluate(&plan)
+        self.session.stack().policy().evaluate(&plan)?;
+        Ok(plan)
     }
 
     /// Replays the accepted events of a batch one at a time from `start`, rejecting
@@ -512,7 +522,7 @@ where
             entry.before = to_value(&s);
             let verdict = match stack.handle_event_async(&entry.event, &mut next).await {
                 Err(r) => Err(r),
-                Ok(()) => self.check(&next).map_err(Rejection::Policy),
+                Ok(()) => self.check(&next).map(drop).map_err(Rejection::Policy),
             };
             match verdict {
                 Ok(()) => {
@@ -598,8 +608,13 @@ where
     }
 
     async fn try_converge(&mut self) -> Result<Converge> {
+        let planned = self.planned.take();
         self.session.settle().await?;
-        let plan = self.session.preview(&self.s)?;
+        let base = &self.session.state();
+        let plan = match planned {
+            Some(plan) if plan.base.serial == base.serial && plan.base.lineage == base.lineage => plan,
+            _ => self.session.preview(&self.s)?,
+        };
         if !plan.has_changes() {
             return Ok(Converge::Nothing);
         }

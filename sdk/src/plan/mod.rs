@@ -8,6 +8,7 @@
 mod render;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use cairn_state::{ResourceState, StackState, Urn};
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,53 @@ impl Plan {
     /// The changes that do something.
     pub fn changed(&self) -> impl Iterator<Item = &Change> {
         self.changes.iter().filter(|c| c.action != Action::Same)
+    }
+
+    /// Narrows the plan to `targets` and what they depend on (`up --target`), as
+    /// Terraform's `-target` does: other creates are dropped, other updates, replaces
+    /// and deletes are left undone. Fails naming a target the plan does not know.
+    pub fn target(&mut self, targets: &[Urn]) -> std::result::Result<(), String> {
+        let index: HashMap<&Urn, usize> = self.changes.iter().enumerate().map(|(i, c)| (&c.urn, i)).collect();
+        let mut keep = vec![false; self.changes.len()];
+        let mut todo = Vec::new();
+        for t in targets {
+            match index.get(t) {
+                Some(&i) => todo.push(i),
+                None => return Err(format!("--target {t}: the plan has no such resource; `state list` shows the URNs")),
+            }
+        }
+        while let Some(i) = todo.pop() {
+            if std::mem::replace(&mut keep[i], true) {
+                continue;
+            }
+            for d in self.changes[i].dependencies.iter().flatten() {
+                if let Some(&j) = index.get(d) {
+                    todo.push(j);
+                }
+            }
+        }
+        let mut kept = Vec::with_capacity(self.changes.len());
+        let mut summary = Summary::default();
+        for (mut c, keep) in std::mem::take(&mut self.changes).into_iter().zip(keep) {
+            if !keep {
+                match c.action {
+                    Action::Create => continue,
+                    Action::Same => {}
+                    _ => {
+                        c.action = Action::Same;
+                        c.diffs.clear();
+                        c.replace_reasons.clear();
+                        c.may_replace = false;
+                        c.dependencies = None;
+                    }
+                }
+            }
+            summary.add(c.action);
+            kept.push(c);
+        }
+        self.changes = kept;
+        self.summary = summary;
+        Ok(())
     }
 
     /// The plan as pretty JSON, the documented machine-readable form.

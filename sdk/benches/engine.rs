@@ -10,7 +10,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use cairn_sdk::events::{Event, Outcome, Reconciler, ReconcilerOptions};
 use cairn_sdk::schema::{Property, ResourceType};
+use cairn_state::{MemoryStore, Store};
 use cairn_sdk::testing::{Op, TestProvider};
 use cairn_sdk::{Cx, DynamicResource, Graph, Handle, Input, Plan, ProgramResult, Props, Resource, ResourceState, Stack, StackState, Urn};
 use serde::{Deserialize, Serialize};
@@ -496,7 +500,109 @@ fn timer_floor(rt: &tokio::runtime::Runtime) -> Duration {
     t.elapsed()
 }
 
+/// The user state of the event benchmarks: `n` independent resources; `bump` sizes the
+/// first one, so an event that changes it causes exactly one update.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct Flat {
+    n: usize,
+    bump: i64,
+}
+
+fn flat_stack(provider: TestProvider) -> Stack<Flat> {
+    Stack::<Flat>::new("events").provider(provider).program(|cx, s: &Flat| {
+        for i in 0..s.n {
+            let size = if i == 0 { s.bump } else { i as i64 };
+            cx.add(DynamicResource::new(&ROOT, &format!("r{i:06}")).set("name", format!("flat-{i}")).set("size", size));
+        }
+        Ok(())
+    })
+    .on_event("bump", |e: &Event, s: &mut Flat| {
+        s.bump = e.field("to")?;
+        Ok(())
+    })
+}
+
+/// Time from handing an event to a running reconciler to the provider's first call, on a
+/// 1,000-resource stack in a memory store: handlers, recording S, render, diff, and the
+/// apply's start. p50 and p99 over 300 events, microseconds.
+fn event_to_first_call(rt: &tokio::runtime::Runtime) -> (f64, f64) {
+    rt.block_on(async {
+        let provider = TestProvider::new("bench");
+        let stack = flat_stack(provider.clone());
+        let store = Arc::new(MemoryStore::new());
+        let mut session = stack.lock(store, "bench").await.expect("the lock");
+        let first = Flat { n: 1000, bump: 0 };
+        assert!(session.up(&first).await.expect("the first up").succeeded());
+        let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).expect("a reconciler");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(reconciler.run(async {
+            let _ = stopped.await;
+        }));
+        let mut samples = Vec::new();
+        for i in 1..=300i64 {
+            provider.clear_calls();
+            let sent = tokio::time::Instant::now();
+            let outcome = events.send(Event::new("bump", serde_json::json!({ "to": i }))).await.expect("recorded");
+            assert_eq!(outcome, Outcome::Accepted);
+            // The apply runs after the receipt; wait for its call.
+            let at = loop {
+                if let Some(c) = provider.calls().into_iter().find(|c| c.op == Op::Update) {
+                    break c.at;
+                }
+                tokio::task::yield_now().await;
+            };
+            samples.push((at - sent).as_secs_f64() * 1e6);
+            // Let the apply finish before the next event, so each one starts idle.
+            while events.metrics().applies_of("succeeded") < i as u64 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let _ = stop.send(());
+        task.await.expect("the reconciler task").expect("the reconciler").close().await.expect("unlock");
+        samples.sort_by(f64::total_cmp);
+        (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+    })
+}
+
+/// 10,000 events in a burst at a reconciler whose provider takes 20 ms a call: how many
+/// applies it takes, and how many events were not recorded (must be 0).
+fn storm(rt: &tokio::runtime::Runtime) -> (u64, usize) {
+    rt.block_on(async {
+        let provider = TestProvider::new("bench").with_latency(Duration::from_millis(20));
+        let stack = flat_stack(provider.clone());
+        let store = Arc::new(MemoryStore::new());
+        let mut session = stack.lock(store.clone(), "bench").await.expect("the lock");
+        assert!(session.up(&Flat { n: 100, bump: 0 }).await.expect("the first up").succeeded());
+        let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).expect("a reconciler");
+        let metrics = reconciler.metrics();
+        let task = tokio::spawn(reconciler.run(std::future::pending()));
+        let t = Instant::now();
+        let mut receipts = Vec::with_capacity(10_000);
+        for i in 0..10_000i64 {
+            receipts.push(events.submit(Event::new("bump", serde_json::json!({ "to": i }))).await.expect("queued"));
+        }
+        let mut recorded = 0;
+        for r in receipts {
+            if r.recorded().await.is_ok() {
+                recorded += 1;
+            }
+        }
+        drop(events);
+        let session = task.await.expect("the reconciler task").expect("the reconciler");
+        eprintln!("  storm: 10,000 events recorded in {:.0} ms, peak RSS {:.0} MB", ms(t.elapsed()), peak_rss_mb());
+        let history = store.history("events").await.expect("the audit log");
+        assert_eq!(history.iter().filter(|e| e["outcome"] == "accepted").count(), recorded);
+        session.close().await.expect("unlock");
+        (metrics.applies_of("succeeded") + metrics.applies_of("failed"), 10_000 - recorded)
+    })
+}
+
 fn main() {
+    // The event figures alone: `CAIRN_BENCH_ONLY=events cargo bench -p cairn-sdk`.
+    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("events") {
+        event_benches(&runtime());
+        return;
+    }
     // Order matters: the 100k plan runs before anything else is allocated, so the peak
     // RSS it reports is its own.
     plan_100k();
@@ -524,4 +630,15 @@ fn main() {
     let bound = critical_path.max(LATENCY * (LEVELS * WIDTH) as u32 / PARALLELISM as u32);
     let p16 = time_apply(&rt, PARALLELISM);
     bench("apply_p16_ratio", p16.as_secs_f64() / bound.as_secs_f64(), "x");
+
+    event_benches(&rt);
+}
+
+fn event_benches(rt: &tokio::runtime::Runtime) {
+    let (p50, p99) = event_to_first_call(rt);
+    eprintln!("  event to first provider call: p50 {p50:.0} us");
+    bench("event_to_first_call_p99_us", p99, "us");
+    let (applies, lost) = storm(rt);
+    bench("storm_10k_applies", applies as f64, "applies");
+    bench("storm_10k_lost", lost as f64, "events");
 }
