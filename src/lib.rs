@@ -4,6 +4,12 @@
 
 pub use cairn_sdk::*;
 
+pub mod cli;
+
+pub use cli::{run_cli, Cli};
+
+pub mod serve;
+
 /// Stack state: the model, stores and journal (the `cairn-state` crate).
 pub mod state {
     pub use cairn_state::*;

@@ -1,0 +1,761 @@
+//! `run_cli()`: the verbs users know, for any stack program.
+//!
+//! ```no_run
+//! # #[derive(Clone, Default, serde::Serialize, serde::Deserialize)] struct Shop;
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     cairn::cli::Cli::new(|name| cairn::Stack::<Shop>::new(name)).run().await
+//! }
+//! ```
+
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_sdk::events::{Event, Events, Outcome, Reconciler, ReconcilerOptions, Schedule};
+use cairn_sdk::{Plan, Progress, RenderOptions, Session, Stack, StackState, StepOp, StepReport, StepStatus, Summary, Urn};
+use cairn_state::Store;
+use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// What the user state of a CLI-driven stack must be.
+pub trait UserState: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static> UserState for T {}
+
+/// A future an event source runs while `watch` serves.
+pub type SourceFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+type SourceFactory = Box<dyn Fn(&StackState, Events) -> SourceFuture + Send + Sync>;
+
+type StackFactory<S> = Box<dyn FnOnce(&str) -> Stack<S>>;
+
+#[derive(Parser, Debug)]
+#[command(about = "Manage this stack: preview, deploy, watch for events, inspect state.")]
+struct Args {
+    /// The stack to operate on.
+    #[arg(long, global = true, default_value = "dev")]
+    stack: String,
+    /// Where state lives: file://DIR or s3://BUCKET/PREFIX (default: $CAIRN_STATE, else file://.cairn).
+    #[arg(long, global = true)]
+    state: Option<String>,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand, Debug)]
+enum Verb {
+    /// Show what `up` would change, without changing anything.
+    Preview {
+        /// Show each changed property.
+        #[arg(long)]
+        diff: bool,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Save the plan to FILE, for `up --plan FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+        /// Exit with status 2 if there are changes (for CI drift checks).
+        #[arg(long)]
+        expect_no_changes: bool,
+    },
+    /// Deploy: bring the cloud to what the program declares for the stack's state.
+    Up {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Apply exactly this saved plan (from `preview --out`).
+        #[arg(long, value_name = "FILE")]
+        plan: Option<String>,
+        /// Provider calls at once.
+        #[arg(long, value_name = "N")]
+        parallel: Option<usize>,
+        /// Read every resource back from the cloud first.
+        #[arg(long)]
+        refresh: bool,
+        /// Only this resource and what it depends on (repeatable).
+        #[arg(long, value_name = "URN")]
+        target: Vec<String>,
+    },
+    /// Delete every resource of the stack.
+    Destroy {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Read every resource back from the cloud and show drift.
+    Refresh {
+        /// Record what was read in state.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Run the event loop: webhook, event sources, schedules; /healthz, /metrics, /status.
+    Watch {
+        /// Address to serve HTTP on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: String,
+    },
+    /// Send one event to the stack's handlers and apply the result.
+    Emit {
+        /// The event kind, e.g. traffic.spike.
+        kind: String,
+        /// The event payload, as JSON.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Show the new state and plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print the resource graph.
+    Graph {
+        /// Output format.
+        #[arg(long, default_value = "text", value_parser = ["text", "dot"])]
+        format: String,
+    },
+    /// Inspect or repair state.
+    State {
+        #[command(subcommand)]
+        verb: StateVerb,
+    },
+    /// Print the audit log of events and applies.
+    History {
+        /// As JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StateVerb {
+    /// List resources: URN and cloud id.
+    List,
+    /// Show one resource.
+    Show {
+        /// Its URN (see `state list`).
+        urn: String,
+    },
+    /// Print the whole state as JSON.
+    Export,
+    /// Replace the state with FILE (from `state export`).
+    Import {
+        /// The state file.
+        file: String,
+        /// Also when its lineage differs from the stored state's.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a lock left by a process that died.
+    Unlock,
+}
+
+/// An error the CLI prints and exits 1 on.
+#[derive(Debug)]
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+type Outcome_ = Result<ExitCode, Failure>;
+
+/// A stack's command line: build it with the stack factory, add event sources and
+/// schedules for `watch`, then [`Cli::run`].
+pub struct Cli<S> {
+    factory: StackFactory<S>,
+    schedules: Vec<Schedule>,
+    sources: Vec<(String, SourceFactory)>,
+    reconciler: ReconcilerOptions,
+}
+
+impl<S> std::fmt::Debug for Cli<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli").field("schedules", &self.schedules).field("sources", &self.sources.iter().map(|(n, _)| n).collect::<Vec<_>>()).finish()
+    }
+}
+
+impl<S: UserState> Cli<S> {
+    /// A CLI for the stack `factory` builds for the chosen `--stack` name.
+    pub fn new(factory: impl FnOnce(&str) -> Stack<S> + 'static) -> Self {
+        Cli { factory: Box::new(factory), schedules: Vec::new(), sources: Vec::new(), reconciler: ReconcilerOptions::default() }
+    }
+
+    /// A schedule `watch` runs.
+    #[must_use]
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedules.push(schedule);
+        self
+    }
+
+    /// An event source `watch` runs, made from the stack's state when `watch` starts (a
+    /// queue the stack created is found there) and the reconciler's sender.
+    #[must_use]
+    pub fn source(mut self, name: impl Into<String>, source: impl Fn(&StackState, Events) -> SourceFuture + Send + Sync + 'static) -> Self {
+        self.sources.push((name.into(), Box::new(source)));
+        self
+    }
+
+    /// Batching and retry options of `watch`'s reconciler.
+    #[must_use]
+    pub fn reconciler(mut self, options: ReconcilerOptions) -> Self {
+        self.reconciler = options;
+        self
+    }
+
+    /// Parses the process's arguments, runs the verb, prints errors; the exit code is 0
+    /// on success, 1 on an error, 2 for `preview --expect-no-changes` with changes.
+    pub async fn run(self) -> ExitCode {
+        self.run_with(std::env::args_os()).await
+    }
+
+    /// [`Cli::run`] with explicit arguments (the first is the program name).
+    pub async fn run_with<I, T>(self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = match Args::try_parse_from(args) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = e.print();
+                return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            }
+        };
+        match self.execute(args).await {
+            Ok(code) => code,
+            Err(Failure(message)) => {
+                eprintln!("error: {message}");
+                ExitCode::from(1)
+            }
+        }
+    }
+
+    async fn execute(self, args: Args) -> Outcome_ {
+        let terminal = Terminal::detect();
+        let location = cairn_state::location(args.state.as_deref());
+        let store = cairn_state::open(&location).await?;
+        let stack = (self.factory)(&args.stack).progress(LiveProgress::new(terminal));
+        if stack.name() != args.stack {
+            return Err(Failure(format!("the stack factory built stack '{}' for --stack {}; build it with the name it is given", stack.name(), args.stack)));
+        }
+        let ctx = Ctx { stack, store, terminal };
+        match args.verb {
+            Verb::Preview { diff, json, out, expect_no_changes } => ctx.preview(diff, json, out, expect_no_changes).await,
+            Verb::Up { yes, plan, parallel, refresh, target } => ctx.up(yes, plan, parallel, refresh, target).await,
+            Verb::Destroy { yes } => ctx.destroy(yes).await,
+            Verb::Refresh { yes } => ctx.refresh(yes).await,
+            Verb::Watch { listen } => ctx.watch(&listen, self.schedules, self.sources, self.reconciler).await,
+            Verb::Emit { kind, payload, dry_run, yes } => ctx.emit(kind, &payload, dry_run, yes).await,
+            Verb::Graph { format } => ctx.graph(&format).await,
+            Verb::State { verb } => ctx.state(verb).await,
+            Verb::History { json } => ctx.history(json).await,
+        }
+    }
+}
+
+/// Runs the CLI for the stack `factory` builds: `cairn::run_cli(|name| Stack::new(name)...)`.
+pub async fn run_cli<S: UserState>(factory: impl FnOnce(&str) -> Stack<S> + 'static) -> ExitCode {
+    Cli::new(factory).run().await
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Terminal {
+    out: bool,
+    input: bool,
+}
+
+impl Terminal {
+    fn detect() -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some();
+        Terminal { out: std::io::stdout().is_terminal() && !no_color, input: std::io::stdin().is_terminal() }
+    }
+
+    fn render(self, diff: bool) -> RenderOptions {
+        RenderOptions { diff, color: self.out }
+    }
+}
+
+struct Ctx<S> {
+    stack: Stack<S>,
+    store: Arc<dyn Store>,
+    terminal: Terminal,
+}
+
+impl<S: UserState> Ctx<S> {
+    async fn load(&self) -> Result<StackState, Failure> {
+        let (state, recovered) = self.stack.load(&*self.store).await?;
+        for r in recovered {
+            eprintln!("note: {r}");
+        }
+        Ok(state)
+    }
+
+    async fn lock(&self, operation: &str) -> Result<Session<S>, Failure> {
+        let session = self.stack.lock(self.store.clone(), operation).await?;
+        for r in session.recovered() {
+            eprintln!("recovered: {r}");
+        }
+        Ok(session)
+    }
+
+    /// Asks before changing anything; `--yes` answers for non-interactive runs.
+    fn confirm(&self, yes: bool, what: &str) -> Result<bool, Failure> {
+        if yes {
+            return Ok(true);
+        }
+        if !self.terminal.input {
+            return Err(Failure(format!("refusing to {what} without --yes: there is no terminal to ask; review with `preview`, then run again with --yes")));
+        }
+        print!("Do you want to {what}? [y/N] ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    }
+
+    async fn preview(&self, diff: bool, json: bool, out: Option<String>, expect_no_changes: bool) -> Outcome_ {
+        let state = self.load().await?;
+        let s = self.stack.user_state(&state)?;
+        let plan = self.stack.preview(&s, &state)?;
+        if let Some(path) = out {
+            std::fs::write(&path, plan.to_json()).map_err(|e| format!("writing the plan to {path}: {e}"))?;
+            eprintln!("Plan saved to {path}; apply it with `up --plan {path}`.");
+        }
+        if json {
+            println!("{}", plan.to_json());
+        } else {
+            print!("{}", plan.render(self.terminal.render(diff)));
+        }
+        if expect_no_changes && plan.has_changes() {
+            eprintln!("error: --expect-no-changes: the plan has {} changes", plan.summary.changes());
+            return Ok(ExitCode::from(2));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn up(&self, yes: bool, plan_file: Option<String>, parallel: Option<usize>, refresh: bool, target: Vec<String>) -> Outcome_ {
+        let stack = match parallel {
+            Some(n) => self.stack.clone().parallelism(n),
+            None => self.stack.clone(),
+        };
+        let mut session = stack.lock(self.store.clone(), "up").await?;
+        let result = self.up_locked(&mut session, yes, plan_file, refresh, target).await;
+        session.close().await?;
+        result
+    }
+
+    async fn up_locked(&self, session: &mut Session<S>, yes: bool, plan_file: Option<String>, refresh: bool, target: Vec<String>) -> Outcome_ {
+        session.settle().await?;
+        if refresh {
+            let report = session.refresh().await?;
+            print_drift(&report);
+        }
+        let mut plan = match &plan_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("reading the plan {path}: {e}"))?;
+                Plan::from_json(&text).map_err(|e| format!("{path} is not a plan saved by `preview --out`: {e}"))?
+            }
+            None => session.preview(&session.user_state()?)?,
+        };
+        if !target.is_empty() {
+            let urns = target.iter().map(|t| Urn::parse(t).map_err(|e| format!("--target: {e}"))).collect::<Result<Vec<Urn>, String>>()?;
+            plan.target(&urns)?;
+        }
+        print!("{}", plan.render(self.terminal.render(true)));
+        if !plan.has_changes() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !self.confirm(yes || plan_file.is_some(), "perform these changes")? {
+            println!("Nothing changed.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let report = session.apply(&plan).await?;
+        finish_report(&report)
+    }
+
+    async fn destroy(&self, yes: bool) -> Outcome_ {
+        let mut session = self.lock("destroy").await?;
+        let result = async {
+            session.settle().await?;
+            let plan = session.preview_destroy()?;
+            print!("{}", plan.render(self.terminal.render(false)));
+            if !plan.has_changes() || !self.confirm(yes, "delete every resource of the stack")? {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = session.apply(&plan).await?;
+            finish_report(&report)
+        }
+        .await;
+        session.close().await?;
+        result
+    }
+
+    async fn refresh(&self, yes: bool) -> Outcome_ {
+        if !yes {
+            let state = self.load().await?;
+            let report = self.stack.refresh(&state).await?;
+            print_drift(&report);
+            if !report.drift.is_empty() {
+                println!("Run `refresh --yes` to record what was read, or `up` to put it back.");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut session = self.lock("refresh").await?;
+        let result = session.refresh().await;
+        session.close().await?;
+        print_drift(&result?);
+        println!("State updated with what was read.");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn emit(&self, kind: String, payload: &str, dry_run: bool, yes: bool) -> Outcome_ {
+        let payload: Value = serde_json::from_str(payload).map_err(|e| format!("--payload is not JSON ({e}); pass an object such as '{{\"requests_per_second\": 2600}}'"))?;
+        let event = Event::new(kind, payload).with_source("cli");
+        // What it would do, from the state as stored: changes nothing.
+        let state = self.load().await?;
+        let mut s = self.stack.user_state(&state)?;
+        let before = serde_json::to_value(&s)?;
+        if let Err(rejection) = self.stack.handle_event_async(&event, &mut s).await {
+            return Err(Failure(format!("event {} was rejected: {rejection}", event.kind)));
+        }
+        let plan = self.stack.preview(&s, &state)?;
+        print_state_change(&before, &serde_json::to_value(&s)?);
+        print!("{}", plan.render(self.terminal.render(true)));
+        if let Err(why) = self.stack.policy().evaluate(&plan) {
+            return Err(Failure(format!("event {}: the event policy refuses its plan: {why}", event.kind)));
+        }
+        if dry_run {
+            println!("Dry run: nothing recorded or changed.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if plan.has_changes() && !self.confirm(yes, "record this event and perform these changes")? {
+            println!("Nothing changed.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let session = self.lock("emit").await?;
+        let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default())?;
+        let outcome = reconciler.process(vec![event]).await;
+        let report = reconciler.last_report().cloned();
+        reconciler.into_session().close().await?;
+        match outcome?.pop() {
+            Some(Outcome::Accepted) => {}
+            Some(Outcome::Rejected(r)) => return Err(Failure(format!("the event was rejected: {r}"))),
+            Some(Outcome::Duplicate) | None => println!("The event was already processed."),
+        }
+        match report {
+            Some(report) => finish_report(&report),
+            None => {
+                println!("Recorded; no resource needed a change.");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+
+    async fn graph(&self, format: &str) -> Outcome_ {
+        let state = self.load().await?;
+        let graph = self.stack.render(&self.stack.user_state(&state)?)?;
+        if format == "dot" {
+            print!("{}", graph.to_dot());
+        } else {
+            for (urn, deps) in graph.resources() {
+                println!("{urn}");
+                for d in deps {
+                    println!("    <- {d}");
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn state(&self, verb: StateVerb) -> Outcome_ {
+        match verb {
+            StateVerb::List => {
+                let state = self.load().await?;
+                for r in &state.resources {
+                    println!("{}  {}", r.urn, r.id);
+                }
+                println!("{} resources, serial {}", state.resources.len(), state.serial);
+            }
+            StateVerb::Show { urn } => {
+                let state = self.load().await?;
+                let r = state
+                    .resource(&Urn::parse(&urn).map_err(|e| format!("state show: {e}"))?)
+                    .ok_or_else(|| format!("no resource {urn} in stack '{}'; `state list` shows the URNs", self.stack.name()))?;
+                println!("{}", serde_json::to_string_pretty(r)?);
+            }
+            StateVerb::Export => {
+                let state = self.store.load(self.stack.name()).await?.unwrap_or_else(|| self.stack.new_state());
+                println!("{}", serde_json::to_string_pretty(&state)?);
+            }
+            StateVerb::Import { file, force } => return self.import(&file, force).await,
+            StateVerb::Unlock => match self.store.force_unlock(self.stack.name()).await? {
+                Some(held) => println!("Removed the lock held by {} (pid {} on {}) for '{}' since {}.", held.user, held.pid, held.host, held.operation, held.since),
+                None => println!("Stack '{}' was not locked.", self.stack.name()),
+            },
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn import(&self, file: &str, force: bool) -> Outcome_ {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
+        let mut imported: StackState = serde_json::from_str(&text).map_err(|e| format!("{file} is not a state exported by `state export`: {e}"))?;
+        if imported.stack != self.stack.name() {
+            return Err(Failure(format!("{file} holds stack '{}', not '{}'; pass --stack {}", imported.stack, self.stack.name(), imported.stack)));
+        }
+        let mut session = self.lock("state import").await?;
+        let current = session.state();
+        if imported.lineage != current.lineage && !current.resources.is_empty() && !force {
+            let why = format!("{file} has lineage {}, the stored state {}: it is another history of this stack; pass --force to replace it anyway", imported.lineage, current.lineage);
+            session.close().await?;
+            return Err(Failure(why));
+        }
+        imported.pending.clear();
+        let count = imported.resources.len();
+        let result = session.import(imported).await;
+        session.close().await?;
+        result?;
+        println!("Imported {count} resources from {file}.");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn history(&self, json: bool) -> Outcome_ {
+        let entries = self.store.history(self.stack.name()).await?;
+        for e in &entries {
+            if json {
+                println!("{e}");
+                continue;
+            }
+            let time = e["time_ms"].as_u64().map(|ms| cairn_state::format_utc(ms / 1000)).unwrap_or_default();
+            let apply = &e["apply"];
+            let result = apply["result"].as_str().unwrap_or("-");
+            match e["event"].as_object() {
+                Some(ev) => {
+                    let reason = e["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+                    println!(
+                        "{time}  {:<16} {:<9}{reason}  apply: {result}  [{} from {}]",
+                        ev.get("kind").and_then(Value::as_str).unwrap_or("?"),
+                        e["outcome"].as_str().unwrap_or("?"),
+                        ev.get("id").and_then(Value::as_str).unwrap_or("?"),
+                        ev.get("source").and_then(Value::as_str).unwrap_or("?"),
+                    );
+                    if e["s_before"] != e["s_after"] {
+                        print_state_change(&e["s_before"], &e["s_after"]);
+                    }
+                }
+                None => println!("{time}  (reconcile)                 apply: {result}"),
+            }
+        }
+        if entries.is_empty() {
+            println!("No events recorded for stack '{}'.", self.stack.name());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn watch(self, listen: &str, schedules: Vec<Schedule>, sources: Vec<(String, SourceFactory)>, options: ReconcilerOptions) -> Outcome_ {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}; pick another address with --listen"))?;
+        let webhook = match std::env::var("CAIRN_WEBHOOK_SECRET") {
+            Ok(secret) if secret.trim().is_empty() => {
+                return Err(Failure("CAIRN_WEBHOOK_SECRET is set but empty; set it to a long random secret, or unset it to turn the webhook off".to_owned()))
+            }
+            Ok(secret) => Some(crate::serve::WebhookConfig::new(secret.into_bytes())),
+            _ => {
+                eprintln!("note: CAIRN_WEBHOOK_SECRET is not set, so POST /events is off");
+                None
+            }
+        };
+        let session = self.lock("watch").await?;
+        let state = session.state().clone();
+        let (reconciler, events) = Reconciler::new(session, options)?;
+        let status = reconciler.status();
+        let holder = self.store.lock_holder(self.stack.name()).await.ok().flatten().and_then(|l| serde_json::to_value(l).ok());
+        if let Ok(mut s) = status.lock() {
+            s.lock_holder = holder;
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for schedule in schedules {
+            println!("schedule: {} ", schedule.kind());
+            let events = events.clone();
+            tasks.spawn(async move {
+                schedule.run(events).await;
+            });
+        }
+        for (name, make) in &sources {
+            println!("source: {name}");
+            let source = make(&state, events.clone());
+            let name = name.clone();
+            tasks.spawn(async move {
+                if let Err(e) = source.await {
+                    eprintln!("source {name} stopped: {e}");
+                }
+            });
+        }
+        let router = crate::serve::router(events.clone(), status, webhook);
+        let mut http_stop = stop_rx.clone();
+        let addr = listener.local_addr()?;
+        tasks.spawn(async move {
+            let shutdown = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::serve::serve(listener, router, shutdown).await {
+                eprintln!("HTTP server stopped: {e}");
+            }
+        });
+        println!("Watching stack '{}' on http://{addr} (/healthz, /metrics, /status, POST /events). Ctrl-C stops.", self.stack.name());
+        drop(events);
+        let mut stop = stop_rx.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        };
+        let result = reconciler.run(shutdown).await;
+        let _ = stop_tx.send(true);
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let session = result?;
+        session.close().await?;
+        println!("Stopped; state recorded.");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_drift(report: &cairn_sdk::RefreshReport) {
+    if report.drift.is_empty() {
+        println!("No drift: the cloud matches state.");
+    }
+    for d in &report.drift {
+        println!("drift: {d}");
+    }
+    for (urn, e) in &report.errors {
+        println!("could not read {urn}: {e}");
+    }
+}
+
+fn print_state_change(before: &Value, after: &Value) {
+    let (Some(b), Some(a)) = (before.as_object(), after.as_object()) else {
+        if before != after {
+            println!("  state: {before} -> {after}");
+        }
+        return;
+    };
+    for (k, v) in a {
+        if b.get(k) != Some(v) {
+            println!("  state.{k}: {} -> {v}", b.get(k).unwrap_or(&Value::Null));
+        }
+    }
+}
+
+/// The closing summary, and the exit code: 1 if any step failed.
+fn finish_report(report: &cairn_sdk::ApplyReport) -> Outcome_ {
+    let failures: Vec<&StepReport> = report.failures().collect();
+    for f in &failures {
+        match &f.status {
+            StepStatus::Failed { error } => eprintln!("failed: {} ({:?}): {error}", f.urn, f.op),
+            StepStatus::Skipped { because } => eprintln!("skipped: {} because {because} failed", f.urn),
+            _ => {}
+        }
+    }
+    println!("{}", summary_line(&report.summary, report.elapsed, failures.len()));
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn summary_line(s: &Summary, elapsed: Duration, failed: usize) -> String {
+    let mut parts = Vec::new();
+    for (n, label) in [(s.create, "created"), (s.update, "updated"), (s.replace, "replaced"), (s.delete, "deleted"), (s.same, "unchanged")] {
+        if n > 0 {
+            parts.push(format!("{n} {label}"));
+        }
+    }
+    if failed > 0 {
+        parts.push(format!("{failed} failed or skipped"));
+    }
+    if parts.is_empty() {
+        parts.push("nothing to do".to_owned());
+    }
+    format!("{} in {:.1} s", parts.join(", "), elapsed.as_secs_f64())
+}
+
+/// A line per resource as each step finishes; on a terminal, also a live line of what
+/// is in flight.
+#[derive(Debug)]
+struct LiveProgress {
+    terminal: Terminal,
+    started: Mutex<Vec<(Urn, StepOp, Instant)>>,
+}
+
+impl LiveProgress {
+    fn new(terminal: Terminal) -> Self {
+        LiveProgress { terminal, started: Mutex::new(Vec::new()) }
+    }
+
+    fn live_line(&self, inflight: &[(Urn, StepOp, Instant)]) {
+        if !self.terminal.out {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "\r\x1b[2K");
+        if let Some((urn, op, at)) = inflight.first() {
+            let more = if inflight.len() > 1 { format!(" (+{} more)", inflight.len() - 1) } else { String::new() };
+            let _ = write!(out, "  {} {} {}... {:.1}s{more}", verb(*op), urn.ty(), urn.name(), at.elapsed().as_secs_f64());
+        }
+        let _ = out.flush();
+    }
+}
+
+fn verb(op: StepOp) -> &'static str {
+    match op {
+        StepOp::Create => "creating",
+        StepOp::Update => "updating",
+        StepOp::CreateReplacement => "creating replacement of",
+        StepOp::DeleteReplaced => "deleting replaced",
+        StepOp::Delete => "deleting",
+    }
+}
+
+fn done(op: StepOp) -> &'static str {
+    match op {
+        StepOp::Create => "created",
+        StepOp::Update => "updated",
+        StepOp::CreateReplacement => "created replacement",
+        StepOp::DeleteReplaced => "deleted replaced",
+        StepOp::Delete => "deleted",
+    }
+}
+
+impl Progress for LiveProgress {
+    fn started(&self, urn: &Urn, op: StepOp) {
+        let mut started = self.started.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        started.push((urn.clone(), op, Instant::now()));
+        self.live_line(&started);
+    }
+
+    fn finished(&self, step: &StepReport) {
+        let mut started = self.started.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        started.retain(|(u, op, _)| !(u == &step.urn && *op == step.op));
+        let (mark, colour) = match &step.status {
+            StepStatus::Done | StepStatus::NoOp { .. } => ("ok", "\x1b[32m"),
+            StepStatus::Failed { .. } => ("FAILED", "\x1b[31m"),
+            StepStatus::Skipped { .. } => ("skipped", "\x1b[33m"),
+        };
+        let line = format!("  {} {} {} ({:.1}s)", done(step.op), step.urn.ty(), step.urn.name(), step.elapsed.as_secs_f64());
+        let mut out = std::io::stdout().lock();
+        if self.terminal.out {
+            let _ = writeln!(out, "\r\x1b[2K{colour}{mark:>7}\x1b[0m{line}");
+        } else {
+            let _ = writeln!(out, "{mark:>7}{line}");
+        }
+        drop(out);
+        self.live_line(&started);
+    }
+}
