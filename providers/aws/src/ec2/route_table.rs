@@ -1,0 +1,455 @@
+//! `aws:ec2:RouteTable`: where a VPC's subnets send traffic, with the subnets it serves.
+//!
+//! The VPC forces a replacement. Routes and subnet associations are sets changed in
+//! place: Cairn reads the table, then creates, replaces (a destination whose target
+//! changed) and deletes routes, and associates and disassociates subnets, so that the
+//! table has exactly what is declared. The VPC's implicit `local` route is not listed
+//! and never touched. Deleting the table disassociates its subnets first.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{Filter, ResourceType as Ec2Type, RouteOrigin, RouteTable as AwsRouteTable, RouteTableAssociationStateCode};
+use cairn_sdk::provider::{DiffRequest, DiffResult};
+use cairn_sdk::schema::{Property, ResourceType};
+use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Urn};
+use serde_json::Value;
+
+use super::{
+    canonical_set, check_ids, created_but, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec,
+    urn_filter,
+};
+use crate::error::{aws_error, code, who};
+use crate::kind::{Clients, Kind};
+
+/// The schema of `aws:ec2:RouteTable`.
+pub static ROUTE_TABLE: ResourceType = ResourceType::new(
+    "aws:ec2:RouteTable",
+    &[
+        Property::input("vpc_id").required().forces_replacement(),
+        Property::input("routes"),
+        Property::input("subnet_ids"),
+        Property::input("tags"),
+        Property::output("id"),
+    ],
+)
+.with_validation(validate);
+
+/// The properties diffed as sets.
+const SETS: &[&str] = &["routes", "subnet_ids"];
+
+fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
+    check_ids(decl, "subnet_ids", "subnet-", "a subnet id", out);
+    let routes = match list_of_objects(decl, "routes", "routes (build them with Route::to(\"0.0.0.0/0\").via_gateway(..))") {
+        Ok(routes) => routes,
+        Err(failure) => {
+            out.push(failure);
+            return;
+        }
+    };
+    let mut seen: Vec<&Value> = Vec::new();
+    for route in &routes {
+        let mut fail = |expected: String| out.push(CheckFailure::new("routes", Some(&route.shown), expected));
+        if let Some(extra) = route.keys().find(|k| !["destination", "gateway_id", "nat_gateway_id"].contains(k)) {
+            fail(format!("have only the fields destination and one of gateway_id or nat_gateway_id (not {extra})"));
+        }
+        match route.value("destination") {
+            Some(d) if !d.as_str().is_some_and(is_ipv4_network) => {
+                fail("have an IPv4 network in CIDR form without host bits as its destination, such as 0.0.0.0/0".to_owned())
+            }
+            Some(d) if seen.contains(&d) => fail(format!("be the only route to {d}: a route table has one route per destination")),
+            Some(d) => seen.push(d),
+            None if !route.has("destination") => fail("have a destination, such as 0.0.0.0/0".to_owned()),
+            None => {}
+        }
+        let targets: Vec<&str> = ["gateway_id", "nat_gateway_id"].into_iter().filter(|k| route.has(k)).collect();
+        if targets.len() != 1 {
+            let found = if targets.is_empty() { "none".to_owned() } else { targets.join(" and ") };
+            fail(format!("have exactly one target: gateway_id (an internet gateway) or nat_gateway_id (found {found})"));
+        }
+        if route.value("gateway_id").is_some_and(|v| !v.as_str().is_some_and(|s| s.starts_with("igw-") || s.starts_with("vgw-"))) {
+            fail("have an internet gateway id (igw-...) or virtual private gateway id (vgw-...) as its gateway_id".to_owned());
+        }
+        if route.value("nat_gateway_id").is_some_and(|v| !v.as_str().is_some_and(|s| s.starts_with("nat-"))) {
+            fail("have a NAT gateway id (nat-...) as its nat_gateway_id".to_owned());
+        }
+    }
+}
+
+/// A route table: `RouteTable::new("public").vpc_id(vpc.id()).route(Route::to("0.0.0.0/0").via_gateway(igw.id())).subnet_id(web_a.id())`.
+///
+/// Routes and associations are sets, changed in place; the VPC's `local` route is
+/// implicit. A subnet can be associated with one route table: moving it from another
+/// table of the same stack is done in place.
+#[derive(Debug, Clone)]
+pub struct RouteTable(Decl);
+
+typed_handle! {
+    /// A declared route table's outputs.
+    pub struct RouteTableRef {
+        /// The route table id, `rtb-...`.
+        id: String,
+    }
+}
+
+impl RouteTable {
+    /// A route table with logical name `name` (its `Name` tag).
+    pub fn new(name: &str) -> Self {
+        RouteTable(Decl::new(&ROUTE_TABLE, name))
+    }
+
+    /// The VPC (forces replacement).
+    #[must_use]
+    pub fn vpc_id(mut self, id: impl Into<Input<String>>) -> Self {
+        self.0.set("vpc_id", id);
+        self
+    }
+
+    /// Adds a route: `Route::to("0.0.0.0/0").via_gateway(igw.id())` or
+    /// `.via_nat_gateway(nat.id())`. Changed in place; one route per destination.
+    #[must_use]
+    pub fn route(self, route: Route) -> Self {
+        self.routes([route])
+    }
+
+    /// Adds routes (see [`route`](Self::route)).
+    #[must_use]
+    pub fn routes(mut self, routes: impl IntoIterator<Item = Route>) -> Self {
+        let items: Vec<Prop> = declared_items(&self.0, "routes").into_iter().chain(routes.into_iter().map(Route::into_prop)).collect();
+        if !items.is_empty() {
+            set_items(&mut self.0, "routes", items);
+        }
+        self
+    }
+
+    /// Associates a subnet, such as `subnet.id()`, with the table (changed in place).
+    #[must_use]
+    pub fn subnet_id(self, id: impl Into<Input<String>>) -> Self {
+        self.subnet_ids([id])
+    }
+
+    /// Associates subnets with the table (see [`subnet_id`](Self::subnet_id)).
+    #[must_use]
+    pub fn subnet_ids<I: Into<Input<String>>>(mut self, ids: impl IntoIterator<Item = I>) -> Self {
+        let items: Vec<Prop> = declared_items(&self.0, "subnet_ids").into_iter().chain(ids.into_iter().map(|id| id.into().into_prop())).collect();
+        if !items.is_empty() {
+            set_items(&mut self.0, "subnet_ids", items);
+        }
+        self
+    }
+
+    /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+    #[must_use]
+    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.0.set("tags", crate::tags::to_value(tags));
+        self
+    }
+}
+
+cairn_sdk::impl_resource!(RouteTable => RouteTableRef);
+
+/// A route's destination, waiting for its target: finish it with
+/// [`via_gateway`](Self::via_gateway) or [`via_nat_gateway`](Self::via_nat_gateway).
+#[derive(Debug, Clone)]
+pub struct RouteDestination {
+    destination: Input<String>,
+}
+
+/// One route: an IPv4 destination and exactly one target.
+///
+/// ```
+/// # fn f(igw: cairn_aws::ec2::InternetGatewayRef, nat: cairn_aws::ec2::NatGatewayRef) {
+/// use cairn_aws::ec2::Route;
+/// let public = Route::to("0.0.0.0/0").via_gateway(igw.id());
+/// let private = Route::to("0.0.0.0/0").via_nat_gateway(nat.id());
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Route {
+    destination: Input<String>,
+    target: &'static str,
+    id: Input<String>,
+}
+
+impl Route {
+    /// A route for traffic to `destination`, an IPv4 network such as `0.0.0.0/0`.
+    pub fn to(destination: impl Into<Input<String>>) -> RouteDestination {
+        RouteDestination { destination: destination.into() }
+    }
+
+    fn into_prop(self) -> Prop {
+        Prop::object(vec![("destination".to_owned(), self.destination.into_prop()), (self.target.to_owned(), self.id.into_prop())])
+    }
+}
+
+impl RouteDestination {
+    /// Through an internet gateway (`igw.id()`): a public subnet's default route.
+    pub fn via_gateway(self, id: impl Into<Input<String>>) -> Route {
+        Route { destination: self.destination, target: "gateway_id", id: id.into() }
+    }
+
+    /// Through a NAT gateway (`nat.id()`): a private subnet's default route.
+    pub fn via_nat_gateway(self, id: impl Into<Input<String>>) -> Route {
+        Route { destination: self.destination, target: "nat_gateway_id", id: id.into() }
+    }
+}
+
+/// The route table's operations.
+#[derive(Debug)]
+pub(crate) struct RouteTableKind;
+
+fn hint(code: &str) -> Option<String> {
+    match code {
+        "InvalidVpcID.NotFound" => Some("its VPC does not exist (was it deleted outside Cairn? run refresh)".to_owned()),
+        "InvalidGatewayID.NotFound" | "Gateway.NotAttached" => Some(
+            "a route's gateway does not exist or is not attached to the route table's VPC; give the InternetGateway the same vpc_id as the table"
+                .to_owned(),
+        ),
+        "InvalidNatGatewayID.NotFound" => {
+            Some("a route's NAT gateway does not exist (was it deleted outside Cairn? run refresh)".to_owned())
+        }
+        "InvalidSubnetID.NotFound" => Some("a subnet to associate does not exist (was it deleted outside Cairn? run refresh)".to_owned()),
+        "RouteAlreadyExists" => Some("a route to that destination was added outside Cairn meanwhile; run again".to_owned()),
+        "RouteLimitExceeded" => Some("the table has more routes than AWS allows (50 by default); remove some or ask AWS for more".to_owned()),
+        "RouteTableLimitExceeded" => {
+            Some("the VPC's route table quota (200 by default) is used up; delete unused tables or ask AWS for more".to_owned())
+        }
+        "DependencyViolation" => Some(
+            "the route table is still associated with subnets or gateways outside this stack, or is its VPC's main table; disassociate them, then run again"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+const MISSING: &str = "InvalidRouteTableID.NotFound";
+
+/// The table as AWS has it; `None` when it is gone.
+async fn describe(aws: &Clients, urn: &Urn, id: &str) -> Result<Option<AwsRouteTable>, ProviderError> {
+    match aws.ec2.describe_route_tables().route_table_ids(id).send().await {
+        Ok(out) => Ok(out.route_tables().first().cloned()),
+        Err(e) if code(&e) == Some(MISSING) => Ok(None),
+        Err(e) => Err(aws_error(urn, "reading the route table", e, hint)),
+    }
+}
+
+/// The routes Cairn manages, by destination: IPv4 routes made with CreateRoute (not the
+/// `local` route, nor routes propagated from a VPN gateway). Targets Cairn does not
+/// declare (peering, transit gateways, ...) are read too, so that routes added outside
+/// Cairn show as drift and are removed.
+fn routes(rt: &AwsRouteTable) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for r in rt.routes() {
+        let made = r.origin().is_none_or(|o| *o == RouteOrigin::CreateRoute);
+        let (Some(dest), true) = (r.destination_cidr_block(), made && r.gateway_id() != Some("local")) else { continue };
+        let target = [
+            ("gateway_id", r.gateway_id()),
+            ("nat_gateway_id", r.nat_gateway_id()),
+            ("transit_gateway_id", r.transit_gateway_id()),
+            ("vpc_peering_connection_id", r.vpc_peering_connection_id()),
+            ("network_interface_id", r.network_interface_id()),
+            ("local_gateway_id", r.local_gateway_id()),
+            ("carrier_gateway_id", r.carrier_gateway_id()),
+        ]
+        .into_iter()
+        .find_map(|(k, v)| Some((k, v?)));
+        let mut route = serde_json::Map::new();
+        route.insert("destination".into(), Value::from(dest));
+        if let Some((k, v)) = target {
+            route.insert(k.into(), Value::from(v));
+        }
+        out.insert(dest.to_owned(), Value::Object(route));
+    }
+    out
+}
+
+/// The table's subnet associations: subnet id to association id.
+fn associations(rt: &AwsRouteTable) -> BTreeMap<String, String> {
+    rt.associations()
+        .iter()
+        .filter(|a| !a.main().unwrap_or(false))
+        .filter(|a| {
+            !a.association_state()
+                .and_then(|s| s.state())
+                .is_some_and(|s| matches!(s, RouteTableAssociationStateCode::Disassociated | RouteTableAssociationStateCode::Disassociating))
+        })
+        .filter_map(|a| Some((a.subnet_id()?.to_owned(), a.route_table_association_id()?.to_owned())))
+        .collect()
+}
+
+fn observe(urn: &Urn, id: &str, rt: &AwsRouteTable) -> Observed {
+    let mut inputs = Props::new();
+    inputs.insert("vpc_id", Value::from(rt.vpc_id().unwrap_or_default()));
+    let routes: Vec<Value> = routes(rt).into_values().collect();
+    if !routes.is_empty() {
+        inputs.insert("routes", Value::Array(canonical_set(Some(&Value::Array(routes)))));
+    }
+    let subnets: Vec<Value> = associations(rt).into_keys().map(Value::from).collect();
+    if !subnets.is_empty() {
+        inputs.insert("subnet_ids", Value::Array(subnets));
+    }
+    if let Some(t) = observed_tags(urn, rt.tags()) {
+        inputs.insert("tags", t);
+    }
+    let mut outputs = Props::new();
+    outputs.insert("id", Value::from(id));
+    Observed { id: id.to_owned(), inputs, outputs }
+}
+
+/// Sets a create or replace request's target from a route's value.
+macro_rules! with_target {
+    ($req:expr, $route:expr) => {{
+        let t = |k: &str| $route.get(k).and_then(Value::as_str).map(str::to_owned);
+        $req.set_gateway_id(t("gateway_id"))
+            .set_nat_gateway_id(t("nat_gateway_id"))
+            .set_transit_gateway_id(t("transit_gateway_id"))
+            .set_vpc_peering_connection_id(t("vpc_peering_connection_id"))
+            .set_network_interface_id(t("network_interface_id"))
+            .set_local_gateway_id(t("local_gateway_id"))
+            .set_carrier_gateway_id(t("carrier_gateway_id"))
+    }};
+}
+
+/// Brings the table's routes and associations to `desired`, from what AWS has now.
+async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &Props) -> Result<(), ProviderError> {
+    let rt = describe(aws, urn, id).await?.ok_or_else(|| ProviderError::NotFound(format!("{}: {id} is gone", who(urn))))?;
+    let have = routes(&rt);
+    let want: BTreeMap<String, Value> =
+        canonical_set(desired.get("routes")).into_iter().filter_map(|r| Some((r.get("destination")?.as_str()?.to_owned(), r))).collect();
+    // New and changed routes first, so traffic that keeps a route is never dropped.
+    for (dest, route) in &want {
+        match have.get(dest) {
+            None => {
+                let req = aws.ec2.create_route().route_table_id(id).destination_cidr_block(dest);
+                with_target!(req, route).send().await.map_err(|e| aws_error(urn, &format!("adding the route to {dest}"), e, hint))?;
+            }
+            Some(current) if current != route => {
+                let req = aws.ec2.replace_route().route_table_id(id).destination_cidr_block(dest);
+                with_target!(req, route).send().await.map_err(|e| aws_error(urn, &format!("changing the route to {dest}"), e, hint))?;
+            }
+            Some(_) => {}
+        }
+    }
+    for dest in have.keys().filter(|d| !want.contains_key(*d)) {
+        match aws.ec2.delete_route().route_table_id(id).destination_cidr_block(dest).send().await {
+            Ok(_) => {}
+            Err(e) if code(&e) == Some("InvalidRoute.NotFound") => {}
+            Err(e) => return Err(aws_error(urn, &format!("removing the route to {dest}"), e, hint)),
+        }
+    }
+
+    let attached = associations(&rt);
+    let wanted: Vec<String> = canonical_set(desired.get("subnet_ids")).iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    for subnet in wanted.iter().filter(|s| !attached.contains_key(*s)) {
+        associate(aws, urn, id, subnet).await?;
+    }
+    for (subnet, association) in attached.iter().filter(|(s, _)| !wanted.contains(s)) {
+        disassociate(aws, urn, subnet, association).await?;
+    }
+    Ok(())
+}
+
+/// Associates `subnet`. A subnet has one route table: if another table of this stack
+/// has it (a subnet moving between tables in one apply), it is moved from there; a
+/// table outside the stack keeps it, and the step fails saying so. Cairn looks before
+/// associating because moto, unlike AWS, answers a second association with the first.
+async fn associate(aws: &Clients, urn: &Urn, id: &str, subnet: &str) -> Result<(), ProviderError> {
+    let filter = Filter::builder().name("association.subnet-id").values(subnet).build();
+    let out = aws
+        .ec2
+        .describe_route_tables()
+        .filters(filter)
+        .send()
+        .await
+        .map_err(|e| aws_error(urn, &format!("finding the route table of subnet {subnet}"), e, hint))?;
+    let current = out.route_tables().iter().find_map(|rt| Some((rt, associations(rt).remove(subnet)?)));
+    let Some((other, association)) = current else {
+        return match aws.ec2.associate_route_table().route_table_id(id).subnet_id(subnet).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("Resource.AlreadyAssociated") => Err(ProviderError::Failed(format!(
+                "{}: subnet {subnet} was associated with another route table meanwhile; a subnet has one route table: run again",
+                who(urn)
+            ))),
+            Err(e) => Err(aws_error(urn, &format!("associating subnet {subnet}"), e, hint)),
+        };
+    };
+    let other_id = other.route_table_id().unwrap_or_default();
+    if other_id == id {
+        return Ok(());
+    }
+    if !other.tags().iter().any(|t| t.key() == Some(crate::tags::STACK) && t.value() == Some(urn.stack())) {
+        let name = other.tags().iter().find(|t| t.key() == Some("Name")).and_then(|t| t.value()).map(|n| format!(" ({n})")).unwrap_or_default();
+        return Err(ProviderError::Failed(format!(
+            "{}: subnet {subnet} is associated with route table {other_id}{name}, which this stack does not manage; a subnet has one route table: disassociate it there first",
+            who(urn)
+        )));
+    }
+    aws.ec2
+        .replace_route_table_association()
+        .association_id(association)
+        .route_table_id(id)
+        .send()
+        .await
+        .map_err(|e| aws_error(urn, &format!("moving subnet {subnet} from route table {other_id}"), e, hint))?;
+    Ok(())
+}
+
+async fn disassociate(aws: &Clients, urn: &Urn, subnet: &str, association: &str) -> Result<(), ProviderError> {
+    match aws.ec2.disassociate_route_table().association_id(association).send().await {
+        Ok(_) => Ok(()),
+        // Moved to another table meanwhile, or already gone.
+        Err(e) if code(&e) == Some("InvalidAssociationID.NotFound") => Ok(()),
+        Err(e) => Err(aws_error(urn, &format!("disassociating subnet {subnet}"), e, hint)),
+    }
+}
+
+#[async_trait]
+impl Kind for RouteTableKind {
+    fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
+        set_diff(req, SETS)
+    }
+
+    async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
+        let out = aws
+            .ec2
+            .create_route_table()
+            .vpc_id(inputs.get("vpc_id").and_then(Value::as_str).unwrap_or_default())
+            .tag_specifications(tag_spec(Ec2Type::RouteTable, urn, inputs))
+            .send()
+            .await
+            .map_err(|e| aws_error(urn, "creating the route table", e, hint))?;
+        let id = out.route_table().and_then(|r| r.route_table_id()).unwrap_or_default().to_owned();
+        sync(aws, urn, &id, inputs).await.map_err(|e| created_but(urn, &id, e))?;
+        self.read_created(aws, urn, &id).await
+    }
+
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+        Ok(describe(aws, urn, id).await?.map(|rt| observe(urn, id, &rt)))
+    }
+
+    async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
+        sync(aws, urn, id, new).await?;
+        retag(&aws.ec2, urn, id, old, new).await?;
+        self.read_updated(aws, urn, id).await
+    }
+
+    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+        // Disassociate whatever subnets AWS says, not only the ones in state.
+        if let Some(rt) = describe(aws, urn, id).await? {
+            for (subnet, association) in associations(&rt) {
+                disassociate(aws, urn, &subnet, &association).await?;
+            }
+        }
+        match aws.ec2.delete_route_table().route_table_id(id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some(MISSING) => Ok(()),
+            Err(e) => Err(aws_error(urn, "deleting the route table", e, hint)),
+        }
+    }
+
+    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+        let out =
+            aws.ec2.describe_route_tables().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up route tables", e, hint))?;
+        Ok(out.route_tables().iter().filter_map(|rt| Some(observe(urn, rt.route_table_id()?, rt))).collect())
+    }
+}

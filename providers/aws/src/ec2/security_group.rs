@@ -1,0 +1,597 @@
+//! `aws:ec2:SecurityGroup`: a stateful firewall for instances and other interfaces.
+//!
+//! The name, the description and the VPC force a replacement; rules and tags change in
+//! place. Rules are sets: Cairn reads the group's rules, authorizes the declared ones it
+//! lacks and revokes the ones not declared, so a reordering changes nothing and a change
+//! touches only the rules that differ.
+//!
+//! Egress is managed exactly as declared, as Terraform's `aws_security_group` does: AWS
+//! gives every new group an allow-all egress rule, and Cairn revokes it unless the
+//! program declares it ([`SecurityGroup::allow_all_egress`]).
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range, PrefixListId, ResourceType as Ec2Type, UserIdGroupPair};
+use cairn_sdk::provider::{DiffRequest, DiffResult};
+use cairn_sdk::schema::{Default, Property, ResourceType};
+use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Urn};
+use serde_json::Value;
+
+use super::{
+    canonical_set, created_but, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec, urn_filter,
+};
+use crate::error::{aws_error, code};
+use crate::kind::{Clients, Kind};
+
+/// The schema of `aws:ec2:SecurityGroup`.
+pub static SECURITY_GROUP: ResourceType = ResourceType::new(
+    "aws:ec2:SecurityGroup",
+    &[
+        Property::input("name").auto_name().forces_replacement(),
+        Property::input("description").default(Default::Str("Managed by Cairn")).forces_replacement(),
+        Property::optional_computed("vpc_id").forces_replacement(),
+        Property::input("ingress"),
+        Property::input("egress"),
+        Property::input("tags"),
+        Property::output("id"),
+    ],
+)
+.with_validation(validate);
+
+/// The properties diffed as sets.
+const SETS: &[&str] = &["ingress", "egress"];
+
+fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
+    if let Some(v) = decl.value("name") {
+        let ok = v.as_str().is_some_and(|s| {
+            (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') && !s.to_ascii_lowercase().starts_with("sg-")
+        });
+        if !ok {
+            out.push(CheckFailure::new("name", Some(v), "be 1 to 255 ASCII characters not starting with sg-, or be left unset for a generated name"));
+        }
+    }
+    if let Some(v) = decl.value("description") {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c);
+        if !v.as_str().is_some_and(|s| s.len() <= 255 && s.chars().all(allowed)) {
+            out.push(CheckFailure::new("description", Some(v), "be at most 255 characters: letters, digits, spaces and ._-:/()#,@[]+=&;{}!$*"));
+        }
+    }
+    for (key, peer) in [("ingress", "source"), ("egress", "destination")] {
+        match list_of_objects(decl, key, "rules (build them with Rule::tcp(443).from_cidr(..) and the like)") {
+            Ok(rules) => rules.iter().for_each(|r| check_rule(key, peer, r, out)),
+            Err(failure) => out.push(failure),
+        }
+    }
+}
+
+const PEERS: [&str; 3] = ["cidr", "group_id", "self"];
+
+fn check_rule(key: &str, peer: &str, rule: &super::Item<'_>, out: &mut Vec<CheckFailure>) {
+    let mut fail = |expected: String| out.push(CheckFailure::new(key, Some(&rule.shown), expected));
+    if let Some(extra) = rule.keys().find(|k| !["protocol", "from_port", "to_port"].contains(k) && !PEERS.contains(k)) {
+        fail(format!("have only the fields protocol, from_port, to_port and one of cidr, group_id or self (not {extra})"));
+    }
+    let peers: Vec<&str> = PEERS.iter().copied().filter(|k| rule.has(k)).collect();
+    if peers.len() != 1 {
+        let found = if peers.is_empty() { "none".to_owned() } else { peers.join(" and ") };
+        fail(format!("have exactly one {peer}: cidr, group_id or self (found {found})"));
+    }
+    if let Some(v) = rule.value("cidr") {
+        if !v.as_str().is_some_and(is_ipv4_network) {
+            fail(format!("have an IPv4 network in CIDR form without host bits as its {peer}, such as 10.0.0.0/16 or 0.0.0.0/0"));
+        }
+    }
+    if let Some(v) = rule.value("group_id") {
+        if !v.as_str().is_some_and(|s| s.starts_with("sg-")) {
+            fail("have a security group id (sg-...) as its group_id, such as another group's .id()".to_owned());
+        }
+    }
+    if let Some(v) = rule.value("self") {
+        if v != &Value::Bool(true) {
+            fail("have self = true, or no self field".to_owned());
+        }
+    }
+    // A field that refers to another resource is checked by AWS, once known.
+    let known = |k: &str| !rule.has(k) || rule.value(k).is_some();
+    let port = |k: &str| rule.value(k).and_then(Value::as_i64);
+    let ports_in = |range: std::ops::RangeInclusive<i64>, ordered: bool| match (port("from_port"), port("to_port")) {
+        (Some(f), Some(t)) => range.contains(&f) && range.contains(&t) && (!ordered || f <= t),
+        _ => false,
+    };
+    let ports_known = known("from_port") && known("to_port");
+    match rule.value("protocol").and_then(Value::as_str) {
+        Some("tcp" | "udp") if ports_known && !ports_in(0..=65535, true) => {
+            fail("have ports from 0 to 65535 with from_port no greater than to_port".to_owned())
+        }
+        Some("icmp") if ports_known && !ports_in(-1..=255, false) => {
+            fail("have an ICMP type (from_port) and code (to_port), each from 0 to 255 or -1 for all".to_owned())
+        }
+        Some("-1") if rule.has("from_port") || rule.has("to_port") => {
+            fail("have no from_port or to_port with protocol -1 (all traffic covers every port)".to_owned())
+        }
+        Some("tcp" | "udp" | "icmp" | "-1") => {}
+        _ if !known("protocol") => {}
+        _ => fail("have protocol \"tcp\", \"udp\", \"icmp\" or \"-1\" (all traffic)".to_owned()),
+    }
+}
+
+/// A security group: `SecurityGroup::new("web").vpc_id(vpc.id()).ingress(Rule::tcp(443).from_cidr("0.0.0.0/0"))`.
+///
+/// Rules are sets, changed in place. **Egress is exactly what you declare**: a group
+/// with no egress rule allows no outbound traffic, because Cairn revokes the allow-all
+/// egress rule AWS adds to every new group. Declare it back with
+/// [`allow_all_egress`](Self::allow_all_egress), or declare the egress you need.
+///
+/// A rule that names another group (`from_group(db.id())`) makes this group depend on
+/// that one, so two groups cannot name each other; use a rule on one side only, or a
+/// `from_self()` rule on a group both share.
+#[derive(Debug, Clone)]
+pub struct SecurityGroup(Decl);
+
+typed_handle! {
+    /// A declared security group's outputs.
+    pub struct SecurityGroupRef {
+        /// The group id, `sg-...`, for instances, launch templates and other groups' rules.
+        id: String,
+        /// Its name.
+        name: String,
+        /// Its VPC.
+        vpc_id: String,
+    }
+}
+
+impl SecurityGroup {
+    /// A security group with logical name `name` (its `Name` tag).
+    pub fn new(name: &str) -> Self {
+        SecurityGroup(Decl::new(&SECURITY_GROUP, name))
+    }
+
+    /// The group name, unique in its VPC; by default `<logical name>-<suffix>`, new on
+    /// each replacement (forces replacement).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<Input<String>>) -> Self {
+        self.0.set("name", name);
+        self
+    }
+
+    /// What the group is for, up to 255 characters; default "Managed by Cairn" (forces
+    /// replacement: AWS cannot change a group's description).
+    #[must_use]
+    pub fn description(mut self, description: impl Into<Input<String>>) -> Self {
+        self.0.set("description", description);
+        self
+    }
+
+    /// The VPC; the region's default VPC when unset (forces replacement).
+    #[must_use]
+    pub fn vpc_id(mut self, id: impl Into<Input<String>>) -> Self {
+        self.0.set("vpc_id", id);
+        self
+    }
+
+    /// Adds an inbound rule: `Rule::tcp(443).from_cidr("0.0.0.0/0")`,
+    /// `Rule::tcp(5432).from_group(web.id())`. Changed in place; order does not matter.
+    #[must_use]
+    pub fn ingress(self, rule: Rule) -> Self {
+        self.ingress_rules([rule])
+    }
+
+    /// Adds inbound rules (see [`ingress`](Self::ingress)).
+    #[must_use]
+    pub fn ingress_rules(mut self, rules: impl IntoIterator<Item = Rule>) -> Self {
+        add_rules(&mut self.0, "ingress", rules);
+        self
+    }
+
+    /// Adds an outbound rule: `Rule::tcp(443).to_cidr("0.0.0.0/0")`. Egress is exactly
+    /// what is declared: with no egress rule, the group allows no outbound traffic.
+    #[must_use]
+    pub fn egress(self, rule: Rule) -> Self {
+        self.egress_rules([rule])
+    }
+
+    /// Adds outbound rules (see [`egress`](Self::egress)).
+    #[must_use]
+    pub fn egress_rules(mut self, rules: impl IntoIterator<Item = Rule>) -> Self {
+        add_rules(&mut self.0, "egress", rules);
+        self
+    }
+
+    /// Allows all outbound traffic: the rule AWS gives new groups, which Cairn otherwise
+    /// revokes. Same as `.egress(Rule::all_traffic().to_cidr("0.0.0.0/0"))`.
+    #[must_use]
+    pub fn allow_all_egress(self) -> Self {
+        self.egress(Rule::all_traffic().to_cidr("0.0.0.0/0"))
+    }
+
+    /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+    #[must_use]
+    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.0.set("tags", crate::tags::to_value(tags));
+        self
+    }
+}
+
+cairn_sdk::impl_resource!(SecurityGroup => SecurityGroupRef);
+
+fn add_rules(decl: &mut Decl, key: &str, rules: impl IntoIterator<Item = Rule>) {
+    let before = declared_items(decl, key);
+    let added: Vec<Prop> = rules.into_iter().map(Rule::into_prop).collect();
+    if before.is_empty() && added.is_empty() {
+        return;
+    }
+    set_items(decl, key, before.into_iter().chain(added).collect());
+}
+
+/// The protocol and ports of a rule, waiting for its peer: finish it with
+/// [`from_cidr`](Self::from_cidr), [`from_group`](Self::from_group) or
+/// [`from_self`](Self::from_self) (or their `to_` twins, which read better in egress).
+#[derive(Debug, Clone, Copy)]
+pub struct RulePorts {
+    protocol: &'static str,
+    /// `None` for all traffic.
+    ports: Option<(i32, i32)>,
+}
+
+/// One security group rule: a protocol, ports and exactly one peer (an IPv4 CIDR,
+/// another group, or the group itself).
+///
+/// ```
+/// use cairn_aws::ec2::Rule;
+/// let https = Rule::tcp(443).from_cidr("0.0.0.0/0");
+/// let ephemeral = Rule::tcp_range(1024, 65535).from_cidr("10.0.0.0/16");
+/// let peers = Rule::all_traffic().from_self();
+/// let out = Rule::all_traffic().to_cidr("0.0.0.0/0");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Rule {
+    ports: RulePorts,
+    peer: Peer,
+}
+
+#[derive(Debug, Clone)]
+enum Peer {
+    Cidr(Input<String>),
+    Group(Input<String>),
+    Own,
+}
+
+impl Rule {
+    /// TCP on one port.
+    pub fn tcp(port: u16) -> RulePorts {
+        Self::tcp_range(port, port)
+    }
+
+    /// TCP on ports `from` to `to`, inclusive (`from` must not exceed `to`).
+    pub fn tcp_range(from: u16, to: u16) -> RulePorts {
+        RulePorts { protocol: "tcp", ports: Some((i32::from(from), i32::from(to))) }
+    }
+
+    /// UDP on one port.
+    pub fn udp(port: u16) -> RulePorts {
+        Self::udp_range(port, port)
+    }
+
+    /// UDP on ports `from` to `to`, inclusive (`from` must not exceed `to`).
+    pub fn udp_range(from: u16, to: u16) -> RulePorts {
+        RulePorts { protocol: "udp", ports: Some((i32::from(from), i32::from(to))) }
+    }
+
+    /// ICMP messages of type `icmp_type` and code `code`, each 0 to 255 or -1 for all
+    /// (echo request is type 8, code -1).
+    pub fn icmp(icmp_type: i16, code: i16) -> RulePorts {
+        RulePorts { protocol: "icmp", ports: Some((i32::from(icmp_type), i32::from(code))) }
+    }
+
+    /// All ICMP messages.
+    pub fn icmp_all() -> RulePorts {
+        Self::icmp(-1, -1)
+    }
+
+    /// All traffic: every protocol and port (protocol `-1`).
+    pub fn all_traffic() -> RulePorts {
+        RulePorts { protocol: "-1", ports: None }
+    }
+
+    /// The rule as the declared value: an object `{protocol, from_port, to_port}` plus
+    /// one of `cidr`, `group_id` (perhaps a reference) or `self: true`.
+    fn into_prop(self) -> Prop {
+        let mut fields = vec![("protocol".to_owned(), Prop::Value(Value::from(self.ports.protocol)))];
+        if let Some((from, to)) = self.ports.ports {
+            fields.push(("from_port".to_owned(), Prop::Value(Value::from(from))));
+            fields.push(("to_port".to_owned(), Prop::Value(Value::from(to))));
+        }
+        fields.push(match self.peer {
+            Peer::Cidr(cidr) => ("cidr".to_owned(), cidr.into_prop()),
+            Peer::Group(id) => ("group_id".to_owned(), id.into_prop()),
+            Peer::Own => ("self".to_owned(), Prop::Value(Value::Bool(true))),
+        });
+        Prop::object(fields)
+    }
+}
+
+impl RulePorts {
+    /// Traffic from (ingress) an IPv4 network, such as `0.0.0.0/0` or `vpc.cidr_block()`.
+    pub fn from_cidr(self, cidr: impl Into<Input<String>>) -> Rule {
+        Rule { ports: self, peer: Peer::Cidr(cidr.into()) }
+    }
+
+    /// Traffic to (egress) an IPv4 network; the same as [`from_cidr`](Self::from_cidr).
+    pub fn to_cidr(self, cidr: impl Into<Input<String>>) -> Rule {
+        self.from_cidr(cidr)
+    }
+
+    /// Traffic from (ingress) members of another security group, such as `web.id()`.
+    pub fn from_group(self, group_id: impl Into<Input<String>>) -> Rule {
+        Rule { ports: self, peer: Peer::Group(group_id.into()) }
+    }
+
+    /// Traffic to (egress) members of another security group; the same as
+    /// [`from_group`](Self::from_group).
+    pub fn to_group(self, group_id: impl Into<Input<String>>) -> Rule {
+        self.from_group(group_id)
+    }
+
+    /// Traffic from (ingress) members of this same group.
+    pub fn from_self(self) -> Rule {
+        Rule { ports: self, peer: Peer::Own }
+    }
+
+    /// Traffic to (egress) members of this same group.
+    pub fn to_self(self) -> Rule {
+        self.from_self()
+    }
+}
+
+/// The security group's operations.
+#[derive(Debug)]
+pub(crate) struct SecurityGroupKind;
+
+fn text<'a>(inputs: &'a Props, key: &str) -> &'a str {
+    inputs.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn is_missing(code: Option<&str>) -> bool {
+    matches!(code, Some("InvalidGroup.NotFound" | "InvalidGroupId.NotFound"))
+}
+
+fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
+    move |code| {
+        match code {
+        "InvalidGroup.Duplicate" => Some(format!(
+            "a security group named {} already exists in the VPC; choose another name, or leave the name unset and Cairn will pick a unique one",
+            text(inputs, "name")
+        )),
+        "InvalidVpcID.NotFound" => Some("its VPC does not exist (was it deleted outside Cairn? run refresh)".to_owned()),
+        "VPCIdNotSpecified" => Some("the region has no default VPC; set vpc_id".to_owned()),
+        "InvalidGroup.NotFound" | "InvalidGroupId.NotFound" => Some(
+            "a rule refers to a security group that does not exist or is in another VPC; check the group ids in its rules".to_owned(),
+        ),
+        "RulesPerSecurityGroupLimitExceeded" => Some(
+            "it has more rules than AWS allows (60 inbound and 60 outbound by default, each CIDR and group counting as one); merge ranges, or ask AWS to raise the quota"
+                .to_owned(),
+        ),
+        "SecurityGroupLimitExceeded" => {
+            Some("the account's security group quota for this region is used up; delete unused groups or ask AWS for more".to_owned())
+        }
+        "DependencyViolation" => Some(
+            "the group is still used by instances, network interfaces or other groups' rules; Cairn removes what it manages first, so something outside this stack uses it: remove that, then run again"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+    }
+}
+
+/// A rule as the API's permission. `own` is the group's id, for `self` rules.
+fn permission(rule: &Value, own: &str) -> IpPermission {
+    let text = |k: &str| rule.get(k).and_then(Value::as_str);
+    let port = |k: &str| rule.get(k).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok());
+    let p = IpPermission::builder().ip_protocol(text("protocol").unwrap_or("-1")).set_from_port(port("from_port")).set_to_port(port("to_port"));
+    let p = if let Some(cidr) = text("cidr") {
+        p.ip_ranges(IpRange::builder().cidr_ip(cidr).build())
+    } else if let Some(cidr) = text("cidr_ipv6") {
+        p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(cidr).build())
+    } else if let Some(list) = text("prefix_list_id") {
+        p.prefix_list_ids(PrefixListId::builder().prefix_list_id(list).build())
+    } else {
+        p.user_id_group_pairs(UserIdGroupPair::builder().group_id(text("group_id").unwrap_or(own)).build())
+    };
+    p.build()
+}
+
+/// The API's permissions as rules with one peer each, in canonical order. AWS merges
+/// rules that share protocol and ports into one permission with several peers; IPv6
+/// ranges and prefix lists (which Cairn does not declare) are read too, so that rules
+/// added outside Cairn show as drift and are revoked.
+fn rules(perms: &[IpPermission], own: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for perm in perms {
+        let protocol = perm.ip_protocol().unwrap_or("-1");
+        let base = |key: &str, peer: Value| {
+            let mut rule = serde_json::Map::new();
+            rule.insert("protocol".into(), Value::from(protocol));
+            if protocol != "-1" {
+                if let (Some(from), Some(to)) = (perm.from_port(), perm.to_port()) {
+                    rule.insert("from_port".into(), Value::from(from));
+                    rule.insert("to_port".into(), Value::from(to));
+                }
+            }
+            rule.insert(key.into(), peer);
+            Value::Object(rule)
+        };
+        out.extend(perm.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(|c| base("cidr", Value::from(c))));
+        out.extend(perm.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(|c| base("cidr_ipv6", Value::from(c))));
+        out.extend(perm.prefix_list_ids().iter().filter_map(|p| p.prefix_list_id()).map(|p| base("prefix_list_id", Value::from(p))));
+        out.extend(perm.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(|g| {
+            if g == own {
+                base("self", Value::Bool(true))
+            } else {
+                base("group_id", Value::from(g))
+            }
+        }));
+    }
+    canonical_set(Some(&Value::Array(out)))
+}
+
+/// Brings the group's rules from `current` (read from AWS) to `desired`: authorizes
+/// what is missing first, then revokes what is not declared, so traffic that stays
+/// allowed is never interrupted.
+async fn sync_rules(aws: &Clients, urn: &Urn, id: &str, current: &Props, desired: &Props) -> Result<(), ProviderError> {
+    for key in SETS {
+        let (have, want) = (canonical_set(current.get(key)), canonical_set(desired.get(key)));
+        let add: Vec<IpPermission> = want.iter().filter(|r| !have.contains(r)).map(|r| permission(r, id)).collect();
+        let remove: Vec<IpPermission> = have.iter().filter(|r| !want.contains(r)).map(|r| permission(r, id)).collect();
+        let ingress = *key == "ingress";
+        let hints = || hint(desired);
+        if !add.is_empty() {
+            let action = format!("adding {key} rules");
+            if ingress {
+                let req = aws.ec2.authorize_security_group_ingress().group_id(id).set_ip_permissions(Some(add));
+                req.send().await.map_err(|e| aws_error(urn, &action, e, hints()))?;
+            } else {
+                let req = aws.ec2.authorize_security_group_egress().group_id(id).set_ip_permissions(Some(add));
+                req.send().await.map_err(|e| aws_error(urn, &action, e, hints()))?;
+            }
+        }
+        if !remove.is_empty() {
+            let action = format!("removing {key} rules");
+            if ingress {
+                let req = aws.ec2.revoke_security_group_ingress().group_id(id).set_ip_permissions(Some(remove));
+                req.send().await.map_err(|e| aws_error(urn, &action, e, hints()))?;
+            } else {
+                let req = aws.ec2.revoke_security_group_egress().group_id(id).set_ip_permissions(Some(remove));
+                req.send().await.map_err(|e| aws_error(urn, &action, e, hints()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Kind for SecurityGroupKind {
+    fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
+        set_diff(req, SETS)
+    }
+
+    async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
+        let out = aws
+            .ec2
+            .create_security_group()
+            .group_name(text(inputs, "name"))
+            .description(text(inputs, "description"))
+            .set_vpc_id(inputs.get("vpc_id").and_then(Value::as_str).map(str::to_owned))
+            .tag_specifications(tag_spec(Ec2Type::SecurityGroup, urn, inputs))
+            .send()
+            .await
+            .map_err(|e| aws_error(urn, "creating the security group", e, hint(inputs)))?;
+        let id = out.group_id().unwrap_or_default().to_owned();
+        // From the rules AWS gave the new group (allow-all egress) to the declared ones.
+        let converge = async {
+            let current = self.read_created(aws, urn, &id).await?;
+            sync_rules(aws, urn, &id, &current.inputs, inputs).await
+        };
+        converge.await.map_err(|e| created_but(urn, &id, e))?;
+        self.read_created(aws, urn, &id).await
+    }
+
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+        let out = match aws.ec2.describe_security_groups().group_ids(id).send().await {
+            Ok(out) => out,
+            Err(e) if is_missing(code(&e)) => return Ok(None),
+            Err(e) => return Err(aws_error(urn, "reading the security group", e, |_| None)),
+        };
+        let Some(g) = out.security_groups().first() else { return Ok(None) };
+        let mut inputs = Props::new();
+        inputs.insert("name", Value::from(g.group_name().unwrap_or_default()));
+        inputs.insert("description", Value::from(g.description().unwrap_or_default()));
+        if let Some(vpc) = g.vpc_id() {
+            inputs.insert("vpc_id", Value::from(vpc));
+        }
+        for (key, perms) in [("ingress", g.ip_permissions()), ("egress", g.ip_permissions_egress())] {
+            let rules = rules(perms, id);
+            if !rules.is_empty() {
+                inputs.insert(key, Value::Array(rules));
+            }
+        }
+        if let Some(t) = observed_tags(urn, g.tags()) {
+            inputs.insert("tags", t);
+        }
+        let mut outputs = Props::new();
+        outputs.insert("id", Value::from(id));
+        // Also an output, so `vpc_id()` resolves when the program left it to AWS.
+        outputs.insert("vpc_id", Value::from(g.vpc_id().unwrap_or_default()));
+        Ok(Some(Observed { id: id.to_owned(), inputs, outputs }))
+    }
+
+    async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
+        // Diff against the rules the group has now, not the ones in state: rules changed
+        // outside Cairn are set right too, and nothing is authorized twice.
+        let current = self.read_updated(aws, urn, id).await?;
+        sync_rules(aws, urn, id, &current.inputs, new).await?;
+        retag(&aws.ec2, urn, id, old, new).await?;
+        self.read_updated(aws, urn, id).await
+    }
+
+    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+        match aws.ec2.delete_security_group().group_id(id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_missing(code(&e)) => Ok(()),
+            Err(e) => Err(aws_error(urn, "deleting the security group", e, hint(&Props::new()))),
+        }
+    }
+
+    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+        let out = aws
+            .ec2
+            .describe_security_groups()
+            .filters(urn_filter(urn))
+            .send()
+            .await
+            .map_err(|e| aws_error(urn, "looking up security groups", e, |_| None))?;
+        let mut found = Vec::new();
+        for g in out.security_groups() {
+            if let Some(id) = g.group_id() {
+                found.extend(self.read(aws, urn, id).await?);
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merged_permissions_split_into_one_rule_per_peer() {
+        let perm = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(443)
+            .to_port(443)
+            .ip_ranges(IpRange::builder().cidr_ip("10.0.0.0/8").build())
+            .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id("sg-own").build())
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id("sg-other").build())
+            .build();
+        let all = IpPermission::builder().ip_protocol("-1").ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build()).build();
+        assert_eq!(
+            rules(&[perm, all], "sg-own"),
+            [
+                json!({"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr": "0.0.0.0/0"}),
+                json!({"protocol": "-1", "cidr": "0.0.0.0/0"}),
+                json!({"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr": "10.0.0.0/8"}),
+                json!({"protocol": "tcp", "from_port": 443, "to_port": 443, "group_id": "sg-other"}),
+                json!({"protocol": "tcp", "from_port": 443, "to_port": 443, "self": true}),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rule_round_trips_through_the_api_form() {
+        for rule in [Rule::tcp(22).from_self(), Rule::udp_range(53, 54).from_cidr("10.0.0.0/8"), Rule::all_traffic().to_group("sg-1")] {
+            let value = rule.into_prop().as_value().cloned().unwrap();
+            assert_eq!(rules(&[permission(&value, "sg-own")], "sg-own"), [value]);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `aws:ec2:SecurityGroup` against the local AWS, checked with EC2's own describe calls.
+
+use aws_sdk_ec2::types::{Filter, IpPermission, SecurityGroup as AwsGroup};
+use cairn_aws::ec2::{Rule, SecurityGroup, Vpc, SECURITY_GROUP};
+use cairn_sdk::{Action, DynamicResource, Provider as _, Stack, StackState, Urn};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+async fn ec2() -> (cairn_aws::Provider, aws_sdk_ec2::Client) {
+    cairn_testkit::moto().configure_env();
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    (cairn_aws::Provider::new(&config), aws_sdk_ec2::Client::new(&config))
+}
+
+const SG: &str = "aws:ec2:SecurityGroup";
+
+fn id_of(state: &StackState, ty: &str, name: &str) -> String {
+    state.resource(&Urn::new(&state.stack, ty, name)).unwrap_or_else(|| panic!("{name} in state")).id.clone()
+}
+
+async fn group(ec2: &aws_sdk_ec2::Client, id: &str) -> Option<AwsGroup> {
+    ec2.describe_security_groups().group_ids(id).send().await.ok()?.security_groups().first().cloned()
+}
+
+/// A group's rules as AWS lists them, one line per peer, sorted: `tcp 443-443 0.0.0.0/0`.
+fn lines(perms: &[IpPermission]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in perms {
+        let ports = match (p.from_port(), p.to_port()) {
+            (Some(f), Some(t)) => format!("{f}-{t}"),
+            _ => "all".to_owned(),
+        };
+        let proto = p.ip_protocol().unwrap_or_default();
+        out.extend(p.ip_ranges().iter().map(|r| format!("{proto} {ports} {}", r.cidr_ip().unwrap_or_default())));
+        out.extend(p.user_id_group_pairs().iter().map(|g| format!("{proto} {ports} {}", g.group_id().unwrap_or_default())));
+    }
+    out.sort();
+    out
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Fw {
+    /// Serve 8443 instead of 80.
+    moved: bool,
+    /// Declare the same rules in another order.
+    reordered: bool,
+    description: Option<String>,
+}
+
+fn firewall(stack: &str, aws: cairn_aws::Provider) -> Stack<Fw> {
+    Stack::<Fw>::new(stack).provider(aws).program(|cx, fw| {
+        let vpc = cx.add(Vpc::new("shop").cidr_block("10.20.0.0/16"));
+        let mut rules = vec![
+            Rule::tcp(443).from_cidr("0.0.0.0/0"),
+            Rule::tcp(if fw.moved { 8443 } else { 80 }).from_cidr("0.0.0.0/0"),
+            Rule::tcp(22).from_cidr("10.20.0.0/16"),
+            Rule::tcp(22).from_self(),
+            Rule::icmp_all().from_cidr("10.20.0.0/16"),
+        ];
+        if fw.reordered {
+            rules.reverse();
+        }
+        let mut web = SecurityGroup::new("web").vpc_id(vpc.id()).ingress_rules(rules).allow_all_egress().tags([("tier", "web")]);
+        if let Some(d) = &fw.description {
+            web = web.description(d.as_str());
+        }
+        let web = cx.add(web);
+        // No egress declared: the group allows no outbound traffic.
+        cx.add(SecurityGroup::new("db").vpc_id(vpc.id()).ingress(Rule::tcp(5432).from_group(web.id())));
+        Ok(())
+    })
+}
+
+#[tokio::test]
+async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
+    let (provider, ec2) = ec2().await;
+    let stack = firewall("ec2-sg-lifecycle", provider);
+
+    // Created: exactly the declared rules, AWS's merged permissions notwithstanding.
+    let report = stack.up(&Fw::default(), &stack.new_state()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let state = report.state;
+    let (web, db) = (id_of(&state, SG, "web"), id_of(&state, SG, "db"));
+    let g = group(&ec2, &web).await.unwrap();
+    assert_eq!(
+        lines(g.ip_permissions()),
+        ["icmp -1--1 10.20.0.0/16", "tcp 22-22 10.20.0.0/16", &format!("tcp 22-22 {web}"), "tcp 443-443 0.0.0.0/0", "tcp 80-80 0.0.0.0/0"]
+    );
+    assert_eq!(lines(g.ip_permissions_egress()), ["-1 all 0.0.0.0/0"], "allow-all egress, as declared");
+    assert_eq!(g.description(), Some("Managed by Cairn"));
+    assert!(g.group_name().unwrap().starts_with("web-"), "auto-named: {:?}", g.group_name());
+    assert!(g.tags().iter().any(|t| t.key() == Some("tier") && t.value() == Some("web")));
+    assert!(g.tags().iter().any(|t| t.key() == Some("cairn:urn") && t.value() == Some("urn:cairn:ec2-sg-lifecycle::aws:ec2:SecurityGroup::web")));
+    let d = group(&ec2, &db).await.unwrap();
+    assert_eq!(lines(d.ip_permissions()), [format!("tcp 5432-5432 {web}")]);
+    assert!(d.ip_permissions_egress().is_empty(), "AWS's default egress rule is revoked when none is declared");
+    assert!(!stack.preview(&Fw::default(), &state).unwrap().has_changes(), "a second up changes nothing");
+    assert!(stack.refresh(&state).await.unwrap().drift.is_empty(), "read back as declared");
+
+    // Found by its tags, as an interrupted create would be.
+    let found = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-sg-lifecycle", SG, "web")).await.unwrap();
+    assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [web.as_str()]);
+    assert_eq!(found[0].inputs.get("egress"), Some(&json!([{"protocol": "-1", "cidr": "0.0.0.0/0"}])));
+
+    // The same rules in another order: nothing to do.
+    let plan = stack.preview(&Fw { reordered: true, ..Fw::default() }, &state).unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render(Default::default()));
+
+    // One rule added (8443), one removed (80), in place.
+    let moved = Fw { moved: true, ..Fw::default() };
+    let plan = stack.preview(&moved, &state).unwrap();
+    let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
+    assert_eq!(actions, [("web".to_owned(), Action::Update)]);
+    let report = stack.apply(&plan, &state).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let state = report.state;
+    assert_eq!(id_of(&state, SG, "web"), web, "same group");
+    let g = group(&ec2, &web).await.unwrap();
+    assert_eq!(
+        lines(g.ip_permissions()),
+        ["icmp -1--1 10.20.0.0/16", "tcp 22-22 10.20.0.0/16", &format!("tcp 22-22 {web}"), "tcp 443-443 0.0.0.0/0", "tcp 8443-8443 0.0.0.0/0"]
+    );
+    assert_eq!(lines(g.ip_permissions_egress()), ["-1 all 0.0.0.0/0"]);
+    assert!(!stack.preview(&moved, &state).unwrap().has_changes());
+
+    // The description forces a replacement; the group that refers to it follows in place.
+    let described = Fw { description: Some("Web servers".into()), ..moved.clone() };
+    let plan = stack.preview(&described, &state).unwrap();
+    let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
+    assert_eq!(actions, [("web".to_owned(), Action::Replace), ("db".to_owned(), Action::Update)]);
+    assert_eq!(plan.changed().next().unwrap().replace_reasons, ["description"]);
+    let report = stack.apply(&plan, &state).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let state = report.state;
+    let new_web = id_of(&state, SG, "web");
+    assert_ne!(new_web, web);
+    assert!(group(&ec2, &web).await.is_none(), "the old group is deleted");
+    let g = group(&ec2, &new_web).await.unwrap();
+    assert_eq!(g.description(), Some("Web servers"));
+    assert!(lines(g.ip_permissions()).contains(&format!("tcp 22-22 {new_web}")), "self rules follow the new group");
+    assert_eq!(lines(group(&ec2, &db).await.unwrap().ip_permissions()), [format!("tcp 5432-5432 {new_web}")]);
+    assert_eq!(id_of(&state, SG, "db"), db);
+
+    // Destroyed: nothing tagged with the stack remains.
+    assert!(stack.destroy(&state).await.unwrap().succeeded());
+    let tagged =
+        ec2.describe_security_groups().filters(Filter::builder().name("tag:cairn:stack").values("ec2-sg-lifecycle").build()).send().await.unwrap();
+    assert!(tagged.security_groups().is_empty());
+}
+
+#[tokio::test]
+async fn rules_changed_outside_cairn_are_set_right_by_the_next_update() {
+    let (provider, ec2) = ec2().await;
+    let stack = Stack::<u16>::new("ec2-sg-drift").provider(provider).program(|cx, port| {
+        let vpc = cx.add(Vpc::new("net").cidr_block("10.21.0.0/16"));
+        cx.add(
+            SecurityGroup::new("app").vpc_id(vpc.id()).ingress(Rule::tcp(*port).from_cidr("10.0.0.0/8")).egress(Rule::tcp(443).to_cidr("0.0.0.0/0")),
+        );
+        Ok(())
+    });
+    let state = stack.up(&8080, &stack.new_state()).await.unwrap().state;
+    let app = id_of(&state, SG, "app");
+    // Someone opens SSH to the world by hand.
+    let ssh = IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    ec2.authorize_security_group_ingress().group_id(&app).ip_permissions(ssh).send().await.unwrap();
+    let refreshed = stack.refresh(&state).await.unwrap();
+    assert_eq!(refreshed.drift.len(), 1, "the extra rule shows as drift");
+
+    let report = stack.up(&8081, &refreshed.state).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let g = group(&ec2, &app).await.unwrap();
+    assert_eq!(lines(g.ip_permissions()), ["tcp 8081-8081 10.0.0.0/8"], "the hand-made rule is revoked");
+    assert_eq!(lines(g.ip_permissions_egress()), ["tcp 443-443 0.0.0.0/0"], "egress exactly as declared");
+    assert!(stack.destroy(&report.state).await.unwrap().succeeded());
+}
+
+#[tokio::test]
+async fn a_group_left_to_the_default_vpc_gives_its_vpc_id_to_others() {
+    use cairn_aws::ec2::Subnet;
+    let (provider, ec2) = ec2().await;
+    let stack = Stack::<()>::new("ec2-sg-default-vpc").provider(provider).program(|cx, _| {
+        let sg = cx.add(SecurityGroup::new("plain").ingress(Rule::udp(53).from_cidr("172.31.0.0/16")));
+        cx.add(Subnet::new("beside").vpc_id(sg.vpc_id()).cidr_block("172.31.200.0/24").availability_zone("us-east-1a"));
+        Ok(())
+    });
+    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let g = group(&ec2, &id_of(&report.state, SG, "plain")).await.unwrap();
+    let subnet = ec2.describe_subnets().subnet_ids(id_of(&report.state, "aws:ec2:Subnet", "beside")).send().await.unwrap();
+    assert_eq!(subnet.subnets()[0].vpc_id(), g.vpc_id(), "the subnet went into the group's (default) VPC");
+    assert_eq!(lines(g.ip_permissions()), ["udp 53-53 172.31.0.0/16"]);
+    assert!(!stack.preview(&(), &report.state).unwrap().has_changes());
+    assert!(stack.destroy(&report.state).await.unwrap().succeeded());
+    assert!(group(&ec2, &id_of(&report.state, SG, "plain")).await.is_none());
+}
+
+#[test]
+fn bad_rules_are_refused_before_any_call() {
+    let stack = Stack::<()>::new("ec2-sg-checks").program(|cx, _| {
+        cx.add(
+            SecurityGroup::new("web")
+                .name("sg-web")
+                .ingress(Rule::tcp_range(500, 80).from_cidr("0.0.0.0/0"))
+                .ingress(Rule::tcp(443).from_cidr("10.0.0.1/8"))
+                .egress(Rule::icmp(300, 0).to_cidr("0.0.0.0/0")),
+        );
+        cx.add(DynamicResource::new(&SECURITY_GROUP, "raw").set(
+            "ingress",
+            json!([
+                {"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8", "group_id": "sg-123"},
+                {"protocol": "gre", "cidr": "10.0.0.0/8"},
+                {"protocol": "-1", "from_port": 0, "to_port": 0, "cidr": "10.0.0.0/8"}
+            ]),
+        ));
+        Ok(())
+    });
+    let err = stack.preview(&(), &stack.new_state()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "the program declares an invalid graph (7 problems); nothing was changed:\n  \
+         - aws:ec2:SecurityGroup 'web': property 'name' = \"sg-web\" is invalid: it must be 1 to 255 ASCII characters not starting with sg-, or be left unset for a generated name\n  \
+         - aws:ec2:SecurityGroup 'web': property 'ingress' = {\"cidr\":\"0.0.0.0/0\",\"from_port\":500,\"protocol\":\"tcp\",\"to_port\":80} is invalid: it must have ports from 0 to 65535 with from_port no greater than to_port\n  \
+         - aws:ec2:SecurityGroup 'web': property 'ingress' = {\"cidr\":\"10.0.0.1/8\",\"from_port\":443,\"protocol\":\"tcp\",\"to_port\":443} is invalid: it must have an IPv4 network in CIDR form without host bits as its source, such as 10.0.0.0/16 or 0.0.0.0/0\n  \
+         - aws:ec2:SecurityGroup 'web': property 'egress' = {\"cidr\":\"0.0.0.0/0\",\"from_port\":300,\"protocol\":\"icmp\",\"to_port\":0} is invalid: it must have an ICMP type (from_port) and code (to_port), each from 0 to 255 or -1 for all\n  \
+         - aws:ec2:SecurityGroup 'raw': property 'ingress' = {\"cidr\":\"10.0.0.0/8\",\"from_port\":22,\"group_id\":\"sg-123\",\"protocol\":\"tcp\",\"to_port\":22} is invalid: it must have exactly one source: cidr, group_id or self (found cidr and group_id)\n  \
+         - aws:ec2:SecurityGroup 'raw': property 'ingress' = {\"cidr\":\"10.0.0.0/8\",\"protocol\":\"gre\"} is invalid: it must have protocol \"tcp\", \"udp\", \"icmp\" or \"-1\" (all traffic)\n  \
+         - aws:ec2:SecurityGroup 'raw': property 'ingress' = {\"cidr\":\"10.0.0.0/8\",\"from_port\":0,\"protocol\":\"-1\",\"to_port\":0} is invalid: it must have no from_port or to_port with protocol -1 (all traffic covers every port)"
+    );
+}
