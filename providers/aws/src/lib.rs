@@ -27,6 +27,7 @@
 mod error;
 mod kind;
 mod tags;
+mod wait;
 
 #[cfg(feature = "autoscaling")]
 pub mod autoscaling;
@@ -36,6 +37,11 @@ pub mod ec2;
 pub mod elasticache;
 #[cfg(feature = "sqs")]
 pub mod sqs;
+#[cfg(feature = "ec2")]
+pub mod network;
+
+#[cfg(feature = "ec2")]
+pub use network::{Nat, Network, NetworkRef};
 
 use async_trait::async_trait;
 use cairn_sdk::provider::{DiffRequest, DiffResult};

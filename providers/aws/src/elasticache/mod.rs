@@ -1,5 +1,233 @@
 //! ElastiCache: Redis subnet groups, cache clusters and replication groups.
+//!
+//! ElastiCache works slowly: a cluster or replication group takes minutes to become
+//! `available` after a create or a change, and to disappear after a delete. Cairn waits
+//! for each, 30 minutes at most by default (`CAIRN_AWS_WAIT_TIMEOUT` changes the bound,
+//! a resource's custom timeouts cut it shorter); a wait that runs out leaves the step
+//! pending, settled on the next run.
+//!
+//! ElastiCache ids are lowercase: cluster and replication group ids are at most 40
+//! lowercase letters, digits and hyphens, starting with a letter. A generated id is the
+//! logical name, a hyphen and 7 hex digits, so a resource left to be auto-named needs a
+//! logical name of at most 32 such characters (checked before any call; Cairn does not
+//! shorten or lowercase names behind your back).
 
-pub(crate) fn register(kinds: &mut crate::kind::Kinds) {
-    let _ = kinds;
+pub mod cache_cluster;
+pub mod replication_group;
+pub mod subnet_group;
+
+pub use cache_cluster::{CacheCluster, CacheClusterRef, CACHE_CLUSTER};
+pub use replication_group::{ReplicationGroup, ReplicationGroupRef, REPLICATION_GROUP};
+pub use subnet_group::{SubnetGroup, SubnetGroupRef, SUBNET_GROUP};
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_elasticache::types::Tag;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use cairn_sdk::{CheckFailure, Decl, Props, ProviderError, Urn};
+use serde_json::Value;
+
+use crate::kind::{Clients, Kinds};
+use crate::tags;
+
+pub(crate) fn register(kinds: &mut Kinds) {
+    kinds.insert(SUBNET_GROUP.token, &subnet_group::SubnetGroupKind);
+    kinds.insert(CACHE_CLUSTER.token, &cache_cluster::CacheClusterKind);
+    kinds.insert(REPLICATION_GROUP.token, &replication_group::ReplicationGroupKind);
+}
+
+/// How long to wait for a cluster or replication group to become available or to be
+/// gone, unless `CAIRN_AWS_WAIT_TIMEOUT` says otherwise. Real ElastiCache takes 5 to 15
+/// minutes for most operations.
+pub(crate) const BOUND: Duration = Duration::from_secs(30 * 60);
+
+/// The description Cairn gives when none is set: AWS requires one.
+pub(crate) const DESCRIPTION: &str = "Managed by Cairn";
+
+/// The naming rules of an ElastiCache identifier.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IdRules {
+    /// The longest id.
+    pub(crate) max: usize,
+    /// Cluster and replication group ids: a letter first, no `--`, no `-` at the end.
+    pub(crate) strict: bool,
+}
+
+impl IdRules {
+    pub(crate) fn accepts(self, id: &str) -> bool {
+        let chars_ok = id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let len_ok = (1..=self.max).contains(&id.len());
+        let shape_ok = !self.strict
+            || (id.starts_with(|c: char| c.is_ascii_lowercase()) && !id.contains("--") && !id.ends_with('-'));
+        chars_ok && len_ok && shape_ok
+    }
+
+    fn describe(self) -> String {
+        if self.strict {
+            format!(
+                "1 to {} lowercase letters, digits or hyphens, starting with a letter, with no two hyphens in a row and no hyphen at the end",
+                self.max
+            )
+        } else {
+            format!("1 to {} lowercase letters, digits or hyphens", self.max)
+        }
+    }
+}
+
+/// Checks an auto-named id property: the id given, or else the one the engine will
+/// generate from the logical name (`<logical name>-<7 hex digits>`).
+pub(crate) fn check_id(decl: &Decl, key: &str, rules: IdRules, out: &mut Vec<CheckFailure>) {
+    match decl.value(key) {
+        Some(v) if !v.as_str().is_some_and(|s| rules.accepts(s)) => {
+            out.push(CheckFailure::new(key, Some(v), format!("be {}", rules.describe())));
+        }
+        // The suffix is 7 lowercase hex digits: checking one checks them all.
+        None if decl.get(key).is_none() && !rules.accepts(&format!("{}-0000000", decl.name())) => {
+            out.push(CheckFailure::new(
+                key,
+                None,
+                format!(
+                    "be set, as the id generated from the logical name, '{}-<7 hex digits>', would not be {}; use a logical name of at most {} such characters, or set {key}",
+                    decl.name(),
+                    rules.describe(),
+                    rules.max.saturating_sub(8)
+                ),
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// Turns an ElastiCache error into a provider error, as `aws_error` does; in addition an
+/// answer of HTTP 500 with an HTML page (an endpoint that lacks the operation: moto
+/// for several ElastiCache calls) is `Unsupported`, naming what could not be done.
+///
+/// `aws_error` alone does not see that case here: ElastiCache speaks the AWS query
+/// protocol, whose client reports an unparsable error page as a service error with no
+/// code, after its own retries (3 attempts, 1.5 to 3 s against moto).
+pub(crate) fn error<E>(
+    urn: &Urn,
+    action: &str,
+    e: SdkError<E, HttpResponse>,
+    hint: impl Fn(&str) -> Option<String>,
+) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let html_500 = e.raw_response().is_some_and(|r| {
+        r.status().as_u16() == 500
+            && r.body().bytes().is_some_and(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).to_ascii_lowercase().contains("<html"))
+    });
+    if html_500 {
+        return ProviderError::Unsupported(format!(
+            "{}: the AWS endpoint does not implement {action}: it answered HTTP 500 with an HTML page",
+            crate::error::who(urn)
+        ));
+    }
+    crate::error::aws_error(urn, action, e, hint)
+}
+
+/// The tags to create a resource with: the user's, `Name` (the logical name unless set)
+/// and Cairn's.
+pub(crate) fn create_tags(urn: &Urn, inputs: &Props) -> Vec<Tag> {
+    wanted_tags(urn, inputs).into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+fn wanted_tags(urn: &Urn, inputs: &Props) -> HashMap<String, String> {
+    let mut all = tags::with_cairn_tags(urn, inputs);
+    all.entry("Name".to_owned()).or_insert_with(|| urn.name().to_owned());
+    all
+}
+
+/// The resource's tags, as the `tags` input holds them (without Cairn's, and without a
+/// `Name` that is just the logical name). `Ok(None)` when it has none of the user's.
+pub(crate) async fn observed_tags(aws: &Clients, urn: &Urn, arn: &str) -> Result<Option<Value>, ProviderError> {
+    let found = list_tags(aws, urn, arn).await?;
+    let pairs: Vec<(String, String)> = found.into_iter().filter(|(k, v)| !(k == "Name" && v == urn.name())).collect();
+    Ok(tags::observed_user_tags(pairs.iter().map(|(k, v)| (k, v))))
+}
+
+/// All tags of the resource with ARN `arn`.
+pub(crate) async fn list_tags(aws: &Clients, urn: &Urn, arn: &str) -> Result<Vec<(String, String)>, ProviderError> {
+    let out = aws
+        .elasticache
+        .list_tags_for_resource()
+        .resource_name(arn)
+        .send()
+        .await
+        .map_err(|e| error(urn, "reading tags", e, |_| None))?;
+    Ok(out.tag_list().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect())
+}
+
+/// Whether the resource with ARN `arn` carries `urn`'s tag.
+pub(crate) async fn is_tagged(aws: &Clients, urn: &Urn, arn: &str) -> Result<bool, ProviderError> {
+    let found = list_tags(aws, urn, arn).await?;
+    Ok(tags::is_tagged(urn, found.iter().map(|(k, v)| (k, v))))
+}
+
+/// Brings the tags of the resource with ARN `arn` from what `old` asks for to what `new`
+/// asks for.
+pub(crate) async fn retag(aws: &Clients, urn: &Urn, arn: &str, old: &Props, new: &Props) -> Result<(), ProviderError> {
+    let (before, after) = (wanted_tags(urn, old), wanted_tags(urn, new));
+    let gone: Vec<String> = before.keys().filter(|k| !after.contains_key(*k)).cloned().collect();
+    if !gone.is_empty() {
+        aws.elasticache
+            .remove_tags_from_resource()
+            .resource_name(arn)
+            .set_tag_keys(Some(gone))
+            .send()
+            .await
+            .map_err(|e| error(urn, "removing tags", e, |_| None))?;
+    }
+    let changed: Vec<Tag> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    if !changed.is_empty() {
+        aws.elasticache
+            .add_tags_to_resource()
+            .resource_name(arn)
+            .set_tags(Some(changed))
+            .send()
+            .await
+            .map_err(|e| error(urn, "tagging", e, |_| None))?;
+    }
+    Ok(())
+}
+
+/// A string input.
+pub(crate) fn text<'a>(inputs: &'a Props, key: &str) -> Option<&'a str> {
+    inputs.get(key).and_then(Value::as_str)
+}
+
+/// An integer input that fits an `i32`.
+pub(crate) fn int(inputs: &Props, key: &str) -> Option<i32> {
+    inputs.get(key).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok())
+}
+
+/// A list-of-strings input.
+pub(crate) fn strings(inputs: &Props, key: &str) -> Option<Vec<String>> {
+    inputs.get(key).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+}
+
+/// Checks that a list input, if literal, holds only strings.
+pub(crate) fn check_strings(decl: &Decl, key: &str, what: &str, out: &mut Vec<CheckFailure>) {
+    if let Some(v) = decl.value(key) {
+        if !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
+            out.push(CheckFailure::new(key, Some(v), format!("be a list of {what}")));
+        }
+    }
+}
+
+/// Checks that a port input, if literal, is a TCP port.
+pub(crate) fn check_port(decl: &Decl, out: &mut Vec<CheckFailure>) {
+    if let Some(v) = decl.value("port") {
+        if !v.as_i64().is_some_and(|p| (1..=65_535).contains(&p)) {
+            out.push(CheckFailure::new("port", Some(v), "be a TCP port, 1 to 65535"));
+        }
+    }
 }
