@@ -168,6 +168,17 @@ impl Events {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    /// Resolves once the reconciler takes no more events (it stopped): for a source that
+    /// waits on something else, such as a queue's long poll, and should stop with it.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    /// Whether the reconciler takes no more events (it stopped).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// An event's audit entry, completed when the apply that carries it ends.

@@ -1,0 +1,720 @@
+//! An event source: one SQS queue, long-polled, each message handed to a stack's
+//! reconciler as an [`Event`] and deleted only once the reconciler has durably recorded
+//! it.
+//!
+//! ```no_run
+//! # async fn run(events: cairn_sdk::events::Events, state: &cairn_sdk::StackState) -> Result<(), String> {
+//! use cairn_aws::sqs::EventSource;
+//!
+//! let url = EventSource::queue_url_in(state, "events").ok_or("the stack has no queue 'events'")?;
+//! EventSource::from_env(url).await.run(events).await
+//! # }
+//! ```
+//!
+//! Delivery is at least once and nothing is lost:
+//! - a message is deleted only after [`Receipt::recorded`] says its effect on the user
+//!   state is durable, whatever the outcome (accepted, rejected, duplicate: each is a
+//!   durable record, and delivering it again would change nothing);
+//! - while it waits for that, its visibility timeout is extended, so a long apply does
+//!   not make SQS hand it out again;
+//! - if the reconciler stops first, the message is made visible again at once and is
+//!   redelivered; a message whose effect was recorded but whose deletion was lost (a
+//!   crash in between) comes back with the same SQS `MessageId`, hence the same event
+//!   id, and the reconciler skips it as a duplicate.
+//!
+//! Message bodies understood (see [`event_from_message`]): EventBridge events (a rule
+//! with the queue as target), CloudWatch alarm state changes (through EventBridge, or
+//! an alarm's SNS notification, raw or in its SNS envelope), and Cairn's own
+//! `{"kind": ..., "payload": ..., "id": ...}`. Anything else becomes an
+//! [`UNRECOGNIZED`] event carrying the raw body: recorded in the audit log (as
+//! unhandled, unless a handler takes it) and deleted, never dropped silently and never
+//! redelivered forever.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::Client;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use cairn_sdk::events::{Event, Events, Receipt};
+use cairn_sdk::{StackState, Urn};
+use serde_json::{Map, Value};
+use tokio::task::JoinSet;
+
+use super::queue::QUEUE;
+use crate::error::code;
+
+/// The kind of an event made from a message body that is none of the formats
+/// understood; its payload is the raw body, as a string.
+pub const UNRECOGNIZED: &str = "sqs.unrecognized";
+
+/// The EventBridge `detail-type` of a CloudWatch alarm's state change.
+pub const ALARM_STATE_CHANGE: &str = "CloudWatch Alarm State Change";
+
+/// How long one receive call waits for a message: SQS's longest long poll.
+const WAIT_SECONDS: i32 = 20;
+/// The most messages one receive call returns: SQS's limit.
+const BATCH: i32 = 10;
+/// How long a received message stays invisible, renewed while its receipt is awaited.
+const DEFAULT_EXTENSION: Duration = Duration::from_secs(60);
+/// SQS's longest visibility timeout.
+const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+/// Messages awaiting their receipt before the source stops receiving more.
+const MAX_IN_FLIGHT: usize = 100;
+/// The longest wait between two tries of a failing call.
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// A source of events: one SQS queue.
+///
+/// It long-polls the queue (20 s, up to 10 messages a call), submits each message as an
+/// [`Event`] from source `sqs:<queue name>`, and deletes the message once its
+/// [`Receipt`] says it is recorded. See the [module docs](self) for the guarantees.
+#[derive(Clone, Debug)]
+pub struct EventSource {
+    client: Client,
+    queue_url: String,
+    queue_name: String,
+    extension: Duration,
+    retry: Retry,
+}
+
+impl EventSource {
+    /// A source reading the queue at `queue_url` with `client`.
+    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        let queue_url = queue_url.into();
+        let queue_name = queue_url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_owned();
+        EventSource { client, queue_url, queue_name, extension: DEFAULT_EXTENSION, retry: Retry::DEFAULT }
+    }
+
+    /// A source reading the queue at `queue_url`, with a client configured from the
+    /// standard AWS chain (environment, profile, IMDS; `AWS_ENDPOINT_URL` is honoured).
+    pub async fn from_env(queue_url: impl Into<String>) -> Self {
+        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::new(Client::new(&config), queue_url)
+    }
+
+    /// How long a received message stays invisible to other consumers while the
+    /// reconciler has not recorded it (default 60 s, whole seconds from 1 s to 12 h). It
+    /// is renewed every third of that for as long as the wait lasts, so it bounds how
+    /// soon a message comes back after a crash, not how long an apply may take.
+    #[must_use]
+    pub fn visibility_extension(mut self, extension: Duration) -> Self {
+        self.extension = extension.clamp(Duration::from_secs(1), MAX_VISIBILITY);
+        self
+    }
+
+    /// How a failing receive call is retried before [`run`](Self::run) gives up:
+    /// `attempts` tries in all (at least 1), waiting `first_delay` after the first
+    /// failure and twice as long after each next one, 30 s at most (default: 8 tries
+    /// from 500 ms, about a minute).
+    #[must_use]
+    pub fn retries(mut self, attempts: u32, first_delay: Duration) -> Self {
+        self.retry = Retry { attempts: attempts.max(1), first_delay };
+        self
+    }
+
+    /// The queue's URL.
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// The label of the events it makes: `sqs:<queue name>`.
+    pub fn source(&self) -> String {
+        format!("sqs:{}", self.queue_name)
+    }
+
+    /// The URL of the queue declared as `aws:sqs:Queue` `logical_name` in a stack's
+    /// state (its `url` output), if the stack has created it.
+    pub fn queue_url_in(state: &StackState, logical_name: &str) -> Option<String> {
+        let resource = state.resource(&Urn::new(&state.stack, QUEUE.token, logical_name))?;
+        resource.outputs.get("url").and_then(Value::as_str).filter(|url| !url.is_empty()).map(str::to_owned)
+    }
+
+    /// Receives messages and hands them to `events` until the reconciler behind it
+    /// stops, then waits for the messages in flight to be deleted (if recorded) or made
+    /// visible again (if not), and returns `Ok`.
+    ///
+    /// Fails, naming the queue, when SQS keeps refusing to hand out messages after the
+    /// retries (see [`retries`](Self::retries)), or at once when the queue does not
+    /// exist or access is denied. Messages in flight are settled first in that case too.
+    pub async fn run(self, events: Events) -> Result<(), String> {
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        let result = loop {
+            while in_flight.try_join_next().is_some() {}
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                // Their receipts resolve when the reconciler records them or stops.
+                in_flight.join_next().await;
+                continue;
+            }
+            let received = tokio::select! {
+                biased;
+                () = events.closed() => break Ok(()),
+                received = self.receive() => received,
+            };
+            let messages = match received {
+                Ok(messages) => messages,
+                Err(e) => break Err(e),
+            };
+            let mut closed = false;
+            for message in messages {
+                let Some(handle) = message.receipt_handle().map(str::to_owned) else { continue };
+                let pending = Pending { client: self.client.clone(), queue_url: self.queue_url.clone(), handle };
+                if closed {
+                    pending.release().await;
+                    continue;
+                }
+                match events.submit(self.event_of(&message)).await {
+                    Ok(receipt) => {
+                        in_flight.spawn(pending.acknowledge(receipt, self.extension));
+                    }
+                    Err(_) => {
+                        closed = true;
+                        pending.release().await;
+                    }
+                }
+            }
+            if closed {
+                break Ok(());
+            }
+        };
+        while in_flight.join_next().await.is_some() {}
+        result
+    }
+
+    /// The event a received message stands for.
+    fn event_of(&self, message: &Message) -> Event {
+        let sent_ms = message
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+            .and_then(|t| t.parse::<u64>().ok());
+        event_from_message(&self.queue_name, message.message_id().unwrap_or_default(), message.body().unwrap_or_default(), sent_ms)
+    }
+
+    /// One long poll, retried with backoff.
+    async fn receive(&self) -> Result<Vec<Message>, String> {
+        let visibility = seconds(self.extension);
+        let outcome = retrying(self.retry, || async move {
+            let call = self
+                .client
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .wait_time_seconds(WAIT_SECONDS)
+                .max_number_of_messages(BATCH)
+                .visibility_timeout(visibility)
+                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .send()
+                .await;
+            match call {
+                Ok(out) => Ok(out.messages.unwrap_or_default()),
+                Err(e) => Err(judge(&e)),
+            }
+        })
+        .await;
+        outcome.map_err(|failure| {
+            format!(
+                "the SQS event source for queue {} ({}) stopped: receiving messages failed{}: {}",
+                self.queue_name,
+                self.queue_url,
+                match failure.attempts {
+                    1 => String::new(),
+                    n => format!(" {n} times in a row"),
+                },
+                failure.last
+            )
+        })
+    }
+}
+
+/// A received message not yet deleted.
+struct Pending {
+    client: Client,
+    queue_url: String,
+    handle: String,
+}
+
+impl Pending {
+    /// Waits for `receipt`, keeping the message invisible meanwhile; then deletes it if
+    /// it was recorded, or makes it visible again if the reconciler stopped first.
+    async fn acknowledge(self, receipt: Receipt, extension: Duration) {
+        let recorded = receipt.recorded();
+        tokio::pin!(recorded);
+        let every = (extension / 3).max(Duration::from_millis(500));
+        let mut renewing = true;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut recorded => break outcome,
+                () = tokio::time::sleep(every) => {
+                    if renewing {
+                        // Best effort: a failure here at worst lets the message come back
+                        // early, and its id makes it a duplicate then.
+                        renewing = self.set_visibility(seconds(extension)).await;
+                    }
+                }
+            }
+        };
+        match outcome {
+            Ok(_) => self.delete().await,
+            Err(_) => self.release().await,
+        }
+    }
+
+    /// Deletes the message, retrying a few times. A message whose deletion fails for
+    /// good is delivered again, and recognised as a duplicate.
+    async fn delete(&self) {
+        let retry = Retry { attempts: 4, first_delay: Duration::from_millis(250) };
+        let _ = retrying(retry, || async {
+            match self.client.delete_message().queue_url(&self.queue_url).receipt_handle(&self.handle).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(judge(&e)),
+            }
+        })
+        .await;
+    }
+
+    /// Makes the message visible again at once, for redelivery (best effort: otherwise
+    /// it comes back when its visibility timeout ends).
+    async fn release(&self) {
+        self.set_visibility(0).await;
+    }
+
+    /// Whether the change was accepted.
+    async fn set_visibility(&self, seconds: i32) -> bool {
+        let call = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(&self.handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await;
+        call.is_ok()
+    }
+}
+
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// Retries
+
+/// Tries in all, and the wait after the first failure (doubling, capped at 30 s).
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    attempts: u32,
+    first_delay: Duration,
+}
+
+impl Retry {
+    const DEFAULT: Retry = Retry { attempts: 8, first_delay: Duration::from_millis(500) };
+}
+
+/// What a failed call says about trying again.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// It may work next time (throttling, a network error, a 5xx).
+    Retry(String),
+    /// It will not work without someone changing something (no such queue, access
+    /// denied).
+    Stop(String),
+}
+
+/// How a call that kept failing ended.
+#[derive(Debug, PartialEq, Eq)]
+struct Failure {
+    attempts: u32,
+    last: String,
+}
+
+/// Calls `call` until it succeeds, it says [`Attempt::Stop`], or `retry.attempts` tries
+/// have failed, waiting with exponential backoff in between.
+async fn retrying<T, F, Fut>(retry: Retry, mut call: F) -> Result<T, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Attempt>>,
+{
+    let mut delay = retry.first_delay;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match call().await {
+            Ok(t) => return Ok(t),
+            Err(Attempt::Stop(last)) => return Err(Failure { attempts, last }),
+            Err(Attempt::Retry(last)) if attempts >= retry.attempts => return Err(Failure { attempts, last }),
+            Err(Attempt::Retry(_)) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_DELAY);
+            }
+        }
+    }
+}
+
+/// Whether an SQS error is worth retrying, and what it was.
+fn judge<E, R>(e: &SdkError<E, R>) -> Attempt
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    match (e, code(e)) {
+        (SdkError::ServiceError(service), Some(code)) => {
+            let message = service.err().message().unwrap_or("no message").trim_end_matches('.');
+            let text = format!("{code}: {message}");
+            match code {
+                "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => Attempt::Stop(format!(
+                    "{text}; check the queue URL (EventSource::queue_url_in reads it from the stack's state) and the region"
+                )),
+                "AccessDenied" | "AccessDeniedException" | "InvalidClientTokenId" | "UnrecognizedClientException" | "InvalidAddress" => {
+                    Attempt::Stop(format!("{text}; check the credentials, the region and the queue's access policy"))
+                }
+                _ => Attempt::Retry(text),
+            }
+        }
+        _ => Attempt::Retry(match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}; check the network, AWS_ENDPOINT_URL and AWS_REGION"),
+            None => e.to_string(),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Message bodies
+
+/// The event an SQS message stands for: its kind, payload, id and time from the body,
+/// from source `sqs:<queue_name>`.
+///
+/// | body | kind | payload | id |
+/// | --- | --- | --- | --- |
+/// | EventBridge event (`detail-type`, `source`, `detail`, `id`, `time`) | its `detail-type` | its `detail` | its `id` |
+/// | EventBridge `CloudWatch Alarm State Change` | `alarm.<alarm name>.<state>`, such as `alarm.web-cpu-high.alarm` | its `detail` | its `id` |
+/// | CloudWatch alarm notification (`AlarmName`, `NewStateValue`, as SNS sends it) | `alarm.<AlarmName>.<NewStateValue>` | the whole body | `sqs:<MessageId>` |
+/// | SNS envelope (`"Type": "Notification"`, `Message`, `MessageId`) | that of its `Message`, read as a body | | the message's own, or the SNS `MessageId` |
+/// | `{"kind": ..., "payload": ..., "id": ...}` (payload and id optional) | `kind` | `payload` | `id` |
+/// | anything else | [`UNRECOGNIZED`] | the raw body, as a string | `sqs:<MessageId>` |
+///
+/// States are lowercased (`ALARM`, `OK`, `INSUFFICIENT_DATA` give `alarm`, `ok`,
+/// `insufficient_data`). Without an id of its own, a message's id is `sqs:<MessageId>`:
+/// SQS keeps the `MessageId` when it delivers a message again, so a redelivery is
+/// recognised as a duplicate. The time is the body's (`time`, `StateChangeTime`,
+/// `Timestamp` or `time_ms`), else `sent_ms` (when SQS received it), else now.
+pub fn event_from_message(queue_name: &str, message_id: &str, body: &str, sent_ms: Option<u64>) -> Event {
+    let recognised = serde_json::from_str::<Value>(body).ok().as_ref().and_then(recognise);
+    let fallback_id = || format!("sqs:{message_id}");
+    let (event, time_ms) = match recognised {
+        Some(r) => (Event::new(r.kind, r.payload).with_id(r.id.unwrap_or_else(fallback_id)), r.time_ms),
+        None => (Event::new(UNRECOGNIZED, Value::String(body.to_owned())).with_id(fallback_id()), None),
+    };
+    let event = event.with_source(format!("sqs:{queue_name}"));
+    match time_ms.or(sent_ms) {
+        Some(t) => event.with_time_ms(t),
+        None => event,
+    }
+}
+
+/// What a recognised body says.
+#[derive(Debug, PartialEq)]
+struct Recognised {
+    kind: String,
+    payload: Value,
+    id: Option<String>,
+    time_ms: Option<u64>,
+}
+
+fn text<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    body.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// An id given as a non-empty string or a number.
+fn id(body: &Map<String, Value>, key: &str) -> Option<String> {
+    match body.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn time(body: &Map<String, Value>, key: &str) -> Option<u64> {
+    text(body, key).and_then(parse_time_ms)
+}
+
+fn alarm_kind(name: &str, state: &str) -> String {
+    format!("alarm.{name}.{}", state.to_ascii_lowercase())
+}
+
+fn recognise(body: &Value) -> Option<Recognised> {
+    let obj = body.as_object()?;
+    if let (Some(detail_type), Some(_)) = (text(obj, "detail-type"), text(obj, "source")) {
+        let detail = match obj.get("detail") {
+            // Some producers send the detail as JSON text; EventBridge itself sends an object.
+            Some(Value::String(s)) => serde_json::from_str::<Value>(s).ok().filter(Value::is_object).unwrap_or_else(|| Value::String(s.clone())),
+            Some(v) => v.clone(),
+            None => Value::Null,
+        };
+        let alarm = (detail_type == ALARM_STATE_CHANGE)
+            .then(|| {
+                let name = detail.get("alarmName").and_then(Value::as_str).filter(|s| !s.is_empty())?;
+                let state = detail.pointer("/state/value").and_then(Value::as_str).filter(|s| !s.is_empty())?;
+                Some(alarm_kind(name, state))
+            })
+            .flatten();
+        return Some(Recognised {
+            kind: alarm.unwrap_or_else(|| detail_type.to_owned()),
+            payload: detail,
+            id: id(obj, "id"),
+            time_ms: time(obj, "time"),
+        });
+    }
+    if text(obj, "Type") == Some("Notification") {
+        if let Some(message) = text(obj, "Message") {
+            let mut inner = serde_json::from_str::<Value>(message).ok().as_ref().and_then(recognise)?;
+            inner.id = inner.id.or_else(|| id(obj, "MessageId"));
+            inner.time_ms = inner.time_ms.or_else(|| time(obj, "Timestamp"));
+            return Some(inner);
+        }
+    }
+    if let (Some(name), Some(state)) = (text(obj, "AlarmName"), text(obj, "NewStateValue")) {
+        return Some(Recognised { kind: alarm_kind(name, state), payload: body.clone(), id: None, time_ms: time(obj, "StateChangeTime") });
+    }
+    if let Some(kind) = text(obj, "kind") {
+        return Some(Recognised {
+            kind: kind.to_owned(),
+            payload: obj.get("payload").cloned().unwrap_or(Value::Null),
+            id: id(obj, "id"),
+            time_ms: obj.get("time_ms").and_then(Value::as_u64),
+        });
+    }
+    None
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time as AWS writes them:
+/// `2024-05-01T12:00:00Z`, `2024-05-01T12:00:00.123Z`, `2024-05-01T12:00:00.123+0000`.
+fn parse_time_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let digits = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let sep = |at: usize, c: &[u8]| b.get(at).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if sep(at, b".") {
+        at += 1;
+        let start = at;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        let frac = &s[start..at.min(start + 3)];
+        millis = frac.parse::<i64>().ok()? * 10i64.pow(3 - frac.len() as u32);
+    }
+    let offset_minutes = match b.get(at) {
+        Some(b'Z' | b'z') if at + 1 == b.len() => 0,
+        Some(&sign @ (b'+' | b'-')) => {
+            let (h, m) = match b.len() - at {
+                6 if sep(at + 3, b":") => (digits(at + 1, 2)?, digits(at + 4, 2)?),
+                5 => (digits(at + 1, 2)?, digits(at + 3, 2)?),
+                _ => return None,
+            };
+            let sign = if sign == b'-' { -1 } else { 1 };
+            sign * (h * 60 + m)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(body: &str) -> Event {
+        event_from_message("shop-events", "m-1", body, Some(1_700_000_000_000))
+    }
+
+    #[test]
+    fn an_eventbridge_event_gives_its_detail_type_detail_id_and_time() {
+        let body = json!({
+            "version": "0",
+            "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+            "detail-type": "traffic.spike",
+            "source": "shop.traffic",
+            "account": "123456789012",
+            "time": "2024-05-01T12:00:00Z",
+            "region": "us-east-1",
+            "resources": [],
+            "detail": {"requests_per_second": 2600}
+        });
+        let e = parse(&body.to_string());
+        assert_eq!(e.kind, "traffic.spike");
+        assert_eq!(e.payload, json!({"requests_per_second": 2600}));
+        assert_eq!(e.id, "6a7e8feb-b491-4cf7-a9f1-bf3703467718");
+        assert_eq!(e.source, "sqs:shop-events");
+        assert_eq!(e.time_ms, 1_714_564_800_000);
+    }
+
+    #[test]
+    fn an_eventbridge_event_without_an_id_keeps_the_message_id_and_text_detail_is_read() {
+        let body = json!({"detail-type": "sale.started", "source": "shop", "detail": "{\"sku\": 7}"});
+        let e = parse(&body.to_string());
+        assert_eq!((e.kind.as_str(), e.id.as_str()), ("sale.started", "sqs:m-1"));
+        assert_eq!(e.payload, json!({"sku": 7}));
+        assert_eq!(e.time_ms, 1_700_000_000_000, "the time SQS received it");
+    }
+
+    #[test]
+    fn an_alarm_state_change_through_eventbridge_is_named_after_the_alarm_and_state() {
+        let detail = json!({
+            "alarmName": "web-cpu-high",
+            "state": {"value": "ALARM", "reason": "Threshold Crossed", "timestamp": "2024-05-01T12:00:05.000+0000"},
+            "previousState": {"value": "OK"}
+        });
+        let body = json!({
+            "id": "c4c1c1c9-6542-e61b-6ef0-8c4d36933a92",
+            "detail-type": "CloudWatch Alarm State Change",
+            "source": "aws.cloudwatch",
+            "time": "2024-05-01T12:00:05Z",
+            "detail": detail
+        });
+        let e = parse(&body.to_string());
+        assert_eq!(e.kind, "alarm.web-cpu-high.alarm");
+        assert_eq!(e.payload, detail);
+        assert_eq!(e.id, "c4c1c1c9-6542-e61b-6ef0-8c4d36933a92");
+        assert_eq!(e.time_ms, 1_714_564_805_000);
+
+        // Without the alarm's name or state it is still an EventBridge event.
+        let odd = json!({"detail-type": "CloudWatch Alarm State Change", "source": "aws.cloudwatch", "detail": {}});
+        assert_eq!(parse(&odd.to_string()).kind, "CloudWatch Alarm State Change");
+    }
+
+    #[test]
+    fn an_alarm_notification_as_sns_sends_it_raw_or_enveloped() {
+        let alarm = json!({
+            "AlarmName": "web-cpu-high",
+            "AlarmDescription": null,
+            "NewStateValue": "OK",
+            "NewStateReason": "Threshold Crossed: 1 datapoint [12.0] was not greater than the threshold (70.0).",
+            "StateChangeTime": "2024-05-01T12:10:00.250+0000",
+            "OldStateValue": "ALARM"
+        });
+        let raw = parse(&alarm.to_string());
+        assert_eq!(raw.kind, "alarm.web-cpu-high.ok");
+        assert_eq!(raw.payload, alarm);
+        assert_eq!(raw.id, "sqs:m-1");
+        assert_eq!(raw.time_ms, 1_714_565_400_250);
+
+        let envelope = json!({
+            "Type": "Notification",
+            "MessageId": "95df01b4-ee98-5cb9-9903-4c221d41eb5e",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:alarms",
+            "Subject": "ALARM: \"web-cpu-high\"",
+            "Message": json!({"AlarmName": "web-cpu-high", "NewStateValue": "INSUFFICIENT_DATA"}).to_string(),
+            "Timestamp": "2024-05-01T12:10:01.000Z"
+        });
+        let sns = parse(&envelope.to_string());
+        assert_eq!(sns.kind, "alarm.web-cpu-high.insufficient_data");
+        assert_eq!(sns.id, "95df01b4-ee98-5cb9-9903-4c221d41eb5e", "the SNS message id");
+        assert_eq!(sns.time_ms, 1_714_565_401_000);
+    }
+
+    #[test]
+    fn cairns_own_format_gives_kind_payload_and_optional_id() {
+        let e = parse(r#"{"kind": "traffic.spike", "payload": {"requests_per_second": 4000}, "id": "load-test-17"}"#);
+        assert_eq!((e.kind.as_str(), e.id.as_str()), ("traffic.spike", "load-test-17"));
+        assert_eq!(e.payload, json!({"requests_per_second": 4000}));
+        assert_eq!(e.source, "sqs:shop-events");
+
+        let bare = parse(r#"{"kind": "traffic.normal"}"#);
+        assert_eq!((bare.kind.as_str(), bare.id.as_str(), &bare.payload), ("traffic.normal", "sqs:m-1", &Value::Null));
+        assert_eq!(parse(r#"{"kind": "x", "id": 42}"#).id, "42");
+        assert_eq!(parse(r#"{"kind": "x", "id": ""}"#).id, "sqs:m-1", "an empty id is no id");
+        assert_eq!(parse(r#"{"kind": "x", "time_ms": 5}"#).time_ms, 5);
+    }
+
+    #[test]
+    fn anything_else_is_an_unrecognized_event_carrying_the_raw_body() {
+        for body in ["hello", "", "[1, 2]", r#"{"kind": ""}"#, r#"{"detail-type": "x"}"#, r#"{"Type": "Notification", "Message": "not json"}"#, "{\"kind\": "] {
+            let e = parse(body);
+            assert_eq!(e.kind, UNRECOGNIZED, "{body}");
+            assert_eq!(e.payload, Value::String(body.to_owned()));
+            assert_eq!(e.id, "sqs:m-1");
+            assert_eq!(e.time_ms, 1_700_000_000_000);
+        }
+    }
+
+    #[test]
+    fn a_redelivered_message_keeps_its_event_id() {
+        let body = r#"{"kind": "traffic.spike", "payload": {"requests_per_second": 4000}}"#;
+        let first = event_from_message("q", "5fea7756-0ea4-451a-a703-a558b933e274", body, Some(1));
+        let again = event_from_message("q", "5fea7756-0ea4-451a-a703-a558b933e274", body, Some(1));
+        assert_eq!(first.id, again.id);
+        assert_eq!(first.id, "sqs:5fea7756-0ea4-451a-a703-a558b933e274");
+    }
+
+    #[test]
+    fn times_are_read_as_aws_writes_them() {
+        assert_eq!(parse_time_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_time_ms("2024-02-29T23:59:59.5Z"), Some(1_709_251_199_500));
+        assert_eq!(parse_time_ms("2024-05-01T14:00:00+02:00"), Some(1_714_564_800_000));
+        assert_eq!(parse_time_ms("2024-05-01T07:00:00.000-0500"), Some(1_714_564_800_000));
+        assert_eq!(parse_time_ms("2024-05-01T12:00:00.123456Z"), Some(1_714_564_800_123));
+        for bad in ["", "2024-05-01", "2024-13-01T00:00:00Z", "2024-05-01T12:00:00", "2024-05-01T12:00:00Zjunk", "2024-05-01T12:00:00.Z", "1969-12-31T23:59:59Z"] {
+            assert_eq!(parse_time_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_call_is_retried_with_backoff_then_given_up() {
+        let start = tokio::time::Instant::now();
+        let mut calls = Vec::new();
+        let retry = Retry { attempts: 5, first_delay: Duration::from_secs(1) };
+        let failure = retrying(retry, || {
+            calls.push(start.elapsed().as_secs());
+            async { Err::<(), _>(Attempt::Retry("throttled".into())) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(failure, Failure { attempts: 5, last: "throttled".into() });
+        assert_eq!(calls, [0, 1, 3, 7, 15]);
+
+        let mut n = 0;
+        let ok = retrying(retry, || {
+            n += 1;
+            let result = if n < 3 { Err(Attempt::Retry("busy".into())) } else { Ok(n) };
+            async move { result }
+        })
+        .await;
+        assert_eq!(ok, Ok(3));
+
+        let mut stops = 0;
+        let stopped = retrying(retry, || {
+            stops += 1;
+            async { Err::<(), _>(Attempt::Stop("no such queue".into())) }
+        })
+        .await;
+        assert_eq!((stopped.unwrap_err().attempts, stops), (1, 1), "a permanent error is not retried");
+    }
+}
