@@ -666,7 +666,10 @@ fn finish_report(report: &cairn_sdk::ApplyReport) -> Outcome_ {
             _ => {}
         }
     }
-    println!("{}", summary_line(&report.summary, report.elapsed, failures.len()));
+    let mut summary = report.summary;
+    // Resources the apply did not touch: the rest of the new state.
+    summary.same = report.state.resources.len().saturating_sub(summary.create + summary.update + summary.replace);
+    println!("{}", summary_line(&summary, report.elapsed, failures.len()));
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -723,13 +726,13 @@ fn verb(op: StepOp) -> &'static str {
     }
 }
 
-fn done(op: StepOp) -> &'static str {
+fn noun(op: StepOp) -> &'static str {
     match op {
-        StepOp::Create => "created",
-        StepOp::Update => "updated",
-        StepOp::CreateReplacement => "created replacement",
-        StepOp::DeleteReplaced => "deleted replaced",
-        StepOp::Delete => "deleted",
+        StepOp::Create => "create",
+        StepOp::Update => "update",
+        StepOp::CreateReplacement => "create replacement",
+        StepOp::DeleteReplaced => "delete replaced",
+        StepOp::Delete => "delete",
     }
 }
 
@@ -748,7 +751,7 @@ impl Progress for LiveProgress {
             StepStatus::Failed { .. } => ("FAILED", "\x1b[31m"),
             StepStatus::Skipped { .. } => ("skipped", "\x1b[33m"),
         };
-        let line = format!("  {} {} {} ({:.1}s)", done(step.op), step.urn.ty(), step.urn.name(), step.elapsed.as_secs_f64());
+        let line = format!("  {} {} {} ({:.1}s)", noun(step.op), step.urn.ty(), step.urn.name(), step.elapsed.as_secs_f64());
         let mut out = std::io::stdout().lock();
         if self.terminal.out {
             let _ = writeln!(out, "\r\x1b[2K{colour}{mark:>7}\x1b[0m{line}");

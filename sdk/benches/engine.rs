@@ -512,7 +512,7 @@ fn flat_stack(provider: TestProvider) -> Stack<Flat> {
     Stack::<Flat>::new("events").provider(provider).program(|cx, s: &Flat| {
         for i in 0..s.n {
             let size = if i == 0 { s.bump } else { i as i64 };
-            cx.add(DynamicResource::new(&ROOT, &format!("r{i:06}")).set("name", format!("flat-{i}")).set("size", size));
+            cx.add(DynamicResource::new(&ROOT, format!("r{i:06}")).set("name", format!("flat-{i}")).set("size", size));
         }
         Ok(())
     })
