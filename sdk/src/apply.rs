@@ -829,5 +829,9 @@ fn still_needed(change: &Change, old: &Props, new: &Props) -> Needed {
 }
 
 fn stored(change: &Change) -> StoredOptions {
-    StoredOptions { protect: change.options.protect, retain_on_delete: change.options.retain_on_delete }
+    StoredOptions {
+        protect: change.options.protect,
+        retain_on_delete: change.options.retain_on_delete,
+        delete_timeout_ms: change.options.timeouts.delete.map(|d| d.as_millis() as u64),
+    }
 }

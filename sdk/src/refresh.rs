@@ -1,12 +1,14 @@
 //! Refresh: reading live resources back and reporting drift.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use cairn_state::{StackState, Urn};
+use cairn_state::{Props, StackState, Urn};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::provider::{Observed, PropertyDiff, Providers};
+use crate::provider::{DiffRequest, Observed, Planned, PropertyDiff, Provider, Providers};
+use crate::schema::{PropertyKind, ResourceType};
 
 /// How a resource differs from what state recorded.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -56,12 +58,15 @@ pub struct RefreshReport {
 
 /// Reads every resource in `state` through its provider, up to `parallelism` at once.
 ///
-/// `secret(urn, property)` says which values to hide in the drift report, as plans do.
+/// `schema(urn)` is the type of each resource the program declares: drift is then the
+/// provider's own diff (so a set read back in another order is no drift, and a property
+/// left to the cloud is not either), and secrets are hidden as in plans. A resource
+/// without a schema (no longer declared) is compared value by value, all hidden.
 pub async fn refresh(
     state: &StackState,
     providers: &Providers,
     parallelism: usize,
-    secret: &dyn Fn(&Urn, &str) -> bool,
+    schema: &dyn Fn(&Urn) -> Option<&'static ResourceType>,
 ) -> RefreshReport {
     let mut results: HashMap<usize, Result<Option<Observed>, String>> = HashMap::new();
     let mut running = JoinSet::new();
@@ -99,8 +104,13 @@ pub async fn refresh(
         match results.remove(&i) {
             Some(Ok(None)) => drift.push(Drift::Gone { urn: r.urn.clone() }),
             Some(Ok(Some(obs))) => {
-                let mut diffs = input_drift(&r.inputs, &obs.inputs);
-                for d in diffs.iter_mut().filter(|d| secret(&r.urn, &d.name)) {
+                let ty = schema(&r.urn);
+                let mut diffs = match (ty, providers.for_token(&r.ty)) {
+                    (Some(ty), Some(provider)) => provider_drift(provider.as_ref(), &r.urn, ty, &r.inputs, &obs.inputs),
+                    _ => input_drift(&r.inputs, &obs.inputs),
+                };
+                let secret = |name: &str| ty.is_none_or(|t| t.property(name).is_some_and(|p| p.secret));
+                for d in diffs.iter_mut().filter(|d| secret(&d.name)) {
                     d.secret = true;
                     d.old = d.old.as_ref().map(|_| serde_json::Value::from("[secret]"));
                     d.new = d.new.as_ref().map(|_| serde_json::Value::from("[secret]"));
@@ -125,6 +135,17 @@ pub async fn refresh(
     new_state.serial += 1;
     new_state.resources = resources;
     RefreshReport { drift, errors, state: new_state }
+}
+
+/// Drift as the provider diffs it, less properties the program leaves to the cloud.
+fn provider_drift(provider: &dyn Provider, urn: &Urn, ty: &'static ResourceType, recorded: &Props, found: &Props) -> Vec<PropertyDiff> {
+    let new: Vec<(&str, Planned<'_>)> = found.iter().map(|(k, v)| (k, Planned::Known(Cow::Borrowed(v)))).collect();
+    let result = provider.diff(&DiffRequest { urn, ty, old: recorded, new: &new });
+    result
+        .changes
+        .into_iter()
+        .filter(|d| !(d.old.is_none() && ty.property(&d.name).is_some_and(|p| p.kind == PropertyKind::OptionalComputed)))
+        .collect()
 }
 
 fn input_drift(recorded: &cairn_state::Props, found: &cairn_state::Props) -> Vec<PropertyDiff> {

@@ -234,13 +234,9 @@ where
     /// Refresh of a state without pending operations, with secrets hidden as in plans.
     pub(crate) async fn refresh_settled(&self, state: &StackState) -> RefreshReport {
         let secrets = self.secret_properties(state);
-        refresh(state, &self.providers, self.apply_options.parallelism, &|urn, property| match secrets.get(urn) {
-            Some(ty) => ty.property(property).is_some_and(|p| p.secret),
-            // A resource the program no longer declares: its schema is unknown, so
-            // nothing of it is shown.
-            None => true,
-        })
-        .await
+        // A resource the program no longer declares has no schema here: it is compared
+        // value by value, and nothing of it is shown.
+        refresh(state, &self.providers, self.apply_options.parallelism, &|urn| secrets.get(urn).copied()).await
     }
 
     /// The schema of each resource the program declares for the state's `S`, to know

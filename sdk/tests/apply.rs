@@ -245,6 +245,22 @@ async fn a_custom_timeout_fails_the_step() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_delete_timeout_still_bounds_the_delete_after_the_program_dropped_the_resource() {
+    let fake = TestProvider::new("test");
+    let stack = Stack::<()>::new("dev").provider(fake.clone()).program(|cx, _| {
+        cx.add(thing("slow").timeouts(Timeouts { delete: Some(Duration::from_secs(45)), ..Default::default() }));
+        Ok(())
+    });
+    let state = stack.up(&(), &stack.new_state()).await.unwrap().state;
+    // Deleting it now hangs in the cloud; destroy knows nothing of the program, only state.
+    let fake = fake.latency_for("slow", Duration::from_secs(3600));
+    let t = Instant::now();
+    let report = Stack::<()>::new("dev").provider(fake).destroy(&state).await.unwrap();
+    assert_eq!(t.elapsed(), Duration::from_secs(45), "bounded by the timeout recorded in state");
+    assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.contains("timed out after 45s")), "{:?}", report.steps);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_saved_plan_applies_exactly_and_is_refused_once_state_moved() {
     let fake = provider();
     let stack = shop_stack(&fake);
@@ -334,6 +350,25 @@ async fn refresh_reports_drift_and_the_next_up_corrects_it() {
     assert_eq!(fake.calls_of(Op::Update), ["web"]);
     let again = stack.refresh(&report.state).await.unwrap();
     assert!(again.drift.is_empty());
+}
+
+#[tokio::test]
+async fn refresh_is_not_drift_for_what_the_program_leaves_to_the_cloud() {
+    let fake = provider();
+    let stack = Stack::<()>::new("dev").provider(fake.clone()).program(|cx, _| {
+        let net = cx.add(Network::new("shop").cidr_block("10.0.0.0/16"));
+        // No zone: the cloud picks one.
+        cx.add(Subnet::new("web").network_id(net.id()).cidr_block("10.0.1.0/24"));
+        Ok(())
+    });
+    let state = stack.up(&(), &stack.new_state()).await.unwrap().state;
+    fake.tamper("web-1", "zone", serde_json::json!("zone-c"));
+    let refreshed = stack.refresh(&state).await.unwrap();
+    assert!(refreshed.drift.is_empty(), "a zone the cloud chose is not drift: {:?}", refreshed.drift);
+    fake.tamper("web-1", "cidr_block", serde_json::json!("10.0.9.0/24"));
+    let refreshed = stack.refresh(&refreshed.state).await.unwrap();
+    assert_eq!(refreshed.drift.len(), 1, "{:?}", refreshed.drift);
+    assert!(refreshed.drift[0].to_string().contains("cidr_block: \"10.0.1.0/24\" -> \"10.0.9.0/24\""), "{}", refreshed.drift[0]);
 }
 
 #[tokio::test]

@@ -75,6 +75,10 @@ pub struct StoredOptions {
     /// On delete, forget the resource instead of deleting it in the cloud.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retain_on_delete: bool,
+    /// The resource's custom delete timeout, in milliseconds: a delete after the program
+    /// stopped declaring it (or `destroy`) is bounded by it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_timeout_ms: Option<u64>,
 }
 
 impl StoredOptions {

@@ -464,6 +464,10 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             options: ResourceOptions {
                 protect: old.options.protect,
                 retain_on_delete: old.options.retain_on_delete,
+                timeouts: crate::resource::Timeouts {
+                    delete: old.options.delete_timeout_ms.map(std::time::Duration::from_millis),
+                    ..Default::default()
+                },
                 ..ResourceOptions::default()
             },
             delete_before_replace: false,
