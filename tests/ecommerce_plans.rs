@@ -1,14 +1,17 @@
 //! Plan snapshots of the ecommerce example: its first deploy, and the plan each event
-//! causes from the state the previous one left. The cloud is the test provider standing
-//! in for AWS, so these run without one; `tests/ecommerce_e2e.rs` runs against the local AWS.
+//! causes from the state the previous one left; and the order its destroy deletes in,
+//! checked against AWS's rules. The cloud is the test provider standing in for AWS, so
+//! these run without one; `tests/ecommerce_e2e.rs` runs against the local AWS.
 
 #[path = "../examples/ecommerce/shop.rs"]
 #[allow(dead_code)]
 mod shop;
 
+use std::sync::{Arc, Mutex};
+
 use cairn::events::{Event, Rejection};
-use cairn::testing::TestProvider;
-use cairn::{Props, RenderOptions, Stack, StackState};
+use cairn::testing::{Op, TestProvider};
+use cairn::{Progress, Props, RenderOptions, Stack, StackState, StepOp, StepReport, Urn};
 use serde_json::{json, Value};
 use shop::Shop;
 
@@ -101,4 +104,144 @@ async fn no_event_may_replace_the_vpc_or_the_cache() {
     plan.summary.replace += 1;
     let refused = stack.policy().evaluate(&plan).unwrap_err();
     assert!(refused.contains("would replace aws:ec2:Vpc 'shop'"), "{refused}");
+}
+
+/// The engine's steps as they start and finish, in the order they do: from its progress
+/// hooks, which it calls just before a step's provider call starts and once that call
+/// has returned.
+#[derive(Clone, Debug, Default)]
+struct Timeline(Arc<Mutex<Vec<(Moment, StepOp, Urn)>>>);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Moment {
+    Started,
+    Finished,
+}
+
+impl Progress for Timeline {
+    fn started(&self, urn: &Urn, op: StepOp) {
+        self.0.lock().unwrap().push((Moment::Started, op, urn.clone()));
+    }
+    fn finished(&self, step: &StepReport) {
+        self.0.lock().unwrap().push((Moment::Finished, step.op, step.urn.clone()));
+    }
+}
+
+impl Timeline {
+    /// Where in the timeline the delete of `(type, name)` started or finished.
+    fn delete(&self, moment: Moment, (ty, name): Named) -> Option<usize> {
+        let events = self.0.lock().unwrap();
+        events.iter().position(|(m, op, urn)| *m == moment && *op == StepOp::Delete && urn.ty() == ty && urn.name() == name)
+    }
+}
+
+/// A resource by type token and logical name: `("aws:ec2:Vpc", "shop")`.
+type Named = (&'static str, &'static str);
+
+/// AWS's own rules for tearing the shop down, as `(deleted first, before, why)`: each
+/// says the first resource must be gone before the second's delete may start, or AWS
+/// refuses it (DependencyViolation, "in use") or the provider can no longer undo what it
+/// set up. Written from AWS's rules, not from the engine's dependency lists.
+fn aws_delete_rules() -> Vec<(Named, Named, &'static str)> {
+    const VPC: &str = "aws:ec2:Vpc";
+    const SUBNET: &str = "aws:ec2:Subnet";
+    const IGW: &str = "aws:ec2:InternetGateway";
+    const NAT: &str = "aws:ec2:NatGateway";
+    const EIP: &str = "aws:ec2:ElasticIp";
+    const RT: &str = "aws:ec2:RouteTable";
+    const SG: &str = "aws:ec2:SecurityGroup";
+    const LT: &str = "aws:ec2:LaunchTemplate";
+    const ASG: &str = "aws:autoscaling:Group";
+    const CACHE: &str = "aws:elasticache:ReplicationGroup";
+    const CACHE_SUBNETS: &str = "aws:elasticache:SubnetGroup";
+    const QUEUE: &str = "aws:sqs:Queue";
+    let (public_a, public_b) = ((SUBNET, "shop-public-us-east-1a"), (SUBNET, "shop-public-us-east-1b"));
+    let (private_a, private_b) = ((SUBNET, "shop-private-us-east-1a"), (SUBNET, "shop-private-us-east-1b"));
+    let (web_group, template) = ((ASG, "web"), (LT, "web"));
+    let (web_sg, sessions_sg) = ((SG, "web"), (SG, "sessions"));
+    let (cache, cache_subnets) = ((CACHE, "sessions"), (CACHE_SUBNETS, "sessions"));
+    let (nat, eip, igw, vpc) = ((NAT, "shop-nat-us-east-1a"), (EIP, "shop-nat-us-east-1a"), (IGW, "shop"), (VPC, "shop"));
+    let (public_rt, private_rt_a, private_rt_b) = ((RT, "shop-public"), (RT, "shop-private-us-east-1a"), (RT, "shop-private-us-east-1b"));
+    let mut rules = vec![
+        (web_group, template, "the group launches from the template"),
+        (web_group, private_a, "the group's instances run in the private subnets"),
+        (web_group, private_b, "the group's instances run in the private subnets"),
+        (web_group, web_sg, "the group's instances use the web security group"),
+        (template, web_sg, "the template names the web security group"),
+        (sessions_sg, web_sg, "a rule of the sessions group references the web group"),
+        (cache, cache_subnets, "a cache subnet group in use by a replication group cannot be deleted"),
+        (cache, sessions_sg, "the cache's nodes use the sessions security group"),
+        (cache_subnets, private_a, "the cache subnet group holds the private subnets"),
+        (cache_subnets, private_b, "the cache subnet group holds the private subnets"),
+        (public_rt, public_a, "the public route table is associated with the public subnets"),
+        (public_rt, public_b, "the public route table is associated with the public subnets"),
+        (private_rt_a, private_a, "each private route table is associated with its zone's private subnet"),
+        (private_rt_b, private_b, "each private route table is associated with its zone's private subnet"),
+        (nat, public_a, "the NAT gateway sits in the first public subnet"),
+        (nat, eip, "the NAT gateway holds the Elastic IP"),
+        (nat, igw, "an internet gateway cannot be detached while the VPC has mapped public addresses"),
+        (igw, vpc, "a VPC cannot be deleted while an internet gateway is attached"),
+    ];
+    for (dependent, why) in [
+        (public_a, "a VPC with subnets cannot be deleted"),
+        (public_b, "a VPC with subnets cannot be deleted"),
+        (private_a, "a VPC with subnets cannot be deleted"),
+        (private_b, "a VPC with subnets cannot be deleted"),
+        (web_sg, "a VPC with security groups cannot be deleted"),
+        (sessions_sg, "a VPC with security groups cannot be deleted"),
+        (public_rt, "a VPC with route tables cannot be deleted"),
+        (private_rt_a, "a VPC with route tables cannot be deleted"),
+        (private_rt_b, "a VPC with route tables cannot be deleted"),
+    ] {
+        rules.push((dependent, vpc, why));
+    }
+    rules.push(((QUEUE, "orders"), (QUEUE, "orders-dlq"), "the orders queue's redrive policy points at orders-dlq"));
+    rules
+}
+
+/// The rules the timeline breaks: a delete that started before the one it must follow
+/// had finished (or either never ran).
+fn broken_rules(timeline: &Timeline) -> Vec<String> {
+    let mut broken = Vec::new();
+    for (first, then, why) in aws_delete_rules() {
+        let (done, starts) = (timeline.delete(Moment::Finished, first), timeline.delete(Moment::Started, then));
+        match (done, starts) {
+            (Some(done), Some(starts)) if done < starts => {}
+            (Some(_), Some(_)) => broken.push(format!("{} {} started before {} {} was deleted ({why})", then.0, then.1, first.0, first.1)),
+            _ => broken.push(format!("{} {} or {} {} was never deleted", first.0, first.1, then.0, then.1)),
+        }
+    }
+    broken
+}
+
+#[tokio::test]
+async fn destroy_deletes_in_an_order_aws_accepts() {
+    let provider = fake_aws();
+    let timeline = Timeline::default();
+    let stack = stack(&provider).progress(timeline.clone());
+    let state = deploy(&stack, &Shop::default(), &stack.new_state()).await;
+    let deployed: Vec<String> = state.resources.iter().map(|r| r.urn.to_string()).collect();
+    assert_eq!(deployed.len(), 20);
+    timeline.0.lock().unwrap().clear();
+    provider.clear_calls();
+
+    let report = stack.destroy(&state).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert!(report.state.resources.is_empty() && provider.resources().is_empty(), "everything is deleted");
+    let calls = provider.calls();
+    assert!(calls.iter().all(|c| c.op == Op::Delete), "{calls:?}");
+    let mut deleted: Vec<String> = calls.iter().map(|c| c.urn.to_string()).collect();
+    deleted.sort();
+    let mut expected = deployed.clone();
+    expected.sort();
+    assert_eq!(deleted, expected, "one delete call per resource");
+
+    // Each rule's first delete had returned before the second's began...
+    let broken = broken_rules(&timeline);
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    // ...and the provider received them in that order.
+    let call = |(ty, name): Named| calls.iter().position(|c| c.urn.ty() == ty && c.urn.name() == name).unwrap();
+    for (first, then, why) in aws_delete_rules() {
+        assert!(call(first) < call(then), "{first:?} must be deleted before {then:?}: {why}");
+    }
 }
