@@ -354,3 +354,29 @@ async fn a_storm_of_ten_thousand_events_is_all_recorded_in_a_handful_of_applies(
     assert_eq!(desired(session.state()), 11);
     session.close().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn async_handlers_run_in_order_with_sync_ones() {
+    let p = provider();
+    let stack = events_stack(&p).on_event_async("traffic.*", |e: &Event, s: &mut Shop| {
+        Box::pin(async move {
+            // Something slow, such as asking a metrics service, before deciding.
+            sleep(Duration::from_millis(50)).await;
+            if e.kind == "traffic.spike" {
+                s.capacity += 1;
+            }
+            Ok(())
+        })
+    });
+    let mut shop = Shop::new();
+    stack.handle_event_async(&spike(3000), &mut shop).await.unwrap();
+    assert_eq!(shop.capacity, 7, "the sync handler set 6, then the async one added 1");
+    assert!(matches!(stack.handle_event(&spike(3000), &mut shop), Err(Rejection::Handler(m)) if m.contains("handle_event_async")));
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default());
+    assert_eq!(run.events.send(spike(1000)).await.unwrap(), Outcome::Accepted);
+    let session = run.finish().await;
+    assert_eq!(desired(session.state()), 3);
+    session.close().await.unwrap();
+}

@@ -5,7 +5,7 @@
 //! <prefix>/<stack>/state.json.bak        the snapshot before it
 //! <prefix>/<stack>/lock.json             created with If-None-Match: *, so only one writer wins
 //! <prefix>/<stack>/journal/<key>.json    one object per journal record, keys in write order
-//! <prefix>/<stack>/audit/<key>.json      one object per audit entry
+//! <prefix>/<stack>/audit/<key>.json      one object per batch of audit entries (a JSON array)
 //! ```
 
 use std::collections::HashMap;

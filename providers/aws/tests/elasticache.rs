@@ -26,9 +26,8 @@ const REPLICATION_GROUP: &str = "aws:elasticache:ReplicationGroup";
 /// with backoff (measured: 1.5 to 3 s).
 const UNSUPPORTED_WITHIN: Duration = Duration::from_secs(20);
 
-/// Cairn's own bound on waits in this test binary, in seconds. A resource's custom
-/// timeouts are not kept in state, so a destroy runs without them: this bound is what
-/// ends the wait for a delete moto never finishes.
+/// Cairn's own bound on waits in this test binary, in seconds: what ends the wait for a
+/// delete moto never finishes when the resource has no shorter custom timeout.
 const WAIT_BOUND: &str = "5";
 
 async fn aws() -> (cairn_aws::Provider, aws_sdk_elasticache::Client) {
@@ -85,15 +84,6 @@ fn drift_of(report: &cairn_sdk::RefreshReport) -> Vec<(String, String, Value, Va
         }
     }
     out
-}
-
-/// The message of a delete that Cairn's own bound ended.
-fn still_deleting(who: &str) -> StepStatus {
-    failed(&format!(
-        "{who}: still 'deleting' after waiting {WAIT_BOUND} s for it to be deleted; AWS may yet finish, and the next run settles it. \
-         To wait longer, set CAIRN_AWS_WAIT_TIMEOUT to a number of seconds and give the resource custom timeouts at least as long \
-         (the request may have taken effect)"
-    ))
 }
 
 fn short_delete() -> Timeouts {
@@ -326,12 +316,12 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
     assert_eq!(cluster(&ec, &new_id).await.unwrap().cache_cluster_status(), Some("available"));
     assert_eq!(cluster(&ec, &id).await.unwrap().cache_cluster_status(), Some("deleting"));
 
-    // Destroy: custom timeouts are not kept in state, so Cairn's own bound on the wait
-    // ends each delete (both copies), with what it waited for; never a hang.
+    // Destroy: the resource's delete timeout is kept in state, so it bounds each delete
+    // (both copies) even though destroy does not run the program; never a hang.
     let started = std::time::Instant::now();
     let report = stack.destroy(&state).await.unwrap();
     let deletes: Vec<_> = report.steps.iter().filter(|s| s.urn.name() == "sessions").map(|s| s.status.clone()).collect();
-    let stuck = still_deleting("aws:elasticache:CacheCluster 'sessions'");
+    let stuck = failed("timed out after 3s (custom timeout)");
     assert_eq!(deletes, [stuck.clone(), stuck]);
     eprintln!("destroying two never-deleted cache clusters took {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
@@ -460,7 +450,7 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
     // Destroy is bounded the same way.
     let report = stack.destroy(&state).await.unwrap();
     let deletes: Vec<_> = report.steps.iter().map(|s| s.status.clone()).collect();
-    let stuck = still_deleting("aws:elasticache:ReplicationGroup 'orders'");
+    let stuck = failed("timed out after 3s (custom timeout)");
     assert_eq!(deletes, [stuck.clone(), stuck]);
     assert_eq!(replication_group(&ec, &new_id).await.unwrap().status(), Some("deleting"));
 }
