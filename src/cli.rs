@@ -362,7 +362,9 @@ impl<S: UserState> Ctx<S> {
         let mut plan = match &plan_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| format!("reading the plan {path}: {e}"))?;
-                Plan::from_json(&text).map_err(|e| format!("{path} is not a plan saved by `preview --out`: {e}"))?
+                let plan = Plan::from_json(&text).map_err(|e| format!("{path} is not a plan saved by `preview --out`: {e}"))?;
+                plan.check_base(session.state())?;
+                plan
             }
             None => session.preview(&session.user_state()?)?,
         };

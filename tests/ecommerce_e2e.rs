@@ -1,14 +1,20 @@
 //! The ecommerce example end to end against the local AWS, through its CLI verbs: the
-//! same stack, handlers and `Cli` its binary runs, driven in-process.
+//! example's own binary (cargo builds examples before integration tests), run as a user
+//! runs it, with its state in a temporary directory.
 
-#[path = "../examples/ecommerce/shop.rs"]
-#[allow(dead_code)]
-mod shop;
-
-use std::process::ExitCode;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use aws_sdk_autoscaling::Client as Autoscaling;
-use cairn::{Cli, StackState};
+use cairn::StackState;
+
+/// `target/<profile>/examples/ecommerce`, next to this test's own `deps/` directory.
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("examples").join("ecommerce");
+    assert!(bin.exists(), "{} is missing: `cargo test` builds the examples first, but not when one `--test` is named; run `cargo build --example ecommerce`", bin.display());
+    bin
+}
 
 struct Shop {
     state_dir: tempfile::TempDir,
@@ -18,8 +24,8 @@ struct Shop {
 impl Shop {
     async fn new() -> Self {
         cairn_testkit::moto().configure_env();
-        // The local AWS never finishes an ElastiCache delete: wait 3 s for it, not 30 min.
-        // (One test in this binary, so no other thread reads the environment meanwhile.)
+        // The local AWS never finishes an ElastiCache delete: the example waits 3 s for it,
+        // not 30 min. (The binaries inherit this; one test in this binary reads it.)
         std::env::set_var("CAIRN_AWS_WAIT_TIMEOUT", "3");
         let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         Shop { state_dir: tempfile::tempdir().unwrap(), config }
@@ -29,17 +35,29 @@ impl Shop {
         format!("file://{}", self.state_dir.path().display())
     }
 
-    /// Runs `ecommerce --stack e2e --state <dir> <args>`.
-    async fn run(&self, args: &[&str]) -> ExitCode {
-        let provider = cairn_aws::Provider::new(&self.config);
-        let location = self.location();
-        let mut argv = vec!["ecommerce", "--stack", "e2e", "--state", location.as_str()];
-        argv.extend_from_slice(args);
-        Cli::new(move |name| shop::stack(name, provider)).run_with(argv).await
+    /// Runs `ecommerce --stack e2e --state <dir> <args>` without a terminal, and returns
+    /// its exit code and output.
+    async fn run_output(&self, args: &[&str]) -> (i32, String) {
+        let out = self.output(args);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
     }
 
-    async fn ok(&self, args: &[&str]) {
-        assert_eq!(self.run(args).await, ExitCode::SUCCESS, "ecommerce {}", args.join(" "));
+    fn output(&self, args: &[&str]) -> Output {
+        let location = self.location();
+        let mut argv = vec!["--stack", "e2e", "--state", location.as_str()];
+        argv.extend_from_slice(args);
+        Command::new(example_binary()).args(&argv).stdin(std::process::Stdio::null()).output().unwrap()
+    }
+
+    async fn run(&self, args: &[&str]) -> i32 {
+        self.run_output(args).await.0
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (code, text) = self.run_output(args).await;
+        assert_eq!(code, 0, "ecommerce {}:\n{text}", args.join(" "));
+        text
     }
 
     async fn state(&self) -> StackState {
@@ -73,15 +91,32 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     let shop = Shop::new().await;
 
     // Without a terminal, a change needs --yes; nothing is created.
-    assert_eq!(shop.run(&["up"]).await, ExitCode::from(1));
+    let (code, text) = shop.run_output(&["up"]).await;
+    assert_eq!(code, 1);
+    assert!(text.contains("refusing to perform these changes without --yes"), "{text}");
     assert!(shop.state().await.resources.is_empty());
+    let (code, text) = shop.run_output(&["preview", "--expect-no-changes"]).await;
+    assert_eq!(code, 2, "changes pending: {text}");
 
-    shop.ok(&["up", "--yes"]).await;
+    let text = shop.ok(&["up", "--yes"]).await;
+    assert!(text.contains("20 created in"), "a closing summary: {text}");
+    assert!(text.contains("ok  create aws:autoscaling:Group web ("), "a line per resource: {text}");
     assert_eq!(shop.web_capacity().await, 2);
-    assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, ExitCode::SUCCESS, "a second up has nothing to do");
+    assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, 0, "a second up has nothing to do");
+
+    // A saved plan is what `up --plan` applies, exactly.
+    let plan = shop.state_dir.path().join("spike.json");
+    let dry = shop.ok(&["emit", "traffic.spike", "--payload", r#"{"requests_per_second": 2600}"#, "--dry-run"]).await;
+    assert!(dry.contains("desired_capacity: 2 => 6") && dry.contains("Dry run"), "{dry}");
+    assert_eq!(shop.web_capacity().await, 2, "a dry run changes nothing");
+    shop.ok(&["preview", "--json", "--out", plan.to_str().unwrap()]).await;
+    assert!(std::fs::read_to_string(&plan).unwrap().contains("\"changes\""));
 
     shop.ok(&["emit", "traffic.spike", "--payload", r#"{"requests_per_second": 2600}"#, "--yes"]).await;
     assert_eq!(shop.web_capacity().await, 6, "ceil(2600 / 500) servers");
+    // The saved plan was made against older state: refused, nothing applied.
+    let (code, text) = shop.run_output(&["up", "--plan", plan.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{text}");
 
     shop.ok(&["emit", "sale.started", "--yes"]).await;
     let state = shop.state().await;
@@ -95,24 +130,34 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert_eq!(shop.web_capacity().await, 2);
 
     // A guard refuses a bad event: exit 1, nothing recorded.
-    assert_eq!(shop.run(&["emit", "az.degraded", "--payload", r#"{"zone": "mars-1a"}"#, "--yes"]).await, ExitCode::from(1));
+    let (code, text) = shop.run_output(&["emit", "az.degraded", "--payload", r#"{"zone": "mars-1a"}"#, "--yes"]).await;
+    assert_eq!(code, 1);
+    assert!(text.contains("zone mars-1a is not one of the shop's zones"), "{text}");
     let history = shop.history().await;
     let kinds: Vec<&str> = history.iter().filter_map(|e| e["event"]["kind"].as_str()).collect();
     assert_eq!(kinds, ["traffic.spike", "sale.started", "sale.ended", "traffic.normal"]);
     assert!(history.iter().all(|e| e["outcome"] == "accepted" && e["apply"]["result"] == "succeeded"), "{history:#?}");
 
-    shop.ok(&["state", "list"]).await;
-    shop.ok(&["graph", "--format", "dot"]).await;
-    shop.ok(&["history"]).await;
-    shop.ok(&["refresh"]).await;
-    assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, ExitCode::SUCCESS);
+    assert!(shop.ok(&["state", "list"]).await.contains("20 resources"));
+    assert!(shop.ok(&["graph", "--format", "dot"]).await.starts_with("digraph cairn {"));
+    assert!(shop.ok(&["history"]).await.contains("traffic.spike"));
+    let refresh = shop.ok(&["refresh"]).await;
+    assert!(refresh.contains("No drift"), "{refresh}");
+    assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, 0);
+    // Export, then import the same state back: a round trip.
+    let exported = shop.output(&["state", "export"]).stdout;
+    let file = shop.state_dir.path().join("export.json");
+    std::fs::write(&file, &exported).unwrap();
+    shop.ok(&["state", "import", file.to_str().unwrap()]).await;
+    assert_eq!(shop.state().await.resources.len(), 20);
+    assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, 0);
 
     // Destroy. The local AWS never finishes deleting an ElastiCache replication group
     // (it stays `deleting`) and does not implement DeleteCacheSubnetGroup, so there the
     // cache and what it stands on (its subnet group, security groups, private subnets
     // and the VPC) must stay, and destroy says so and exits 1. Everything else goes.
     let before = shop.state().await;
-    assert_eq!(shop.run(&["destroy", "--yes"]).await, ExitCode::from(1));
+    assert_eq!(shop.run(&["destroy", "--yes"]).await, 1);
     let after = shop.state().await;
     let cache = before.resources.iter().find(|r| r.ty == "aws:elasticache:ReplicationGroup").unwrap();
     let mut under_cache = vec![cache.urn.clone()];

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 use crate::input::Prop;
-use crate::plan::{Action, Change, Plan, Summary, PLAN_FORMAT};
+use crate::plan::{Action, Change, Plan, Summary};
 use crate::provider::{Observed, ProviderError, Providers};
 
 /// How to apply.
@@ -182,20 +182,7 @@ pub async fn apply(
     if !state.pending.is_empty() {
         return Err(Error::pending(state));
     }
-    if plan.format != PLAN_FORMAT {
-        return Err(Error::BadPlan(format!("its format is '{}', this Cairn applies '{PLAN_FORMAT}'; make the plan again with this version", plan.format)));
-    }
-    if plan.base.lineage != state.lineage || plan.base.serial != state.serial {
-        return Err(Error::StalePlan {
-            planned: plan.base.serial,
-            planned_lineage: plan.base.lineage.clone(),
-            current: state.serial,
-            current_lineage: state.lineage.clone(),
-        });
-    }
-    if plan.stack != state.stack {
-        return Err(Error::WrongStack { expected: plan.stack.clone(), found: state.stack.clone() });
-    }
+    plan.check_base(state)?;
     for change in plan.changed() {
         if providers.for_token(&change.ty).is_none() && !(change.options.retain_on_delete && change.action == Action::Delete) {
             return Err(Error::NoProvider {

@@ -225,6 +225,27 @@ impl Plan {
         Ok(())
     }
 
+    /// Whether the plan can be applied to `state`: made by this version, for this stack,
+    /// against this very state (its lineage and serial). A saved plan is refused once
+    /// state moved, also when it changes nothing.
+    pub fn check_base(&self, state: &StackState) -> Result<()> {
+        if self.format != PLAN_FORMAT {
+            return Err(Error::BadPlan(format!("its format is '{}', this Cairn applies '{PLAN_FORMAT}'; make the plan again with this version", self.format)));
+        }
+        if self.base.lineage != state.lineage || self.base.serial != state.serial {
+            return Err(Error::StalePlan {
+                planned: self.base.serial,
+                planned_lineage: self.base.lineage.clone(),
+                current: state.serial,
+                current_lineage: state.lineage.clone(),
+            });
+        }
+        if self.stack != state.stack {
+            return Err(Error::WrongStack { expected: self.stack.clone(), found: state.stack.clone() });
+        }
+        Ok(())
+    }
+
     /// The plan as pretty JSON, the documented machine-readable form.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a plan serializes to JSON")
