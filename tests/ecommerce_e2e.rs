@@ -152,6 +152,8 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert_eq!(shop.state().await.resources.len(), 20);
     assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, 0);
 
+    watch_serves_a_signed_event_and_stops_cleanly(&shop).await;
+
     // Destroy. The local AWS never finishes deleting an ElastiCache replication group
     // (it stays `deleting`) and does not implement DeleteCacheSubnetGroup, so there the
     // cache and what it stands on (its subnet group, security groups, private subnets
@@ -179,4 +181,70 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert!(after.pending.iter().any(|p| p.urn == cache.urn), "the cache's delete is still pending, to be settled next time");
     let web = Shop::id_of(&before, "aws:autoscaling:Group", "web").unwrap();
     assert!(!shop.group_exists(&web).await, "the web group is gone from AWS");
+}
+
+/// One HTTP/1.1 request on loopback; the answer's status code and body.
+fn http(port: u16, request: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    Some((status, answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()))
+}
+
+/// `watch` as a process: it serves /healthz, takes a signed webhook event, applies it,
+/// counts it in /metrics, and on SIGINT stops with its state recorded and its lock
+/// released.
+async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let location = shop.location();
+    let listen = format!("127.0.0.1:{port}");
+    let watch = Command::new(example_binary())
+        .args(["--stack", "e2e", "--state", location.as_str(), "watch", "--listen", listen.as_str()])
+        .env("CAIRN_WEBHOOK_SECRET", "s3cr3t")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| http(port, &format!("GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while get("/healthz").is_none_or(|(status, _)| status != 200) {
+        assert!(std::time::Instant::now() < deadline, "watch did not answer /healthz within 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let body = r#"{"kind":"traffic.spike","payload":{"requests_per_second":4100},"id":"e2e-webhook-1"}"#;
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let signature = cairn::serve::sign(b"s3cr3t", ts, body.as_bytes());
+    let post = format!(
+        "POST /events HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nX-Cairn-Timestamp: {ts}\r\nX-Cairn-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, answer) = http(port, &post).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"outcome\":\"accepted\""), "{answer}");
+    // Answered once recorded; the apply follows at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while shop.web_capacity().await != 9 {
+        assert!(std::time::Instant::now() < deadline, "the group never reached ceil(4100 / 500) = 9");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let bad = post.replace(&signature, "v1=00");
+    assert_eq!(http(port, &bad).unwrap().0, 401);
+    let (_, metrics) = get("/metrics").unwrap();
+    assert!(metrics.contains("cairn_events_received_total{kind=\"traffic.spike\"} 1"), "{metrics}");
+    assert!(metrics.contains("cairn_requests_refused_total{source=\"webhook\",reason=\"bad_signature\"} 1"), "{metrics}");
+    let (_, status_json) = get("/status").unwrap();
+    assert!(status_json.contains("\"web_capacity\":9"), "{status_json}");
+
+    let interrupted = Command::new("kill").args(["-INT", &watch.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let out = watch.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("Stopped; state recorded."), "{stdout}");
+    // The lock is released: a change can run, and puts capacity back.
+    shop.ok(&["emit", "traffic.normal", "--yes"]).await;
+    assert_eq!(shop.web_capacity().await, 2);
 }
