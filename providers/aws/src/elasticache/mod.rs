@@ -199,6 +199,32 @@ pub(crate) async fn retag(aws: &Clients, urn: &Urn, arn: &str, old: &Props, new:
     Ok(())
 }
 
+/// Hints for the errors a cache cluster and a replication group share: their subnet
+/// group, parameter group, node capacity, quotas and VPC.
+pub(crate) fn node_hint(code: &str, inputs: &Props) -> Option<String> {
+    match code {
+        "CacheSubnetGroupNotFoundFault" => Some(format!(
+            "cache subnet group {} does not exist (deleted outside Cairn? run refresh); check subnet_group_name",
+            text(inputs, "subnet_group_name").unwrap_or_default()
+        )),
+        "CacheParameterGroupNotFound" => Some(format!(
+            "cache parameter group {} does not exist; check parameter_group_name",
+            text(inputs, "parameter_group_name").unwrap_or_default()
+        )),
+        "InsufficientCacheClusterCapacity" => Some(format!(
+            "AWS has no capacity for node type {} here right now; try another node type, or again later",
+            text(inputs, "node_type").unwrap_or_default()
+        )),
+        "ClusterQuotaForCustomerExceeded" | "NodeQuotaForClusterExceeded" | "NodeQuotaForCustomerExceeded" => Some(
+            "the account's quota of cache clusters or nodes is used up; delete unused ones or ask AWS for a higher quota".to_owned(),
+        ),
+        "InvalidVPCNetworkStateFault" => Some(
+            "the subnet group and the security groups must belong to the same VPC; check subnet_group_name and security_group_ids".to_owned(),
+        ),
+        _ => None,
+    }
+}
+
 /// A string input.
 pub(crate) fn text<'a>(inputs: &'a Props, key: &str) -> Option<&'a str> {
     inputs.get(key).and_then(Value::as_str)

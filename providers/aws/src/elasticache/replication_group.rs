@@ -15,7 +15,7 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, Provid
 use serde_json::Value;
 
 use super::cache_cluster::{check_node_type, CLUSTER_ID};
-use super::{check_id, check_port, check_strings, create_tags, error, int, list_tags, retag, strings, text, BOUND, DESCRIPTION};
+use super::{check_id, check_port, check_strings, create_tags, error, int, list_tags, node_hint, retag, strings, text, BOUND, DESCRIPTION};
 use crate::error::who;
 use crate::kind::{Clients, Kind};
 use crate::tags;
@@ -197,28 +197,10 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
             "a replication group with id {} already exists; choose another replication_group_id, or leave it unset and Cairn will pick a unique one",
             text(inputs, "replication_group_id").unwrap_or_default()
         )),
-        "CacheSubnetGroupNotFoundFault" => Some(format!(
-            "cache subnet group {} does not exist (deleted outside Cairn? run refresh); check subnet_group_name",
-            text(inputs, "subnet_group_name").unwrap_or_default()
-        )),
-        "CacheParameterGroupNotFound" => Some(format!(
-            "cache parameter group {} does not exist; check parameter_group_name",
-            text(inputs, "parameter_group_name").unwrap_or_default()
-        )),
-        "InsufficientCacheClusterCapacity" => Some(format!(
-            "AWS has no capacity for node type {} here right now; try another node type, or again later",
-            text(inputs, "node_type").unwrap_or_default()
-        )),
-        "ClusterQuotaForCustomerExceeded" | "NodeQuotaForClusterExceeded" | "NodeQuotaForCustomerExceeded" => Some(
-            "the account's quota of cache clusters or nodes is used up; delete unused ones or ask AWS for a higher quota".to_owned(),
-        ),
-        "InvalidVPCNetworkStateFault" => Some(
-            "the subnet group and the security groups must belong to the same VPC; check subnet_group_name and security_group_ids".to_owned(),
-        ),
         "InvalidReplicationGroupState" => {
             Some("the group is busy (being created, changed or deleted); wait until it is available, then run again".to_owned())
         }
-        _ => None,
+        _ => node_hint(code, inputs),
     }
 }
 
