@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cairn_state::{Lock, StackState, Store};
+use cairn_state::{JournalRecord, Lock, StackState, Store};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -37,7 +37,13 @@ pub struct Session<S> {
     /// session refuses further changes until the stack is reopened (which replays the
     /// journal, where every step is).
     broken: Option<String>,
+    /// Event records in the journal since the last snapshot.
+    journaled_events: usize,
 }
+
+/// How many event records the journal takes before they are folded into a snapshot:
+/// bounds the journal of a stack whose events change nothing to apply.
+const EVENT_RECORDS_PER_SNAPSHOT: usize = 1000;
 
 impl<S> Stack<S>
 where
@@ -64,7 +70,7 @@ where
     pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
         let lock = store.lock(self.name(), operation).await?;
         match self.open_locked(&*store, &lock).await {
-            Ok((state, recovered)) => Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None }),
+            Ok((state, recovered)) => Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None, journaled_events: 0 }),
             Err(e) => {
                 let _ = store.unlock(lock).await;
                 Err(e)
@@ -135,6 +141,7 @@ where
     /// old state, even if the write fails.
     async fn commit(&mut self, state: StackState) -> Result<()> {
         self.state = state;
+        self.journaled_events = 0;
         if let Err(e) = self.store.commit(&self.lock, &self.state).await {
             self.broken = Some(e.to_string());
             return Err(e.into());
@@ -185,20 +192,35 @@ where
         Ok(report)
     }
 
-    /// Records a new user state and the ids of the events that produced it, as a new
-    /// snapshot, before any of those events is acknowledged.
+    /// Records a new user state and the ids of the events that produced it, durably,
+    /// before any of those events is acknowledged. It is one journal record, not a new
+    /// snapshot, so its cost does not grow with the stack; it still makes a new serial.
+    /// After 1,000 such records with no apply between them, the journal is folded into
+    /// a snapshot.
     pub async fn record_events(&mut self, user_state: serde_json::Value, ids: &[String]) -> Result<()> {
         self.usable()?;
         if ids.is_empty() && user_state == self.state.user_state {
             return Ok(());
         }
-        let mut next = self.state.clone();
-        next.user_state = user_state;
-        for id in ids {
-            next.remember_event(id.clone());
+        let record = JournalRecord::Events { base: self.state.serial, user_state, ids: ids.to_vec() };
+        let written = match self.store.journal(&self.lock).await {
+            Ok(journal) => journal.record(record.clone()).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            // Whether the record landed is unknown: reopening the stack replays the
+            // journal and finds out.
+            self.broken = Some(e.to_string());
+            return Err(e.into());
         }
-        next.serial += 1;
-        self.commit(next).await
+        cairn_state::replay(&mut self.state, [record]);
+        self.journaled_events += 1;
+        if self.journaled_events >= EVENT_RECORDS_PER_SNAPSHOT {
+            let mut next = self.state.clone();
+            next.serial += 1;
+            self.commit(next).await?;
+        }
+        Ok(())
     }
 
     /// Replaces the stack's state with `state` (`state import`): it takes the stored

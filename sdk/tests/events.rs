@@ -380,3 +380,65 @@ async fn async_handlers_run_in_order_with_sync_ones() {
     assert_eq!(desired(session.state()), 3);
     session.close().await.unwrap();
 }
+
+/// Recording events is one journal line: the snapshot is not rewritten, yet the new user
+/// state and the ids survive a crash, and the record is a new version of the state, so
+/// a plan saved before it is refused.
+#[tokio::test]
+async fn recorded_events_are_journaled_survive_a_crash_and_make_a_saved_plan_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(dir.path()));
+    let p = provider();
+    let stack = events_stack(&p);
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    assert!(session.up(&Shop::new()).await.unwrap().succeeded());
+    let serial = session.state().serial;
+    let saved = session.preview(&Shop { capacity: 3, ..Shop::new() }).unwrap();
+    let snapshot = std::fs::read(dir.path().join("dev/state.json")).unwrap();
+
+    let mut after = serde_json::to_value(Shop::new()).unwrap();
+    after["capacity"] = json!(7);
+    session.record_events(after.clone(), &["sqs-1".to_owned(), "sqs-2".to_owned()]).await.unwrap();
+    assert_eq!(session.state().serial, serial + 1);
+    assert_eq!(std::fs::read(dir.path().join("dev/state.json")).unwrap(), snapshot, "the snapshot is not rewritten");
+    drop(session); // a crash: no close, the lock stays
+
+    store.force_unlock("dev").await.unwrap();
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    assert_eq!(session.state().serial, serial + 1);
+    assert_eq!(session.state().user_state, after);
+    assert!(session.state().processed_events.iter().eq(["sqs-1", "sqs-2"]));
+    let err = session.apply(&saved).await.unwrap_err();
+    assert!(matches!(err, cairn_sdk::Error::StalePlan { planned, current, .. } if planned == serial && current == serial + 1), "{err}");
+    // The next apply journals after the events and folds everything into a snapshot.
+    assert!(session.up(&Shop { capacity: 7, ..Shop::new() }).await.unwrap().succeeded());
+    session.close().await.unwrap();
+    let loaded = store.load("dev").await.unwrap().unwrap();
+    assert_eq!((loaded.serial, desired(&loaded)), (serial + 2, 7));
+    assert_eq!(std::fs::read(dir.path().join("dev/journal.jsonl")).unwrap().len(), 0);
+}
+
+/// Events that never lead to an apply (duplicates, rejections) still must not grow the
+/// journal without end: every 1,000 records it is folded into a snapshot.
+#[tokio::test]
+async fn a_thousand_event_records_without_an_apply_are_folded_into_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(dir.path()));
+    let p = provider();
+    let stack = events_stack(&p);
+    let mut session = stack.lock(store.clone(), "watch").await.unwrap();
+    assert!(session.up(&Shop::new()).await.unwrap().succeeded());
+    let s = session.state().user_state.clone();
+    let journal = dir.path().join("dev/journal.jsonl");
+    for i in 0..999 {
+        session.record_events(s.clone(), &[format!("id-{i}")]).await.unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&journal).unwrap().lines().count(), 999);
+    session.record_events(s.clone(), &["id-999".to_owned()]).await.unwrap();
+    assert_eq!(std::fs::read(&journal).unwrap().len(), 0, "folded into the snapshot");
+    let serial = session.state().serial;
+    session.close().await.unwrap();
+    let loaded = store.load("dev").await.unwrap().unwrap();
+    assert_eq!(loaded.serial, serial);
+    assert_eq!(loaded.processed_events.len(), 1000);
+}

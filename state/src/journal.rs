@@ -74,6 +74,18 @@ pub enum JournalRecord {
         /// The value.
         value: serde_json::Value,
     },
+    /// Events were handled: the user state they produced and their ids, recorded before
+    /// any of them is acknowledged. Unlike the other records it is a version of its own:
+    /// replaying it moves the state to serial `base + 1`, so a saved plan made before it
+    /// is refused, and the records after it carry the new serial.
+    Events {
+        /// The snapshot serial the record applies to.
+        base: u64,
+        /// The user state after the events.
+        user_state: serde_json::Value,
+        /// Their ids, remembered so a redelivery is skipped.
+        ids: Vec<String>,
+    },
     /// A step is about to call the provider.
     Begin {
         /// The snapshot serial the record applies to.
@@ -98,7 +110,10 @@ impl JournalRecord {
     /// The snapshot serial the record applies to.
     pub fn base(&self) -> u64 {
         match self {
-            JournalRecord::UserState { base, .. } | JournalRecord::Begin { base, .. } | JournalRecord::End { base, .. } => *base,
+            JournalRecord::UserState { base, .. }
+            | JournalRecord::Events { base, .. }
+            | JournalRecord::Begin { base, .. }
+            | JournalRecord::End { base, .. } => *base,
         }
     }
 }
@@ -123,7 +138,8 @@ impl Journal for NoJournal {
 
 /// Applies journal records, in order, to the snapshot they were written against.
 /// Records for another serial (left by a compaction that crashed before truncating the
-/// journal) are skipped. Begins without an end become pending operations.
+/// journal) are skipped. An [`JournalRecord::Events`] record advances the serial.
+/// Begins without an end become pending operations.
 pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = JournalRecord>) {
     let mut open: Vec<((u64, u32), PendingOperation)> = Vec::new();
     for record in records {
@@ -132,6 +148,13 @@ pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = J
         }
         match record {
             JournalRecord::UserState { value, .. } => state.user_state = value,
+            JournalRecord::Events { user_state, ids, .. } => {
+                state.user_state = user_state;
+                for id in ids {
+                    state.remember_event(id);
+                }
+                state.serial += 1;
+            }
             JournalRecord::Begin { step, op, .. } => open.push((step, op)),
             JournalRecord::End { step, effect, .. } => {
                 open.retain(|(s, _)| *s != step);
@@ -159,5 +182,37 @@ pub fn apply_effect(state: &mut crate::StackState, effect: StepEffect) {
         }
         StepEffect::Removed { urn, id } => state.resources.retain(|r| !(r.urn == urn && r.id == id)),
         StepEffect::Nothing => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::StackState;
+
+    fn events(base: u64, capacity: u32, ids: &[&str]) -> JournalRecord {
+        JournalRecord::Events { base, user_state: json!({ "capacity": capacity }), ids: ids.iter().map(|s| (*s).to_owned()).collect() }
+    }
+
+    #[test]
+    fn an_events_record_is_a_version_and_later_records_follow_it() {
+        let mut state = StackState { serial: 4, ..StackState::new("dev") };
+        replay(
+            &mut state,
+            [
+                // Left by a compaction that crashed: an older serial, skipped.
+                events(3, 1, &["old"]),
+                events(4, 5, &["a", "b"]),
+                events(5, 6, &["c"]),
+                JournalRecord::UserState { base: 6, value: json!({ "capacity": 7 }) },
+                // The version it was written against is gone: skipped.
+                events(5, 9, &["late"]),
+            ],
+        );
+        assert_eq!(state.serial, 6);
+        assert_eq!(state.user_state, json!({ "capacity": 7 }));
+        assert!(state.processed_events.iter().eq(["a", "b", "c"]));
     }
 }
