@@ -544,18 +544,15 @@ fn event_to_first_call(rt: &tokio::runtime::Runtime) -> (f64, f64) {
             let sent = tokio::time::Instant::now();
             let outcome = events.send(Event::new("bump", serde_json::json!({ "to": i }))).await.expect("recorded");
             assert_eq!(outcome, Outcome::Accepted);
-            // The apply runs after the receipt; wait for its call.
-            let at = loop {
-                if let Some(c) = provider.calls().into_iter().find(|c| c.op == Op::Update) {
-                    break c.at;
-                }
-                tokio::task::yield_now().await;
-            };
-            samples.push((at - sent).as_secs_f64() * 1e6);
-            // Let the apply finish before the next event, so each one starts idle.
+            // The apply runs after the receipt. Wait for it to finish, so each event finds
+            // the reconciler idle, then read when its call was made. The wait sleeps: a
+            // spinning observer would take one of the machine's two cores from the
+            // reconciler it measures.
             while events.metrics().applies_of("succeeded") < i as u64 {
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
             }
+            let at = provider.calls().into_iter().find(|c| c.op == Op::Update).expect("the apply's call").at;
+            samples.push((at - sent).as_secs_f64() * 1e6);
         }
         let _ = stop.send(());
         task.await.expect("the reconciler task").expect("the reconciler").close().await.expect("unlock");
@@ -598,6 +595,27 @@ fn storm(rt: &tokio::runtime::Runtime) -> (u64, usize) {
 }
 
 fn main() {
+    // One render and diff of the 1,000-resource stack, the bulk of an event's latency:
+    // `CAIRN_BENCH_ONLY=preview cargo bench -p cairn-sdk --bench engine`, for profiling.
+    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("preview") {
+        runtime().block_on(async {
+            let provider = TestProvider::new("bench");
+            let stack = flat_stack(provider.clone());
+            let store = Arc::new(MemoryStore::new());
+            let mut session = stack.lock(store, "bench").await.expect("the lock");
+            assert!(session.up(&Flat { n: 1000, bump: 0 }).await.expect("the first up").succeeded());
+            let mut xs = Vec::new();
+            for i in 0..3000 {
+                let t = Instant::now();
+                let plan = session.preview(&Flat { n: 1000, bump: i }).unwrap();
+                std::hint::black_box(plan);
+                xs.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            xs.sort_by(f64::total_cmp);
+            eprintln!("preview: p50 {:.0} p90 {:.0} p99 {:.0} max {:.0} us", xs[1500], xs[2700], xs[2970], xs[2999]);
+        });
+        return;
+    }
     // The event figures alone: `CAIRN_BENCH_ONLY=events cargo bench -p cairn-sdk`.
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("events") {
         event_benches(&runtime());

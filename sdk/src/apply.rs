@@ -14,7 +14,7 @@
 //!   or moved off it: the dependencies recorded in state, because a removed resource is
 //!   no longer in the program.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use cairn_state::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
@@ -203,9 +204,9 @@ pub async fn apply(
 /// Turns changes into steps and their dependencies.
 fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
     let mut steps: Vec<Step> = Vec::new();
-    let mut fwd: HashMap<&Urn, usize> = HashMap::new();
-    let mut dels: HashMap<&Urn, Vec<usize>> = HashMap::new();
-    let mut delete_old: HashMap<&Urn, usize> = HashMap::new();
+    let mut fwd: HashMap<&Urn, usize> = HashMap::default();
+    let mut dels: HashMap<&Urn, Vec<usize>> = HashMap::default();
+    let mut delete_old: HashMap<&Urn, usize> = HashMap::default();
     for (ci, c) in plan.changes.iter().enumerate() {
         let mut push = |op| {
             steps.push(Step { change: ci, op, deps: Vec::new() });
@@ -233,14 +234,14 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
     }
 
     // Who depended on whom when state was written.
-    let mut state_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::new();
+    let mut state_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::default();
     for r in &state.resources {
         for d in &r.dependencies {
             state_dependents.entry(d).or_default().push(&r.urn);
         }
     }
     // Who depends on whom in the plan.
-    let mut plan_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::new();
+    let mut plan_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::default();
     for c in plan.changes.iter().filter(|c| c.action != Action::Delete) {
         for d in c.dependencies.iter().flatten() {
             plan_dependents.entry(d).or_default().push(&c.urn);
@@ -324,7 +325,7 @@ struct Run<'a> {
     new: HashMap<Urn, ResourceState>,
     /// Resources with a create, update or replacement step: until it is done, their
     /// outputs are unknown, not the old ones.
-    changing: std::collections::HashSet<&'a Urn>,
+    changing: HashSet<&'a Urn>,
     /// Per change: a replacement that turned out not to be needed once values were known.
     downgraded: Vec<bool>,
     /// Per step: what its begin record said, to keep it pending if its call fails
@@ -366,7 +367,7 @@ impl<'a> Run<'a> {
             dependents,
             waiting: steps.iter().map(|s| s.deps.len()).collect(),
             old: state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect(),
-            new: HashMap::new(),
+            new: HashMap::default(),
             changing: steps
                 .iter()
                 .filter(|s| matches!(s.op, StepOp::Create | StepOp::Update | StepOp::CreateReplacement))
@@ -392,7 +393,7 @@ impl<'a> Run<'a> {
     async fn execute(&mut self, limit: usize) {
         let mut ready: VecDeque<usize> = (0..self.steps.len()).filter(|&s| self.waiting[s] == 0).collect();
         let mut running: JoinSet<(Duration, Result<StepEffect, Failure>)> = JoinSet::new();
-        let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
+        let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::default();
         loop {
             while running.len() < limit {
                 let Some(s) = ready.pop_front() else { break };

@@ -4,7 +4,6 @@
 //! see typed builders. A provider serves one package of type tokens (`aws`, `test`).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -235,7 +234,9 @@ pub fn schema_diff(req: &DiffRequest<'_>) -> DiffResult {
 /// The providers of a stack, by package.
 #[derive(Clone, Debug, Default)]
 pub struct Providers {
-    by_package: HashMap<String, Arc<dyn Provider>>,
+    /// A stack has a handful of packages: a scan beats hashing the package of every
+    /// resource's type on every plan.
+    by_package: Vec<(String, Arc<dyn Provider>)>,
 }
 
 impl Providers {
@@ -246,12 +247,17 @@ impl Providers {
 
     /// Adds (or replaces) the provider for its package.
     pub fn insert(&mut self, provider: Arc<dyn Provider>) {
-        self.by_package.insert(provider.package().to_owned(), provider);
+        let package = provider.package().to_owned();
+        match self.by_package.iter_mut().find(|(p, _)| *p == package) {
+            Some(slot) => slot.1 = provider,
+            None => self.by_package.push((package, provider)),
+        }
     }
 
     /// The provider serving the package of type token `token` (`aws` for `aws:ec2:Vpc`).
     pub fn for_token(&self, token: &str) -> Option<&Arc<dyn Provider>> {
-        self.by_package.get(token.split(':').next().unwrap_or(token))
+        let package = token.split(':').next().unwrap_or(token);
+        self.by_package.iter().find(|(p, _)| p == package).map(|(_, provider)| provider)
     }
 }
 

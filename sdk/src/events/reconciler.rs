@@ -581,9 +581,6 @@ where
             Converge::Refused(why) => ("refused", json!({"result": "refused", "reason": why})),
             Converge::Failed(why) => ("failed", json!({"result": "failed", "error": why, "ms": elapsed.as_millis() as u64})),
         };
-        if !matches!(outcome, Converge::Nothing) {
-            self.metrics.applied(result, elapsed);
-        }
         match result {
             "failed" => {
                 self.retry_at = Some(now + self.backoff);
@@ -611,10 +608,16 @@ where
             entries.push(json!({"time_ms": stamp, "event": null, "outcome": "reconcile", "apply": apply}));
         }
         self.audit(&entries).await?;
+        let counted = !matches!(outcome, Converge::Nothing);
         if let Converge::Applied(report, _) = outcome {
             self.last_report = Some(*report);
         }
         self.update_status(Some(json!({"time_ms": stamp, "apply": apply})));
+        // Counted last: once the metrics show an apply, its audit entries and the status
+        // are there too.
+        if counted {
+            self.metrics.applied(result, elapsed);
+        }
         Ok(())
     }
 
