@@ -614,14 +614,22 @@ impl<S: UserState> Ctx<S> {
         });
         println!("Watching stack '{}' on http://{addr} (/healthz, /metrics, /status, POST /events). Ctrl-C stops.", self.stack.name());
         drop(events);
+        // The reconciler gets a thread of its own, so an event's render, diff and apply
+        // never wait behind the HTTP server or the sources; Ctrl-C is caught here and
+        // passed on.
         let mut stop = stop_rx.clone();
-        let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = stop.wait_for(|s| *s) => {}
+        let running = reconciler.spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let finished = running.finished();
+        tokio::pin!(finished);
+        let result = tokio::select! {
+            result = &mut finished => result,
+            _ = tokio::signal::ctrl_c() => {
+                let _ = stop_tx.send(true);
+                finished.await
             }
         };
-        let result = reconciler.run(shutdown).await;
         let _ = stop_tx.send(true);
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}

@@ -92,6 +92,20 @@ pub enum Error {
         /// Why the write failed.
         cause: String,
     },
+    /// A reconciler started with [`Reconciler::spawn`](crate::events::Reconciler::spawn)
+    /// could not start its thread, or its thread panicked. Events it had not recorded
+    /// are delivered again by their sources. Its session was not closed, so the stack's
+    /// lock may still be held.
+    #[error(
+        "the reconciler of stack '{stack}' stopped: {cause}; state is as last recorded, \
+         and the stack's lock may still be held (`state unlock` releases it)"
+    )]
+    ReconcilerStopped {
+        /// The stack.
+        stack: String,
+        /// What happened.
+        cause: String,
+    },
     /// An interrupted operation could not be settled (the look-up or read failed).
     #[error("could not settle the interrupted {operation} of {urn}: {cause}; nothing was planned, try again")]
     Recovery {

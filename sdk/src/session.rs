@@ -119,6 +119,10 @@ where
         self.stack.preview(s, &self.state)
     }
 
+    pub(crate) fn preview_with_graph(&self, s: &S) -> Result<(Plan, crate::Graph)> {
+        self.stack.preview_with_graph(s, &self.state)
+    }
+
     /// Plans the deletion of everything.
     pub fn preview_destroy(&self) -> Result<Plan> {
         self.stack.preview_destroy(&self.state)

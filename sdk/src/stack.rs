@@ -182,10 +182,17 @@ where
     /// Plans the changes that bring `state` to what the program declares for `s`.
     /// Makes no cloud call.
     pub fn preview(&self, s: &S, state: &StackState) -> Result<Plan> {
+        self.preview_with_graph(s, state).map(|(plan, _graph)| plan)
+    }
+
+    /// [`Stack::preview`], also returning the rendered graph, so a caller on a latency
+    /// path can drop it (a thousand declarations take a while to free) after it acts.
+    pub(crate) fn preview_with_graph(&self, s: &S, state: &StackState) -> Result<(Plan, Graph)> {
         self.check_state(state)?;
         let graph = self.render(s)?;
         let user_state = serde_json::to_value(s).map_err(|source| Error::UserState { action: "written", source })?;
-        plan(&graph, state, &self.providers, user_state)
+        let plan = plan(&graph, state, &self.providers, user_state)?;
+        Ok((plan, graph))
     }
 
     /// Plans the deletion of every resource in `state`.

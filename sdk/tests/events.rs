@@ -442,3 +442,32 @@ async fn a_thousand_event_records_without_an_apply_are_folded_into_a_snapshot() 
     assert_eq!(loaded.serial, serial);
     assert_eq!(loaded.processed_events.len(), 1000);
 }
+
+/// `watch` runs its reconciler on a thread of its own: handlers run there, events sent
+/// from this runtime are recorded and applied, and shutdown gives the session back.
+#[tokio::test]
+async fn a_spawned_reconciler_runs_on_its_own_thread_and_gives_the_session_back() {
+    let p = provider();
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = threads.clone();
+    let stack = events_stack(&p).on_event("traffic.spike", move |_: &Event, _: &mut Shop| {
+        seen.lock().unwrap().push(std::thread::current().name().map(str::to_owned));
+        Ok(())
+    });
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut stopped = stopped.clone();
+    let running = reconciler.spawn(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    assert_eq!(events.send(spike(3000)).await.unwrap(), Outcome::Accepted);
+    assert_eq!(events.send(spike(5000)).await.unwrap(), Outcome::Accepted);
+    stop.send(true).unwrap();
+    let session = running.finished().await.unwrap();
+    assert_eq!(desired(session.state()), 10, "both events applied before it stopped");
+    session.close().await.unwrap();
+    assert_eq!(*threads.lock().unwrap(), vec![Some("cairn-reconciler-dev".to_owned()); 2]);
+    assert!(events.send(spike(1000)).await.is_err(), "a stopped reconciler takes no events");
+}

@@ -36,7 +36,7 @@ pub(crate) mod rules;
 mod schedule;
 
 pub use metrics::{Metrics, Status};
-pub use reconciler::{Backoff, Debounce, Events, EventsClosed, Outcome, Reconciler, ReconcilerOptions, Receipt};
+pub use reconciler::{Backoff, Debounce, Events, EventsClosed, Outcome, Reconciler, ReconcilerOptions, Receipt, Spawned};
 pub use rules::{EventPolicy, HandlerFuture, HandlerResult, Rejection};
 pub use schedule::{Schedule, ScheduleError};
 
