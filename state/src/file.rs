@@ -340,11 +340,13 @@ impl FileJournal {
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
         // A crash mid-append leaves a torn last line, which loading ignores; cut it off
         // so the next record does not land after it and turn it into corruption.
-        let complete = {
-            let bytes = fs::read(&path).map_err(StateError::io("reading", &path))?;
-            bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64
-        };
-        file.set_len(complete).and_then(|()| file.sync_all()).map_err(StateError::io("repairing", &path))?;
+        let bytes = fs::read(&path).map_err(StateError::io("reading", &path))?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        // Only a torn tail needs the cut and its sync: the journal is opened for every
+        // apply and every batch of events.
+        if complete != bytes.len() {
+            file.set_len(complete as u64).and_then(|()| file.sync_all()).map_err(StateError::io("repairing", &path))?;
+        }
         if !existed {
             fsync_dir(path.parent().expect("the journal lives in the stack's directory"))?;
         }
