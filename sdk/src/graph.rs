@@ -89,7 +89,7 @@ impl Graph {
                     }
                 });
             }
-            for target in &node.decl.options.depends_on {
+            for target in &node.decl.options().depends_on {
                 match index.get(target) {
                     Some(&t) => deps.push(t),
                     None => errors.push(ValidationError::Dangling {

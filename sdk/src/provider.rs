@@ -256,8 +256,17 @@ impl Providers {
 
     /// The provider serving the package of type token `token` (`aws` for `aws:ec2:Vpc`).
     pub fn for_token(&self, token: &str) -> Option<&Arc<dyn Provider>> {
-        let package = token.split(':').next().unwrap_or(token);
-        self.by_package.iter().find(|(p, _)| p == package).map(|(_, provider)| provider)
+        self.by_package.iter().find(|(p, _)| serves(p, token)).map(|(_, provider)| provider)
+    }
+}
+
+/// Whether `package` is the package of type token `token`: the token up to its first
+/// ':', or all of it if it has none. Called for every resource of every plan, so each
+/// (short) package is matched as a prefix rather than the token searched for a ':'.
+fn serves(package: &str, token: &str) -> bool {
+    match token.strip_prefix(package) {
+        Some(rest) => (rest.is_empty() || rest.starts_with(':')) && !package.contains(':'),
+        None => false,
     }
 }
 

@@ -278,10 +278,21 @@ impl Store for S3Store {
     }
 
     async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
-        if self.lock_holder(&lock.stack).await?.is_some_and(|held| held.token == lock.info.token) {
-            self.force_unlock(&lock.stack).await?;
+        let key = self.key(&lock.stack, "lock.json");
+        let Some((bytes, etag)) = self.get(&key).await? else { return Ok(()) };
+        if !serde_json::from_slice::<LockInfo>(&bytes).is_ok_and(|held| held.token == lock.info.token) {
+            return Ok(());
         }
-        Ok(())
+        // Only the lock just read: if it was broken (`state unlock`) and taken by another
+        // process since, the delete fails its precondition and their lock stays.
+        let delete = self.client.delete_object().bucket(&self.bucket).key(&key).set_if_match(etag);
+        match delete.send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match classify(e) {
+                S3Failure::PreconditionFailed | S3Failure::NotFound => Ok(()),
+                S3Failure::Other(m) => Err(self.remote("unlocking", &key, m)),
+            },
+        }
     }
 
     async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {

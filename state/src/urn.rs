@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -52,14 +53,22 @@ const PREFIX: &str = "urn:cairn:";
 impl Urn {
     /// Builds the URN of resource `name` of type `ty` in `stack`.
     pub fn new(stack: &str, ty: &str, name: &str) -> Self {
-        let mut s = String::with_capacity(PREFIX.len() + stack.len() + ty.len() + name.len() + 4);
-        s.push_str(PREFIX);
-        s.push_str(stack);
-        s.push_str("::");
-        s.push_str(ty);
-        s.push_str("::");
-        s.push_str(name);
-        Urn(s.into())
+        thread_local! {
+            // Where URNs are assembled before being copied into their shared allocation:
+            // building a fresh `String` and converting it would allocate twice per URN,
+            // and a render makes one URN per resource.
+            static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        SCRATCH.with_borrow_mut(|s| {
+            s.clear();
+            s.push_str(PREFIX);
+            s.push_str(stack);
+            s.push_str("::");
+            s.push_str(ty);
+            s.push_str("::");
+            s.push_str(name);
+            Urn(Arc::from(s.as_str()))
+        })
     }
 
     /// Parses a URN, checking its shape.

@@ -108,3 +108,18 @@ async fn a_second_process_gets_the_lock_error() {
     store.unlock(lock).await.unwrap();
     assert!(run_child().contains("proceeded"));
 }
+
+#[tokio::test]
+async fn unlocking_leaves_a_lock_another_process_took_after_a_forced_unlock() {
+    let store = store("broken-lock").await;
+    let first = store.lock("dev", "watch").await.unwrap();
+    // Someone breaks the lock (`state unlock`) and another process takes it.
+    store.force_unlock("dev").await.unwrap();
+    let second = store.lock("dev", "up").await.unwrap();
+    // The first holder, finishing, must not release the second's lock.
+    store.unlock(first).await.unwrap();
+    let holder = store.lock_holder("dev").await.unwrap().expect("the second lock stays");
+    assert_eq!(holder.token, second.info.token);
+    store.unlock(second).await.unwrap();
+    assert!(store.lock_holder("dev").await.unwrap().is_none());
+}

@@ -298,7 +298,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         let decl = &node.decl;
         let ty = decl.ty;
         let old = old_of[i];
-        let options = &decl.options;
+        let options = decl.options();
 
         // The planned value of every input, borrowed where it can be: a literal from the
         // declaration, a reference to an unchanged resource from state.
