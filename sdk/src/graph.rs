@@ -38,29 +38,44 @@ pub(crate) struct Node {
 impl Graph {
     /// Builds and validates the graph of `decls` for `stack`.
     pub fn build(stack: &str, decls: Vec<Decl>) -> Result<Graph, ValidationErrors> {
-        Self::from_declared(decls.into_iter().map(|d| (Urn::new(stack, d.ty.token, &d.name), d)).collect())
+        Self::from_declared(
+            decls.into_iter().map(|d| Node { urn: Urn::new(stack, d.ty.token, &d.name), decl: d, deps: Vec::new() }).collect(),
+        )
     }
 
-    /// Builds and validates the graph of declarations whose URNs are already known.
-    pub(crate) fn from_declared(decls: Vec<(Urn, Decl)>) -> Result<Graph, ValidationErrors> {
+    /// Builds and validates the graph of declarations whose URNs are already known (and
+    /// whose `deps` are empty), in place: the nodes are not moved.
+    pub(crate) fn from_declared(mut nodes: Vec<Node>) -> Result<Graph, ValidationErrors> {
         let mut errors = Vec::new();
-        let mut index: HashMap<Urn, usize> = HashMap::with_capacity_and_hasher(decls.len(), Default::default());
-        let mut nodes: Vec<Node> = Vec::with_capacity(decls.len());
-        for (urn, mut decl) in decls {
-            match index.entry(urn.clone()) {
+        let mut index: HashMap<Urn, usize> = HashMap::with_capacity_and_hasher(nodes.len(), Default::default());
+        // Positions of declarations whose URN was declared before: reported, then left
+        // out of the graph.
+        let mut duplicates: Vec<usize> = Vec::new();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            match index.entry(node.urn.clone()) {
                 std::collections::hash_map::Entry::Occupied(_) => {
-                    if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if *u == urn)) {
-                        errors.push(ValidationError::Duplicate { urn });
+                    let urn = &node.urn;
+                    if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if u == urn)) {
+                        errors.push(ValidationError::Duplicate { urn: urn.clone() });
                     }
+                    duplicates.push(i);
                     continue;
                 }
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(nodes.len());
+                    // Its index once the duplicates before it are gone.
+                    slot.insert(i - duplicates.len());
                 }
             }
-            apply_defaults(&mut decl);
-            check_properties(&urn, &decl, &mut errors);
-            nodes.push(Node { urn, decl, deps: Vec::new() });
+            apply_defaults(&mut node.decl);
+            check_properties(&node.urn, &node.decl, &mut errors);
+        }
+        if !duplicates.is_empty() {
+            let mut position = 0;
+            nodes.retain(|_| {
+                let keep = duplicates.binary_search(&position).is_err();
+                position += 1;
+                keep
+            });
         }
 
         // Edges: every reference inside an input, plus depends_on.

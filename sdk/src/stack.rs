@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cairn_state::StackState;
@@ -50,6 +51,9 @@ pub struct Stack<S> {
     providers: Providers,
     apply_options: ApplyOptions,
     events: Arc<EventRules<S>>,
+    /// How many resources the program declared last time it ran, to size the next
+    /// render's vector. Shared by clones, which run the same program.
+    declared: Arc<AtomicUsize>,
 }
 
 impl<S> Clone for Stack<S> {
@@ -60,6 +64,7 @@ impl<S> Clone for Stack<S> {
             providers: self.providers.clone(),
             apply_options: self.apply_options.clone(),
             events: self.events.clone(),
+            declared: self.declared.clone(),
         }
     }
 }
@@ -87,6 +92,7 @@ where
             providers: Providers::new(),
             apply_options: ApplyOptions::default(),
             events: Arc::new(EventRules::default()),
+            declared: Arc::default(),
         }
     }
 
@@ -94,6 +100,8 @@ where
     #[must_use]
     pub fn program(mut self, program: impl Fn(&mut Cx, &S) -> ProgramResult + Send + Sync + 'static) -> Self {
         self.program = Some(Arc::new(program));
+        // Another program declares another number of resources.
+        self.declared = Arc::default();
         self
     }
 
@@ -155,11 +163,12 @@ where
 
     /// Runs the program on `s` and validates the graph it declares. Makes no cloud call.
     pub fn render(&self, s: &S) -> Result<Graph> {
-        let mut cx = Cx::new(&self.name);
+        let mut cx = Cx::with_capacity(&self.name, self.declared.load(Ordering::Relaxed));
         if let Some(program) = &self.program {
             program(&mut cx, s).map_err(|e| Error::program(&self.name, e))?;
         }
-        let graph = Graph::from_declared(cx.into_decls())?;
+        self.declared.store(cx.len(), Ordering::Relaxed);
+        let graph = Graph::from_declared(cx.into_nodes())?;
         self.provider_checks(&graph)?;
         Ok(graph)
     }
