@@ -86,12 +86,23 @@ where
             return Ok((state, Vec::new()));
         };
         self.check_state(&state)?;
-        if state.pending.is_empty() {
+        if state.pending.is_empty() && !state.replayed {
             return Ok((state, Vec::new()));
         }
-        let (resolved, recovered) = resolve_pending(&state, self.providers()).await?;
-        store.commit(lock, &resolved).await?;
-        Ok((resolved, recovered))
+        // Operations left pending are settled. Journal records the snapshot lacks (a
+        // process died before its commit) are written into a snapshot with a new serial
+        // first: without it, a plan saved before that process's apply would still match
+        // the state, though the apply's steps (replayed here) changed the resources.
+        let (mut settled, recovered) = if state.pending.is_empty() {
+            let mut next = state;
+            next.serial += 1;
+            (next, Vec::new())
+        } else {
+            resolve_pending(&state, self.providers()).await?
+        };
+        settled.replayed = false;
+        store.commit(lock, &settled).await?;
+        Ok((settled, recovered))
     }
 }
 

@@ -146,3 +146,34 @@ async fn an_update_whose_answer_was_lost_is_read_back() {
     assert!(!stack.preview(&Shop { capacity: 5, ..Shop::new() }, &settled).unwrap().has_changes());
     drop(cloud);
 }
+
+/// A process that dies after an apply's steps are journaled but before its snapshot is
+/// written leaves the journal ahead of the snapshot. A plan saved before that apply must
+/// be refused, or it would create again what the apply created.
+#[tokio::test]
+async fn a_plan_saved_before_an_apply_whose_commit_was_lost_is_refused() {
+    let cloud = provider();
+    let stack = Stack::<u32>::new("dev").provider(cloud.clone()).program(|cx, n| {
+        for i in 0..*n {
+            cx.add(Queue::new(&format!("q{i}")));
+        }
+        Ok(())
+    });
+    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default() };
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    assert!(session.up(&1).await.unwrap().succeeded());
+    let saved = session.preview(&2).unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(session.up(&2).await.is_err(), "the commit fails; the steps are journaled");
+    session.close().await.unwrap();
+    assert_eq!(cloud.resources().len(), 2);
+
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    assert_eq!(session.state().serial, saved.base.serial + 1, "the journal was written into a new snapshot");
+    assert!(!session.state().replayed);
+    let err = session.apply(&saved).await.unwrap_err();
+    assert!(matches!(err, Error::StalePlan { .. }), "{err}");
+    assert_eq!(cloud.resources().len(), 2, "nothing created twice");
+    assert!(!session.preview(&2).unwrap().has_changes());
+    session.close().await.unwrap();
+}

@@ -139,13 +139,15 @@ impl Journal for NoJournal {
 /// Applies journal records, in order, to the snapshot they were written against.
 /// Records for another serial (left by a compaction that crashed before truncating the
 /// journal) are skipped. An [`JournalRecord::Events`] record advances the serial.
-/// Begins without an end become pending operations.
+/// Begins without an end become pending operations. Applying any record sets
+/// [`StackState::replayed`](crate::StackState::replayed).
 pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = JournalRecord>) {
     let mut open: Vec<((u64, u32), PendingOperation)> = Vec::new();
     for record in records {
         if record.base() != state.serial {
             continue;
         }
+        state.replayed = true;
         match record {
             JournalRecord::UserState { value, .. } => state.user_state = value,
             JournalRecord::Events { user_state, ids, .. } => {

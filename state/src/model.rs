@@ -10,7 +10,7 @@ use crate::{PendingOperation, Props, Urn};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Everything Cairn knows about one stack: its resources and the user's state `S`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StackState {
     /// The state format version ([`FORMAT_VERSION`] when written by this build).
     pub version: u32,
@@ -33,6 +33,27 @@ pub struct StackState {
     /// [`PROCESSED_EVENTS_KEPT`]: a redelivered event is recognised and skipped.
     #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
     pub processed_events: std::collections::VecDeque<String>,
+    /// Set when loading replayed journal records onto the snapshot: the store's
+    /// snapshot is behind this state, and opening the stack for changes writes it
+    /// anew, with a new serial, before anything else. Never stored, and not part of
+    /// equality: it says where the state was read from, not what it is.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl PartialEq for StackState {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured, so a new field cannot be forgotten here.
+        let StackState { version, stack, lineage, serial, user_state, resources, pending, processed_events, replayed: _ } = self;
+        *version == other.version
+            && *stack == other.stack
+            && *lineage == other.lineage
+            && *serial == other.serial
+            && *user_state == other.user_state
+            && *resources == other.resources
+            && *pending == other.pending
+            && *processed_events == other.processed_events
+    }
 }
 
 /// How many processed event ids a stack remembers.
@@ -100,6 +121,7 @@ impl StackState {
             resources: Vec::new(),
             pending: Vec::new(),
             processed_events: Default::default(),
+            replayed: false,
         }
     }
 
@@ -115,6 +137,7 @@ impl StackState {
             resources: Vec::new(),
             pending: self.pending.clone(),
             processed_events: self.processed_events.clone(),
+            replayed: false,
         }
     }
 

@@ -303,9 +303,11 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         // The planned value of every input, borrowed where it can be: a literal from the
         // declaration, a reference to an unchanged resource from state.
         let mut planned = std::mem::take(&mut scratch);
-        for (k, prop) in &decl.props {
+        planned.extend(decl.props.iter().map(|(k, prop)| {
             let v = match prop {
-                Prop::Value(v) => Some(Cow::Borrowed(v)),
+                // Most inputs are literals: built directly, not through an `Option`, whose
+                // conversion the compiler does as a slow shuffle of bytes on the stack.
+                Prop::Value(v) => return (k.as_ref(), Planned::Known(Cow::Borrowed(v))),
                 Prop::Output(r) => resolve_ref(r, graph, &statuses),
                 nested => {
                     // A list or object holding references: when it equals what state
@@ -319,8 +321,8 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     }
                 }
             };
-            planned.push((k.as_ref(), v.map_or(Planned::Unknown, Planned::Known)));
-        }
+            (k.as_ref(), v.map_or(Planned::Unknown, Planned::Known))
+        }));
         // Values the engine sets in place of the declared ones: `None` removes.
         let mut overrides: Vec<(&str, Option<Cow<'_, Value>>)> = Vec::new();
         // An auto-named property left unset keeps the name it was given.
@@ -378,19 +380,23 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     Some(p) => p.diff(&req),
                     None => schema_diff(&req),
                 };
-                let certain: Vec<String> =
-                    diff.changes.iter().filter(|d| d.replaces && d.known).map(|d| d.name.clone()).collect();
-                let maybe: Vec<String> =
-                    diff.changes.iter().filter(|d| d.replaces && !d.known).map(|d| d.name.clone()).collect();
-                change.action = if !certain.is_empty() || !maybe.is_empty() {
+                change.action = if diff.changes.iter().any(|d| d.replaces) {
+                    // The reasons are the changes certain to force it; failing those, the
+                    // ones that may, once unknown values are known.
+                    let reasons = |known: bool| -> Vec<String> {
+                        diff.changes.iter().filter(|d| d.replaces && d.known == known).map(|d| d.name.clone()).collect()
+                    };
+                    change.replace_reasons = reasons(true);
+                    if change.replace_reasons.is_empty() {
+                        change.may_replace = true;
+                        change.replace_reasons = reasons(false);
+                    }
                     Action::Replace
                 } else if !diff.changes.is_empty() {
                     Action::Update
                 } else {
                     Action::Same
                 };
-                change.may_replace = certain.is_empty() && !maybe.is_empty();
-                change.replace_reasons = if certain.is_empty() { maybe } else { certain };
                 change.diffs = diff.changes;
                 if change.action != Action::Same {
                     change.id = Some(old.id.clone());
