@@ -84,6 +84,10 @@ impl Graph {
             deps.clear();
             let node = &nodes[i];
             for (property, prop) in &node.decl.props {
+                // Most inputs are literals, with no reference to look for.
+                if matches!(prop, Prop::Value(_)) {
+                    continue;
+                }
                 prop.for_each_ref(&mut |r| match index.get(&r.urn) {
                     None => errors.push(ValidationError::Dangling {
                         urn: node.urn.clone(),
@@ -195,7 +199,7 @@ fn check_properties(urn: &Urn, decl: &Decl, errors: &mut Vec<ValidationError>) {
         }
     }
     for p in ty.inputs() {
-        if p.required && decl.get(p.name).is_none() {
+        if p.required && !decl.is_set(p) {
             errors.push(ValidationError::Missing { urn: urn.clone(), property: p.name });
         }
     }
@@ -206,6 +210,42 @@ fn check_properties(urn: &Urn, decl: &Decl, errors: &mut Vec<ValidationError>) {
 
 /// Node indices with dependencies first, then by depth and URN; or every cycle found.
 fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, Vec<ValidationError>> {
+    let depth = match depths_in_declaration_order(nodes) {
+        Some(depth) => depth,
+        None => depths(nodes)?,
+    };
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    // By depth, then type and name (the URN's varying parts, cheaper to compare).
+    order.sort_unstable_by(|&a, &b| {
+        let (x, y) = (&nodes[a].decl, &nodes[b].decl);
+        depth[a]
+            .cmp(&depth[b])
+            .then_with(|| if std::ptr::eq(x.ty, y.ty) { std::cmp::Ordering::Equal } else { x.ty.token.cmp(y.ty.token) })
+            .then_with(|| x.name.cmp(&y.name))
+    });
+    Ok(order)
+}
+
+/// Each node's depth (the longest path to it from a root) when every node depends only
+/// on nodes declared before it: a program declares a resource after those whose
+/// handles it uses, so this is the rule. Then one pass finds the depths, and there can
+/// be no cycle. `None` when a node depends on one declared later (or on itself).
+fn depths_in_declaration_order(nodes: &[Node]) -> Option<Vec<u32>> {
+    let mut depth: Vec<u32> = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let mut d = 0;
+        for &dep in &node.deps {
+            // Only the nodes before this one have a depth yet.
+            d = d.max(depth.get(dep)? + 1);
+        }
+        depth.push(d);
+    }
+    Some(depth)
+}
+
+/// Each node's depth (the longest path to it from a root), in any graph; or every
+/// cycle found.
+fn depths(nodes: &[Node]) -> Result<Vec<u32>, Vec<ValidationError>> {
     // Kahn's algorithm, computing each node's depth (longest path from a root).
     let mut waiting: Vec<u32> = nodes.iter().map(|n| n.deps.len() as u32).collect();
     // Dependents as one flat array (node i's are at start[i]..start[i + 1]).
@@ -243,16 +283,7 @@ fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, Vec<ValidationError>>
     if done != nodes.len() {
         return Err(find_cycles(nodes));
     }
-    let mut order: Vec<usize> = (0..nodes.len()).collect();
-    // By depth, then type and name (the URN's varying parts, cheaper to compare).
-    order.sort_unstable_by(|&a, &b| {
-        let (x, y) = (&nodes[a].decl, &nodes[b].decl);
-        depth[a]
-            .cmp(&depth[b])
-            .then_with(|| if std::ptr::eq(x.ty, y.ty) { std::cmp::Ordering::Equal } else { x.ty.token.cmp(y.ty.token) })
-            .then_with(|| x.name.cmp(&y.name))
-    });
-    Ok(order)
+    Ok(depth)
 }
 
 /// Every cycle, each as a path from its smallest URN. Only runs when there is one.

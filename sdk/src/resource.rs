@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::input::{Input, Output, Prop};
-use crate::schema::ResourceType;
+use crate::schema::{Property, ResourceType};
 
 /// Options any resource accepts, set through [`ResourceExt`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -125,6 +125,14 @@ impl Decl {
     /// The declared value of `property`.
     pub fn get(&self, property: &str) -> Option<&Prop> {
         self.props.binary_search_by(|(k, _)| k.as_ref().cmp(property)).ok().map(|i| &self.props[i].1)
+    }
+
+    /// Whether `property`, a property of this declaration's type, is set.
+    pub(crate) fn is_set(&self, property: &'static Property) -> bool {
+        // The key of a property the type knows is borrowed from its schema (see
+        // `set_prop`), so it is found by address, without comparing names.
+        let by_address = |(k, _): &(Cow<'static, str>, Prop)| matches!(k, Cow::Borrowed(k) if std::ptr::eq(*k, property.name));
+        self.props.iter().any(by_address) || self.get(property.name).is_some()
     }
 
     /// The literal value of `property`: `None` if unset or if it comes from another

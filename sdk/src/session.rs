@@ -233,6 +233,7 @@ where
         if self.journaled_events >= EVENT_RECORDS_PER_SNAPSHOT {
             let mut next = self.state.clone();
             next.serial += 1;
+            next.replayed = false;
             self.commit(next).await?;
         }
         Ok(())
