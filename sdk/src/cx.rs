@@ -17,18 +17,25 @@ pub struct Cx {
     /// Already in the graph's form, so that the graph takes the vector over as it is
     /// rather than moving every declaration into one of its own.
     decls: Vec<Node>,
+    /// The URNs the stack's previous render declared, in order, each replaced as this
+    /// render declares something else at its position: see [`Cx::add`].
+    urns: Vec<Urn>,
+    /// `urn:cairn:<stack>::<type>::` for the type of the last resource declared (as
+    /// found in `urns`), to check the URNs there against.
+    prefix: (String, Option<&'static ResourceType>),
 }
 
 impl Cx {
     /// A context for stack `stack`, with nothing declared yet.
     pub fn new(stack: impl Into<String>) -> Self {
-        Cx { stack: stack.into(), decls: Vec::new() }
+        Cx::reusing(stack, Vec::new())
     }
 
-    /// A context with room for `n` declarations: a stack renders the same number of
-    /// resources time after time, and growing the vector would copy them all over.
-    pub(crate) fn with_capacity(stack: impl Into<String>, n: usize) -> Self {
-        Cx { stack: stack.into(), decls: Vec::with_capacity(n) }
+    /// A context that reuses the URNs a previous render of the stack declared, in
+    /// order. A stack renders the same resources time after time: room is made for as
+    /// many (growing the vector would copy them all over), and their URNs are shared.
+    pub(crate) fn reusing(stack: impl Into<String>, urns: Vec<Urn>) -> Self {
+        Cx { stack: stack.into(), decls: Vec::with_capacity(urns.len()), urns, prefix: (String::new(), None) }
     }
 
     /// The stack being rendered.
@@ -40,9 +47,37 @@ impl Cx {
     /// resources' inputs.
     pub fn add<R: Resource>(&mut self, resource: R) -> R::Ref {
         let decl = resource.into_decl();
-        let urn = Urn::new(&self.stack, decl.ty.token, &decl.name);
+        let position = self.decls.len();
+        let urn = match self.urns.get(position) {
+            // The resource declared here last time: its URN is shared rather than built
+            // again, which saves allocating it now and freeing it with the plan, and
+            // state, which holds the same URN, then matches it by address.
+            Some(urn) if self.prefix_of(decl.ty).len() + decl.name.len() == urn.as_str().len()
+                && urn.as_str().ends_with(decl.name.as_str())
+                && urn.as_str().starts_with(self.prefix.0.as_str()) => urn.clone(),
+            _ => {
+                let urn = Urn::new(&self.stack, decl.ty.token, &decl.name);
+                match self.urns.get_mut(position) {
+                    Some(slot) => *slot = urn.clone(),
+                    None => self.urns.push(urn.clone()),
+                }
+                urn
+            }
+        };
         self.decls.push(Node { urn: urn.clone(), decl, deps: Vec::new() });
         R::Ref::from(Handle::new(urn))
+    }
+
+    /// `urn:cairn:<stack>::<ty>::`, the part of the URNs of resources of type `ty` before
+    /// their name.
+    fn prefix_of(&mut self, ty: &'static ResourceType) -> &str {
+        let (prefix, of) = &mut self.prefix;
+        if !of.is_some_and(|of| std::ptr::eq(of, ty)) {
+            *of = Some(ty);
+            prefix.clear();
+            prefix.push_str(Urn::new(&self.stack, ty.token, "").as_str());
+        }
+        prefix
     }
 
     /// A handle to a resource by type and name, declared elsewhere in the program (or
@@ -61,9 +96,12 @@ impl Cx {
         self.decls.is_empty()
     }
 
-    /// The declarations, in order, not yet validated (their `deps` are empty).
-    pub(crate) fn into_nodes(self) -> Vec<Node> {
-        self.decls
+    /// The declarations, in order, not yet validated (their `deps` are empty), and
+    /// their URNs, for the next render to reuse.
+    pub(crate) fn into_parts(self) -> (Vec<Node>, Vec<Urn>) {
+        let mut urns = self.urns;
+        urns.truncate(self.decls.len());
+        (self.decls, urns)
     }
 }
 

@@ -260,6 +260,32 @@ impl Providers {
     }
 }
 
+/// [`Providers::for_token`] for resource types, remembering the last type asked
+/// about: a program declares many resources of one type in a row, and a plan asks
+/// once per resource.
+pub(crate) struct ProviderOf<'a> {
+    providers: &'a Providers,
+    last: Option<(&'static ResourceType, Option<&'a Arc<dyn Provider>>)>,
+}
+
+impl<'a> ProviderOf<'a> {
+    pub(crate) fn new(providers: &'a Providers) -> Self {
+        ProviderOf { providers, last: None }
+    }
+
+    /// The provider serving resources of type `ty`.
+    pub(crate) fn get(&mut self, ty: &'static ResourceType) -> Option<&'a Arc<dyn Provider>> {
+        match self.last {
+            Some((last, provider)) if std::ptr::eq(last, ty) => provider,
+            _ => {
+                let provider = self.providers.for_token(ty.token);
+                self.last = Some((ty, provider));
+                provider
+            }
+        }
+    }
+}
+
 /// Whether `package` is the package of type token `token`: the token up to its first
 /// ':', or all of it if it has none. Called for every resource of every plan, so each
 /// (short) package is matched as a prefix rather than the token searched for a ':'.

@@ -2,10 +2,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use cairn_state::StackState;
+use cairn_state::{StackState, Urn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -15,7 +14,7 @@ use crate::events::rules::EventRules;
 use crate::error::{Error, Result, ValidationError, ValidationErrors};
 use crate::graph::Graph;
 use crate::plan::{plan, Plan};
-use crate::provider::{Provider, Providers};
+use crate::provider::{Provider, ProviderOf, Providers};
 use crate::recover::{resolve_pending, Recovery};
 use crate::refresh::{refresh, RefreshReport};
 
@@ -51,9 +50,12 @@ pub struct Stack<S> {
     providers: Providers,
     apply_options: ApplyOptions,
     events: Arc<EventRules<S>>,
-    /// How many resources the program declared last time it ran, to size the next
-    /// render's vector. Shared by clones, which run the same program.
-    declared: Arc<AtomicUsize>,
+    /// The URNs the program declared last time it ran, in order. The next render
+    /// reuses the one at each position if its resource is still the one declared there
+    /// (as nearly always), rather than allocating a new one and freeing it with the
+    /// plan. Its length also sizes the next render's vector. Shared by clones, which
+    /// run the same program.
+    declared: Arc<Mutex<Vec<Urn>>>,
 }
 
 impl<S> Clone for Stack<S> {
@@ -100,7 +102,7 @@ where
     #[must_use]
     pub fn program(mut self, program: impl Fn(&mut Cx, &S) -> ProgramResult + Send + Sync + 'static) -> Self {
         self.program = Some(Arc::new(program));
-        // Another program declares another number of resources.
+        // Another program declares other resources.
         self.declared = Arc::default();
         self
     }
@@ -163,20 +165,26 @@ where
 
     /// Runs the program on `s` and validates the graph it declares. Makes no cloud call.
     pub fn render(&self, s: &S) -> Result<Graph> {
-        let mut cx = Cx::with_capacity(&self.name, self.declared.load(Ordering::Relaxed));
-        if let Some(program) = &self.program {
-            program(&mut cx, s).map_err(|e| Error::program(&self.name, e))?;
-        }
-        self.declared.store(cx.len(), Ordering::Relaxed);
-        let graph = Graph::from_declared(cx.into_nodes())?;
+        // Taken, not shared: a render running at the same time starts without.
+        let declared = std::mem::take(&mut *self.declared.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut cx = Cx::reusing(&self.name, declared);
+        let ran = match &self.program {
+            Some(program) => program(&mut cx, s),
+            None => Ok(()),
+        };
+        let (nodes, declared) = cx.into_parts();
+        *self.declared.lock().unwrap_or_else(PoisonError::into_inner) = declared;
+        ran.map_err(|e| Error::program(&self.name, e))?;
+        let graph = Graph::from_declared(nodes)?;
         self.provider_checks(&graph)?;
         Ok(graph)
     }
 
     fn provider_checks(&self, graph: &Graph) -> Result<()> {
         let mut errors = Vec::new();
+        let mut provider_of = ProviderOf::new(&self.providers);
         for node in &graph.nodes {
-            let Some(provider) = self.providers.for_token(node.decl.ty.token) else { continue };
+            let Some(provider) = provider_of.get(node.decl.ty) else { continue };
             for failure in provider.check(&node.urn, &node.decl) {
                 errors.push(ValidationError::Invalid { urn: node.urn.clone(), failure });
             }

@@ -71,6 +71,20 @@ impl Urn {
         })
     }
 
+    /// Whether this is the URN of resource `name` of type `ty` in `stack`: the one
+    /// [`Urn::new`] would build, found without building it.
+    pub fn is(&self, stack: &str, ty: &str, name: &str) -> bool {
+        let s = self.as_str();
+        // The length first, then from the end: the name is the part most likely to differ.
+        s.len() == PREFIX.len() + stack.len() + ty.len() + name.len() + 4
+            && s.strip_suffix(name)
+                .and_then(|s| s.strip_suffix("::"))
+                .and_then(|s| s.strip_suffix(ty))
+                .and_then(|s| s.strip_suffix("::"))
+                .and_then(|s| s.strip_suffix(stack))
+                == Some(PREFIX)
+    }
+
     /// Parses a URN, checking its shape.
     pub fn parse(s: &str) -> Result<Self, UrnError> {
         let rest = s.strip_prefix(PREFIX).ok_or_else(|| UrnError(s.to_owned()))?;
@@ -132,6 +146,18 @@ mod tests {
         assert_eq!(urn.as_str(), "urn:cairn:dev::aws:ec2:Vpc::shop");
         assert_eq!((urn.stack(), urn.ty(), urn.name()), ("dev", "aws:ec2:Vpc", "shop"));
         assert_eq!(Urn::parse(urn.as_str()).unwrap(), urn);
+    }
+
+    #[test]
+    fn is_tells_the_urn_of_a_resource_without_building_one() {
+        let urn = Urn::new("dev", "aws:ec2:Vpc", "shop");
+        assert!(urn.is("dev", "aws:ec2:Vpc", "shop"));
+        assert!(!urn.is("dev", "aws:ec2:Vpc", "shoe"));
+        assert!(!urn.is("dev", "aws:ec2:Subnet", "shop"));
+        assert!(!urn.is("prod", "aws:ec2:Vpc", "shop"));
+        // The same text, split differently.
+        assert!(!urn.is("dev", "aws:ec2", "Vpc::shop"));
+        assert!(!urn.is("dev::aws", "ec2:Vpc", "shop"));
     }
 
     #[test]

@@ -185,19 +185,21 @@ impl Events {
 /// A reconciler running on a thread of its own, from [`Reconciler::spawn`].
 #[derive(Debug)]
 pub struct Spawned<S> {
+    stack: String,
     result: oneshot::Receiver<Result<Session<S>>>,
-    failed: Option<Error>,
-    stopped: Error,
+    /// Why the thread could not start, if it could not.
+    not_started: Option<String>,
 }
 
 impl<S> Spawned<S> {
     /// Waits until the reconciler stops, and gives what [`Reconciler::run`] returns: the
     /// session, still locked.
     pub async fn finished(self) -> Result<Session<S>> {
-        if let Some(e) = self.failed {
-            return Err(e);
+        let stopped = |cause: String| Error::ReconcilerStopped { stack: self.stack.clone(), cause };
+        if let Some(cause) = &self.not_started {
+            return Err(stopped(cause.clone()));
         }
-        self.result.await.unwrap_or(Err(self.stopped))
+        self.result.await.unwrap_or_else(|_| Err(stopped("its thread panicked".to_owned())))
     }
 }
 
@@ -371,7 +373,6 @@ where
     pub fn spawn(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Spawned<S> {
         let stack = self.session.state().stack.clone();
         let (done, result) = oneshot::channel();
-        let stopped = |cause: String| Error::ReconcilerStopped { stack: stack.clone(), cause };
         let started = std::thread::Builder::new().name(format!("cairn-reconciler-{stack}")).spawn(move || {
             let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime.block_on(self.run(shutdown)),
@@ -379,8 +380,8 @@ where
             };
             let _ = done.send(outcome);
         });
-        let failed = started.err().map(|e| stopped(format!("its thread could not start: {e}")));
-        Spawned { result, failed, stopped: stopped("its thread panicked".to_owned()) }
+        let not_started = started.err().map(|e| format!("its thread could not start: {e}"));
+        Spawned { stack, result, not_started }
     }
 
     /// Handles `events` and applies the result once, without retries: for one-off use

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::{Error, ProtectViolation, ProtectViolations, Result};
 use crate::graph::Graph;
 use crate::input::{OutputRef, Prop};
-use crate::provider::{schema_diff, DiffRequest, Planned, PropertyDiff, Providers};
+use crate::provider::{schema_diff, DiffRequest, Planned, PropertyDiff, ProviderOf, Providers};
 use crate::resource::ResourceOptions;
 use crate::schema::PropertyKind;
 
@@ -280,9 +280,22 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     // self; the rest (and old copies) are deletes.
     let mut old_of: Vec<Option<&ResourceState>> = vec![None; graph.nodes.len()];
     let mut deletes: Vec<&ResourceState> = Vec::new();
+    // State is stored in the order of the plan that wrote it, which is the graph's order
+    // while the program declares the same resources, with the same URNs (a render
+    // reuses them): the node after the last one found is tried first, and matches by
+    // address, before the URN is hashed.
+    let mut rank = vec![0; graph.nodes.len()];
+    for (position, &i) in graph.order.iter().enumerate() {
+        rank[i] = position;
+    }
+    let mut next = 0;
     for r in &state.resources {
-        match graph.index.get(&r.urn) {
-            Some(&i) if !r.pending_delete => old_of[i] = Some(r),
+        let guess = graph.order.get(next).copied().filter(|&i| graph.nodes[i].urn == r.urn);
+        match guess.or_else(|| graph.index.get(&r.urn).copied()) {
+            Some(i) if !r.pending_delete => {
+                old_of[i] = Some(r);
+                next = rank[i] + 1;
+            }
             _ => deletes.push(r),
         }
     }
@@ -290,6 +303,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     let mut changes = Vec::with_capacity(graph.nodes.len() + 8);
     let mut violations = Vec::new();
     let mut summary = Summary::default();
+    let mut provider_of = ProviderOf::new(providers);
     // Reused for each resource; kept only for those that change.
     let mut scratch: Vec<(&str, Planned<'_>)> = Vec::new();
 
@@ -376,7 +390,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             }
             Some(old) => {
                 let req = DiffRequest { urn: &node.urn, ty, old: &old.inputs, new: &planned };
-                let diff = match providers.for_token(ty.token) {
+                let diff = match provider_of.get(ty) {
                     Some(p) => p.diff(&req),
                     None => schema_diff(&req),
                 };
