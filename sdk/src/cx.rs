@@ -5,7 +5,7 @@ use std::fmt;
 use cairn_state::Urn;
 
 use crate::graph::Node;
-use crate::resource::{Handle, Resource};
+use crate::resource::{Decl, Handle, Resource};
 use crate::schema::ResourceType;
 
 /// What a stack's program receives: it declares resources with [`Cx::add`].
@@ -17,25 +17,33 @@ pub struct Cx {
     /// Already in the graph's form, so that the graph takes the vector over as it is
     /// rather than moving every declaration into one of its own.
     decls: Vec<Node>,
-    /// The URNs the stack's previous render declared, in order, each replaced as this
-    /// render declares something else at its position: see [`Cx::add`].
-    urns: Vec<Urn>,
-    /// `urn:cairn:<stack>::<type>::` for the type of the last resource declared (as
-    /// found in `urns`), to check the URNs there against.
-    prefix: (String, Option<&'static ResourceType>),
+    /// What the stack's previous render declared, each URN replaced as this render
+    /// declares something else at its position: see [`Cx::add`].
+    previous: Declared,
+    /// Whether every resource declared so far reused the URN at its position.
+    reused: bool,
+}
+
+/// What a stack's last render declared, for the next one to reuse.
+#[derive(Debug, Default)]
+pub(crate) struct Declared {
+    /// The URNs, in declaration order.
+    pub(crate) urns: Vec<Urn>,
+    /// Whether they are known to differ from one another: a graph was built of them.
+    pub(crate) distinct: bool,
 }
 
 impl Cx {
     /// A context for stack `stack`, with nothing declared yet.
     pub fn new(stack: impl Into<String>) -> Self {
-        Cx::reusing(stack, Vec::new())
+        Cx::reusing(stack, Declared::default())
     }
 
-    /// A context that reuses the URNs a previous render of the stack declared, in
-    /// order. A stack renders the same resources time after time: room is made for as
-    /// many (growing the vector would copy them all over), and their URNs are shared.
-    pub(crate) fn reusing(stack: impl Into<String>, urns: Vec<Urn>) -> Self {
-        Cx { stack: stack.into(), decls: Vec::with_capacity(urns.len()), urns, prefix: (String::new(), None) }
+    /// A context that reuses what a previous render of the stack declared. A stack
+    /// renders the same resources time after time: room is made for as many (growing
+    /// the vector would copy them all over), and their URNs are shared.
+    pub(crate) fn reusing(stack: impl Into<String>, previous: Declared) -> Self {
+        Cx { stack: stack.into(), decls: Vec::with_capacity(previous.urns.len()), previous, reused: true }
     }
 
     /// The stack being rendered.
@@ -47,37 +55,30 @@ impl Cx {
     /// resources' inputs.
     pub fn add<R: Resource>(&mut self, resource: R) -> R::Ref {
         let decl = resource.into_decl();
-        let position = self.decls.len();
-        let urn = match self.urns.get(position) {
-            // The resource declared here last time: its URN is shared rather than built
-            // again, which saves allocating it now and freeing it with the plan, and
-            // state, which holds the same URN, then matches it by address.
-            Some(urn) if self.prefix_of(decl.ty).len() + decl.name.len() == urn.as_str().len()
-                && urn.as_str().ends_with(decl.name.as_str())
-                && urn.as_str().starts_with(self.prefix.0.as_str()) => urn.clone(),
-            _ => {
-                let urn = Urn::new(&self.stack, decl.ty.token, &decl.name);
-                match self.urns.get_mut(position) {
-                    Some(slot) => *slot = urn.clone(),
-                    None => self.urns.push(urn.clone()),
-                }
-                urn
-            }
-        };
+        let urn = self.urn_of(&decl);
         self.decls.push(Node { urn: urn.clone(), decl, deps: Vec::new() });
         R::Ref::from(Handle::new(urn))
     }
 
-    /// `urn:cairn:<stack>::<ty>::`, the part of the URNs of resources of type `ty` before
-    /// their name.
-    fn prefix_of(&mut self, ty: &'static ResourceType) -> &str {
-        let (prefix, of) = &mut self.prefix;
-        if !of.is_some_and(|of| std::ptr::eq(of, ty)) {
-            *of = Some(ty);
-            prefix.clear();
-            prefix.push_str(Urn::new(&self.stack, ty.token, "").as_str());
+    /// The URN of `decl`, about to be declared.
+    fn urn_of(&mut self, decl: &Decl) -> Urn {
+        let position = self.decls.len();
+        let urns = &mut self.previous.urns;
+        match urns.get(position) {
+            // The resource declared here last time: its URN is shared rather than built
+            // again, which saves allocating it now and freeing it with the plan, and
+            // state, which holds the same URN, then matches it by address.
+            Some(urn) if urn.is(&self.stack, decl.ty.token, &decl.name) => urn.clone(),
+            _ => {
+                self.reused = false;
+                let urn = Urn::new(&self.stack, decl.ty.token, &decl.name);
+                match urns.get_mut(position) {
+                    Some(slot) => *slot = urn.clone(),
+                    None => urns.push(urn.clone()),
+                }
+                urn
+            }
         }
-        prefix
     }
 
     /// A handle to a resource by type and name, declared elsewhere in the program (or
@@ -96,12 +97,14 @@ impl Cx {
         self.decls.is_empty()
     }
 
-    /// The declarations, in order, not yet validated (their `deps` are empty), and
+    /// The declarations, in order, not yet validated (their `deps` are empty); whether
+    /// their URNs are known to be distinct (each is one a graph was built of); and
     /// their URNs, for the next render to reuse.
-    pub(crate) fn into_parts(self) -> (Vec<Node>, Vec<Urn>) {
-        let mut urns = self.urns;
+    pub(crate) fn into_parts(self) -> (Vec<Node>, bool, Declared) {
+        let distinct = self.reused && self.previous.distinct;
+        let mut urns = self.previous.urns;
         urns.truncate(self.decls.len());
-        (self.decls, urns)
+        (self.decls, distinct, Declared { urns, distinct: false })
     }
 }
 

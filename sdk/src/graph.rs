@@ -5,6 +5,7 @@
 //! types' own checks, references to undeclared resources or properties, and cycles.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use cairn_state::Urn;
 use petgraph::algo::tarjan_scc;
@@ -22,7 +23,8 @@ use crate::schema::PropertyKind;
 #[derive(Debug)]
 pub struct Graph {
     pub(crate) nodes: Vec<Node>,
-    pub(crate) index: HashMap<Urn, usize>,
+    /// The nodes' indices by URN, built when first needed: see [`Graph::from_declared`].
+    index: OnceLock<HashMap<Urn, usize>>,
     /// Node indices in topological order.
     pub(crate) order: Vec<usize>,
 }
@@ -40,31 +42,42 @@ impl Graph {
     pub fn build(stack: &str, decls: Vec<Decl>) -> Result<Graph, ValidationErrors> {
         Self::from_declared(
             decls.into_iter().map(|d| Node { urn: Urn::new(stack, d.ty.token, &d.name), decl: d, deps: Vec::new() }).collect(),
+            false,
         )
     }
 
     /// Builds and validates the graph of declarations whose URNs are already known (and
     /// whose `deps` are empty), in place: the nodes are not moved.
-    pub(crate) fn from_declared(mut nodes: Vec<Node>) -> Result<Graph, ValidationErrors> {
+    ///
+    /// `distinct` says the URNs are known to differ (a graph was built from them
+    /// before). Then there is no duplicate to look for, and the index by URN is built
+    /// only if something needs it: a graph whose resources reference none of each
+    /// other, planned against state in its own order, never hashes a URN.
+    pub(crate) fn from_declared(mut nodes: Vec<Node>, distinct: bool) -> Result<Graph, ValidationErrors> {
         let mut errors = Vec::new();
-        let mut index: HashMap<Urn, usize> = HashMap::with_capacity_and_hasher(nodes.len(), Default::default());
+        let index = OnceLock::new();
         // Positions of declarations whose URN was declared before: reported, then left
         // out of the graph.
         let mut duplicates: Vec<usize> = Vec::new();
-        for (i, node) in nodes.iter_mut().enumerate() {
-            match index.entry(node.urn.clone()) {
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    let urn = &node.urn;
-                    if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if u == urn)) {
-                        errors.push(ValidationError::Duplicate { urn: urn.clone() });
-                    }
-                    duplicates.push(i);
-                    continue;
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
+        if !distinct {
+            let mut by_urn: HashMap<Urn, usize> = HashMap::with_capacity_and_hasher(nodes.len(), Default::default());
+            for (i, node) in nodes.iter().enumerate() {
+                match by_urn.entry(node.urn.clone()) {
+                    std::collections::hash_map::Entry::Occupied(_) => duplicates.push(i),
                     // Its index once the duplicates before it are gone.
-                    slot.insert(i - duplicates.len());
+                    std::collections::hash_map::Entry::Vacant(slot) => _ = slot.insert(i - duplicates.len()),
                 }
+            }
+            let _ = index.set(by_urn);
+        }
+        let mut duplicate = duplicates.iter().copied().peekable();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if duplicate.next_if_eq(&i).is_some() {
+                let urn = &node.urn;
+                if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if u == urn)) {
+                    errors.push(ValidationError::Duplicate { urn: urn.clone() });
+                }
+                continue;
             }
             apply_defaults(&mut node.decl);
             check_properties(&node.urn, &node.decl, &mut errors);
@@ -88,6 +101,7 @@ impl Graph {
                 if matches!(prop, Prop::Value(_)) {
                     continue;
                 }
+                let index = index.get_or_init(|| index_of(&nodes));
                 prop.for_each_ref(&mut |r| match index.get(&r.urn) {
                     None => errors.push(ValidationError::Dangling {
                         urn: node.urn.clone(),
@@ -109,7 +123,7 @@ impl Graph {
                 });
             }
             for target in &node.decl.options().depends_on {
-                match index.get(target) {
+                match index.get_or_init(|| index_of(&nodes)).get(target) {
                     Some(&t) => deps.push(t),
                     None => errors.push(ValidationError::Dangling {
                         urn: node.urn.clone(),
@@ -134,6 +148,11 @@ impl Graph {
             return Err(ValidationErrors(errors));
         }
         Ok(Graph { nodes, index, order })
+    }
+
+    /// The index of the node with this URN.
+    pub(crate) fn find(&self, urn: &Urn) -> Option<usize> {
+        self.index.get_or_init(|| index_of(&self.nodes)).get(urn).copied()
     }
 
     /// How many resources the graph holds.
@@ -170,6 +189,11 @@ impl Graph {
         out.push_str("}\n");
         out
     }
+}
+
+/// The index of each node by URN, for nodes whose URNs are distinct.
+fn index_of(nodes: &[Node]) -> HashMap<Urn, usize> {
+    nodes.iter().enumerate().map(|(i, node)| (node.urn.clone(), i)).collect()
 }
 
 fn apply_defaults(decl: &mut Decl) {

@@ -117,7 +117,11 @@ impl Decl {
                     Some(p) => Cow::Borrowed(p.name),
                     None => Cow::Owned(property.to_owned()),
                 };
-                self.props.insert(i, (key, prop));
+                // Pushed, then moved into place: `insert` has the pair built on the stack
+                // and copied, which the processor stalls on; properties are mostly set
+                // in order anyway, and then there is nothing to move.
+                self.props.push((key, prop));
+                self.props[i..].rotate_right(1);
             }
         }
     }

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cairn_state::{StackState, Urn};
+use cairn_state::StackState;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
-use crate::cx::Cx;
+use crate::cx::{Cx, Declared};
 use crate::events::rules::EventRules;
 use crate::error::{Error, Result, ValidationError, ValidationErrors};
 use crate::graph::Graph;
@@ -55,7 +55,7 @@ pub struct Stack<S> {
     /// (as nearly always), rather than allocating a new one and freeing it with the
     /// plan. Its length also sizes the next render's vector. Shared by clones, which
     /// run the same program.
-    declared: Arc<Mutex<Vec<Urn>>>,
+    declared: Arc<Mutex<Declared>>,
 }
 
 impl<S> Clone for Stack<S> {
@@ -172,10 +172,16 @@ where
             Some(program) => program(&mut cx, s),
             None => Ok(()),
         };
-        let (nodes, declared) = cx.into_parts();
+        let (nodes, distinct, mut declared) = cx.into_parts();
+        let graph = match ran {
+            Ok(()) => Graph::from_declared(nodes, distinct).map_err(Error::from),
+            Err(e) => Err(Error::program(&self.name, e)),
+        };
+        // The URNs of a graph differ from one another: a render that declares them
+        // again need not check.
+        declared.distinct = graph.is_ok();
         *self.declared.lock().unwrap_or_else(PoisonError::into_inner) = declared;
-        ran.map_err(|e| Error::program(&self.name, e))?;
-        let graph = Graph::from_declared(nodes)?;
+        let graph = graph?;
         self.provider_checks(&graph)?;
         Ok(graph)
     }

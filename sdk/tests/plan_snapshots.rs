@@ -169,3 +169,39 @@ fn errors_are_all_reported_at_once() {
     assert!(text.contains("'a': property 'cidr_block' is required"), "{text}");
     assert!(text.contains("'b': property 'cidr_block' = \"nope\" is invalid"), "{text}");
 }
+
+// --- Renders after the first ---------------------------------------------------------
+// A stack reuses what its last render declared (the URNs, and that they were distinct):
+// a later render must still find every problem a first one would.
+
+#[test]
+fn a_duplicate_is_found_after_a_render_that_had_none() {
+    let stack = Stack::<Shop>::new("dev").program(|cx, shop: &Shop| {
+        cx.add(Queue::new("orders"));
+        // The flash sale declares a second "orders" in place of "returns".
+        cx.add(Queue::new(if shop.flash_sale { "orders" } else { "returns" }));
+        Ok(())
+    });
+    assert_eq!(stack.render(&Shop::new()).expect("distinct names").len(), 2);
+    let err = stack.render(&Shop { flash_sale: true, ..Shop::new() }).unwrap_err();
+    assert!(err.to_string().contains("test:queue:Queue 'orders'"), "{err}");
+    assert!(err.to_string().contains("declared more than once"), "{err}");
+    // And back: the names are distinct again.
+    assert_eq!(stack.render(&Shop::new()).expect("distinct names").len(), 2);
+}
+
+#[test]
+fn references_resolve_after_renders_that_add_and_drop_resources() {
+    let stack = no_provider_stack();
+    let state = stack.new_state();
+    let sale = Shop { flash_sale: true, ..Shop::new() };
+    // Fewer, more, then fewer resources than the render before; each plan is the same
+    // as a fresh stack's.
+    for shop in [Shop::new(), sale.clone(), Shop::new(), sale] {
+        let fresh = no_provider_stack();
+        assert_eq!(
+            stack.preview(&shop, &state).unwrap().to_json(),
+            fresh.preview(&shop, &state).unwrap().to_json(),
+        );
+    }
+}

@@ -291,7 +291,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     let mut next = 0;
     for r in &state.resources {
         let guess = graph.order.get(next).copied().filter(|&i| graph.nodes[i].urn == r.urn);
-        match guess.or_else(|| graph.index.get(&r.urn).copied()) {
+        match guess.or_else(|| graph.find(&r.urn)) {
             Some(i) if !r.pending_delete => {
                 old_of[i] = Some(r);
                 next = rank[i] + 1;
@@ -608,7 +608,7 @@ fn nested_equals<'a>(prop: &Prop, stored: &Value, graph: &'a Graph, statuses: &[
 /// The value of a reference at plan time, if known, borrowed from the declarations or
 /// state where possible.
 fn resolve_ref<'a>(r: &OutputRef, graph: &'a Graph, statuses: &[Option<NodeStatus<'a>>]) -> Option<Cow<'a, Value>> {
-    let &t = graph.index.get(&r.urn)?;
+    let t = graph.find(&r.urn)?;
     let status = statuses[t].as_ref()?;
     // Unchanged targets (most of them) need no schema: state has the value.
     let schema = || graph.nodes[t].decl.ty.property(&r.property);
