@@ -14,6 +14,7 @@
 //!   or moved off it: the dependencies recorded in state, because a removed resource is
 //!   no longer in the program.
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -201,6 +202,38 @@ pub async fn apply(
     Ok(run.into_report(started))
 }
 
+/// Per change of `plan`, the live resource `state` holds for its URN.
+///
+/// State is stored in the order of the plan that wrote it, and a plan for the same
+/// resources follows that order: each change is first compared with the live entry
+/// after the last one matched (URNs shared by the graph and state compare by address),
+/// and the URNs are hashed only for changes found elsewhere. An event's apply, one
+/// change among a thousand unchanged resources, so starts without hashing a thousand
+/// URNs first.
+fn live_resources<'a>(plan: &Plan, state: &'a StackState) -> Vec<Option<&'a ResourceState>> {
+    let live: Vec<&ResourceState> = state.resources.iter().filter(|r| !r.pending_delete).collect();
+    let position: OnceCell<HashMap<&Urn, usize>> = OnceCell::new();
+    let mut next = 0;
+    plan.changes
+        .iter()
+        .map(|c| {
+            let at = match live.get(next) {
+                Some(r) if r.urn == c.urn => Some(next),
+                _ => position.get_or_init(|| live.iter().enumerate().map(|(i, r)| (&r.urn, i)).collect()).get(&c.urn).copied(),
+            };
+            at.map(|i| {
+                next = i + 1;
+                live[i]
+            })
+        })
+        .collect()
+}
+
+/// The live resources of `state` by URN.
+fn live_by_urn(state: &StackState) -> HashMap<&Urn, &ResourceState> {
+    state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect()
+}
+
 /// Turns changes into steps and their dependencies.
 fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
     let mut steps: Vec<Step> = Vec::new();
@@ -233,18 +266,20 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
         }
     }
 
-    // Who depended on whom when state was written.
+    // Who depended on whom when state was written, and who depends on whom in the
+    // plan: only deletes need them, and most applies (an event's) delete nothing.
     let mut state_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::default();
-    for r in &state.resources {
-        for d in &r.dependencies {
-            state_dependents.entry(d).or_default().push(&r.urn);
-        }
-    }
-    // Who depends on whom in the plan.
     let mut plan_dependents: HashMap<&Urn, Vec<&Urn>> = HashMap::default();
-    for c in plan.changes.iter().filter(|c| c.action != Action::Delete) {
-        for d in c.dependencies.iter().flatten() {
-            plan_dependents.entry(d).or_default().push(&c.urn);
+    if !dels.is_empty() {
+        for r in &state.resources {
+            for d in &r.dependencies {
+                state_dependents.entry(d).or_default().push(&r.urn);
+            }
+        }
+        for c in plan.changes.iter().filter(|c| c.action != Action::Delete) {
+            for d in c.dependencies.iter().flatten() {
+                plan_dependents.entry(d).or_default().push(&c.urn);
+            }
         }
     }
 
@@ -319,8 +354,11 @@ struct Run<'a> {
     steps: &'a [Step],
     dependents: Vec<Vec<usize>>,
     waiting: Vec<usize>,
-    /// The live resources before the apply.
-    old: HashMap<&'a Urn, &'a ResourceState>,
+    /// Per change: its live resource before the apply, if it had one.
+    old: Vec<Option<&'a ResourceState>>,
+    /// The live resources before the apply by URN, for references to resources that
+    /// no step changes: built when the first such reference is resolved.
+    by_urn: OnceCell<HashMap<&'a Urn, &'a ResourceState>>,
     /// Resources created, updated or replaced so far.
     new: HashMap<Urn, ResourceState>,
     /// Resources with a create, update or replacement step: until it is done, their
@@ -366,7 +404,8 @@ impl<'a> Run<'a> {
             steps,
             dependents,
             waiting: steps.iter().map(|s| s.deps.len()).collect(),
-            old: state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect(),
+            old: live_resources(plan, state),
+            by_urn: OnceCell::new(),
             new: HashMap::default(),
             changing: steps
                 .iter()
@@ -439,7 +478,7 @@ impl<'a> Run<'a> {
         let r = match self.new.get(urn) {
             Some(r) => r,
             None if self.changing.contains(urn) => return None,
-            None => self.old.get(urn).copied()?,
+            None => *self.by_urn.get_or_init(|| live_by_urn(self.state)).get(urn)?,
         };
         r.outputs.get(property).or_else(|| r.inputs.get(property)).cloned()
     }
@@ -482,7 +521,7 @@ impl<'a> Run<'a> {
                     Ok(i) => i,
                     Err(e) => return Started::Finished(StepStatus::Failed { error: e }),
                 };
-                let old = self.old.get(&change.urn).copied();
+                let old = self.old[step.change];
                 let mut op = step.op;
                 if let Some(old) = old {
                     // Values unknown at plan time are known now: the replacement or the
@@ -555,7 +594,7 @@ impl<'a> Run<'a> {
                         });
                     }
                     if change.delete_before_replace {
-                        if let (Ok(inputs), Some(old)) = (self.resolve(&change.inputs), self.old.get(&change.urn)) {
+                        if let (Ok(inputs), Some(old)) = (self.resolve(&change.inputs), self.old[step.change]) {
                             if still_needed(change, &old.inputs, &inputs) != Needed::Replace {
                                 self.downgraded[step.change] = true;
                                 return Started::Finished(StepStatus::NoOp {
@@ -568,7 +607,7 @@ impl<'a> Run<'a> {
                 if change.options.retain_on_delete {
                     return Started::Finished(StepStatus::NoOp { reason: "retained: forgotten, not deleted".to_owned() });
                 }
-                let Some(old) = self.old_copy(change) else {
+                let Some(old) = self.old_copy(step.change) else {
                     return Started::Finished(StepStatus::NoOp { reason: "not in state".to_owned() });
                 };
                 let (id, inputs, outputs) = (old.id.clone(), old.inputs.clone(), old.outputs.clone());
@@ -584,11 +623,12 @@ impl<'a> Run<'a> {
     }
 
     /// The state entry a delete step removes.
-    fn old_copy(&self, change: &Change) -> Option<&'a ResourceState> {
+    fn old_copy(&self, ci: usize) -> Option<&'a ResourceState> {
+        let change = &self.plan.changes[ci];
         if change.pending_delete {
             self.state.resources.iter().find(|r| r.pending_delete && r.urn == change.urn && Some(&r.id) == change.id.as_ref())
         } else {
-            self.old.get(&change.urn).copied()
+            self.old[ci]
         }
     }
 
@@ -696,12 +736,11 @@ impl<'a> Run<'a> {
         for (ci, c) in self.plan.changes.iter().enumerate() {
             if c.action == Action::Delete {
                 if !self.deleted[ci] {
-                    entries.extend(self.old_copy(c).cloned());
+                    entries.extend(self.old_copy(ci).cloned());
                 }
                 continue;
             }
-            let old = self.old.get(&c.urn).copied();
-            match (self.new.remove(&c.urn), old) {
+            match (self.new.remove(&c.urn), self.old[ci]) {
                 (Some(new), Some(old))
                     if c.action == Action::Replace && !self.deleted[ci] && !self.downgraded[ci] =>
                 {

@@ -444,3 +444,29 @@ async fn refresh_hides_secret_values_in_drift() {
     assert!(drift.contains("auth_token") && drift.contains("[secret]"), "{drift}");
     assert!(!drift.contains("s3cr3t") && !drift.contains("leaked-new-token"), "{drift}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_apply_finds_each_resource_in_state_stored_in_another_order() {
+    // State is matched to the plan's changes mostly by position; a state in another
+    // order (written by hand, or by an older version) must give the same result.
+    let fake = provider();
+    let stack = shop_stack(&fake);
+    let mut state = deployed(&stack, &Shop { flash_sale: true, ..Shop::new() }).await;
+    state.resources.reverse();
+    let changed = Shop { capacity: 5, dlq_timeout: 60, ..Shop::new() };
+    fake.clear_calls();
+    let report = stack.up(&changed, &state).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    assert_eq!(fake.calls_of(Op::Update), ["orders-dlq", "web"]);
+    assert_eq!(fake.calls_of(Op::Delete), ["sale-dlq", "sale-orders", "sale-workers"]);
+    // Each update went to the resource's own cloud copy, with its own new inputs.
+    for r in fake.resources() {
+        match r.urn.name() {
+            "web" => assert_eq!(r.inputs.get("desired"), Some(&serde_json::json!(5)), "{r:?}"),
+            "orders-dlq" => assert_eq!(r.inputs.get("visibility_timeout"), Some(&serde_json::json!(60)), "{r:?}"),
+            _ => {}
+        }
+    }
+    assert!(!stack.preview(&changed, &report.state).unwrap().has_changes());
+    assert_eq!(report.state.resources.len(), 6);
+}
