@@ -231,10 +231,7 @@ where
         cairn_state::replay(&mut self.state, [record]);
         self.journaled_events += 1;
         if self.journaled_events >= EVENT_RECORDS_PER_SNAPSHOT {
-            let mut next = self.state.clone();
-            next.serial += 1;
-            next.replayed = false;
-            self.commit(next).await?;
+            self.fold_events().await?;
         }
         Ok(())
     }
@@ -259,9 +256,21 @@ where
         &self.store
     }
 
-    /// Releases the stack's lock.
-    pub async fn close(self) -> Result<()> {
+    /// Writes the event records this session journaled into a snapshot (so the next
+    /// session starts from one, not from a journal to replay), and releases the
+    /// stack's lock, also if that write fails: the records stay in the journal.
+    pub async fn close(mut self) -> Result<()> {
+        let folded = if self.journaled_events > 0 && self.broken.is_none() { self.fold_events().await } else { Ok(()) };
         self.store.unlock(self.lock).await?;
-        Ok(())
+        folded
+    }
+
+    /// Writes the state that the event records journaled since the last snapshot
+    /// make, as the snapshot. Each record already moved the serial on, so the state
+    /// keeps its serial: a plan made from it still applies.
+    async fn fold_events(&mut self) -> Result<()> {
+        let mut state = self.state.clone();
+        state.replayed = false;
+        self.commit(state).await
     }
 }

@@ -403,20 +403,56 @@ async fn recorded_events_are_journaled_survive_a_crash_and_make_a_saved_plan_sta
     assert_eq!(std::fs::read(dir.path().join("dev/state.json")).unwrap(), snapshot, "the snapshot is not rewritten");
     drop(session); // a crash: no close, the lock stays
 
-    // Loading replays the record; opening for changes writes it into a snapshot.
+    // Loading and opening replay the record, at the serial it was written with.
     assert_eq!(stack.load(&*store).await.unwrap().0.serial, serial + 1);
     store.force_unlock("dev").await.unwrap();
     let mut session = stack.lock(store.clone(), "up").await.unwrap();
-    assert_eq!(session.state().serial, serial + 2);
-    assert_eq!(std::fs::read(dir.path().join("dev/journal.jsonl")).unwrap().len(), 0);
+    assert_eq!(session.state().serial, serial + 1);
     assert_eq!(session.state().user_state, after);
     assert!(session.state().processed_events.iter().eq(["sqs-1", "sqs-2"]));
     let err = session.apply(&saved).await.unwrap_err();
-    assert!(matches!(err, cairn_sdk::Error::StalePlan { planned, current, .. } if planned == serial && current == serial + 2), "{err}");
+    assert!(matches!(err, cairn_sdk::Error::StalePlan { planned, current, .. } if planned == serial && current == serial + 1), "{err}");
+    // The next apply folds the journal into its snapshot.
     assert!(session.up(&Shop { capacity: 7, ..Shop::new() }).await.unwrap().succeeded());
+    assert_eq!(std::fs::read(dir.path().join("dev/journal.jsonl")).unwrap().len(), 0);
     session.close().await.unwrap();
     let loaded = store.load("dev").await.unwrap().unwrap();
-    assert_eq!((loaded.serial, desired(&loaded)), (serial + 3, 7));
+    assert_eq!((loaded.serial, desired(&loaded)), (serial + 2, 7));
+}
+
+/// `watch` or `emit` whose events changed nothing to apply, then `preview --out` and
+/// `up --plan`: the plan was made from the state the events left, so it applies.
+#[tokio::test]
+async fn a_plan_saved_after_a_session_that_only_recorded_events_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(dir.path()));
+    let p = provider();
+    let stack = events_stack(&p);
+    let mut session = stack.lock(store.clone(), "watch").await.unwrap();
+    assert!(session.up(&Shop::new()).await.unwrap().succeeded());
+    let s = session.state().user_state.clone();
+    session.record_events(s.clone(), &["dup-1".to_owned()]).await.unwrap();
+    let serial = session.state().serial;
+    session.close().await.unwrap();
+    assert_eq!(std::fs::read(dir.path().join("dev/journal.jsonl")).unwrap().len(), 0, "closing folds the records");
+    let loaded = store.load("dev").await.unwrap().unwrap();
+    assert_eq!(loaded.serial, serial);
+    assert!(loaded.processed_events.iter().any(|id| id == "dup-1"));
+
+    let (state, _) = stack.load(&*store).await.unwrap();
+    let saved = stack.preview(&Shop { capacity: 4, ..Shop::new() }, &state).unwrap();
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    assert!(session.apply(&saved).await.unwrap().succeeded(), "the saved plan is not stale");
+
+    // The same after a crash, with the records still in the journal.
+    session.record_events(session.state().user_state.clone(), &["dup-2".to_owned()]).await.unwrap();
+    drop(session);
+    store.force_unlock("dev").await.unwrap();
+    let (state, _) = stack.load(&*store).await.unwrap();
+    let saved = stack.preview(&Shop { capacity: 5, ..Shop::new() }, &state).unwrap();
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    assert!(session.apply(&saved).await.unwrap().succeeded(), "the saved plan is not stale after a crash either");
+    session.close().await.unwrap();
 }
 
 /// Events that never lead to an apply (duplicates, rejections) still must not grow the

@@ -139,15 +139,18 @@ impl Journal for NoJournal {
 /// Applies journal records, in order, to the snapshot they were written against.
 /// Records for another serial (left by a compaction that crashed before truncating the
 /// journal) are skipped. An [`JournalRecord::Events`] record advances the serial.
-/// Begins without an end become pending operations. Applying any record sets
-/// [`StackState::replayed`](crate::StackState::replayed).
+/// Begins without an end become pending operations. Applying a record of an apply
+/// (user state, begin, end) sets [`StackState::replayed`](crate::StackState::replayed):
+/// that apply's commit was lost, and its records sit at the serial it started from.
+/// Event records alone do not: each moved the serial on as it was written, so the
+/// state they give is the one the writing session had.
 pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = JournalRecord>) {
     let mut open: Vec<((u64, u32), PendingOperation)> = Vec::new();
     for record in records {
         if record.base() != state.serial {
             continue;
         }
-        state.replayed = true;
+        state.replayed |= !matches!(record, JournalRecord::Events { .. });
         match record {
             JournalRecord::UserState { value, .. } => state.user_state = value,
             JournalRecord::Events { user_state, ids, .. } => {

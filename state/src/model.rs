@@ -33,9 +33,10 @@ pub struct StackState {
     /// [`PROCESSED_EVENTS_KEPT`]: a redelivered event is recognised and skipped.
     #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
     pub processed_events: std::collections::VecDeque<String>,
-    /// Set when loading replayed journal records onto the snapshot: the store's
-    /// snapshot is behind this state, and opening the stack for changes writes it
-    /// anew, with a new serial, before anything else. Never stored, and not part of
+    /// Set when loading replayed an apply's journal records onto the snapshot (the
+    /// apply's commit was lost): the store's snapshot is behind this state, and opening
+    /// the stack for changes writes it anew, with a new serial, before anything else.
+    /// Event records alone leave it unset: they carry serials of their own. Never stored, and not part of
     /// equality: it says where the state was read from, not what it is.
     #[serde(skip)]
     pub replayed: bool,
