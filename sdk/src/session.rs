@@ -39,6 +39,9 @@ pub struct Session<S> {
     broken: Option<String>,
     /// Event records in the journal since the last snapshot.
     journaled_events: usize,
+    /// Dropped with the session: tells the thread of a spawned reconciler that its
+    /// runtime, which drives tasks the session's clients started, may stop.
+    runtime_hold: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// How many event records the journal takes before they are folded into a snapshot:
@@ -70,7 +73,7 @@ where
     pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
         let lock = store.lock(self.name(), operation).await?;
         match self.open_locked(&*store, &lock).await {
-            Ok((state, recovered)) => Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None, journaled_events: 0 }),
+            Ok((state, recovered)) => Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None, journaled_events: 0, runtime_hold: None }),
             Err(e) => {
                 let _ = store.unlock(lock).await;
                 Err(e)
@@ -249,6 +252,11 @@ where
     /// The stack.
     pub fn stack(&self) -> &Stack<S> {
         &self.stack
+    }
+
+    /// Keeps `hold` until the session is dropped: see [`crate::events::Reconciler::spawn`].
+    pub(crate) fn keep_alive(&mut self, hold: tokio::sync::oneshot::Sender<()>) {
+        self.runtime_hold = Some(hold);
     }
 
     /// The store.

@@ -508,3 +508,94 @@ async fn a_spawned_reconciler_runs_on_its_own_thread_and_gives_the_session_back(
     assert_eq!(*threads.lock().unwrap(), vec![Some("cairn-reconciler-dev".to_owned()); 2]);
     assert!(events.send(spike(1000)).await.is_err(), "a stopped reconciler takes no events");
 }
+
+/// A provider whose calls start a task on the runtime they run on, as an HTTP client
+/// starts the task that drives a pooled connection; the task answers pings.
+#[derive(Clone, Debug, Default)]
+struct ConnectionProvider {
+    ping: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<oneshot::Sender<()>>>>>,
+    /// Resolves (with an error) once the last task started is gone.
+    gone: Arc<std::sync::Mutex<Option<oneshot::Receiver<()>>>>,
+}
+
+impl ConnectionProvider {
+    fn connect(&self) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<oneshot::Sender<()>>(1);
+        let (alive, gone) = oneshot::channel::<()>();
+        *self.gone.lock().unwrap() = Some(gone);
+        tokio::spawn(async move {
+            let _alive = alive;
+            while let Some(pong) = rx.recv().await {
+                let _ = pong.send(());
+            }
+        });
+        *self.ping.lock().unwrap() = Some(tx);
+    }
+
+    /// Whether the connection's task still answers.
+    async fn alive(&self) -> bool {
+        let Some(ping) = self.ping.lock().unwrap().clone() else { return false };
+        let (pong, answered) = oneshot::channel();
+        ping.send(pong).await.is_ok() && answered.await.is_ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl cairn_sdk::Provider for ConnectionProvider {
+    fn package(&self) -> &str {
+        "test"
+    }
+    async fn create(&self, _: &cairn_sdk::Urn, inputs: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        self.connect();
+        Ok(cairn_sdk::Observed { id: "q-1".into(), inputs: inputs.clone(), outputs: Default::default() })
+    }
+    async fn read(&self, _: &cairn_sdk::Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<Option<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        Ok(None)
+    }
+    async fn update(&self, _: &cairn_sdk::Urn, id: &str, _: &cairn_sdk::Props, new: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        self.connect();
+        Ok(cairn_sdk::Observed { id: id.into(), inputs: new.clone(), outputs: Default::default() })
+    }
+    async fn delete(&self, _: &cairn_sdk::Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<(), cairn_sdk::ProviderError> {
+        Ok(())
+    }
+    async fn lookup(&self, _: &cairn_sdk::Urn) -> Result<Vec<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        Ok(Vec::new())
+    }
+}
+
+/// What a spawned reconciler's clients started on its runtime (the tasks behind their
+/// connections) keeps running after it stops, until the session it gave back is gone:
+/// closing the session (an S3 unlock) may need them.
+#[tokio::test]
+async fn a_spawned_reconcilers_runtime_outlives_it_until_its_session_is_dropped() {
+    let cloud = ConnectionProvider::default();
+    let stack = Stack::<u32>::new("dev")
+        .provider(cloud.clone())
+        .program(|cx, n| {
+            cx.add(common::Queue::new("orders").visibility_timeout(*n));
+            Ok(())
+        })
+        .on_event("tune", |e: &Event, n: &mut u32| {
+            *n = e.field("n")?;
+            Ok(())
+        });
+    let mut session = stack.lock(Arc::new(MemoryStore::new()), "watch").await.unwrap();
+    assert!(session.up(&30).await.unwrap().succeeded());
+    let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut stopped = stopped.clone();
+    let running = reconciler.spawn(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    assert_eq!(events.send(Event::new("tune", json!({ "n": 60 }))).await.unwrap(), Outcome::Accepted);
+    stop.send(true).unwrap();
+    let session = running.finished().await.unwrap();
+    assert_eq!(session.state().resources[0].inputs.get("visibility_timeout"), Some(&json!(60)), "applied on the reconciler's runtime");
+    assert!(cloud.alive().await, "the task the update started still runs");
+    session.close().await.unwrap();
+    let gone = cloud.gone.lock().unwrap().take().unwrap();
+    // A bound, not a timing: the thread ends its runtime as soon as it is told.
+    tokio::time::timeout(Duration::from_secs(30), gone).await.expect("the runtime stops once the session is gone").unwrap_err();
+    assert!(!cloud.alive().await);
+}

@@ -370,15 +370,34 @@ where
     ///
     /// `shutdown` is polled on the reconciler's thread: signal it with something that
     /// works across runtimes, such as a `tokio::sync::watch` channel.
+    ///
+    /// Clients used on that runtime (a store's, a provider's) may have started tasks
+    /// there, such as the tasks that drive their pooled connections; the session handed
+    /// back still needs them to close. So the thread keeps its runtime running until
+    /// that session is dropped (after [`Session::close`], or without it).
     pub fn spawn(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Spawned<S> {
         let stack = self.session.state().stack.clone();
         let (done, result) = oneshot::channel();
         let started = std::thread::Builder::new().name(format!("cairn-reconciler-{stack}")).spawn(move || {
-            let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime.block_on(self.run(shutdown)),
-                Err(e) => Err(Error::ReconcilerStopped { stack: self.session.state().stack.clone(), cause: format!("its runtime could not start: {e}") }),
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let cause = format!("its runtime could not start: {e}");
+                    let _ = done.send(Err(Error::ReconcilerStopped { stack: self.session.state().stack.clone(), cause }));
+                    return;
+                }
             };
+            let (hold, released) = oneshot::channel::<()>();
+            let outcome = runtime.block_on(self.run(shutdown)).map(|mut session| {
+                session.keep_alive(hold);
+                session
+            });
             let _ = done.send(outcome);
+            // Resolves once the session (holding the sender) is dropped, or at once if
+            // the reconciler failed and gave none back.
+            runtime.block_on(async {
+                let _ = released.await;
+            });
         });
         let not_started = started.err().map(|e| format!("its thread could not start: {e}"));
         Spawned { stack, result, not_started }
