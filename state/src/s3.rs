@@ -284,8 +284,17 @@ impl Store for S3Store {
             return Ok(());
         }
         // Only the lock just read: if it was broken (`state unlock`) and taken by another
-        // process since, the delete fails its precondition and their lock stays.
-        let delete = self.client.delete_object().bucket(&self.bucket).key(&key).set_if_match(etag);
+        // process since, the delete fails its precondition and their lock stays. Without
+        // an ETag the delete could not be made conditional: refuse rather than risk
+        // deleting another process's lock.
+        let Some(etag) = etag else {
+            return Err(self.remote(
+                "unlocking",
+                &key,
+                "the store gave no ETag for the lock, so it cannot be released safely; release it with `state unlock`".into(),
+            ));
+        };
+        let delete = self.client.delete_object().bucket(&self.bucket).key(&key).if_match(etag);
         match delete.send().await {
             Ok(_) => Ok(()),
             Err(e) => match classify(e) {
