@@ -334,17 +334,30 @@ struct FileJournal {
     path: PathBuf,
 }
 
+/// Whether `file` ends with an incomplete line: it is not empty and its last byte is
+/// not a newline.
+fn ends_torn(file: &mut File) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
 impl FileJournal {
     fn open(path: PathBuf, written: Arc<AtomicU64>) -> Result<Self, StateError> {
         let existed = path.exists();
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
         // A crash mid-append leaves a torn last line, which loading ignores; cut it off
-        // so the next record does not land after it and turn it into corruption.
-        let bytes = fs::read(&path).map_err(StateError::io("reading", &path))?;
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        // Only a torn tail needs the cut and its sync: the journal is opened for every
-        // apply and every batch of events.
-        if complete != bytes.len() {
+        // so the next record does not land after it and turn it into corruption. The
+        // journal is opened for every apply and every batch of events: its last byte
+        // tells whether the tail is whole, and only a torn one is read, cut and synced.
+        if ends_torn(&mut file).map_err(StateError::io("reading", &path))? {
+            let bytes = fs::read(&path).map_err(StateError::io("reading", &path))?;
+            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             file.set_len(complete as u64).and_then(|()| file.sync_all()).map_err(StateError::io("repairing", &path))?;
         }
         if !existed {
