@@ -45,23 +45,39 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
         schema_diff(req)
     }
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError>;
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError>;
+    /// Reads the resource as it is. `recorded` are the inputs state holds for it (or it
+    /// was just created or updated with; empty for a look-up): a kind keeps from them
+    /// the inputs AWS never returns or the endpoint did not report, so that refresh
+    /// neither drops them nor calls their absence drift.
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError>;
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError>;
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError>;
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError>;
 
     /// Reads back what a create made. Not finding it is uncertain, not a failure: the
     /// create succeeded, so the step stays pending and is settled by a look-up.
-    async fn read_created(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Observed, ProviderError> {
-        self.read(aws, urn, id)
+    async fn read_created(&self, aws: &Clients, urn: &Urn, id: &str, inputs: &Props) -> Result<Observed, ProviderError> {
+        self.read(aws, urn, id, inputs)
             .await?
             .ok_or_else(|| ProviderError::Uncertain(format!("{}: created as {id}, but not found right after", crate::error::who(urn))))
     }
 
     /// Reads back what an update changed; gone means someone deleted it meanwhile.
-    async fn read_updated(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Observed, ProviderError> {
-        self.read(aws, urn, id)
+    async fn read_updated(&self, aws: &Clients, urn: &Urn, id: &str, inputs: &Props) -> Result<Observed, ProviderError> {
+        self.read(aws, urn, id, inputs)
             .await?
             .ok_or_else(|| ProviderError::NotFound(format!("{}: {id} is gone", crate::error::who(urn))))
+    }
+}
+
+/// Copies into `observed` each of `keys` that it lacks and `recorded` has: inputs a read
+/// cannot see, kept as recorded rather than reported gone.
+pub(crate) fn keep_unreported(observed: &mut Props, recorded: &Props, keys: &[&str]) {
+    for key in keys {
+        if !observed.contains_key(key) {
+            if let Some(v) = recorded.get(key) {
+                observed.insert(*key, v.clone());
+            }
+        }
     }
 }

@@ -103,8 +103,8 @@ impl cairn_sdk::Provider for Provider {
         self.kind(urn)?.create(&self.clients, urn, inputs).await
     }
 
-    async fn read(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<Option<Observed>, ProviderError> {
-        self.kind(urn)?.read(&self.clients, urn, id).await
+    async fn read(&self, urn: &Urn, id: &str, inputs: &Props, _outputs: &Props) -> Result<Option<Observed>, ProviderError> {
+        self.kind(urn)?.read(&self.clients, urn, id, inputs).await
     }
 
     async fn update(&self, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {

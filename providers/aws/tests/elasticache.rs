@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_elasticache::types::{AutomaticFailoverStatus, CacheCluster as Cluster, CacheSubnetGroup, ReplicationGroup as Group};
-use cairn_aws::ec2::{Subnet, Vpc};
+use cairn_aws::ec2::{SecurityGroup, Subnet, Vpc};
 use cairn_aws::elasticache::{CacheCluster, ReplicationGroup, SubnetGroup};
 use cairn_sdk::{Action, ApplyReport, Provider as _, ResourceExt, Stack, StackState, StepOp, StepReport, StepStatus, Timeouts, Urn};
 use serde::{Deserialize, Serialize};
@@ -267,10 +267,10 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
     let found = provider.lookup(&Urn::new("ec-cluster", CLUSTER, "sessions")).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
 
-    // Read back: moto does not report the port, which refresh shows as drift. It is not
-    // taken for a change of port, which would replace the cluster.
+    // Read back: moto does not report the port; refresh keeps the recorded one, so
+    // there is no drift and no replacement.
     let refreshed = stack.refresh(&state).await.unwrap();
-    assert_eq!(drift_of(&refreshed), [("sessions".to_owned(), "port".to_owned(), json!(6379), Value::Null)]);
+    assert_eq!(drift_of(&refreshed), []);
     assert!(!stack.preview(&first, &refreshed.state).unwrap().has_changes());
 
     // Tags change in place.
@@ -453,6 +453,71 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
     let stuck = failed("timed out after 3s (custom timeout)");
     assert_eq!(deletes, [stuck.clone(), stuck]);
     assert_eq!(replication_group(&ec, &new_id).await.unwrap().status(), Some("deleting"));
+}
+
+// ---------------------------------------------------------------------------------
+// Refresh of what ElastiCache does not report.
+
+/// A cache cluster and a replication group with every placement input set: the ones
+/// moto does not report (a cluster's port, security groups and parameter group; a
+/// group's subnet group, security groups and parameter group, read from a member moto
+/// cannot describe) included.
+fn placed(stack: &str, provider: cairn_aws::Provider) -> Stack<()> {
+    Stack::<()>::new(stack).provider(provider).program(|cx, ()| {
+        let vpc = cx.add(Vpc::new("vpc").cidr_block("10.32.0.0/16"));
+        let a = cx.add(Subnet::new("a").vpc_id(vpc.id()).cidr_block("10.32.1.0/24").availability_zone("us-east-1a"));
+        let sg = cx.add(SecurityGroup::new("cache-sg").vpc_id(vpc.id()));
+        let net = cx.add(SubnetGroup::new("placed-net").subnet_ids([a.id()]));
+        cx.add(
+            CacheCluster::new("placed-cache")
+                .node_type("cache.t3.micro")
+                .port(6385)
+                .subnet_group_name(net.name())
+                .security_group_ids(vec![sg.id()])
+                .parameter_group_name("default.redis7")
+                .engine_version("7.0")
+                .timeouts(short_delete()),
+        );
+        cx.add(
+            ReplicationGroup::new("placed-group")
+                .node_type("cache.t3.micro")
+                .port(6386)
+                .subnet_group_name(net.name())
+                .security_group_ids(vec![sg.id()])
+                .parameter_group_name("default.redis7")
+                .timeouts(short_delete()),
+        );
+        Ok(())
+    })
+}
+
+#[tokio::test]
+async fn a_refresh_keeps_inputs_elasticache_does_not_report_and_finds_no_drift() {
+    let (provider, _ec) = aws().await;
+    let stack = placed("ec-placed", provider);
+    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let state = report.state;
+    let sg = id_of(&state, "aws:ec2:SecurityGroup", "cache-sg");
+    let net = id_of(&state, SUBNET_GROUP, "placed-net");
+
+    // What a user relies on: a refresh right after an up finds nothing changed, keeps
+    // what was declared, and the next up has nothing to do.
+    let refreshed = stack.refresh(&state).await.unwrap();
+    assert!(refreshed.errors.is_empty(), "{:?}", refreshed.errors);
+    assert_eq!(drift_of(&refreshed), []);
+    let inputs = |ty: &str, name: &str| {
+        let r = refreshed.state.resource(&Urn::new("ec-placed", ty, name)).unwrap_or_else(|| panic!("{name} in state"));
+        serde_json::to_value(&r.inputs).unwrap()
+    };
+    let cache = inputs(CLUSTER, "placed-cache");
+    assert_eq!((&cache["port"], &cache["security_group_ids"]), (&json!(6385), &json!([sg])));
+    assert_eq!(cache["parameter_group_name"], json!("default.redis7"));
+    let group = inputs(REPLICATION_GROUP, "placed-group");
+    assert_eq!((&group["subnet_group_name"], &group["security_group_ids"]), (&json!(net), &json!([sg])));
+    assert_eq!(group["parameter_group_name"], json!("default.redis7"));
+    let plan = stack.preview(&(), &refreshed.state).unwrap();
+    assert!(!plan.has_changes(), "{:?}", plan.changed().map(|c| (c.urn.name().to_owned(), c.diffs.clone())).collect::<Vec<_>>());
 }
 
 #[test]

@@ -433,10 +433,10 @@ impl Kind for GroupKind {
             .send()
             .await
             .map_err(|e| aws_error(urn, "creating the group", e, hint(inputs)))?;
-        self.read_created(aws, urn, name).await
+        self.read_created(aws, urn, name, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         Ok(describe(aws, urn, id).await?.map(|g| observe(urn, &g)))
     }
 
@@ -479,7 +479,7 @@ impl Kind for GroupKind {
             })?;
         }
         retag(aws, urn, id, old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {

@@ -99,10 +99,10 @@ impl Kind for ElasticIpKind {
             .await
             .map_err(|e| aws_error(urn, "allocating the Elastic IP", e, hint))?;
         let id = out.allocation_id().unwrap_or_default().to_owned();
-        self.read_created(aws, urn, &id).await
+        self.read_created(aws, urn, &id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let out = match aws.ec2.describe_addresses().allocation_ids(id).send().await {
             Ok(out) => out,
             Err(e) if code(&e) == Some(MISSING) => return Ok(None),
@@ -123,7 +123,7 @@ impl Kind for ElasticIpKind {
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
@@ -140,7 +140,7 @@ impl Kind for ElasticIpKind {
         let mut found = Vec::new();
         for a in out.addresses() {
             if let Some(id) = a.allocation_id() {
-                found.extend(self.read(aws, urn, id).await?);
+                found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }
         }
         Ok(found)

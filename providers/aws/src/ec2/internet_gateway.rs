@@ -108,10 +108,10 @@ impl Kind for InternetGatewayKind {
         if let Some(vpc) = vpc_of(inputs) {
             attach(aws, urn, &id, vpc).await?;
         }
-        self.read_created(aws, urn, &id).await
+        self.read_created(aws, urn, &id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let out = match aws.ec2.describe_internet_gateways().internet_gateway_ids(id).send().await {
             Ok(out) => out,
             Err(e) if code(&e) == Some(MISSING) => return Ok(None),
@@ -140,12 +140,12 @@ impl Kind for InternetGatewayKind {
             }
         }
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
         // Detach from whatever VPC the cloud says, not only the one in state.
-        if let Some(current) = self.read(aws, urn, id).await? {
+        if let Some(current) = self.read(aws, urn, id, &Props::new()).await? {
             if let Some(vpc) = vpc_of(&current.inputs) {
                 detach(aws, urn, id, vpc).await?;
             }
@@ -168,7 +168,7 @@ impl Kind for InternetGatewayKind {
         let mut found = Vec::new();
         for g in out.internet_gateways() {
             if let Some(id) = g.internet_gateway_id() {
-                found.extend(self.read(aws, urn, id).await?);
+                found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }
         }
         Ok(found)

@@ -237,10 +237,10 @@ impl Kind for LaunchTemplateKind {
             .await
             .map_err(|e| aws_error(urn, "creating the launch template", e, hint(inputs)))?;
         let id = out.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_owned();
-        self.read_created(aws, urn, &id).await
+        self.read_created(aws, urn, &id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let Some(t) = describe(aws, urn, id).await? else { return Ok(None) };
         let versions = match aws.ec2.describe_launch_template_versions().launch_template_id(id).versions("$Default").send().await {
             Ok(out) => out,
@@ -280,7 +280,7 @@ impl Kind for LaunchTemplateKind {
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         // Compare with the default version AWS has, so a version made outside Cairn (or a
         // failed half of an earlier update) is set right too.
-        let current = self.read_updated(aws, urn, id).await?;
+        let current = self.read_updated(aws, urn, id, old).await?;
         if data_differs(&current.inputs, new) {
             let out = aws
                 .ec2
@@ -303,7 +303,7 @@ impl Kind for LaunchTemplateKind {
                 .map_err(|e| aws_error(urn, &format!("making version {version} the default"), e, hint(new)))?;
         }
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
@@ -325,7 +325,7 @@ impl Kind for LaunchTemplateKind {
         let mut found = Vec::new();
         for t in out.launch_templates() {
             if let Some(id) = t.launch_template_id() {
-                found.extend(self.read(aws, urn, id).await?);
+                found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }
         }
         Ok(found)

@@ -420,17 +420,17 @@ impl Kind for RouteTableKind {
             .map_err(|e| aws_error(urn, "creating the route table", e, hint))?;
         let id = out.route_table().and_then(|r| r.route_table_id()).unwrap_or_default().to_owned();
         sync(aws, urn, &id, inputs).await.map_err(|e| created_but(urn, &id, e))?;
-        self.read_created(aws, urn, &id).await
+        self.read_created(aws, urn, &id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         Ok(describe(aws, urn, id).await?.map(|rt| observe(urn, id, &rt)))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         sync(aws, urn, id, new).await?;
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {

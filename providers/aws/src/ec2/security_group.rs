@@ -487,14 +487,14 @@ impl Kind for SecurityGroupKind {
         let id = out.group_id().unwrap_or_default().to_owned();
         // From the rules AWS gave the new group (allow-all egress) to the declared ones.
         let converge = async {
-            let current = self.read_created(aws, urn, &id).await?;
+            let current = self.read_created(aws, urn, &id, inputs).await?;
             sync_rules(aws, urn, &id, &current.inputs, inputs).await
         };
         converge.await.map_err(|e| created_but(urn, &id, e))?;
-        self.read_created(aws, urn, &id).await
+        self.read_created(aws, urn, &id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let out = match aws.ec2.describe_security_groups().group_ids(id).send().await {
             Ok(out) => out,
             Err(e) if is_missing(code(&e)) => return Ok(None),
@@ -526,10 +526,10 @@ impl Kind for SecurityGroupKind {
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         // Diff against the rules the group has now, not the ones in state: rules changed
         // outside Cairn are set right too, and nothing is authorized twice.
-        let current = self.read_updated(aws, urn, id).await?;
+        let current = self.read_updated(aws, urn, id, old).await?;
         sync_rules(aws, urn, id, &current.inputs, new).await?;
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
@@ -551,7 +551,7 @@ impl Kind for SecurityGroupKind {
         let mut found = Vec::new();
         for g in out.security_groups() {
             if let Some(id) = g.group_id() {
-                found.extend(self.read(aws, urn, id).await?);
+                found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }
         }
         Ok(found)

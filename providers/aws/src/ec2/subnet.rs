@@ -166,10 +166,10 @@ impl Kind for SubnetKind {
         if inputs.get("map_public_ip_on_launch").and_then(Value::as_bool) == Some(true) {
             set_public_ips(aws, urn, &id, true).await?;
         }
-        self.read_created(aws, urn, &id).await
+        self.read_created(aws, urn, &id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let out = match aws.ec2.describe_subnets().subnet_ids(id).send().await {
             Ok(out) => out,
             Err(e) if code(&e) == Some("InvalidSubnetID.NotFound") => return Ok(None),
@@ -196,7 +196,7 @@ impl Kind for SubnetKind {
             set_public_ips(aws, urn, id, on).await?;
         }
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
@@ -212,7 +212,7 @@ impl Kind for SubnetKind {
         let mut found = Vec::new();
         for s in out.subnets() {
             if let Some(id) = s.subnet_id() {
-                found.extend(self.read(aws, urn, id).await?);
+                found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }
         }
         Ok(found)

@@ -150,10 +150,10 @@ impl Kind for VpcKind {
         if flag(inputs, "enable_dns_hostnames") == Some(true) {
             set_dns(aws, urn, &id, VpcAttributeName::EnableDnsHostnames, true).await?;
         }
-        self.read_created(aws, urn, &id).await
+        self.read_created(aws, urn, &id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let out = match aws.ec2.describe_vpcs().vpc_ids(id).send().await {
             Ok(out) => out,
             Err(e) if code(&e) == Some("InvalidVpcID.NotFound") => return Ok(None),
@@ -189,7 +189,7 @@ impl Kind for VpcKind {
             set_dns(aws, urn, id, VpcAttributeName::EnableDnsSupport, false).await?;
         }
         retag(&aws.ec2, urn, id, old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
@@ -205,7 +205,7 @@ impl Kind for VpcKind {
         let mut found = Vec::new();
         for vpc in out.vpcs() {
             if let Some(id) = vpc.vpc_id() {
-                found.extend(self.read(aws, urn, id).await?);
+                found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }
         }
         Ok(found)

@@ -18,7 +18,7 @@ use super::{
     check_id, check_port, check_strings, create_tags, error, int, list_tags, node_hint, retag, strings, text, IdRules, BOUND,
 };
 use crate::error::who;
-use crate::kind::{Clients, Kind};
+use crate::kind::{keep_unreported, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
 
@@ -46,6 +46,12 @@ pub static CACHE_CLUSTER: ResourceType = ResourceType::new(
 
 /// Cluster ids: at most 40 lowercase letters, digits and hyphens, a letter first.
 pub(crate) const CLUSTER_ID: IdRules = IdRules { max: 40, strict: true };
+
+/// Inputs a describe may leave out, kept as recorded: the port is only in the nodes'
+/// endpoints, which AWS lists once the node is up and moto never; moto reports no
+/// security groups and no parameter group either. AWS reports all three for a cluster
+/// that is available, so a change made there is still drift.
+const UNREPORTED: &[&str] = &["port", "security_group_ids", "parameter_group_name"];
 
 /// Statuses a cluster never leaves for `available` on its own.
 const BROKEN: [&str; 5] = ["create-failed", "incompatible-network", "incompatible-parameters", "restore-failed", "incompatible-restore"];
@@ -280,9 +286,9 @@ fn observe(urn: &Urn, c: &Cluster, tags: Vec<(String, String)>) -> Observed {
 #[async_trait]
 impl Kind for CacheClusterKind {
     /// The schema's diff, except that a port missing from state is not a change: Cairn
-    /// always records the port it creates a cluster with, so a missing one was read from
-    /// an endpoint that does not report it (moto), and replacing the cluster for that
-    /// would be wrong.
+    /// always records the port it creates a cluster with (and a read keeps it), so a
+    /// missing one was dropped by a refresh before reads kept it, and replacing the
+    /// cluster for that would be wrong.
     fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
         let mut diff = schema_diff(req);
         diff.changes.retain(|c| !(c.name == "port" && c.old.is_none()));
@@ -307,16 +313,18 @@ impl Kind for CacheClusterKind {
             .await
             .map_err(|e| error(urn, "creating the cache cluster", e, hint(inputs)))?;
         wait_available(aws, urn, id, None).await?;
-        self.read_created(aws, urn, id).await
+        self.read_created(aws, urn, id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let Some(c) = describe(aws, urn, id).await? else { return Ok(None) };
         let tags = match c.arn() {
             Some(arn) => list_tags(aws, urn, arn).await?,
             None => Vec::new(),
         };
-        Ok(Some(observe(urn, &c, tags)))
+        let mut found = observe(urn, &c, tags);
+        keep_unreported(&mut found.inputs, recorded, UNREPORTED);
+        Ok(Some(found))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
@@ -341,7 +349,7 @@ impl Kind for CacheClusterKind {
             wait_available(aws, urn, id, pick("node_type").as_deref()).await?;
         }
         retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::cache_cluster::{check_node_type, CLUSTER_ID};
 use super::{check_id, check_port, check_strings, create_tags, error, int, list_tags, node_hint, retag, strings, text, BOUND, DESCRIPTION};
 use crate::error::who;
-use crate::kind::{Clients, Kind};
+use crate::kind::{keep_unreported, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
 
@@ -43,6 +43,11 @@ pub static REPLICATION_GROUP: ResourceType = ResourceType::new(
     ],
 )
 .with_validation(validate);
+
+/// Inputs a describe may leave out, kept as recorded: the subnet group, security groups
+/// and parameter group come from the primary's cache cluster, which moto cannot
+/// describe; the port from the primary's endpoint, absent while AWS has none.
+const UNREPORTED: &[&str] = &["port", "subnet_group_name", "security_group_ids", "parameter_group_name"];
 
 /// Statuses a group never leaves for `available` on its own.
 const BROKEN: [&str; 1] = ["create-failed"];
@@ -251,7 +256,8 @@ fn failover_on(g: &Group) -> bool {
 
 /// The group as the inputs and outputs Cairn records. What DescribeReplicationGroups
 /// does not say (subnet group, security groups, parameter group) is read from the
-/// primary's cache cluster; an endpoint that has no such cluster (moto) leaves them out.
+/// primary's cache cluster; an endpoint that has no such cluster (moto) leaves them out,
+/// and `read` keeps them as recorded.
 async fn observe(aws: &Clients, urn: &Urn, g: &Group, tags: Vec<(String, String)>) -> Result<Observed, ProviderError> {
     let id = g.replication_group_id().unwrap_or_default();
     let mut inputs = Props::new();
@@ -349,16 +355,18 @@ impl Kind for ReplicationGroupKind {
             .await
             .map_err(|e| error(urn, "creating the replication group", e, hint(inputs)))?;
         wait_available(aws, urn, id, |_| true).await?;
-        self.read_created(aws, urn, id).await
+        self.read_created(aws, urn, id, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let Some(g) = describe(aws, urn, id).await? else { return Ok(None) };
         let tags = match g.arn() {
             Some(arn) => list_tags(aws, urn, arn).await?,
             None => Vec::new(),
         };
-        Ok(Some(observe(aws, urn, &g, tags).await?))
+        let mut found = observe(aws, urn, &g, tags).await?;
+        keep_unreported(&mut found.inputs, recorded, UNREPORTED);
+        Ok(Some(found))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
@@ -422,7 +430,7 @@ impl Kind for ReplicationGroupKind {
             wait_available(aws, urn, id, |g| !turn_on || failover_on(g)).await?;
         }
         retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {

@@ -170,10 +170,10 @@ impl Kind for SubnetGroupKind {
             .send()
             .await
             .map_err(|e| error(urn, "creating the subnet group", e, hint(inputs)))?;
-        self.read_created(aws, urn, name).await
+        self.read_created(aws, urn, name, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         match describe(aws, urn, id).await? {
             Some(g) => Ok(Some(observe(aws, urn, &g).await?)),
             None => Ok(None),
@@ -195,7 +195,7 @@ impl Kind for SubnetGroupKind {
                 .map_err(|e| error(urn, "changing the subnet group (ModifyCacheSubnetGroup)", e, hint(new)))?;
         }
         retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {

@@ -222,10 +222,10 @@ impl Kind for QueueKind {
             .await
             .map_err(|e| aws_error(urn, "creating the queue", e, hint(inputs)))?;
         let url = out.queue_url().unwrap_or_default().to_owned();
-        self.read_created(aws, urn, &url).await
+        self.read_created(aws, urn, &url, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let got = aws.sqs.get_queue_attributes().queue_url(id).attribute_names(Attr::All).send().await;
         let attrs = match got {
             Ok(out) => out.attributes().cloned().unwrap_or_default(),
@@ -275,7 +275,7 @@ impl Kind for QueueKind {
                 .await
                 .map_err(|e| aws_error(urn, "tagging the queue", e, |_| None))?;
         }
-        self.read_updated(aws, urn, id).await
+        self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
@@ -305,7 +305,7 @@ impl Kind for QueueKind {
                     Err(e) => return Err(aws_error(urn, "reading a queue's tags", e, |_| None)),
                 };
                 if tags::is_tagged(urn, tags.iter()) {
-                    found.extend(self.read(aws, urn, url).await?);
+                    found.extend(self.read(aws, urn, url, &Props::new()).await?);
                 }
             }
             match page.next_token() {
