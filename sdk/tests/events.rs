@@ -54,6 +54,27 @@ fn spike(rps: u32) -> Event {
 
 /// A deployed shop in a memory store, locked for watching.
 async fn deployed(stack: &Stack<Shop>, store: &Arc<MemoryStore>) -> Session<Shop> {
+    deployed_on(stack, &(store.clone() as Arc<dyn Store>)).await
+}
+
+/// A stack deployed on the test provider, its state in a file store in a temporary
+/// directory (kept while `dir` lives), and the session that deployed it.
+struct OnFiles {
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    stack: Stack<Shop>,
+    session: Session<Shop>,
+}
+
+async fn deployed_on_files() -> OnFiles {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(dir.path()));
+    let stack = events_stack(&provider());
+    let session = deployed_on(&stack, &store).await;
+    OnFiles { dir, store, stack, session }
+}
+
+async fn deployed_on(stack: &Stack<Shop>, store: &Arc<dyn Store>) -> Session<Shop> {
     let mut session = stack.lock(store.clone(), "watch").await.unwrap();
     assert!(session.up(&Shop::new()).await.unwrap().succeeded());
     session
@@ -386,12 +407,7 @@ async fn async_handlers_run_in_order_with_sync_ones() {
 /// a plan saved before it is refused.
 #[tokio::test]
 async fn recorded_events_are_journaled_survive_a_crash_and_make_a_saved_plan_stale() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(dir.path()));
-    let p = provider();
-    let stack = events_stack(&p);
-    let mut session = stack.lock(store.clone(), "up").await.unwrap();
-    assert!(session.up(&Shop::new()).await.unwrap().succeeded());
+    let OnFiles { dir, store, stack, mut session } = deployed_on_files().await;
     let serial = session.state().serial;
     let saved = session.preview(&Shop { capacity: 3, ..Shop::new() }).unwrap();
     let snapshot = std::fs::read(dir.path().join("dev/state.json")).unwrap();
@@ -424,12 +440,7 @@ async fn recorded_events_are_journaled_survive_a_crash_and_make_a_saved_plan_sta
 /// `up --plan`: the plan was made from the state the events left, so it applies.
 #[tokio::test]
 async fn a_plan_saved_after_a_session_that_only_recorded_events_applies() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(dir.path()));
-    let p = provider();
-    let stack = events_stack(&p);
-    let mut session = stack.lock(store.clone(), "watch").await.unwrap();
-    assert!(session.up(&Shop::new()).await.unwrap().succeeded());
+    let OnFiles { dir, store, stack, mut session } = deployed_on_files().await;
     let s = session.state().user_state.clone();
     session.record_events(s.clone(), &["dup-1".to_owned()]).await.unwrap();
     let serial = session.state().serial;
@@ -459,12 +470,7 @@ async fn a_plan_saved_after_a_session_that_only_recorded_events_applies() {
 /// journal without end: every 1,000 records it is folded into a snapshot.
 #[tokio::test]
 async fn a_thousand_event_records_without_an_apply_are_folded_into_a_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(dir.path()));
-    let p = provider();
-    let stack = events_stack(&p);
-    let mut session = stack.lock(store.clone(), "watch").await.unwrap();
-    assert!(session.up(&Shop::new()).await.unwrap().succeeded());
+    let OnFiles { dir, store, stack: _, mut session } = deployed_on_files().await;
     let s = session.state().user_state.clone();
     let journal = dir.path().join("dev/journal.jsonl");
     for i in 0..999 {
