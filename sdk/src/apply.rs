@@ -202,24 +202,22 @@ pub async fn apply(
     Ok(run.into_report(started))
 }
 
-/// Per change of `plan`, the live resource `state` holds for its URN.
+/// Per change of `plan`, its entry in `live` (the live resources of state), if any.
 ///
 /// State is stored in the order of the plan that wrote it, and a plan for the same
 /// resources follows that order: each change is first compared with the live entry
 /// after the last one matched (URNs shared by the graph and state compare by address),
-/// and the URNs are hashed only for changes found elsewhere. An event's apply, one
+/// and `by_urn` is built only for a change found elsewhere. An event's apply, one
 /// change among a thousand unchanged resources, so starts without hashing a thousand
 /// URNs first.
-fn live_resources<'a>(plan: &Plan, state: &'a StackState) -> Vec<Option<&'a ResourceState>> {
-    let live: Vec<&ResourceState> = state.resources.iter().filter(|r| !r.pending_delete).collect();
-    let position: OnceCell<HashMap<&Urn, usize>> = OnceCell::new();
+fn live_resources<'a>(plan: &Plan, live: &[&'a ResourceState], by_urn: &OnceCell<HashMap<&'a Urn, usize>>) -> Vec<Option<&'a ResourceState>> {
     let mut next = 0;
     plan.changes
         .iter()
         .map(|c| {
             let at = match live.get(next) {
                 Some(r) if r.urn == c.urn => Some(next),
-                _ => position.get_or_init(|| live.iter().enumerate().map(|(i, r)| (&r.urn, i)).collect()).get(&c.urn).copied(),
+                _ => by_urn.get_or_init(|| index_by_urn(live)).get(&c.urn).copied(),
             };
             at.map(|i| {
                 next = i + 1;
@@ -229,9 +227,9 @@ fn live_resources<'a>(plan: &Plan, state: &'a StackState) -> Vec<Option<&'a Reso
         .collect()
 }
 
-/// The live resources of `state` by URN.
-fn live_by_urn(state: &StackState) -> HashMap<&Urn, &ResourceState> {
-    state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect()
+/// The position of each of `live` by URN.
+fn index_by_urn<'a>(live: &[&'a ResourceState]) -> HashMap<&'a Urn, usize> {
+    live.iter().enumerate().map(|(i, r)| (&r.urn, i)).collect()
 }
 
 /// Turns changes into steps and their dependencies.
@@ -356,9 +354,11 @@ struct Run<'a> {
     waiting: Vec<usize>,
     /// Per change: its live resource before the apply, if it had one.
     old: Vec<Option<&'a ResourceState>>,
-    /// The live resources before the apply by URN, for references to resources that
-    /// no step changes: built when the first such reference is resolved.
-    by_urn: OnceCell<HashMap<&'a Urn, &'a ResourceState>>,
+    /// The live resources before the apply.
+    live: Vec<&'a ResourceState>,
+    /// Their positions in `live` by URN, built when first needed: for a change not
+    /// found in order, or a reference to a resource that no step changes.
+    by_urn: OnceCell<HashMap<&'a Urn, usize>>,
     /// Resources created, updated or replaced so far.
     new: HashMap<Urn, ResourceState>,
     /// Resources with a create, update or replacement step: until it is done, their
@@ -398,14 +398,18 @@ impl<'a> Run<'a> {
                 dependents[d].push(i);
             }
         }
+        let live: Vec<&ResourceState> = state.resources.iter().filter(|r| !r.pending_delete).collect();
+        let by_urn = OnceCell::new();
+        let old = live_resources(plan, &live, &by_urn);
         Run {
             plan,
             providers,
             steps,
             dependents,
             waiting: steps.iter().map(|s| s.deps.len()).collect(),
-            old: live_resources(plan, state),
-            by_urn: OnceCell::new(),
+            old,
+            live,
+            by_urn,
             new: HashMap::default(),
             changing: steps
                 .iter()
@@ -478,7 +482,7 @@ impl<'a> Run<'a> {
         let r = match self.new.get(urn) {
             Some(r) => r,
             None if self.changing.contains(urn) => return None,
-            None => *self.by_urn.get_or_init(|| live_by_urn(self.state)).get(urn)?,
+            None => self.live[*self.by_urn.get_or_init(|| index_by_urn(&self.live)).get(urn)?],
         };
         r.outputs.get(property).or_else(|| r.inputs.get(property)).cloned()
     }

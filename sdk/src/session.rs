@@ -277,8 +277,7 @@ where
     /// make, as the snapshot. Each record already moved the serial on, so the state
     /// keeps its serial: a plan made from it still applies.
     async fn fold_events(&mut self) -> Result<()> {
-        let mut state = self.state.clone();
-        state.replayed = false;
+        let state = self.state.clone();
         self.commit(state).await
     }
 }
