@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -9,36 +10,87 @@ use serde_json::Value;
 /// sorted by name.
 ///
 /// Resources have a handful of top-level properties, and a stack may hold 100,000
-/// resources, so this is a sorted vector rather than a tree or hash map: a third of
+/// resources, so this is a sorted array rather than a tree or hash map: a third of
 /// the memory, and iteration in a stable order for free. Serialized as a JSON object.
-#[derive(Clone, Default, PartialEq)]
-pub struct Props(Vec<(String, Value)>);
+///
+/// Cheap to clone: the entries are shared, and copied only when a shared map is
+/// changed. An apply carries every unchanged resource's inputs and outputs into the new
+/// state, and the session and a memory store keep copies of that state; sharing makes
+/// those copies cost a reference count per map instead of a deep copy of every value.
+#[derive(Clone, Default)]
+pub struct Props(Option<Arc<[(String, Value)]>>);
+
+impl PartialEq for Props {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => true,
+            _ => self.entries() == other.entries(),
+        }
+    }
+}
 
 impl Props {
     /// An empty map.
     pub fn new() -> Self {
-        Props(Vec::new())
+        Props(None)
+    }
+
+    fn entries(&self) -> &[(String, Value)] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
+    /// Changes the entries with `f`: moved out if this map alone holds them, copied if
+    /// another shares them. (One allocation: the shared slice sits right after its
+    /// counts, so reading a value costs no more pointer hops than a `Vec` would.)
+    fn edit<T>(&mut self, f: impl FnOnce(&mut Vec<(String, Value)>) -> T) -> T {
+        let mut entries: Vec<(String, Value)> = match self.0.take() {
+            None => Vec::new(),
+            Some(mut shared) => match Arc::get_mut(&mut shared) {
+                Some(own) => own.iter_mut().map(std::mem::take).collect(),
+                None => shared.to_vec(),
+            },
+        };
+        let out = f(&mut entries);
+        self.0 = (!entries.is_empty()).then(|| Arc::from(entries));
+        out
     }
 
     /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<&Value> {
         // Most maps hold a handful of keys: a scan that compares lengths first beats a
         // binary search, whose every probe is a full string comparison.
-        if self.0.len() <= 12 {
-            return self.0.iter().find(|(k, _)| k.len() == key.len() && k == key).map(|(_, v)| v);
+        let entries = self.entries();
+        if entries.len() <= 12 {
+            return entries.iter().find(|(k, _)| k.len() == key.len() && k == key).map(|(_, v)| v);
         }
-        self.find(key).ok().map(|i| &self.0[i].1)
+        self.find(key).ok().map(|i| &entries[i].1)
     }
 
     /// Sets `key`, returning the previous value.
     pub fn insert(&mut self, key: impl Into<String>, value: Value) -> Option<Value> {
         let key = key.into();
         match self.find(&key) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Ok(i) => match self.0.as_mut().and_then(Arc::get_mut) {
+                Some(own) => Some(std::mem::replace(&mut own[i].1, value)),
+                None => self.edit(|entries| Some(std::mem::replace(&mut entries[i].1, value))),
+            },
             Err(i) => {
-                // Maps stay small: grow by one rather than double.
-                self.0.reserve_exact(1);
-                self.0.insert(i, (key, value));
+                // Straight into a new shared slice of the new length: one allocation,
+                // and the entries moved (or, if shared, copied) once.
+                let mut old = self.0.take();
+                let new = (key, value);
+                self.0 = Some(match old.as_mut().and_then(Arc::get_mut) {
+                    Some(own) => {
+                        let (before, after) = own.split_at_mut(i);
+                        let take = |e: &mut (String, Value)| std::mem::take(e);
+                        before.iter_mut().map(take).chain(std::iter::once(new)).chain(after.iter_mut().map(take)).collect()
+                    }
+                    None => {
+                        let shared = old.as_deref().unwrap_or_default();
+                        let (before, after) = shared.split_at(i);
+                        before.iter().cloned().chain(std::iter::once(new)).chain(after.iter().cloned()).collect()
+                    }
+                });
                 None
             }
         }
@@ -46,7 +98,8 @@ impl Props {
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        self.find(key).ok().map(|i| self.0.remove(i).1)
+        let i = self.find(key).ok()?;
+        Some(self.edit(|entries| entries.remove(i).1))
     }
 
     /// Whether `key` is set.
@@ -56,27 +109,27 @@ impl Props {
 
     /// The properties in name order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+        self.entries().iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// The property names in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| k.as_str())
+        self.entries().iter().map(|(k, _)| k.as_str())
     }
 
     /// How many properties are set.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries().len()
     }
 
     /// Whether no property is set.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries().is_empty()
     }
 
     /// The properties as a JSON object.
     pub fn to_value(&self) -> Value {
-        Value::Object(self.0.iter().cloned().collect())
+        Value::Object(self.entries().iter().cloned().collect())
     }
 
     /// Builds a map from a JSON object; any other value gives `None`.
@@ -88,7 +141,7 @@ impl Props {
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        self.entries().binary_search_by(|(k, _)| k.as_str().cmp(key))
     }
 }
 
@@ -105,8 +158,7 @@ impl FromIterator<(String, Value)> for Props {
                 false
             }
         });
-        v.shrink_to_fit();
-        Props(v)
+        Props((!v.is_empty()).then(|| Arc::from(v)))
     }
 }
 
@@ -126,8 +178,9 @@ impl fmt::Debug for Props {
 
 impl Serialize for Props {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
+        let entries = self.entries();
+        let mut map = serializer.serialize_map(Some(entries.len()))?;
+        for (k, v) in entries {
             map.serialize_entry(k, v)?;
         }
         map.end()
@@ -170,6 +223,25 @@ mod tests {
         .collect();
         assert_eq!(p.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(p.get("b"), Some(&json!(3)));
+    }
+
+    #[test]
+    fn a_changed_clone_leaves_the_original_alone() {
+        let mut a = Props::new();
+        a.insert("size", json!(1));
+        a.insert("name", json!("web"));
+        let mut b = a.clone();
+        b.insert("size", json!(2));
+        b.remove("name");
+        assert_eq!(a.get("size"), Some(&json!(1)));
+        assert_eq!(a.get("name"), Some(&json!("web")));
+        assert_eq!(b.keys().collect::<Vec<_>>(), ["size"]);
+        assert_ne!(a, b);
+        let mut c = a.clone();
+        assert_eq!(c, a);
+        c.remove("size");
+        c.remove("name");
+        assert_eq!(c, Props::new(), "emptied by removes equals empty");
     }
 
     #[test]
