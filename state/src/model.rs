@@ -175,21 +175,25 @@ fn sort_by_dependencies(entries: Vec<ResourceState>) -> Vec<ResourceState> {
 
     let n = entries.len();
     // Each entry's group: the position of the first entry with its URN.
-    let group: Vec<usize> = {
-        let mut first_of: HashMap<&Urn, usize> = HashMap::with_capacity(n);
-        entries.iter().enumerate().map(|(i, e)| *first_of.entry(&e.urn).or_insert(i)).collect()
-    };
+    let mut first_of: HashMap<&Urn, usize> = HashMap::with_capacity(n);
+    let group: Vec<usize> = entries.iter().enumerate().map(|(i, e)| *first_of.entry(&e.urn).or_insert(i)).collect();
+    // The usual case: an apply writes the entries in its plan's order, which already is
+    // one. Then each group is contiguous and each dependency's group comes first.
+    let in_order = entries.iter().enumerate().all(|(i, e)| {
+        let g = group[i];
+        (g == i || group[i - 1] == g) && e.dependencies.iter().all(|d| first_of.get(d).is_none_or(|&dg| dg <= g))
+    });
+    if in_order {
+        return entries;
+    }
     let mut indegree = vec![0usize; n];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    {
-        let first_of: HashMap<&Urn, usize> = entries.iter().zip(&group).map(|(e, &g)| (&e.urn, g)).collect();
-        for (e, &g) in entries.iter().zip(&group) {
-            for d in &e.dependencies {
-                if let Some(&dg) = first_of.get(d) {
-                    if dg != g {
-                        dependents[dg].push(g);
-                        indegree[g] += 1;
-                    }
+    for (e, &g) in entries.iter().zip(&group) {
+        for d in &e.dependencies {
+            if let Some(&dg) = first_of.get(d) {
+                if dg != g {
+                    dependents[dg].push(g);
+                    indegree[g] += 1;
                 }
             }
         }
@@ -238,6 +242,40 @@ mod tests {
     #[test]
     fn lineages_differ_between_stacks() {
         assert_ne!(StackState::new("a").lineage, StackState::new("a").lineage);
+    }
+
+    fn entry(name: &str, deps: &[&str], pending_delete: bool) -> ResourceState {
+        ResourceState {
+            urn: Urn::new("dev", "test:Thing", name),
+            ty: "test:Thing".into(),
+            id: format!("{name}-{}", u8::from(pending_delete)),
+            inputs: Props::new(),
+            outputs: Props::new(),
+            dependencies: deps.iter().map(|d| Urn::new("dev", "test:Thing", d)).collect(),
+            options: StoredOptions::default(),
+            pending_delete,
+        }
+    }
+
+    fn order(s: &StackState) -> Vec<String> {
+        s.resources.iter().map(|r| r.id.clone()).collect()
+    }
+
+    #[test]
+    fn resources_already_in_dependency_order_keep_it() {
+        let mut s = StackState::new("dev");
+        s.resources = vec![entry("b", &[], false), entry("a", &["b"], false), entry("a", &["b"], true), entry("c", &[], false)];
+        s.sort_resources();
+        assert_eq!(order(&s), ["b-0", "a-0", "a-1", "c-0"]);
+    }
+
+    #[test]
+    fn dependents_move_after_their_dependencies_with_their_old_copies() {
+        let mut s = StackState::new("dev");
+        // `a` depends on `b` but comes first, and its old copy is apart from it.
+        s.resources = vec![entry("a", &["b"], false), entry("c", &[], false), entry("a", &["b"], true), entry("b", &[], false)];
+        s.sort_resources();
+        assert_eq!(order(&s), ["c-0", "b-0", "a-0", "a-1"]);
     }
 
     #[test]
