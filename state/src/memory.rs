@@ -99,7 +99,7 @@ impl Store for MemoryStore {
         self.with(|s| {
             crate::store::check_held(lock, s.locks.get(&lock.stack))?;
             if let Some(current) = s.snapshots.get(&lock.stack) {
-                crate::store::check_follows(&lock.stack, current, state)?;
+                crate::store::check_follows(&lock.stack, (&current.lineage, current.serial), state)?;
             }
             s.snapshots.insert(lock.stack.clone(), state.clone());
             s.journals.remove(&lock.stack);

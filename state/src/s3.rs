@@ -20,7 +20,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 
 use crate::error::LockedError;
-use crate::file::{parse_snapshot, read_records};
+use crate::file::{parse_snapshot, parse_snapshot_header, read_records};
 use crate::journal::{replay, Journal, JournalRecord};
 use crate::store::{Lock, LockInfo, Store};
 use crate::{StackState, StateError};
@@ -341,8 +341,8 @@ impl Store for S3Store {
         let current = self.get(&key).await?;
         if let Some((bytes, _)) = &current {
             // Never replace a snapshot we cannot read, nor one this state does not follow.
-            let stored = parse_snapshot(&self.path(&key), bytes)?;
-            crate::store::check_follows(stack, &stored, state)?;
+            let stored = parse_snapshot_header(&self.path(&key), bytes)?;
+            crate::store::check_follows(stack, (&stored.lineage, stored.serial), state)?;
             let copy = format!("{}/{key}", self.bucket);
             self.client
                 .copy_object()

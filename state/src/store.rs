@@ -59,14 +59,15 @@ pub fn check_stack_name(stack: &str) -> Result<(), StateError> {
     }
 }
 
-/// Refuses to replace `stored` with `next` unless `next` follows it: same lineage, a
-/// higher serial. What every store's commit checks, so no update is lost.
-pub(crate) fn check_follows(stack: &str, stored: &StackState, next: &StackState) -> Result<(), StateError> {
-    if stored.lineage != next.lineage {
-        return Err(StateError::Conflict { stack: stack.to_owned(), detail: format!("stored lineage {} is not {}", stored.lineage, next.lineage) });
+/// Refuses to replace the stored snapshot, of `(lineage, serial)`, with `next` unless
+/// `next` follows it: same lineage, a higher serial. What every store's commit checks,
+/// so no update is lost.
+pub(crate) fn check_follows(stack: &str, (lineage, serial): (&str, u64), next: &StackState) -> Result<(), StateError> {
+    if lineage != next.lineage {
+        return Err(StateError::Conflict { stack: stack.to_owned(), detail: format!("stored lineage {lineage} is not {}", next.lineage) });
     }
-    if stored.serial >= next.serial {
-        return Err(StateError::Conflict { stack: stack.to_owned(), detail: format!("stored serial {} is not older than {}", stored.serial, next.serial) });
+    if serial >= next.serial {
+        return Err(StateError::Conflict { stack: stack.to_owned(), detail: format!("stored serial {serial} is not older than {}", next.serial) });
     }
     Ok(())
 }
