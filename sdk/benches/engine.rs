@@ -327,7 +327,6 @@ fn rss_mb() -> f64 {
     proc_status_mb("VmRSS:")
 }
 
-/// A `kB` field of /proc/self/status, in MiB.
 /// The CPU time this process has used, all threads, in seconds (Linux's clock ticks of
 /// 10 ms). Time the host stole is not in it, unlike in wall time.
 fn process_cpu_s() -> f64 {
@@ -339,6 +338,7 @@ fn process_cpu_s() -> f64 {
     ticks.iter().sum::<f64>() / 100.0
 }
 
+/// A `kB` field of /proc/self/status, in MiB.
 fn proc_status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status (Linux only)");
     let kb: f64 = status

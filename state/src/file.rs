@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::error::LockedError;
@@ -88,20 +89,20 @@ pub(crate) struct SnapshotHeader {
 }
 
 /// Parses the header of snapshot bytes, telling empty, truncated, corrupt and too-new
-/// apart. The rest is checked to be JSON, but not built: a commit that only compares
-/// lineage and serial would otherwise decode a whole 10,000-resource state (about
-/// half of such a commit's time).
+/// apart. The rest is skipped over as JSON (its syntax is checked), not decoded: a
+/// commit that only compares lineage and serial would otherwise decode a whole
+/// 10,000-resource state, most of such a commit's time.
 pub(crate) fn parse_snapshot_header(path: &Path, bytes: &[u8]) -> Result<SnapshotHeader, StateError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(StateError::Empty { path: path.to_owned() });
     }
-    // All optional, so a newer format is reported as such rather than as a field it
-    // lacks; the other fields are skipped.
+    // Untyped, so the version is checked before anything else is read into a type: a
+    // newer format is reported as such, whatever its fields have become.
     #[derive(serde::Deserialize)]
     struct Fields {
-        version: Option<u64>,
-        lineage: Option<String>,
-        serial: Option<u64>,
+        version: Option<Value>,
+        lineage: Option<Value>,
+        serial: Option<Value>,
     }
     let fields: Fields = serde_json::from_slice(bytes).map_err(|e| {
         if e.is_eof() {
@@ -111,17 +112,22 @@ pub(crate) fn parse_snapshot_header(path: &Path, bytes: &[u8]) -> Result<Snapsho
         }
     })?;
     let corrupt = |detail: &str| StateError::Corrupt { path: path.to_owned(), detail: detail.to_owned() };
-    match fields.version {
+    match fields.version.as_ref().and_then(Value::as_u64) {
         None => return Err(corrupt("no format version: this is not a Cairn state file")),
         Some(v) if v > u64::from(FORMAT_VERSION) => {
             return Err(StateError::TooNew { path: path.to_owned(), found: v, supported: FORMAT_VERSION })
         }
         Some(_) => {}
     }
-    match (fields.lineage, fields.serial) {
-        (Some(lineage), Some(serial)) => Ok(SnapshotHeader { lineage, serial }),
-        (None, _) => Err(corrupt("missing field `lineage`")),
-        (_, None) => Err(corrupt("missing field `serial`")),
+    let lineage = match fields.lineage {
+        Some(Value::String(lineage)) => lineage,
+        Some(_) => return Err(corrupt("`lineage` is not a string")),
+        None => return Err(corrupt("missing field `lineage`")),
+    };
+    match fields.serial.as_ref().map(Value::as_u64) {
+        Some(Some(serial)) => Ok(SnapshotHeader { lineage, serial }),
+        Some(None) => Err(corrupt("`serial` is not a whole number")),
+        None => Err(corrupt("missing field `serial`")),
     }
 }
 

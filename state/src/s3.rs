@@ -340,7 +340,8 @@ impl Store for S3Store {
         let key = self.key(stack, "state.json");
         let current = self.get(&key).await?;
         if let Some((bytes, _)) = &current {
-            // Never replace a snapshot we cannot read, nor one this state does not follow.
+            // Never replace a snapshot that is not JSON of a format we know, nor one this
+            // state does not follow.
             let stored = parse_snapshot_header(&self.path(&key), bytes)?;
             crate::store::check_follows(stack, (&stored.lineage, stored.serial), state)?;
             let copy = format!("{}/{key}", self.bucket);

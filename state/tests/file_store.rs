@@ -68,6 +68,14 @@ async fn a_state_file_from_a_newer_cairn_is_refused() {
 }
 
 #[tokio::test]
+async fn a_newer_format_is_reported_as_newer_whatever_its_fields_became() {
+    // What a later format might change: the fields a commit compares, and the rest.
+    let doc = json!({"version": 2, "lineage": {"id": "abc"}, "serial": "7", "resources": {"r": 1}});
+    let message = refusal(&serde_json::to_vec(&doc).unwrap()).await;
+    assert!(message.contains("has format version 2, but this Cairn reads versions up to 1"), "{message}");
+}
+
+#[tokio::test]
 async fn a_file_that_is_not_cairn_state_is_refused() {
     insta::assert_snapshot!(refusal(b"{\"resources\": []}").await);
 }
