@@ -195,8 +195,12 @@ pub async fn apply(
     }
 
     let steps = build_steps(plan, state)?;
-    // The state being converged to is durable before anything changes.
-    journal.record(JournalRecord::UserState { base: state.serial, value: plan.user_state.clone() }).await?;
+    // The state being converged to is durable before anything changes. It already is
+    // when it is the state's own, as for `up` and for an event's apply (the reconciler
+    // recorded it with the event): one durable write fewer before the first call.
+    if plan.user_state != state.user_state {
+        journal.record(JournalRecord::UserState { base: state.serial, value: plan.user_state.clone() }).await?;
+    }
     let mut run = Run::new(plan, state, providers, &steps, journal, options.progress.clone());
     run.execute(options.parallelism.max(1)).await;
     Ok(run.into_report(started))
