@@ -559,14 +559,13 @@ fn flat_stack(provider: TestProvider) -> Stack<Flat> {
 }
 
 /// Time from handing an event to a running reconciler to the provider's first call, on a
-/// 1,000-resource stack in a memory store: handlers, recording S, render, diff, and the
-/// apply's start. p50 and p99 over 1,000 events, microseconds; and the CPU time each
-/// event cost in all (its whole apply, and the benchmark's own waiting, included).
-fn event_to_first_call(rt: &tokio::runtime::Runtime) -> (f64, f64, f64) {
+/// 1,000-resource stack in `store`: handlers, recording S, render, diff, and the apply's
+/// start. p50 and p99 over `count` events, microseconds; and the CPU time each event
+/// cost in all (its whole apply, and the benchmark's own waiting, included).
+fn event_to_first_call(rt: &tokio::runtime::Runtime, store: Arc<dyn Store>, count: i64) -> (f64, f64, f64) {
     rt.block_on(async {
         let provider = TestProvider::new("bench");
         let stack = flat_stack(provider.clone());
-        let store = Arc::new(MemoryStore::new());
         let mut session = stack.lock(store, "bench").await.expect("the lock");
         let first = Flat { n: 1000, bump: 0 };
         assert!(session.up(&first).await.expect("the first up").succeeded());
@@ -581,7 +580,7 @@ fn event_to_first_call(rt: &tokio::runtime::Runtime) -> (f64, f64, f64) {
         let cpu = process_cpu_s();
         let source = tokio::spawn(async move {
             let mut samples = Vec::new();
-            for i in 1..=1000i64 {
+            for i in 1..=count {
                 provider.clear_calls();
                 let sent = tokio::time::Instant::now();
                 let outcome = events.send(Event::new("bump", serde_json::json!({ "to": i }))).await.expect("recorded");
@@ -700,7 +699,7 @@ fn main() {
 
 fn event_benches(rt: &tokio::runtime::Runtime) {
     let before = CpuTicks::now();
-    let (p50, p99, cpu) = event_to_first_call(rt);
+    let (p50, p99, cpu) = event_to_first_call(rt, Arc::new(MemoryStore::new()), 1000);
     eprintln!("  event to first provider call: p50 {p50:.0} us, p99 {p99:.0} us; CPU time per event in all {cpu:.0} us");
     if let Some(steal) = before.steal_percent() {
         // A virtual machine's CPUs can be taken by its host for milliseconds at a time;
@@ -708,6 +707,13 @@ fn event_benches(rt: &tokio::runtime::Runtime) {
         eprintln!("  meanwhile the host took {steal:.1}% of this machine's CPU time (steal, /proc/stat)");
     }
     bench("event_to_first_call_p99_us", p99, "us");
+    // The same on the default store, whose records are durable on disk before the
+    // reconciler acknowledges an event and before the apply's first call.
+    let dir = std::env::temp_dir().join(format!("cairn-bench-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (p50, p99, _) = event_to_first_call(rt, Arc::new(cairn_state::FileStore::new(&dir)), 200);
+    eprintln!("  the same on the file store (each journal record written and fsynced): p50 {p50:.0} us, p99 {p99:.0} us over 200 events");
+    let _ = std::fs::remove_dir_all(&dir);
     let (applies, lost) = storm(rt);
     bench("storm_10k_applies", applies as f64, "applies");
     bench("storm_10k_lost", lost as f64, "events");
