@@ -292,6 +292,14 @@ fn bench(name: &str, value: f64, unit: &str) {
     println!("BENCH {name} {value:.2} {unit}");
 }
 
+/// An empty directory for a file store, under the system's temporary directory and
+/// named for this process; the caller removes it when done.
+fn scratch_dir(purpose: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cairn-bench-{purpose}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// The machine's CPU time counters (Linux, /proc/stat): for how much of it the host of a
 /// virtual machine ran something else ("steal"), which shows up as latency no code can
 /// remove.
@@ -506,8 +514,7 @@ fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
 /// journal), over the size of the snapshot it ends with: the cost of journaling. A store
 /// that rewrote the snapshot after every step would be at about N/2 = 5000.
 fn state_bytes_ratio(rt: &tokio::runtime::Runtime) -> f64 {
-    let dir = std::env::temp_dir().join(format!("cairn-bench-state-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch_dir("state");
     let store = std::sync::Arc::new(cairn_state::FileStore::new(&dir));
     let stack = stack(TestProvider::new("bench"));
     let shape = BenchState::Mixed { n: 10_000 };
@@ -709,10 +716,10 @@ fn event_benches(rt: &tokio::runtime::Runtime) {
     bench("event_to_first_call_p99_us", p99, "us");
     // The same on the default store, whose records are durable on disk before the
     // reconciler acknowledges an event and before the apply's first call.
-    let dir = std::env::temp_dir().join(format!("cairn-bench-events-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (p50, p99, _) = event_to_first_call(rt, Arc::new(cairn_state::FileStore::new(&dir)), 200);
-    eprintln!("  the same on the file store (each journal record written and fsynced): p50 {p50:.0} us, p99 {p99:.0} us over 200 events");
+    let dir = scratch_dir("events");
+    const ON_FILES: i64 = 200;
+    let (p50, p99, _) = event_to_first_call(rt, Arc::new(cairn_state::FileStore::new(&dir)), ON_FILES);
+    eprintln!("  the same on the file store (each journal record written and fsynced): p50 {p50:.0} us, p99 {p99:.0} us over {ON_FILES} events");
     let _ = std::fs::remove_dir_all(&dir);
     let (applies, lost) = storm(rt);
     bench("storm_10k_applies", applies as f64, "applies");
