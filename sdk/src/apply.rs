@@ -87,7 +87,9 @@ pub enum StepStatus {
         reason: String,
     },
     /// The provider call failed. A refusal changed nothing; an uncertain failure (a
-    /// timeout, a lost answer) may have, and is kept in the new state's `pending`.
+    /// timeout, a lost answer) may have, and is kept in the new state's `pending`; a
+    /// create that made the resource before a later call failed records it and keeps
+    /// it pending, to be read back.
     Failed {
         /// The provider's message.
         error: String,
@@ -158,10 +160,21 @@ struct Step {
     deps: Vec<usize>,
 }
 
-/// Why a step's call failed, and whether the cloud may have done it anyway.
+/// Why a step's call failed, and what the cloud may have done anyway.
 struct Failure {
     message: String,
+    /// The cloud may have carried it out: the step stays pending, as begun.
     uncertain: bool,
+    /// A create made the resource before a later call of the step failed: it is
+    /// recorded (the effect), and kept pending as an update (the operation) so that it
+    /// is read back before the next plan.
+    created: Option<(StepEffect, PendingOperation)>,
+}
+
+impl From<ProviderError> for Failure {
+    fn from(e: ProviderError) -> Self {
+        Failure { uncertain: e.is_uncertain(), message: e.to_string(), created: None }
+    }
 }
 
 type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<StepEffect, Failure>> + Send>>;
@@ -474,7 +487,7 @@ impl<'a> Run<'a> {
                 Err(e) => (
                     task_step[&e.id()],
                     Duration::ZERO,
-                    Err(Failure { message: format!("the provider panicked: {e}"), uncertain: true }),
+                    Err(Failure { message: format!("the provider panicked: {e}"), uncertain: true, created: None }),
                 ),
             };
             self.finish_call(s, elapsed, result, &mut ready);
@@ -576,7 +589,7 @@ impl<'a> Run<'a> {
                         let (id, old_inputs) = (old.id.clone(), old.inputs.clone());
                         let pending = self.pending(change, PendingKind::Update, Some(&id));
                         Started::call(pending, timeouts.update, async move {
-                            let obs = provider.update(&urn, &id, &old_inputs, &inputs).await?;
+                            let obs = provider.update(&urn, &id, &old_inputs, &inputs).await.map_err(Failure::from)?;
                             Ok(StepEffect::Upsert { resource: into_state(obs, inputs) })
                         })
                     }
@@ -586,10 +599,26 @@ impl<'a> Run<'a> {
                         let replaces = op == StepOp::CreateReplacement && !self.deleted[step.change];
                         let kind = if replaces { PendingKind::CreateReplacement } else { PendingKind::Create };
                         let pending = self.pending(change, kind, None);
+                        let effect = move |resource| if replaces { StepEffect::Replaced { resource } } else { StepEffect::Upsert { resource } };
                         Started::call(pending, timeouts.create, async move {
-                            let obs = provider.create(&urn, &inputs).await?;
-                            let resource = into_state(obs, inputs);
-                            Ok(if replaces { StepEffect::Replaced { resource } } else { StepEffect::Upsert { resource } })
+                            match provider.create(&urn, &inputs).await {
+                                Ok(obs) => Ok(effect(into_state(obs, inputs))),
+                                Err(e @ ProviderError::Incomplete { .. }) => {
+                                    let message = e.to_string();
+                                    let ProviderError::Incomplete { id, .. } = e else { unreachable!() };
+                                    let read_back = PendingOperation {
+                                        kind: PendingKind::Update,
+                                        urn: urn.clone(),
+                                        id: Some(id.clone()),
+                                        dependencies: Vec::new(),
+                                        options: StoredOptions::default(),
+                                    };
+                                    // What is known: its id. The read-back fills in the rest.
+                                    let resource = into_state(Observed { id, inputs: Props::new(), outputs: Props::new() }, inputs);
+                                    Err(Failure { message, uncertain: false, created: Some((effect(resource), read_back)) })
+                                }
+                                Err(e) => Err(e.into()),
+                            }
                         })
                     }
                 }
@@ -623,7 +652,7 @@ impl<'a> Run<'a> {
                 let kind = if step.op == StepOp::Delete { PendingKind::Delete } else { PendingKind::DeleteReplaced };
                 let pending = self.pending(change, kind, Some(&id));
                 Started::call(pending, timeouts.delete, async move {
-                    provider.delete(&urn, &id, &inputs, &outputs).await?;
+                    provider.delete(&urn, &id, &inputs, &outputs).await.map_err(Failure::from)?;
                     Ok(StepEffect::Removed { urn, id })
                 })
             }
@@ -664,6 +693,14 @@ impl<'a> Run<'a> {
                 Ok(StepStatus::Done)
             }
             Ok(_) => Ok(StepStatus::Done),
+            Err(Failure { message, created: Some((effect, read_back)), .. }) => {
+                // The resource exists: recorded, and read back before the next plan.
+                if let StepEffect::Upsert { resource } | StepEffect::Replaced { resource } = effect {
+                    self.new.insert(resource.urn.clone(), resource);
+                }
+                self.uncertain.push(read_back);
+                Err(message)
+            }
             Err(f) => {
                 // The cloud may have done it: it stays pending, exactly as begun.
                 if let (true, Some((pending, _))) = (f.uncertain, &self.begun[s]) {
@@ -791,19 +828,22 @@ enum Started {
 impl Started {
     fn call<F>(pending: PendingOperation, timeout: Option<Duration>, fut: F) -> Started
     where
-        F: std::future::Future<Output = std::result::Result<StepEffect, ProviderError>> + Send + 'static,
+        F: std::future::Future<Output = std::result::Result<StepEffect, Failure>> + Send + 'static,
     {
-        let fail = |e: ProviderError| Failure { uncertain: e.is_uncertain(), message: e.to_string() };
         Started::Call(
             pending,
             Box::pin(async move {
                 match timeout {
                     Some(t) => match tokio::time::timeout(t, fut).await {
-                        Ok(r) => r.map_err(fail),
+                        Ok(r) => r,
                         // The request was in flight: it may have been carried out.
-                        Err(_) => Err(Failure { message: format!("timed out after {t:?} (custom timeout)"), uncertain: true }),
+                        Err(_) => Err(Failure {
+                            message: format!("timed out after {t:?} (custom timeout)"),
+                            uncertain: true,
+                            created: None,
+                        }),
                     },
-                    None => fut.await.map_err(fail),
+                    None => fut.await,
                 }
             }),
         )
@@ -820,11 +860,16 @@ async fn journaled(
     call: CallFuture,
 ) -> Result<StepEffect, Failure> {
     if let Err(e) = journal.record(JournalRecord::Begin { base, step, op: pending }).await {
-        return Err(Failure { message: format!("not started: the journal could not record it: {e}"), uncertain: false });
+        return Err(Failure {
+            message: format!("not started: the journal could not record it: {e}"),
+            uncertain: false,
+            created: None,
+        });
     }
     let result = call.await;
     let effect = match &result {
         Ok(effect) => Some(effect.clone()),
+        Err(Failure { created: Some((effect, _)), .. }) => Some(effect.clone()),
         Err(f) if !f.uncertain => Some(StepEffect::Nothing),
         Err(_) => None,
     };
@@ -833,6 +878,11 @@ async fn journaled(
         // written at the end of the apply records the truth, and a crash before it
         // is settled by a look-up, as for any pending step.
         let _ = journal.record(JournalRecord::End { base, step, effect }).await;
+    }
+    if let Err(Failure { created: Some((_, read_back)), .. }) = &result {
+        // The created resource is recorded; that it still needs reading back is a step
+        // begun and never ended, as a crash would leave it.
+        let _ = journal.record(JournalRecord::Begin { base, step, op: read_back.clone() }).await;
     }
     result
 }

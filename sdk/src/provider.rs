@@ -17,7 +17,12 @@ use crate::schema::{CheckFailure, PropertyKind, ResourceType};
 /// A failed provider operation. Each variant says what the engine may conclude:
 /// `NotFound`, `Failed` and `Unsupported` mean nothing changed; `Uncertain` means the
 /// request MAY have taken effect, so the step is kept pending and settled by a look-up
-/// or a read before the next plan.
+/// or a read before the next plan; `Incomplete` means a create made the resource but a
+/// later call of the same step failed, so the resource is recorded and read back.
+///
+/// When in doubt a provider says `Uncertain`: settling costs a look-up, while a wrong
+/// `Failed` leaves a resource the state does not know (an orphan, or a duplicate on the
+/// next create).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProviderError {
@@ -36,6 +41,18 @@ pub enum ProviderError {
     /// The endpoint does not implement the operation.
     #[error("the endpoint does not support this operation: {0}")]
     Unsupported(String),
+    /// A create's call made the resource, identified by `id`, but a later call of the
+    /// same step (tagging, an attribute, an attachment, a wait, the read-back) failed.
+    /// The resource exists, in a state somewhere between nothing and what was asked:
+    /// the engine records it with its id, fails the step, and reads it back before the
+    /// next plan, which then updates or replaces it. Never a duplicate, never an orphan.
+    #[error("{message}; it was created as {id} and is kept in state: the next run reads it back and finishes it")]
+    Incomplete {
+        /// The id the create call returned.
+        id: String,
+        /// What failed after the create.
+        message: String,
+    },
 }
 
 impl ProviderError {
@@ -47,6 +64,19 @@ impl ProviderError {
     /// Whether the cloud may have carried out the request despite the error.
     pub fn is_uncertain(&self) -> bool {
         matches!(self, ProviderError::Uncertain(_))
+    }
+
+    /// This error, for a step whose create call already made resource `id`: whatever
+    /// failed afterwards, the resource exists, so it becomes [`ProviderError::Incomplete`].
+    #[must_use]
+    pub fn after_create(self, id: &str) -> Self {
+        let message = match self {
+            ProviderError::Incomplete { .. } => return self,
+            ProviderError::NotFound(m) => format!("not found: {m}"),
+            ProviderError::Failed(m) | ProviderError::Uncertain(m) => m,
+            ProviderError::Unsupported(m) => format!("the endpoint does not support this operation: {m}"),
+        };
+        ProviderError::Incomplete { id: id.to_owned(), message }
     }
 }
 

@@ -4,13 +4,15 @@
 //! call: the cloud may or may not have done it. Each is settled by asking the cloud:
 //! an interrupted create is looked up by its cairn tags and adopted if it exists
 //! (dropped if not), an update is read back, a delete is checked for. Nothing is ever
-//! created twice.
+//! created twice by Cairn; if the cloud made two copies of one create (a request sent
+//! twice), one is adopted and the others are recorded as old copies, which the next
+//! apply deletes, and the recovery names them all.
 
 use cairn_state::{PendingKind, PendingOperation, ResourceState, StackState, Urn};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::provider::Providers;
+use crate::provider::{Observed, Providers};
 
 /// How one interrupted operation was settled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -22,6 +24,11 @@ pub enum Recovery {
         urn: Urn,
         /// Its cloud id.
         id: String,
+        /// Other live copies tagged with the same URN (a create sent twice). They are
+        /// recorded as old copies, so the next apply deletes them, and named here so the
+        /// user knows.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        duplicates: Vec<String>,
     },
     /// The interrupted create never reached the cloud; it will be planned again.
     Dropped {
@@ -40,7 +47,17 @@ pub enum Recovery {
 impl std::fmt::Display for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Recovery::Adopted { urn, id } => write!(f, "{urn}: an interrupted create had reached the cloud; adopted {id}"),
+            Recovery::Adopted { urn, id, duplicates } if duplicates.is_empty() => {
+                write!(f, "{urn}: an interrupted create had reached the cloud; adopted {id}")
+            }
+            Recovery::Adopted { urn, id, duplicates } => write!(
+                f,
+                "{urn}: an interrupted create had reached the cloud {} times: {id}, {}; adopted {id}, and the others are \
+                 recorded as old copies that the next apply deletes (`preview` shows them; to keep one instead, delete \
+                 the others yourself and run `refresh`)",
+                duplicates.len() + 1,
+                duplicates.join(", ")
+            ),
             Recovery::Dropped { urn } => write!(f, "{urn}: an interrupted create never reached the cloud; it will be planned again"),
             Recovery::Refreshed { urn, exists: true } => write!(f, "{urn}: an interrupted operation was settled by reading it back"),
             Recovery::Refreshed { urn, exists: false } => write!(f, "{urn}: an interrupted operation was settled: it is gone"),
@@ -73,20 +90,32 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
         match op.kind {
             PendingKind::Create | PendingKind::CreateReplacement => {
                 let known: Vec<&str> = next.resources.iter().filter(|r| r.urn == op.urn).map(|r| r.id.as_str()).collect();
-                let found = provider.lookup(&op.urn).await.map_err(failed)?;
-                match found.into_iter().find(|o| !known.contains(&o.id.as_str())) {
+                let mut found: Vec<Observed> =
+                    provider.lookup(&op.urn).await.map_err(failed)?.into_iter().filter(|o| !known.contains(&o.id.as_str())).collect();
+                // More than one copy means the create was sent more than once. Which one
+                // is adopted must not depend on the order the cloud lists them in.
+                found.sort_by(|a, b| a.id.cmp(&b.id));
+                let mut found = found.into_iter();
+                let entry = |obs: Observed, pending_delete| ResourceState {
+                    urn: op.urn.clone(),
+                    ty: op.urn.ty().to_owned(),
+                    id: obs.id,
+                    inputs: obs.inputs,
+                    outputs: obs.outputs,
+                    dependencies: op.dependencies.clone(),
+                    options: op.options.clone(),
+                    pending_delete,
+                };
+                match found.next() {
                     Some(obs) => {
-                        adopt(&mut next, op, ResourceState {
-                            urn: op.urn.clone(),
-                            ty: op.urn.ty().to_owned(),
-                            id: obs.id.clone(),
-                            inputs: obs.inputs,
-                            outputs: obs.outputs,
-                            dependencies: op.dependencies.clone(),
-                            options: op.options.clone(),
-                            pending_delete: false,
-                        });
-                        recoveries.push(Recovery::Adopted { urn: op.urn.clone(), id: obs.id });
+                        let id = obs.id.clone();
+                        adopt(&mut next, op, entry(obs, false));
+                        let mut duplicates = Vec::new();
+                        for extra in found {
+                            duplicates.push(extra.id.clone());
+                            next.resources.push(entry(extra, true));
+                        }
+                        recoveries.push(Recovery::Adopted { urn: op.urn.clone(), id, duplicates });
                     }
                     None => recoveries.push(Recovery::Dropped { urn: op.urn.clone() }),
                 }

@@ -80,6 +80,11 @@ struct Inner {
     failures: Vec<Failure>,
     /// Operations that take effect but whose answer is "lost": `(name, op)`, once each.
     lost: Vec<(String, Op)>,
+    /// Creates that make the resource without one property and then fail:
+    /// `(name, property)`, once each.
+    incomplete: Vec<(String, String)>,
+    /// Creates that are carried out twice and whose answer is lost: names, once each.
+    doubled: Vec<String>,
     cloud: BTreeMap<String, FakeResource>,
     created: HashMap<Urn, u32>,
     outputs: Option<OutputsFn>,
@@ -220,6 +225,26 @@ impl TestProvider {
         self
     }
 
+    /// The create of resource `name` makes it without `property` and then fails, once,
+    /// as a create whose follow-up call (tagging, an attribute) failed: the call returns
+    /// [`ProviderError::Incomplete`] with the new id. For testing that such a resource
+    /// is recorded, read back and finished, never created again.
+    #[must_use]
+    pub fn incomplete_create(self, name: &str, property: &str) -> Self {
+        self.lock().incomplete.push((name.to_owned(), property.to_owned()));
+        self
+    }
+
+    /// The create of resource `name` is carried out twice (a create retried after its
+    /// answer was lost, against a cloud that does not deduplicate it) and its answer is
+    /// lost, once. For testing that a look-up finding two copies adopts one and the
+    /// next apply deletes the other.
+    #[must_use]
+    pub fn double_create(self, name: &str) -> Self {
+        self.lock().doubled.push(name.to_owned());
+        self
+    }
+
     fn answer<T>(&self, op: Op, urn: &Urn, value: T) -> Result<T, ProviderError> {
         let mut inner = self.lock();
         match inner.lost.iter().position(|(n, o)| n == urn.name() && *o == op) {
@@ -332,14 +357,30 @@ impl Provider for TestProvider {
     async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         self.enter(Op::Create, urn).await?;
         let mut inner = self.lock();
-        let n = inner.created.entry(urn.clone()).or_insert(0);
-        *n += 1;
-        let id = format!("{}-{}", urn.name(), n);
-        let r = FakeResource { urn: urn.clone(), id: id.clone(), inputs: inputs.clone() };
-        let observed = Self::observe(&inner, &r);
-        inner.cloud.insert(id.clone(), r);
-        inner.persist(&id);
+        let doubled = take_first(&mut inner.doubled, |n| n == urn.name()).is_some();
+        let missing = take_first(&mut inner.incomplete, |(n, _)| n == urn.name()).map(|(_, p)| p);
+        let mut observed = None;
+        for _ in 0..if doubled { 2 } else { 1 } {
+            let n = inner.created.entry(urn.clone()).or_insert(0);
+            *n += 1;
+            let id = format!("{}-{}", urn.name(), n);
+            let mut inputs = inputs.clone();
+            if let Some(p) = &missing {
+                inputs.remove(p);
+            }
+            let r = FakeResource { urn: urn.clone(), id: id.clone(), inputs };
+            observed = Some(Self::observe(&inner, &r));
+            inner.cloud.insert(id.clone(), r);
+            inner.persist(&id);
+        }
         drop(inner);
+        let observed = observed.expect("created at least once");
+        if doubled {
+            return Err(ProviderError::Uncertain(format!("create of {} was sent twice and its answer lost", urn.name())));
+        }
+        if let Some(p) = missing {
+            return Err(ProviderError::Failed(format!("setting {p} failed")).after_create(&observed.id));
+        }
         self.answer(Op::Create, urn, observed)
     }
 
@@ -377,6 +418,12 @@ impl Provider for TestProvider {
         let inner = self.lock();
         Ok(inner.cloud.values().filter(|r| &r.urn == urn).map(|r| Self::observe(&inner, r)).collect())
     }
+}
+
+/// Removes and returns the first item of `v` that matches.
+fn take_first<T>(v: &mut Vec<T>, matches: impl Fn(&T) -> bool) -> Option<T> {
+    let i = v.iter().position(matches)?;
+    Some(v.remove(i))
 }
 
 /// Sleeps `d` of real time with about a tenth of a millisecond of precision: one

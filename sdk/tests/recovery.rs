@@ -177,3 +177,96 @@ async fn a_plan_saved_before_an_apply_whose_commit_was_lost_is_refused() {
     assert!(!session.preview(&2).unwrap().has_changes());
     session.close().await.unwrap();
 }
+
+/// Found against the local AWS through a faulty proxy: a subnet was created, the call
+/// that turned on its public IPs failed, and the step was recorded as "nothing happened".
+/// Every later run then tried to create it again and failed against its own orphan.
+#[tokio::test]
+async fn a_create_that_fails_after_making_the_resource_is_recorded_and_finished_not_made_again() {
+    let cloud = provider().incomplete_create("orders-dlq", "visibility_timeout");
+    let stack = shop_stack(&cloud);
+    let store = MemoryStore::new();
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    let report = session.up(&Shop::new()).await.unwrap();
+    let step = report.steps.iter().find(|s| s.urn.name() == "orders-dlq").unwrap();
+    assert!(
+        matches!(&step.status, StepStatus::Failed { error } if error.contains("setting visibility_timeout failed") && error.contains("created as orders-dlq-1")),
+        "{step:?}"
+    );
+    let orders = report.steps.iter().find(|s| s.urn.name() == "orders").unwrap();
+    assert!(matches!(orders.status, StepStatus::Skipped { .. }), "its dependents wait: {orders:?}");
+    let urn = Urn::new("dev", "test:queue:Queue", "orders-dlq");
+    assert_eq!(report.state.resource(&urn).map(|r| r.id.as_str()), Some("orders-dlq-1"), "recorded with its id");
+    assert!(
+        matches!(&report.state.pending[..], [op] if op.urn == urn && op.id.as_deref() == Some("orders-dlq-1")),
+        "kept to be read back: {:?}",
+        report.state.pending
+    );
+    session.close().await.unwrap();
+
+    // The next run reads it back, sees the missing property, and updates it in place.
+    cloud.clear_calls();
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    let report = session.up(&Shop::new()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert!(matches!(&session.recovered()[..], [Recovery::Refreshed { exists: true, .. }]), "{:?}", session.recovered());
+    assert_eq!(cloud.calls_of(Op::Update), ["orders-dlq"]);
+    assert_eq!(cloud.calls_of(Op::Create), ["orders"], "the queue is not created again");
+    let dlqs: Vec<_> = cloud.resources().into_iter().filter(|r| r.urn == urn).collect();
+    assert_eq!(dlqs.len(), 1);
+    assert_eq!(dlqs[0].inputs.get("visibility_timeout"), Some(&serde_json::json!(30)), "finished");
+    assert!(!session.preview(&Shop::new()).unwrap().has_changes());
+    session.close().await.unwrap();
+}
+
+/// The same, when the process dies before the apply's snapshot: the journal alone says
+/// the resource exists and must be read back.
+#[tokio::test]
+async fn an_incomplete_create_survives_a_lost_commit_through_the_journal() {
+    let cloud = provider().incomplete_create("orders", "dead_letter_arn");
+    let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
+        let dlq = cx.add(Queue::new("dlq"));
+        cx.add(Queue::new("orders").dead_letter_arn(dlq.arn()));
+        Ok(())
+    });
+    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default() };
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(session.up(&()).await.is_err(), "the commit fails; the steps are journaled");
+    session.close().await.unwrap();
+
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert!(matches!(&session.recovered()[..], [Recovery::Refreshed { exists: true, .. }]), "{:?}", session.recovered());
+    assert_eq!(cloud.resources().len(), 2, "nothing created twice");
+    assert!(cloud.resources().iter().all(|r| r.urn.name() != "orders" || r.inputs.get("dead_letter_arn").is_some()));
+    session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_create_carried_out_twice_is_adopted_once_and_the_copy_is_deleted() {
+    let cloud = provider().double_create("orders");
+    let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
+        cx.add(Queue::new("orders"));
+        Ok(())
+    });
+    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    assert_eq!(report.state.pending.len(), 1);
+    assert_eq!(cloud.resources().len(), 2, "two copies in the cloud");
+
+    let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
+    let [Recovery::Adopted { id, duplicates, .. }] = &recovered[..] else { panic!("{recovered:?}") };
+    assert_eq!((id.as_str(), &duplicates[..]), ("orders-1", &["orders-2".to_owned()][..]));
+    let said = recovered[0].to_string();
+    assert!(said.contains("orders-1, orders-2") && said.contains("next apply deletes"), "names every copy: {said}");
+
+    let plan = stack.preview(&(), &settled).unwrap();
+    assert!(plan.has_changes(), "the copy is planned for deletion");
+    let report = stack.apply(&plan, &settled).await.unwrap();
+    assert!(report.succeeded());
+    let left: Vec<String> = cloud.resources().into_iter().map(|r| r.id).collect();
+    assert_eq!(left, ["orders-1"]);
+    assert_eq!(report.state.resources.len(), 1);
+    assert!(!stack.preview(&(), &report.state).unwrap().has_changes());
+}
