@@ -1,7 +1,8 @@
-//! AWS errors as messages a user can act on.
+//! AWS errors as messages a user can act on, and what each lets the engine conclude.
 
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use cairn_sdk::{ProviderError, Urn};
 
 /// `aws:sqs:Queue 'orders'`.
@@ -17,35 +18,63 @@ pub(crate) fn code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&st
     }
 }
 
-/// Turns an SDK error into a provider error that names the resource and the operation.
+/// The codes AWS services throttle with (the SDK's own list, less quota errors such as
+/// `LimitExceededException`, which are refusals).
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+];
+
+/// Turns an SDK error into a provider error that names the resource and the operation,
+/// and says what the engine may conclude from it:
 ///
-/// A service error is a refusal: nothing changed. A request that could not be sent or
-/// whose answer was lost MAY have taken effect, so it is `Uncertain`. An endpoint that
-/// answers 500 with an HTML page does not implement the operation (moto does this).
-pub(crate) fn aws_error<E, R>(urn: &Urn, action: &str, e: SdkError<E, R>, hint: impl Fn(&str) -> Option<String>) -> ProviderError
+/// - an answer of HTTP 500 with an HTML page: the endpoint does not implement the
+///   operation (the local AWS answers so), `Unsupported`;
+/// - a service error of the 4xx kind, other than throttling: AWS refused the request
+///   before acting on it, `Failed`;
+/// - throttling, a 5xx, an answer that could not be read, a request that could not be
+///   sent or timed out: `Uncertain`. A throttled or 5xx answer to the last attempt says
+///   nothing of an earlier attempt whose answer was lost, and a 5xx may come after the
+///   work was done; settling costs one look-up, a wrong "nothing happened" an orphan.
+pub(crate) fn aws_error<E>(urn: &Urn, action: &str, e: SdkError<E, HttpResponse>, hint: impl Fn(&str) -> Option<String>) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     let who = who(urn);
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let html = || {
+        e.raw_response().is_some_and(|r| {
+            r.body().bytes().is_some_and(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).to_ascii_lowercase().contains("<html"))
+        })
+    };
+    if status == Some(500) && html() {
+        return ProviderError::Unsupported(format!("{who}: the AWS endpoint does not implement {action}: it answered HTTP 500 with an HTML page"));
+    }
     match &e {
         SdkError::ServiceError(service) => {
             let err = service.err();
             let code = err.code().unwrap_or("Unknown");
             let message = err.message().unwrap_or("no message");
+            if THROTTLING.contains(&code) || status.is_some_and(|s| s >= 500) {
+                return ProviderError::Uncertain(format!("{who}: {action}: AWS answered {code} (HTTP {}): {message}", status.unwrap_or(0)));
+            }
             match hint(code) {
                 Some(h) => ProviderError::Failed(format!("{who}: {h}")),
                 None => ProviderError::Failed(format!("{who}: {action} failed: {code}: {message}")),
             }
         }
-        SdkError::ResponseError(r) => {
-            let raw = format!("{:?}", r.raw());
-            if raw.contains("500") && raw.to_ascii_lowercase().contains("html") {
-                ProviderError::Unsupported(format!("{who}: the AWS endpoint does not implement {action}"))
-            } else {
-                ProviderError::Uncertain(format!("{who}: {action}: the answer could not be read: {e}"))
-            }
-        }
+        SdkError::ResponseError(_) => ProviderError::Uncertain(format!("{who}: {action}: the answer could not be read: {e}")),
         SdkError::ConstructionFailure(_) => ProviderError::Failed(format!("{who}: {action}: the request could not be built: {e}")),
         _ => ProviderError::Uncertain(format!(
             "{who}: {action} did not complete ({}); check the network and credentials (AWS_ENDPOINT_URL, AWS_REGION)",

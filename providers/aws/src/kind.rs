@@ -5,8 +5,31 @@ use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
 use cairn_sdk::{Observed, Props, ProviderError, Urn};
 
 /// The service clients, one per enabled feature.
+///
+/// Two of each: the SDK retries calls of the first kind as its configuration says
+/// (reads, changes, deletes: a repeat finds the work done or answers with an error that
+/// the next run's read-back settles). Creates go through `once`, which never retries: a
+/// create whose answer was lost and that is sent again makes a second resource, unless
+/// the service deduplicates it, which only a few AWS creates do (by client token) and
+/// the local AWS does for none. Cairn settles such a create itself, by looking the
+/// resource up through its `cairn:urn` tag, set by the create call itself.
 #[derive(Debug, Clone)]
 pub(crate) struct Clients {
+    #[cfg(feature = "ec2")]
+    pub(crate) ec2: aws_sdk_ec2::Client,
+    #[cfg(feature = "sqs")]
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    #[cfg(feature = "autoscaling")]
+    pub(crate) autoscaling: aws_sdk_autoscaling::Client,
+    #[cfg(feature = "elasticache")]
+    pub(crate) elasticache: aws_sdk_elasticache::Client,
+    /// The same services with the SDK's retries off: for creates.
+    pub(crate) once: SendOnce,
+}
+
+/// Clients whose calls the SDK sends exactly once: see [`Clients`].
+#[derive(Debug, Clone)]
+pub(crate) struct SendOnce {
     #[cfg(feature = "ec2")]
     pub(crate) ec2: aws_sdk_ec2::Client,
     #[cfg(feature = "sqs")]
@@ -20,6 +43,8 @@ pub(crate) struct Clients {
 impl Clients {
     pub(crate) fn new(config: &aws_config::SdkConfig) -> Self {
         let _ = config;
+        #[cfg(any(feature = "ec2", feature = "sqs", feature = "autoscaling", feature = "elasticache"))]
+        let no_retries = aws_config::retry::RetryConfig::disabled;
         Clients {
             #[cfg(feature = "ec2")]
             ec2: aws_sdk_ec2::Client::new(config),
@@ -29,6 +54,20 @@ impl Clients {
             autoscaling: aws_sdk_autoscaling::Client::new(config),
             #[cfg(feature = "elasticache")]
             elasticache: aws_sdk_elasticache::Client::new(config),
+            once: SendOnce {
+                #[cfg(feature = "ec2")]
+                ec2: aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(config).retry_config(no_retries()).build()),
+                #[cfg(feature = "sqs")]
+                sqs: aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(config).retry_config(no_retries()).build()),
+                #[cfg(feature = "autoscaling")]
+                autoscaling: aws_sdk_autoscaling::Client::from_conf(
+                    aws_sdk_autoscaling::config::Builder::from(config).retry_config(no_retries()).build(),
+                ),
+                #[cfg(feature = "elasticache")]
+                elasticache: aws_sdk_elasticache::Client::from_conf(
+                    aws_sdk_elasticache::config::Builder::from(config).retry_config(no_retries()).build(),
+                ),
+            },
         }
     }
 }
@@ -54,12 +93,15 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError>;
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError>;
 
-    /// Reads back what a create made. Not finding it is uncertain, not a failure: the
-    /// create succeeded, so the step stays pending and is settled by a look-up.
+    /// Reads back what a create made. It exists: a failure here is
+    /// [`ProviderError::Incomplete`], so the resource is recorded and read again later.
     async fn read_created(&self, aws: &Clients, urn: &Urn, id: &str, inputs: &Props) -> Result<Observed, ProviderError> {
-        self.read(aws, urn, id, inputs)
-            .await?
-            .ok_or_else(|| ProviderError::Uncertain(format!("{}: created as {id}, but not found right after", crate::error::who(urn))))
+        finish(id, async {
+            self.read(aws, urn, id, inputs)
+                .await?
+                .ok_or_else(|| ProviderError::Uncertain(format!("{}: created, but not found right after", crate::error::who(urn))))
+        })
+        .await
     }
 
     /// Reads back what an update changed; gone means someone deleted it meanwhile.
@@ -68,6 +110,14 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
             .await?
             .ok_or_else(|| ProviderError::NotFound(format!("{}: {id} is gone", crate::error::who(urn))))
     }
+}
+
+/// Runs the rest of a create once AWS has given the resource `id` (attributes,
+/// attachments, rules, waits, the read-back): whatever fails from here on, the resource
+/// exists, so the error carries its id ([`ProviderError::Incomplete`]) and the engine
+/// records it instead of forgetting it.
+pub(crate) async fn finish<T>(id: &str, rest: impl std::future::Future<Output = Result<T, ProviderError>>) -> Result<T, ProviderError> {
+    rest.await.map_err(|e| e.after_create(id))
 }
 
 /// Copies into `observed` each of `keys` that it lacks and `recorded` has: inputs a read

@@ -57,12 +57,22 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// A provider configured from the standard AWS chain.
+    /// A provider configured from the standard AWS chain, with the SDK's standard
+    /// retries: at most 3 attempts a call, with jittered exponential backoff, for every
+    /// call but creates (see [`Provider::new`]).
     pub async fn from_env() -> Self {
-        Self::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+        let retries = aws_config::retry::RetryConfig::standard().with_max_attempts(3);
+        Self::new(&aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(retries).load().await)
     }
 
     /// A provider using `config` for every service.
+    ///
+    /// The SDK retries calls as `config` says, except creates, which it sends exactly
+    /// once: a create whose answer was lost and that is sent again makes a second
+    /// resource unless the service deduplicates it, which few AWS creates do (by client
+    /// token, passed where AWS takes one) and the local AWS never does. A create whose
+    /// outcome is unknown is settled by Cairn instead, by looking the resource up through
+    /// the `cairn:urn` tag the create call itself set.
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         let mut kinds = Kinds::new();
         #[cfg(feature = "autoscaling")]
@@ -108,7 +118,14 @@ impl cairn_sdk::Provider for Provider {
     }
 
     async fn update(&self, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        self.kind(urn)?.update(&self.clients, urn, id, old, new).await
+        // An update takes several calls (attributes, rules, routes, tags): a refusal may
+        // come after calls that took effect. Planning the next run from the old inputs
+        // would repeat those and fail on them ("rule already exists") forever, so the
+        // resource is read back instead.
+        self.kind(urn)?.update(&self.clients, urn, id, old, new).await.map_err(|e| match e {
+            ProviderError::Failed(m) => ProviderError::Uncertain(m),
+            other => other,
+        })
     }
 
     async fn delete(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<(), ProviderError> {

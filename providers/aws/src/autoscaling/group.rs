@@ -419,7 +419,8 @@ impl Kind for GroupKind {
             )));
         }
         let tags: Vec<Tag> = wanted_tags(urn, inputs).iter().map(|(k, v)| tag(name, k, Some(v))).collect();
-        aws.autoscaling
+        aws.once
+            .autoscaling
             .create_auto_scaling_group()
             .auto_scaling_group_name(name)
             .launch_template(launch_template(inputs))

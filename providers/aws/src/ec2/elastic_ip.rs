@@ -91,6 +91,7 @@ fn hint(code: &str) -> Option<String> {
 impl Kind for ElasticIpKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let out = aws
+            .once
             .ec2
             .allocate_address()
             .domain(DomainType::Vpc)

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{observed_tags, retag, tag_spec, urn_filter};
 use crate::error::{aws_error, code};
-use crate::kind::{Clients, Kind};
+use crate::kind::{finish, Clients, Kind};
 
 /// The schema of `aws:ec2:InternetGateway`.
 pub static INTERNET_GATEWAY: ResourceType =
@@ -98,6 +98,7 @@ fn vpc_of(inputs: &Props) -> Option<&str> {
 impl Kind for InternetGatewayKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let out = aws
+            .once
             .ec2
             .create_internet_gateway()
             .tag_specifications(tag_spec(Ec2Type::InternetGateway, urn, inputs))
@@ -105,10 +106,13 @@ impl Kind for InternetGatewayKind {
             .await
             .map_err(|e| aws_error(urn, "creating the internet gateway", e, hint))?;
         let id = out.internet_gateway().and_then(|g| g.internet_gateway_id()).unwrap_or_default().to_owned();
-        if let Some(vpc) = vpc_of(inputs) {
-            attach(aws, urn, &id, vpc).await?;
-        }
-        self.read_created(aws, urn, &id, inputs).await
+        finish(&id, async {
+            if let Some(vpc) = vpc_of(inputs) {
+                attach(aws, urn, &id, vpc).await?;
+            }
+            self.read_created(aws, urn, &id, inputs).await
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {

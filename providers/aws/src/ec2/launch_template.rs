@@ -13,7 +13,7 @@ use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{canonical_set, check_ids, declared_items, observed_tags, retag, set_diff, set_items, tag_spec, urn_filter};
+use super::{canonical_set, check_ids, client_token, declared_items, observed_tags, retag, set_diff, set_items, tag_spec, urn_filter};
 use crate::error::{aws_error, code, who};
 use crate::kind::{Clients, Kind};
 
@@ -228,8 +228,10 @@ impl Kind for LaunchTemplateKind {
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let out = aws
+            .once
             .ec2
             .create_launch_template()
+            .client_token(client_token(urn))
             .launch_template_name(text(inputs, "name").unwrap_or_default())
             .launch_template_data(data(inputs))
             .tag_specifications(tag_spec(Ec2Type::LaunchTemplate, urn, inputs))

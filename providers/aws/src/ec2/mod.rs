@@ -25,7 +25,7 @@ pub use vpc::{Vpc, VpcRef, VPC};
 
 use aws_sdk_ec2::types::{Filter, ResourceType as Ec2Type, Tag, TagSpecification};
 use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
-use cairn_sdk::{CheckFailure, Decl, Prop, Props, ProviderError, Urn};
+use cairn_sdk::{CheckFailure, Decl, Prop, Props, Urn};
 use serde_json::Value;
 
 use crate::kind::Kinds;
@@ -116,18 +116,19 @@ pub(crate) fn is_ipv4_network(s: &str) -> bool {
     s.parse::<ipnet::Ipv4Net>().is_ok_and(|n| n.trunc() == n)
 }
 
-/// The error for a step after the create call succeeded: the resource exists, so the
-/// failure is uncertain, which keeps the step pending; the next run finds the resource
-/// by its tags, adopts it and converges it (trying the failed part again).
-pub(crate) fn created_but(urn: &Urn, id: &str, e: ProviderError) -> ProviderError {
-    match e {
-        ProviderError::Uncertain(m) => ProviderError::Uncertain(m),
-        ProviderError::Failed(m) | ProviderError::NotFound(m) | ProviderError::Unsupported(m) => ProviderError::Uncertain(format!(
-            "{m}; {} was created as {id} and is kept: the next run adopts it and tries again",
-            crate::error::who(urn)
-        )),
-        other => other,
-    }
+/// A client token for one create call (EC2 takes up to 64 ASCII characters): AWS
+/// answers a repeat of the call with the same token with the resource the first one
+/// made, instead of making another. Unique per call, so that a later, deliberate create
+/// of the same resource is never answered with an old one.
+pub(crate) fn client_token(urn: &Urn) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded from the OS once per process; the counter tells calls apart.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(urn.as_str().as_bytes());
+    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    format!("cairn-{:016x}{:016x}", h.finish(), std::process::id())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{typed_handle, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{created_but, observed_tags, retag, tag_spec, urn_filter};
+use super::{client_token, observed_tags, retag, tag_spec, urn_filter};
 use crate::error::{aws_error, code, who};
 use crate::kind::{Clients, Kind};
 use crate::wait::{until, Poll};
@@ -161,8 +161,10 @@ impl Kind for NatGatewayKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let text = |k: &str| inputs.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
         let out = aws
+            .once
             .ec2
             .create_nat_gateway()
+            .client_token(client_token(urn))
             .subnet_id(text("subnet_id"))
             .allocation_id(text("allocation_id"))
             .tag_specifications(tag_spec(Ec2Type::Natgateway, urn, inputs))
@@ -170,9 +172,9 @@ impl Kind for NatGatewayKind {
             .await
             .map_err(|e| aws_error(urn, "creating the NAT gateway", e, hint))?;
         let id = out.nat_gateway().and_then(|n| n.nat_gateway_id()).unwrap_or_default().to_owned();
+        // The gateway exists: whatever fails while waiting for it, it is recorded.
         until(urn, "available", WAIT, || async {
-            // The gateway exists: a failed read leaves the step uncertain, for the next run.
-            let Some(nat) = describe(aws, urn, &id).await.map_err(|e| created_but(urn, &id, e))? else {
+            let Some(nat) = describe(aws, urn, &id).await? else {
                 return Ok(Poll::Waiting("not yet visible".to_owned()));
             };
             match nat.state() {
@@ -187,6 +189,7 @@ impl Kind for NatGatewayKind {
             }
         })
         .await
+        .map_err(|e| e.after_create(&id))
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {

@@ -16,11 +16,11 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, 
 use serde_json::Value;
 
 use super::{
-    canonical_set, check_ids, created_but, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec,
+    canonical_set, check_ids, client_token, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec,
     urn_filter,
 };
 use crate::error::{aws_error, code, who};
-use crate::kind::{Clients, Kind};
+use crate::kind::{finish, Clients, Kind};
 
 /// The schema of `aws:ec2:RouteTable`.
 pub static ROUTE_TABLE: ResourceType = ResourceType::new(
@@ -411,16 +411,21 @@ impl Kind for RouteTableKind {
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let out = aws
+            .once
             .ec2
             .create_route_table()
+            .client_token(client_token(urn))
             .vpc_id(inputs.get("vpc_id").and_then(Value::as_str).unwrap_or_default())
             .tag_specifications(tag_spec(Ec2Type::RouteTable, urn, inputs))
             .send()
             .await
             .map_err(|e| aws_error(urn, "creating the route table", e, hint))?;
         let id = out.route_table().and_then(|r| r.route_table_id()).unwrap_or_default().to_owned();
-        sync(aws, urn, &id, inputs).await.map_err(|e| created_but(urn, &id, e))?;
-        self.read_created(aws, urn, &id, inputs).await
+        finish(&id, async {
+            sync(aws, urn, &id, inputs).await?;
+            self.read_created(aws, urn, &id, inputs).await
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {

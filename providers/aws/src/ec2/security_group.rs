@@ -17,10 +17,10 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, 
 use serde_json::Value;
 
 use super::{
-    canonical_set, created_but, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec, urn_filter,
+    canonical_set, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec, urn_filter,
 };
 use crate::error::{aws_error, code};
-use crate::kind::{Clients, Kind};
+use crate::kind::{finish, Clients, Kind};
 
 /// The schema of `aws:ec2:SecurityGroup`.
 pub static SECURITY_GROUP: ResourceType = ResourceType::new(
@@ -475,6 +475,7 @@ impl Kind for SecurityGroupKind {
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let out = aws
+            .once
             .ec2
             .create_security_group()
             .group_name(text(inputs, "name"))
@@ -485,13 +486,13 @@ impl Kind for SecurityGroupKind {
             .await
             .map_err(|e| aws_error(urn, "creating the security group", e, hint(inputs)))?;
         let id = out.group_id().unwrap_or_default().to_owned();
-        // From the rules AWS gave the new group (allow-all egress) to the declared ones.
-        let converge = async {
+        finish(&id, async {
+            // From the rules AWS gave the new group (allow-all egress) to the declared ones.
             let current = self.read_created(aws, urn, &id, inputs).await?;
-            sync_rules(aws, urn, &id, &current.inputs, inputs).await
-        };
-        converge.await.map_err(|e| created_but(urn, &id, e))?;
-        self.read_created(aws, urn, &id, inputs).await
+            sync_rules(aws, urn, &id, &current.inputs, inputs).await?;
+            self.read_created(aws, urn, &id, inputs).await
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{check_cidr, observed_tags, retag, tag_spec, urn_filter};
 use crate::error::{aws_error, code, who};
-use crate::kind::{Clients, Kind};
+use crate::kind::{finish, Clients, Kind};
 
 /// The schema of `aws:ec2:Subnet`.
 pub static SUBNET: ResourceType = ResourceType::new(
@@ -137,6 +137,7 @@ impl Kind for SubnetKind {
         let (vpc, cidr) = (text(inputs, "vpc_id"), text(inputs, "cidr_block"));
         let zone = inputs.get("availability_zone").and_then(Value::as_str).map(str::to_owned);
         let created = aws
+            .once
             .ec2
             .create_subnet()
             .vpc_id(vpc)
@@ -163,10 +164,13 @@ impl Kind for SubnetKind {
             Err(e) => return Err(aws_error(urn, "creating the subnet", e, hint)),
         };
         let id = out.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_owned();
-        if inputs.get("map_public_ip_on_launch").and_then(Value::as_bool) == Some(true) {
-            set_public_ips(aws, urn, &id, true).await?;
-        }
-        self.read_created(aws, urn, &id, inputs).await
+        finish(&id, async {
+            if inputs.get("map_public_ip_on_launch").and_then(Value::as_bool) == Some(true) {
+                set_public_ips(aws, urn, &id, true).await?;
+            }
+            self.read_created(aws, urn, &id, inputs).await
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{check_cidr, observed_tags, retag, tag_spec, urn_filter};
 use crate::error::{aws_error, code};
-use crate::kind::{Clients, Kind};
+use crate::kind::{finish, Clients, Kind};
 
 /// The schema of `aws:ec2:Vpc`.
 pub static VPC: ResourceType = ResourceType::new(
@@ -135,6 +135,7 @@ impl Kind for VpcKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let cidr = inputs.get("cidr_block").and_then(Value::as_str).unwrap_or_default();
         let out = aws
+            .once
             .ec2
             .create_vpc()
             .cidr_block(cidr)
@@ -143,14 +144,17 @@ impl Kind for VpcKind {
             .await
             .map_err(|e| aws_error(urn, "creating the VPC", e, hint))?;
         let id = out.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_owned();
-        // AWS creates VPCs with DNS support on and hostnames off: change only what differs.
-        if flag(inputs, "enable_dns_support") == Some(false) {
-            set_dns(aws, urn, &id, VpcAttributeName::EnableDnsSupport, false).await?;
-        }
-        if flag(inputs, "enable_dns_hostnames") == Some(true) {
-            set_dns(aws, urn, &id, VpcAttributeName::EnableDnsHostnames, true).await?;
-        }
-        self.read_created(aws, urn, &id, inputs).await
+        finish(&id, async {
+            // AWS creates VPCs with DNS support on and hostnames off: change only what differs.
+            if flag(inputs, "enable_dns_support") == Some(false) {
+                set_dns(aws, urn, &id, VpcAttributeName::EnableDnsSupport, false).await?;
+            }
+            if flag(inputs, "enable_dns_hostnames") == Some(true) {
+                set_dns(aws, urn, &id, VpcAttributeName::EnableDnsHostnames, true).await?;
+            }
+            self.read_created(aws, urn, &id, inputs).await
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {

@@ -15,10 +15,10 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, Provid
 use serde_json::Value;
 
 use super::{
-    check_id, check_port, check_strings, create_tags, error, int, list_tags, node_hint, retag, strings, text, IdRules, BOUND,
+    check_id, check_port, check_strings, create_tags, int, list_tags, node_hint, retag, strings, text, IdRules, BOUND,
 };
-use crate::error::who;
-use crate::kind::{keep_unreported, Clients, Kind};
+use crate::error::{aws_error, who};
+use crate::kind::{finish, keep_unreported, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
 
@@ -201,7 +201,7 @@ async fn describe(aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Cluster>,
     match got {
         Ok(out) => Ok(out.cache_clusters().first().cloned()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_cluster_not_found_fault()) => Ok(None),
-        Err(e) => Err(error(urn, "reading the cache cluster", e, |_| None)),
+        Err(e) => Err(aws_error(urn, "reading the cache cluster", e, |_| None)),
     }
 }
 
@@ -297,7 +297,8 @@ impl Kind for CacheClusterKind {
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let id = text(inputs, "cluster_id").unwrap_or_default();
-        aws.elasticache
+        aws.once
+            .elasticache
             .create_cache_cluster()
             .cache_cluster_id(id)
             .engine("redis")
@@ -311,9 +312,12 @@ impl Kind for CacheClusterKind {
             .set_tags(Some(create_tags(urn, inputs)))
             .send()
             .await
-            .map_err(|e| error(urn, "creating the cache cluster", e, hint(inputs)))?;
-        wait_available(aws, urn, id, None).await?;
-        self.read_created(aws, urn, id, inputs).await
+            .map_err(|e| aws_error(urn, "creating the cache cluster", e, hint(inputs)))?;
+        finish(id, async {
+            wait_available(aws, urn, id, None).await?;
+            self.read_created(aws, urn, id, inputs).await
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError> {
@@ -345,7 +349,7 @@ impl Kind for CacheClusterKind {
                 .set_security_group_ids(strings(new, "security_group_ids").filter(|_| changed("security_group_ids")))
                 .send()
                 .await
-                .map_err(|e| error(urn, "changing the cache cluster (ModifyCacheCluster)", e, hint(new)))?;
+                .map_err(|e| aws_error(urn, "changing the cache cluster (ModifyCacheCluster)", e, hint(new)))?;
             wait_available(aws, urn, id, pick("node_type").as_deref()).await?;
         }
         retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
@@ -360,7 +364,7 @@ impl Kind for CacheClusterKind {
                 // Already being deleted (an earlier run stopped waiting): wait again.
                 let deleting = describe(aws, urn, id).await.ok().flatten().is_some_and(|c| status(&c) == "deleting");
                 if !deleting {
-                    return Err(error(urn, "deleting the cache cluster", e, hint(&Props::new())));
+                    return Err(aws_error(urn, "deleting the cache cluster", e, hint(&Props::new())));
                 }
             }
         }
@@ -384,7 +388,7 @@ impl Kind for CacheClusterKind {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| error(urn, "looking up cache clusters", e, |_| None))?;
+                .map_err(|e| aws_error(urn, "looking up cache clusters", e, |_| None))?;
             // Members of replication groups are the groups' own; a cluster being deleted
             // is on its way out, not a copy to adopt.
             for c in page.cache_clusters().iter().filter(|c| c.replication_group_id().is_none() && status(c) != "deleting") {

@@ -24,12 +24,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_elasticache::types::Tag;
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use cairn_sdk::{CheckFailure, Decl, Props, ProviderError, Urn};
 use serde_json::Value;
 
+use crate::error::aws_error;
 use crate::kind::{Clients, Kinds};
 use crate::tags;
 
@@ -101,35 +99,6 @@ pub(crate) fn check_id(decl: &Decl, key: &str, rules: IdRules, out: &mut Vec<Che
     }
 }
 
-/// Turns an ElastiCache error into a provider error, as `aws_error` does; in addition an
-/// answer of HTTP 500 with an HTML page (an endpoint that lacks the operation: moto
-/// for several ElastiCache calls) is `Unsupported`, naming what could not be done.
-///
-/// `aws_error` alone does not see that case here: ElastiCache speaks the AWS query
-/// protocol, whose client reports an unparsable error page as a service error with no
-/// code, after its own retries (3 attempts, 1.5 to 3 s against moto).
-pub(crate) fn error<E>(
-    urn: &Urn,
-    action: &str,
-    e: SdkError<E, HttpResponse>,
-    hint: impl Fn(&str) -> Option<String>,
-) -> ProviderError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let html_500 = e.raw_response().is_some_and(|r| {
-        r.status().as_u16() == 500
-            && r.body().bytes().is_some_and(|b| String::from_utf8_lossy(&b[..b.len().min(512)]).to_ascii_lowercase().contains("<html"))
-    });
-    if html_500 {
-        return ProviderError::Unsupported(format!(
-            "{}: the AWS endpoint does not implement {action}: it answered HTTP 500 with an HTML page",
-            crate::error::who(urn)
-        ));
-    }
-    crate::error::aws_error(urn, action, e, hint)
-}
-
 /// The tags to create a resource with: the user's, `Name` (the logical name unless set)
 /// and Cairn's.
 pub(crate) fn create_tags(urn: &Urn, inputs: &Props) -> Vec<Tag> {
@@ -158,7 +127,7 @@ pub(crate) async fn list_tags(aws: &Clients, urn: &Urn, arn: &str) -> Result<Vec
         .resource_name(arn)
         .send()
         .await
-        .map_err(|e| error(urn, "reading tags", e, |_| None))?;
+        .map_err(|e| aws_error(urn, "reading tags", e, |_| None))?;
     Ok(out.tag_list().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect())
 }
 
@@ -180,7 +149,7 @@ pub(crate) async fn retag(aws: &Clients, urn: &Urn, arn: &str, old: &Props, new:
             .set_tag_keys(Some(gone))
             .send()
             .await
-            .map_err(|e| error(urn, "removing tags", e, |_| None))?;
+            .map_err(|e| aws_error(urn, "removing tags", e, |_| None))?;
     }
     let changed: Vec<Tag> = after
         .iter()
@@ -194,7 +163,7 @@ pub(crate) async fn retag(aws: &Clients, urn: &Urn, arn: &str, old: &Props, new:
             .set_tags(Some(changed))
             .send()
             .await
-            .map_err(|e| error(urn, "tagging", e, |_| None))?;
+            .map_err(|e| aws_error(urn, "tagging", e, |_| None))?;
     }
     Ok(())
 }

@@ -15,9 +15,9 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, Provid
 use serde_json::Value;
 
 use super::cache_cluster::{check_node_type, CLUSTER_ID};
-use super::{check_id, check_port, check_strings, create_tags, error, int, list_tags, node_hint, retag, strings, text, BOUND, DESCRIPTION};
-use crate::error::who;
-use crate::kind::{keep_unreported, Clients, Kind};
+use super::{check_id, check_port, check_strings, create_tags, int, list_tags, node_hint, retag, strings, text, BOUND, DESCRIPTION};
+use crate::error::{aws_error, who};
+use crate::kind::{finish, keep_unreported, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
 
@@ -214,7 +214,7 @@ async fn describe(aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Group>, P
     match aws.elasticache.describe_replication_groups().replication_group_id(id).send().await {
         Ok(out) => Ok(out.replication_groups().first().cloned()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_replication_group_not_found_fault()) => Ok(None),
-        Err(e) => Err(error(urn, "reading the replication group", e, |_| None)),
+        Err(e) => Err(aws_error(urn, "reading the replication group", e, |_| None)),
     }
 }
 
@@ -283,7 +283,7 @@ async fn observe(aws: &Clients, urn: &Urn, g: &Group, tags: Vec<(String, String)
         let cluster = match got {
             Ok(out) => out.cache_clusters().first().cloned(),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_cluster_not_found_fault()) => None,
-            Err(e) => return Err(error(urn, "reading the replication group's primary", e, |_| None)),
+            Err(e) => return Err(aws_error(urn, "reading the replication group's primary", e, |_| None)),
         };
         if let Some(c) = cluster {
             if let Some(s) = c.cache_subnet_group_name() {
@@ -338,7 +338,8 @@ impl Kind for ReplicationGroupKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         check_nodes(urn, inputs)?;
         let id = text(inputs, "replication_group_id").unwrap_or_default();
-        aws.elasticache
+        aws.once
+            .elasticache
             .create_replication_group()
             .replication_group_id(id)
             .replication_group_description(text(inputs, "description").unwrap_or(DESCRIPTION))
@@ -353,9 +354,12 @@ impl Kind for ReplicationGroupKind {
             .set_tags(Some(create_tags(urn, inputs)))
             .send()
             .await
-            .map_err(|e| error(urn, "creating the replication group", e, hint(inputs)))?;
-        wait_available(aws, urn, id, |_| true).await?;
-        self.read_created(aws, urn, id, inputs).await
+            .map_err(|e| aws_error(urn, "creating the replication group", e, hint(inputs)))?;
+        finish(id, async {
+            wait_available(aws, urn, id, |_| true).await?;
+            self.read_created(aws, urn, id, inputs).await
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError> {
@@ -377,7 +381,7 @@ impl Kind for ReplicationGroupKind {
         let changed = |key: &str| new.get(key).is_some() && old.get(key) != new.get(key);
         let failover = new.get("automatic_failover").and_then(Value::as_bool);
         let modify = || aws.elasticache.modify_replication_group().replication_group_id(id).apply_immediately(true);
-        let modified = |e| error(urn, "changing the replication group (ModifyReplicationGroup)", e, hint(new));
+        let modified = |e| aws_error(urn, "changing the replication group (ModifyReplicationGroup)", e, hint(new));
 
         // 1. Failover off first: AWS refuses to remove the last replica while it is on.
         if changed("automatic_failover") && failover == Some(false) {
@@ -395,7 +399,7 @@ impl Kind for ReplicationGroupKind {
                     .apply_immediately(true)
                     .send()
                     .await
-                    .map_err(|e| error(urn, "adding replicas (IncreaseReplicaCount)", e, hint(new)))?;
+                    .map_err(|e| aws_error(urn, "adding replicas (IncreaseReplicaCount)", e, hint(new)))?;
             } else {
                 aws.elasticache
                     .decrease_replica_count()
@@ -404,7 +408,7 @@ impl Kind for ReplicationGroupKind {
                     .apply_immediately(true)
                     .send()
                     .await
-                    .map_err(|e| error(urn, "removing replicas (DecreaseReplicaCount)", e, hint(new)))?;
+                    .map_err(|e| aws_error(urn, "removing replicas (DecreaseReplicaCount)", e, hint(new)))?;
             }
             let wanted = usize::try_from(nodes).unwrap_or_default();
             wait_available(aws, urn, id, |g| g.member_clusters().len() == wanted).await?;
@@ -441,7 +445,7 @@ impl Kind for ReplicationGroupKind {
                 // Already being deleted (an earlier run stopped waiting): wait again.
                 let deleting = describe(aws, urn, id).await.ok().flatten().is_some_and(|g| status(&g) == "deleting");
                 if !deleting {
-                    return Err(error(urn, "deleting the replication group", e, hint(&Props::new())));
+                    return Err(aws_error(urn, "deleting the replication group", e, hint(&Props::new())));
                 }
             }
         }
@@ -464,7 +468,7 @@ impl Kind for ReplicationGroupKind {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| error(urn, "looking up replication groups", e, |_| None))?;
+                .map_err(|e| aws_error(urn, "looking up replication groups", e, |_| None))?;
             // A group being deleted is on its way out, not a copy to adopt.
             for g in page.replication_groups().iter().filter(|g| status(g) != "deleting") {
                 let Some(arn) = g.arn() else { continue };

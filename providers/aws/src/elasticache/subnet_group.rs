@@ -10,8 +10,8 @@ use cairn_sdk::schema::{Default, Property, ResourceType};
 use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{check_id, check_strings, create_tags, error, is_tagged, observed_tags, retag, strings, text, IdRules, DESCRIPTION};
-use crate::error::who;
+use super::{check_id, check_strings, create_tags, is_tagged, observed_tags, retag, strings, text, IdRules, DESCRIPTION};
+use crate::error::{aws_error, who};
 use crate::kind::{Clients, Kind};
 use crate::tags;
 
@@ -133,7 +133,7 @@ async fn describe(aws: &Clients, urn: &Urn, name: &str) -> Result<Option<CacheSu
     match aws.elasticache.describe_cache_subnet_groups().cache_subnet_group_name(name).send().await {
         Ok(out) => Ok(out.cache_subnet_groups().first().cloned()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_subnet_group_not_found_fault()) => Ok(None),
-        Err(e) => Err(error(urn, "reading the subnet group", e, |_| None)),
+        Err(e) => Err(aws_error(urn, "reading the subnet group", e, |_| None)),
     }
 }
 
@@ -161,7 +161,8 @@ async fn observe(aws: &Clients, urn: &Urn, g: &CacheSubnetGroup) -> Result<Obser
 impl Kind for SubnetGroupKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let name = text(inputs, "name").unwrap_or_default();
-        aws.elasticache
+        aws.once
+            .elasticache
             .create_cache_subnet_group()
             .cache_subnet_group_name(name)
             .cache_subnet_group_description(text(inputs, "description").unwrap_or(DESCRIPTION))
@@ -169,7 +170,7 @@ impl Kind for SubnetGroupKind {
             .set_tags(Some(create_tags(urn, inputs)))
             .send()
             .await
-            .map_err(|e| error(urn, "creating the subnet group", e, hint(inputs)))?;
+            .map_err(|e| aws_error(urn, "creating the subnet group", e, hint(inputs)))?;
         self.read_created(aws, urn, name, inputs).await
     }
 
@@ -192,7 +193,7 @@ impl Kind for SubnetGroupKind {
                 .set_subnet_ids(strings(new, "subnet_ids"))
                 .send()
                 .await
-                .map_err(|e| error(urn, "changing the subnet group (ModifyCacheSubnetGroup)", e, hint(new)))?;
+                .map_err(|e| aws_error(urn, "changing the subnet group (ModifyCacheSubnetGroup)", e, hint(new)))?;
         }
         retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
         self.read_updated(aws, urn, id, new).await
@@ -202,7 +203,7 @@ impl Kind for SubnetGroupKind {
         match aws.elasticache.delete_cache_subnet_group().cache_subnet_group_name(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_subnet_group_not_found_fault()) => Ok(()),
-            Err(e) => Err(error(urn, "deleting the subnet group (DeleteCacheSubnetGroup)", e, hint(&Props::new()))),
+            Err(e) => Err(aws_error(urn, "deleting the subnet group (DeleteCacheSubnetGroup)", e, hint(&Props::new()))),
         }
     }
 
@@ -216,7 +217,7 @@ impl Kind for SubnetGroupKind {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| error(urn, "looking up subnet groups", e, |_| None))?;
+                .map_err(|e| aws_error(urn, "looking up subnet groups", e, |_| None))?;
             for g in page.cache_subnet_groups() {
                 let Some(arn) = g.arn() else { continue };
                 if is_tagged(aws, urn, arn).await? {

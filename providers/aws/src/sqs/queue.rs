@@ -213,6 +213,7 @@ impl Kind for QueueKind {
             attrs.insert(Attr::FifoQueue, "true".into());
         }
         let out = aws
+            .once
             .sqs
             .create_queue()
             .queue_name(physical_name(inputs))
