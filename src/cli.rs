@@ -175,6 +175,7 @@ pub struct Cli<S> {
     schedules: Vec<Schedule>,
     sources: Vec<(String, SourceFactory)>,
     reconciler: ReconcilerOptions,
+    http: crate::serve::HttpLimits,
 }
 
 impl<S> std::fmt::Debug for Cli<S> {
@@ -186,7 +187,13 @@ impl<S> std::fmt::Debug for Cli<S> {
 impl<S: UserState> Cli<S> {
     /// A CLI for the stack `factory` builds for the chosen `--stack` name.
     pub fn new(factory: impl FnOnce(&str) -> Stack<S> + 'static) -> Self {
-        Cli { factory: Box::new(factory), schedules: Vec::new(), sources: Vec::new(), reconciler: ReconcilerOptions::default() }
+        Cli {
+            factory: Box::new(factory),
+            schedules: Vec::new(),
+            sources: Vec::new(),
+            reconciler: ReconcilerOptions::default(),
+            http: crate::serve::HttpLimits::default(),
+        }
     }
 
     /// A schedule `watch` runs.
@@ -208,6 +215,14 @@ impl<S: UserState> Cli<S> {
     #[must_use]
     pub fn reconciler(mut self, options: ReconcilerOptions) -> Self {
         self.reconciler = options;
+        self
+    }
+
+    /// The request timeout and webhook concurrency of `watch`'s HTTP server (default
+    /// 30 s and 64; see [`HttpLimits`](crate::serve::HttpLimits)).
+    #[must_use]
+    pub fn http_limits(mut self, limits: crate::serve::HttpLimits) -> Self {
+        self.http = limits;
         self
     }
 
@@ -253,7 +268,7 @@ impl<S: UserState> Cli<S> {
             Verb::Up { yes, plan, parallel, refresh, target } => ctx.up(yes, plan, parallel, refresh, target).await,
             Verb::Destroy { yes } => ctx.destroy(yes).await,
             Verb::Refresh { yes } => ctx.refresh(yes).await,
-            Verb::Watch { listen } => ctx.watch(&listen, self.schedules, self.sources, self.reconciler).await,
+            Verb::Watch { listen } => ctx.watch(&listen, self.schedules, self.sources, self.reconciler, self.http).await,
             Verb::Emit { kind, payload, dry_run, yes } => ctx.emit(kind, &payload, dry_run, yes).await,
             Verb::Graph { format } => ctx.graph(&format).await,
             Verb::State { verb } => ctx.state(verb).await,
@@ -444,7 +459,7 @@ impl<S: UserState> Ctx<S> {
             return Ok(ExitCode::SUCCESS);
         }
         let session = self.lock("emit").await?;
-        let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default())?;
+        let (mut reconciler, _events) = reconciler(session, ReconcilerOptions::default()).await?;
         let outcome = reconciler.process(vec![event]).await;
         let report = reconciler.last_report().cloned();
         reconciler.into_session().close().await?;
@@ -562,8 +577,10 @@ impl<S: UserState> Ctx<S> {
         Ok(ExitCode::SUCCESS)
     }
 
-    async fn watch(self, listen: &str, schedules: Vec<Schedule>, sources: Vec<(String, SourceFactory)>, options: ReconcilerOptions) -> Outcome_ {
+    async fn watch(self, listen: &str, schedules: Vec<Schedule>, sources: Vec<(String, SourceFactory)>, options: ReconcilerOptions, http: crate::serve::HttpLimits) -> Outcome_ {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}; pick another address with --listen"))?;
+        // Before the lock is taken: an error from here on must not leave it behind.
+        let addr = listener.local_addr()?;
         let webhook = match std::env::var("CAIRN_WEBHOOK_SECRET") {
             Ok(secret) if secret.trim().is_empty() => {
                 return Err(Failure("CAIRN_WEBHOOK_SECRET is set but empty; set it to a long random secret, or unset it to turn the webhook off".to_owned()))
@@ -576,9 +593,11 @@ impl<S: UserState> Ctx<S> {
         };
         let session = self.lock("watch").await?;
         let state = session.state().clone();
-        let (reconciler, events) = Reconciler::new(session, options)?;
+        let (reconciler, events) = reconciler(session, options).await?;
         let status = reconciler.status();
-        let holder = self.store.lock_holder(self.stack.name()).await.ok().flatten().and_then(|l| serde_json::to_value(l).ok());
+        // Who holds the lock, for /status: not its token, which is what a write proves
+        // it holds the lock with.
+        let holder = self.store.lock_holder(self.stack.name()).await.ok().flatten().and_then(|l| serde_json::to_value(l).ok()).map(crate::serve::redact_lock);
         if let Ok(mut s) = status.lock() {
             s.lock_holder = holder;
         }
@@ -601,9 +620,8 @@ impl<S: UserState> Ctx<S> {
                 }
             });
         }
-        let router = crate::serve::router(events.clone(), status, webhook);
+        let router = crate::serve::router_with_limits(events.clone(), status, webhook, http);
         let mut http_stop = stop_rx.clone();
-        let addr = listener.local_addr()?;
         tasks.spawn(async move {
             let shutdown = async move {
                 let _ = http_stop.wait_for(|s| *s).await;
@@ -638,6 +656,16 @@ impl<S: UserState> Ctx<S> {
         println!("Stopped; state recorded.");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// A reconciler for `session`; if it cannot be made (the stored user state does not
+/// read as `S`), the session is closed first, so the lock is not left behind.
+async fn reconciler<S: UserState>(session: Session<S>, options: ReconcilerOptions) -> Result<(Reconciler<S>, Events), Failure> {
+    if let Err(e) = session.user_state() {
+        let _ = session.close().await;
+        return Err(e.into());
+    }
+    Ok(Reconciler::new(session, options)?)
 }
 
 fn print_drift(report: &cairn_sdk::RefreshReport) {

@@ -32,6 +32,18 @@
 //! a sender that retries with a fresh timestamp should send an `id`. When the reconciler
 //! stopped before recording the event the answer is 503 with `Retry-After`: send it again.
 //!
+//! # Limits
+//!
+//! [`HttpLimits`] bound the server: a request not answered within `request_timeout`
+//! (30 s by default) gets 408 Request Timeout, whatever it was waiting for (a body sent
+//! slowly, or the webhook waiting for its event to be recorded behind a long apply: the
+//! event stays queued, and sent again with the same `id` it is a duplicate if it was
+//! recorded meanwhile). At most `max_webhook_requests` (64) webhook requests are handled
+//! at once; one more is refused at once with 503 `overloaded` and `Retry-After: 1`,
+//! counted like the other refusals. The body limit is the webhook's `max_body`: a body
+//! is read only up to it, then refused with 413. `/status` shows who holds the lock, never
+//! its token.
+//!
 //! ```
 //! let signature = cairn::serve::sign(b"s3cr3t", 1_700_000_000, br#"{"kind":"traffic.spike"}"#);
 //! assert!(signature.starts_with("v1=") && signature.len() == 3 + 64);
@@ -42,6 +54,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,6 +65,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::ServiceBuilder;
+use tower_http::timeout::TimeoutLayer;
 
 /// The header with the Unix time, in seconds, at which a webhook request was signed.
 pub const TIMESTAMP_HEADER: &str = "x-cairn-timestamp";
@@ -138,6 +155,48 @@ fn verify(secret: &[u8], timestamp: u64, body: &[u8], signature: &str) -> bool {
     mac(secret, timestamp, body).verify_slice(&tag).is_ok()
 }
 
+/// Bounds on `watch`'s HTTP server (see the [module](self) documentation).
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = cairn::serve::HttpLimits::default().request_timeout(Duration::from_secs(10)).max_webhook_requests(16);
+/// assert_eq!(limits.max_webhook_requests, 16);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// A request not answered within this gets 408 Request Timeout (default 30 s).
+    pub request_timeout: Duration,
+    /// Webhook requests handled at once (default 64); more are refused with 503.
+    pub max_webhook_requests: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { request_timeout: Self::DEFAULT_REQUEST_TIMEOUT, max_webhook_requests: Self::DEFAULT_MAX_WEBHOOK_REQUESTS }
+    }
+}
+
+impl HttpLimits {
+    /// The default request timeout: 30 s.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default number of webhook requests handled at once: 64.
+    pub const DEFAULT_MAX_WEBHOOK_REQUESTS: usize = 64;
+
+    /// With this request timeout.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// With at most `n` webhook requests at once (at least 1).
+    #[must_use]
+    pub fn max_webhook_requests(mut self, n: usize) -> Self {
+        self.max_webhook_requests = n.max(1);
+        self
+    }
+}
+
 #[derive(Clone)]
 struct App {
     events: Events,
@@ -147,15 +206,37 @@ struct App {
 
 /// The HTTP routes of a watching stack (see the [module](self) documentation): the
 /// webhook submits to `events` when `webhook` is configured; `/metrics` renders
-/// `events.metrics()`; `/status` serves `status`.
+/// `events.metrics()`; `/status` serves `status`. With the default [`HttpLimits`].
 pub fn router(events: Events, status: Arc<Mutex<Status>>, webhook: Option<WebhookConfig>) -> Router {
+    router_with_limits(events, status, webhook, HttpLimits::default())
+}
+
+/// [`router`] with these limits.
+pub fn router_with_limits(events: Events, status: Arc<Mutex<Status>>, webhook: Option<WebhookConfig>, limits: HttpLimits) -> Router {
     let limit = webhook.as_ref().map_or(WebhookConfig::DEFAULT_MAX_BODY, |w| w.max_body);
+    let metrics = events.metrics().clone();
     let app = App { events, status, webhook: webhook.map(Arc::new) };
+    // Only the webhook is limited: it holds a body and waits for the reconciler, while
+    // the reporting routes answer from memory at once, and /healthz must keep answering
+    // in a burst of webhook requests.
+    let overloaded = HandleErrorLayer::new(move |_: tower::BoxError| {
+        let metrics = metrics.clone();
+        async move {
+            metrics.refused("webhook", "overloaded");
+            let message = "too many webhook requests are being handled at once: send it again shortly";
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Json(json!({"error": "overloaded", "message": message})))
+        }
+    });
+    let webhook_limits = ServiceBuilder::new()
+        .layer(overloaded)
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::new(limits.max_webhook_requests.max(1)));
     Router::new()
-        .route("/events", post(receive).layer(DefaultBodyLimit::max(limit)))
+        .route("/events", post(receive).layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(limit)).layer(webhook_limits))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(serve_metrics))
         .route("/status", get(serve_status))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
         .with_state(app)
 }
 
@@ -172,7 +253,17 @@ async fn serve_metrics(State(app): State<App>) -> impl IntoResponse {
 async fn serve_status(State(app): State<App>) -> Json<Status> {
     let mut status = app.status.lock().unwrap_or_else(PoisonError::into_inner).clone();
     status.pending_events = app.events.metrics().pending();
+    status.lock_holder = status.lock_holder.map(redact_lock);
     Json(status)
+}
+
+/// The lock holder as `/status` shows it: without the lock's token, which is what a
+/// holder proves it holds the lock with (a forced unlock, a write).
+pub(crate) fn redact_lock(mut holder: Value) -> Value {
+    if let Some(fields) = holder.as_object_mut() {
+        fields.remove("token");
+    }
+    holder
 }
 
 /// A request the webhook refuses before it becomes an event.

@@ -2,15 +2,15 @@
 //! (and that a refusal changes nothing and is counted), accepted and replayed requests,
 //! and the reporting endpoints.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
-use cairn::serve::{router, sign, WebhookConfig};
-use cairn_sdk::events::{Event, Events, Reconciler, ReconcilerOptions};
+use cairn::serve::{router_with_limits, sign, HttpLimits, WebhookConfig};
+use cairn_sdk::events::{Event, Events, Reconciler, ReconcilerOptions, Status};
 use cairn_sdk::testing::{Op, TestProvider};
 use cairn_sdk::{DynamicResource, Property, ResourceType, Session, Stack};
 use cairn_state::{MemoryStore, Store};
@@ -44,6 +44,14 @@ fn stack(provider: &TestProvider) -> Stack<Scale> {
             s.handled += 1;
             Ok(())
         })
+        // Takes `secs` seconds (of tokio's clock) to decide: the reconciler is busy meanwhile.
+        .on_event_async("traffic.slow", |e: &Event, s: &mut Scale| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(e.field("secs")?)).await;
+                s.handled += 1;
+                Ok(())
+            })
+        })
 }
 
 /// A deployed stack watched by a reconciler, and the router in front of it.
@@ -52,23 +60,29 @@ struct Watch {
     events: Events,
     provider: TestProvider,
     store: Arc<MemoryStore>,
+    status: Arc<Mutex<Status>>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<cairn_sdk::Result<Session<Scale>>>,
 }
 
 async fn watch(webhook: Option<WebhookConfig>) -> Watch {
+    watch_with(webhook, HttpLimits::default()).await
+}
+
+async fn watch_with(webhook: Option<WebhookConfig>, limits: HttpLimits) -> Watch {
     let provider = TestProvider::new("test");
     let store = Arc::new(MemoryStore::new());
     let mut session = stack(&provider).lock(store.clone(), "watch").await.unwrap();
     assert!(session.up(&Scale { capacity: 2, handled: 0 }).await.unwrap().succeeded());
     provider.clear_calls();
     let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
-    let app = router(events.clone(), reconciler.status(), webhook);
+    let status = reconciler.status();
+    let app = router_with_limits(events.clone(), status.clone(), webhook, limits);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(reconciler.run(async {
         let _ = stopped.await;
     }));
-    Watch { app, events, provider, store, stop, task }
+    Watch { app, events, provider, store, status, stop, task }
 }
 
 impl Watch {
@@ -438,5 +452,112 @@ async fn serve_answers_on_loopback_enforces_the_limit_on_streamed_bodies_and_sto
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+    w.finish().await;
+}
+
+// --- Limits --------------------------------------------------------------------------
+
+/// A signed webhook request whose body is `first`, then nothing more, ever: the stream
+/// neither yields nor ends.
+fn never_ending(first: Vec<u8>) -> Request<Body> {
+    use futures_util::StreamExt;
+    let t = now();
+    let signature = sign(SECRET.as_bytes(), t, &first);
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(axum::body::Bytes::from(first)) }).chain(futures_util::stream::pending());
+    Request::post("/events")
+        .header("content-type", "application/json")
+        .header("X-Cairn-Timestamp", t.to_string())
+        .header("X-Cairn-Signature", signature)
+        .body(Body::from_stream(body))
+        .unwrap()
+}
+
+fn slow(secs: u64, id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"kind": "traffic.slow", "payload": {"secs": secs}, "id": id})).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_body_never_ends_times_out_408() {
+    let w = watch_with(Some(WebhookConfig::new(SECRET)), HttpLimits::default().request_timeout(Duration::from_secs(10))).await;
+    let started = tokio::time::Instant::now();
+    let (status, _) = w.call(never_ending(spike(6)[..10].to_vec())).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(started.elapsed(), Duration::from_secs(10), "answered at the timeout");
+    assert_eq!(w.recorded().await.handled, 0);
+    // The server goes on.
+    let (status, response) = w.call(signed(&spike(6))).await;
+    assert_eq!((status, json_of(response).await["outcome"].as_str()), (StatusCode::OK, Some("accepted")));
+    w.finish().await;
+}
+
+/// The default timeout also bounds a webhook request waiting for its event to be
+/// recorded; the event stays queued and is recorded, so the same request sent again is
+/// a duplicate.
+#[tokio::test(start_paused = true)]
+async fn a_webhook_request_waiting_past_the_timeout_gets_408_and_its_event_is_still_recorded() {
+    let w = watch(Some(WebhookConfig::new(SECRET))).await;
+    let body = slow(45, "slow-1");
+    let started = tokio::time::Instant::now();
+    let (status, _) = w.call(signed(&body)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(started.elapsed(), HttpLimits::DEFAULT_REQUEST_TIMEOUT);
+    let again = json_of(w.call(signed(&body)).await.1).await;
+    assert_eq!(again["outcome"], "duplicate", "{again}");
+    assert_eq!(w.recorded().await.handled, 1, "recorded once");
+    w.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_limit_that_never_ends_is_refused_413_without_reading_the_rest() {
+    let w = watch(Some(WebhookConfig::new(SECRET).max_body(1024))).await;
+    let mut first = spike(6);
+    first.resize(1025, b' ');
+    let started = tokio::time::Instant::now();
+    let (status, response) = w.call(never_ending(first)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(started.elapsed(), Duration::ZERO, "refused once the limit was passed, not at the timeout");
+    assert_eq!(json_of(response).await["error"], "too_large");
+    assert!(w.metrics().await.contains(&refused_line("too_large", 1)));
+    w.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn webhook_requests_over_the_concurrency_limit_are_refused_503_and_healthz_still_answers() {
+    let w = watch_with(Some(WebhookConfig::new(SECRET)), HttpLimits::default().max_webhook_requests(1)).await;
+    let first = tokio::spawn(w.app.clone().oneshot(signed(&slow(5, "slow-1"))));
+    tokio::time::sleep(Duration::from_secs(1)).await; // the first is in its handler
+    let (status, response) = w.call(signed(&spike(6))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let answer = json_of(response).await;
+    assert_eq!(answer["error"], "overloaded", "{answer}");
+    assert!(w.metrics().await.contains(&refused_line("overloaded", 1)));
+    let (status, body) = w.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"), "only the webhook is limited");
+
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(json_of(first).await["outcome"], "accepted");
+    // Its slot is free again.
+    let (status, response) = w.call(signed(&spike(6))).await;
+    assert_eq!((status, json_of(response).await["outcome"].as_str()), (StatusCode::OK, Some("accepted")));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn status_names_the_lock_holder_but_not_the_lock_token() {
+    let w = watch(Some(WebhookConfig::new(SECRET))).await;
+    let held = w.store.lock_holder("dev").await.unwrap().unwrap();
+    assert!(!held.token.is_empty());
+    // As `watch` fills it in.
+    w.status.lock().unwrap().lock_holder = Some(serde_json::to_value(&held).unwrap());
+    let (status, body) = w.get("/status").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains(&held.token), "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let holder = status["lock_holder"].as_object().unwrap();
+    assert_eq!(holder["operation"], "watch");
+    assert_eq!(holder["pid"], std::process::id());
+    assert!(!holder.contains_key("token"), "{body}");
     w.finish().await;
 }

@@ -94,8 +94,10 @@ pub enum Error {
     },
     /// A reconciler started with [`Reconciler::spawn`](crate::events::Reconciler::spawn)
     /// could not start its thread, or its thread panicked. Events it had not recorded
-    /// are delivered again by their sources. Its session was not closed, so the stack's
-    /// lock may still be held.
+    /// are delivered again by their sources. Its session was not closed: after a panic
+    /// the lock was released on the way out (unless the store could not be reached),
+    /// otherwise it may still be held. A panicking handler, guard or program does not
+    /// stop the reconciler: it rejects the event or fails the apply.
     #[error(
         "the reconciler of stack '{stack}' stopped: {cause}; state is as last recorded, \
          and the stack's lock may still be held (`state unlock` releases it)"

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod graph;
 pub mod input;
+mod panic;
 pub mod plan;
 pub mod provider;
 pub mod recover;

@@ -17,6 +17,10 @@ use crate::stack::Stack;
 /// [`Session::close`]. Every apply is journaled step by step and committed as a new
 /// snapshot when it ends.
 ///
+/// A session dropped without `close` keeps the lock, as a crashed process does, except
+/// when a panic unwinds through it: the lock is then released on the way out (waiting
+/// at most 10 s for the store), so a bug cannot leave the stack locked.
+///
 /// ```no_run
 /// # async fn run(stack: cairn_sdk::Stack<u32>) -> cairn_sdk::Result<()> {
 /// let store = cairn_state::open(cairn_state::DEFAULT_LOCATION).await?;
@@ -42,6 +46,8 @@ pub struct Session<S> {
     /// Dropped with the session: tells the thread of a spawned reconciler that its
     /// runtime, which drives tasks the session's clients started, may stop.
     runtime_hold: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Releases the lock if a panic unwinds through the session before its close.
+    unlock_on_panic: UnlockOnPanic,
 }
 
 /// How many event records the journal takes before they are folded into a snapshot:
@@ -73,7 +79,10 @@ where
     pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
         let lock = store.lock(self.name(), operation).await?;
         match self.open_locked(&*store, &lock).await {
-            Ok((state, recovered)) => Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None, journaled_events: 0, runtime_hold: None }),
+            Ok((state, recovered)) => {
+                let unlock_on_panic = UnlockOnPanic(Some((store.clone(), lock.clone())));
+                Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None, journaled_events: 0, runtime_hold: None, unlock_on_panic })
+            }
             Err(e) => {
                 let _ = store.unlock(lock).await;
                 Err(e)
@@ -269,6 +278,7 @@ where
     /// stack's lock, also if that write fails: the records stay in the journal.
     pub async fn close(mut self) -> Result<()> {
         let folded = if self.journaled_events > 0 && self.broken.is_none() { self.fold_events().await } else { Ok(()) };
+        self.unlock_on_panic.0 = None;
         self.store.unlock(self.lock).await?;
         folded
     }
@@ -279,5 +289,55 @@ where
     async fn fold_events(&mut self) -> Result<()> {
         let state = self.state.clone();
         self.commit(state).await
+    }
+}
+
+/// How long releasing the lock of a session a panic unwinds through may take.
+const UNLOCK_ON_PANIC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The store and lock of a session, to release if it is dropped by a panic. Dropped
+/// otherwise (a session that is not closed), it does nothing: that is a crash, and the
+/// stack stays locked.
+struct UnlockOnPanic(Option<(Arc<dyn Store>, Lock)>);
+
+impl std::fmt::Debug for UnlockOnPanic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("UnlockOnPanic").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Drop for UnlockOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        use std::io::Write as _;
+        let Some((store, lock)) = self.0.take() else { return };
+        let stack = lock.stack.clone();
+        // Unlocking is async, and the runtime this runs on may be the one unwinding (or
+        // a single thread blocked here): it runs on a thread and runtime of its own.
+        let (done, result) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name(format!("cairn-unlock-{stack}")).spawn(move || {
+            let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(async {
+                    match tokio::time::timeout(UNLOCK_ON_PANIC_TIMEOUT, store.unlock(lock)).await {
+                        Ok(unlocked) => unlocked.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("the store did not answer within {} s", UNLOCK_ON_PANIC_TIMEOUT.as_secs())),
+                    }
+                }),
+                Err(e) => Err(format!("no runtime to release it on: {e}")),
+            };
+            let _ = done.send(outcome);
+        });
+        let outcome = match spawned {
+            Ok(_) => result.recv_timeout(UNLOCK_ON_PANIC_TIMEOUT + std::time::Duration::from_secs(1)).unwrap_or_else(|_| Err("it took too long".to_owned())),
+            Err(e) => Err(format!("no thread to release it on: {e}")),
+        };
+        // Not eprintln!, which panics if stderr is gone: a panic while panicking aborts.
+        let mut stderr = std::io::stderr();
+        let _ = match outcome {
+            Ok(()) => writeln!(stderr, "cairn: released the lock of stack '{stack}' after the panic"),
+            Err(e) => writeln!(stderr, "cairn: could not release the lock of stack '{stack}' after the panic ({e}); `state unlock` releases it"),
+        };
     }
 }

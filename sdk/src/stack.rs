@@ -164,12 +164,17 @@ where
     }
 
     /// Runs the program on `s` and validates the graph it declares. Makes no cloud call.
+    /// A program that panics fails the render with [`Error::Program`] (`the program
+    /// panicked: <message>`).
     pub fn render(&self, s: &S) -> Result<Graph> {
         // Taken, not shared: a render running at the same time starts without.
         let declared = std::mem::take(&mut *self.declared.lock().unwrap_or_else(PoisonError::into_inner));
         let mut cx = Cx::reusing(&self.name, declared);
         let ran = match &self.program {
-            Some(program) => program(&mut cx, s),
+            // A panicking program is an ordinary error: what it declared before is dropped
+            // with the failed render.
+            Some(program) => crate::panic::catch(|| program(&mut cx, s))
+                .unwrap_or_else(|panic| Err(format!("the program panicked: {panic}").into())),
             None => Ok(()),
         };
         let (nodes, distinct, mut declared) = cx.into_parts();

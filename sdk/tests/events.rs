@@ -605,3 +605,210 @@ async fn a_spawned_reconcilers_runtime_outlives_it_until_its_session_is_dropped(
     tokio::time::timeout(Duration::from_secs(30), gone).await.expect("the runtime stops once the session is gone").unwrap_err();
     assert!(!cloud.alive().await);
 }
+
+// --- User code that panics -----------------------------------------------------------
+
+/// The history entry of the event with `kind`.
+async fn entry_of(store: &MemoryStore, kind: &str) -> serde_json::Value {
+    let history = store.history("dev").await.unwrap();
+    history.into_iter().find(|e| e["event"]["kind"] == kind).unwrap_or_else(|| panic!("no entry for {kind}"))
+}
+
+/// A handler that panics (sync, or async between two polls) rejects its event like one
+/// that fails: recorded, counted, `S` unchanged; the reconciler serves the next event.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_rejects_its_event_and_the_reconciler_keeps_serving() {
+    let p = provider();
+    let stack = events_stack(&p)
+        .on_event("handler.panics", |_: &Event, s: &mut Shop| {
+            s.capacity = 11; // half-done: must not stick
+            panic!("handler exploded");
+        })
+        .on_event_async("async.panics", |_: &Event, s: &mut Shop| {
+            Box::pin(async move {
+                s.capacity = 9;
+                tokio::task::yield_now().await;
+                panic!("async handler exploded after {}", s.capacity);
+            })
+        });
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default());
+
+    let Outcome::Rejected(Rejection::Handler(why)) = run.events.send(Event::new("handler.panics", json!({}))).await.unwrap() else {
+        panic!("the panicking handler's event is rejected")
+    };
+    assert_eq!(why, "handler panicked: handler exploded");
+    let Outcome::Rejected(Rejection::Handler(why)) = run.events.send(Event::new("async.panics", json!({}))).await.unwrap() else {
+        panic!("the panicking async handler's event is rejected")
+    };
+    assert_eq!(why, "handler panicked: async handler exploded after 9");
+    assert!(!run.task.is_finished(), "the reconciler still runs");
+    assert_eq!(run.events.send(spike(3000)).await.unwrap(), Outcome::Accepted);
+
+    let metrics = run.events.metrics().clone();
+    let session = run.finish().await;
+    assert_eq!(desired(session.state()), 6, "the later event was applied");
+    let shop: Shop = serde_json::from_value(session.state().user_state.clone()).unwrap();
+    assert_eq!(shop.capacity, 6, "what the panicking handlers set was dropped");
+    assert!(metrics.render().contains("cairn_events_rejected_total{kind=\"handler.panics\"} 1"));
+    assert!(metrics.render().contains("cairn_events_rejected_total{kind=\"async.panics\"} 1"));
+    session.close().await.unwrap();
+
+    let entry = entry_of(&store, "handler.panics").await;
+    assert_eq!(entry["outcome"], "rejected");
+    assert_eq!(entry["reason"], "a handler failed: handler panicked: handler exploded");
+    assert_eq!(entry["s_before"], entry["s_after"]);
+    // The lock was released by close: the stack opens again.
+    stack.lock(store.clone(), "up").await.unwrap().close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_guard_rejects_its_event_and_the_reconciler_keeps_serving() {
+    let p = provider();
+    let stack = events_stack(&p).guard("seven is unlucky", |s: &Shop| {
+        assert_ne!(s.capacity, 7, "guard exploded");
+        Ok(())
+    });
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default());
+
+    let set = |n: u32| Event::new("capacity.set", json!({ "capacity": n }));
+    let Outcome::Rejected(Rejection::Guard { guard, message }) = run.events.send(set(7)).await.unwrap() else {
+        panic!("the event the guard panics on is rejected")
+    };
+    assert_eq!(guard, "seven is unlucky");
+    assert!(message.starts_with("guard panicked: assertion `left != right` failed: guard exploded"), "{message}");
+    assert!(!run.task.is_finished(), "the reconciler still runs");
+    assert_eq!(run.events.send(set(5)).await.unwrap(), Outcome::Accepted);
+
+    let metrics = run.events.metrics().clone();
+    let session = run.finish().await;
+    assert_eq!(desired(session.state()), 5);
+    assert!(metrics.render().contains("cairn_events_rejected_total{kind=\"capacity.set\"} 1"));
+    session.close().await.unwrap();
+    let entry = entry_of(&store, "capacity.set").await;
+    assert_eq!(entry["outcome"], "rejected");
+    assert!(entry["reason"].as_str().unwrap().contains("guard panicked"), "{entry}");
+    assert_eq!(entry["s_before"], entry["s_after"]);
+    stack.lock(store.clone(), "up").await.unwrap().close().await.unwrap();
+}
+
+/// A program that panics is an ordinary error: for an event whose `S` it panics on, the
+/// event is rejected (its plan cannot be made, as for a program that returns an error);
+/// when it panics whatever `S` is, the apply fails, is retried, and converges once the
+/// program renders again; `up` fails with the panic's message. The reconciler, and the
+/// lock, survive all of it.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_program_fails_the_apply_and_later_events_still_work() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static BROKEN: AtomicBool = AtomicBool::new(false);
+    let p = provider();
+    let stack = events_stack(&p).program(|cx, s: &Shop| {
+        assert!(s.capacity != 9, "program exploded at 9");
+        if BROKEN.load(Ordering::SeqCst) {
+            panic!("program broken");
+        }
+        common::shop_program(cx, s)
+    });
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default().backoff(secs(1), secs(60)));
+    let set = |n: u32| Event::new("capacity.set", json!({ "capacity": n }));
+
+    // Panics for the event's S only: the event is rejected, the stack stays as it was.
+    let Outcome::Rejected(Rejection::Policy(why)) = run.events.send(set(9)).await.unwrap() else {
+        panic!("an event whose S the program panics on is rejected")
+    };
+    assert!(why.contains("the program panicked: program exploded at 9"), "{why}");
+    assert_eq!(run.events.send(set(4)).await.unwrap(), Outcome::Accepted);
+    sleep(secs(1)).await;
+    assert_eq!(desired(&store.load("dev").await.unwrap().unwrap()), 4);
+
+    // Panics for every S: the event is recorded, its apply fails and is retried.
+    BROKEN.store(true, Ordering::SeqCst);
+    assert_eq!(run.events.send(set(5)).await.unwrap(), Outcome::Accepted);
+    sleep(Duration::from_millis(500)).await;
+    let metrics = run.events.metrics().clone();
+    assert_eq!(metrics.applies_of("failed"), 1);
+    let history = store.history("dev").await.unwrap();
+    let failed = history.iter().find(|e| e["apply"]["result"] == "failed").unwrap_or_else(|| panic!("{history:#?}"));
+    assert_eq!(failed["event"]["kind"], "capacity.set");
+    assert!(failed["apply"]["error"].as_str().unwrap().contains("the program panicked: program broken"), "{failed}");
+    BROKEN.store(false, Ordering::SeqCst);
+    sleep(secs(2)).await;
+    assert_eq!(metrics.applies_of("failed"), 1);
+    assert_eq!(desired(&store.load("dev").await.unwrap().unwrap()), 5, "the retry converged");
+    assert!(!run.task.is_finished(), "the reconciler still runs");
+    assert_eq!(run.events.send(set(3)).await.unwrap(), Outcome::Accepted);
+
+    let mut session = run.finish().await;
+    assert_eq!(desired(session.state()), 3);
+    // `up` of an S the program panics on: an error, and the session goes on.
+    let err = session.up(&Shop { capacity: 9, ..Shop::new() }).await.unwrap_err();
+    assert!(matches!(&err, cairn_sdk::Error::Program { .. }), "{err}");
+    assert!(err.to_string().contains("the program panicked: program exploded at 9"), "{err}");
+    assert!(session.up(&Shop { capacity: 2, ..Shop::new() }).await.unwrap().succeeded());
+    session.close().await.unwrap();
+    stack.lock(store.clone(), "up").await.unwrap().close().await.unwrap();
+}
+
+/// A session a panic unwinds through releases the stack's lock on the way out (a session
+/// merely dropped keeps it: that is a crash).
+#[test]
+fn a_panic_that_unwinds_through_a_session_releases_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: [Arc<dyn Store>; 2] = [Arc::new(MemoryStore::new()), Arc::new(cairn_state::FileStore::new(dir.path()))];
+    for store in stores {
+        let stack = shop_stack(&provider());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(async {
+                let session = stack.lock(store.clone(), "up").await.unwrap();
+                assert!(store.lock_holder("dev").await.unwrap().is_some());
+                panic!("a bug while {} holds the lock", session.state().stack);
+            })
+        }));
+        assert!(unwound.is_err());
+        runtime.block_on(async {
+            assert_eq!(store.lock_holder("dev").await.unwrap(), None, "{store:?}");
+            let session = stack.lock(store.clone(), "up").await.expect("the stack opens again");
+            drop(session);
+            assert!(store.lock_holder("dev").await.unwrap().is_some(), "a plain drop keeps the lock");
+        });
+    }
+}
+
+/// A step progress reporter that panics when an update starts: user code the apply runs.
+#[derive(Debug)]
+struct PanicsOnUpdate;
+
+impl cairn_sdk::Progress for PanicsOnUpdate {
+    fn started(&self, _: &cairn_sdk::Urn, op: cairn_sdk::StepOp) {
+        assert!(op != cairn_sdk::StepOp::Update, "progress exploded");
+    }
+}
+
+/// A panic the reconciler cannot turn into an error (here, in the middle of an apply)
+/// stops its thread, and the lock is released as the thread unwinds: the stack opens
+/// again, with the event that was recorded before.
+#[tokio::test]
+async fn a_spawned_reconciler_whose_thread_panics_releases_the_lock() {
+    let p = provider();
+    let stack = events_stack(&p).progress(PanicsOnUpdate);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    let running = reconciler.spawn(std::future::pending());
+    assert_eq!(events.send(spike(3000)).await.unwrap(), Outcome::Accepted, "recorded before its apply");
+    let err = running.finished().await.unwrap_err();
+    assert!(matches!(&err, cairn_sdk::Error::ReconcilerStopped { cause, .. } if cause.contains("panicked")), "{err}");
+    assert_eq!(store.lock_holder("dev").await.unwrap(), None);
+    let mut session = events_stack(&p).lock(store.clone(), "up").await.expect("the stack opens again");
+    let shop = session.user_state().unwrap();
+    assert_eq!(shop.capacity, 6);
+    assert!(session.up(&shop).await.unwrap().succeeded());
+    assert_eq!(desired(session.state()), 6);
+    session.close().await.unwrap();
+}

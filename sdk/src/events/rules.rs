@@ -65,14 +65,20 @@ impl<S> std::fmt::Debug for EventRules<S> {
     }
 }
 
+/// A handler that panicked rejects its event like one that failed.
+fn handler_panicked(panic: String) -> Rejection {
+    Rejection::Handler(format!("handler panicked: {panic}"))
+}
+
 /// Why an event changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// No handler matches its kind.
     Unhandled,
-    /// A handler returned an error.
+    /// A handler returned an error, or panicked (`handler panicked: <message>`).
     Handler(String),
-    /// A guard refused the state the handlers produced.
+    /// A guard refused the state the handlers produced, or panicked (its message is
+    /// then `guard panicked: <message>`).
     Guard {
         /// The guard's name.
         guard: String,
@@ -137,7 +143,8 @@ impl EventPolicy {
         self
     }
 
-    /// A check of your own on each plan events cause, named for the audit log.
+    /// A check of your own on each plan events cause, named for the audit log. A check
+    /// that panics refuses the plan.
     #[must_use]
     pub fn check(mut self, name: impl Into<String>, check: impl Fn(&Plan) -> Result<(), String> + Send + Sync + 'static) -> Self {
         self.checks.push((name.into(), Arc::new(check)));
@@ -166,7 +173,8 @@ impl EventPolicy {
             ));
         }
         for (name, check) in &self.checks {
-            check(plan).map_err(|e| format!("check '{name}': {e}"))?;
+            let verdict = crate::panic::catch(|| check(plan)).unwrap_or_else(|panic| Err(format!("it panicked: {panic}")));
+            verdict.map_err(|e| format!("check '{name}': {e}"))?;
         }
         Ok(())
     }
@@ -178,7 +186,8 @@ where
 {
     /// Runs `handler` for events whose kind matches `pattern` (exact, or a glob such as
     /// `traffic.*`). Handlers of one event run in the order registered, on the user
-    /// state; if any fails, the event changes nothing. Handlers must be functions of
+    /// state; if any fails or panics, the event changes nothing and is rejected (a panic
+    /// as `handler panicked: <message>`). Handlers must be functions of
     /// the event and `S` only: an event may be handled more than once (a redelivery
     /// before it was recorded, or a recheck when a batch breaks the policy).
     #[must_use]
@@ -202,8 +211,8 @@ where
         self
     }
 
-    /// A check of the user state after an event's handlers: an `Err` rejects the event,
-    /// which then changes nothing and is recorded as rejected.
+    /// A check of the user state after an event's handlers: an `Err` (or a panic) rejects
+    /// the event, which then changes nothing and is recorded as rejected.
     #[must_use]
     pub fn guard(mut self, name: impl Into<String>, guard: impl Fn(&S) -> Result<(), String> + Send + Sync + 'static) -> Self {
         self.events_mut().guards.push((name.into(), Arc::new(guard)));
@@ -223,7 +232,8 @@ where
     }
 
     /// Runs the handlers for `event` on `s`, then the guards. On a rejection `s` is left
-    /// as it was. Makes no cloud call and changes no state.
+    /// as it was: they run on a copy, so a handler or guard that panics rejects the event
+    /// and leaves nothing half-changed. Makes no cloud call and changes no state.
     pub fn handle_event(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
     where
         S: Clone,
@@ -239,7 +249,9 @@ where
         for (pattern, handler) in &rules.handlers {
             if let (true, HandlerFn::Sync(f)) = (pattern.matches(&event.kind), handler) {
                 matched = true;
-                f(event, &mut next).map_err(|e| Rejection::Handler(e.to_string()))?;
+                // `next` is a copy: what a panicking handler left half-changed is dropped.
+                let result = crate::panic::catch(|| f(event, &mut next)).map_err(handler_panicked)?;
+                result.map_err(|e| Rejection::Handler(e.to_string()))?;
             }
         }
         self.finish_handling(matched, next, s)
@@ -258,11 +270,15 @@ where
                 continue;
             }
             matched = true;
+            // `next` is a copy: what a panicking handler left half-changed is dropped.
             let result = match handler {
-                HandlerFn::Sync(f) => f(event, &mut next),
-                HandlerFn::Async(f) => f(event, &mut next).await,
+                HandlerFn::Sync(f) => crate::panic::catch(|| f(event, &mut next)),
+                HandlerFn::Async(f) => match crate::panic::catch(|| f(event, &mut next)) {
+                    Ok(future) => crate::panic::CatchUnwind(future).await,
+                    Err(message) => Err(message),
+                },
             };
-            result.map_err(|e| Rejection::Handler(e.to_string()))?;
+            result.map_err(handler_panicked)?.map_err(|e| Rejection::Handler(e.to_string()))?;
         }
         self.finish_handling(matched, next, s)
     }
@@ -272,7 +288,9 @@ where
             return Err(Rejection::Unhandled);
         }
         for (name, guard) in &self.events().guards {
-            guard(&next).map_err(|message| Rejection::Guard { guard: name.clone(), message })?;
+            let verdict = crate::panic::catch(|| guard(&next))
+                .unwrap_or_else(|panic| Err(format!("guard panicked: {panic}")));
+            verdict.map_err(|message| Rejection::Guard { guard: name.clone(), message })?;
         }
         *s = next;
         Ok(())
