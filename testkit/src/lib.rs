@@ -4,8 +4,15 @@
 //! project's `.venv` (installed by `scripts/local-aws install`, which the test command
 //! runs) or from the binary named by `CAIRN_MOTO_SERVER`. Tests never skip when moto is
 //! missing: they fail with how to install it.
+//!
+//! [`FaultProxy`] goes between a client and moto to inject faults (errors, throttling,
+//! dropped connections, lost answers) and to hold a call while a test kills its client.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
+
+pub mod proxy;
+
+pub use proxy::{is_mutating_action, Fault, FaultPlan, FaultProxy, FaultedCall, Holder, ProxyStats, Release};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
