@@ -587,7 +587,7 @@ impl<'a> Run<'a> {
                     StepOp::Update => {
                         let old = old.expect("an update has a resource in state");
                         let (id, old_inputs) = (old.id.clone(), old.inputs.clone());
-                        let pending = self.pending(change, PendingKind::Update, Some(&id));
+                        let pending = self.pending(change, PendingKind::Update, Some(&id), None);
                         Started::call(pending, timeouts.update, async move {
                             let obs = provider.update(&urn, &id, &old_inputs, &inputs).await.map_err(Failure::from)?;
                             Ok(StepEffect::Upsert { resource: into_state(obs, inputs) })
@@ -598,7 +598,7 @@ impl<'a> Run<'a> {
                         // a plain create as far as state goes.
                         let replaces = op == StepOp::CreateReplacement && !self.deleted[step.change];
                         let kind = if replaces { PendingKind::CreateReplacement } else { PendingKind::Create };
-                        let pending = self.pending(change, kind, None);
+                        let pending = self.pending(change, kind, None, Some(&inputs));
                         let effect = move |resource| if replaces { StepEffect::Replaced { resource } } else { StepEffect::Upsert { resource } };
                         Started::call(pending, timeouts.create, async move {
                             match provider.create(&urn, &inputs).await {
@@ -612,6 +612,7 @@ impl<'a> Run<'a> {
                                         id: Some(id.clone()),
                                         dependencies: Vec::new(),
                                         options: StoredOptions::default(),
+                                        inputs: Props::new(),
                                     };
                                     // What is known: its id. The read-back fills in the rest.
                                     let resource = into_state(Observed { id, inputs: Props::new(), outputs: Props::new() }, inputs);
@@ -650,7 +651,7 @@ impl<'a> Run<'a> {
                 let (id, inputs, outputs) = (old.id.clone(), old.inputs.clone(), old.outputs.clone());
                 let provider = provider.expect("checked before the apply started");
                 let kind = if step.op == StepOp::Delete { PendingKind::Delete } else { PendingKind::DeleteReplaced };
-                let pending = self.pending(change, kind, Some(&id));
+                let pending = self.pending(change, kind, Some(&id), None);
                 Started::call(pending, timeouts.delete, async move {
                     provider.delete(&urn, &id, &inputs, &outputs).await.map_err(Failure::from)?;
                     Ok(StepEffect::Removed { urn, id })
@@ -669,7 +670,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn pending(&self, change: &Change, kind: PendingKind, id: Option<&str>) -> PendingOperation {
+    /// What a step's begin record says is pending; `inputs` are a create's.
+    fn pending(&self, change: &Change, kind: PendingKind, id: Option<&str>, inputs: Option<&Props>) -> PendingOperation {
         let creates = matches!(kind, PendingKind::Create | PendingKind::CreateReplacement);
         PendingOperation {
             kind,
@@ -677,6 +679,7 @@ impl<'a> Run<'a> {
             id: id.map(str::to_owned),
             dependencies: if creates { change.dependencies.clone().unwrap_or_default() } else { Vec::new() },
             options: if creates { stored(change) } else { StoredOptions::default() },
+            inputs: inputs.cloned().unwrap_or_default(),
         }
     }
 

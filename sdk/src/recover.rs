@@ -107,7 +107,14 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                     pending_delete,
                 };
                 match found.next() {
-                    Some(obs) => {
+                    Some(mut obs) => {
+                        // Read back with the inputs it was created with, which keeps those the
+                        // cloud does not report (a look-up knows none).
+                        if !op.inputs.is_empty() {
+                            if let Some(read) = provider.read(&op.urn, &obs.id, &op.inputs, &obs.outputs).await.map_err(failed)? {
+                                obs = read;
+                            }
+                        }
                         let id = obs.id.clone();
                         adopt(&mut next, op, entry(obs, false));
                         let mut duplicates = Vec::new();

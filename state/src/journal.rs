@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{ResourceState, StateError, StoredOptions, Urn};
+use crate::{Props, ResourceState, StateError, StoredOptions, Urn};
 
 /// What a step was doing when it began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,10 @@ pub struct PendingOperation {
     /// For a create: its options, so an adopted resource stays protected or retained.
     #[serde(default, skip_serializing_if = "StoredOptions::is_default")]
     pub options: StoredOptions,
+    /// For a create: the inputs it was sent with. An adopted resource is read back with
+    /// them, so that inputs the cloud does not report are kept, not taken for drift.
+    #[serde(default, skip_serializing_if = "Props::is_empty")]
+    pub inputs: Props,
 }
 
 /// How a step ended, as far as state is concerned.

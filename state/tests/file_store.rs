@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+mod common;
+
 use cairn_state::{
     FileStore, JournalRecord, PendingKind, PendingOperation, Props, ResourceState, StackState, StateError, StepEffect, Store,
     StoredOptions, Urn,
@@ -133,6 +135,7 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
             id: id.map(Into::into),
             dependencies: vec![],
             options: StoredOptions::default(),
+            inputs: Default::default(),
         },
     };
     journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 4}) }).await.unwrap();
@@ -245,4 +248,19 @@ async fn locations_pick_a_store() {
     assert!(cairn_state::open("some/dir").await.is_ok());
     let err = cairn_state::open("ftp://x").await.unwrap_err();
     assert_eq!(err.to_string(), "unsupported state location 'ftp://x': use a directory path, file://PATH or s3://BUCKET/PREFIX");
+}
+
+/// A process writing the file store is SIGKILLed at many moments, inside its commit
+/// (temporary file, fsync, rename) among them: see `common::killed_writer`.
+#[tokio::test]
+async fn a_writer_killed_at_any_moment_leaves_a_state_that_loads_whole() {
+    const TEST: &str = "a_writer_killed_at_any_moment_leaves_a_state_that_loads_whole";
+    const DIR: &str = "CAIRN_TEST_KILLED_WRITER_DIR";
+    if common::killed_writer::is_child() {
+        let dir = std::env::var(DIR).unwrap();
+        return common::killed_writer::write_until_killed(&FileStore::new(dir)).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    common::killed_writer::kill_and_check(&store, TEST, &[(DIR, tmp.path().display().to_string())]).await;
 }

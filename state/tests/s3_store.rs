@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 use cairn_state::{JournalRecord, Props, ResourceState, S3Store, StackState, StateError, StepEffect, Store, StoredOptions, Urn};
 use serde_json::json;
 
@@ -122,4 +124,16 @@ async fn unlocking_leaves_a_lock_another_process_took_after_a_forced_unlock() {
     assert_eq!(holder.token, second.info.token);
     store.unlock(second).await.unwrap();
     assert!(store.lock_holder("dev").await.unwrap().is_none());
+}
+
+/// A process writing the S3 store is SIGKILLed at many moments: see `common::killed_writer`.
+#[tokio::test]
+async fn a_writer_killed_at_any_moment_leaves_a_state_that_loads_whole() {
+    const TEST: &str = "a_writer_killed_at_any_moment_leaves_a_state_that_loads_whole";
+    if common::killed_writer::is_child() {
+        // The child: the parent set up the endpoint and the bucket.
+        return common::killed_writer::write_until_killed(&S3Store::from_env("killed-writer", "stacks").await).await;
+    }
+    let store = store("killed-writer").await;
+    common::killed_writer::kill_and_check(&store, TEST, &[]).await;
 }

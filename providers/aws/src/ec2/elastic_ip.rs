@@ -9,7 +9,7 @@ use cairn_sdk::schema::{Default, Property, ResourceType};
 use cairn_sdk::{typed_handle, CheckFailure, Decl, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{observed_tags, retag, tag_spec, urn_filter};
+use super::{observed_tags, retag, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, code};
 use crate::kind::{Clients, Kind};
 
@@ -139,7 +139,7 @@ impl Kind for ElasticIpKind {
         let out =
             aws.ec2.describe_addresses().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up Elastic IPs", e, hint))?;
         let mut found = Vec::new();
-        for a in out.addresses() {
+        for a in out.addresses().iter().filter(|a| tagged_with(a.tags(), urn)) {
             if let Some(id) = a.allocation_id() {
                 found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }

@@ -9,7 +9,7 @@ use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{typed_handle, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{observed_tags, retag, tag_spec, urn_filter};
+use super::{observed_tags, retag, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, code};
 use crate::kind::{finish, Clients, Kind};
 
@@ -170,7 +170,7 @@ impl Kind for InternetGatewayKind {
             .await
             .map_err(|e| aws_error(urn, "looking up internet gateways", e, hint))?;
         let mut found = Vec::new();
-        for g in out.internet_gateways() {
+        for g in out.internet_gateways().iter().filter(|g| tagged_with(g.tags(), urn)) {
             if let Some(id) = g.internet_gateway_id() {
                 found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }

@@ -13,7 +13,7 @@ use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{canonical_set, check_ids, client_token, declared_items, observed_tags, retag, set_diff, set_items, tag_spec, urn_filter};
+use super::{canonical_set, check_ids, client_token, declared_items, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, code, who};
 use crate::kind::{Clients, Kind};
 
@@ -325,7 +325,7 @@ impl Kind for LaunchTemplateKind {
             .await
             .map_err(|e| aws_error(urn, "looking up launch templates", e, |_| None))?;
         let mut found = Vec::new();
-        for t in out.launch_templates() {
+        for t in out.launch_templates().iter().filter(|t| tagged_with(t.tags(), urn)) {
             if let Some(id) = t.launch_template_id() {
                 found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }

@@ -101,6 +101,14 @@ pub(crate) fn urn_filter(urn: &Urn) -> Filter {
     Filter::builder().name(format!("tag:{}", tags::URN)).values(urn.as_str()).build()
 }
 
+/// Whether `found` carries the `cairn:urn` tag of `urn`. A look-up checks what
+/// [`urn_filter`] returned: an endpoint that ignores the filter (the local AWS does for
+/// NAT gateways) would otherwise hand back every resource of the kind.
+pub(crate) fn tagged_with(found: &[Tag], urn: &Urn) -> bool {
+    let pairs: Vec<(String, String)> = found.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect();
+    tags::is_tagged(urn, pairs.iter().map(|(k, v)| (k, v)))
+}
+
 /// Checks an IPv4 CIDR input with a prefix from `min` to `max` bits.
 pub(crate) fn check_cidr(decl: &cairn_sdk::Decl, key: &str, min: u8, max: u8, out: &mut Vec<CheckFailure>) {
     if let Some(v) = decl.value(key) {

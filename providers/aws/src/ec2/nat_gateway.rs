@@ -16,7 +16,7 @@ use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{typed_handle, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{client_token, observed_tags, retag, tag_spec, urn_filter};
+use super::{client_token, observed_tags, retag, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, code, who};
 use crate::kind::{Clients, Kind};
 use crate::wait::{until, Poll};
@@ -220,6 +220,6 @@ impl Kind for NatGatewayKind {
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         let out =
             aws.ec2.describe_nat_gateways().filter(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up NAT gateways", e, hint))?;
-        Ok(out.nat_gateways().iter().filter(|n| !is_gone(n.state())).filter_map(|n| Some(observe(urn, n.nat_gateway_id()?, n))).collect())
+        Ok(out.nat_gateways().iter().filter(|n| tagged_with(n.tags(), urn) && !is_gone(n.state())).filter_map(|n| Some(observe(urn, n.nat_gateway_id()?, n))).collect())
     }
 }

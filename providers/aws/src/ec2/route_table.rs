@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{
     canonical_set, check_ids, client_token, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec,
-    urn_filter,
+    tagged_with, urn_filter,
 };
 use crate::error::{aws_error, code, who};
 use crate::kind::{finish, Clients, Kind};
@@ -455,6 +455,6 @@ impl Kind for RouteTableKind {
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         let out =
             aws.ec2.describe_route_tables().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up route tables", e, hint))?;
-        Ok(out.route_tables().iter().filter_map(|rt| Some(observe(urn, rt.route_table_id()?, rt))).collect())
+        Ok(out.route_tables().iter().filter(|rt| tagged_with(rt.tags(), urn)).filter_map(|rt| Some(observe(urn, rt.route_table_id()?, rt))).collect())
     }
 }

@@ -17,7 +17,7 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, 
 use serde_json::Value;
 
 use super::{
-    canonical_set, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec, urn_filter,
+    canonical_set, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter,
 };
 use crate::error::{aws_error, code};
 use crate::kind::{finish, Clients, Kind};
@@ -550,7 +550,7 @@ impl Kind for SecurityGroupKind {
             .await
             .map_err(|e| aws_error(urn, "looking up security groups", e, |_| None))?;
         let mut found = Vec::new();
-        for g in out.security_groups() {
+        for g in out.security_groups().iter().filter(|g| tagged_with(g.tags(), urn)) {
             if let Some(id) = g.group_id() {
                 found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }

@@ -9,7 +9,7 @@ use cairn_sdk::schema::{Default, Property, ResourceType};
 use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{check_cidr, observed_tags, retag, tag_spec, urn_filter};
+use super::{check_cidr, observed_tags, retag, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, code, who};
 use crate::kind::{finish, Clients, Kind};
 
@@ -214,7 +214,7 @@ impl Kind for SubnetKind {
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         let out = aws.ec2.describe_subnets().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up subnets", e, hint))?;
         let mut found = Vec::new();
-        for s in out.subnets() {
+        for s in out.subnets().iter().filter(|s| tagged_with(s.tags(), urn)) {
             if let Some(id) = s.subnet_id() {
                 found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }

@@ -9,7 +9,7 @@ use cairn_sdk::schema::{Default, Property, ResourceType};
 use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use super::{check_cidr, observed_tags, retag, tag_spec, urn_filter};
+use super::{check_cidr, observed_tags, retag, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, code};
 use crate::kind::{finish, Clients, Kind};
 
@@ -207,7 +207,7 @@ impl Kind for VpcKind {
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         let out = aws.ec2.describe_vpcs().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up VPCs", e, hint))?;
         let mut found = Vec::new();
-        for vpc in out.vpcs() {
+        for vpc in out.vpcs().iter().filter(|v| tagged_with(v.tags(), urn)) {
             if let Some(id) = vpc.vpc_id() {
                 found.extend(self.read(aws, urn, id, &Props::new()).await?);
             }

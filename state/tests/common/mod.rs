@@ -1,0 +1,3 @@
+//! What the store tests share.
+
+pub mod killed_writer;

@@ -1,0 +1,416 @@
+//! Trust under cloud faults: the ecommerce stack against the local AWS through the fault
+//! proxy (`cairn_testkit::FaultProxy`), which fails mutating calls the way a real cloud
+//! does: 500s before and after acting, throttling, reset connections, answers lost after
+//! the call took effect. And `kill -9` of the example's binary while a call is in flight.
+//!
+//! After each run, an `up` without faults must converge, and the cloud must hold exactly
+//! the resources state records: counted with each service's own API by the `cairn:stack`
+//! tag, not through the provider under test.
+//!
+//! One moto and one proxy serve the whole binary. Calls are faulted in the order they
+//! reach the proxy, so the tests that fault calls take turns (`TURN`), and each uses its
+//! own stack names.
+
+#[path = "../examples/ecommerce/shop.rs"]
+#[allow(dead_code)]
+mod shop;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use cairn::StackState;
+use cairn_testkit::{Fault, FaultPlan, FaultProxy, Release};
+use shop::Shop;
+
+/// The proxy in front of this binary's moto.
+fn proxy() -> &'static FaultProxy {
+    static PROXY: OnceLock<FaultProxy> = OnceLock::new();
+    PROXY.get_or_init(|| {
+        let moto = cairn_testkit::moto();
+        moto.configure_env();
+        // The local AWS never finishes an ElastiCache delete: wait 3 s for it, not 30 min.
+        std::env::set_var("CAIRN_AWS_WAIT_TIMEOUT", "3");
+        FaultProxy::start(moto.endpoint())
+    })
+}
+
+/// The tests that fault calls or hold them take turns at the proxy.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An SDK configuration for `endpoint`, with the SDK's standard retries (short backoff,
+/// to keep the test quick) or none.
+async fn sdk_config(endpoint: &str, sdk_retries: bool) -> SdkConfig {
+    let retries = if sdk_retries {
+        RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(20))
+    } else {
+        RetryConfig::disabled()
+    };
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("test", "test", None, None, "faults"))
+        .retry_config(retries)
+        .load()
+        .await
+}
+
+/// What the cloud holds for one stack, found by its `cairn:stack` tag with each
+/// service's own API: `(cairn:urn tag, id)` pairs. Only the kinds Cairn manages: the
+/// instances an Auto Scaling group launches carry its tags too, and are its business.
+async fn cloud_of(stack: &str) -> BTreeSet<(String, String)> {
+    let config = sdk_config(&cairn_testkit::moto().endpoint(), true).await;
+    let mut found = BTreeSet::new();
+
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    use aws_sdk_ec2::types::{Filter, ResourceType};
+    let tagged = ec2
+        .describe_tags()
+        .filters(Filter::builder().name("key").values("cairn:stack").build())
+        .filters(Filter::builder().name("value").values(stack).build())
+        .send()
+        .await
+        .unwrap();
+    // NAT gateways and Elastic IPs are counted below with their own describe calls.
+    let managed = [
+        ResourceType::Vpc,
+        ResourceType::Subnet,
+        ResourceType::InternetGateway,
+        ResourceType::SecurityGroup,
+        ResourceType::RouteTable,
+        ResourceType::LaunchTemplate,
+    ];
+    let ids: Vec<String> = tagged
+        .tags()
+        .iter()
+        .filter(|t| t.resource_type().is_some_and(|r| managed.contains(r)))
+        .filter_map(|t| t.resource_id().map(str::to_owned))
+        .collect();
+    if !ids.is_empty() {
+        let urns = ec2
+            .describe_tags()
+            .filters(Filter::builder().name("key").values("cairn:urn").build())
+            .filters(Filter::builder().name("resource-id").set_values(Some(ids.clone())).build())
+            .send()
+            .await
+            .unwrap();
+        for t in urns.tags() {
+            if let (Some(id), Some(urn)) = (t.resource_id(), t.value()) {
+                found.insert((urn.to_owned(), id.to_owned()));
+            }
+        }
+    }
+    let ec2_tag = |tags: &[aws_sdk_ec2::types::Tag], key: &str| {
+        tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned)
+    };
+    for n in ec2.describe_nat_gateways().send().await.unwrap().nat_gateways() {
+        // A deleted or failed NAT gateway stays visible for a while, tags and all.
+        use aws_sdk_ec2::types::NatGatewayState::{Deleted, Failed};
+        if ec2_tag(n.tags(), "cairn:stack").as_deref() == Some(stack) && !matches!(n.state(), Some(Deleted | Failed)) {
+            found.insert((ec2_tag(n.tags(), "cairn:urn").unwrap_or_default(), n.nat_gateway_id().unwrap_or_default().to_owned()));
+        }
+    }
+    for a in ec2.describe_addresses().send().await.unwrap().addresses() {
+        if ec2_tag(a.tags(), "cairn:stack").as_deref() == Some(stack) {
+            found.insert((ec2_tag(a.tags(), "cairn:urn").unwrap_or_default(), a.allocation_id().unwrap_or_default().to_owned()));
+        }
+    }
+
+    let asg = aws_sdk_autoscaling::Client::new(&config);
+    for g in asg.describe_auto_scaling_groups().send().await.unwrap().auto_scaling_groups() {
+        let tag = |k: &str| g.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_owned);
+        if tag("cairn:stack").as_deref() == Some(stack) {
+            found.insert((tag("cairn:urn").unwrap_or_default(), g.auto_scaling_group_name().unwrap_or_default().to_owned()));
+        }
+    }
+
+    let cache = aws_sdk_elasticache::Client::new(&config);
+    let tags_of = |arn: String| {
+        let cache = cache.clone();
+        async move {
+            let out = cache.list_tags_for_resource().resource_name(arn).send().await.unwrap();
+            out.tag_list().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect::<BTreeMap<_, _>>()
+        }
+    };
+    for g in cache.describe_replication_groups().send().await.unwrap().replication_groups() {
+        if g.status() == Some("deleting") {
+            continue;
+        }
+        let tags = tags_of(g.arn().unwrap_or_default().to_owned()).await;
+        if tags.get("cairn:stack").map(String::as_str) == Some(stack) {
+            found.insert((tags["cairn:urn"].clone(), g.replication_group_id().unwrap_or_default().to_owned()));
+        }
+    }
+    for g in cache.describe_cache_subnet_groups().send().await.unwrap().cache_subnet_groups() {
+        let tags = tags_of(g.arn().unwrap_or_default().to_owned()).await;
+        if tags.get("cairn:stack").map(String::as_str) == Some(stack) {
+            found.insert((tags["cairn:urn"].clone(), g.cache_subnet_group_name().unwrap_or_default().to_owned()));
+        }
+    }
+
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    for url in sqs.list_queues().max_results(1000).send().await.unwrap().queue_urls() {
+        let tags = sqs.list_queue_tags().queue_url(url).send().await.unwrap().tags().cloned().unwrap_or_default();
+        if tags.get("cairn:stack").map(String::as_str) == Some(stack) {
+            found.insert((tags["cairn:urn"].clone(), queue_path(url)));
+        }
+    }
+    found
+}
+
+/// A queue URL without its host: the local AWS writes into each URL the host the
+/// request came to (the proxy, or moto itself).
+fn queue_path(url: &str) -> String {
+    url.splitn(4, '/').nth(3).unwrap_or(url).to_owned()
+}
+
+/// How the cloud compares with state: resources in the cloud that state does not
+/// know, URNs with more than one live copy, and resources state records that are gone.
+#[derive(Debug, Default, PartialEq)]
+struct Comparison {
+    orphans: Vec<(String, String)>,
+    duplicates: Vec<String>,
+    missing: Vec<(String, String)>,
+}
+
+async fn compare(state: &StackState) -> Comparison {
+    let cloud = cloud_of(&state.stack).await;
+    let recorded: BTreeSet<(String, String)> = state
+        .resources
+        .iter()
+        .map(|r| (r.urn.to_string(), if r.ty == "aws:sqs:Queue" { queue_path(&r.id) } else { r.id.clone() }))
+        .collect();
+    let mut copies: BTreeMap<&str, usize> = BTreeMap::new();
+    for (urn, _) in &cloud {
+        *copies.entry(urn).or_default() += 1;
+    }
+    Comparison {
+        orphans: cloud.difference(&recorded).cloned().collect(),
+        duplicates: copies.into_iter().filter(|(_, n)| *n > 1).map(|(u, _)| u.to_owned()).collect(),
+        missing: recorded.difference(&cloud).cloned().collect(),
+    }
+}
+
+/// The number of resources of each type in state, for the summary.
+fn types(state: &StackState) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for r in &state.resources {
+        *n.entry(r.ty.clone()).or_default() += 1;
+    }
+    n
+}
+
+fn trials() -> u64 {
+    std::env::var("CAIRN_CHAOS_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+}
+
+fn base_seed() -> u64 {
+    std::env::var("CAIRN_CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20_261_204)
+}
+
+/// Many seeded runs of the shop's `up` at 25% faults on mutating calls, half with the
+/// SDK's retries and half without; each followed by an `up` without faults, which must
+/// converge, after which the cloud holds exactly what state says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_no_duplicate_no_orphan_every_stack_converges() {
+    let proxy = proxy();
+    let _turn = TURN.lock().await;
+    let (mut faults, mut duplicates, mut orphans, mut unconverged) = (0u64, 0usize, 0usize, 0usize);
+    let mut by_kind: BTreeMap<Fault, u64> = BTreeMap::new();
+    let trials = trials();
+    for trial in 0..trials {
+        let seed = base_seed() + trial;
+        let sdk_retries = trial % 2 == 0;
+        let name = format!("chaos-{seed}-{}", if sdk_retries { "retries" } else { "once" });
+        let dir = tempfile::tempdir().unwrap();
+        let store = cairn::state::open(&format!("file://{}", dir.path().display())).await.unwrap();
+
+        proxy.reset_stats();
+        proxy.set_plan(FaultPlan::random(seed, 0.25, Fault::ALL.to_vec()));
+        let faulty = shop::stack(&name, cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), sdk_retries).await));
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            let mut session = faulty.lock(store.clone(), "up").await.unwrap();
+            match session.up(&Shop::default()).await {
+                Ok(report) => errors.extend(report.failures().map(|f| format!("{} {:?}: {:?}", f.urn, f.op, f.status))),
+                Err(e) => errors.push(e.to_string()),
+            }
+            errors.extend(session.recovered().iter().map(|r| format!("recovered: {r}")));
+            session.close().await.unwrap();
+        }
+        let stats = proxy.stats();
+        proxy.set_plan(FaultPlan::none());
+        faults += stats.total_faults();
+        for (k, n) in &stats.faults {
+            *by_kind.entry(*k).or_default() += n;
+        }
+
+        let clean = shop::stack(&name, cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), true).await));
+        let mut session = clean.lock(store.clone(), "up").await.unwrap();
+        // Converged: the up succeeds, nothing is left to do, and the whole shop (20
+        // resources) is in state.
+        let converged = match session.up(&Shop::default()).await {
+            Ok(report) if report.succeeded() => !session.preview(&Shop::default()).unwrap().has_changes(),
+            Ok(report) => {
+                eprintln!("trial {trial} (seed {seed}): the clean up failed: {:?}", report.failures().collect::<Vec<_>>());
+                false
+            }
+            Err(e) => {
+                eprintln!("trial {trial} (seed {seed}): the clean up failed: {e}");
+                false
+            }
+        };
+        let state = session.state().clone();
+        session.close().await.unwrap();
+        let converged = converged && state.resources.len() == 20;
+        let found = compare(&state).await;
+        eprintln!(
+            "trial {trial} seed {seed} sdk_retries={sdk_retries}: {} faults {:?}, {} step errors under faults, converged={converged}, state {:?}, cloud vs state {:?}",
+            stats.total_faults(),
+            stats.faults,
+            errors.len(),
+            types(&state),
+            found
+        );
+        if !converged || found != Comparison::default() {
+            eprintln!("trial {trial} under faults:\n  {}", errors.join("\n  "));
+        }
+        if !converged || !found.missing.is_empty() {
+            unconverged += 1;
+        }
+        duplicates += found.duplicates.len();
+        orphans += found.orphans.len();
+    }
+    println!("CHAOS trials={trials} faults={faults} duplicates={duplicates} orphans={orphans} unconverged={unconverged}");
+    println!("CHAOS faults by kind: {by_kind:?}");
+    assert!(faults >= trials * 5, "the proxy injected too few faults to mean anything: {faults}");
+    assert_eq!((duplicates, orphans, unconverged), (0, 0, 0), "see the trial lines above");
+}
+
+// --- kill -9 -------------------------------------------------------------------------
+
+/// `target/<profile>/examples/ecommerce`, next to this test's own `deps/` directory.
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("examples").join("ecommerce");
+    assert!(bin.exists(), "{} is missing: `cargo test` builds the examples first, but not when one `--test` is named; run `cargo build --example ecommerce`", bin.display());
+    bin
+}
+
+/// The example's command line for stack `name` with its state in `dir`, reaching AWS
+/// through the proxy.
+fn ecommerce(name: &str, dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(example_binary());
+    cmd.args(["--stack", name, "--state", &format!("file://{}", dir.display())])
+        .args(args)
+        .env("AWS_ENDPOINT_URL", proxy().endpoint())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run(name: &str, dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = ecommerce(name, dir, args).output().unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+async fn state_of(name: &str, dir: &std::path::Path) -> StackState {
+    let store = cairn::state::open(&format!("file://{}", dir.display())).await.unwrap();
+    store.load(name).await.unwrap().unwrap_or_else(|| StackState::new(name))
+}
+
+/// Starts `args` and kills it with SIGKILL while its `n`-th mutating call is held at the
+/// proxy; then the held call is forwarded (it takes effect after the death: the answer
+/// is lost with the process) or dropped. Returns the action that was in flight.
+fn kill_at(name: &str, dir: &std::path::Path, args: &[&str], n: u32, release: Release) -> Option<String> {
+    let mut holder = proxy().hold_nth_mutating(n);
+    let mut child = ecommerce(name, dir, args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let held = holder.wait(Duration::from_secs(60));
+    child.kill().unwrap(); // SIGKILL on Unix: no destructor, no unlock, no commit.
+    child.wait().unwrap();
+    holder.release(release);
+    held
+}
+
+/// `up` killed at many points, the call in flight taking effect or not: the next `up`
+/// (after `state unlock`, as a user would after a crash) converges, and the cloud holds
+/// exactly what state says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_up_at_many_points_then_up_converges_exactly() {
+    let _turn = TURN.lock().await;
+    // The shop's first up makes 20 resources in about 50 mutating calls.
+    let points: [(u32, Release); 8] = [
+        (1, Release::Forward),
+        (3, Release::Drop),
+        (7, Release::Forward),
+        (12, Release::Forward),
+        (18, Release::Drop),
+        (25, Release::Forward),
+        (33, Release::Forward),
+        (42, Release::Drop),
+    ];
+    let mut summary = Vec::new();
+    for (n, release) in points {
+        let name = format!("kill-up-{n}");
+        let dir = tempfile::tempdir().unwrap();
+        proxy().set_plan(FaultPlan::none());
+        let held = kill_at(&name, dir.path(), &["up", "--yes"], n, release);
+        let Some(action) = held else {
+            // The up finished before its n-th mutating call: the point is past its end.
+            summary.push(format!("{n}: past the end"));
+            continue;
+        };
+        // The lock outlives the killed process; a person runs `state unlock`.
+        let (code, text) = run(&name, dir.path(), &["state", "unlock"]);
+        assert_eq!(code, 0, "state unlock after kill at {n} ({action}): {text}");
+        let (code, text) = run(&name, dir.path(), &["up", "--yes"]);
+        assert_eq!(code, 0, "up after kill at call {n} ({action}, {release:?}):\n{text}");
+        let (code, text) = run(&name, dir.path(), &["preview", "--expect-no-changes"]);
+        assert_eq!(code, 0, "converged after kill at {n} ({action}): {text}");
+        let state = state_of(&name, dir.path()).await;
+        assert_eq!(state.resources.len(), 20);
+        assert_eq!(compare(&state).await, Comparison::default(), "kill at call {n} ({action}, {release:?})");
+        summary.push(format!("{n}: {action} {release:?}"));
+    }
+    println!("KILL up points: {}", summary.join(", "));
+    assert!(summary.iter().filter(|s| !s.contains("past the end")).count() >= 6, "most kill points were reached: {summary:?}");
+}
+
+/// An event's apply killed while it creates (a sale starts: two queues and a group) and
+/// while it deletes (the sale ends): the event was recorded before the first call, so
+/// the next `up` converges to the state it produced, and the cloud matches state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_an_events_creates_and_deletes_then_up_converges_exactly() {
+    let _turn = TURN.lock().await;
+    let name = "kill-events";
+    let dir = tempfile::tempdir().unwrap();
+    proxy().set_plan(FaultPlan::none());
+    let (code, text) = run(name, dir.path(), &["up", "--yes"]);
+    assert_eq!(code, 0, "{text}");
+
+    let points: [(&str, u32, Release, usize); 4] = [
+        ("sale.started", 2, Release::Forward, 23),
+        ("sale.ended", 1, Release::Forward, 20),
+        ("sale.started", 3, Release::Drop, 23),
+        ("sale.ended", 2, Release::Drop, 20),
+    ];
+    for (event, n, release, resources) in points {
+        let held = kill_at(name, dir.path(), &["emit", event, "--yes"], n, release);
+        let action = held.unwrap_or_else(|| panic!("emit {event} made fewer than {n} mutating calls"));
+        let (code, text) = run(name, dir.path(), &["state", "unlock"]);
+        assert_eq!(code, 0, "{text}");
+        let (code, text) = run(name, dir.path(), &["up", "--yes"]);
+        assert_eq!(code, 0, "up after emit {event} was killed at call {n} ({action}, {release:?}):\n{text}");
+        let (code, text) = run(name, dir.path(), &["preview", "--expect-no-changes"]);
+        assert_eq!(code, 0, "{text}");
+        let state = state_of(name, dir.path()).await;
+        assert_eq!(state.user_state["flash_sale"], serde_json::json!(event == "sale.started"), "the event was recorded before its apply");
+        assert_eq!(state.resources.len(), resources, "after emit {event} killed at {n} ({action})");
+        assert_eq!(compare(&state).await, Comparison::default(), "after emit {event} killed at {n} ({action}, {release:?})");
+    }
+}
