@@ -464,3 +464,83 @@ async fn kill_9_during_destroy_at_many_points_then_destroy_leaves_nothing_unknow
         assert!(!left.contains("aws:autoscaling:Group") && !left.contains("aws:sqs:Queue"), "what can be deleted is: {left:?}");
     }
 }
+
+/// `watch` killed while it takes in an event from its SQS queue: at its first or second
+/// AWS change after receiving the message (deleting it once recorded, changing the web
+/// group), the call in flight forwarded after the death or dropped.
+/// The message comes back; a new `watch` applies the event, exactly once, and deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_watch_takes_in_an_sqs_event_then_it_is_applied_exactly_once() {
+    let _turn = TURN.lock().await;
+    let config = sdk_config(&cairn_testkit::moto().endpoint(), true).await;
+    let (sqs, asg) = (aws_sdk_sqs::Client::new(&config), aws_sdk_autoscaling::Client::new(&config));
+    // The message's deletion (once the event is recorded) and the group's change race:
+    // either may be the first call, so the points are the first and the second.
+    let points = [(1, Release::Forward, 2600, 6), (1, Release::Drop, 4100, 9), (2, Release::Forward, 1400, 3), (2, Release::Drop, 3100, 7)];
+    for (round, (n, release, rps, capacity)) in points.into_iter().enumerate() {
+        // A stack and queue of their own per point.
+        let name = format!("kill-intake-{round}");
+        let dir = tempfile::tempdir().unwrap();
+        proxy().set_plan(FaultPlan::none());
+        let (code, text) = run(&name, dir.path(), &["up", "--yes"]);
+        assert_eq!(code, 0, "{text}");
+        let state = state_of(&name, dir.path()).await;
+        let queue = state.resources.iter().find(|r| r.urn.name() == shop::EVENTS_QUEUE).unwrap().id.clone();
+        let group = state.resources.iter().find(|r| r.ty == "aws:autoscaling:Group").unwrap().id.clone();
+        // Messages come back 2 s after a crash, not 60.
+        let watch = || ecommerce(&name, dir.path(), &["watch", "--listen", "127.0.0.1:0"]).env("CAIRN_SQS_VISIBILITY", "2").spawn().unwrap();
+
+        let id = format!("intake-{round}");
+        let body = serde_json::json!({"kind": "traffic.spike", "id": id, "payload": {"requests_per_second": rps}});
+        sqs.send_message().queue_url(&queue).message_body(body.to_string()).send().await.unwrap();
+        let mut holder = proxy().hold_nth_mutating(n);
+        let mut first = watch();
+        let Some(action) = holder.wait(Duration::from_secs(60)) else {
+            first.kill().unwrap();
+            let out = first.wait_with_output().unwrap();
+            let attrs = sqs.get_queue_attributes().queue_url(&queue).attribute_names(aws_sdk_sqs::types::QueueAttributeName::All).send().await.unwrap();
+            panic!(
+                "watch made fewer than {n} AWS changes ({:?}; queue {:?}):\n{}{}",
+                proxy().stats(),
+                attrs.attributes(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        first.kill().unwrap(); // SIGKILL
+        first.wait().unwrap();
+        holder.release(release);
+        let (code, text) = run(&name, dir.path(), &["state", "unlock"]);
+        assert_eq!(code, 0, "{text}");
+
+        let second = watch();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let state = state_of(&name, dir.path()).await;
+            let attrs = sqs
+                .get_queue_attributes()
+                .queue_url(&queue)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+                .send()
+                .await
+                .unwrap();
+            let count = |a: &str| attrs.attributes().and_then(|m| m.iter().find(|(k, _)| k.as_str() == a)).map_or(0, |(_, v)| v.parse::<u32>().unwrap());
+            let queued = count("ApproximateNumberOfMessages") + count("ApproximateNumberOfMessagesNotVisible");
+            let group = asg.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.unwrap();
+            let desired = group.auto_scaling_groups()[0].desired_capacity();
+            let recorded = state.user_state["web_capacity"] == serde_json::json!(capacity) && state.pending.is_empty();
+            if recorded && desired == Some(capacity as i32) && queued == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "event {id} (watch killed at {action}) not applied and deleted within 90 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Its work is checked; a clean stop is the e2e test's business.
+        let mut second = second;
+        second.kill().unwrap();
+        second.wait().unwrap();
+        let state = state_of(&name, dir.path()).await;
+        assert_eq!(state.processed_events.iter().filter(|e| e.ends_with(&id)).count(), 1, "{id} recorded once: {:?}", state.processed_events);
+        assert_eq!(compare(&state).await, Comparison::default());
+    }
+}

@@ -90,9 +90,16 @@ impl EventSource {
 
     /// A source reading the queue at `queue_url`, with a client configured from the
     /// standard AWS chain (environment, profile, IMDS; `AWS_ENDPOINT_URL` is honoured).
+    /// `CAIRN_SQS_VISIBILITY` (whole seconds), if set, is the
+    /// [visibility extension](Self::visibility_extension): how soon a message comes
+    /// back after the process that received it died.
     pub async fn from_env(queue_url: impl Into<String>) -> Self {
         let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Self::new(Client::new(&config), queue_url)
+        let source = Self::new(Client::new(&config), queue_url);
+        match std::env::var("CAIRN_SQS_VISIBILITY").ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(seconds) => source.visibility_extension(Duration::from_secs(seconds)),
+            None => source,
+        }
     }
 
     /// How long a received message stays invisible to other consumers while the
