@@ -4,32 +4,24 @@ use async_trait::async_trait;
 use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
 use cairn_sdk::{Observed, Props, ProviderError, Urn};
 
-/// The service clients, one per enabled feature.
-///
-/// Two of each: the SDK retries calls of the first kind as its configuration says
-/// (reads, changes, deletes: a repeat finds the work done or answers with an error that
-/// the next run's read-back settles). Creates go through `once`, which never retries: a
-/// create whose answer was lost and that is sent again makes a second resource, unless
-/// the service deduplicates it, which only a few AWS creates do (by client token) and
-/// the local AWS does for none. Cairn settles such a create itself, by looking the
-/// resource up through its `cairn:urn` tag, set by the create call itself.
+/// The service clients, twice: `aws.ec2` and the like, which the SDK retries as its
+/// configuration says (reads, changes, deletes: a repeat finds the work done or answers
+/// with an error that the next run's read-back settles), and `aws.once.ec2`, which it
+/// never retries, for creates. A create whose answer was lost and that is sent again
+/// makes a second resource unless the service deduplicates it, which only a few AWS
+/// creates do (by client token) and the local AWS does for none. Cairn settles such a
+/// create itself, by looking the resource up through the `cairn:urn` tag the create call
+/// sets.
 #[derive(Debug, Clone)]
 pub(crate) struct Clients {
-    #[cfg(feature = "ec2")]
-    pub(crate) ec2: aws_sdk_ec2::Client,
-    #[cfg(feature = "sqs")]
-    pub(crate) sqs: aws_sdk_sqs::Client,
-    #[cfg(feature = "autoscaling")]
-    pub(crate) autoscaling: aws_sdk_autoscaling::Client,
-    #[cfg(feature = "elasticache")]
-    pub(crate) elasticache: aws_sdk_elasticache::Client,
+    retried: Services,
     /// The same services with the SDK's retries off: for creates.
-    pub(crate) once: SendOnce,
+    pub(crate) once: Services,
 }
 
-/// Clients whose calls the SDK sends exactly once: see [`Clients`].
+/// One client per enabled service.
 #[derive(Debug, Clone)]
-pub(crate) struct SendOnce {
+pub(crate) struct Services {
     #[cfg(feature = "ec2")]
     pub(crate) ec2: aws_sdk_ec2::Client,
     #[cfg(feature = "sqs")]
@@ -40,12 +32,10 @@ pub(crate) struct SendOnce {
     pub(crate) elasticache: aws_sdk_elasticache::Client,
 }
 
-impl Clients {
-    pub(crate) fn new(config: &aws_config::SdkConfig) -> Self {
+impl Services {
+    fn new(config: &aws_config::SdkConfig) -> Self {
         let _ = config;
-        #[cfg(any(feature = "ec2", feature = "sqs", feature = "autoscaling", feature = "elasticache"))]
-        let no_retries = aws_config::retry::RetryConfig::disabled;
-        Clients {
+        Services {
             #[cfg(feature = "ec2")]
             ec2: aws_sdk_ec2::Client::new(config),
             #[cfg(feature = "sqs")]
@@ -54,21 +44,22 @@ impl Clients {
             autoscaling: aws_sdk_autoscaling::Client::new(config),
             #[cfg(feature = "elasticache")]
             elasticache: aws_sdk_elasticache::Client::new(config),
-            once: SendOnce {
-                #[cfg(feature = "ec2")]
-                ec2: aws_sdk_ec2::Client::from_conf(aws_sdk_ec2::config::Builder::from(config).retry_config(no_retries()).build()),
-                #[cfg(feature = "sqs")]
-                sqs: aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(config).retry_config(no_retries()).build()),
-                #[cfg(feature = "autoscaling")]
-                autoscaling: aws_sdk_autoscaling::Client::from_conf(
-                    aws_sdk_autoscaling::config::Builder::from(config).retry_config(no_retries()).build(),
-                ),
-                #[cfg(feature = "elasticache")]
-                elasticache: aws_sdk_elasticache::Client::from_conf(
-                    aws_sdk_elasticache::config::Builder::from(config).retry_config(no_retries()).build(),
-                ),
-            },
         }
+    }
+}
+
+impl Clients {
+    pub(crate) fn new(config: &aws_config::SdkConfig) -> Self {
+        let once = config.to_builder().retry_config(aws_config::retry::RetryConfig::disabled()).build();
+        Clients { retried: Services::new(config), once: Services::new(&once) }
+    }
+}
+
+impl std::ops::Deref for Clients {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.retried
     }
 }
 
@@ -122,6 +113,7 @@ pub(crate) async fn finish<T>(id: &str, rest: impl std::future::Future<Output = 
 
 /// Copies into `observed` each of `keys` that it lacks and `recorded` has: inputs a read
 /// cannot see, kept as recorded rather than reported gone.
+#[cfg_attr(not(feature = "elasticache"), allow(dead_code))]
 pub(crate) fn keep_unreported(observed: &mut Props, recorded: &Props, keys: &[&str]) {
     for key in keys {
         if !observed.contains_key(key) {
