@@ -601,25 +601,22 @@ impl<'a> Run<'a> {
                         let pending = self.pending(change, kind, None, Some(&inputs));
                         let effect = move |resource| if replaces { StepEffect::Replaced { resource } } else { StepEffect::Upsert { resource } };
                         Started::call(pending, timeouts.create, async move {
-                            match provider.create(&urn, &inputs).await {
-                                Ok(obs) => Ok(effect(into_state(obs, inputs))),
-                                Err(e @ ProviderError::Incomplete { .. }) => {
-                                    let message = e.to_string();
-                                    let ProviderError::Incomplete { id, .. } = e else { unreachable!() };
-                                    let read_back = PendingOperation {
-                                        kind: PendingKind::Update,
-                                        urn: urn.clone(),
-                                        id: Some(id.clone()),
-                                        dependencies: Vec::new(),
-                                        options: StoredOptions::default(),
-                                        inputs: Props::new(),
-                                    };
-                                    // What is known: its id. The read-back fills in the rest.
-                                    let resource = into_state(Observed { id, inputs: Props::new(), outputs: Props::new() }, inputs);
-                                    Err(Failure { message, uncertain: false, created: Some((effect(resource), read_back)) })
-                                }
-                                Err(e) => Err(e.into()),
-                            }
+                            let e = match provider.create(&urn, &inputs).await {
+                                Ok(obs) => return Ok(effect(into_state(obs, inputs))),
+                                Err(e) => e,
+                            };
+                            let ProviderError::Incomplete { id, .. } = &e else { return Err(e.into()) };
+                            let read_back = PendingOperation {
+                                kind: PendingKind::Update,
+                                urn: urn.clone(),
+                                id: Some(id.clone()),
+                                dependencies: Vec::new(),
+                                options: StoredOptions::default(),
+                                inputs: Props::new(),
+                            };
+                            // What is known: its id. The read-back fills in the rest.
+                            let resource = into_state(Observed { id: id.clone(), inputs: Props::new(), outputs: Props::new() }, inputs);
+                            Err(Failure { message: e.to_string(), uncertain: false, created: Some((effect(resource), read_back)) })
                         })
                     }
                 }
