@@ -365,7 +365,7 @@ where
     /// single-threaded tokio runtime, and returns at once. An event's handlers, render,
     /// diff and the start of its apply then never wait behind other tasks nor move
     /// between cores: on a two-core machine this takes about a third off the time from
-    /// an event to the first provider call (see the README's performance notes). The
+    /// an event to the first provider call (see docs/performance.md). The
     /// apply's provider calls run on that runtime too. `watch` runs its reconciler so.
     ///
     /// `shutdown` is polled on the reconciler's thread: signal it with something that
