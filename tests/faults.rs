@@ -124,7 +124,8 @@ async fn cloud_of(stack: &str) -> BTreeSet<(String, String)> {
     let ec2_tag = |tags: &[aws_sdk_ec2::types::Tag], key: &str| {
         tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned)
     };
-    for n in ec2.describe_nat_gateways().send().await.unwrap().nat_gateways() {
+    let nats: Vec<_> = ec2.describe_nat_gateways().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for n in &nats {
         // A deleted or failed NAT gateway stays visible for a while, tags and all.
         use aws_sdk_ec2::types::NatGatewayState::{Deleted, Failed};
         if ec2_tag(n.tags(), "cairn:stack").as_deref() == Some(stack) && !matches!(n.state(), Some(Deleted | Failed)) {
@@ -138,7 +139,9 @@ async fn cloud_of(stack: &str) -> BTreeSet<(String, String)> {
     }
 
     let asg = aws_sdk_autoscaling::Client::new(&config);
-    for g in asg.describe_auto_scaling_groups().send().await.unwrap().auto_scaling_groups() {
+    // Every list is paged: the local AWS pages Auto Scaling groups by 50, as AWS does.
+    let groups: Vec<_> = asg.describe_auto_scaling_groups().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for g in &groups {
         let tag = |k: &str| g.tags().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_owned);
         if tag("cairn:stack").as_deref() == Some(stack) {
             found.insert((tag("cairn:urn").unwrap_or_default(), g.auto_scaling_group_name().unwrap_or_default().to_owned()));
@@ -153,7 +156,8 @@ async fn cloud_of(stack: &str) -> BTreeSet<(String, String)> {
             out.tag_list().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect::<BTreeMap<_, _>>()
         }
     };
-    for g in cache.describe_replication_groups().send().await.unwrap().replication_groups() {
+    let replication_groups: Vec<_> = cache.describe_replication_groups().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for g in &replication_groups {
         if g.status() == Some("deleting") {
             continue;
         }
@@ -162,7 +166,8 @@ async fn cloud_of(stack: &str) -> BTreeSet<(String, String)> {
             found.insert((tags["cairn:urn"].clone(), g.replication_group_id().unwrap_or_default().to_owned()));
         }
     }
-    for g in cache.describe_cache_subnet_groups().send().await.unwrap().cache_subnet_groups() {
+    let subnet_groups: Vec<_> = cache.describe_cache_subnet_groups().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for g in &subnet_groups {
         let tags = tags_of(g.arn().unwrap_or_default().to_owned()).await;
         if tags.get("cairn:stack").map(String::as_str) == Some(stack) {
             found.insert((tags["cairn:urn"].clone(), g.cache_subnet_group_name().unwrap_or_default().to_owned()));
@@ -170,7 +175,8 @@ async fn cloud_of(stack: &str) -> BTreeSet<(String, String)> {
     }
 
     let sqs = aws_sdk_sqs::Client::new(&config);
-    for url in sqs.list_queues().max_results(1000).send().await.unwrap().queue_urls() {
+    let urls: Vec<String> = sqs.list_queues().max_results(1000).into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for url in &urls {
         let tags = sqs.list_queue_tags().queue_url(url).send().await.unwrap().tags().cloned().unwrap_or_default();
         if tags.get("cairn:stack").map(String::as_str) == Some(stack) {
             found.insert((tags["cairn:urn"].clone(), queue_path(url)));
