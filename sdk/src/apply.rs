@@ -869,7 +869,15 @@ async fn journaled(
     let result = call.await;
     let effect = match &result {
         Ok(effect) => Some(effect.clone()),
-        Err(Failure { created: Some((effect, _)), .. }) => Some(effect.clone()),
+        Err(Failure { created: Some((effect, read_back)), .. }) => {
+            // The resource exists but is unfinished: that it must be read back is a step
+            // of its own, begun and never ended, as a crash would leave it. Written
+            // first: if it cannot be, the create stays pending (no end) and is settled by
+            // a look-up, never recorded as finished.
+            let read_step = (step.0, step.1 | 1 << 31);
+            let begun = journal.record(JournalRecord::Begin { base, step: read_step, op: read_back.clone() }).await;
+            begun.is_ok().then(|| effect.clone())
+        }
         Err(f) if !f.uncertain => Some(StepEffect::Nothing),
         Err(_) => None,
     };
@@ -878,11 +886,6 @@ async fn journaled(
         // written at the end of the apply records the truth, and a crash before it
         // is settled by a look-up, as for any pending step.
         let _ = journal.record(JournalRecord::End { base, step, effect }).await;
-    }
-    if let Err(Failure { created: Some((_, read_back)), .. }) = &result {
-        // The created resource is recorded; that it still needs reading back is a step
-        // begun and never ended, as a crash would leave it.
-        let _ = journal.record(JournalRecord::Begin { base, step, op: read_back.clone() }).await;
     }
     result
 }

@@ -103,7 +103,8 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                     inputs: obs.inputs,
                     outputs: obs.outputs,
                     dependencies: op.dependencies.clone(),
-                    options: op.options.clone(),
+                    // A copy is deleted, whatever the resource's own options say.
+                    options: if pending_delete { Default::default() } else { op.options.clone() },
                     pending_delete,
                 };
                 match found.next() {
@@ -133,7 +134,12 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                     continue;
                 };
                 let r = &next.resources[entry];
-                let read = provider.read(&op.urn, id, &r.inputs, &r.outputs).await.map_err(failed)?;
+                let mut read = provider.read(&op.urn, id, &r.inputs, &r.outputs).await.map_err(failed)?;
+                if read.is_none() {
+                    // Not found by its id may be a cloud that does not list a resource
+                    // made a moment ago yet: the look-up by tag has the last word.
+                    read = provider.lookup(&op.urn).await.map_err(failed)?.into_iter().find(|o| &o.id == id);
+                }
                 let exists = read.is_some();
                 match read {
                     Some(obs) => {

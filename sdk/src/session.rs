@@ -78,12 +78,14 @@ where
     /// recording the result. Call [`Session::close`] when done.
     pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
         let lock = store.lock(self.name(), operation).await?;
+        // Armed at once: opening settles pending operations through the providers.
+        let mut unlock_on_panic = UnlockOnPanic(Some((store.clone(), lock.clone())));
         match self.open_locked(&*store, &lock).await {
             Ok((state, recovered)) => {
-                let unlock_on_panic = UnlockOnPanic(Some((store.clone(), lock.clone())));
                 Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None, journaled_events: 0, runtime_hold: None, unlock_on_panic })
             }
             Err(e) => {
+                unlock_on_panic.0 = None;
                 let _ = store.unlock(lock).await;
                 Err(e)
             }

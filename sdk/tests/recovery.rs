@@ -248,7 +248,8 @@ async fn an_incomplete_create_survives_a_lost_commit_through_the_journal() {
 async fn a_create_carried_out_twice_is_adopted_once_and_the_copy_is_deleted() {
     let cloud = provider().double_create("orders");
     let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
-        cx.add(Queue::new("orders"));
+        // Retained on delete: the copy is deleted all the same, not forgotten.
+        cx.add(Queue::new("orders").retain_on_delete());
         Ok(())
     });
     let report = stack.up(&(), &stack.new_state()).await.unwrap();

@@ -108,6 +108,10 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
 /// exists, so the error carries its id ([`ProviderError::Incomplete`]) and the engine
 /// records it instead of forgetting it.
 pub(crate) async fn finish<T>(id: &str, rest: impl std::future::Future<Output = Result<T, ProviderError>>) -> Result<T, ProviderError> {
+    if id.is_empty() {
+        // An answer without the id: the create may have worked; the look-up settles it.
+        return Err(ProviderError::Uncertain("the create's answer did not say the new resource's id".to_owned()));
+    }
     rest.await.map_err(|e| e.after_create(id))
 }
 

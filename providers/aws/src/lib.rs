@@ -110,7 +110,12 @@ impl cairn_sdk::Provider for Provider {
     }
 
     async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        self.kind(urn)?.create(&self.clients, urn, inputs).await
+        self.kind(urn)?.create(&self.clients, urn, inputs).await.map_err(|e| match e {
+            // An HTML 500 is how the local AWS says it lacks an operation, but something
+            // in front of AWS may answer so after passing the create on: it may exist.
+            ProviderError::Unsupported(m) => ProviderError::Uncertain(m),
+            other => other,
+        })
     }
 
     async fn read(&self, urn: &Urn, id: &str, inputs: &Props, _outputs: &Props) -> Result<Option<Observed>, ProviderError> {
@@ -122,6 +127,8 @@ impl cairn_sdk::Provider for Provider {
         // come after calls that took effect. Planning the next run from the old inputs
         // would repeat those and fail on them ("rule already exists") forever, so the
         // resource is read back instead.
+        // An endpoint lacking an operation stays a refusal: the local AWS lacks several
+        // ElastiCache changes, and says so before any of the update's calls.
         self.kind(urn)?.update(&self.clients, urn, id, old, new).await.map_err(|e| match e {
             ProviderError::Failed(m) => ProviderError::Uncertain(m),
             other => other,

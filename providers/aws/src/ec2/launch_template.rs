@@ -287,6 +287,7 @@ impl Kind for LaunchTemplateKind {
             let out = aws
                 .ec2
                 .create_launch_template_version()
+                .client_token(client_token(urn))
                 .launch_template_id(id)
                 .launch_template_data(data(new))
                 .send()
