@@ -227,6 +227,12 @@ fn types(state: &StackState) -> BTreeMap<String, usize> {
     n
 }
 
+/// Prints a summary line past the test harness's capture, so CI's log shows it too.
+fn summary(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn trials() -> u64 {
     std::env::var("CAIRN_CHAOS_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
 }
@@ -308,8 +314,8 @@ async fn chaos_no_duplicate_no_orphan_every_stack_converges() {
         duplicates += found.duplicates.len();
         orphans += found.orphans.len();
     }
-    println!("CHAOS trials={trials} faults={faults} duplicates={duplicates} orphans={orphans} unconverged={unconverged}");
-    println!("CHAOS faults by kind: {by_kind:?}");
+    summary(&format!("CHAOS trials={trials} faults={faults} duplicates={duplicates} orphans={orphans} unconverged={unconverged}"));
+    summary(&format!("CHAOS faults by kind: {by_kind:?}"));
     assert!(faults >= trials * 5, "the proxy injected too few faults to mean anything: {faults}");
     assert_eq!((duplicates, orphans, unconverged), (0, 0, 0), "see the trial lines above");
 }
@@ -400,7 +406,7 @@ async fn kill_9_during_up_at_many_points_then_up_converges_exactly() {
         assert_eq!(compare(&state).await, Comparison::default(), "kill at call {n} ({action}, {release:?})");
         summary.push(format!("{n}: {action} {release:?}"));
     }
-    println!("KILL up points: {}", summary.join(", "));
+    self::summary(&format!("KILL up points: {}", summary.join(", ")));
     assert!(summary.iter().filter(|s| !s.contains("past the end")).count() >= 6, "most kill points were reached: {summary:?}");
 }
 
