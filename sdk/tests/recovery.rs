@@ -8,14 +8,29 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{DynamicResource, Error, Recovery, ResourceExt, Stack, StackState, StepOp, StepStatus, Urn};
-use cairn_state::{Journal, Lock, LockInfo, MemoryStore, StateError, Store};
+use cairn_state::{Journal, JournalRecord, Lock, LockInfo, MemoryStore, PendingKind, PendingOperation, StateError, Store};
 use common::*;
 
-/// A store whose next commit fails, once.
+/// A store whose next commit fails, once; and whose journal, while `fail_read_back` is
+/// set, refuses the record that an incomplete create needs reading back.
 #[derive(Debug, Clone)]
 struct FailingCommit {
     inner: MemoryStore,
     fail: Arc<AtomicBool>,
+    fail_read_back: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct FailingReadBack(Arc<dyn Journal>);
+
+#[async_trait]
+impl Journal for FailingReadBack {
+    async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
+        if let JournalRecord::Begin { op: PendingOperation { kind: PendingKind::Update, .. }, .. } = &record {
+            return Err(StateError::Remote("disk full".into()));
+        }
+        self.0.record(record).await
+    }
 }
 
 #[async_trait]
@@ -39,7 +54,8 @@ impl Store for FailingCommit {
         self.inner.lock_holder(stack).await
     }
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
-        self.inner.journal(lock).await
+        let journal = self.inner.journal(lock).await?;
+        Ok(if self.fail_read_back.load(Ordering::SeqCst) { Arc::new(FailingReadBack(journal)) } else { journal })
     }
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
         if self.fail.swap(false, Ordering::SeqCst) {
@@ -62,7 +78,7 @@ async fn a_failed_commit_never_leads_to_creating_resources_twice() {
         cx.add(Queue::new("orders"));
         Ok(())
     });
-    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default() };
+    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.fail.store(true, Ordering::SeqCst);
     let err = session.up(&()).await.unwrap_err();
@@ -159,7 +175,7 @@ async fn a_plan_saved_before_an_apply_whose_commit_was_lost_is_refused() {
         }
         Ok(())
     });
-    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default() };
+    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     assert!(session.up(&1).await.unwrap().succeeded());
     let saved = session.preview(&2).unwrap();
@@ -229,7 +245,7 @@ async fn an_incomplete_create_survives_a_lost_commit_through_the_journal() {
         cx.add(Queue::new("orders").dead_letter_arn(dlq.arn()));
         Ok(())
     });
-    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default() };
+    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.fail.store(true, Ordering::SeqCst);
     assert!(session.up(&()).await.is_err(), "the commit fails; the steps are journaled");
@@ -270,4 +286,32 @@ async fn a_create_carried_out_twice_is_adopted_once_and_the_copy_is_deleted() {
     assert_eq!(left, ["orders-1"]);
     assert_eq!(report.state.resources.len(), 1);
     assert!(!stack.preview(&(), &report.state).unwrap().has_changes());
+}
+
+/// If the record saying an incomplete create must be read back cannot be written, the
+/// create must not be journaled as finished either: replayed after a crash, it would be
+/// a resource with the declared inputs and nothing pending, never finished.
+#[tokio::test]
+async fn an_incomplete_create_whose_read_back_cannot_be_journaled_stays_a_pending_create() {
+    let cloud = provider().incomplete_create("orders", "visibility_timeout");
+    let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
+        cx.add(Queue::new("orders").visibility_timeout(45));
+        Ok(())
+    });
+    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    store.fail_read_back.store(true, Ordering::SeqCst);
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(session.up(&()).await.is_err(), "the commit fails: only the journal remains");
+    session.close().await.unwrap();
+    store.fail_read_back.store(false, Ordering::SeqCst);
+
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    assert!(matches!(&session.recovered()[..], [Recovery::Adopted { .. }]), "settled by the look-up: {:?}", session.recovered());
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let queues = cloud.resources();
+    assert_eq!(queues.len(), 1, "not created twice");
+    assert_eq!(queues[0].inputs.get("visibility_timeout"), Some(&serde_json::json!(45)), "finished");
+    session.close().await.unwrap();
 }
