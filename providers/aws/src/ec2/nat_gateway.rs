@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::{client_token, observed_tags, retag, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, code, who};
-use crate::kind::{Clients, Kind};
+use crate::kind::{finish, Clients, Kind};
 use crate::wait::{until, Poll};
 
 /// How long create and delete wait for AWS, unless `CAIRN_AWS_WAIT_TIMEOUT` says
@@ -173,7 +173,7 @@ impl Kind for NatGatewayKind {
             .map_err(|e| aws_error(urn, "creating the NAT gateway", e, hint))?;
         let id = out.nat_gateway().and_then(|n| n.nat_gateway_id()).unwrap_or_default().to_owned();
         // The gateway exists: whatever fails while waiting for it, it is recorded.
-        until(urn, "available", WAIT, || async {
+        let available = until(urn, "available", WAIT, || async {
             let Some(nat) = describe(aws, urn, &id).await? else {
                 return Ok(Poll::Waiting("not yet visible".to_owned()));
             };
@@ -187,9 +187,8 @@ impl Kind for NatGatewayKind {
                 ))),
                 state => Ok(Poll::Waiting(state_name(state))),
             }
-        })
-        .await
-        .map_err(|e| e.after_create(&id))
+        });
+        finish(&id, available).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
