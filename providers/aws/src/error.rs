@@ -18,23 +18,12 @@ pub(crate) fn code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&st
     }
 }
 
-/// The codes AWS services throttle with (the SDK's own list, less quota errors such as
-/// `LimitExceededException`, which are refusals).
-const THROTTLING: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "ProvisionedThroughputExceededException",
-    "TransactionInProgressException",
-    "RequestLimitExceeded",
-    "BandwidthLimitExceeded",
-    "RequestThrottled",
-    "SlowDown",
-    "PriorRequestNotComplete",
-    "EC2ThrottledException",
-];
+/// Whether an AWS error code says the request was throttled or timed out on AWS's side,
+/// by the SDK's own lists, less `LimitExceededException`: a quota, which is a refusal.
+fn throttled_or_timed_out(code: &str) -> bool {
+    use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
+    code != "LimitExceededException" && (THROTTLING_ERRORS.contains(&code) || TRANSIENT_ERRORS.contains(&code))
+}
 
 /// Turns an SDK error into a provider error that names the resource and the operation,
 /// and says what the engine may conclude from it:
@@ -43,7 +32,7 @@ const THROTTLING: &[&str] = &[
 ///   operation (the local AWS answers so), `Unsupported`;
 /// - a service error of the 4xx kind, other than throttling: AWS refused the request
 ///   before acting on it, `Failed`;
-/// - throttling, a 5xx, an answer that could not be read, a request that could not be
+/// - throttling or a timeout on AWS's side, a 5xx, an answer that could not be read, a request that could not be
 ///   sent or timed out: `Uncertain`. A throttled or 5xx answer to the last attempt says
 ///   nothing of an earlier attempt whose answer was lost, and a 5xx may come after the
 ///   work was done; settling costs one look-up, a wrong "nothing happened" an orphan.
@@ -66,7 +55,7 @@ where
             let err = service.err();
             let code = err.code().unwrap_or("Unknown");
             let message = err.message().unwrap_or("no message");
-            if THROTTLING.contains(&code) || status.is_some_and(|s| s >= 500) {
+            if throttled_or_timed_out(code) || status.is_some_and(|s| s >= 500) {
                 return ProviderError::Uncertain(format!("{who}: {action}: AWS answered {code} (HTTP {}): {message}", status.unwrap_or(0)));
             }
             match hint(code) {
