@@ -67,9 +67,31 @@ pub enum StateError {
     /// A stack name that cannot name a stack.
     #[error("'{0}' cannot name a stack: use letters, digits, '.', '_' and '-', not starting with '.'")]
     BadStackName(String),
-    /// A write by a process that no longer holds the stack's lock.
-    #[error("this process no longer holds the lock of stack '{0}' (it was cleared, e.g. with `state unlock`); nothing was written. Run the command again")]
+    /// A write by a process that no longer holds the stack's lock: it was cleared
+    /// (`state unlock --force`) or taken over once its lease expired. The holder writes
+    /// nothing more.
+    #[error("this process no longer holds the lock of stack '{0}' (it was taken over after its lease expired, or cleared with `state unlock`); it stopped writing, and nothing more was written. Run the command again")]
     LockLost(String),
+    /// A write by a holder that could not renew its lease in time: another process may
+    /// take the stack over now, so this one stops writing.
+    #[error("the lease on stack '{stack}' ran out before this process could renew it (a lease lasts {} s; renewals failed or were starved): it stopped writing, and nothing more was written. Run the command again", lease.as_secs_f64())]
+    LeaseExpired {
+        /// The stack.
+        stack: String,
+        /// The lease's length.
+        lease: std::time::Duration,
+    },
+    /// `state unlock` without `--force` on a lock whose lease is live.
+    #[error("stack '{stack}' is locked by {}@{} (pid {}) for '{}', and {}: that process is alive and renewing. Stop it, or wait for it; `state unlock --force` clears it anyway, and its next write is then refused", holder.user, holder.host, holder.pid, holder.operation, holder.lease().describe(holder.pid))]
+    LeaseLive {
+        /// The stack.
+        stack: String,
+        /// Who holds it.
+        holder: Box<LockInfo>,
+    },
+    /// A lease length that cannot be used.
+    #[error("{0}")]
+    BadLease(String),
     /// An `s3://` location in a build without the `s3` feature.
     #[error("state location '{0}' is in S3, but this build has no S3 support: enable the `s3` feature of cairn-state")]
     NoS3(String),
@@ -101,10 +123,22 @@ pub struct LockedError {
 impl fmt::Display for LockedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = &self.holder;
+        let lease = h.lease();
+        let what_to_do = match lease {
+            crate::Lease::Live { holder_gone: false, .. } => "Wait for it to finish, or for its lease to expire if that process is gone".to_owned(),
+            crate::Lease::Live { holder_gone: true, .. } => format!("Wait for the lease to expire, or clear it now with `state unlock --stack {}`", self.stack),
+            _ => format!("If that process is gone, clear the stale lock with `state unlock --stack {}` (in code: cairn_state::unlock_stale)", self.stack),
+        };
         write!(
             f,
-            "stack '{}' is locked by {}@{} (pid {}) since {} for '{}'. Wait for it to finish; if that process is gone, clear the stale lock with `state unlock --stack {}` (in code: Store::force_unlock)",
-            self.stack, h.user, h.host, h.pid, h.since, h.operation, self.stack
+            "stack '{}' is locked by {}@{} (pid {}) since {} for '{}'; {}. {what_to_do}",
+            self.stack,
+            h.user,
+            h.host,
+            h.pid,
+            h.since,
+            h.operation,
+            lease.describe(h.pid)
         )
     }
 }

@@ -4,15 +4,22 @@
 //! .cairn/<stack>/state.json       the last snapshot
 //! .cairn/<stack>/state.json.bak   the snapshot before it
 //! .cairn/<stack>/journal.jsonl    step records since the snapshot, one JSON per line
-//! .cairn/<stack>/lock.json        present while an operation holds the stack
+//! .cairn/<stack>/lock.json        present while an operation holds the stack: its lease
+//! .cairn/<stack>/lock.guard       an empty file, locked by the OS while the lock is read
+//!                                 and written (exclusively) or a write is fenced (shared)
 //! .cairn/<stack>/audit.jsonl      the audit log
 //! ```
+//!
+//! Fencing: every journal batch and every commit checks, under a shared OS lock on
+//! `lock.guard`, that `lock.json` is still the writer's; taking a lock over takes the OS
+//! lock exclusively. So once a lease is taken over, no write of the old holder lands.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -20,7 +27,8 @@ use tokio::sync::oneshot;
 
 use crate::error::LockedError;
 use crate::journal::{replay, Journal, JournalRecord};
-use crate::store::{Lock, LockInfo, Store};
+use crate::store::{LockInfo, Store};
+use crate::Lock;
 use crate::{StackState, StateError, FORMAT_VERSION};
 
 const SNAPSHOT: &str = "state.json";
@@ -28,6 +36,7 @@ const BACKUP: &str = "state.json.bak";
 const JOURNAL: &str = "journal.jsonl";
 const LOCK: &str = "lock.json";
 const AUDIT: &str = "audit.jsonl";
+const GUARD: &str = "lock.guard";
 
 /// State in local files: a snapshot plus an append-only journal per stack.
 ///
@@ -37,13 +46,21 @@ const AUDIT: &str = "audit.jsonl";
 #[derive(Debug, Clone)]
 pub struct FileStore {
     root: PathBuf,
+    lease: Duration,
     written: Arc<AtomicU64>,
 }
 
 impl FileStore {
-    /// A store rooted at `root` (conventionally `.cairn`).
+    /// A store rooted at `root` (conventionally `.cairn`), whose locks have leases of
+    /// [`DEFAULT_LEASE`](crate::DEFAULT_LEASE).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        FileStore { root: root.into(), written: Arc::default() }
+        FileStore { root: root.into(), lease: crate::DEFAULT_LEASE, written: Arc::default() }
+    }
+
+    /// The same store, giving its locks leases of `lease`.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// The directory of `stack`.
@@ -209,41 +226,53 @@ impl Store for FileStore {
 
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
         let dir = self.dir(stack)?;
-        let info = LockInfo::here(operation);
+        let lease = self.lease;
+        let info = LockInfo::here(operation, lease);
         let stack = stack.to_owned();
         let written = self.written.clone();
+        let taken = tokio::time::Instant::now();
         Self::blocking(move || {
             fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
+            let _guard = Guard::exclusive(&dir)?;
             let path = dir.join(LOCK);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
-                    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(StateError::io("writing", &path))?;
-                    fsync_dir(&dir)?;
-                    written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    Ok(Lock { stack, info })
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let holder = read_lock(&path)?.unwrap_or_else(|| LockInfo {
-                        operation: "unknown (the lock file is unreadable)".into(),
-                        user: "unknown".into(),
-                        host: "unknown".into(),
-                        pid: 0,
-                        since: "unknown".into(),
-                        token: String::new(),
-                    });
-                    Err(StateError::Locked(Box::new(LockedError { stack, holder })))
-                }
-                Err(e) => Err(StateError::io("creating", &path)(e)),
+            let held = match read_bytes(&path)? {
+                None => None,
+                Some(bytes) => Some(serde_json::from_slice::<LockInfo>(&bytes).unwrap_or_else(|_| LockInfo::unknown("the lock file is unreadable"))),
+            };
+            if let Some(holder) = held.as_ref().filter(|h| !h.lease().is_expired()) {
+                return Err(StateError::Locked(Box::new(LockedError { stack, holder: holder.clone() })));
             }
+            let info = info.succeeding(held.as_ref());
+            let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
+            write_atomic(&path, &bytes, None)?;
+            written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            Ok(Lock::new(stack, info, lease, taken))
+        })
+        .await
+    }
+
+    async fn renew(&self, lock: &Lock) -> Result<(), StateError> {
+        let dir = self.dir(&lock.stack)?;
+        let lock = lock.clone();
+        let started = tokio::time::Instant::now();
+        Self::blocking(move || {
+            let _guard = Guard::exclusive(&dir)?;
+            let path = dir.join(LOCK);
+            crate::store::check_ours(&lock, read_lock(&path)?.as_ref())?;
+            let bytes = serde_json::to_vec_pretty(&lock.renewed_info()).expect("lock info serializes");
+            write_atomic(&path, &bytes, None)?;
+            lock.renewed(started);
+            Ok(())
         })
         .await
     }
 
     async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
-        let path = self.stack_dir(&lock.stack).join(LOCK);
+        let dir = self.dir(&lock.stack)?;
         Self::blocking(move || {
-            // Release only our own lock: a forced unlock may have handed it on.
+            let _guard = Guard::exclusive(&dir)?;
+            let path = dir.join(LOCK);
+            // Release only our own lock: it may have been taken over or handed on.
             if read_lock(&path)?.is_some_and(|held| held.token == lock.info.token) {
                 fs::remove_file(&path).map_err(StateError::io("removing", &path))?;
             }
@@ -253,8 +282,13 @@ impl Store for FileStore {
     }
 
     async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
-        let path = self.stack_dir(stack).join(LOCK);
+        let dir = self.dir(stack)?;
         Self::blocking(move || {
+            let path = dir.join(LOCK);
+            if !dir.exists() {
+                return Ok(None);
+            }
+            let _guard = Guard::exclusive(&dir)?;
             let held = read_lock(&path)?;
             match fs::remove_file(&path) {
                 Ok(()) => Ok(held),
@@ -271,26 +305,35 @@ impl Store for FileStore {
     }
 
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
+        // The lease's clock is read here, on the runtime; the stored lock under the guard.
+        lock.check()?;
         let dir = self.dir(&lock.stack)?;
         let written = self.written.clone();
         let lock = lock.clone();
         let journal = Self::blocking(move || {
-            crate::store::check_held(&lock, read_lock(&dir.join(LOCK))?.as_ref())?;
-            FileJournal::open(dir.join(JOURNAL), written)
+            {
+                let _guard = Guard::shared(&dir)?;
+                crate::store::check_stored(&lock, read_lock(&dir.join(LOCK))?.as_ref())?;
+            }
+            FileJournal::open(dir, lock, written)
         })
         .await?;
         Ok(Arc::new(journal))
     }
 
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
+        lock.check()?;
         let dir = self.dir(&lock.stack)?;
         let state = state.clone();
         let written = self.written.clone();
         let stack = lock.stack.clone();
         let lock = lock.clone();
         Self::blocking(move || {
-            crate::store::check_held(&lock, read_lock(&dir.join(LOCK))?.as_ref())?;
             fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
+            // Held until the snapshot is in place: a takeover waits for it, and a write
+            // after one is refused.
+            let _guard = Guard::shared(&dir)?;
+            crate::store::check_stored(&lock, read_lock(&dir.join(LOCK))?.as_ref())?;
             let path = dir.join(SNAPSHOT);
             // Never replace a snapshot that is not JSON of a format we know, or one
             // that is not the predecessor of this state.
@@ -356,6 +399,37 @@ impl Store for FileStore {
     }
 }
 
+/// An OS lock (`flock`) on a stack's `lock.guard`, released when dropped (and by the OS
+/// when the process dies, so it can never be left behind).
+struct Guard(File);
+
+impl Guard {
+    fn open(dir: &Path) -> Result<File, StateError> {
+        let path = dir.join(GUARD);
+        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(StateError::io("opening", &path))
+    }
+
+    /// Held while the lock is read and replaced.
+    fn exclusive(dir: &Path) -> Result<Guard, StateError> {
+        let file = Self::open(dir)?;
+        file.lock().map_err(StateError::io("locking", dir.join(GUARD)))?;
+        Ok(Guard(file))
+    }
+
+    /// Held while a write checks that the lock is still its writer's.
+    fn shared(dir: &Path) -> Result<Guard, StateError> {
+        let file = Self::open(dir)?;
+        file.lock_shared().map_err(StateError::io("locking", dir.join(GUARD)))?;
+        Ok(Guard(file))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 fn read_lock(path: &Path) -> Result<Option<LockInfo>, StateError> {
     match fs::read(path) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
@@ -364,15 +438,17 @@ fn read_lock(path: &Path) -> Result<Option<LockInfo>, StateError> {
     }
 }
 
-type Pending = (Vec<u8>, oneshot::Sender<io::Result<()>>);
+type Pending = (Vec<u8>, oneshot::Sender<Result<(), StateError>>);
 
 /// The journal file, written by one thread that batches whatever records are waiting
 /// into one write and one fsync (group commit): parallel steps share the cost of
-/// durability instead of queueing for it.
+/// durability instead of queueing for it. Each batch is fenced: written only while the
+/// stack's lock is still its writer's.
 #[derive(Debug)]
 struct FileJournal {
     tx: mpsc::Sender<Pending>,
     path: PathBuf,
+    lock: Lock,
 }
 
 /// Whether `file` ends with an incomplete line: it is not empty and its last byte is
@@ -389,7 +465,8 @@ fn ends_torn(file: &mut File) -> io::Result<bool> {
 }
 
 impl FileJournal {
-    fn open(path: PathBuf, written: Arc<AtomicU64>) -> Result<Self, StateError> {
+    fn open(dir: PathBuf, lock: Lock, written: Arc<AtomicU64>) -> Result<Self, StateError> {
+        let path = dir.join(JOURNAL);
         let existed = path.exists();
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
         // A crash mid-append leaves a torn last line, which loading ignores; cut it off
@@ -402,12 +479,16 @@ impl FileJournal {
             file.set_len(complete as u64).and_then(|()| file.sync_all()).map_err(StateError::io("repairing", &path))?;
         }
         if !existed {
-            fsync_dir(path.parent().expect("the journal lives in the stack's directory"))?;
+            fsync_dir(&dir)?;
         }
+        let guard = Guard::open(&dir)?;
         let (tx, rx) = mpsc::channel::<Pending>();
+        let writer = path.clone();
+        let fence = lock.clone();
         std::thread::Builder::new()
             .name("cairn-journal".into())
             .spawn(move || {
+                let io_error = |e: &io::Error| StateError::io("writing", &writer)(io::Error::new(e.kind(), e.to_string()));
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
@@ -415,8 +496,25 @@ impl FileJournal {
                     for (bytes, _) in &batch {
                         buf.extend_from_slice(bytes);
                     }
+                    // Fenced: a takeover (an exclusive lock of the guard) waits for this
+                    // write, and this write sees a takeover that came first.
+                    let fenced = guard.lock_shared().map_err(|e| io_error(&e)).and_then(|()| {
+                        read_lock(&dir.join(LOCK)).and_then(|held| crate::store::check_stored(&fence, held.as_ref()))
+                    });
+                    if let Err(e) = fenced {
+                        let _ = guard.unlock();
+                        // Each waiting record gets the error: the lock's own, or the I/O one.
+                        let message = e.to_string();
+                        let mut first = Some(e);
+                        for (_, ack) in batch {
+                            let e = first.take().unwrap_or_else(|| if fence.is_lost() { fence.lost_error() } else { io_error(&io::Error::other(message.clone())) });
+                            let _ = ack.send(Err(e));
+                        }
+                        continue;
+                    }
                     let before = file.metadata().map(|m| m.len());
                     let result = file.write_all(&buf).and_then(|()| file.sync_data());
+                    let _ = guard.unlock();
                     match &result {
                         Ok(()) => {
                             written.fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -426,30 +524,32 @@ impl FileJournal {
                         Err(_) => {
                             if before.and_then(|len| file.set_len(len)).is_err() {
                                 for (_, ack) in batch {
-                                    let _ = ack.send(Err(io::Error::other("the journal could not be repaired after a failed write")));
+                                    let _ = ack.send(Err(io_error(&io::Error::other("the journal could not be repaired after a failed write"))));
                                 }
                                 return;
                             }
                         }
                     }
                     for (_, ack) in batch {
-                        let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                        let _ = ack.send(result.as_ref().map(|_| ()).map_err(io_error));
                     }
                 }
             })
             .map_err(StateError::io("starting the journal writer for", &path))?;
-        Ok(FileJournal { tx, path })
+        Ok(FileJournal { tx, path, lock })
     }
 }
 
 #[async_trait]
 impl Journal for FileJournal {
     async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
+        // The lease's clock here; the writer checks the stored lock under the guard.
+        self.lock.check()?;
         let mut bytes = serde_json::to_vec(&record).expect("journal records serialize");
         bytes.push(b'\n');
         let (ack, done) = oneshot::channel();
         let gone = || StateError::io("writing", &self.path)(io::Error::other("the journal writer stopped"));
         self.tx.send((bytes, ack)).map_err(|_| gone())?;
-        done.await.map_err(|_| gone())?.map_err(StateError::io("writing", &self.path))
+        done.await.map_err(|_| gone())?
     }
 }

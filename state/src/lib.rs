@@ -15,6 +15,7 @@
 mod error;
 mod file;
 mod journal;
+mod lease;
 mod location;
 mod memory;
 mod model;
@@ -27,11 +28,12 @@ mod urn;
 pub use error::{LockedError, StateError};
 pub use file::FileStore;
 pub use journal::{apply_effect, replay, Journal, JournalRecord, NoJournal, PendingKind, PendingOperation, StepEffect};
+pub use lease::{lease_from_env, Lease, Lock, DEFAULT_LEASE, LEASE_ENV};
 pub use location::{location, open, DEFAULT_LOCATION, STATE_ENV};
 pub use memory::MemoryStore;
 pub use model::{ResourceState, StackState, StoredOptions, FORMAT_VERSION, PROCESSED_EVENTS_KEPT};
 pub use props::Props;
 #[cfg(feature = "s3")]
 pub use s3::S3Store;
-pub use store::{check_stack_name, format_utc, Lock, LockInfo, Store};
+pub use store::{check_stack_name, format_utc, unlock_stale, LockInfo, Store};
 pub use urn::{Urn, UrnError};

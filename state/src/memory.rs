@@ -5,7 +5,8 @@ use async_trait::async_trait;
 
 use crate::error::LockedError;
 use crate::journal::{replay, Journal, JournalRecord};
-use crate::store::{Lock, LockInfo, Store};
+use crate::store::{LockInfo, Store};
+use crate::Lock;
 use crate::{StackState, StateError};
 
 #[derive(Debug, Default)]
@@ -17,15 +18,38 @@ struct Stacks {
 }
 
 /// State in memory, shared by clones: for tests and throwaway stacks.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Stacks>>,
+    lease: std::time::Duration,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore { inner: Arc::default(), lease: crate::DEFAULT_LEASE }
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store, whose locks have leases of [`DEFAULT_LEASE`](crate::DEFAULT_LEASE).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same store, giving its locks leases of `lease`.
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Ends the stack's lease now, as if its holder had stopped renewing it (a process
+    /// that hung or died): the next [`Store::lock`] takes it over. For failover tests.
+    pub fn expire_lease(&self, stack: &str) {
+        self.with(|s| {
+            if let Some(held) = s.locks.get_mut(stack) {
+                held.expires_ms = 1;
+            }
+        });
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Stacks) -> T) -> T {
@@ -36,14 +60,17 @@ impl MemoryStore {
 #[derive(Debug)]
 struct MemoryJournal {
     store: MemoryStore,
-    stack: String,
+    lock: Lock,
 }
 
 #[async_trait]
 impl Journal for MemoryJournal {
     async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
-        self.store.with(|s| s.journals.entry(self.stack.clone()).or_default().push(record));
-        Ok(())
+        self.store.with(|s| {
+            crate::store::check_held(&self.lock, s.locks.get(&self.lock.stack))?;
+            s.journals.entry(self.lock.stack.clone()).or_default().push(record);
+            Ok(())
+        })
     }
 }
 
@@ -64,12 +91,22 @@ impl Store for MemoryStore {
 
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
         self.with(|s| match s.locks.get(stack) {
-            Some(holder) => Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder: holder.clone() }))),
-            None => {
-                let info = LockInfo::here(operation);
+            Some(holder) if !holder.lease().is_expired() => Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder: holder.clone() }))),
+            previous => {
+                let info = LockInfo::here(operation, self.lease).succeeding(previous);
                 s.locks.insert(stack.to_owned(), info.clone());
-                Ok(Lock { stack: stack.to_owned(), info })
+                Ok(Lock::new(stack, info, self.lease, tokio::time::Instant::now()))
             }
+        })
+    }
+
+    async fn renew(&self, lock: &Lock) -> Result<(), StateError> {
+        let started = tokio::time::Instant::now();
+        self.with(|s| {
+            crate::store::check_ours(lock, s.locks.get(&lock.stack))?;
+            s.locks.insert(lock.stack.clone(), lock.renewed_info());
+            lock.renewed(started);
+            Ok(())
         })
     }
 
@@ -92,7 +129,7 @@ impl Store for MemoryStore {
 
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
         self.with(|s| crate::store::check_held(lock, s.locks.get(&lock.stack)))?;
-        Ok(Arc::new(MemoryJournal { store: self.clone(), stack: lock.stack.clone() }))
+        Ok(Arc::new(MemoryJournal { store: self.clone(), lock: lock.clone() }))
     }
 
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {

@@ -3,8 +3,10 @@
 //! ```text
 //! <prefix>/<stack>/state.json            the snapshot, replaced only with If-Match on its ETag
 //! <prefix>/<stack>/state.json.bak        the snapshot before it
-//! <prefix>/<stack>/lock.json             created with If-None-Match: *, so only one writer wins
-//! <prefix>/<stack>/journal/<key>.json    one object per journal record, keys in write order
+//! <prefix>/<stack>/lock.json             the lease: created with If-None-Match: *, renewed and
+//!                                        taken over with If-Match on its ETag, so one writer wins
+//! <prefix>/<stack>/journal/<key>.json    one object per journal record, keys in write order, each
+//!                                        created with If-None-Match: *, so none is overwritten
 //! <prefix>/<stack>/audit/<key>.json      one object per batch of audit entries (a JSON array)
 //! ```
 
@@ -22,7 +24,8 @@ use aws_sdk_s3::Client;
 use crate::error::LockedError;
 use crate::file::{parse_snapshot, parse_snapshot_header, read_records};
 use crate::journal::{replay, Journal, JournalRecord};
-use crate::store::{Lock, LockInfo, Store};
+use crate::store::{LockInfo, Store};
+use crate::Lock;
 use crate::{StackState, StateError};
 
 /// State in an S3 bucket. Concurrency comes from S3's conditional writes, so any number
@@ -34,6 +37,10 @@ pub struct S3Store {
     prefix: String,
     /// The ETag of each stack's snapshot as last read or written here.
     etags: Arc<Mutex<HashMap<String, String>>>,
+    /// The ETag of each lock this store took, by its token, as last written: a renewal
+    /// replaces exactly that object.
+    lock_etags: Arc<Mutex<HashMap<String, String>>>,
+    lease: std::time::Duration,
     written: Arc<AtomicU64>,
 }
 
@@ -62,7 +69,33 @@ impl S3Store {
     /// A store in `bucket` under `prefix`, with the given client.
     pub fn new(client: Client, bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into().trim_matches('/').to_owned();
-        S3Store { client, bucket: bucket.into(), prefix, etags: Arc::default(), written: Arc::default() }
+        S3Store {
+            client,
+            bucket: bucket.into(),
+            prefix,
+            etags: Arc::default(),
+            lock_etags: Arc::default(),
+            lease: crate::DEFAULT_LEASE,
+            written: Arc::default(),
+        }
+    }
+
+    /// The same store, giving its locks leases of `lease`.
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    fn lock_etag(&self, token: &str) -> Option<String> {
+        self.lock_etags.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
+    }
+
+    fn set_lock_etag(&self, token: &str, etag: Option<&str>) {
+        let mut etags = self.lock_etags.lock().unwrap_or_else(|e| e.into_inner());
+        match etag {
+            Some(etag) => etags.insert(token.to_owned(), etag.to_owned()),
+            None => etags.remove(token),
+        };
     }
 
     /// A store configured from the standard AWS chain (environment, profile, ...).
@@ -202,6 +235,40 @@ impl S3Store {
         Ok(out.e_tag().map(str::to_owned))
     }
 
+    /// Creates `key` unless it exists: `Ok(false)` if it does.
+    async fn create(&self, key: &str, bytes: Vec<u8>) -> Result<bool, StateError> {
+        let len = bytes.len() as u64;
+        match self.client.put_object().bucket(&self.bucket).key(key).if_none_match("*").body(ByteStream::from(bytes)).send().await {
+            Ok(_) => {
+                self.written.fetch_add(len, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(e) => match classify(e) {
+                S3Failure::PreconditionFailed => Ok(false),
+                S3Failure::NotFound => Err(self.remote("writing", key, "the bucket does not exist".into())),
+                S3Failure::Other(m) => Err(self.remote("writing", key, m)),
+            },
+        }
+    }
+
+    /// The number of the journal's last record key, if any.
+    async fn last_record(&self, stack: &str) -> Result<Option<u64>, StateError> {
+        let prefix = self.key(stack, "journal/");
+        Ok(self.list(&prefix).await?.iter().filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".json")?.parse::<u64>().ok()).max())
+    }
+
+    /// Takes the journal's next key for a new holder, so the holder it took the lease
+    /// over from, if still writing, has its next record refused.
+    async fn fence(&self, stack: &str) -> Result<(), StateError> {
+        let next = self.last_record(stack).await?.map_or(0, |n| n + 1);
+        for seq in next..next + 8 {
+            if self.create(&self.key(stack, &format!("journal/{seq:020}.json")), Vec::new()).await? {
+                return Ok(());
+            }
+        }
+        Err(self.remote("fencing", &self.key(stack, "journal/"), "eight record keys in a row were taken by another writer".into()))
+    }
+
     /// Keys that sort in write order across processes: time, then a counter.
     fn ordered_name(counter: &AtomicU64) -> String {
         let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
@@ -212,7 +279,7 @@ impl S3Store {
 #[derive(Debug)]
 struct S3Journal {
     store: S3Store,
-    stack: String,
+    lock: Lock,
     /// The next record's number: records are numbered in order under the lock, so
     /// replay order never depends on clocks.
     next: AtomicU64,
@@ -220,10 +287,28 @@ struct S3Journal {
 
 #[async_trait]
 impl Journal for S3Journal {
+    /// Fenced: nothing is written once the lease may have run out (by this process's
+    /// clock) or was found lost, and no record replaces another (each key is created
+    /// with If-None-Match). A process that takes an expired lease over creates the
+    /// next key first (an empty object, which loading skips), so the old holder's next
+    /// record is refused and it stops. A refused key is taken as a loss only if the
+    /// lock is no longer this writer's; the rightful holder moves past it.
     async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
-        let seq = self.next.fetch_add(1, Ordering::SeqCst);
-        let key = self.store.key(&self.stack, &format!("journal/{seq:020}.json"));
-        self.store.put(&key, serde_json::to_vec(&record).expect("journal records serialize")).await.map(|_| ())
+        let bytes = serde_json::to_vec(&record).expect("journal records serialize");
+        for _ in 0..8 {
+            self.lock.check()?;
+            let seq = self.next.fetch_add(1, Ordering::SeqCst);
+            let key = self.store.key(&self.lock.stack, &format!("journal/{seq:020}.json"));
+            match self.store.create(&key, bytes.clone()).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    let held = self.store.lock_holder(&self.lock.stack).await?;
+                    crate::store::check_held(&self.lock, held.as_ref())?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.store.remote("writing", &self.store.key(&self.lock.stack, "journal/"), "eight record keys in a row were taken by another writer".into()))
     }
 }
 
@@ -254,31 +339,92 @@ impl Store for S3Store {
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
         crate::store::check_stack_name(stack)?;
         let key = self.key(stack, "lock.json");
-        let info = LockInfo::here(operation);
+        let current = self.get(&key).await?;
+        let previous = match &current {
+            None => None,
+            Some((bytes, etag)) => {
+                let held = serde_json::from_slice::<LockInfo>(bytes).unwrap_or_else(|_| LockInfo::unknown("the lock object is unreadable"));
+                if !held.lease().is_expired() {
+                    return Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder: held })));
+                }
+                Some((held, etag.clone()))
+            }
+        };
+        let taken = tokio::time::Instant::now();
+        let info = LockInfo::here(operation, self.lease).succeeding(previous.as_ref().map(|(held, _)| held));
         let body = serde_json::to_vec_pretty(&info).expect("lock info serializes");
-        let put = self.client.put_object().bucket(&self.bucket).key(&key).if_none_match("*").body(ByteStream::from(body)).send().await;
-        match put {
-            Ok(_) => Ok(Lock { stack: stack.to_owned(), info }),
+        let put = self.client.put_object().bucket(&self.bucket).key(&key).body(ByteStream::from(body));
+        // Created only if absent, or taken over only from the expired lease just read:
+        // of processes racing for it, one wins.
+        let put = match previous {
+            None => put.if_none_match("*"),
+            Some((_, Some(etag))) => put.if_match(etag),
+            Some((_, None)) => return Err(self.remote("locking", &key, "the store gave no ETag for the expired lock, so it cannot be taken over safely; clear it with `state unlock`".into())),
+        };
+        match put.send().await {
+            Ok(out) => {
+                self.set_lock_etag(&info.token, out.e_tag());
+                let lock = Lock::new(stack, info, self.lease, taken);
+                if current.is_some() {
+                    if let Err(e) = self.fence(stack).await {
+                        let _ = self.unlock(lock).await;
+                        return Err(e);
+                    }
+                }
+                Ok(lock)
+            }
             Err(e) => match classify(e) {
-                S3Failure::PreconditionFailed => {
-                    let holder = self.lock_holder(stack).await?.unwrap_or_else(|| LockInfo {
-                        operation: "unknown (the lock was released while reading it; try again)".into(),
-                        user: "unknown".into(),
-                        host: "unknown".into(),
-                        pid: 0,
-                        since: "unknown".into(),
-                        token: String::new(),
-                    });
+                // Another process was first: it created the lock, or took the expired
+                // lease over (or it was cleared) since it was read.
+                S3Failure::PreconditionFailed | S3Failure::NotFound => {
+                    let holder = self.lock_holder(stack).await?.unwrap_or_else(|| LockInfo::unknown("the lock was released while reading it; try again"));
                     Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder })))
                 }
-                S3Failure::NotFound => Err(self.remote("locking", &key, "the bucket does not exist".into())),
                 S3Failure::Other(m) => Err(self.remote("locking", &key, m)),
+            },
+        }
+    }
+
+    async fn renew(&self, lock: &Lock) -> Result<(), StateError> {
+        let started = tokio::time::Instant::now();
+        let key = self.key(&lock.stack, "lock.json");
+        if lock.is_lost() {
+            return Err(lock.lost_error());
+        }
+        let etag = match self.lock_etag(&lock.info.token) {
+            Some(etag) => etag,
+            None => match self.get(&key).await? {
+                Some((bytes, Some(etag))) if serde_json::from_slice::<LockInfo>(&bytes).is_ok_and(|h| h.token == lock.info.token) => etag,
+                _ => {
+                    lock.mark_lost();
+                    return Err(lock.lost_error());
+                }
+            },
+        };
+        let body = serde_json::to_vec_pretty(&lock.renewed_info()).expect("lock info serializes");
+        let put = self.client.put_object().bucket(&self.bucket).key(&key).if_match(etag).body(ByteStream::from(body));
+        match put.send().await {
+            Ok(out) => {
+                self.set_lock_etag(&lock.info.token, out.e_tag());
+                lock.renewed(started);
+                Ok(())
+            }
+            Err(e) => match classify(e) {
+                // Replaced (taken over) or deleted (`state unlock`) since this process
+                // last wrote it.
+                S3Failure::PreconditionFailed | S3Failure::NotFound => {
+                    self.set_lock_etag(&lock.info.token, None);
+                    lock.mark_lost();
+                    Err(lock.lost_error())
+                }
+                S3Failure::Other(m) => Err(self.remote("renewing the lease at", &key, m)),
             },
         }
     }
 
     async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
         let key = self.key(&lock.stack, "lock.json");
+        self.set_lock_etag(&lock.info.token, None);
         let Some((bytes, etag)) = self.get(&key).await? else { return Ok(()) };
         if !serde_json::from_slice::<LockInfo>(&bytes).is_ok_and(|held| held.token == lock.info.token) {
             return Ok(());
@@ -323,15 +469,8 @@ impl Store for S3Store {
 
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
         crate::store::check_held(lock, self.lock_holder(&lock.stack).await?.as_ref())?;
-        let prefix = self.key(&lock.stack, "journal/");
-        let last = self
-            .list(&prefix)
-            .await?
-            .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".json")?.parse::<u64>().ok())
-            .max();
-        let next = AtomicU64::new(last.map_or(0, |n| n + 1));
-        Ok(Arc::new(S3Journal { store: self.clone(), stack: lock.stack.clone(), next }))
+        let next = AtomicU64::new(self.last_record(&lock.stack).await?.map_or(0, |n| n + 1));
+        Ok(Arc::new(S3Journal { store: self.clone(), lock: lock.clone(), next }))
     }
 
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::{Journal, StackState, StateError};
+use crate::{Journal, Lock, StackState, StateError};
 
 /// Who holds a stack's lock, for what, and since when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,11 +21,21 @@ pub struct LockInfo {
     pub since: String,
     /// A unique token, so a holder only ever releases its own lock.
     pub token: String,
+    /// How many times the stack's lease was taken over from a holder whose lease
+    /// expired: 1 for a lock taken on a free stack.
+    #[serde(default)]
+    pub generation: u64,
+    /// When the lease ends unless the holder renews it, in milliseconds since the
+    /// epoch. 0 for a lock without a lease (written by a Cairn before leases): it is
+    /// held until `state unlock`.
+    #[serde(default)]
+    pub expires_ms: u64,
 }
 
 impl LockInfo {
-    /// Describes this process taking a lock for `operation`.
-    pub fn here(operation: &str) -> Self {
+    /// Describes this process taking a lock for `operation`, with a lease of `lease`
+    /// from now.
+    pub fn here(operation: &str, lease: std::time::Duration) -> Self {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         LockInfo {
             operation: operation.to_owned(),
@@ -34,11 +44,40 @@ impl LockInfo {
             pid: std::process::id(),
             since: format_utc(now.as_secs()),
             token: crate::model::new_lineage(),
+            generation: 1,
+            expires_ms: crate::lease::expiry_from_now(lease),
         }
+    }
+
+    /// A holder that could not be read: `why` says what happened.
+    pub(crate) fn unknown(why: &str) -> Self {
+        LockInfo {
+            operation: format!("unknown ({why})"),
+            user: "unknown".into(),
+            host: "unknown".into(),
+            pid: 0,
+            since: "unknown".into(),
+            token: String::new(),
+            generation: 0,
+            expires_ms: 0,
+        }
+    }
+
+    /// The lock that takes over from `previous` (absent, or an expired lease): the next
+    /// generation.
+    pub(crate) fn succeeding(mut self, previous: Option<&LockInfo>) -> Self {
+        self.generation = previous.map_or(1, |p| p.generation + 1);
+        self
+    }
+
+    /// What this lock's lease is now: live, expired, held by a process that is gone, or
+    /// without a lease.
+    pub fn lease(&self) -> crate::Lease {
+        crate::lease::Lease::of(self)
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
@@ -72,12 +111,50 @@ pub(crate) fn check_follows(stack: &str, (lineage, serial): (&str, u64), next: &
     Ok(())
 }
 
-/// Refuses a write unless `held` (the lock as stored now) is `lock`'s.
-pub(crate) fn check_held(lock: &Lock, held: Option<&LockInfo>) -> Result<(), StateError> {
+/// Refuses a renewal unless `held` (the lock as stored now) is `lock`'s, marking it
+/// lost if not. Unlike a write, a renewal may come late: it is what makes a holder
+/// writable again.
+pub(crate) fn check_ours(lock: &Lock, held: Option<&LockInfo>) -> Result<(), StateError> {
     match held {
-        Some(h) if h.token == lock.info.token => Ok(()),
-        _ => Err(StateError::LockLost(lock.stack.clone())),
+        Some(h) if h.token == lock.info.token && !lock.is_lost() => Ok(()),
+        _ => {
+            lock.mark_lost();
+            Err(lock.lost_error())
+        }
     }
+}
+
+/// Refuses a write unless `held` (the lock as stored now) is `lock`'s and its lease
+/// has not run out by this process's own clock. A lock found taken by someone else is
+/// marked lost, so every later write of its holder is refused at once.
+pub(crate) fn check_held(lock: &Lock, held: Option<&LockInfo>) -> Result<(), StateError> {
+    check_stored(lock, held)?;
+    lock.check()
+}
+
+/// The half of [`check_held`] that reads no clock: `held` is `lock`'s. For threads
+/// outside the runtime, whose clock (paused in tests) they cannot see.
+pub(crate) fn check_stored(lock: &Lock, held: Option<&LockInfo>) -> Result<(), StateError> {
+    match held {
+        Some(h) if h.token == lock.info.token && !lock.is_lost() => Ok(()),
+        _ => {
+            lock.mark_lost();
+            Err(lock.lost_error())
+        }
+    }
+}
+
+/// Removes the stack's lock if its lease is not live (expired, no lease, or held by a
+/// process on this host that is gone), or whatever it is with `force`. A live lease is
+/// refused with [`StateError::LeaseLive`]: its holder is working, and breaking its lock
+/// would only stop it (its next write is refused). Returns the lock removed.
+pub async fn unlock_stale(store: &dyn Store, stack: &str, force: bool) -> Result<Option<LockInfo>, StateError> {
+    if let Some(held) = store.lock_holder(stack).await? {
+        if !force && matches!(held.lease(), crate::Lease::Live { holder_gone: false, .. }) {
+            return Err(StateError::LeaseLive { stack: stack.to_owned(), holder: Box::new(held) });
+        }
+    }
+    store.force_unlock(stack).await
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -97,14 +174,6 @@ pub fn format_utc(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// Proof of holding a stack's lock; pass it to the writes.
-#[derive(Clone, Debug)]
-pub struct Lock {
-    /// The stack.
-    pub stack: String,
-    /// The lock as written.
-    pub info: LockInfo,
-}
 
 /// Where stacks' state lives. Reads need no lock; every write needs the stack's [`Lock`].
 ///
@@ -119,13 +188,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// end as [`StackState::pending`]. `None` if the stack was never written.
     async fn load(&self, stack: &str) -> Result<Option<StackState>, StateError>;
 
-    /// Takes the stack's lock, or fails at once with [`StateError::Locked`].
+    /// Takes the stack's lock, or fails at once with [`StateError::Locked`] while
+    /// another holder's lease is live. A lock whose lease expired is taken over (the
+    /// next generation): its old holder's writes are refused from then on.
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError>;
+
+    /// Extends the lease of `lock` by its full duration from now. Fails with
+    /// [`StateError::LockLost`] if the lock was taken over or cleared meanwhile, and
+    /// marks `lock` lost. The holder calls it every third of the lease
+    /// ([`Lock::renew_every`]); `cairn_sdk`'s sessions do so on their own.
+    async fn renew(&self, lock: &Lock) -> Result<(), StateError>;
 
     /// Releases a lock this process holds.
     async fn unlock(&self, lock: Lock) -> Result<(), StateError>;
 
-    /// Removes the stack's lock whoever holds it (`state unlock`); returns what it was.
+    /// Removes the stack's lock whoever holds it, live lease or not; returns what it
+    /// was. `state unlock` calls it through [`unlock_stale`], which refuses a live lease
+    /// unless forced.
     async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError>;
 
     /// Who holds the stack's lock, if anyone.

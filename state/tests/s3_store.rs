@@ -137,3 +137,42 @@ async fn a_writer_killed_at_any_moment_leaves_a_state_that_loads_whole() {
     let store = store("killed-writer").await;
     common::killed_writer::kill_and_check(&store, TEST, &[]).await;
 }
+
+/// Ends the stored lease of `dev`, as a holder that stopped renewing would leave it.
+async fn expire(store: &S3Store, bucket: &str) {
+    let key = "stacks/dev/lock.json";
+    let got = store.client().get_object().bucket(bucket).key(key).send().await.unwrap();
+    let mut held: cairn_state::LockInfo = serde_json::from_slice(&got.body.collect().await.unwrap().into_bytes()).unwrap();
+    held.expires_ms = 1;
+    let body = aws_sdk_s3::primitives::ByteStream::from(serde_json::to_vec(&held).unwrap());
+    store.client().put_object().bucket(bucket).key(key).body(body).send().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_its_old_holder_fenced() {
+    let store = store("lease-takeover").await;
+    common::leases::expired_lease_is_taken_over_and_fenced(&store, async || expire(&store, "lease-takeover").await).await;
+}
+
+#[tokio::test]
+async fn leases_renew_and_only_stale_ones_unlock_unless_forced() {
+    let store = store("lease-renewal").await;
+    common::leases::renewal_and_unlock_stale(&store, async || expire(&store, "lease-renewal").await).await;
+}
+
+/// Two writers numbering records from the same point (a lock broken by force while its
+/// holder writes): the second to write a number is refused instead of overwriting.
+#[tokio::test]
+async fn a_journal_record_never_overwrites_another_writers() {
+    let store = store("lease-records").await;
+    let old = store.lock("dev", "watch").await.unwrap();
+    store.commit(&old, &StackState::new("dev")).await.unwrap();
+    let old_journal = store.journal(&old).await.unwrap();
+    cairn_state::unlock_stale(&store, "dev", true).await.unwrap();
+    let new = store.lock("dev", "up").await.unwrap();
+    let new_journal = store.journal(&new).await.unwrap();
+    new_journal.record(JournalRecord::UserState { base: 0, value: json!("new") }).await.unwrap();
+    let err = old_journal.record(JournalRecord::UserState { base: 0, value: json!("old") }).await.unwrap_err();
+    assert!(matches!(err, StateError::LockLost(_)), "{err}");
+    assert_eq!(store.load("dev").await.unwrap().unwrap().user_state, json!("new"));
+}
