@@ -17,9 +17,13 @@ use crate::stack::Stack;
 /// [`Session::close`]. Every apply is journaled step by step and committed as a new
 /// snapshot when it ends.
 ///
-/// A session dropped without `close` keeps the lock, as a crashed process does, except
-/// when a panic unwinds through it: the lock is then released on the way out (waiting
-/// at most 10 s for the store), so a bug cannot leave the stack locked.
+/// The lock is a lease: the session renews it in the background every third of the
+/// lease (a task on the runtime it was opened on), and if the store says it was taken
+/// over or cleared, every later write is refused ([`Session::lease_lost`] tells at once).
+///
+/// A session dropped without `close` stops renewing: its lease runs out, and another
+/// process may take the stack over then, as after a crash. When a panic unwinds through
+/// it, the lock is released on the way out (waiting at most 10 s for the store).
 ///
 /// ```no_run
 /// # async fn run(stack: cairn_sdk::Stack<u32>) -> cairn_sdk::Result<()> {
@@ -48,6 +52,8 @@ pub struct Session<S> {
     runtime_hold: Option<tokio::sync::oneshot::Sender<()>>,
     /// Releases the lock if a panic unwinds through the session before its close.
     unlock_on_panic: UnlockOnPanic,
+    /// Renews the lease until the session is dropped or closed.
+    renewer: Renewer,
 }
 
 /// How many event records the journal takes before they are folded into a snapshot:
@@ -78,14 +84,26 @@ where
     /// recording the result. Call [`Session::close`] when done.
     pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
         let lock = store.lock(self.name(), operation).await?;
-        // Armed at once: opening settles pending operations through the providers.
+        // Both at once: opening settles pending operations through the providers, which
+        // may take longer than a lease.
+        let renewer = Renewer::start(store.clone(), lock.clone());
         let mut unlock_on_panic = UnlockOnPanic(Some((store.clone(), lock.clone())));
         match self.open_locked(&*store, &lock).await {
-            Ok((state, recovered)) => {
-                Ok(Session { stack: self.clone(), store, lock, state, recovered, broken: None, journaled_events: 0, runtime_hold: None, unlock_on_panic })
-            }
+            Ok((state, recovered)) => Ok(Session {
+                stack: self.clone(),
+                store,
+                lock,
+                state,
+                recovered,
+                broken: None,
+                journaled_events: 0,
+                runtime_hold: None,
+                unlock_on_panic,
+                renewer,
+            }),
             Err(e) => {
                 unlock_on_panic.0 = None;
+                drop(renewer);
                 let _ = store.unlock(lock).await;
                 Err(e)
             }
@@ -275,12 +293,28 @@ where
         &self.store
     }
 
+    /// The stack's lock: its generation and lease.
+    pub fn lock_info(&self) -> &cairn_state::LockInfo {
+        &self.lock.info
+    }
+
+    /// Resolves when the session's lock is found lost (taken over after its lease
+    /// expired, or cleared with `state unlock --force`): the session can write nothing
+    /// more. `watch` stops on it. Never resolves while the lock is held.
+    pub fn lease_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut lost = self.renewer.lost.clone();
+        async move {
+            let _ = lost.wait_for(|lost| *lost).await;
+        }
+    }
+
     /// Writes the event records this session journaled into a snapshot (so the next
     /// session starts from one, not from a journal to replay), and releases the
     /// stack's lock, also if that write fails: the records stay in the journal.
     pub async fn close(mut self) -> Result<()> {
         let folded = if self.journaled_events > 0 && self.broken.is_none() { self.fold_events().await } else { Ok(()) };
         self.unlock_on_panic.0 = None;
+        self.renewer.stop();
         self.store.unlock(self.lock).await?;
         folded
     }
@@ -291,6 +325,48 @@ where
     async fn fold_events(&mut self) -> Result<()> {
         let state = self.state.clone();
         self.commit(state).await
+    }
+}
+
+/// Renews a session's lease every third of it, on the runtime the session was opened
+/// on, until dropped. A renewal that fails for a passing reason (the store unreachable)
+/// is tried again sooner; if none succeeds in time, the lease's own clock stops the
+/// session's writes before anyone may take over. A lock found lost ends it.
+#[derive(Debug)]
+struct Renewer {
+    task: tokio::task::AbortHandle,
+    /// Becomes true when the lock is found lost.
+    lost: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Renewer {
+    fn start(store: Arc<dyn Store>, lock: Lock) -> Renewer {
+        let (tell, lost) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut wait = lock.renew_every();
+            loop {
+                tokio::time::sleep(wait).await;
+                wait = match store.renew(&lock).await {
+                    Ok(()) => lock.renew_every(),
+                    Err(_) if lock.is_lost() => {
+                        let _ = tell.send(true);
+                        return;
+                    }
+                    Err(_) => lock.lease() / 10,
+                };
+            }
+        });
+        Renewer { task: task.abort_handle(), lost }
+    }
+
+    fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

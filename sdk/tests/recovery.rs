@@ -44,6 +44,9 @@ impl Store for FailingCommit {
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
         self.inner.lock(stack, operation).await
     }
+    async fn renew(&self, lock: &Lock) -> Result<(), StateError> {
+        self.inner.renew(lock).await
+    }
     async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
         self.inner.unlock(lock).await
     }
