@@ -30,9 +30,7 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static> 
 /// A future an event source runs while `watch` serves.
 pub type SourceFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-type SourceFactory = Box<dyn Fn(&StackState, Events) -> SourceFuture + Send + Sync>;
-
-type StackFactory<S> = Box<dyn FnOnce(&str) -> Stack<S>>;
+type StackFactory<S> = Box<dyn Fn(&str) -> Stack<S>>;
 
 #[derive(Parser, Debug)]
 #[command(about = "Manage this stack: preview, deploy, watch for events, inspect state.")]
@@ -99,6 +97,14 @@ enum Verb {
         /// Address to serve HTTP on.
         #[arg(long, default_value = "127.0.0.1:8787")]
         listen: String,
+        /// While another process leads the stack, stand by (consuming no event) and take
+        /// over once its lease expires, instead of failing at once.
+        #[arg(long)]
+        standby: bool,
+        /// Watch these stacks instead of --stack (comma-separated): a lease and a
+        /// reconciler each, served under /stacks/<stack>/.
+        #[arg(long, value_name = "STACK,...", value_delimiter = ',')]
+        stacks: Vec<String>,
     },
     /// Send one event to the stack's handlers and apply the result.
     Emit {
@@ -152,13 +158,17 @@ enum StateVerb {
         #[arg(long)]
         force: bool,
     },
-    /// Remove a lock left by a process that died.
-    Unlock,
+    /// Remove a lock left by a process that died: refused while its lease is live.
+    Unlock {
+        /// Also a live lease: its holder's next write is refused, and it stops.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// An error the CLI prints and exits 1 on.
 #[derive(Debug)]
-struct Failure(String);
+pub(crate) struct Failure(pub(crate) String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
@@ -166,14 +176,14 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-type Outcome_ = Result<ExitCode, Failure>;
+pub(crate) type Outcome_ = Result<ExitCode, Failure>;
 
 /// A stack's command line: build it with the stack factory, add event sources and
 /// schedules for `watch`, then [`Cli::run`].
 pub struct Cli<S> {
     factory: StackFactory<S>,
     schedules: Vec<Schedule>,
-    sources: Vec<(String, SourceFactory)>,
+    sources: Vec<(String, crate::watch::SourceFactory)>,
     reconciler: ReconcilerOptions,
     http: crate::serve::HttpLimits,
 }
@@ -185,8 +195,9 @@ impl<S> std::fmt::Debug for Cli<S> {
 }
 
 impl<S: UserState> Cli<S> {
-    /// A CLI for the stack `factory` builds for the chosen `--stack` name.
-    pub fn new(factory: impl FnOnce(&str) -> Stack<S> + 'static) -> Self {
+    /// A CLI for the stack `factory` builds for the chosen `--stack` name (for each
+    /// name of `watch --stacks`).
+    pub fn new(factory: impl Fn(&str) -> Stack<S> + 'static) -> Self {
         Cli {
             factory: Box::new(factory),
             schedules: Vec::new(),
@@ -207,7 +218,7 @@ impl<S: UserState> Cli<S> {
     /// queue the stack created is found there) and the reconciler's sender.
     #[must_use]
     pub fn source(mut self, name: impl Into<String>, source: impl Fn(&StackState, Events) -> SourceFuture + Send + Sync + 'static) -> Self {
-        self.sources.push((name.into(), Box::new(source)));
+        self.sources.push((name.into(), Arc::new(source)));
         self
     }
 
@@ -258,17 +269,26 @@ impl<S: UserState> Cli<S> {
         let terminal = Terminal::detect();
         let location = cairn_state::location(args.state.as_deref());
         let store = cairn_state::open(&location).await?;
-        let stack = (self.factory)(&args.stack).progress(LiveProgress::new(terminal));
-        if stack.name() != args.stack {
-            return Err(Failure(format!("the stack factory built stack '{}' for --stack {}; build it with the name it is given", stack.name(), args.stack)));
+        let build = |name: &str| {
+            let stack = (self.factory)(name).progress(LiveProgress::new(terminal));
+            if stack.name() != name {
+                return Err(Failure(format!("the stack factory built stack '{}' for --stack {name}; build it with the name it is given", stack.name())));
+            }
+            Ok(stack)
+        };
+        if let Verb::Watch { listen, standby, stacks } = args.verb {
+            let names = if stacks.is_empty() { vec![args.stack.clone()] } else { stacks };
+            let stacks = names.iter().map(|n| build(n)).collect::<Result<Vec<_>, _>>()?;
+            let plan = crate::watch::Plan { stacks, store, listen, standby, schedules: self.schedules, sources: self.sources, options: self.reconciler, http: self.http };
+            return crate::watch::run(plan).await;
         }
-        let ctx = Ctx { stack, store, terminal };
+        let ctx = Ctx { stack: build(&args.stack)?, store, terminal };
         match args.verb {
             Verb::Preview { diff, json, out, expect_no_changes } => ctx.preview(diff, json, out, expect_no_changes).await,
             Verb::Up { yes, plan, parallel, refresh, target } => ctx.up(yes, plan, parallel, refresh, target).await,
             Verb::Destroy { yes } => ctx.destroy(yes).await,
             Verb::Refresh { yes } => ctx.refresh(yes).await,
-            Verb::Watch { listen } => ctx.watch(&listen, self.schedules, self.sources, self.reconciler, self.http).await,
+            Verb::Watch { .. } => unreachable!("watch is run above"),
             Verb::Emit { kind, payload, dry_run, yes } => ctx.emit(kind, &payload, dry_run, yes).await,
             Verb::Graph { format } => ctx.graph(&format).await,
             Verb::State { verb } => ctx.state(verb).await,
@@ -278,7 +298,7 @@ impl<S: UserState> Cli<S> {
 }
 
 /// Runs the CLI for the stack `factory` builds: `cairn::run_cli(|name| Stack::new(name)...)`.
-pub async fn run_cli<S: UserState>(factory: impl FnOnce(&str) -> Stack<S> + 'static) -> ExitCode {
+pub async fn run_cli<S: UserState>(factory: impl Fn(&str) -> Stack<S> + 'static) -> ExitCode {
     Cli::new(factory).run().await
 }
 
@@ -459,7 +479,7 @@ impl<S: UserState> Ctx<S> {
             return Ok(ExitCode::SUCCESS);
         }
         let session = self.lock("emit").await?;
-        let (mut reconciler, _events) = reconciler(session, ReconcilerOptions::default()).await?;
+        let (mut reconciler, _events) = Reconciler::new(readable(session).await?, ReconcilerOptions::default())?;
         let outcome = reconciler.process(vec![event]).await;
         let report = reconciler.last_report().cloned();
         reconciler.into_session().close().await?;
@@ -514,8 +534,16 @@ impl<S: UserState> Ctx<S> {
                 println!("{}", serde_json::to_string_pretty(&state)?);
             }
             StateVerb::Import { file, force } => return self.import(&file, force).await,
-            StateVerb::Unlock => match self.store.force_unlock(self.stack.name()).await? {
-                Some(held) => println!("Removed the lock held by {} (pid {} on {}) for '{}' since {}.", held.user, held.pid, held.host, held.operation, held.since),
+            StateVerb::Unlock { force } => match cairn_state::unlock_stale(&*self.store, self.stack.name(), force).await? {
+                Some(held) => println!(
+                    "Removed the lock held by {} (pid {} on {}) for '{}' since {}; {}.",
+                    held.user,
+                    held.pid,
+                    held.host,
+                    held.operation,
+                    held.since,
+                    held.lease().describe(held.pid)
+                ),
                 None => println!("Stack '{}' was not locked.", self.stack.name()),
             },
         }
@@ -577,95 +605,16 @@ impl<S: UserState> Ctx<S> {
         Ok(ExitCode::SUCCESS)
     }
 
-    async fn watch(self, listen: &str, schedules: Vec<Schedule>, sources: Vec<(String, SourceFactory)>, options: ReconcilerOptions, http: crate::serve::HttpLimits) -> Outcome_ {
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}; pick another address with --listen"))?;
-        // Before the lock is taken: an error from here on must not leave it behind.
-        let addr = listener.local_addr()?;
-        let webhook = match std::env::var("CAIRN_WEBHOOK_SECRET") {
-            Ok(secret) if secret.trim().is_empty() => {
-                return Err(Failure("CAIRN_WEBHOOK_SECRET is set but empty; set it to a long random secret, or unset it to turn the webhook off".to_owned()))
-            }
-            Ok(secret) => Some(crate::serve::WebhookConfig::new(secret.into_bytes())),
-            _ => {
-                eprintln!("note: CAIRN_WEBHOOK_SECRET is not set, so POST /events is off");
-                None
-            }
-        };
-        let session = self.lock("watch").await?;
-        let state = session.state().clone();
-        let (reconciler, events) = reconciler(session, options).await?;
-        let status = reconciler.status();
-        // Who holds the lock, for /status: not its token, which is what a write proves
-        // it holds the lock with.
-        let holder = self.store.lock_holder(self.stack.name()).await.ok().flatten().and_then(|l| serde_json::to_value(l).ok()).map(crate::serve::redact_lock);
-        if let Ok(mut s) = status.lock() {
-            s.lock_holder = holder;
-        }
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = tokio::task::JoinSet::new();
-        for schedule in schedules {
-            println!("schedule: {} ", schedule.kind());
-            let events = events.clone();
-            tasks.spawn(async move {
-                schedule.run(events).await;
-            });
-        }
-        for (name, make) in &sources {
-            println!("source: {name}");
-            let source = make(&state, events.clone());
-            let name = name.clone();
-            tasks.spawn(async move {
-                if let Err(e) = source.await {
-                    eprintln!("source {name} stopped: {e}");
-                }
-            });
-        }
-        let router = crate::serve::router_with_limits(events.clone(), status, webhook, http);
-        let mut http_stop = stop_rx.clone();
-        tasks.spawn(async move {
-            let shutdown = async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::serve::serve(listener, router, shutdown).await {
-                eprintln!("HTTP server stopped: {e}");
-            }
-        });
-        println!("Watching stack '{}' on http://{addr} (/healthz, /metrics, /status, POST /events). Ctrl-C stops.", self.stack.name());
-        drop(events);
-        // The reconciler gets a thread of its own, so an event's render, diff and apply
-        // never wait behind the HTTP server or the sources; Ctrl-C is caught here and
-        // passed on.
-        let mut stop = stop_rx.clone();
-        let running = reconciler.spawn(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        let finished = running.finished();
-        tokio::pin!(finished);
-        let result = tokio::select! {
-            result = &mut finished => result,
-            _ = tokio::signal::ctrl_c() => {
-                let _ = stop_tx.send(true);
-                finished.await
-            }
-        };
-        let _ = stop_tx.send(true);
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-        let session = result?;
-        session.close().await?;
-        println!("Stopped; state recorded.");
-        Ok(ExitCode::SUCCESS)
-    }
 }
 
-/// A reconciler for `session`; if it cannot be made (the stored user state does not
-/// read as `S`), the session is closed first, so the lock is not left behind.
-async fn reconciler<S: UserState>(session: Session<S>, options: ReconcilerOptions) -> Result<(Reconciler<S>, Events), Failure> {
+/// The session, once its stored user state reads as `S`; if it does not, the session
+/// is closed first, so the lock is not left behind.
+pub(crate) async fn readable<S: UserState>(session: Session<S>) -> Result<Session<S>, Failure> {
     if let Err(e) = session.user_state() {
         let _ = session.close().await;
         return Err(e.into());
     }
-    Ok(Reconciler::new(session, options)?)
+    Ok(session)
 }
 
 fn print_drift(report: &cairn_sdk::RefreshReport) {

@@ -28,6 +28,8 @@ pub use cli::{run_cli, Cli};
 
 pub mod serve;
 
+mod watch;
+
 /// Stack state: the model, stores and journal (the `cairn-state` crate).
 pub mod state {
     pub use cairn_state::*;

@@ -6,7 +6,7 @@
 //! | `POST /events` | the webhook (see below); 404 when it is not configured |
 //! | `GET /healthz` | `ok` |
 //! | `GET /metrics` | the [`Metrics`](cairn_sdk::events::Metrics) in Prometheus' text format |
-//! | `GET /status` | the [`Status`] document as JSON |
+//! | `GET /status` | the [`Status`] document as JSON, with the replica's `role` (`leader` or `standby`) |
 //!
 //! # The webhook
 //!
@@ -40,7 +40,9 @@
 //! event stays queued, and sent again with the same `id` it is a duplicate if it was
 //! recorded meanwhile). At most `max_webhook_requests` (64) webhook requests are handled
 //! at once; one more is refused at once with 503 `overloaded` and `Retry-After: 1`,
-//! counted like the other refusals. The body limit is the webhook's `max_body`: a body
+//! counted like the other refusals. A standby replica (`watch --standby` while another
+//! process leads the stack) refuses every webhook call with 503 `standby` and
+//! `Retry-After: 1`, naming the leader. The body limit is the webhook's `max_body`: a body
 //! is read only up to it, then refused with 413. `/status` shows who holds the lock, never
 //! its token.
 //!
@@ -251,10 +253,15 @@ async fn serve_metrics(State(app): State<App>) -> impl IntoResponse {
 }
 
 async fn serve_status(State(app): State<App>) -> Json<Status> {
-    let mut status = app.status.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    status.pending_events = app.events.metrics().pending();
+    Json(status_of(&app.status, &app.events))
+}
+
+/// The status document as `/status` serves it: current, without the lock's token.
+pub(crate) fn status_of(status: &Mutex<Status>, events: &Events) -> Status {
+    let mut status = status.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    status.pending_events = events.metrics().pending();
     status.lock_holder = status.lock_holder.map(redact_lock);
-    Json(status)
+    status
 }
 
 /// The lock holder as `/status` shows it: without the lock's token, which is what a
@@ -303,6 +310,11 @@ async fn receive(State(app): State<App>, request: Request) -> Response {
         let message = "the webhook is not configured: set CAIRN_WEBHOOK_SECRET to the shared secret and restart `watch`";
         return (StatusCode::NOT_FOUND, Json(json!({"error": "webhook_not_configured", "message": message}))).into_response();
     };
+    if let Some(refusal) = standing_by(&app) {
+        app.events.metrics().refused("webhook", refusal.reason);
+        let body = json!({"error": refusal.reason, "message": refusal.message});
+        return (refusal.status, [(header::RETRY_AFTER, "1")], Json(body)).into_response();
+    }
     let event = match check(&config, request).await {
         Ok(event) => event,
         Err(refusal) => {
@@ -330,6 +342,21 @@ async fn receive(State(app): State<App>, request: Request) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], Json(body)).into_response()
         }
     }
+}
+
+/// The refusal of a webhook call to a standby replica: it consumes no event, so the
+/// sender (or the load balancer in front of the replicas) must reach the leader.
+fn standing_by(app: &App) -> Option<Refusal> {
+    let status = app.status.lock().unwrap_or_else(PoisonError::into_inner);
+    if status.role != cairn_sdk::events::Role::Standby {
+        return None;
+    }
+    let leader = status.lock_holder.as_ref().map_or_else(
+        || "another replica".to_owned(),
+        |h| format!("{}@{} (pid {})", h["user"].as_str().unwrap_or("?"), h["host"].as_str().unwrap_or("?"), h["pid"]),
+    );
+    let message = format!("this replica is a standby for stack '{}': {leader} leads it. Send the event to the leader, or again shortly (a standby takes over within a lease of the leader's death)", status.stack);
+    Some(refuse(StatusCode::SERVICE_UNAVAILABLE, "standby", message))
 }
 
 /// Checks a webhook request's headers, size, signature, timestamp and body, in that

@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    Cli::new(move |name| shop::stack(name, aws))
+    Cli::new(move |name| shop::stack(name, aws.clone()))
         .schedule(peak_hours)
         .source("sqs:shop-events", |state, events| {
             let url = EventSource::queue_url_in(state, shop::EVENTS_QUEUE);

@@ -110,6 +110,29 @@ where
         }
     }
 
+    /// [`Stack::lock`], waiting while another process holds the stack: a standby
+    /// replica. It tries again when the holder's lease would expire, and at least every
+    /// `poll` (a lease renewed meanwhile is waited for again); `waiting` is told the
+    /// holder each time it is found locked. Resolves once the lease is this process's:
+    /// within `poll` of the old holder's lease running out after it died. Any error
+    /// other than the stack being locked ends the wait.
+    pub async fn lock_when_free(&self, store: Arc<dyn Store>, operation: &str, poll: std::time::Duration, mut waiting: impl FnMut(&cairn_state::LockInfo)) -> Result<Session<S>> {
+        loop {
+            match self.lock(store.clone(), operation).await {
+                Err(crate::Error::State(cairn_state::StateError::Locked(locked))) => {
+                    waiting(&locked.holder);
+                    let wait = match locked.holder.lease() {
+                        // Just after it would expire, by this host's clock.
+                        cairn_state::Lease::Live { remaining, .. } => (remaining + std::time::Duration::from_millis(5)).min(poll),
+                        _ => poll,
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn open_locked(&self, store: &dyn Store, lock: &Lock) -> Result<(StackState, Vec<Recovery>)> {
         let Some(state) = store.load(self.name()).await? else {
             // The first snapshot: the journal needs one to apply to.
@@ -291,6 +314,11 @@ where
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// How long the session's lease lasts unless renewed.
+    pub fn lease(&self) -> std::time::Duration {
+        self.lock.lease()
     }
 
     /// The stack's lock: its generation and lease.

@@ -49,8 +49,9 @@ use cairn_sdk::{Observed, Props, ProviderError, Urn};
 
 use crate::kind::{Clients, Kind, Kinds};
 
-/// The AWS provider: serves every `aws:*` resource type.
-#[derive(Debug)]
+/// The AWS provider: serves every `aws:*` resource type. Cheap to clone: clones share
+/// the SDK clients and their connection pools.
+#[derive(Debug, Clone)]
 pub struct Provider {
     clients: Clients,
     kinds: Kinds,

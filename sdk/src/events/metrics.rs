@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ struct Counters {
 pub struct Metrics {
     counters: Mutex<Counters>,
     pending: AtomicI64,
+    leader: AtomicBool,
 }
 
 impl Metrics {
@@ -72,6 +73,17 @@ impl Metrics {
 
     pub(crate) fn pending_add(&self, n: i64) {
         self.pending.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Says whether this process leads the stack (holds its lease and reconciles) or
+    /// stands by: the `cairn_leader` gauge.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+    }
+
+    /// Whether this process leads the stack.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
     }
 
     /// Events received and not yet recorded.
@@ -130,6 +142,9 @@ impl Metrics {
         let _ = writeln!(out, "# HELP cairn_events_pending Events received and not yet recorded.");
         let _ = writeln!(out, "# TYPE cairn_events_pending gauge");
         let _ = writeln!(out, "cairn_events_pending {}", self.pending());
+        let _ = writeln!(out, "# HELP cairn_leader 1 if this process holds the stack's lease and reconciles it, 0 if it stands by.");
+        let _ = writeln!(out, "# TYPE cairn_leader gauge");
+        let _ = writeln!(out, "cairn_leader {}", u8::from(self.is_leader()));
         out
     }
 }
@@ -153,4 +168,18 @@ pub struct Status {
     pub lock_holder: Option<Value>,
     /// Events received and not yet recorded.
     pub pending_events: i64,
+    /// Whether this process reconciles the stack or waits for its lease.
+    pub role: Role,
+}
+
+/// What a `watch` process does for a stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// It holds the stack's lease and reconciles it.
+    #[default]
+    Leader,
+    /// Another process holds the lease; this one waits to take over when it expires,
+    /// consuming no event meanwhile.
+    Standby,
 }

@@ -35,8 +35,8 @@ mod reconciler;
 pub(crate) mod rules;
 mod schedule;
 
-pub use metrics::{Metrics, Status};
-pub use reconciler::{Backoff, Debounce, Events, EventsClosed, Outcome, Reconciler, ReconcilerOptions, Receipt, Spawned};
+pub use metrics::{Metrics, Role, Status};
+pub use reconciler::{inbox, Backoff, Debounce, Events, EventsClosed, Inbox, Outcome, Reconciler, ReconcilerOptions, Receipt, Spawned};
 pub use rules::{EventPolicy, HandlerFuture, HandlerResult, Rejection};
 pub use schedule::{Schedule, ScheduleError};
 

@@ -128,6 +128,33 @@ pub struct Events {
     metrics: Arc<Metrics>,
 }
 
+/// The other end of [`Events`]: what a reconciler takes events from, made before the
+/// reconciler when the way in must exist first (a standby replica serves `/status` and
+/// refuses webhook calls while it waits for the stack's lease).
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<Delivery>,
+    metrics: Arc<Metrics>,
+    status: Arc<Mutex<Status>>,
+}
+
+impl Inbox {
+    /// The status document the reconciler made from this inbox will keep current;
+    /// until then, whoever made the inbox keeps it.
+    pub fn status(&self) -> Arc<Mutex<Status>> {
+        self.status.clone()
+    }
+}
+
+/// A way in for sources and its inbox, queueing up to `queue` events (see
+/// [`ReconcilerOptions::queue`]); [`Reconciler::from_inbox`] takes the inbox.
+pub fn inbox(stack: &str, queue: usize) -> (Events, Inbox) {
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let metrics = Arc::new(Metrics::default());
+    let status = Arc::new(Mutex::new(Status { stack: stack.to_owned(), ..Status::default() }));
+    (Events { tx, metrics: metrics.clone() }, Inbox { rx, metrics, status })
+}
+
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery").field("event", &self.event.id).finish_non_exhaustive()
@@ -268,11 +295,25 @@ where
 {
     /// A reconciler for the locked stack of `session`, and the sender sources use.
     pub fn new(session: Session<S>, options: ReconcilerOptions) -> Result<(Self, Events)> {
+        let (events, inbox) = inbox(&session.state().stack, options.queue);
+        Ok((Self::from_inbox(session, options, inbox)?, events))
+    }
+
+    /// A reconciler for the locked stack of `session` that takes its events from
+    /// `inbox` (see [`inbox`]): its status becomes the leader's.
+    pub fn from_inbox(session: Session<S>, options: ReconcilerOptions, inbox: Inbox) -> Result<Self> {
         let s = session.user_state()?;
-        let (tx, rx) = mpsc::channel(options.queue.max(1));
-        let metrics = Arc::new(Metrics::default());
+        let Inbox { rx, metrics, status } = inbox;
         let seen = session.state().processed_events.iter().cloned().collect();
-        let status = Status { stack: session.state().stack.clone(), user_state: session.state().user_state.clone(), ..Status::default() };
+        {
+            let mut status = status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            status.stack = session.state().stack.clone();
+            status.user_state = session.state().user_state.clone();
+            status.role = super::Role::Leader;
+            let holder = session.lock_info();
+            status.lock_holder = serde_json::to_value(holder).ok();
+        }
+        metrics.set_leader(true);
         let cooling = vec![None; options.cooldowns.len()];
         let backoff = options.backoff.initial;
         let reconciler = Reconciler {
@@ -281,8 +322,8 @@ where
             rx,
             closed: false,
             options,
-            metrics: metrics.clone(),
-            status: Arc::new(Mutex::new(status)),
+            metrics,
+            status,
             seen,
             held: VecDeque::new(),
             cooling,
@@ -293,7 +334,7 @@ where
             last_report: None,
             planned: None,
         };
-        Ok((reconciler, Events { tx, metrics }))
+        Ok(reconciler)
     }
 
     /// The metrics its sources and the reconciler update.

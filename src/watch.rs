@@ -1,0 +1,274 @@
+//! `watch`: the event loop of one stack or many, as the leader or as a standby.
+//!
+//! Each stack gets its own lease and reconciler. With `--standby`, a stack another
+//! process leads is waited for: the replica serves `/status` (role `standby`), refuses
+//! webhook calls with 503, starts no source (an SQS message stays in its queue for the
+//! leader), and takes the stack over once the leader's lease has expired. A leader that
+//! loses its lease stops that stack at once and exits non-zero when the rest stop.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use cairn_sdk::events::{inbox, Events, Inbox, Reconciler, ReconcilerOptions, Role, Schedule, Status};
+use cairn_sdk::{Session, Stack, StackState};
+use cairn_state::Store;
+use tokio::sync::watch;
+
+use crate::cli::{Failure, SourceFuture, UserState};
+use crate::serve::HttpLimits;
+
+/// How often a standby looks at the lease of a stack it waits for, at most: failover
+/// comes within this of the leader's lease running out.
+pub(crate) const STANDBY_POLL: Duration = Duration::from_millis(500);
+
+pub(crate) type SourceFactory = Arc<dyn Fn(&StackState, Events) -> SourceFuture + Send + Sync>;
+
+/// What `watch` was asked to do.
+pub(crate) struct Plan<S> {
+    pub(crate) stacks: Vec<Stack<S>>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) listen: String,
+    pub(crate) standby: bool,
+    pub(crate) schedules: Vec<Schedule>,
+    pub(crate) sources: Vec<(String, SourceFactory)>,
+    pub(crate) options: ReconcilerOptions,
+    pub(crate) http: HttpLimits,
+}
+
+/// One watched stack before it is led: its way in, and the inbox its reconciler will
+/// take events from once this process holds the lease.
+struct Watched<S> {
+    stack: Stack<S>,
+    events: Events,
+    inbox: Inbox,
+    status: Arc<Mutex<Status>>,
+}
+
+pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, Failure> {
+    let listener = tokio::net::TcpListener::bind(&plan.listen).await.map_err(|e| format!("cannot listen on {}: {e}; pick another address with --listen", plan.listen))?;
+    // Before any lock is taken: an error from here on must not leave one behind.
+    let addr = listener.local_addr()?;
+    let webhook = match std::env::var("CAIRN_WEBHOOK_SECRET") {
+        Ok(secret) if secret.trim().is_empty() => {
+            return Err(Failure("CAIRN_WEBHOOK_SECRET is set but empty; set it to a long random secret, or unset it to turn the webhook off".to_owned()))
+        }
+        Ok(secret) => Some(crate::serve::WebhookConfig::new(secret.into_bytes())),
+        _ => {
+            eprintln!("note: CAIRN_WEBHOOK_SECRET is not set, so POST /events is off");
+            None
+        }
+    };
+    let watched: Vec<Watched<S>> = plan
+        .stacks
+        .into_iter()
+        .map(|stack| {
+            let (events, inbox) = inbox(stack.name(), plan.options.queue);
+            let status = inbox.status();
+            // A standby until the lease is this process's.
+            status.lock().unwrap_or_else(PoisonError::into_inner).role = Role::Standby;
+            Watched { stack, events, inbox, status }
+        })
+        .collect();
+
+    let router = match &watched[..] {
+        [one] => crate::serve::router_with_limits(one.events.clone(), one.status.clone(), webhook, plan.http),
+        many => {
+            // Each stack under /stacks/<name>/ with the single-stack routes; /status
+            // lists them all.
+            let statuses: Vec<(Arc<Mutex<Status>>, Events)> = many.iter().map(|w| (w.status.clone(), w.events.clone())).collect();
+            let mut router = Router::new().route("/healthz", get(|| async { "ok" })).route(
+                "/status",
+                get(move || {
+                    let all = statuses.iter().map(|(status, events)| crate::serve::status_of(status, events)).collect::<Vec<_>>();
+                    async move { Json(all) }
+                }),
+            );
+            for w in many {
+                let routes = crate::serve::router_with_limits(w.events.clone(), w.status.clone(), webhook.clone(), plan.http.clone());
+                router = router.nest(&format!("/stacks/{}", w.stack.name()), routes);
+            }
+            router
+        }
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = crate::serve::serve(listener, router, shutdown).await {
+            eprintln!("HTTP server stopped: {e}");
+        }
+    });
+    let names: Vec<String> = watched.iter().map(|w| w.stack.name().to_owned()).collect();
+    let routes = if names.len() == 1 { "/healthz, /metrics, /status, POST /events".to_owned() } else { "/healthz, /status, /stacks/<stack>/{metrics,status,events}".to_owned() };
+    println!("Watching stack{} '{}' on http://{addr} ({routes}). Ctrl-C stops.", if names.len() == 1 { "" } else { "s" }, names.join("', '"));
+
+    let shared = Arc::new(Shared { store: plan.store, standby: plan.standby, schedules: plan.schedules, sources: plan.sources, options: plan.options, many: names.len() > 1 });
+    let mut leading = tokio::task::JoinSet::new();
+    for w in watched {
+        leading.spawn(lead(shared.clone(), w, stop_rx.clone()));
+    }
+    let mut failures = Vec::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            done = leading.join_next() => match done {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(Failure(why)))) => failures.push(why),
+                Some(Err(e)) => failures.push(format!("a stack's watcher panicked: {e}")),
+            },
+            _ = &mut ctrl_c, if !stopping => {
+                stopping = true;
+                let _ = stop_tx.send(true);
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    if failures.is_empty() {
+        println!("Stopped; state recorded.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure(failures.join("\nerror: ")))
+    }
+}
+
+/// What every stack's watcher shares.
+struct Shared {
+    store: Arc<dyn Store>,
+    standby: bool,
+    schedules: Vec<Schedule>,
+    sources: Vec<(String, SourceFactory)>,
+    options: ReconcilerOptions,
+    /// Several stacks: their reconcilers share the runtime, rather than taking a thread
+    /// each.
+    many: bool,
+}
+
+/// Watches one stack until stopped: waits for its lease if asked to, then reconciles.
+async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch::Receiver<bool>) -> Result<(), Failure> {
+    let Watched { stack, events, inbox, status } = w;
+    let name = stack.name().to_owned();
+    let session = {
+        let acquire = acquire(&shared, &stack, &status);
+        tokio::select! {
+            session = acquire => session?,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    };
+    for r in session.recovered() {
+        eprintln!("recovered: {r}");
+    }
+    println!("leading stack '{name}' (lease generation {}, renewed every {:.1} s)", session.lock_info().generation, session.lease().as_secs_f64() / 3.0);
+    let lost = session.lease_lost();
+    let state = session.state().clone();
+    let reconciler = Reconciler::from_inbox(crate::cli::readable(session).await?, shared.options.clone(), inbox)?;
+    events.metrics().set_leader(true);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for schedule in &shared.schedules {
+        println!("schedule: {} (stack '{name}')", schedule.kind());
+        let (schedule, events) = (schedule.clone(), events.clone());
+        tasks.spawn(async move {
+            schedule.run(events).await;
+        });
+    }
+    for (source, make) in &shared.sources {
+        println!("source: {source} (stack '{name}')");
+        let running = make(&state, events.clone());
+        let source = source.clone();
+        let stack = name.clone();
+        tasks.spawn(async move {
+            if let Err(e) = running.await {
+                eprintln!("source {source} of stack '{stack}' stopped: {e}");
+            }
+        });
+    }
+    drop(events);
+
+    // Stops on Ctrl-C or when the lease is found lost, whichever comes first.
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let mut stopping = stop.clone();
+    let until = async move {
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => {}
+            () = lost => {
+                let _ = lost_tx.send(true);
+            }
+        }
+    };
+    let finished = if shared.many {
+        // The reconciler's future waits on its own stop signal; a task on this runtime.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        let running = tokio::spawn(reconciler.run(shutdown));
+        until.await;
+        let _ = tx.send(());
+        running.await.map_err(|e| format!("the reconciler of stack '{name}' panicked: {e}"))?
+    } else {
+        // The reconciler gets a thread of its own, so an event's render, diff and apply
+        // never wait behind the HTTP server or the sources.
+        let (tx, mut rx) = watch::channel(false);
+        let running = reconciler.spawn(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        });
+        let finished = running.finished();
+        tokio::pin!(finished);
+        tokio::select! {
+            result = &mut finished => result,
+            () = until => {
+                let _ = tx.send(true);
+                finished.await
+            }
+        }
+    };
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    status.lock().unwrap_or_else(PoisonError::into_inner).role = Role::Standby;
+    if *lost_rx.borrow_and_update() {
+        // Its lock is another process's now: nothing to close or release.
+        return Err(Failure(format!(
+            "stack '{name}': this process lost its lease (another process took the stack over, or `state unlock --force` cleared it) and stopped, writing nothing more. Events not yet recorded stay with their sources for the new leader. Restart this replica with --standby to stand by again"
+        )));
+    }
+    let session = finished?;
+    session.close().await?;
+    Ok(())
+}
+
+/// The stack's lock: at once, or as a standby, waiting for it.
+async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<Mutex<Status>>) -> Result<Session<S>, Failure> {
+    if !shared.standby {
+        return Ok(stack.lock(shared.store.clone(), "watch").await?);
+    }
+    let mut told = None;
+    let session = stack
+        .lock_when_free(shared.store.clone(), "watch", STANDBY_POLL, |holder| {
+            let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
+            s.role = Role::Standby;
+            s.lock_holder = serde_json::to_value(holder).ok();
+            if told.as_deref() != Some(holder.token.as_str()) {
+                println!(
+                    "standby for stack '{}': {}@{} (pid {}) leads it; {}",
+                    stack.name(),
+                    holder.user,
+                    holder.host,
+                    holder.pid,
+                    holder.lease().describe(holder.pid)
+                );
+                told = Some(holder.token.clone());
+            }
+        })
+        .await?;
+    Ok(session)
+}
