@@ -556,3 +556,173 @@ async fn kill_9_while_watch_takes_in_an_sqs_event_then_it_is_applied_exactly_onc
         assert_eq!(compare(&state).await, Comparison::default());
     }
 }
+
+// --- replicas ------------------------------------------------------------------------
+
+/// One `watch --standby` replica of the example: its process, HTTP port and output.
+struct Replica {
+    child: std::process::Child,
+    port: u16,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Replica {
+    /// Starts a replica of stack `name` whose state is in S3 (moto directly; the cloud
+    /// through the proxy), with 2 s leases and SQS messages back 2 s after a crash.
+    fn start(name: &str, state: &str) -> Replica {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(example_binary())
+            .args(["--stack", name, "--state", state, "watch", "--standby", "--listen", &format!("127.0.0.1:{port}")])
+            .env("AWS_ENDPOINT_URL", proxy().endpoint())
+            .env("AWS_ENDPOINT_URL_S3", cairn_testkit::moto().endpoint())
+            .env("CAIRN_LEASE_SECS", "2")
+            .env("CAIRN_SQS_VISIBILITY", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        Replica { child, port, output }
+    }
+
+    /// The body of its answer to `GET path`, once it answers.
+    fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: replica\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer.split("\r\n\r\n").nth(1)?.to_owned())
+    }
+
+    /// Its `/status` document, once it answers.
+    fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.get("/status")?).ok()
+    }
+
+    fn role(&self) -> Option<String> {
+        Some(self.status()?["role"].as_str()?.to_owned())
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+/// Three `watch --standby` replicas of one stack, state in S3 and events from SQS: one
+/// leads, the others stand by; the leader is killed with SIGKILL in the middle of an
+/// event storm. A standby takes over within the lease (plus its poll), every event is
+/// applied exactly once, and the cloud holds exactly what state says.
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_fail_over_when_the_leader_is_killed_and_apply_every_event_once() {
+    use cairn::state::Store;
+    let _turn = TURN.lock().await;
+    proxy().set_plan(FaultPlan::none());
+    let config = sdk_config(&cairn_testkit::moto().endpoint(), true).await;
+    let (sqs, asg) = (aws_sdk_sqs::Client::new(&config), aws_sdk_autoscaling::Client::new(&config));
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
+    s3.create_bucket().bucket("replicas").send().await.unwrap();
+    let (name, location) = ("replicas", "s3://replicas/stacks");
+    let store = cairn::state::S3Store::new(s3.clone(), "replicas", "stacks");
+    let out = ecommerce(name, std::path::Path::new("."), &["up", "--yes"])
+        .args(["--state", location])
+        .env("AWS_ENDPOINT_URL_S3", cairn_testkit::moto().endpoint())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let state = store.load(name).await.unwrap().unwrap();
+    let queue = state.resources.iter().find(|r| r.urn.name() == shop::EVENTS_QUEUE).unwrap().id.clone();
+    let group = state.resources.iter().find(|r| r.ty == "aws:autoscaling:Group").unwrap().id.clone();
+
+    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::start(name, location)).collect();
+    let leader_of = |replicas: &[Replica]| {
+        let roles: Vec<Option<String>> = replicas.iter().map(Replica::role).collect();
+        let leaders: Vec<usize> = roles.iter().enumerate().filter(|(_, r)| r.as_deref() == Some("leader")).map(|(i, _)| i).collect();
+        let standbys = roles.iter().filter(|r| r.as_deref() == Some("standby")).count();
+        (leaders, standbys)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        match leader_of(&replicas) {
+            (leaders, 2) if leaders.len() == 1 => break leaders[0],
+            _ => {}
+        }
+        let outputs: Vec<String> = replicas.iter().map(Replica::output).collect();
+        assert!(std::time::Instant::now() < deadline, "no single leader with two standbys within 60 s:\n{}", outputs.join("\n---\n"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let generation = store.lock_holder(name).await.unwrap().unwrap().generation;
+
+    // The storm: 30 events, 100 ms apart; the leader dies a second in.
+    let ids: Vec<String> = (0..30).map(|i| format!("storm-{i}")).collect();
+    let storm = {
+        let (sqs, queue, ids) = (sqs.clone(), queue.clone(), ids.clone());
+        tokio::spawn(async move {
+            for (i, id) in ids.iter().enumerate() {
+                let body = serde_json::json!({"kind": "traffic.spike", "id": id, "payload": {"requests_per_second": 1000 + 100 * i}});
+                sqs.send_message().queue_url(&queue).message_body(body.to_string()).send().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut dead = replicas.remove(first);
+    dead.child.kill().unwrap(); // SIGKILL: no unlock, no commit
+    let killed = std::time::Instant::now();
+    dead.child.wait().unwrap();
+    let failover = loop {
+        let holder = store.lock_holder(name).await.unwrap();
+        if let Some(h) = holder.filter(|h| h.generation > generation && replicas.iter().any(|r| r.child.id() == h.pid)) {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no standby took over within 30 s of the leader's death");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    storm.await.unwrap();
+    let (leaders, standbys) = leader_of(&replicas);
+    assert_eq!((leaders.len(), standbys), (1, 1), "after the failover, one leader and one standby");
+    // The standby consumed nothing of the storm.
+    let metrics = replicas[1 - leaders[0]].get("/metrics").unwrap();
+    assert!(metrics.contains("cairn_leader 0") && metrics.contains("cairn_events_pending 0") && !metrics.contains("cairn_events_received_total{"), "{metrics}");
+
+    // Every event is applied, the queue drains, the group has the capacity state says.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let state = loop {
+        let state = store.load(name).await.unwrap().unwrap();
+        let attrs = sqs.get_queue_attributes().queue_url(&queue).attribute_names(aws_sdk_sqs::types::QueueAttributeName::All).send().await.unwrap();
+        let count = |a: &str| attrs.attributes().and_then(|m| m.iter().find(|(k, _)| k.as_str() == a)).map_or(0, |(_, v)| v.parse::<u32>().unwrap());
+        let queued = count("ApproximateNumberOfMessages") + count("ApproximateNumberOfMessagesNotVisible");
+        let desired = asg.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.unwrap().auto_scaling_groups()[0].desired_capacity();
+        let all_in = ids.iter().all(|id| state.processed_events.iter().any(|e| e.ends_with(id.as_str())));
+        let capacity = state.user_state["web_capacity"].as_i64().map(|c| c as i32);
+        if all_in && queued == 0 && state.pending.is_empty() && desired == capacity {
+            break state;
+        }
+        let outputs: Vec<String> = replicas.iter().map(Replica::output).collect();
+        assert!(std::time::Instant::now() < deadline, "the storm was not applied within 90 s (queued {queued}, desired {desired:?} vs {capacity:?}):\n{}", outputs.join("\n---\n"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for id in &ids {
+        assert_eq!(state.processed_events.iter().filter(|e| e.ends_with(id.as_str())).count(), 1, "{id} recorded exactly once");
+    }
+    assert_eq!(compare(&state).await, Comparison::default());
+    for mut r in replicas {
+        r.child.kill().unwrap();
+        r.child.wait().unwrap();
+    }
+    summary(&format!("REPLICAS failover_ms={} lease_ms=2000 events={} generation={}", failover.as_millis(), ids.len(), generation + 1));
+    assert!(failover < Duration::from_millis(2000 + 1000), "failover took {failover:?}, more than the lease + 1 s");
+}
