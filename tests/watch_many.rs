@@ -1,0 +1,101 @@
+//! `watch --stacks`: many stacks in one process, a lease and a reconciler each; and a
+//! second process of them as a standby that takes every stack over when the first
+//! dies. In-process: each "process" is a runtime on a thread of its own, and killing
+//! it drops everything it ran (its renewals too) with no clean-up, as a crash does.
+
+use std::time::{Duration, Instant};
+
+use cairn::cli::Cli;
+use cairn::Stack;
+use serde_json::Value;
+
+/// The only test of this binary: the lease length is read from the environment.
+#[test]
+fn many_stacks_in_one_process_and_a_standby_process_that_takes_them_all_over() {
+    std::env::set_var("CAIRN_LEASE_SECS", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("file://{}", dir.path().display());
+    let stacks = ["blue", "green", "red"];
+
+    let first = Replica::start(&state, &stacks, false);
+    let statuses = first.wait_until("the first process leads every stack", |s| s.iter().all(|s| s["role"] == "leader"));
+    let names: Vec<&str> = statuses.iter().map(|s| s["stack"].as_str().unwrap()).collect();
+    assert_eq!(names, stacks);
+    let one = first.get("/stacks/green/status").unwrap();
+    assert!(one.contains("\"stack\":\"green\"") && one.contains("\"role\":\"leader\""), "{one}");
+    assert!(!one.contains("token"), "the lock's token is never shown: {one}");
+    assert!(first.get("/stacks/green/metrics").unwrap().contains("cairn_leader 1"));
+
+    let second = Replica::start(&state, &stacks, true);
+    second.wait_until("the second process stands by for every stack", |s| s.iter().all(|s| s["role"] == "standby"));
+    let metrics = second.get("/stacks/red/metrics").unwrap();
+    assert!(metrics.contains("cairn_leader 0"), "{metrics}");
+
+    // The first process dies: its leases run out, and the standby takes each stack.
+    let died = Instant::now();
+    drop(first);
+    second.wait_until("the standby leads every stack", |s| s.iter().all(|s| s["role"] == "leader"));
+    let failover = died.elapsed();
+    assert!(failover < Duration::from_millis(1000 + 1000), "took {failover:?}: more than the lease + 1 s");
+}
+
+/// A `watch` process: a runtime on its own thread running the CLI until killed.
+struct Replica {
+    port: u16,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Replica {
+    fn start(state: &str, stacks: &[&str], standby: bool) -> Replica {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut args = vec!["shop".to_owned(), "--state".into(), state.into(), "watch".into(), "--stacks".into(), stacks.join(","), "--listen".into(), format!("127.0.0.1:{port}")];
+        if standby {
+            args.push("--standby".into());
+        }
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = Cli::new(|name: &str| Stack::<u32>::new(name)).run_with(args) => {}
+                    _ = killed => {}
+                }
+            });
+        });
+        Replica { port, kill: Some(kill), thread: Some(thread) }
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: watch\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer.split("\r\n\r\n").nth(1)?.to_owned())
+    }
+
+    /// Polls `/status` (every stack's document) until `done` holds, for at most 30 s.
+    fn wait_until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let statuses: Option<Vec<Value>> = self.get("/status").and_then(|body| serde_json::from_str(&body).ok());
+            if let Some(s) = statuses.filter(|s| done(s)) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
