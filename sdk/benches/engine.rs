@@ -646,7 +646,96 @@ fn storm(rt: &tokio::runtime::Runtime) -> (u64, usize) {
     })
 }
 
+/// A leader that dies right after taking the stack (its lease fresh: the worst case),
+/// and a standby waiting in [`Stack::lock_when_free`]: the time from the death to the
+/// standby holding the stack, on the file store with 2 s leases. Median of 3.
+fn failover(rt: &tokio::runtime::Runtime) -> f64 {
+    const LEASE: Duration = Duration::from_secs(2);
+    let dir = scratch_dir("failover");
+    let runs = (0..3)
+        .map(|_| {
+            rt.block_on(async {
+                let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(&dir).with_lease(LEASE));
+                let stack = flat_stack(TestProvider::new("bench"));
+                let leader = stack.lock(store.clone(), "watch").await.expect("the lock");
+                let (seen, mut waiting) = tokio::sync::watch::channel(false);
+                let standby = {
+                    let (stack, store) = (stack.clone(), store.clone());
+                    tokio::spawn(async move {
+                        let session = stack.lock_when_free(store, "watch", Duration::from_millis(500), |_| {
+                            let _ = seen.send(true);
+                        });
+                        let session = session.await.expect("the standby's lock");
+                        (Instant::now(), session)
+                    })
+                };
+                let _ = waiting.wait_for(|w| *w).await;
+                // Dies: no unlock, no more renewals.
+                drop(leader);
+                let died = Instant::now();
+                let (took, session) = standby.await.expect("the standby");
+                session.close().await.expect("unlock");
+                ms(took - died)
+            })
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    median(runs)
+}
+
+/// 1,000 stacks of 10 resources each, watched in one process as `watch --stacks` does:
+/// a lease (renewed in the background) and an idle reconciler task each, on the file
+/// store. The growth of the process's RSS they cost, in MB.
+fn idle_stacks(rt: &tokio::runtime::Runtime) -> f64 {
+    const STACKS: usize = 1000;
+    let dir = scratch_dir("stacks");
+    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(&dir));
+    let before = rss_mb();
+    let t = Instant::now();
+    let running = rt.block_on(async {
+        let provider = TestProvider::new("bench");
+        let mut running = Vec::with_capacity(STACKS);
+        for i in 0..STACKS {
+            let stack = Stack::<Flat>::new(format!("s{i:04}")).provider(provider.clone()).program(|cx, s: &Flat| {
+                for j in 0..s.n {
+                    cx.add(DynamicResource::new(&ROOT, format!("r{j}")).set("name", format!("r{j}")).set("size", j as i64));
+                }
+                Ok(())
+            });
+            let mut session = stack.lock(store.clone(), "watch").await.expect("the lock");
+            assert!(session.up(&Flat { n: 10, bump: 0 }).await.expect("the first up").succeeded());
+            let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).expect("a reconciler");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(reconciler.run(async {
+                let _ = stopped.await;
+            }));
+            running.push((events, stop, task));
+        }
+        // Idle for a few renewals.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        running
+    });
+    let grown = rss_mb() - before;
+    eprintln!("  {STACKS} idle stacks: set up in {:.1} s; RSS {before:.0} -> {:.0} MB", t.elapsed().as_secs_f64(), rss_mb());
+    rt.block_on(async {
+        for (events, stop, task) in running {
+            drop(events);
+            let _ = stop.send(());
+            task.await.expect("the reconciler task").expect("the reconciler").close().await.expect("unlock");
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    grown
+}
+
 fn main() {
+    // Leases alone: `CAIRN_BENCH_ONLY=leases cargo bench -p cairn-sdk --bench engine`.
+    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("leases") {
+        let rt = runtime();
+        bench("failover_ms", failover(&rt), "ms");
+        bench("stacks_per_process_1k_rss_mb", idle_stacks(&rt), "MB");
+        return;
+    }
     // One render and diff of the 1,000-resource stack, the bulk of an event's latency:
     // `CAIRN_BENCH_ONLY=preview cargo bench -p cairn-sdk --bench engine`, for profiling.
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("preview") {
@@ -702,6 +791,9 @@ fn main() {
     bench("apply_p16_ratio", p16.as_secs_f64() / bound.as_secs_f64(), "x");
 
     event_benches(&rt);
+
+    bench("failover_ms", failover(&rt), "ms");
+    bench("stacks_per_process_1k_rss_mb", idle_stacks(&rt), "MB");
 }
 
 fn event_benches(rt: &tokio::runtime::Runtime) {

@@ -260,7 +260,10 @@ impl Store for FileStore {
             let path = dir.join(LOCK);
             crate::store::check_ours(&lock, read_lock(&path)?.as_ref())?;
             let bytes = serde_json::to_vec_pretty(&lock.renewed_info()).expect("lock info serializes");
-            write_atomic(&path, &bytes, None)?;
+            // Replaced atomically, not synced: a renewal lost in a crash of this host
+            // lost its holder with it, and makes the lease end sooner, never later.
+            let tmp = path.with_extension("json.tmp");
+            fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &path)).map_err(StateError::io("renewing the lease in", &path))?;
             lock.renewed(started);
             Ok(())
         })
