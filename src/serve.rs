@@ -41,7 +41,7 @@
 //! recorded meanwhile). At most `max_webhook_requests` (64) webhook requests are handled
 //! at once; one more is refused at once with 503 `overloaded` and `Retry-After: 1`,
 //! counted like the other refusals. A standby replica (`watch --standby` while another
-//! process leads the stack) refuses every webhook call with 503 `standby` and
+//! process leads the stack) refuses every signed webhook call with 503 `standby` and
 //! `Retry-After: 1`, naming the leader. The body limit is the webhook's `max_body`: a body
 //! is read only up to it, then refused with 413. `/status` shows who holds the lock, never
 //! its token.
@@ -310,11 +310,6 @@ async fn receive(State(app): State<App>, request: Request) -> Response {
         let message = "the webhook is not configured: set CAIRN_WEBHOOK_SECRET to the shared secret and restart `watch`";
         return (StatusCode::NOT_FOUND, Json(json!({"error": "webhook_not_configured", "message": message}))).into_response();
     };
-    if let Some(refusal) = standing_by(&app) {
-        app.events.metrics().refused("webhook", refusal.reason);
-        let body = json!({"error": refusal.reason, "message": refusal.message});
-        return (refusal.status, [(header::RETRY_AFTER, "1")], Json(body)).into_response();
-    }
     let event = match check(&config, request).await {
         Ok(event) => event,
         Err(refusal) => {
@@ -323,6 +318,12 @@ async fn receive(State(app): State<App>, request: Request) -> Response {
             return (refusal.status, Json(body)).into_response();
         }
     };
+    // After the signature check: only a caller with the secret learns who leads.
+    if let Some(refusal) = standing_by(&app) {
+        app.events.metrics().refused("webhook", refusal.reason);
+        let body = json!({"error": refusal.reason, "message": refusal.message});
+        return (refusal.status, [(header::RETRY_AFTER, "1")], Json(body)).into_response();
+    }
     let id = event.id.clone();
     let outcome = match app.events.submit(event).await {
         Ok(receipt) => receipt.recorded().await,

@@ -67,8 +67,11 @@ pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, Failure
         .map(|stack| {
             let (events, inbox) = inbox(stack.name(), plan.options.queue);
             let status = inbox.status();
-            // A standby until the lease is this process's.
-            status.lock().unwrap_or_else(PoisonError::into_inner).role = Role::Standby;
+            // A standby waits for the lease; without --standby the lease is taken at
+            // once or the command fails.
+            if plan.standby {
+                status.lock().unwrap_or_else(PoisonError::into_inner).role = Role::Standby;
+            }
             Watched { stack, events, inbox, status }
         })
         .collect();
@@ -113,31 +116,41 @@ pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, Failure
     for w in watched {
         leading.spawn(lead(shared.clone(), w, stop_rx.clone()));
     }
-    let mut failures = Vec::new();
+    // A stack that fails (its lease lost, its lock held elsewhere without --standby)
+    // stops the whole process, at once: a supervisor restarts it as a whole, and no
+    // replica goes on silently covering fewer stacks than it was started for.
+    let mut failures = 0;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut stopping = false;
     loop {
-        tokio::select! {
+        let failure = tokio::select! {
             done = leading.join_next() => match done {
                 None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(Failure(why)))) => failures.push(why),
-                Some(Err(e)) => failures.push(format!("a stack's watcher panicked: {e}")),
+                Some(Ok(Ok(()))) => None,
+                Some(Ok(Err(Failure(why)))) => Some(why),
+                Some(Err(e)) => Some(format!("a stack's watcher panicked: {e}")),
             },
             _ = &mut ctrl_c, if !stopping => {
                 stopping = true;
                 let _ = stop_tx.send(true);
+                None
             }
+        };
+        if let Some(why) = failure {
+            eprintln!("error: {why}");
+            failures += 1;
+            let _ = stop_tx.send(true);
         }
     }
     let _ = stop_tx.send(true);
     let _ = http.await;
-    if failures.is_empty() {
+    if failures == 0 {
         println!("Stopped; state recorded.");
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(Failure(failures.join("\nerror: ")))
+        // Each failure was printed as it happened.
+        Ok(ExitCode::from(1))
     }
 }
 
@@ -171,7 +184,7 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
     let lost = session.lease_lost();
     let state = session.state().clone();
     let reconciler = Reconciler::from_inbox(crate::cli::readable(session).await?, shared.options.clone(), inbox)?;
-    events.metrics().set_leader(true);
+    let metrics = events.metrics().clone();
 
     let mut tasks = tokio::task::JoinSet::new();
     for schedule in &shared.schedules {
@@ -234,11 +247,15 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
     };
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    metrics.set_leader(false);
     status.lock().unwrap_or_else(PoisonError::into_inner).role = Role::Standby;
-    if *lost_rx.borrow_and_update() {
-        // Its lock is another process's now: nothing to close or release.
+    let lease_error = |e: &cairn_sdk::Error| {
+        matches!(e, cairn_sdk::Error::State(cairn_state::StateError::LockLost(_) | cairn_state::StateError::LeaseExpired { .. }))
+    };
+    if *lost_rx.borrow_and_update() || finished.as_ref().is_err_and(lease_error) {
+        // Its lock is another process's now, or will be: nothing to close or release.
         return Err(Failure(format!(
-            "stack '{name}': this process lost its lease (another process took the stack over, or `state unlock --force` cleared it) and stopped, writing nothing more. Events not yet recorded stay with their sources for the new leader. Restart this replica with --standby to stand by again"
+            "stack '{name}': this process lost its lease (it could not renew it in time, or another process took the stack over, or `state unlock --force` cleared it) and stopped, writing nothing more. Events not yet recorded stay with their sources for the new leader. Restart it (with --standby to stand by)"
         )));
     }
     let session = finished?;

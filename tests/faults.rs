@@ -685,7 +685,7 @@ async fn three_replicas_fail_over_when_the_leader_is_killed_and_apply_every_even
     dead.child.wait().unwrap();
     let failover = loop {
         let holder = store.lock_holder(name).await.unwrap();
-        if let Some(h) = holder.filter(|h| h.generation > generation && replicas.iter().any(|r| r.child.id() == h.pid)) {
+        if holder.is_some_and(|h| h.generation > generation && replicas.iter().any(|r| r.child.id() == h.pid)) {
             break killed.elapsed();
         }
         assert!(killed.elapsed() < Duration::from_secs(30), "no standby took over within 30 s of the leader's death");

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cairn::cli::Cli;
+use cairn::state::{FileStore, Store};
 use cairn::Stack;
 use serde_json::Value;
 
@@ -37,13 +38,33 @@ fn many_stacks_in_one_process_and_a_standby_process_that_takes_them_all_over() {
     second.wait_until("the standby leads every stack", |s| s.iter().all(|s| s["role"] == "leader"));
     let failover = died.elapsed();
     assert!(failover < Duration::from_millis(1000 + 1000), "took {failover:?}: more than the lease + 1 s");
+
+    // Someone breaks the lock of one stack and takes it: the process that led it finds
+    // its lease lost at its next renewal, stops every stack it led (releasing the
+    // others' locks), and exits 1 for its supervisor to restart it.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = FileStore::new(dir.path());
+    let intruder = runtime.block_on(async {
+        let held = store.lock_holder("blue").await.unwrap().unwrap();
+        store.break_lock("blue", &held.token).await.unwrap().expect("the lock just read");
+        store.lock("blue", "up").await.unwrap()
+    });
+    let code = second.exited_within(Duration::from_secs(5)).expect("the process that lost a lease exits");
+    assert_eq!(format!("{code:?}"), format!("{:?}", std::process::ExitCode::from(1)));
+    runtime.block_on(async {
+        for stack in ["green", "red"] {
+            assert_eq!(store.lock_holder(stack).await.unwrap(), None, "{stack} released on the way out");
+        }
+        assert_eq!(store.lock_holder("blue").await.unwrap().unwrap().token, intruder.info.token, "blue stays the intruder's");
+    });
 }
 
-/// A `watch` process: a runtime on its own thread running the CLI until killed.
+/// A `watch` process: a runtime on its own thread running the CLI until killed, or
+/// until it exits by itself (with the exit code it gives back).
 struct Replica {
     port: u16,
     kill: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Option<std::process::ExitCode>>>,
 }
 
 impl Replica {
@@ -58,12 +79,24 @@ impl Replica {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 tokio::select! {
-                    _ = Cli::new(|name: &str| Stack::<u32>::new(name)).run_with(args) => {}
-                    _ = killed => {}
+                    code = Cli::new(|name: &str| Stack::<u32>::new(name)).run_with(args) => Some(code),
+                    _ = killed => None,
                 }
-            });
+            })
         });
         Replica { port, kill: Some(kill), thread: Some(thread) }
+    }
+
+    /// The exit code, if it exits by itself within `within`.
+    fn exited_within(mut self, within: Duration) -> Option<std::process::ExitCode> {
+        let deadline = Instant::now() + within;
+        while !self.thread.as_ref()?.is_finished() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.thread.take()?.join().ok()?
     }
 
     fn get(&self, path: &str) -> Option<String> {

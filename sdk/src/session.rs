@@ -50,10 +50,11 @@ pub struct Session<S> {
     /// Dropped with the session: tells the thread of a spawned reconciler that its
     /// runtime, which drives tasks the session's clients started, may stop.
     runtime_hold: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Renews the lease until the session is dropped or closed. Dropped first, so it
+    /// has stopped when a panic releases the lock.
+    renewer: Renewer,
     /// Releases the lock if a panic unwinds through the session before its close.
     unlock_on_panic: UnlockOnPanic,
-    /// Renews the lease until the session is dropped or closed.
-    renewer: Renewer,
 }
 
 /// How many event records the journal takes before they are folded into a snapshot:
@@ -86,7 +87,7 @@ where
         let lock = store.lock(self.name(), operation).await?;
         // Both at once: opening settles pending operations through the providers, which
         // may take longer than a lease.
-        let renewer = Renewer::start(store.clone(), lock.clone());
+        let mut renewer = Renewer::start(store.clone(), lock.clone());
         let mut unlock_on_panic = UnlockOnPanic(Some((store.clone(), lock.clone())));
         match self.open_locked(&*store, &lock).await {
             Ok((state, recovered)) => Ok(Session {
@@ -103,7 +104,7 @@ where
             }),
             Err(e) => {
                 unlock_on_panic.0 = None;
-                drop(renewer);
+                renewer.stop().await;
                 let _ = store.unlock(lock).await;
                 Err(e)
             }
@@ -330,10 +331,7 @@ where
     /// expired, or cleared with `state unlock --force`): the session can write nothing
     /// more. `watch` stops on it. Never resolves while the lock is held.
     pub fn lease_lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut lost = self.renewer.lost.clone();
-        async move {
-            let _ = lost.wait_for(|lost| *lost).await;
-        }
+        self.lock.lost()
     }
 
     /// Writes the event records this session journaled into a snapshot (so the next
@@ -342,7 +340,9 @@ where
     pub async fn close(mut self) -> Result<()> {
         let folded = if self.journaled_events > 0 && self.broken.is_none() { self.fold_events().await } else { Ok(()) };
         self.unlock_on_panic.0 = None;
-        self.renewer.stop();
+        // Stopped before the release: a renewal landing after it would lock the stack
+        // again until the lease ran out.
+        self.renewer.stop().await;
         self.store.unlock(self.lock).await?;
         folded
     }
@@ -357,44 +357,46 @@ where
 }
 
 /// Renews a session's lease every third of it, on the runtime the session was opened
-/// on, until dropped. A renewal that fails for a passing reason (the store unreachable)
-/// is tried again sooner; if none succeeds in time, the lease's own clock stops the
-/// session's writes before anyone may take over. A lock found lost ends it.
+/// on, until stopped or dropped. A renewal that fails for a passing reason (the store
+/// unreachable, or not answering within a fifth of the lease) is tried again sooner; if
+/// none succeeds in time, the lease's own clock stops the session's writes before anyone
+/// may take over. A lock found lost ends it (and [`Lock::lost`] tells the session).
 #[derive(Debug)]
 struct Renewer {
-    task: tokio::task::AbortHandle,
-    /// Becomes true when the lock is found lost.
-    lost: tokio::sync::watch::Receiver<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Renewer {
     fn start(store: Arc<dyn Store>, lock: Lock) -> Renewer {
-        let (tell, lost) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut wait = lock.renew_every();
             loop {
                 tokio::time::sleep(wait).await;
-                wait = match store.renew(&lock).await {
-                    Ok(()) => lock.renew_every(),
-                    Err(_) if lock.is_lost() => {
-                        let _ = tell.send(true);
-                        return;
-                    }
-                    Err(_) => lock.lease() / 10,
+                let attempt = tokio::time::timeout(lock.lease() / 5, store.renew(&lock)).await;
+                wait = match attempt {
+                    Ok(Ok(())) => lock.renew_every(),
+                    Ok(Err(_)) if lock.is_lost() => return,
+                    Ok(Err(_)) | Err(_) => lock.lease() / 10,
                 };
             }
         });
-        Renewer { task: task.abort_handle(), lost }
+        Renewer { task: Some(task) }
     }
 
-    fn stop(&self) {
-        self.task.abort();
+    /// Stops renewing, once any renewal under way has ended or been abandoned.
+    async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for Renewer {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -403,7 +405,7 @@ const UNLOCK_ON_PANIC_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// The store and lock of a session, to release if it is dropped by a panic. Dropped
 /// otherwise (a session that is not closed), it does nothing: that is a crash, and the
-/// stack stays locked.
+/// stack stays locked until its lease, no longer renewed, ends.
 struct UnlockOnPanic(Option<(Arc<dyn Store>, Lock)>);
 
 impl std::fmt::Debug for UnlockOnPanic {

@@ -82,7 +82,7 @@ pub enum StateError {
         lease: std::time::Duration,
     },
     /// `state unlock` without `--force` on a lock whose lease is live.
-    #[error("stack '{stack}' is locked by {}@{} (pid {}) for '{}', and {}: that process is alive and renewing. Stop it, or wait for it; `state unlock --force` clears it anyway, and its next write is then refused", holder.user, holder.host, holder.pid, holder.operation, holder.lease().describe(holder.pid))]
+    #[error("stack '{stack}' is locked by {}@{} (pid {}) for '{}', and {}: its holder renewed it recently, so it is most likely still working. Stop it, or wait: if it died, its lease ends by itself and the next command takes the stack over. `state unlock --force` clears it anyway; its holder then stops at its next write or renewal", holder.user, holder.host, holder.pid, holder.operation, holder.lease().describe(holder.pid))]
     LeaseLive {
         /// The stack.
         stack: String,

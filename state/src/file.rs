@@ -37,6 +37,8 @@ const JOURNAL: &str = "journal.jsonl";
 const LOCK: &str = "lock.json";
 const AUDIT: &str = "audit.jsonl";
 const GUARD: &str = "lock.guard";
+/// The longest a store waits for another process's OS lock on `lock.guard`.
+const GUARD_WAIT: Duration = Duration::from_secs(10);
 
 /// State in local files: a snapshot plus an append-only journal per stack.
 ///
@@ -237,7 +239,14 @@ impl Store for FileStore {
             let path = dir.join(LOCK);
             let held = match read_bytes(&path)? {
                 None => None,
-                Some(bytes) => Some(serde_json::from_slice::<LockInfo>(&bytes).unwrap_or_else(|_| LockInfo::unknown("the lock file is unreadable"))),
+                Some(bytes) => Some(serde_json::from_slice::<LockInfo>(&bytes).unwrap_or_else(|_| {
+                    // Cut short by a crash of this host (renewals are not synced): its
+                    // holder died with it. Its lease is taken to end a lease after the
+                    // file was last written.
+                    let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    let ms = written.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
+                    LockInfo { expires_ms: ms + lease.as_millis() as u64, ..LockInfo::unknown("the lock file is unreadable, cut short by a crash") }
+                })),
             };
             if let Some(holder) = held.as_ref().filter(|h| !h.lease().is_expired()) {
                 return Err(StateError::Locked(Box::new(LockedError { stack, holder: holder.clone() })));
@@ -259,12 +268,14 @@ impl Store for FileStore {
             let _guard = Guard::exclusive(&dir)?;
             let path = dir.join(LOCK);
             crate::store::check_ours(&lock, read_lock(&path)?.as_ref())?;
-            let bytes = serde_json::to_vec_pretty(&lock.renewed_info()).expect("lock info serializes");
-            // Replaced atomically, not synced: a renewal lost in a crash of this host
-            // lost its holder with it, and makes the lease end sooner, never later.
+            let info = lock.renewed_info();
+            let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
+            // Replaced atomically, not synced: a crash of this host, which loses the
+            // renewal, loses its holder with it. The lease then ends sooner, or (a file
+            // cut short) a lease after it was written.
             let tmp = path.with_extension("json.tmp");
             fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &path)).map_err(StateError::io("renewing the lease in", &path))?;
-            lock.renewed(started);
+            lock.renewed(started, info.expires_ms);
             Ok(())
         })
         .await
@@ -302,6 +313,26 @@ impl Store for FileStore {
         .await
     }
 
+    async fn break_lock(&self, stack: &str, token: &str) -> Result<Option<LockInfo>, StateError> {
+        let dir = self.dir(stack)?;
+        let token = token.to_owned();
+        Self::blocking(move || {
+            if !dir.exists() {
+                return Ok(None);
+            }
+            let _guard = Guard::exclusive(&dir)?;
+            let path = dir.join(LOCK);
+            match read_lock(&path)? {
+                Some(held) if held.token == token => {
+                    fs::remove_file(&path).map_err(StateError::io("removing", &path))?;
+                    Ok(Some(held))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
         let path = self.stack_dir(stack).join(LOCK);
         Self::blocking(move || read_lock(&path)).await
@@ -314,10 +345,10 @@ impl Store for FileStore {
         let written = self.written.clone();
         let lock = lock.clone();
         let journal = Self::blocking(move || {
-            {
-                let _guard = Guard::shared(&dir)?;
-                crate::store::check_stored(&lock, read_lock(&dir.join(LOCK))?.as_ref())?;
-            }
+            // Held through the repair of a torn tail too: a holder that lost the lock
+            // must not cut a line the new holder is appending.
+            let _guard = Guard::shared(&dir)?;
+            crate::store::check_stored(&lock, read_lock(&dir.join(LOCK))?.as_ref())?;
             FileJournal::open(dir, lock, written)
         })
         .await?;
@@ -415,15 +446,37 @@ impl Guard {
     /// Held while the lock is read and replaced.
     fn exclusive(dir: &Path) -> Result<Guard, StateError> {
         let file = Self::open(dir)?;
-        file.lock().map_err(StateError::io("locking", dir.join(GUARD)))?;
+        Self::wait(dir, || file.try_lock())?;
         Ok(Guard(file))
     }
 
     /// Held while a write checks that the lock is still its writer's.
     fn shared(dir: &Path) -> Result<Guard, StateError> {
         let file = Self::open(dir)?;
-        file.lock_shared().map_err(StateError::io("locking", dir.join(GUARD)))?;
+        Self::wait(dir, || file.try_lock_shared())?;
         Ok(Guard(file))
+    }
+
+    /// Takes the OS lock with `try_lock`, trying again for up to 10 s: it is held only
+    /// for a read and a write, so a longer wait means a process stuck on the disk.
+    fn wait(dir: &Path, mut try_lock: impl FnMut() -> Result<(), std::fs::TryLockError>) -> Result<(), StateError> {
+        let deadline = std::time::Instant::now() + GUARD_WAIT;
+        loop {
+            match try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let path = dir.join(GUARD);
+                    let stuck = io::Error::other(format!(
+                        "another process has held it for more than {} s, stuck writing state (a hung disk?); find it with `fuser {}`",
+                        GUARD_WAIT.as_secs(),
+                        path.display()
+                    ));
+                    return Err(StateError::io("locking", path)(stuck));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(StateError::io("locking", dir.join(GUARD))(e)),
+            }
+        }
     }
 }
 
@@ -501,7 +554,7 @@ impl FileJournal {
                     }
                     // Fenced: a takeover (an exclusive lock of the guard) waits for this
                     // write, and this write sees a takeover that came first.
-                    let fenced = guard.lock_shared().map_err(|e| io_error(&e)).and_then(|()| {
+                    let fenced = Guard::wait(&dir, || guard.try_lock_shared()).and_then(|()| {
                         read_lock(&dir.join(LOCK)).and_then(|held| crate::store::check_stored(&fence, held.as_ref()))
                     });
                     if let Err(e) = fenced {

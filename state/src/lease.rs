@@ -4,14 +4,17 @@
 //! holder renews it every third of the lease; another process takes it over only once
 //! that time has passed by its own clock. The holder, for its part, stops writing once
 //! four fifths of the lease have passed since its last renewal began, by its monotonic
-//! clock: so long as hosts' clocks agree within a fifth of the lease (NTP keeps them
-//! within milliseconds), a holder has stopped before anyone may take over.
+//! clock, and a fifth before the end it wrote, by the wall clock (which, unlike the
+//! monotonic one, goes on while a machine is suspended): so long as hosts' clocks agree
+//! within a fifth of the lease (NTP keeps them within milliseconds), a holder has
+//! stopped before anyone may take over.
 //!
 //! Every write checks the lock as stored too (the file store under an OS lock on the
-//! stack's directory, the others as they write): a holder whose lock was cleared or
-//! taken over writes nothing more and gets [`StateError::LockLost`].
+//! stack's `lock.guard`; the S3 store by conditional writes, see its module): a holder
+//! whose lock was cleared or taken over writes nothing more and gets
+//! [`StateError::LockLost`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -142,7 +145,11 @@ struct LeaseClock {
     /// This holder writes nothing after this instant unless it renews first: four
     /// fifths of the lease after its last renewal began.
     writable_until: Mutex<Instant>,
+    /// The lease's end as last written, wall-clock milliseconds.
+    expires_ms: AtomicU64,
     lost: AtomicBool,
+    /// Told when the lock is found lost.
+    lost_tx: tokio::sync::watch::Sender<bool>,
 }
 
 impl Lock {
@@ -150,7 +157,13 @@ impl Lock {
     /// `taken`, an instant from before the write: for [`Store`](crate::Store)
     /// implementations.
     pub fn new(stack: impl Into<String>, info: LockInfo, lease: Duration, taken: Instant) -> Lock {
-        let clock = LeaseClock { duration: lease, writable_until: Mutex::new(taken + writable_for(lease)), lost: AtomicBool::new(false) };
+        let clock = LeaseClock {
+            duration: lease,
+            writable_until: Mutex::new(taken + writable_for(lease)),
+            expires_ms: AtomicU64::new(info.expires_ms),
+            lost: AtomicBool::new(false),
+            lost_tx: tokio::sync::watch::channel(false).0,
+        };
         Lock { stack: stack.into(), info, clock: Arc::new(clock) }
     }
 
@@ -165,16 +178,30 @@ impl Lock {
         self.clock.duration / 3
     }
 
-    /// Records a renewal that began at `started` and succeeded.
-    pub fn renewed(&self, started: Instant) {
+    /// Records a renewal that began at `started` and succeeded, writing the lease's end
+    /// as `expires_ms`.
+    pub fn renewed(&self, started: Instant, expires_ms: u64) {
         let mut until = self.clock.writable_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *until = (*until).max(started + writable_for(self.clock.duration));
+        self.clock.expires_ms.fetch_max(expires_ms, Ordering::SeqCst);
     }
 
     /// Marks the lock lost: it was taken over or cleared. Every later write of this
-    /// holder is refused.
+    /// holder is refused, and [`Lock::lost`] resolves.
     pub fn mark_lost(&self) {
         self.clock.lost.store(true, Ordering::SeqCst);
+        self.clock.lost_tx.send_replace(true);
+    }
+
+    /// Resolves once the lock is found lost (by a renewal or a refused write); never
+    /// while it is held.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut lost = self.clock.lost_tx.subscribe();
+        async move {
+            if lost.wait_for(|lost| *lost).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Whether the lock was found lost.
@@ -188,11 +215,22 @@ impl Lock {
         if self.is_lost() {
             return Err(self.lost_error());
         }
-        let until = *self.clock.writable_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if Instant::now() >= until {
+        if self.writable_for().is_zero() {
             return Err(StateError::LeaseExpired { stack: self.stack.clone(), lease: self.clock.duration });
         }
         Ok(())
+    }
+
+    /// How much longer this holder may write without renewing: zero once it must stop.
+    /// A write sent to a remote store is abandoned when this runs out, so that it cannot
+    /// land after someone may have taken over.
+    pub fn writable_for(&self) -> Duration {
+        let until = *self.clock.writable_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let monotonic = until.saturating_duration_since(Instant::now());
+        // The wall clock goes on while the machine is suspended; the monotonic one not.
+        let wall_end = self.clock.expires_ms.load(Ordering::SeqCst).saturating_sub((self.clock.duration / 5).as_millis() as u64);
+        let wall = Duration::from_millis(wall_end.saturating_sub(now_ms()));
+        monotonic.min(wall)
     }
 
     pub(crate) fn lost_error(&self) -> StateError {
@@ -251,7 +289,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(7_900)).await;
         assert!(lock.check().is_ok());
         // A renewal that began at 7.9 s moves the end to 15.9 s.
-        lock.renewed(Instant::now());
+        lock.renewed(Instant::now(), expiry_from_now(lease));
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(lock.check().is_ok());
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -259,9 +297,22 @@ mod tests {
         assert!(matches!(err, StateError::LeaseExpired { .. }), "{err}");
         // Clones share the clock: one renewal or loss counts for all.
         let clone = lock.clone();
-        lock.renewed(Instant::now());
+        lock.renewed(Instant::now(), expiry_from_now(lease));
         assert!(clone.check().is_ok());
         clone.mark_lost();
         assert!(matches!(lock.check(), Err(StateError::LockLost(_))));
+        tokio::time::timeout(Duration::from_secs(1), lock.lost()).await.expect("a loss is told at once");
+    }
+
+    #[test]
+    fn a_holder_stops_writing_a_fifth_before_the_end_it_wrote_by_the_wall_clock() {
+        // As after a suspend: the monotonic clock says the lease is fresh, the wall
+        // clock that its end has nearly come.
+        let lease = Duration::from_secs(10);
+        let info = LockInfo { expires_ms: now_ms() + 1_500, ..LockInfo::here("watch", lease) };
+        let lock = Lock::new("dev", info, lease, Instant::now());
+        assert!(matches!(lock.check(), Err(StateError::LeaseExpired { .. })));
+        let info = LockInfo { expires_ms: now_ms() + 2_500, ..LockInfo::here("watch", lease) };
+        assert!(Lock::new("dev", info, lease, Instant::now()).check().is_ok());
     }
 }

@@ -104,8 +104,10 @@ impl Store for MemoryStore {
         let started = tokio::time::Instant::now();
         self.with(|s| {
             crate::store::check_ours(lock, s.locks.get(&lock.stack))?;
-            s.locks.insert(lock.stack.clone(), lock.renewed_info());
-            lock.renewed(started);
+            let info = lock.renewed_info();
+            let expires_ms = info.expires_ms;
+            s.locks.insert(lock.stack.clone(), info);
+            lock.renewed(started, expires_ms);
             Ok(())
         })
     }
@@ -121,6 +123,13 @@ impl Store for MemoryStore {
 
     async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
         Ok(self.with(|s| s.locks.remove(stack)))
+    }
+
+    async fn break_lock(&self, stack: &str, token: &str) -> Result<Option<LockInfo>, StateError> {
+        Ok(self.with(|s| match s.locks.get(stack) {
+            Some(held) if held.token == token => s.locks.remove(stack),
+            _ => None,
+        }))
     }
 
     async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {

@@ -56,7 +56,8 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E, aws_smithy
     match (status, e.code()) {
         // A missing bucket is an error, not an empty stack.
         (_, Some("NoSuchBucket")) => S3Failure::Other("the bucket does not exist; create it, or fix the state location".into()),
-        (Some(412), _) | (_, Some("PreconditionFailed")) => S3Failure::PreconditionFailed,
+        // 409: another conditional write of the same key was in progress, and won.
+        (Some(412 | 409), _) | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => S3Failure::PreconditionFailed,
         (Some(404), _) | (_, Some("NoSuchKey")) => S3Failure::NotFound,
         _ => S3Failure::Other(match e.message() {
             Some(m) => format!("{}: {m}", e.code().unwrap_or("S3 error")),
@@ -235,6 +236,26 @@ impl S3Store {
         Ok(out.e_tag().map(str::to_owned))
     }
 
+    /// Runs the write `write` for the holder of `lock`, abandoning it (the request is
+    /// dropped, so S3 never completes it) once the holder must stop writing: a write
+    /// that landed later could follow a takeover.
+    async fn before_lease_ends<T>(&self, lock: &Lock, write: impl std::future::Future<Output = Result<T, StateError>>) -> Result<T, StateError> {
+        lock.check()?;
+        match tokio::time::timeout(lock.writable_for(), write).await {
+            Ok(done) => done,
+            Err(_) => Err(StateError::LeaseExpired { stack: lock.stack.clone(), lease: lock.lease() }),
+        }
+    }
+
+    /// The lock object: what it says (an unreadable one as an unknown holder) and its
+    /// ETag.
+    async fn read_lock(&self, key: &str) -> Result<Option<(LockInfo, Option<String>)>, StateError> {
+        Ok(self.get(key).await?.map(|(bytes, etag)| {
+            let held = serde_json::from_slice::<LockInfo>(&bytes).unwrap_or_else(|_| LockInfo::unknown("the lock object is unreadable"));
+            (held, etag)
+        }))
+    }
+
     /// Creates `key` unless it exists: `Ok(false)` if it does.
     async fn create(&self, key: &str, bytes: Vec<u8>) -> Result<bool, StateError> {
         let len = bytes.len() as u64;
@@ -287,26 +308,23 @@ struct S3Journal {
 
 #[async_trait]
 impl Journal for S3Journal {
-    /// Fenced: nothing is written once the lease may have run out (by this process's
-    /// clock) or was found lost, and no record replaces another (each key is created
-    /// with If-None-Match). A process that takes an expired lease over creates the
-    /// next key first (an empty object, which loading skips), so the old holder's next
-    /// record is refused and it stops. A refused key is taken as a loss only if the
-    /// lock is no longer this writer's; the rightful holder moves past it.
+    /// Fenced: nothing is sent once the lease may have run out (by this process's
+    /// clocks) or was found lost, and a write not done by then is abandoned (so it
+    /// cannot land later); no record replaces another (each key is created with
+    /// If-None-Match). A process that takes the lock creates the next key first (an
+    /// empty object, which loading skips), so an old holder's next record is refused
+    /// and it stops. A refused key is taken as a loss only if the lock is no longer this
+    /// writer's; the rightful holder moves past it.
     async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(&record).expect("journal records serialize");
         for _ in 0..8 {
-            self.lock.check()?;
             let seq = self.next.fetch_add(1, Ordering::SeqCst);
             let key = self.store.key(&self.lock.stack, &format!("journal/{seq:020}.json"));
-            match self.store.create(&key, bytes.clone()).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {
-                    let held = self.store.lock_holder(&self.lock.stack).await?;
-                    crate::store::check_held(&self.lock, held.as_ref())?;
-                }
-                Err(e) => return Err(e),
+            if self.store.before_lease_ends(&self.lock, self.store.create(&key, bytes.clone())).await? {
+                return Ok(());
             }
+            let held = self.store.lock_holder(&self.lock.stack).await?;
+            crate::store::check_held(&self.lock, held.as_ref())?;
         }
         Err(self.store.remote("writing", &self.store.key(&self.lock.stack, "journal/"), "eight record keys in a row were taken by another writer".into()))
     }
@@ -339,16 +357,11 @@ impl Store for S3Store {
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
         crate::store::check_stack_name(stack)?;
         let key = self.key(stack, "lock.json");
-        let current = self.get(&key).await?;
-        let previous = match &current {
-            None => None,
-            Some((bytes, etag)) => {
-                let held = serde_json::from_slice::<LockInfo>(bytes).unwrap_or_else(|_| LockInfo::unknown("the lock object is unreadable"));
-                if !held.lease().is_expired() {
-                    return Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder: held })));
-                }
-                Some((held, etag.clone()))
+        let previous = match self.read_lock(&key).await? {
+            Some((held, _)) if !held.lease().is_expired() => {
+                return Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder: held })));
             }
+            previous => previous,
         };
         let taken = tokio::time::Instant::now();
         let info = LockInfo::here(operation, self.lease).succeeding(previous.as_ref().map(|(held, _)| held));
@@ -361,90 +374,118 @@ impl Store for S3Store {
             Some((_, Some(etag))) => put.if_match(etag),
             Some((_, None)) => return Err(self.remote("locking", &key, "the store gave no ETag for the expired lock, so it cannot be taken over safely; clear it with `state unlock`".into())),
         };
-        match put.send().await {
-            Ok(out) => {
-                self.set_lock_etag(&info.token, out.e_tag());
-                let lock = Lock::new(stack, info, self.lease, taken);
-                if current.is_some() {
-                    if let Err(e) = self.fence(stack).await {
-                        let _ = self.unlock(lock).await;
-                        return Err(e);
-                    }
-                }
-                Ok(lock)
-            }
+        let etag = match put.send().await {
+            Ok(out) => out.e_tag().map(str::to_owned),
             Err(e) => match classify(e) {
-                // Another process was first: it created the lock, or took the expired
-                // lease over (or it was cleared) since it was read.
-                S3Failure::PreconditionFailed | S3Failure::NotFound => {
-                    let holder = self.lock_holder(stack).await?.unwrap_or_else(|| LockInfo::unknown("the lock was released while reading it; try again"));
-                    Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder })))
-                }
-                S3Failure::Other(m) => Err(self.remote("locking", &key, m)),
+                // Another process was first (it created the lock, or took the expired
+                // lease over, or it was cleared since it was read), or the SDK sent
+                // this very write again after it had landed: the lock object says which.
+                S3Failure::PreconditionFailed | S3Failure::NotFound => match self.read_lock(&key).await? {
+                    Some((held, etag)) if held.token == info.token => etag,
+                    held => {
+                        let holder = held.map_or_else(|| LockInfo::unknown("the lock was released while reading it; try again"), |(h, _)| h);
+                        return Err(StateError::Locked(Box::new(LockedError { stack: stack.to_owned(), holder })));
+                    }
+                },
+                S3Failure::Other(m) => return Err(self.remote("locking", &key, m)),
             },
+        };
+        self.set_lock_etag(&info.token, etag.as_deref());
+        let lock = Lock::new(stack, info, self.lease, taken);
+        // Always, not only on a takeover: after `state unlock --force` the old holder
+        // may still be writing, and its next record must be refused.
+        if let Err(e) = self.fence(stack).await {
+            let _ = self.unlock(lock).await;
+            return Err(e);
         }
+        Ok(lock)
     }
 
     async fn renew(&self, lock: &Lock) -> Result<(), StateError> {
         let started = tokio::time::Instant::now();
         let key = self.key(&lock.stack, "lock.json");
+        let lost = || {
+            self.set_lock_etag(&lock.info.token, None);
+            lock.mark_lost();
+            lock.lost_error()
+        };
         if lock.is_lost() {
             return Err(lock.lost_error());
         }
-        let etag = match self.lock_etag(&lock.info.token) {
-            Some(etag) => etag,
-            None => match self.get(&key).await? {
-                Some((bytes, Some(etag))) if serde_json::from_slice::<LockInfo>(&bytes).is_ok_and(|h| h.token == lock.info.token) => etag,
-                _ => {
-                    lock.mark_lost();
-                    return Err(lock.lost_error());
+        // Twice at most: a renewal refused because the SDK sent it again after it had
+        // landed finds the lock still its own, and goes on from the ETag it now has.
+        for _ in 0..2 {
+            let etag = match self.lock_etag(&lock.info.token) {
+                Some(etag) => etag,
+                None => match self.read_lock(&key).await? {
+                    Some((held, Some(etag))) if held.token == lock.info.token => etag,
+                    _ => return Err(lost()),
+                },
+            };
+            let info = lock.renewed_info();
+            let body = serde_json::to_vec_pretty(&info).expect("lock info serializes");
+            let put = self.client.put_object().bucket(&self.bucket).key(&key).if_match(etag).body(ByteStream::from(body));
+            match put.send().await {
+                Ok(out) => {
+                    self.set_lock_etag(&lock.info.token, out.e_tag());
+                    lock.renewed(started, info.expires_ms);
+                    return Ok(());
                 }
-            },
-        };
-        let body = serde_json::to_vec_pretty(&lock.renewed_info()).expect("lock info serializes");
-        let put = self.client.put_object().bucket(&self.bucket).key(&key).if_match(etag).body(ByteStream::from(body));
-        match put.send().await {
-            Ok(out) => {
-                self.set_lock_etag(&lock.info.token, out.e_tag());
-                lock.renewed(started);
-                Ok(())
+                Err(e) => match classify(e) {
+                    // Replaced (taken over) or deleted (`state unlock`) since this
+                    // process last wrote it, unless it is still this holder's.
+                    S3Failure::PreconditionFailed | S3Failure::NotFound => match self.read_lock(&key).await? {
+                        Some((held, etag)) if held.token == lock.info.token => self.set_lock_etag(&lock.info.token, etag.as_deref()),
+                        _ => return Err(lost()),
+                    },
+                    S3Failure::Other(m) => return Err(self.remote("renewing the lease at", &key, m)),
+                },
             }
-            Err(e) => match classify(e) {
-                // Replaced (taken over) or deleted (`state unlock`) since this process
-                // last wrote it.
-                S3Failure::PreconditionFailed | S3Failure::NotFound => {
-                    self.set_lock_etag(&lock.info.token, None);
-                    lock.mark_lost();
-                    Err(lock.lost_error())
-                }
-                S3Failure::Other(m) => Err(self.remote("renewing the lease at", &key, m)),
-            },
         }
+        Err(self.remote("renewing the lease at", &key, "the lock kept changing under this holder".into()))
     }
 
     async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
         let key = self.key(&lock.stack, "lock.json");
         self.set_lock_etag(&lock.info.token, None);
-        let Some((bytes, etag)) = self.get(&key).await? else { return Ok(()) };
-        if !serde_json::from_slice::<LockInfo>(&bytes).is_ok_and(|held| held.token == lock.info.token) {
-            return Ok(());
+        // Only the lock just read, and only while it is this holder's: one broken and
+        // taken by another process in between fails the delete's precondition and stays
+        // theirs. A renewal of this holder's that lands in between fails it too: read
+        // again and retry.
+        for _ in 0..3 {
+            let Some((held, etag)) = self.read_lock(&key).await? else { return Ok(()) };
+            if held.token != lock.info.token {
+                return Ok(());
+            }
+            let Some(etag) = etag else {
+                return Err(self.remote(
+                    "unlocking",
+                    &key,
+                    "the store gave no ETag for the lock, so it cannot be released safely; release it with `state unlock`".into(),
+                ));
+            };
+            match self.client.delete_object().bucket(&self.bucket).key(&key).if_match(etag).send().await {
+                Ok(_) => return Ok(()),
+                Err(e) => match classify(e) {
+                    S3Failure::NotFound => return Ok(()),
+                    S3Failure::PreconditionFailed => continue,
+                    S3Failure::Other(m) => return Err(self.remote("unlocking", &key, m)),
+                },
+            }
         }
-        // Only the lock just read: if it was broken (`state unlock`) and taken by another
-        // process since, the delete fails its precondition and their lock stays. Without
-        // an ETag the delete could not be made conditional: refuse rather than risk
-        // deleting another process's lock.
-        let Some(etag) = etag else {
-            return Err(self.remote(
-                "unlocking",
-                &key,
-                "the store gave no ETag for the lock, so it cannot be released safely; release it with `state unlock`".into(),
-            ));
-        };
-        let delete = self.client.delete_object().bucket(&self.bucket).key(&key).if_match(etag);
-        match delete.send().await {
-            Ok(_) => Ok(()),
+        Err(self.remote("unlocking", &key, "the lock kept changing while it was released; `state unlock` releases it".into()))
+    }
+
+    async fn break_lock(&self, stack: &str, token: &str) -> Result<Option<LockInfo>, StateError> {
+        let key = self.key(stack, "lock.json");
+        let Some((held, Some(etag))) = self.read_lock(&key).await? else { return Ok(None) };
+        if held.token != token {
+            return Ok(None);
+        }
+        match self.client.delete_object().bucket(&self.bucket).key(&key).if_match(etag).send().await {
+            Ok(_) => Ok(Some(held)),
             Err(e) => match classify(e) {
-                S3Failure::PreconditionFailed | S3Failure::NotFound => Ok(()),
+                S3Failure::PreconditionFailed | S3Failure::NotFound => Ok(None),
                 S3Failure::Other(m) => Err(self.remote("unlocking", &key, m)),
             },
         }
@@ -493,6 +534,9 @@ impl Store for S3Store {
                 .await
                 .map_err(|e| self.remote("backing up", &key, format!("{:?}", e.into_service_error())))?;
         }
+        // The records this snapshot takes in: listed before it is written, so that only
+        // they are cleared after (a record written after the listing is not in it).
+        let records = self.list(&self.key(stack, "journal/")).await?;
         let expected = self.etags.lock().unwrap_or_else(|e| e.into_inner()).get(stack).cloned();
         let bytes = serde_json::to_vec(state).expect("state serializes");
         let len = bytes.len() as u64;
@@ -503,7 +547,8 @@ impl Store for S3Store {
             (Some(_), Some(etag)) => put.if_match(etag),
             (Some((_, etag)), None) => put.set_if_match(etag.clone()),
         };
-        match put.send().await {
+        let sent = self.before_lease_ends(lock, async { Ok(put.send().await) }).await?;
+        match sent {
             Ok(out) => {
                 self.written.fetch_add(len, Ordering::Relaxed);
                 if let Some(etag) = out.e_tag() {
@@ -520,8 +565,8 @@ impl Store for S3Store {
                 })
             }
         }
-        // The journal is in the snapshot now.
-        self.delete_all(self.list(&self.key(stack, "journal/")).await?).await
+        // Those records are in the snapshot now.
+        self.delete_all(records).await
     }
 
     async fn audit(&self, stack: &str, entries: &[serde_json::Value]) -> Result<(), StateError> {

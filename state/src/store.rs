@@ -77,11 +77,13 @@ impl LockInfo {
     }
 }
 
+/// This host's name: the kernel's (what gethostname(2) says) where it can be read,
+/// so that every process of a host agrees, whatever its environment.
 pub(crate) fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
-        .filter(|s| !s.is_empty())
+    let file = |path: &str| std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    file("/proc/sys/kernel/hostname")
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .or_else(|| file("/etc/hostname"))
         .unwrap_or_else(|| "localhost".into())
 }
 
@@ -146,15 +148,15 @@ pub(crate) fn check_stored(lock: &Lock, held: Option<&LockInfo>) -> Result<(), S
 
 /// Removes the stack's lock if its lease is not live (expired, no lease, or held by a
 /// process on this host that is gone), or whatever it is with `force`. A live lease is
-/// refused with [`StateError::LeaseLive`]: its holder is working, and breaking its lock
-/// would only stop it (its next write is refused). Returns the lock removed.
+/// refused with [`StateError::LeaseLive`]: its holder renewed it recently, and breaking
+/// its lock would only stop it (its next write is refused). Only the lock read here is
+/// removed: one taken over meanwhile is left alone. Returns the lock removed.
 pub async fn unlock_stale(store: &dyn Store, stack: &str, force: bool) -> Result<Option<LockInfo>, StateError> {
-    if let Some(held) = store.lock_holder(stack).await? {
-        if !force && matches!(held.lease(), crate::Lease::Live { holder_gone: false, .. }) {
-            return Err(StateError::LeaseLive { stack: stack.to_owned(), holder: Box::new(held) });
-        }
+    let Some(held) = store.lock_holder(stack).await? else { return Ok(None) };
+    if !force && matches!(held.lease(), crate::Lease::Live { holder_gone: false, .. }) {
+        return Err(StateError::LeaseLive { stack: stack.to_owned(), holder: Box::new(held) });
     }
-    store.force_unlock(stack).await
+    store.break_lock(stack, &held.token).await
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -206,6 +208,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// was. `state unlock` calls it through [`unlock_stale`], which refuses a live lease
     /// unless forced.
     async fn force_unlock(&self, stack: &str) -> Result<Option<LockInfo>, StateError>;
+
+    /// Removes the stack's lock if it is still the one with `token` (as read just
+    /// before); returns it, or `None` if the lock changed meanwhile (a standby took it
+    /// over) and was left alone. [`unlock_stale`] uses it. The default is
+    /// [`Store::force_unlock`] after a check, which a lock taken in between can slip
+    /// through: stores override it with an atomic check.
+    async fn break_lock(&self, stack: &str, token: &str) -> Result<Option<LockInfo>, StateError> {
+        match self.lock_holder(stack).await? {
+            Some(held) if held.token == token => self.force_unlock(stack).await,
+            _ => Ok(None),
+        }
+    }
 
     /// Who holds the stack's lock, if anyone.
     async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError>;

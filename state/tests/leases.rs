@@ -78,3 +78,20 @@ async fn a_lock_whose_holder_is_gone_says_so_and_unlocks_without_force() {
     let cleared = cairn_state::unlock_stale(&store, "dev", false).await.unwrap().unwrap();
     assert_eq!(cleared.pid, 4_194_311);
 }
+
+/// A lock file cut short by a crash of the host (renewals are not synced) holds the
+/// stack for a lease after it was written, then is taken over: never for ever.
+#[tokio::test]
+async fn a_lock_file_cut_short_by_a_crash_is_taken_over_a_lease_after_it_was_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path()).with_lease(std::time::Duration::from_secs(15));
+    std::fs::create_dir_all(tmp.path().join("dev")).unwrap();
+    let path = tmp.path().join("dev").join("lock.json");
+    std::fs::write(&path, b"{\"operation\": \"wat").unwrap();
+    let err = store.lock("dev", "up").await.unwrap_err().to_string();
+    assert!(err.contains("the lock file is unreadable, cut short by a crash") && err.contains("its lease expires in"), "{err}");
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(16)).unwrap();
+    let lock = store.lock("dev", "up").await.unwrap();
+    store.unlock(lock).await.unwrap();
+}

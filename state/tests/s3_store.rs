@@ -176,3 +176,19 @@ async fn a_journal_record_never_overwrites_another_writers() {
     assert!(matches!(err, StateError::LockLost(_)), "{err}");
     assert_eq!(store.load("dev").await.unwrap().unwrap().user_state, json!("new"));
 }
+
+/// A renewal whose ETag is stale though the lock is still its holder's (the SDK sent
+/// the previous write again after it had landed; here another client of the same
+/// holder renewed) is not taken for a loss: the holder keeps its lease.
+#[tokio::test]
+async fn a_renewal_refused_on_a_stale_etag_of_its_own_lock_keeps_the_lease() {
+    let store = store("lease-stale-etag").await;
+    let lock = store.lock("dev", "watch").await.unwrap();
+    let other = S3Store::new(store.client().clone(), "lease-stale-etag", "stacks");
+    other.renew(&lock).await.unwrap();
+    store.renew(&lock).await.unwrap();
+    assert!(!lock.is_lost());
+    assert_eq!(store.lock_holder("dev").await.unwrap().unwrap().token, lock.info.token);
+    store.unlock(lock).await.unwrap();
+    assert!(store.lock_holder("dev").await.unwrap().is_none());
+}

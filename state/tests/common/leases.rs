@@ -74,6 +74,9 @@ pub async fn renewal_and_unlock_stale(store: &dyn Store, expire: impl AsyncFn())
     assert!(matches!(store.renew(&lock).await.unwrap_err(), StateError::LockLost(_)));
 
     let again = store.lock("dev", "up").await.unwrap();
+    // Breaking a lock read before a takeover leaves the new holder's alone.
+    assert_eq!(store.break_lock("dev", &lock.info.token).await.unwrap(), None);
+    assert_eq!(store.lock_holder("dev").await.unwrap().unwrap().token, again.info.token);
     let forced = cairn_state::unlock_stale(store, "dev", true).await.unwrap().unwrap();
     assert_eq!(forced.token, again.info.token);
     assert!(store.lock_holder("dev").await.unwrap().is_none());
