@@ -183,17 +183,6 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert!(!shop.group_exists(&web).await, "the web group is gone from AWS");
 }
 
-/// One HTTP/1.1 request on loopback; the answer's status code and body.
-fn http(port: u16, request: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let status = answer.split(' ').nth(1)?.parse().ok()?;
-    Some((status, answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()))
-}
-
 /// `watch` as a process: it serves /healthz, takes a signed webhook event, applies it,
 /// counts it in /metrics, and on SIGINT stops with its state recorded and its lock
 /// released.
@@ -208,7 +197,7 @@ async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let get = |path: &str| http(port, &format!("GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"));
+    let get = |path: &str| cairn_testkit::http_get(port, path);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while get("/healthz").is_none_or(|(status, _)| status != 200) {
         assert!(std::time::Instant::now() < deadline, "watch did not answer /healthz within 60 s");
@@ -222,7 +211,7 @@ async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
         "POST /events HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nX-Cairn-Timestamp: {ts}\r\nX-Cairn-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let (status, answer) = http(port, &post).unwrap();
+    let (status, answer) = cairn_testkit::http(port, &post).unwrap();
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("\"outcome\":\"accepted\""), "{answer}");
     // Answered once recorded; the apply follows at once.
@@ -232,7 +221,7 @@ async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let bad = post.replace(&signature, "v1=00");
-    assert_eq!(http(port, &bad).unwrap().0, 401);
+    assert_eq!(cairn_testkit::http(port, &bad).unwrap().0, 401);
     let (_, metrics) = get("/metrics").unwrap();
     assert!(metrics.contains("cairn_events_received_total{kind=\"traffic.spike\"} 1"), "{metrics}");
     assert!(metrics.contains("cairn_requests_refused_total{source=\"webhook\",reason=\"bad_signature\"} 1"), "{metrics}");

@@ -599,12 +599,7 @@ impl Replica {
 
     /// The body of its answer to `GET path`, once it answers.
     fn get(&self, path: &str) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: replica\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).ok()?;
-        Some(answer.split("\r\n\r\n").nth(1)?.to_owned())
+        cairn_testkit::http_get(self.port, path).map(|(_, body)| body)
     }
 
     /// Its `/status` document, once it answers.

@@ -100,12 +100,7 @@ impl Replica {
     }
 
     fn get(&self, path: &str) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: watch\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).ok()?;
-        Some(answer.split("\r\n\r\n").nth(1)?.to_owned())
+        cairn_testkit::http_get(self.port, path).map(|(_, body)| body)
     }
 
     /// Polls `/status` (every stack's document) until `done` holds, for at most 30 s.

@@ -267,7 +267,7 @@ impl Store for FileStore {
         Self::blocking(move || {
             let _guard = Guard::exclusive(&dir)?;
             let path = dir.join(LOCK);
-            crate::store::check_ours(&lock, read_lock(&path)?.as_ref())?;
+            crate::store::check_stored(&lock, read_lock(&path)?.as_ref())?;
             let info = lock.renewed_info();
             let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
             // Replaced atomically, not synced: a crash of this host, which loses the

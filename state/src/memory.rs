@@ -103,7 +103,7 @@ impl Store for MemoryStore {
     async fn renew(&self, lock: &Lock) -> Result<(), StateError> {
         let started = tokio::time::Instant::now();
         self.with(|s| {
-            crate::store::check_ours(lock, s.locks.get(&lock.stack))?;
+            crate::store::check_stored(lock, s.locks.get(&lock.stack))?;
             let info = lock.renewed_info();
             let expires_ms = info.expires_ms;
             s.locks.insert(lock.stack.clone(), info);

@@ -113,19 +113,6 @@ pub(crate) fn check_follows(stack: &str, (lineage, serial): (&str, u64), next: &
     Ok(())
 }
 
-/// Refuses a renewal unless `held` (the lock as stored now) is `lock`'s, marking it
-/// lost if not. Unlike a write, a renewal may come late: it is what makes a holder
-/// writable again.
-pub(crate) fn check_ours(lock: &Lock, held: Option<&LockInfo>) -> Result<(), StateError> {
-    match held {
-        Some(h) if h.token == lock.info.token && !lock.is_lost() => Ok(()),
-        _ => {
-            lock.mark_lost();
-            Err(lock.lost_error())
-        }
-    }
-}
-
 /// Refuses a write unless `held` (the lock as stored now) is `lock`'s and its lease
 /// has not run out by this process's own clock. A lock found taken by someone else is
 /// marked lost, so every later write of its holder is refused at once.
@@ -134,8 +121,10 @@ pub(crate) fn check_held(lock: &Lock, held: Option<&LockInfo>) -> Result<(), Sta
     lock.check()
 }
 
-/// The half of [`check_held`] that reads no clock: `held` is `lock`'s. For threads
-/// outside the runtime, whose clock (paused in tests) they cannot see.
+/// The half of [`check_held`] that reads no clock: `held` is `lock`'s, and `lock` was
+/// not found lost; if not, it is marked lost. What a renewal checks (a late renewal is
+/// what makes a holder writable again), and threads outside the runtime, whose clock
+/// (paused in tests) they cannot see.
 pub(crate) fn check_stored(lock: &Lock, held: Option<&LockInfo>) -> Result<(), StateError> {
     match held {
         Some(h) if h.token == lock.info.token && !lock.is_lost() => Ok(()),

@@ -21,6 +21,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// `GET path` on loopback `port` (HTTP/1.1, the connection closed after): the answer's
+/// status and body, or `None` while nothing answers there.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))
+}
+
+/// One raw HTTP/1.1 `request` on loopback `port`, which must ask to close the
+/// connection: the answer's status and body.
+pub fn http(port: u16, request: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    Some((status, answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()))
+}
+
 /// The moto release the project tests against (see shared/moto-notes.md).
 pub const MOTO_VERSION: &str = "5.2.5";
 
