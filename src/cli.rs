@@ -103,8 +103,11 @@ enum Verb {
         standby: bool,
         /// Watch these stacks instead of --stack (comma-separated): a lease and a
         /// reconciler each, served under /stacks/<stack>/.
-        #[arg(long, value_name = "STACK,...", value_delimiter = ',')]
+        #[arg(long, value_name = "STACK,...", value_delimiter = ',', conflicts_with = "all_stacks")]
         stacks: Vec<String>,
+        /// Watch every stack that has state in the store (as listed when watch starts).
+        #[arg(long)]
+        all_stacks: bool,
     },
     /// Send one event to the stack's handlers and apply the result.
     Emit {
@@ -276,8 +279,15 @@ impl<S: UserState> Cli<S> {
             }
             Ok(stack)
         };
-        if let Verb::Watch { listen, standby, stacks } = args.verb {
-            let names = if stacks.is_empty() { vec![args.stack.clone()] } else { stacks };
+        if let Verb::Watch { listen, standby, stacks, all_stacks } = args.verb {
+            let names = match (all_stacks, stacks.is_empty()) {
+                (true, _) => store.stacks().await?,
+                (false, true) => vec![args.stack.clone()],
+                (false, false) => stacks,
+            };
+            if names.is_empty() {
+                return Err(Failure(format!("--all-stacks: no stack has state in {location}; deploy one with `up` first")));
+            }
             let stacks = names.iter().map(|n| build(n)).collect::<Result<Vec<_>, _>>()?;
             let plan = crate::watch::Plan { stacks, store, listen, standby, schedules: self.schedules, sources: self.sources, options: self.reconciler, http: self.http };
             return crate::watch::run(plan).await;

@@ -7,6 +7,7 @@
 //! loses its lease stops that stack at once and exits non-zero when the rest stop.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -111,7 +112,15 @@ pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, Failure
     let routes = if names.len() == 1 { "/healthz, /metrics, /status, POST /events".to_owned() } else { "/healthz, /status, /stacks/<stack>/{metrics,status,events}".to_owned() };
     println!("Watching stack{} '{}' on http://{addr} ({routes}). Ctrl-C stops.", if names.len() == 1 { "" } else { "s" }, names.join("', '"));
 
-    let shared = Arc::new(Shared { store: plan.store, standby: plan.standby, schedules: plan.schedules, sources: plan.sources, options: plan.options, many: names.len() > 1 });
+    let shared = Arc::new(Shared {
+        store: plan.store,
+        standby: plan.standby,
+        schedules: plan.schedules,
+        sources: plan.sources,
+        options: plan.options,
+        many: names.len() > 1,
+        leading: AtomicUsize::new(0),
+    });
     let mut leading = tokio::task::JoinSet::new();
     for w in watched {
         leading.spawn(lead(shared.clone(), w, stop_rx.clone()));
@@ -164,6 +173,30 @@ struct Shared {
     /// Several stacks: their reconcilers share the runtime, rather than taking a thread
     /// each.
     many: bool,
+    /// How many stacks this process leads.
+    leading: AtomicUsize,
+}
+
+impl Shared {
+    /// How long a standby holds back before trying to take a stack: a random part (up to
+    /// half the poll), so that replicas started together split the stacks between them
+    /// rather than the first taking all; and 20 ms per stack it already leads (at most
+    /// a poll), so that when a leader dies its stacks go first to the replicas that
+    /// lead the fewest.
+    fn hold_back(&self, stack: &str) -> Duration {
+        if !self.many {
+            return Duration::ZERO;
+        }
+        let random = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(stack.as_bytes());
+            h.finish()
+        };
+        let jitter = Duration::from_millis(random % (STANDBY_POLL.as_millis() as u64 / 2));
+        let load = (Duration::from_millis(20) * self.leading.load(Ordering::Relaxed) as u32).min(STANDBY_POLL);
+        jitter + load
+    }
 }
 
 /// Watches one stack until stopped: waits for its lease if asked to, then reconciles.
@@ -181,6 +214,7 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
         eprintln!("recovered: {r}");
     }
     println!("leading stack '{name}' (lease generation {}, renewed every {:.1} s)", session.lock_info().generation, session.lease().as_secs_f64() / 3.0);
+    shared.leading.fetch_add(1, Ordering::Relaxed);
     let lost = session.lease_lost();
     let state = session.state().clone();
     let reconciler = Reconciler::from_inbox(crate::cli::readable(session).await?, shared.options.clone(), inbox)?;
@@ -248,6 +282,7 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     metrics.set_leader(false);
+    shared.leading.fetch_sub(1, Ordering::Relaxed);
     status.lock().unwrap_or_else(PoisonError::into_inner).role = Role::Standby;
     let lease_error = |e: &cairn_sdk::Error| {
         matches!(e, cairn_sdk::Error::State(cairn_state::StateError::LockLost(_) | cairn_state::StateError::LeaseExpired { .. }))
@@ -270,7 +305,7 @@ async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<M
     }
     let mut told = None;
     let session = stack
-        .lock_when_free(shared.store.clone(), "watch", STANDBY_POLL, |holder| {
+        .lock_when_free(shared.store.clone(), "watch", STANDBY_POLL, || shared.hold_back(stack.name()), |holder| {
             let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
             s.role = Role::Standby;
             s.lock_holder = serde_json::to_value(holder).ok();

@@ -10,10 +10,15 @@ use cairn::state::{FileStore, Store};
 use cairn::Stack;
 use serde_json::Value;
 
-/// The only test of this binary: the lease length is read from the environment.
+/// Leases of 1 s, for every test of this binary, set before any reads it.
+fn short_leases() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| std::env::set_var("CAIRN_LEASE_SECS", "1"));
+}
+
 #[test]
 fn many_stacks_in_one_process_and_a_standby_process_that_takes_them_all_over() {
-    std::env::set_var("CAIRN_LEASE_SECS", "1");
+    short_leases();
     let dir = tempfile::tempdir().unwrap();
     let state = format!("file://{}", dir.path().display());
     let stacks = ["blue", "green", "red"];
@@ -59,6 +64,42 @@ fn many_stacks_in_one_process_and_a_standby_process_that_takes_them_all_over() {
     });
 }
 
+/// Two standby processes of the same 12 stacks, started together, split them: each
+/// stack is led by exactly one, and each process leads some. A third, watching
+/// `--all-stacks`, finds all 12 in the store and stands by for each.
+#[test]
+fn standby_processes_started_together_spread_the_stacks_and_all_stacks_finds_them() {
+    short_leases();
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("file://{}", dir.path().display());
+    let names: Vec<String> = (0..12).map(|i| format!("s{i:02}")).collect();
+    let stacks: Vec<&str> = names.iter().map(String::as_str).collect();
+    let a = Replica::start(&state, &stacks, true);
+    let b = Replica::start(&state, &stacks, true);
+    let led = |r: &Replica| -> Vec<String> {
+        r.get("/status")
+            .and_then(|body| serde_json::from_str::<Vec<Value>>(&body).ok())
+            .map(|all| all.iter().filter(|s| s["role"] == "leader").map(|s| s["stack"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (by_a, by_b) = loop {
+        let (by_a, by_b) = (led(&a), led(&b));
+        if by_a.len() + by_b.len() == stacks.len() {
+            break (by_a, by_b);
+        }
+        assert!(Instant::now() < deadline, "not every stack led within 30 s: {by_a:?} {by_b:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(by_a.iter().all(|s| !by_b.contains(s)), "a stack led twice: {by_a:?} {by_b:?}");
+    assert!(!by_a.is_empty() && !by_b.is_empty(), "one process took every stack: {by_a:?} {by_b:?}");
+
+    let all = Replica::start_with(&state, &["--all-stacks", "--standby"]);
+    let statuses = all.wait_until("--all-stacks stands by for all 12", |s| s.len() == 12 && s.iter().all(|s| s["role"] == "standby"));
+    let found: Vec<&str> = statuses.iter().map(|s| s["stack"].as_str().unwrap()).collect();
+    assert_eq!(found, stacks);
+}
+
 /// A `watch` process: a runtime on its own thread running the CLI until killed, or
 /// until it exits by itself (with the exit code it gives back).
 struct Replica {
@@ -69,11 +110,19 @@ struct Replica {
 
 impl Replica {
     fn start(state: &str, stacks: &[&str], standby: bool) -> Replica {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut args = vec!["shop".to_owned(), "--state".into(), state.into(), "watch".into(), "--stacks".into(), stacks.join(","), "--listen".into(), format!("127.0.0.1:{port}")];
+        let stacks = stacks.join(",");
+        let mut flags = vec!["--stacks", stacks.as_str()];
         if standby {
-            args.push("--standby".into());
+            flags.push("--standby");
         }
+        Replica::start_with(state, &flags)
+    }
+
+    /// `watch` with these flags.
+    fn start_with(state: &str, flags: &[&str]) -> Replica {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut args = vec!["shop".to_owned(), "--state".into(), state.into(), "watch".into(), "--listen".into(), format!("127.0.0.1:{port}")];
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
         let (kill, killed) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -662,7 +662,7 @@ fn failover(rt: &tokio::runtime::Runtime) -> f64 {
                 let standby = {
                     let (stack, store) = (stack.clone(), store.clone());
                     tokio::spawn(async move {
-                        let session = stack.lock_when_free(store, "watch", Duration::from_millis(500), |_| {
+                        let session = stack.lock_when_free(store, "watch", Duration::from_millis(500), || Duration::ZERO, |_| {
                             let _ = seen.send(true);
                         });
                         let session = session.await.expect("the standby's lock");

@@ -114,11 +114,24 @@ where
     /// [`Stack::lock`], waiting while another process holds the stack: a standby
     /// replica. It tries again when the holder's lease would expire, and at least every
     /// `poll` (a lease renewed meanwhile is waited for again); `waiting` is told the
-    /// holder each time it is found locked. Resolves once the lease is this process's:
-    /// within `poll` of the old holder's lease running out after it died. Any error
-    /// other than the stack being locked ends the wait.
-    pub async fn lock_when_free(&self, store: Arc<dyn Store>, operation: &str, poll: std::time::Duration, mut waiting: impl FnMut(&cairn_state::LockInfo)) -> Result<Session<S>> {
+    /// holder each time it is found locked. Each attempt is held back by what
+    /// `hold_back` says first: replicas of many stacks hold back more the more stacks
+    /// they already lead, so stacks spread over them. Resolves once the lease is this
+    /// process's: within `poll` (plus the hold-back) of the old holder's lease running
+    /// out after it died. Any error other than the stack being locked ends the wait.
+    pub async fn lock_when_free(
+        &self,
+        store: Arc<dyn Store>,
+        operation: &str,
+        poll: std::time::Duration,
+        hold_back: impl Fn() -> std::time::Duration,
+        mut waiting: impl FnMut(&cairn_state::LockInfo),
+    ) -> Result<Session<S>> {
         loop {
+            let wait = hold_back();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             match self.lock(store.clone(), operation).await {
                 Err(crate::Error::State(cairn_state::StateError::Locked(locked))) => {
                     waiting(&locked.holder);

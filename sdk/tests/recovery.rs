@@ -56,6 +56,9 @@ impl Store for FailingCommit {
     async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
         self.inner.lock_holder(stack).await
     }
+    async fn stacks(&self) -> Result<Vec<String>, StateError> {
+        self.inner.stacks().await
+    }
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
         let journal = self.inner.journal(lock).await?;
         Ok(if self.fail_read_back.load(Ordering::SeqCst) { Arc::new(FailingReadBack(journal)) } else { journal })

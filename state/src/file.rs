@@ -333,6 +333,28 @@ impl Store for FileStore {
         .await
     }
 
+    async fn stacks(&self) -> Result<Vec<String>, StateError> {
+        let root = self.root.clone();
+        Self::blocking(move || {
+            let entries = match fs::read_dir(&root) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(StateError::io("listing", &root)(e)),
+            };
+            let mut stacks = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(StateError::io("listing", &root))?;
+                let Ok(name) = entry.file_name().into_string() else { continue };
+                if crate::store::check_stack_name(&name).is_ok() && entry.path().join(SNAPSHOT).exists() {
+                    stacks.push(name);
+                }
+            }
+            stacks.sort();
+            Ok(stacks)
+        })
+        .await
+    }
+
     async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
         let path = self.stack_dir(stack).join(LOCK);
         Self::blocking(move || read_lock(&path)).await

@@ -132,6 +132,12 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn stacks(&self) -> Result<Vec<String>, StateError> {
+        let mut stacks: Vec<String> = self.with(|s| s.snapshots.keys().cloned().collect());
+        stacks.sort();
+        Ok(stacks)
+    }
+
     async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
         Ok(self.with(|s| s.locks.get(stack).cloned()))
     }

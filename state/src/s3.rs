@@ -504,6 +504,38 @@ impl Store for S3Store {
         Ok(held)
     }
 
+    async fn stacks(&self) -> Result<Vec<String>, StateError> {
+        // The "directories" under the prefix, listed with a delimiter: one entry per
+        // stack, however many objects each has.
+        let prefix = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let mut stacks = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .delimiter("/")
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.remote("listing", &prefix, format!("{:?}", e.into_service_error())))?;
+            for common in out.common_prefixes() {
+                let name = common.prefix().and_then(|p| p.strip_prefix(&prefix)).and_then(|p| p.strip_suffix('/'));
+                if let Some(name) = name.filter(|n| crate::store::check_stack_name(n).is_ok()) {
+                    stacks.push(name.to_owned());
+                }
+            }
+            match out.next_continuation_token() {
+                Some(t) => token = Some(t.to_owned()),
+                None => break,
+            }
+        }
+        stacks.sort();
+        Ok(stacks)
+    }
+
     async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError> {
         Ok(self.get(&self.key(stack, "lock.json")).await?.and_then(|(bytes, _)| serde_json::from_slice(&bytes).ok()))
     }

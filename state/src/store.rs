@@ -210,6 +210,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         }
     }
 
+    /// The stacks that have state here, sorted: `watch --all-stacks` watches them.
+    async fn stacks(&self) -> Result<Vec<String>, StateError>;
+
     /// Who holds the stack's lock, if anyone.
     async fn lock_holder(&self, stack: &str) -> Result<Option<LockInfo>, StateError>;
 

@@ -40,6 +40,7 @@ pub async fn expired_lease_is_taken_over_and_fenced(store: &dyn Store, expire: i
     store.unlock(old).await.unwrap();
     assert_eq!(store.lock_holder("dev").await.unwrap().unwrap().token, new.info.token);
 
+    assert_eq!(store.stacks().await.unwrap(), ["dev"]);
     // The new holder sees what the old one wrote before the takeover, and nothing after.
     let state = store.load("dev").await.unwrap().unwrap();
     assert_eq!(state.user_state, serde_json::json!(1));
