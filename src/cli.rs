@@ -388,6 +388,8 @@ impl<S: UserState> Ctx<S> {
     }
 
     async fn up(&self, yes: bool, plan_file: Option<String>, parallel: Option<usize>, refresh: bool, target: Vec<String>) -> Outcome_ {
+        // Before the lock: a missing credential or region changes nothing at all.
+        self.stack.ready().await?;
         let stack = match parallel {
             Some(n) => self.stack.clone().parallelism(n),
             None => self.stack.clone(),
@@ -430,6 +432,7 @@ impl<S: UserState> Ctx<S> {
     }
 
     async fn destroy(&self, yes: bool) -> Outcome_ {
+        self.stack.ready().await?;
         let mut session = self.lock("destroy").await?;
         let result = async {
             session.settle().await?;
@@ -447,6 +450,7 @@ impl<S: UserState> Ctx<S> {
     }
 
     async fn refresh(&self, yes: bool) -> Outcome_ {
+        self.stack.ready().await?;
         if !yes {
             let state = self.load().await?;
             let report = self.stack.refresh(&state).await?;
@@ -488,6 +492,7 @@ impl<S: UserState> Ctx<S> {
             println!("Nothing changed.");
             return Ok(ExitCode::SUCCESS);
         }
+        self.stack.ready().await?;
         let session = self.lock("emit").await?;
         let (mut reconciler, _events) = Reconciler::new(readable(session).await?, ReconcilerOptions::default())?;
         let outcome = reconciler.process(vec![event]).await;

@@ -203,6 +203,7 @@ impl Shared {
 async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch::Receiver<bool>) -> Result<(), Failure> {
     let Watched { stack, events, inbox, status } = w;
     let name = stack.name().to_owned();
+    stack.ready().await?;
     let session = {
         let acquire = acquire(&shared, &stack, &status);
         tokio::select! {

@@ -237,3 +237,26 @@ async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
     shop.ok(&["emit", "traffic.normal", "--yes"]).await;
     assert_eq!(shop.web_capacity().await, 2);
 }
+
+/// A newcomer without AWS settings: `up` says the region is missing before any call,
+/// exits 1, and writes no state at all (no lock, no snapshot).
+#[test]
+fn without_an_aws_region_up_says_so_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("file://{}", dir.path().join("state").display());
+    let out = Command::new(example_binary())
+        .args(["--state", state.as_str(), "up", "--yes"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: the aws provider cannot run: no AWS region is configured: set AWS_REGION") && stderr.contains("Nothing was called"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("state").exists(), "no state was written");
+}

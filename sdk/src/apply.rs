@@ -207,6 +207,7 @@ pub async fn apply(
         }
     }
 
+    providers.ready(plan.changed().map(|c| &*c.ty)).await?;
     let steps = build_steps(plan, state)?;
     // The state being converged to is durable before anything changes. It already is
     // when it is the state's own, as for `up` and for an event's apply (the reconciler

@@ -58,6 +58,15 @@ pub enum Error {
         /// The first resource that needed it.
         urn: Urn,
     },
+    /// A provider cannot reach its cloud (missing credentials, region, ...): nothing was
+    /// called and state was left as it was.
+    #[error("the {package} provider cannot run: {message}. Nothing was called, and state was left as it was")]
+    ProviderNotReady {
+        /// The package, e.g. `aws`.
+        package: String,
+        /// What is missing and how to set it.
+        message: String,
+    },
     /// The state belongs to another stack.
     #[error("the state given is stack '{found}', not '{expected}'; pass this stack's own state")]
     WrongStack {

@@ -200,6 +200,16 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// Deletes the resource. Deleting one that is already gone succeeds.
     async fn delete(&self, urn: &Urn, id: &str, inputs: &Props, outputs: &Props) -> Result<(), ProviderError>;
 
+    /// Checks, before any call, that the provider can reach its cloud at all (its
+    /// credentials and region, say), and if not, says exactly what is missing and how
+    /// to set it. The engine asks once before it applies, refreshes or settles pending
+    /// operations with this provider (and the CLI before it locks the stack), so a
+    /// missing setting is an error that calls nothing and leaves state untouched, not a
+    /// failure of every step. The default: ready.
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Finds every resource tagged with this URN (`cairn:stack`, `cairn:urn`: the tags
     /// Cairn puts on everything it creates). Used to settle creates that were
     /// interrupted; during a replacement the old and the new copy both match.
@@ -282,6 +292,34 @@ impl Providers {
             Some(slot) => slot.1 = provider,
             None => self.by_package.push((package, provider)),
         }
+    }
+
+    /// Checks that every provider serving one of `tokens` is ready ([`Provider::ready`]),
+    /// asking each once. Fails with the first that is not.
+    pub fn ready<'t>(&self, tokens: impl IntoIterator<Item = &'t str>) -> impl std::future::Future<Output = crate::Result<()>> + Send + '_ {
+        // The providers first, so the future holds no borrow of the caller's iterator.
+        let mut serving: Vec<&(String, Arc<dyn Provider>)> = Vec::new();
+        for token in tokens {
+            if let Some(found) = self.by_package.iter().find(|(p, _)| serves(p, token)) {
+                if !serving.iter().any(|(p, _)| *p == found.0) {
+                    serving.push(found);
+                }
+            }
+        }
+        async move {
+            for (package, provider) in serving {
+                provider.ready().await.map_err(|message| crate::Error::ProviderNotReady { package: package.clone(), message })?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Checks that every registered provider is ready ([`Provider::ready`]).
+    pub async fn all_ready(&self) -> crate::Result<()> {
+        for (package, provider) in &self.by_package {
+            provider.ready().await.map_err(|message| crate::Error::ProviderNotReady { package: package.clone(), message })?;
+        }
+        Ok(())
     }
 
     /// The provider serving the package of type token `token` (`aws` for `aws:ec2:Vpc`).

@@ -68,6 +68,7 @@ impl std::fmt::Display for Recovery {
 /// Settles every pending operation of `state` through the providers; the result has
 /// none left and a new serial.
 pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>)> {
+    providers.ready(state.pending.iter().map(|op| op.urn.ty())).await?;
     let mut next = state.clone();
     next.pending.clear();
     let mut recoveries = Vec::with_capacity(state.pending.len());

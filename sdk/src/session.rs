@@ -271,6 +271,7 @@ where
     /// Reads every resource back, reports drift, and records what was read.
     pub async fn refresh(&mut self) -> Result<RefreshReport> {
         self.settle().await?;
+        self.stack.providers().ready(self.state.resources.iter().map(|r| r.ty.as_str())).await?;
         let report = self.stack.refresh_settled(&self.state).await;
         self.commit(report.state.clone()).await?;
         Ok(report)

@@ -263,7 +263,16 @@ where
     /// and reports drift.
     pub async fn refresh(&self, state: &StackState) -> Result<RefreshReport> {
         let state = self.settled(state).await?;
+        self.providers.ready(state.resources.iter().map(|r| r.ty.as_str())).await?;
         Ok(self.refresh_settled(&state).await)
+    }
+
+    /// Checks that every provider of the stack can reach its cloud
+    /// ([`Provider::ready`](crate::Provider::ready)): what a command that will call the
+    /// cloud asks before it locks the stack, so a missing credential or region changes
+    /// nothing at all.
+    pub async fn ready(&self) -> Result<()> {
+        self.providers.all_ready().await
     }
 
     /// Refresh of a state without pending operations, with secrets hidden as in plans.

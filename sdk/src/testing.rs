@@ -85,6 +85,8 @@ struct Inner {
     incomplete: Vec<(String, String)>,
     /// Creates that are carried out twice and whose answer is lost: names, once each.
     doubled: Vec<String>,
+    /// What [`Provider::ready`] answers, when not ready.
+    not_ready: Option<String>,
     cloud: BTreeMap<String, FakeResource>,
     created: HashMap<Urn, u32>,
     outputs: Option<OutputsFn>,
@@ -245,6 +247,15 @@ impl TestProvider {
         self
     }
 
+    /// A provider that cannot reach its cloud: [`Provider::ready`] answers `message`,
+    /// as a real provider does without credentials. For testing that nothing is called
+    /// and state is left as it was.
+    #[must_use]
+    pub fn not_ready(self, message: &str) -> Self {
+        self.lock().not_ready = Some(message.to_owned());
+        self
+    }
+
     fn answer<T>(&self, op: Op, urn: &Urn, value: T) -> Result<T, ProviderError> {
         let mut inner = self.lock();
         match inner.lost.iter().position(|(n, o)| n == urn.name() && *o == op) {
@@ -352,6 +363,10 @@ impl TestProvider {
 impl Provider for TestProvider {
     fn package(&self) -> &str {
         &self.package
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.lock().not_ready.clone().map_or(Ok(()), Err)
     }
 
     async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {

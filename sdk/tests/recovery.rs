@@ -321,3 +321,34 @@ async fn an_incomplete_create_whose_read_back_cannot_be_journaled_stays_a_pendin
     assert_eq!(queues[0].inputs.get("visibility_timeout"), Some(&serde_json::json!(45)), "finished");
     session.close().await.unwrap();
 }
+
+/// A provider that cannot reach its cloud (no credentials, no region) stops `up`,
+/// `refresh` and the settling of pending operations before any call, with its own
+/// message, and state is left as it was.
+#[tokio::test]
+async fn a_provider_that_is_not_ready_stops_everything_before_any_call() {
+    let ready = provider();
+    let stack = |cloud: &cairn_sdk::testing::TestProvider| {
+        Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
+            cx.add(Queue::new("orders"));
+            Ok(())
+        })
+    };
+    let store = Arc::new(MemoryStore::new());
+    let mut session = stack(&ready).lock(store.clone(), "up").await.unwrap();
+    session.up(&()).await.unwrap();
+    session.close().await.unwrap();
+    let before = store.load("dev").await.unwrap();
+
+    let cloud = provider().not_ready("no AWS region is configured: set AWS_REGION");
+    let stack = stack(&cloud);
+    let err = stack.ready().await.unwrap_err();
+    assert_eq!(err.to_string(), "the test provider cannot run: no AWS region is configured: set AWS_REGION. Nothing was called, and state was left as it was");
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    let plan = session.preview_destroy().unwrap();
+    assert!(matches!(session.apply(&plan).await.unwrap_err(), Error::ProviderNotReady { .. }));
+    assert!(matches!(session.refresh().await.unwrap_err(), Error::ProviderNotReady { .. }));
+    session.close().await.unwrap();
+    assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
+    assert_eq!(store.load("dev").await.unwrap(), before);
+}

@@ -43,6 +43,8 @@ pub mod network;
 #[cfg(feature = "ec2")]
 pub use network::{Nat, Network, NetworkRef};
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use cairn_sdk::provider::{DiffRequest, DiffResult};
 use cairn_sdk::{Observed, Props, ProviderError, Urn};
@@ -55,6 +57,10 @@ use crate::kind::{Clients, Kind, Kinds};
 pub struct Provider {
     clients: Clients,
     kinds: Kinds,
+    region: Option<aws_config::Region>,
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    /// Whether the region and credentials are there, found out once per provider.
+    ready: Arc<tokio::sync::OnceCell<Result<(), String>>>,
 }
 
 impl Provider {
@@ -84,7 +90,32 @@ impl Provider {
         elasticache::register(&mut kinds);
         #[cfg(feature = "sqs")]
         sqs::register(&mut kinds);
-        Provider { clients: Clients::new(config), kinds }
+        Provider {
+            clients: Clients::new(config),
+            kinds,
+            region: config.region().cloned(),
+            credentials: config.credentials_provider(),
+            ready: Arc::default(),
+        }
+    }
+
+    /// What [`cairn_sdk::Provider::ready`] finds: a region, and credentials the
+    /// standard chain resolves (within 10 s: off EC2, the instance metadata service
+    /// answers nothing).
+    async fn check_ready(&self) -> Result<(), String> {
+        if self.region.is_none() {
+            return Err("no AWS region is configured: set AWS_REGION (e.g. AWS_REGION=us-east-1), or `region` in the profile of ~/.aws/config".to_owned());
+        }
+        let how = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials, or run where an instance or task role provides them (for the local AWS, any values do, e.g. `test`)";
+        let Some(credentials) = &self.credentials else {
+            return Err(format!("no AWS credentials provider is configured: {how}"));
+        };
+        use aws_credential_types::provider::ProvideCredentials;
+        match tokio::time::timeout(std::time::Duration::from_secs(10), credentials.provide_credentials()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("no AWS credentials were found ({}): {how}", aws_smithy_types::error::display::DisplayErrorContext(&e))),
+            Err(_) => Err(format!("no AWS credentials were found within 10 s: {how}")),
+        }
     }
 
     fn kind(&self, urn: &Urn) -> Result<&'static dyn Kind, ProviderError> {
@@ -101,6 +132,10 @@ impl Provider {
 impl cairn_sdk::Provider for Provider {
     fn package(&self) -> &str {
         "aws"
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.ready.get_or_init(|| self.check_ready()).await.clone()
     }
 
     fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
@@ -142,5 +177,34 @@ impl cairn_sdk::Provider for Provider {
 
     async fn lookup(&self, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         self.kind(urn)?.lookup(&self.clients, urn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_config::{BehaviorVersion, Region, SdkConfig};
+    use cairn_sdk::Provider as _;
+
+    use super::Provider;
+
+    /// Without a region, or without credentials, the provider says which is missing
+    /// and how to set it, before any call.
+    #[tokio::test]
+    async fn without_a_region_or_credentials_the_provider_says_which_is_missing() {
+        let no_region = SdkConfig::builder().behavior_version(BehaviorVersion::latest()).build();
+        let err = Provider::new(&no_region).ready().await.unwrap_err();
+        assert!(err.starts_with("no AWS region is configured: set AWS_REGION"), "{err}");
+
+        let no_credentials = SdkConfig::builder().behavior_version(BehaviorVersion::latest()).region(Region::new("us-east-1")).build();
+        let err = Provider::new(&no_credentials).ready().await.unwrap_err();
+        assert!(err.starts_with("no AWS credentials provider is configured: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"), "{err}");
+
+        let credentials = aws_credential_types::Credentials::new("test", "test", None, None, "test");
+        let ready = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(credentials))
+            .build();
+        assert_eq!(Provider::new(&ready).ready().await, Ok(()));
     }
 }
