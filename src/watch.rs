@@ -91,7 +91,7 @@ pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, Failure
                 }),
             );
             for w in many {
-                let routes = crate::serve::router_with_limits(w.events.clone(), w.status.clone(), webhook.clone(), plan.http.clone());
+                let routes = crate::serve::router_with_limits(w.events.clone(), w.status.clone(), webhook.clone(), plan.http);
                 router = router.nest(&format!("/stacks/{}", w.stack.name()), routes);
             }
             router

@@ -541,7 +541,7 @@ async fn kill_9_while_watch_takes_in_an_sqs_event_then_it_is_applied_exactly_onc
             let group = asg.describe_auto_scaling_groups().auto_scaling_group_names(&group).send().await.unwrap();
             let desired = group.auto_scaling_groups()[0].desired_capacity();
             let recorded = state.user_state["web_capacity"] == serde_json::json!(capacity) && state.pending.is_empty();
-            if recorded && desired == Some(capacity as i32) && queued == 0 {
+            if recorded && desired == Some(capacity) && queued == 0 {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "event {id} (watch killed at {action}) not applied and deleted within 90 s");

@@ -60,12 +60,12 @@ pub enum Error {
     },
     /// A provider cannot reach its cloud (missing credentials, region, ...): nothing was
     /// called and state was left as it was.
-    #[error("the {package} provider cannot run: {message}. Nothing was called, and state was left as it was")]
+    #[error("the {package} provider cannot run: {source}. Nothing was called, and state was left as it was")]
     ProviderNotReady {
         /// The package, e.g. `aws`.
         package: String,
-        /// What is missing and how to set it.
-        message: String,
+        /// What is missing and how to set it (usually [`ProviderError::Unconfigured`]).
+        source: crate::ProviderError,
     },
     /// The state belongs to another stack.
     #[error("the state given is stack '{found}', not '{expected}'; pass this stack's own state")]

@@ -41,6 +41,11 @@ pub enum ProviderError {
     /// The endpoint does not implement the operation.
     #[error("the endpoint does not support this operation: {0}")]
     Unsupported(String),
+    /// The provider cannot reach its cloud at all (no credentials, no region, ...),
+    /// from [`Provider::ready`]: nothing was called. The message says what is missing
+    /// and how to set it.
+    #[error("{0}")]
+    Unconfigured(String),
     /// A create's call made the resource, identified by `id`, but a later call of the
     /// same step (tagging, an attribute, an attachment, a wait, the read-back) failed.
     /// The resource exists, in a state somewhere between nothing and what was asked:
@@ -73,7 +78,7 @@ impl ProviderError {
         let message = match self {
             ProviderError::Incomplete { .. } => return self,
             ProviderError::NotFound(m) => format!("not found: {m}"),
-            ProviderError::Failed(m) | ProviderError::Uncertain(m) => m,
+            ProviderError::Failed(m) | ProviderError::Uncertain(m) | ProviderError::Unconfigured(m) => m,
             ProviderError::Unsupported(m) => format!("the endpoint does not support this operation: {m}"),
         };
         ProviderError::Incomplete { id: id.to_owned(), message }
@@ -206,7 +211,7 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// operations with this provider (and the CLI before it locks the stack), so a
     /// missing setting is an error that calls nothing and leaves state untouched, not a
     /// failure of every step. The default: ready.
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), ProviderError> {
         Ok(())
     }
 
@@ -308,7 +313,7 @@ impl Providers {
         }
         async move {
             for (package, provider) in serving {
-                provider.ready().await.map_err(|message| crate::Error::ProviderNotReady { package: package.clone(), message })?;
+                provider.ready().await.map_err(|source| crate::Error::ProviderNotReady { package: package.clone(), source })?;
             }
             Ok(())
         }
@@ -317,7 +322,7 @@ impl Providers {
     /// Checks that every registered provider is ready ([`Provider::ready`]).
     pub async fn all_ready(&self) -> crate::Result<()> {
         for (package, provider) in &self.by_package {
-            provider.ready().await.map_err(|message| crate::Error::ProviderNotReady { package: package.clone(), message })?;
+            provider.ready().await.map_err(|source| crate::Error::ProviderNotReady { package: package.clone(), source })?;
         }
         Ok(())
     }

@@ -365,8 +365,8 @@ impl Provider for TestProvider {
         &self.package
     }
 
-    async fn ready(&self) -> Result<(), String> {
-        self.lock().not_ready.clone().map_or(Ok(()), Err)
+    async fn ready(&self) -> Result<(), ProviderError> {
+        self.lock().not_ready.clone().map_or(Ok(()), |message| Err(ProviderError::Unconfigured(message)))
     }
 
     async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {

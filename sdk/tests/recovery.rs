@@ -231,7 +231,7 @@ async fn a_create_that_fails_after_making_the_resource_is_recorded_and_finished_
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     let report = session.up(&Shop::new()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
-    assert!(matches!(&session.recovered()[..], [Recovery::Refreshed { exists: true, .. }]), "{:?}", session.recovered());
+    assert!(matches!(session.recovered(), [Recovery::Refreshed { exists: true, .. }]), "{:?}", session.recovered());
     assert_eq!(cloud.calls_of(Op::Update), ["orders-dlq"]);
     assert_eq!(cloud.calls_of(Op::Create), ["orders"], "the queue is not created again");
     let dlqs: Vec<_> = cloud.resources().into_iter().filter(|r| r.urn == urn).collect();
@@ -260,7 +260,7 @@ async fn an_incomplete_create_survives_a_lost_commit_through_the_journal() {
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     let report = session.up(&()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
-    assert!(matches!(&session.recovered()[..], [Recovery::Refreshed { exists: true, .. }]), "{:?}", session.recovered());
+    assert!(matches!(session.recovered(), [Recovery::Refreshed { exists: true, .. }]), "{:?}", session.recovered());
     assert_eq!(cloud.resources().len(), 2, "nothing created twice");
     assert!(cloud.resources().iter().all(|r| r.urn.name() != "orders" || r.inputs.get("dead_letter_arn").is_some()));
     session.close().await.unwrap();
@@ -313,7 +313,7 @@ async fn an_incomplete_create_whose_read_back_cannot_be_journaled_stays_a_pendin
     store.fail_read_back.store(false, Ordering::SeqCst);
 
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
-    assert!(matches!(&session.recovered()[..], [Recovery::Adopted { .. }]), "settled by the look-up: {:?}", session.recovered());
+    assert!(matches!(session.recovered(), [Recovery::Adopted { .. }]), "settled by the look-up: {:?}", session.recovered());
     let report = session.up(&()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let queues = cloud.resources();

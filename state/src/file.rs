@@ -237,17 +237,16 @@ impl Store for FileStore {
             fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
             let _guard = Guard::exclusive(&dir)?;
             let path = dir.join(LOCK);
-            let held = match read_bytes(&path)? {
-                None => None,
-                Some(bytes) => Some(serde_json::from_slice::<LockInfo>(&bytes).unwrap_or_else(|_| {
+            let held = read_bytes(&path)?.map(|bytes| {
+                serde_json::from_slice::<LockInfo>(&bytes).unwrap_or_else(|_| {
                     // Cut short by a crash of this host (renewals are not synced): its
                     // holder died with it. Its lease is taken to end a lease after the
                     // file was last written.
                     let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
                     let ms = written.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64);
                     LockInfo { expires_ms: ms + lease.as_millis() as u64, ..LockInfo::unknown("the lock file is unreadable, cut short by a crash") }
-                })),
-            };
+                })
+            });
             if let Some(holder) = held.as_ref().filter(|h| !h.lease().is_expired()) {
                 return Err(StateError::Locked(Box::new(LockedError { stack, holder: holder.clone() })));
             }
