@@ -589,11 +589,8 @@ where
         let changed = value != self.session.state().user_state;
         self.session.record_events(value, &ids).await?;
         // Recording changed only S and the ids, not resources: the plan still holds
-        // for the new serial.
-        self.planned = planned.map(|(mut plan, graph)| {
-            plan.base.serial = self.session.state().serial;
-            (plan, graph)
-        });
+        // for the new serial (a plan that does not is dropped and made again).
+        self.planned = planned.and_then(|(mut plan, graph)| plan.rebase(self.session.state()).ok().map(|()| (plan, graph)));
         if self.seen.len() > 2 * cairn_state::PROCESSED_EVENTS_KEPT {
             self.seen = self.session.state().processed_events.iter().cloned().collect();
         }

@@ -225,6 +225,24 @@ impl Plan {
         Ok(())
     }
 
+    /// Moves the plan onto `state`, which follows the plan's base by a record of events
+    /// only (a new user state and processed ids, the user state being the plan's own):
+    /// the resources are the base's, so the plan holds for it. The reconciler plans an
+    /// event's new `S` before recording it, and applies that plan after. Refuses (as a
+    /// stale plan) a state of another lineage or with other user state.
+    pub(crate) fn rebase(&mut self, state: &StackState) -> Result<()> {
+        if state.lineage != self.base.lineage || state.serial < self.base.serial || state.user_state != self.user_state {
+            return Err(Error::StalePlan {
+                planned: self.base.serial,
+                planned_lineage: self.base.lineage.clone(),
+                current: state.serial,
+                current_lineage: state.lineage.clone(),
+            });
+        }
+        self.base.serial = state.serial;
+        Ok(())
+    }
+
     /// Whether the plan can be applied to `state`: made by this version, for this stack,
     /// against this very state (its lineage and serial). A saved plan is refused once
     /// state moved, also when it changes nothing.
