@@ -212,10 +212,11 @@ pub async fn apply(
     // The state being converged to is durable before anything changes. It already is
     // when it is the state's own, as for `up` and for an event's apply (the reconciler
     // recorded it with the event): one durable write fewer before the first call.
+    let mut run = Run::new(plan, state, providers, &steps, journal.clone(), options.progress.clone());
+    run.check_changes()?;
     if plan.user_state != state.user_state {
         journal.record(JournalRecord::UserState { base: state.serial, value: plan.user_state.clone() }).await?;
     }
-    let mut run = Run::new(plan, state, providers, &steps, journal, options.progress.clone());
     run.execute(options.parallelism.max(1)).await;
     Ok(run.into_report(started))
 }
@@ -449,6 +450,43 @@ impl<'a> Run<'a> {
             },
             uncertain: Vec::new(),
         }
+    }
+
+    /// Refuses, before anything is called or recorded, a plan whose changes do not fit
+    /// the state it is applied to: one edited by hand, or cut. Each change at most once;
+    /// a create only of what state does not have; an update, replace or delete only of
+    /// the resource with the id the plan names. The planner never makes such a plan.
+    fn check_changes(&self) -> Result<()> {
+        let bad = |c: &Change, what: String| Err(Error::BadPlan(format!("{what} ({}); make the plan again with `preview --out`", c.urn)));
+        let mut seen: std::collections::HashSet<(&Urn, bool)> = std::collections::HashSet::default();
+        for (ci, c) in self.plan.changes.iter().enumerate() {
+            if c.action == Action::Same {
+                continue;
+            }
+            if !seen.insert((&c.urn, c.pending_delete)) {
+                return bad(c, "it changes a resource twice".into());
+            }
+            let live = self.old[ci];
+            match (c.action, c.pending_delete) {
+                (Action::Create, _) => {
+                    if let Some(r) = live {
+                        return bad(c, format!("it creates a resource that state already has, as {}", r.id));
+                    }
+                }
+                (Action::Delete, true) => {
+                    let found = self.state.resources.iter().any(|r| r.pending_delete && r.urn == c.urn && Some(&r.id) == c.id.as_ref());
+                    if !found {
+                        return bad(c, format!("it deletes an old copy, {}, that state does not have", c.id.as_deref().unwrap_or("without an id")));
+                    }
+                }
+                (_, _) => match (live, &c.id) {
+                    (Some(r), Some(id)) if r.id == *id => {}
+                    (Some(r), _) => return bad(c, format!("it changes {}, but state has this resource as {}", c.id.as_deref().unwrap_or("a resource without an id"), r.id)),
+                    (None, _) => return bad(c, format!("it changes {}, which state does not have", c.id.as_deref().unwrap_or("a resource without an id"))),
+                },
+            }
+        }
+        Ok(())
     }
 
     async fn execute(&mut self, limit: usize) {

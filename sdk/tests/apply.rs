@@ -470,3 +470,87 @@ async fn an_apply_finds_each_resource_in_state_stored_in_another_order() {
     assert!(!stack.preview(&changed, &report.state).unwrap().has_changes());
     assert_eq!(report.state.resources.len(), 6);
 }
+
+/// A saved plan edited by hand (or cut, or from another stack's run) is refused when
+/// applied, before any call, when its changes do not fit the state: never a panic, and
+/// never a call for a change that cannot be carried out as written. Edits that still
+/// describe a possible change (a dependency dropped) are applied.
+#[tokio::test]
+async fn a_saved_plan_edited_by_hand_is_refused_before_any_call_never_a_panic() {
+    let cloud = provider();
+    let stack = |n: u32| {
+        Stack::<u32>::new("dev").provider(cloud.clone()).program(move |cx, _| {
+            let a = cx.add(thing("a"));
+            let b = cx.add(thing("b").set("after", a.output::<u32>("size")));
+            if n > 1 {
+                cx.add(thing("c").set("after", b.output::<u32>("size")));
+            }
+            Ok(())
+        })
+    };
+    let store = std::sync::Arc::new(cairn_state::MemoryStore::new());
+    let mut session = stack(1).lock(store.clone(), "up").await.unwrap();
+    session.up(&1).await.unwrap();
+    let plan = stack(2).preview(&2, session.state()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+    let at = |p: &serde_json::Value, name: &str| p["changes"].as_array().unwrap().iter().position(|c| c["urn"].as_str().unwrap().ends_with(&format!("::{name}"))).unwrap();
+
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Option<&str>, Edit)> = vec![
+        ("a change twice", Some("it changes a resource twice"), Box::new(move |p| {
+            let c = at(p, "c");
+            let c = p["changes"][c].clone();
+            p["changes"].as_array_mut().unwrap().push(c);
+        })),
+        ("an update without an id", Some("it changes a resource without an id, but state has this resource as a-1"), Box::new(move |p| {
+            let a = at(p, "a");
+            p["changes"][a]["action"] = serde_json::json!("update");
+            p["changes"][a].as_object_mut().unwrap().remove("id");
+        })),
+        ("an update of another id", Some("it changes a-9, but state has this resource as a-1"), Box::new(move |p| {
+            let a = at(p, "a");
+            p["changes"][a]["action"] = serde_json::json!("update");
+            p["changes"][a]["id"] = serde_json::json!("a-9");
+        })),
+        ("a create of what state has", Some("it creates a resource that state already has, as b-1"), Box::new(move |p| {
+            let b = at(p, "b");
+            p["changes"][b]["action"] = serde_json::json!("create");
+        })),
+        ("a delete of what state does not have", Some("it changes ghost-1, which state does not have"), Box::new(move |p| {
+            let c = at(p, "c");
+            p["changes"][c]["action"] = serde_json::json!("delete");
+            p["changes"][c]["id"] = serde_json::json!("ghost-1");
+        })),
+        ("a cycle", Some("in a loop"), Box::new(move |p| {
+            let (a, c) = (at(p, "a"), at(p, "c"));
+            p["changes"][a]["action"] = serde_json::json!("update");
+            p["changes"][a]["dependencies"] = serde_json::json!([p["changes"][c]["urn"]]);
+            p["changes"][c]["dependencies"] = serde_json::json!([p["changes"][a]["urn"]]);
+        })),
+        ("a dependency dropped from the plan", None, Box::new(move |p| {
+            let b = at(p, "b");
+            p["changes"].as_array_mut().unwrap().remove(b);
+        })),
+    ];
+    for (what, refused, edit) in edits {
+        let mut edited = json.clone();
+        edit(&mut edited);
+        let plan = Plan::from_json(&edited.to_string()).unwrap();
+        let state = session.state().clone();
+        let providers = stack(2).providers().clone();
+        cloud.clear_calls();
+        let journal = std::sync::Arc::new(cairn_state::NoJournal);
+        let applied = tokio::spawn(async move { cairn_sdk::apply::apply(&plan, &state, &providers, &cairn_sdk::ApplyOptions::default(), journal).await })
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the apply panicked"));
+        match (refused, applied) {
+            (Some(message), Err(e)) => {
+                assert!(matches!(e, Error::BadPlan(_)) && e.to_string().contains(message), "{what}: {e}");
+                assert!(cloud.calls().is_empty(), "{what}: {:?}", cloud.calls());
+            }
+            (None, Ok(report)) => assert!(report.succeeded(), "{what}"),
+            (_, other) => panic!("{what}: {:?}", other.map(|r| r.succeeded())),
+        }
+    }
+    session.close().await.unwrap();
+}
