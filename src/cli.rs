@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_sdk::events::{Event, Events, Outcome, Reconciler, ReconcilerOptions, Schedule};
+use cairn_sdk::events::{AuditEntry, Event, Events, Outcome, Reconciler, ReconcilerOptions, Schedule};
 use cairn_sdk::{Plan, Progress, RenderOptions, Session, Stack, StackState, StepOp, StepReport, StepStatus, Summary, Urn};
 use cairn_state::Store;
 use clap::{Parser, Subcommand};
@@ -589,26 +589,24 @@ impl<S: UserState> Ctx<S> {
 
     async fn history(&self, json: bool) -> Outcome_ {
         let entries = self.store.history(self.stack.name()).await?;
-        for e in &entries {
+        for value in &entries {
             if json {
-                println!("{e}");
+                println!("{value}");
                 continue;
             }
-            let time = e["time_ms"].as_u64().map(|ms| cairn_state::format_utc(ms / 1000)).unwrap_or_default();
-            let apply = &e["apply"];
-            let result = apply["result"].as_str().unwrap_or("-");
-            match e["event"].as_object() {
+            let Some(e) = AuditEntry::from_value(value) else {
+                // Written by something else, or a newer Cairn: shown as it is.
+                println!("{value}");
+                continue;
+            };
+            let time = cairn_state::format_utc(e.time_ms / 1000);
+            let result = e.apply.as_ref().map_or("-", |a| a.result.as_str());
+            match &e.event {
                 Some(ev) => {
-                    let reason = e["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-                    println!(
-                        "{time}  {:<16} {:<9}{reason}  apply: {result}  [{} from {}]",
-                        ev.get("kind").and_then(Value::as_str).unwrap_or("?"),
-                        e["outcome"].as_str().unwrap_or("?"),
-                        ev.get("id").and_then(Value::as_str).unwrap_or("?"),
-                        ev.get("source").and_then(Value::as_str).unwrap_or("?"),
-                    );
-                    if e["s_before"] != e["s_after"] {
-                        print_state_change(&e["s_before"], &e["s_after"]);
+                    let reason = e.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+                    println!("{time}  {:<16} {:<9}{reason}  apply: {result}  [{} from {}]", ev.kind, e.outcome.as_str(), ev.id, ev.source);
+                    if e.s_before != e.s_after {
+                        print_state_change(&e.s_before, &e.s_after);
                     }
                 }
                 None => println!("{time}  (reconcile)                 apply: {result}"),

@@ -163,7 +163,7 @@ pub struct Status {
     /// Whether the cloud matches the user state, as of the last apply.
     pub converged: bool,
     /// The last apply, if any: when, its result and what it did.
-    pub last_apply: Option<Value>,
+    pub last_apply: Option<super::audit::LastApply>,
     /// Who holds the stack's lock (the watcher itself while it runs).
     pub lock_holder: Option<Value>,
     /// Events received and not yet recorded.

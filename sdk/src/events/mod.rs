@@ -30,11 +30,13 @@
 //! assert_eq!(shop.web_capacity, 6);
 //! ```
 
+mod audit;
 mod metrics;
 mod reconciler;
 pub(crate) mod rules;
 mod schedule;
 
+pub use audit::{ApplyRecord, ApplyResult, AuditEntry, AuditOutcome, AuditedEvent, LastApply, StepFailure, Timings};
 pub use metrics::{Metrics, Role, Status};
 pub use reconciler::{inbox, Backoff, Debounce, Events, EventsClosed, Inbox, Outcome, Reconciler, ReconcilerOptions, Receipt, Spawned};
 pub use rules::{EventPolicy, HandlerFuture, HandlerResult, Rejection};

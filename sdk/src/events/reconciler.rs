@@ -7,10 +7,11 @@ use std::time::Duration;
 use rustc_hash::FxHashSet;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
+use super::audit::{ApplyRecord, ApplyResult, AuditEntry, AuditOutcome, AuditedEvent, LastApply, StepFailure, Timings};
 use super::metrics::{Metrics, Status};
 use super::rules::Rejection;
 use super::{now_ms, Event, Pattern};
@@ -100,12 +101,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn label(&self) -> &'static str {
+    fn audited(&self) -> AuditOutcome {
         match self {
-            Outcome::Accepted => "accepted",
-            Outcome::Rejected(Rejection::Unhandled) => "unhandled",
-            Outcome::Rejected(_) => "rejected",
-            Outcome::Duplicate => "duplicate",
+            Outcome::Accepted => AuditOutcome::Accepted,
+            Outcome::Rejected(Rejection::Unhandled) => AuditOutcome::Unhandled,
+            Outcome::Rejected(_) => AuditOutcome::Rejected,
+            Outcome::Duplicate => AuditOutcome::Duplicate,
         }
     }
 }
@@ -614,7 +615,7 @@ where
         let (accepted, done): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.outcome == Outcome::Accepted);
         self.unapplied.extend(accepted);
         let now = now_ms();
-        let done: Vec<Value> = done.iter().map(|e| audit_entry(e, now, &json!(null))).collect();
+        let done: Vec<AuditEntry> = done.iter().map(|e| audit_entry(e, now, None)).collect();
         self.audit(&done).await?;
         self.update_status(None);
         Ok(())
@@ -662,30 +663,26 @@ where
         };
         let elapsed = started.elapsed();
         let now = Instant::now();
-        let (result, apply) = match &outcome {
-            Converge::Nothing => ("unchanged", json!({"result": "unchanged"})),
-            Converge::Applied(report, plan) => {
-                let result = if report.succeeded() { "succeeded" } else { "failed" };
-                let failures: Vec<Value> = report
+        let record = |result| ApplyRecord { result, plan: None, done: None, failures: Vec::new(), reason: None, error: None, ms: None };
+        let ms = Some(elapsed.as_millis() as u64);
+        let apply = match &outcome {
+            Converge::Nothing => record(ApplyResult::Unchanged),
+            Converge::Applied(report, plan) => ApplyRecord {
+                plan: Some(plan.summary),
+                done: Some(report.summary),
+                failures: report
                     .failures()
-                    .map(|f| json!({"urn": f.urn.as_str(), "status": serde_json::to_value(&f.status).unwrap_or(Value::Null)}))
-                    .collect();
-                (
-                    result,
-                    json!({
-                        "result": result,
-                        "plan": serde_json::to_value(plan.summary).unwrap_or(Value::Null),
-                        "done": serde_json::to_value(report.summary).unwrap_or(Value::Null),
-                        "failures": failures,
-                        "ms": elapsed.as_millis() as u64,
-                    }),
-                )
-            }
-            Converge::Refused(why) => ("refused", json!({"result": "refused", "reason": why})),
-            Converge::Failed(why) => ("failed", json!({"result": "failed", "error": why, "ms": elapsed.as_millis() as u64})),
+                    .map(|f| StepFailure { urn: f.urn.to_string(), status: serde_json::to_value(&f.status).unwrap_or(Value::Null) })
+                    .collect(),
+                ms,
+                ..record(if report.succeeded() { ApplyResult::Succeeded } else { ApplyResult::Failed })
+            },
+            Converge::Refused(why) => ApplyRecord { reason: Some(why.clone()), ..record(ApplyResult::Refused) },
+            Converge::Failed(why) => ApplyRecord { error: Some(why.clone()), ms, ..record(ApplyResult::Failed) },
         };
+        let result = apply.result;
         match result {
-            "failed" => {
+            ApplyResult::Failed => {
                 self.retry_at = Some(now + self.backoff);
                 self.backoff = (self.backoff * 2).min(self.options.backoff.max);
             }
@@ -695,7 +692,7 @@ where
                 self.backoff = self.options.backoff.initial;
             }
         }
-        if result == "succeeded" {
+        if result == ApplyResult::Succeeded {
             for entry in &self.unapplied {
                 for ((pattern, period), until) in self.options.cooldowns.iter().zip(self.cooling.iter_mut()) {
                     if pattern.matches(&entry.event.kind) {
@@ -705,21 +702,30 @@ where
             }
         }
         let stamp = now_ms();
-        let mut entries: Vec<Value> = self.unapplied.drain(..).map(|e| audit_entry(&e, stamp, &apply)).collect();
+        let mut entries: Vec<AuditEntry> = self.unapplied.drain(..).map(|e| audit_entry(&e, stamp, Some(apply.clone()))).collect();
         if entries.is_empty() && !matches!(outcome, Converge::Nothing) {
             // A retry, or the first convergence at start: no event carries it.
-            entries.push(json!({"time_ms": stamp, "event": null, "outcome": "reconcile", "apply": apply}));
+            entries.push(AuditEntry {
+                time_ms: stamp,
+                event: None,
+                outcome: AuditOutcome::Reconcile,
+                reason: None,
+                s_before: Value::Null,
+                s_after: Value::Null,
+                apply: Some(apply.clone()),
+                timings: None,
+            });
         }
         self.audit(&entries).await?;
         let counted = !matches!(outcome, Converge::Nothing);
         if let Converge::Applied(report, _) = outcome {
             self.last_report = Some(*report);
         }
-        self.update_status(Some(json!({"time_ms": stamp, "apply": apply})));
+        self.update_status(Some(LastApply { time_ms: stamp, apply }));
         // Counted last: once the metrics show an apply, its audit entries and the status
         // are there too.
         if counted {
-            self.metrics.applied(result, elapsed);
+            self.metrics.applied(result.as_str(), elapsed);
         }
         Ok(())
     }
@@ -742,13 +748,14 @@ where
         Ok(Converge::Applied(Box::new(report), Box::new(plan)))
     }
 
-    async fn audit(&self, entries: &[Value]) -> Result<()> {
+    async fn audit(&self, entries: &[AuditEntry]) -> Result<()> {
         let stack = &self.session.state().stack;
-        self.session.store().audit(stack, entries).await?;
+        let entries: Vec<Value> = entries.iter().map(AuditEntry::to_value).collect();
+        self.session.store().audit(stack, &entries).await?;
         Ok(())
     }
 
-    fn update_status(&self, last_apply: Option<Value>) {
+    fn update_status(&self, last_apply: Option<LastApply>) {
         let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         status.user_state = self.session.state().user_state.clone();
         status.converged = !self.dirty;
@@ -763,19 +770,18 @@ fn to_value<S: Serialize>(s: &S) -> Value {
     serde_json::to_value(s).unwrap_or(Value::Null)
 }
 
-fn audit_entry(e: &Entry, time_ms: u64, apply: &Value) -> Value {
-    let reason = match &e.outcome {
-        Outcome::Rejected(r) => Value::from(r.to_string()),
-        _ => Value::Null,
-    };
-    json!({
-        "time_ms": time_ms,
-        "event": {"id": e.event.id, "kind": e.event.kind, "source": e.event.source, "time_ms": e.event.time_ms},
-        "outcome": e.outcome.label(),
-        "reason": reason,
-        "s_before": e.before,
-        "s_after": e.after,
-        "apply": apply,
-        "timings": {"queued_us": e.queued.as_micros() as u64, "handlers_us": e.handled.as_micros() as u64},
-    })
+fn audit_entry(e: &Entry, time_ms: u64, apply: Option<ApplyRecord>) -> AuditEntry {
+    AuditEntry {
+        time_ms,
+        event: Some(AuditedEvent { id: e.event.id.clone(), kind: e.event.kind.clone(), source: e.event.source.clone(), time_ms: e.event.time_ms }),
+        outcome: e.outcome.audited(),
+        reason: match &e.outcome {
+            Outcome::Rejected(r) => Some(r.to_string()),
+            _ => None,
+        },
+        s_before: e.before.clone(),
+        s_after: e.after.clone(),
+        apply,
+        timings: Some(Timings { queued_us: e.queued.as_micros() as u64, handlers_us: e.handled.as_micros() as u64 }),
+    }
 }
