@@ -10,8 +10,10 @@
 //!
 //! # The webhook
 //!
-//! A request carries the event as `{"kind": "traffic.spike", "payload": {...}, "id": "..."}`
-//! (`payload` must be an object and defaults to `{}`; `id` is optional), and two headers:
+//! A request carries the event in Cairn's envelope ([`Envelope`], the same rules as the
+//! SQS source's): `{"kind": "traffic.spike", "payload": {...}, "id": "..."}` (`payload`
+//! must be an object and defaults to `{}`; `id` and `time_ms` are optional; nothing
+//! else), and two headers:
 //!
 //! - `X-Cairn-Timestamp`: the Unix time in seconds at which it was signed;
 //! - `X-Cairn-Signature`: `v1=` and the lowercase hex of HMAC-SHA256 with the shared
@@ -62,10 +64,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cairn_sdk::events::{Event, Events, Outcome, Status};
+use cairn_sdk::events::{Envelope, Event, Events, Outcome, Status};
 use hmac::{Hmac, KeyInit, Mac};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::Sha256;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
@@ -292,19 +293,6 @@ fn malformed(message: impl Into<String>) -> Refusal {
     refuse(StatusCode::BAD_REQUEST, "malformed", message)
 }
 
-const FORMAT: &str = r#"send {"kind": "traffic.spike", "payload": {...}, "id": "optional"}"#;
-
-/// The body of a webhook request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Incoming {
-    kind: String,
-    #[serde(default)]
-    payload: Option<Value>,
-    #[serde(default)]
-    id: Option<String>,
-}
-
 async fn receive(State(app): State<App>, request: Request) -> Response {
     let Some(config) = app.webhook.clone() else {
         let message = "the webhook is not configured: set CAIRN_WEBHOOK_SECRET to the shared secret and restart `watch`";
@@ -405,23 +393,11 @@ async fn check(config: &WebhookConfig, request: Request) -> Result<Event, Refusa
             ),
         ));
     }
-    let incoming: Incoming = serde_json::from_slice(&body).map_err(|e| malformed(format!("the body is not an event ({e}): {FORMAT}")))?;
-    if incoming.kind.trim().is_empty() {
-        return Err(malformed(format!("`kind` is empty: {FORMAT}")));
-    }
-    let payload = match incoming.payload {
-        None => Value::Object(Map::new()),
-        Some(p @ Value::Object(_)) => p,
-        Some(_) => return Err(malformed(format!("`payload` must be a JSON object: {FORMAT}"))),
-    };
-    let id = match incoming.id {
-        Some(id) if id.trim().is_empty() => return Err(malformed(format!("`id` is empty: leave it out or {FORMAT}"))),
-        Some(id) => id,
-        // The signature covers the timestamp and the body: a replay of the same request
-        // gets the same id, and the reconciler skips it.
-        None => format!("webhook-{}", signature.trim().trim_start_matches("v1=").to_ascii_lowercase()),
-    };
-    Ok(Event::new(incoming.kind, payload).with_id(id).with_source("webhook").with_time_ms(timestamp.saturating_mul(1000)))
+    let envelope = Envelope::from_json(&body).map_err(|e| malformed(e.to_string()))?;
+    // Without an id of its own: the signature covers the timestamp and the body, so a
+    // replay of the same request gets the same id, and the reconciler skips it.
+    let id = || format!("webhook-{}", signature.trim().trim_start_matches("v1=").to_ascii_lowercase());
+    Ok(envelope.into_event("webhook", id, Some(timestamp.saturating_mul(1000))))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {

@@ -31,12 +31,14 @@
 //! ```
 
 mod audit;
+mod envelope;
 mod metrics;
 mod reconciler;
 pub(crate) mod rules;
 mod schedule;
 
 pub use audit::{ApplyRecord, ApplyResult, AuditEntry, AuditOutcome, AuditedEvent, LastApply, StepFailure, Timings};
+pub use envelope::{Envelope, EnvelopeError, ENVELOPE_FORMAT};
 pub use metrics::{Metrics, Role, Status};
 pub use reconciler::{inbox, Backoff, Debounce, Events, EventsClosed, Inbox, Outcome, Reconciler, ReconcilerOptions, Receipt, Spawned};
 pub use rules::{EventPolicy, HandlerFuture, HandlerResult, Rejection};

@@ -38,7 +38,7 @@ use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use cairn_sdk::events::{Event, Events, Receipt};
+use cairn_sdk::events::{Envelope, Event, Events, Receipt};
 use cairn_sdk::{StackState, Urn};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
@@ -397,7 +397,7 @@ where
 /// | EventBridge `CloudWatch Alarm State Change` | `alarm.<alarm name>.<state>`, such as `alarm.web-cpu-high.alarm` | its `detail` | its `id` |
 /// | CloudWatch alarm notification (`AlarmName`, `NewStateValue`, as SNS sends it) | `alarm.<AlarmName>.<NewStateValue>` | the whole body | `sqs:<MessageId>` |
 /// | SNS envelope (`"Type": "Notification"`, `Message`, `MessageId`) | that of its `Message`, read as a body | | the message's own, or the SNS `MessageId` |
-/// | `{"kind": ..., "payload": ..., "id": ...}` (payload and id optional) | `kind` | `payload` | `id` |
+/// | Cairn's [`Envelope`]: `{"kind": ..., "payload": {...}, "id": ..., "time_ms": ...}` | `kind` | `payload` (`{}` if left out) | `id` |
 /// | anything else | [`UNRECOGNIZED`] | the raw body, as a string | `sqs:<MessageId>` |
 ///
 /// States are lowercased (`ALARM`, `OK`, `INSUFFICIENT_DATA` give `alarm`, `ok`,
@@ -483,13 +483,11 @@ fn recognise(body: &Value) -> Option<Recognised> {
     if let (Some(name), Some(state)) = (text(obj, "AlarmName"), text(obj, "NewStateValue")) {
         return Some(Recognised { kind: alarm_kind(name, state), payload: body.clone(), id: None, time_ms: time(obj, "StateChangeTime") });
     }
-    if let Some(kind) = text(obj, "kind") {
-        return Some(Recognised {
-            kind: kind.to_owned(),
-            payload: obj.get("payload").cloned().unwrap_or(Value::Null),
-            id: id(obj, "id"),
-            time_ms: obj.get("time_ms").and_then(Value::as_u64),
-        });
+    if obj.contains_key("kind") {
+        // Cairn's own envelope, by the rules the webhook applies too; a body that
+        // breaks them is unrecognized, carrying its text for a handler to look at.
+        let envelope = Envelope::from_value(body).ok()?;
+        return Some(Recognised { kind: envelope.kind, payload: envelope.payload, id: envelope.id, time_ms: envelope.time_ms });
     }
     None
 }
@@ -655,15 +653,17 @@ mod tests {
         assert_eq!(e.source, "sqs:shop-events");
 
         let bare = parse(r#"{"kind": "traffic.normal"}"#);
-        assert_eq!((bare.kind.as_str(), bare.id.as_str(), &bare.payload), ("traffic.normal", "sqs:m-1", &Value::Null));
+        assert_eq!((bare.kind.as_str(), bare.id.as_str(), &bare.payload), ("traffic.normal", "sqs:m-1", &json!({})));
         assert_eq!(parse(r#"{"kind": "x", "id": 42}"#).id, "42");
-        assert_eq!(parse(r#"{"kind": "x", "id": ""}"#).id, "sqs:m-1", "an empty id is no id");
         assert_eq!(parse(r#"{"kind": "x", "time_ms": 5}"#).time_ms, 5);
     }
 
     #[test]
     fn anything_else_is_an_unrecognized_event_carrying_the_raw_body() {
-        for body in ["hello", "", "[1, 2]", r#"{"kind": ""}"#, r#"{"detail-type": "x"}"#, r#"{"Type": "Notification", "Message": "not json"}"#, "{\"kind\": "] {
+        // Cairn's envelope breaking the webhook's rules is unrecognized too: an empty id,
+        // a payload that is not an object, a misspelt field.
+        let broken = [r#"{"kind": "x", "id": ""}"#, r#"{"kind": "x", "payload": 5}"#, r#"{"kind": "x", "paylod": {}}"#];
+        for body in ["hello", "", "[1, 2]", r#"{"kind": ""}"#, r#"{"detail-type": "x"}"#, r#"{"Type": "Notification", "Message": "not json"}"#, "{\"kind\": "].into_iter().chain(broken) {
             let e = parse(body);
             assert_eq!(e.kind, UNRECOGNIZED, "{body}");
             assert_eq!(e.payload, Value::String(body.to_owned()));
