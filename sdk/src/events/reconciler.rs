@@ -734,15 +734,19 @@ where
         let planned = self.planned.take();
         self.session.settle().await?;
         let base = &self.session.state();
-        let (plan, _graph) = match planned {
-            Some((plan, graph)) if plan.base.serial == base.serial && plan.base.lineage == base.lineage => (plan, Some(graph)),
-            _ => (self.session.preview(&self.s)?, None),
+        // The plan intake made and checked against the policy, if it still holds: the
+        // policy is checked once per batch.
+        let (plan, _graph, checked) = match planned {
+            Some((plan, graph)) if plan.base.serial == base.serial && plan.base.lineage == base.lineage => (plan, Some(graph), true),
+            _ => (self.session.preview(&self.s)?, None, false),
         };
         if !plan.has_changes() {
             return Ok(Converge::Nothing);
         }
-        if let Err(why) = self.session.stack().policy().evaluate(&plan) {
-            return Ok(Converge::Refused(why));
+        if !checked {
+            if let Err(why) = self.session.stack().policy().evaluate(&plan) {
+                return Ok(Converge::Refused(why));
+            }
         }
         let report = self.session.apply(&plan).await?;
         Ok(Converge::Applied(Box::new(report), Box::new(plan)))
