@@ -345,11 +345,24 @@ impl<S: UserState> Ctx<S> {
     }
 
     async fn lock(&self, operation: &str) -> Result<Session<S>, Failure> {
-        let session = self.stack.lock(self.store.clone(), operation).await?;
+        Self::opened(self.stack.lock(self.store.clone(), operation).await?)
+    }
+
+    fn opened(session: Session<S>) -> Result<Session<S>, Failure> {
         for r in session.recovered() {
             eprintln!("recovered: {r}");
         }
         Ok(session)
+    }
+
+    /// The one path of every verb that changes the stack: `stack` opened for
+    /// `operation`, `work` done with it, and the session closed (its lock released)
+    /// whatever `work` returned.
+    async fn locked<T>(&self, stack: &Stack<S>, operation: &str, work: impl AsyncFnOnce(&mut Session<S>) -> Result<T, Failure>) -> Result<T, Failure> {
+        let mut session = Self::opened(stack.lock(self.store.clone(), operation).await?)?;
+        let result = work(&mut session).await;
+        session.close().await?;
+        result
     }
 
     /// Asks before changing anything; `--yes` answers for non-interactive runs.
@@ -394,10 +407,7 @@ impl<S: UserState> Ctx<S> {
             Some(n) => self.stack.clone().parallelism(n),
             None => self.stack.clone(),
         };
-        let mut session = stack.lock(self.store.clone(), "up").await?;
-        let result = self.up_locked(&mut session, yes, plan_file, refresh, target).await;
-        session.close().await?;
-        result
+        self.locked(&stack, "up", async |session| self.up_locked(session, yes, plan_file, refresh, target).await).await
     }
 
     async fn up_locked(&self, session: &mut Session<S>, yes: bool, plan_file: Option<String>, refresh: bool, target: Vec<String>) -> Outcome_ {
@@ -433,8 +443,7 @@ impl<S: UserState> Ctx<S> {
 
     async fn destroy(&self, yes: bool) -> Outcome_ {
         self.stack.ready().await?;
-        let mut session = self.lock("destroy").await?;
-        let result = async {
+        self.locked(&self.stack, "destroy", async |session| {
             session.settle().await?;
             let plan = session.preview_destroy()?;
             print!("{}", plan.render(self.terminal.render(false)));
@@ -443,10 +452,8 @@ impl<S: UserState> Ctx<S> {
             }
             let report = session.apply(&plan).await?;
             finish_report(&report)
-        }
-        .await;
-        session.close().await?;
-        result
+        })
+        .await
     }
 
     async fn refresh(&self, yes: bool) -> Outcome_ {
@@ -460,10 +467,8 @@ impl<S: UserState> Ctx<S> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let mut session = self.lock("refresh").await?;
-        let result = session.refresh().await;
-        session.close().await?;
-        print_drift(&result?);
+        let report = self.locked(&self.stack, "refresh", async |session| Ok(session.refresh().await?)).await?;
+        print_drift(&report);
         println!("State updated with what was read.");
         Ok(ExitCode::SUCCESS)
     }
@@ -571,18 +576,19 @@ impl<S: UserState> Ctx<S> {
         if imported.stack != self.stack.name() {
             return Err(Failure(format!("{file} holds stack '{}', not '{}'; pass --stack {}", imported.stack, self.stack.name(), imported.stack)));
         }
-        let mut session = self.lock("state import").await?;
-        let current = session.state();
-        if imported.lineage != current.lineage && !current.resources.is_empty() && !force {
-            let why = format!("{file} has lineage {}, the stored state {}: it is another history of this stack; pass --force to replace it anyway", imported.lineage, current.lineage);
-            session.close().await?;
-            return Err(Failure(why));
-        }
         imported.pending.clear();
         let count = imported.resources.len();
-        let result = session.import(imported).await;
-        session.close().await?;
-        result?;
+        self.locked(&self.stack, "state import", async |session| {
+            let current = session.state();
+            if imported.lineage != current.lineage && !current.resources.is_empty() && !force {
+                return Err(Failure(format!(
+                    "{file} has lineage {}, the stored state {}: it is another history of this stack; pass --force to replace it anyway",
+                    imported.lineage, current.lineage
+                )));
+            }
+            Ok(session.import(imported).await?)
+        })
+        .await?;
         println!("Imported {count} resources from {file}.");
         Ok(ExitCode::SUCCESS)
     }
