@@ -169,17 +169,51 @@ enum StateVerb {
     },
 }
 
-/// An error the CLI prints and exits 1 on.
-#[derive(Debug)]
-pub(crate) struct Failure(pub(crate) String);
+/// Why a verb failed: [`Cli::run`] prints it as `error: ...` and exits 1;
+/// [`Cli::try_run_with`] returns it, for a program that handles it itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The engine refused or failed: a plan, an apply, the program, a provider that
+    /// cannot reach its cloud, a lock held elsewhere, ...
+    #[error(transparent)]
+    Engine(#[from] cairn_sdk::Error),
+    /// State could not be read or written.
+    #[error(transparent)]
+    State(#[from] cairn_state::StateError),
+    /// A file, the terminal or the network could not be used.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A document could not be written as JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// What the command asked for cannot be done as asked (a bad value, an event
+    /// rejected, a change refused without `--yes`, ...): the message says what and how
+    /// to go on.
+    #[error("{0}")]
+    Refused(String),
+    /// `watch` stopped because a stack failed (its lease lost, its lock held elsewhere
+    /// without `--standby`); each failure was printed as it happened.
+    #[error("watch stopped: {failed} of its stacks failed")]
+    WatchStopped {
+        /// How many.
+        failed: usize,
+    },
+}
 
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure(e.to_string())
+impl From<String> for CliError {
+    fn from(message: String) -> Self {
+        CliError::Refused(message)
     }
 }
 
-pub(crate) type Outcome_ = Result<ExitCode, Failure>;
+impl From<&str> for CliError {
+    fn from(message: &str) -> Self {
+        CliError::Refused(message.to_owned())
+    }
+}
+
+pub(crate) type Outcome_ = Result<ExitCode, CliError>;
 
 /// A stack's command line: build it with the stack factory, add event sources and
 /// schedules for `watch`, then [`Cli::run`].
@@ -252,18 +286,28 @@ impl<S: UserState> Cli<S> {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args = match Args::try_parse_from(args) {
-            Ok(a) => a,
+        match self.try_run_with(args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    }
+
+    /// [`Cli::run_with`], giving the error back instead of printing it, for a program
+    /// that handles it itself. A command line that does not parse is still answered by
+    /// clap (its message or the help, printed), with the exit code it calls for.
+    pub async fn try_run_with<I, T>(self, args: I) -> Result<ExitCode, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        match Args::try_parse_from(args) {
+            Ok(args) => self.execute(args).await,
             Err(e) => {
                 let _ = e.print();
-                return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
-            }
-        };
-        match self.execute(args).await {
-            Ok(code) => code,
-            Err(Failure(message)) => {
-                eprintln!("error: {message}");
-                ExitCode::from(1)
+                Ok(if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS })
             }
         }
     }
@@ -275,7 +319,7 @@ impl<S: UserState> Cli<S> {
         let build = |name: &str| {
             let stack = (self.factory)(name).progress(LiveProgress::new(terminal));
             if stack.name() != name {
-                return Err(Failure(format!("the stack factory built stack '{}' for --stack {name}; build it with the name it is given", stack.name())));
+                return Err(CliError::Refused(format!("the stack factory built stack '{}' for --stack {name}; build it with the name it is given", stack.name())));
             }
             Ok(stack)
         };
@@ -286,7 +330,7 @@ impl<S: UserState> Cli<S> {
                 (false, false) => stacks,
             };
             if names.is_empty() {
-                return Err(Failure(format!("--all-stacks: no stack has state in {location}; deploy one with `up` first")));
+                return Err(CliError::Refused(format!("--all-stacks: no stack has state in {location}; deploy one with `up` first")));
             }
             let stacks = names.iter().map(|n| build(n)).collect::<Result<Vec<_>, _>>()?;
             let plan = crate::watch::Plan { stacks, store, listen, standby, schedules: self.schedules, sources: self.sources, options: self.reconciler, http: self.http };
@@ -336,7 +380,7 @@ struct Ctx<S> {
 }
 
 impl<S: UserState> Ctx<S> {
-    async fn load(&self) -> Result<StackState, Failure> {
+    async fn load(&self) -> Result<StackState, CliError> {
         let (state, recovered) = self.stack.load(&*self.store).await?;
         for r in recovered {
             eprintln!("note: {r}");
@@ -344,11 +388,11 @@ impl<S: UserState> Ctx<S> {
         Ok(state)
     }
 
-    async fn lock(&self, operation: &str) -> Result<Session<S>, Failure> {
+    async fn lock(&self, operation: &str) -> Result<Session<S>, CliError> {
         Self::opened(self.stack.lock(self.store.clone(), operation).await?)
     }
 
-    fn opened(session: Session<S>) -> Result<Session<S>, Failure> {
+    fn opened(session: Session<S>) -> Result<Session<S>, CliError> {
         for r in session.recovered() {
             eprintln!("recovered: {r}");
         }
@@ -358,7 +402,7 @@ impl<S: UserState> Ctx<S> {
     /// The one path of every verb that changes the stack: `stack` opened for
     /// `operation`, `work` done with it, and the session closed (its lock released)
     /// whatever `work` returned.
-    async fn locked<T>(&self, stack: &Stack<S>, operation: &str, work: impl AsyncFnOnce(&mut Session<S>) -> Result<T, Failure>) -> Result<T, Failure> {
+    async fn locked<T>(&self, stack: &Stack<S>, operation: &str, work: impl AsyncFnOnce(&mut Session<S>) -> Result<T, CliError>) -> Result<T, CliError> {
         let mut session = Self::opened(stack.lock(self.store.clone(), operation).await?)?;
         let result = work(&mut session).await;
         session.close().await?;
@@ -366,12 +410,12 @@ impl<S: UserState> Ctx<S> {
     }
 
     /// Asks before changing anything; `--yes` answers for non-interactive runs.
-    fn confirm(&self, yes: bool, what: &str) -> Result<bool, Failure> {
+    fn confirm(&self, yes: bool, what: &str) -> Result<bool, CliError> {
         if yes {
             return Ok(true);
         }
         if !self.terminal.input {
-            return Err(Failure(format!("refusing to {what} without --yes: there is no terminal to ask; review with `preview`, then run again with --yes")));
+            return Err(CliError::Refused(format!("refusing to {what} without --yes: there is no terminal to ask; review with `preview`, then run again with --yes")));
         }
         print!("Do you want to {what}? [y/N] ");
         let _ = std::io::stdout().flush();
@@ -481,13 +525,13 @@ impl<S: UserState> Ctx<S> {
         let mut s = self.stack.user_state(&state)?;
         let before = serde_json::to_value(&s)?;
         if let Err(rejection) = self.stack.handle_event_async(&event, &mut s).await {
-            return Err(Failure(format!("event {} was rejected: {rejection}", event.kind)));
+            return Err(CliError::Refused(format!("event {} was rejected: {rejection}", event.kind)));
         }
         let plan = self.stack.preview(&s, &state)?;
         print_state_change(&before, &serde_json::to_value(&s)?);
         print!("{}", plan.render(self.terminal.render(true)));
         if let Err(why) = self.stack.policy().evaluate(&plan) {
-            return Err(Failure(format!("event {}: the event policy refuses its plan: {why}", event.kind)));
+            return Err(CliError::Refused(format!("event {}: the event policy refuses its plan: {why}", event.kind)));
         }
         if dry_run {
             println!("Dry run: nothing recorded or changed.");
@@ -505,7 +549,7 @@ impl<S: UserState> Ctx<S> {
         reconciler.into_session().close().await?;
         match outcome?.pop() {
             Some(Outcome::Accepted) => {}
-            Some(Outcome::Rejected(r)) => return Err(Failure(format!("the event was rejected: {r}"))),
+            Some(Outcome::Rejected(r)) => return Err(CliError::Refused(format!("the event was rejected: {r}"))),
             Some(Outcome::Duplicate) | None => println!("The event was already processed."),
         }
         match report {
@@ -574,14 +618,14 @@ impl<S: UserState> Ctx<S> {
         let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
         let mut imported: StackState = serde_json::from_str(&text).map_err(|e| format!("{file} is not a state exported by `state export`: {e}"))?;
         if imported.stack != self.stack.name() {
-            return Err(Failure(format!("{file} holds stack '{}', not '{}'; pass --stack {}", imported.stack, self.stack.name(), imported.stack)));
+            return Err(CliError::Refused(format!("{file} holds stack '{}', not '{}'; pass --stack {}", imported.stack, self.stack.name(), imported.stack)));
         }
         imported.pending.clear();
         let count = imported.resources.len();
         self.locked(&self.stack, "state import", async |session| {
             let current = session.state();
             if imported.lineage != current.lineage && !current.resources.is_empty() && !force {
-                return Err(Failure(format!(
+                return Err(CliError::Refused(format!(
                     "{file} has lineage {}, the stored state {}: it is another history of this stack; pass --force to replace it anyway",
                     imported.lineage, current.lineage
                 )));
@@ -628,7 +672,7 @@ impl<S: UserState> Ctx<S> {
 
 /// The session, once its stored user state reads as `S`; if it does not, the session
 /// is closed first, so the lock is not left behind.
-pub(crate) async fn readable<S: UserState>(session: Session<S>) -> Result<Session<S>, Failure> {
+pub(crate) async fn readable<S: UserState>(session: Session<S>) -> Result<Session<S>, CliError> {
     if let Err(e) = session.user_state() {
         let _ = session.close().await;
         return Err(e.into());

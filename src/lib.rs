@@ -24,7 +24,7 @@ pub use cairn_sdk::*;
 
 pub mod cli;
 
-pub use cli::{run_cli, Cli};
+pub use cli::{run_cli, Cli, CliError};
 
 pub mod serve;
 

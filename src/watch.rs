@@ -18,7 +18,7 @@ use cairn_sdk::{Session, Stack, StackState};
 use cairn_state::Store;
 use tokio::sync::watch;
 
-use crate::cli::{Failure, SourceFuture, UserState};
+use crate::cli::{CliError, SourceFuture, UserState};
 use crate::serve::HttpLimits;
 
 /// How often a standby looks at the lease of a stack it waits for, at most: failover
@@ -48,13 +48,13 @@ struct Watched<S> {
     status: Arc<Mutex<Status>>,
 }
 
-pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, Failure> {
+pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, CliError> {
     let listener = tokio::net::TcpListener::bind(&plan.listen).await.map_err(|e| format!("cannot listen on {}: {e}; pick another address with --listen", plan.listen))?;
     // Before any lock is taken: an error from here on must not leave one behind.
     let addr = listener.local_addr()?;
     let webhook = match std::env::var("CAIRN_WEBHOOK_SECRET") {
         Ok(secret) if secret.trim().is_empty() => {
-            return Err(Failure("CAIRN_WEBHOOK_SECRET is set but empty; set it to a long random secret, or unset it to turn the webhook off".to_owned()))
+            return Err(CliError::Refused("CAIRN_WEBHOOK_SECRET is set but empty; set it to a long random secret, or unset it to turn the webhook off".to_owned()))
         }
         Ok(secret) => Some(crate::serve::WebhookConfig::new(secret.into_bytes())),
         _ => {
@@ -137,7 +137,7 @@ pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, Failure
             done = leading.join_next() => match done {
                 None => break,
                 Some(Ok(Ok(()))) => None,
-                Some(Ok(Err(Failure(why)))) => Some(why),
+                Some(Ok(Err(failure))) => Some(failure.to_string()),
                 Some(Err(e)) => Some(format!("a stack's watcher panicked: {e}")),
             },
             _ = &mut ctrl_c, if !stopping => {
@@ -159,7 +159,7 @@ pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, Failure
         Ok(ExitCode::SUCCESS)
     } else {
         // Each failure was printed as it happened.
-        Ok(ExitCode::from(1))
+        Err(CliError::WatchStopped { failed: failures })
     }
 }
 
@@ -200,7 +200,7 @@ impl Shared {
 }
 
 /// Watches one stack until stopped: waits for its lease if asked to, then reconciles.
-async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch::Receiver<bool>) -> Result<(), Failure> {
+async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch::Receiver<bool>) -> Result<(), CliError> {
     let Watched { stack, events, inbox, status } = w;
     let name = stack.name().to_owned();
     stack.ready().await?;
@@ -290,7 +290,7 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
     };
     if *lost_rx.borrow_and_update() || finished.as_ref().is_err_and(lease_error) {
         // Its lock is another process's now, or will be: nothing to close or release.
-        return Err(Failure(format!(
+        return Err(CliError::Refused(format!(
             "stack '{name}': this process lost its lease (it could not renew it in time, or another process took the stack over, or `state unlock --force` cleared it) and stopped, writing nothing more. Events not yet recorded stay with their sources for the new leader. Restart it (with --standby to stand by)"
         )));
     }
@@ -300,7 +300,7 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
 }
 
 /// The stack's lock: at once, or as a standby, waiting for it.
-async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<Mutex<Status>>) -> Result<Session<S>, Failure> {
+async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<Mutex<Status>>) -> Result<Session<S>, CliError> {
     if !shared.standby {
         return Ok(stack.lock(shared.store.clone(), "watch").await?);
     }

@@ -1,5 +1,6 @@
-//! A panic in the middle of a CLI verb, after it took the stack's lock: the lock is
-//! released as the panic unwinds, so the next run does not need `state unlock`.
+//! The CLI as a program embeds it: a panic in the middle of a verb, after it took the
+//! stack's lock, releases the lock as it unwinds, so the next run does not need
+//! `state unlock`; and `Cli::try_run_with` gives errors back typed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -37,4 +38,23 @@ fn a_panic_in_up_releases_the_stack_lock() {
         let lock = store.lock("dev", "up").await.expect("the stack can be locked again");
         store.unlock(lock).await.unwrap();
     });
+}
+
+/// `Cli::try_run_with` gives a program the error as a value: here, `up` with a provider
+/// that cannot reach its cloud, refused before the lock with nothing written.
+#[test]
+fn try_run_with_gives_the_error_typed_and_up_stops_before_the_lock_when_a_provider_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("file://{}", dir.path().display());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cloud = cairn::testing::TestProvider::new("aws").not_ready("no AWS region is configured: set AWS_REGION");
+    let cli = Cli::new(move |name: &str| Stack::<u32>::new(name).provider(cloud.clone()));
+    let args = ["shop", "--stack", "dev", "--state", state.as_str(), "up", "--yes"];
+    let err = runtime.block_on(cli.try_run_with(args)).unwrap_err();
+    assert!(
+        matches!(&err, cairn::CliError::Engine(cairn::Error::ProviderNotReady { package, .. }) if package == "aws"),
+        "{err:?}"
+    );
+    assert!(err.to_string().starts_with("the aws provider cannot run: no AWS region is configured"), "{err}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing was written");
 }
