@@ -145,8 +145,17 @@ impl S3Store {
         }
     }
 
+    /// The keys under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
-        let mut keys = Vec::new();
+        let (mut keys, _) = self.list_pages(prefix, None).await?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Every page of a listing under `prefix`: its keys, and with a `delimiter` its
+    /// common prefixes (the "directories").
+    async fn list_pages(&self, prefix: &str, delimiter: Option<&str>) -> Result<(Vec<String>, Vec<String>), StateError> {
+        let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
         let mut token = None;
         loop {
             let out = self
@@ -154,18 +163,19 @@ impl S3Store {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(prefix)
+                .set_delimiter(delimiter.map(str::to_owned))
                 .set_continuation_token(token)
                 .send()
                 .await
                 .map_err(|e| self.remote("listing", prefix, format!("{:?}", e.into_service_error())))?;
             keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            prefixes.extend(out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)));
             match out.next_continuation_token() {
                 Some(t) => token = Some(t.to_owned()),
                 None => break,
             }
         }
-        keys.sort();
-        Ok(keys)
+        Ok((keys, prefixes))
     }
 
     /// The objects at `keys`, in order (`None` for one deleted meanwhile), fetched up to
@@ -508,30 +518,13 @@ impl Store for S3Store {
         // The "directories" under the prefix, listed with a delimiter: one entry per
         // stack, however many objects each has.
         let prefix = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
-        let mut stacks = Vec::new();
-        let mut token = None;
-        loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&prefix)
-                .delimiter("/")
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| self.remote("listing", &prefix, format!("{:?}", e.into_service_error())))?;
-            for common in out.common_prefixes() {
-                let name = common.prefix().and_then(|p| p.strip_prefix(&prefix)).and_then(|p| p.strip_suffix('/'));
-                if let Some(name) = name.filter(|n| crate::store::check_stack_name(n).is_ok()) {
-                    stacks.push(name.to_owned());
-                }
-            }
-            match out.next_continuation_token() {
-                Some(t) => token = Some(t.to_owned()),
-                None => break,
-            }
-        }
+        let (_, dirs) = self.list_pages(&prefix, Some("/")).await?;
+        let mut stacks: Vec<String> = dirs
+            .iter()
+            .filter_map(|d| d.strip_prefix(&prefix)?.strip_suffix('/'))
+            .filter(|n| crate::store::check_stack_name(n).is_ok())
+            .map(str::to_owned)
+            .collect();
         stacks.sort();
         Ok(stacks)
     }
