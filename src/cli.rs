@@ -687,8 +687,8 @@ fn print_drift(report: &cairn_sdk::RefreshReport) {
     for d in &report.drift {
         println!("drift: {d}");
     }
-    for (urn, e) in &report.errors {
-        println!("could not read {urn}: {e}");
+    for e in &report.errors {
+        println!("could not read {e}");
     }
 }
 
@@ -711,7 +711,7 @@ fn finish_report(report: &cairn_sdk::ApplyReport) -> Outcome_ {
     let failures: Vec<&StepReport> = report.failures().collect();
     for f in &failures {
         match &f.status {
-            StepStatus::Failed { error } => eprintln!("failed: {} ({:?}): {error}", f.urn, f.op),
+            StepStatus::Failed { error } => eprintln!("failed to {}: {error}", error.op().map_or_else(|| format!("{:?}", f.op), |op| op.to_string())),
             StepStatus::Skipped { because } => eprintln!("skipped: {} because {because} failed", f.urn),
             _ => {}
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use cairn_state::{
-    Journal, JournalRecord, PendingKind, PendingOperation, Props, ResourceState, StackState, StepEffect, StoredOptions, Urn,
+    Journal, JournalRecord, StepOp, PendingOperation, Props, ResourceState, StackState, StepEffect, StoredOptions, Urn,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use crate::error::{Error, Result};
 use crate::input::Prop;
 use crate::plan::{Action, Change, Plan, Summary};
-use crate::provider::{Observed, ProviderError, Providers};
+use crate::provider::{ErrorKind, Observed, ProviderError, ProviderOp, Providers};
 
 /// How to apply.
 #[derive(Clone, Debug)]
@@ -58,22 +58,6 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     fn finished(&self, _step: &StepReport) {}
 }
 
-/// What one step did to a resource.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOp {
-    /// Created it.
-    Create,
-    /// Updated it in place.
-    Update,
-    /// Created the replacement of an existing resource.
-    CreateReplacement,
-    /// Deleted the resource a replacement replaced.
-    DeleteReplaced,
-    /// Deleted it.
-    Delete,
-}
-
 /// How a step ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
@@ -91,14 +75,24 @@ pub enum StepStatus {
     /// create that made the resource before a later call failed records it and keeps
     /// it pending, to be read back.
     Failed {
-        /// The provider's message.
-        error: String,
+        /// What failed, with the resource and the operation.
+        error: ProviderError,
     },
     /// Not attempted because a step it depends on failed.
     Skipped {
         /// The resource whose failure caused the skip.
         because: Urn,
     },
+}
+
+impl StepStatus {
+    /// The error of a failed step.
+    pub fn error(&self) -> Option<&ProviderError> {
+        match self {
+            StepStatus::Failed { error } => Some(error),
+            _ => None,
+        }
+    }
 }
 
 /// One step's outcome.
@@ -162,9 +156,9 @@ struct Step {
 
 /// Why a step's call failed, and what the cloud may have done anyway.
 struct Failure {
-    message: String,
-    /// The cloud may have carried it out: the step stays pending, as begun.
-    uncertain: bool,
+    /// What failed; if it is uncertain, the cloud may have carried it out and the step
+    /// stays pending, as begun.
+    error: ProviderError,
     /// A create made the resource before a later call of the step failed: it is
     /// recorded (the effect), and kept pending as an update (the operation) so that it
     /// is read back before the next plan.
@@ -173,7 +167,7 @@ struct Failure {
 
 impl From<ProviderError> for Failure {
     fn from(e: ProviderError) -> Self {
-        Failure { uncertain: e.is_uncertain(), message: e.to_string(), created: None }
+        Failure { error: e, created: None }
     }
 }
 
@@ -249,6 +243,15 @@ fn live_resources<'a>(plan: &Plan, live: &[&'a ResourceState], by_urn: &OnceCell
 /// The position of each of `live` by URN.
 fn index_by_urn<'a>(live: &[&'a ResourceState]) -> HashMap<&'a Urn, usize> {
     live.iter().enumerate().map(|(i, r)| (&r.urn, i)).collect()
+}
+
+/// The provider operation a step calls.
+fn provider_op(op: StepOp) -> ProviderOp {
+    match op {
+        StepOp::Create | StepOp::CreateReplacement => ProviderOp::Create,
+        StepOp::Update => ProviderOp::Update,
+        StepOp::Delete | StepOp::DeleteReplaced => ProviderOp::Delete,
+    }
 }
 
 /// Turns changes into steps and their dependencies.
@@ -502,7 +505,7 @@ impl<'a> Run<'a> {
                 match self.start(s) {
                     Started::Call(pending, call) => {
                         // A downgraded replacement updates in place: report what is done.
-                        let op = if pending.kind == PendingKind::Update { StepOp::Update } else { self.steps[s].op };
+                        let op = if pending.kind == StepOp::Update { StepOp::Update } else { self.steps[s].op };
                         if let Some(p) = &self.progress {
                             p.started(&pending.urn, op);
                         }
@@ -517,6 +520,7 @@ impl<'a> Run<'a> {
                         task_step.insert(handle.id(), s);
                     }
                     Started::Finished(status) => self.finish(s, Duration::ZERO, Ok(status), &mut ready),
+                    Started::Refused(error) => self.finish(s, Duration::ZERO, Err(error), &mut ready),
                 }
             }
             let Some(joined) = running.join_next_with_id().await else { break };
@@ -526,7 +530,7 @@ impl<'a> Run<'a> {
                 Err(e) => (
                     task_step[&e.id()],
                     Duration::ZERO,
-                    Err(Failure { message: format!("the provider panicked: {e}"), uncertain: true, created: None }),
+                    Err(ProviderError::uncertain(format!("the provider panicked: {e}")).into()),
                 ),
             };
             self.finish_call(s, elapsed, result, &mut ready);
@@ -579,7 +583,7 @@ impl<'a> Run<'a> {
             StepOp::Create | StepOp::Update | StepOp::CreateReplacement => {
                 let mut inputs = match self.resolve(&change.inputs) {
                     Ok(i) => i,
-                    Err(e) => return Started::Finished(StepStatus::Failed { error: e }),
+                    Err(e) => return Started::Refused(ProviderError::failed(e)),
                 };
                 let old = self.old[step.change];
                 let mut op = step.op;
@@ -626,7 +630,7 @@ impl<'a> Run<'a> {
                     StepOp::Update => {
                         let old = old.expect("an update has a resource in state");
                         let (id, old_inputs) = (old.id.clone(), old.inputs.clone());
-                        let pending = self.pending(change, PendingKind::Update, Some(&id), None);
+                        let pending = self.pending(change, StepOp::Update, Some(&id), None);
                         Started::call(pending, timeouts.update, async move {
                             let obs = provider.update(&urn, &id, &old_inputs, &inputs).await.map_err(Failure::from)?;
                             Ok(StepEffect::Upsert { resource: into_state(obs, inputs) })
@@ -636,7 +640,7 @@ impl<'a> Run<'a> {
                         // A replacement whose old copy is already gone (delete first) is
                         // a plain create as far as state goes.
                         let replaces = op == StepOp::CreateReplacement && !self.deleted[step.change];
-                        let kind = if replaces { PendingKind::CreateReplacement } else { PendingKind::Create };
+                        let kind = if replaces { StepOp::CreateReplacement } else { StepOp::Create };
                         let pending = self.pending(change, kind, None, Some(&inputs));
                         let effect = move |resource| if replaces { StepEffect::Replaced { resource } } else { StepEffect::Upsert { resource } };
                         Started::call(pending, timeouts.create, async move {
@@ -644,9 +648,9 @@ impl<'a> Run<'a> {
                                 Ok(obs) => return Ok(effect(into_state(obs, inputs))),
                                 Err(e) => e,
                             };
-                            let ProviderError::Incomplete { id, .. } = &e else { return Err(e.into()) };
+                            let ErrorKind::Incomplete { id } = e.kind() else { return Err(e.into()) };
                             let read_back = PendingOperation {
-                                kind: PendingKind::Update,
+                                kind: StepOp::Update,
                                 urn: urn.clone(),
                                 id: Some(id.clone()),
                                 dependencies: Vec::new(),
@@ -655,7 +659,7 @@ impl<'a> Run<'a> {
                             };
                             // What is known: its id. The read-back fills in the rest.
                             let resource = into_state(Observed { id: id.clone(), inputs: Props::new(), outputs: Props::new() }, inputs);
-                            Err(Failure { message: e.to_string(), uncertain: false, created: Some((effect(resource), read_back)) })
+                            Err(Failure { error: e, created: Some((effect(resource), read_back)) })
                         })
                     }
                 }
@@ -686,7 +690,7 @@ impl<'a> Run<'a> {
                 };
                 let (id, inputs, outputs) = (old.id.clone(), old.inputs.clone(), old.outputs.clone());
                 let provider = provider.expect("checked before the apply started");
-                let kind = if step.op == StepOp::Delete { PendingKind::Delete } else { PendingKind::DeleteReplaced };
+                let kind = if step.op == StepOp::Delete { StepOp::Delete } else { StepOp::DeleteReplaced };
                 let pending = self.pending(change, kind, Some(&id), None);
                 Started::call(pending, timeouts.delete, async move {
                     provider.delete(&urn, &id, &inputs, &outputs).await.map_err(Failure::from)?;
@@ -707,8 +711,8 @@ impl<'a> Run<'a> {
     }
 
     /// What a step's begin record says is pending; `inputs` are a create's.
-    fn pending(&self, change: &Change, kind: PendingKind, id: Option<&str>, inputs: Option<&Props>) -> PendingOperation {
-        let creates = matches!(kind, PendingKind::Create | PendingKind::CreateReplacement);
+    fn pending(&self, change: &Change, kind: StepOp, id: Option<&str>, inputs: Option<&Props>) -> PendingOperation {
+        let creates = matches!(kind, StepOp::Create | StepOp::CreateReplacement);
         PendingOperation {
             kind,
             urn: change.urn.clone(),
@@ -732,29 +736,32 @@ impl<'a> Run<'a> {
                 Ok(StepStatus::Done)
             }
             Ok(_) => Ok(StepStatus::Done),
-            Err(Failure { message, created: Some((effect, read_back)), .. }) => {
+            Err(Failure { error, created: Some((effect, read_back)) }) => {
                 // The resource exists: recorded, and read back before the next plan.
                 if let StepEffect::Upsert { resource } | StepEffect::Replaced { resource } = effect {
                     self.new.insert(resource.urn.clone(), resource);
                 }
                 self.uncertain.push(read_back);
-                Err(message)
+                Err(error)
             }
             Err(f) => {
                 // The cloud may have done it: it stays pending, exactly as begun.
-                if let (true, Some((pending, _))) = (f.uncertain, &self.begun[s]) {
+                if let (true, Some((pending, _))) = (f.error.is_uncertain(), &self.begun[s]) {
                     self.uncertain.push(pending.clone());
                 }
-                Err(f.message)
+                Err(f.error)
             }
         };
         self.finish(s, elapsed, status, ready);
     }
 
-    fn finish(&mut self, s: usize, elapsed: Duration, status: Result<StepStatus, String>, ready: &mut VecDeque<usize>) {
+    fn finish(&mut self, s: usize, elapsed: Duration, status: Result<StepStatus, ProviderError>, ready: &mut VecDeque<usize>) {
         let step = &self.steps[s];
         let change = &self.plan.changes[step.change];
-        let status = status.unwrap_or_else(|error| StepStatus::Failed { error });
+        let status = status.unwrap_or_else(|error| {
+            let op = self.begun[s].as_ref().map_or(step.op, |(_, op)| *op);
+            StepStatus::Failed { error: error.at(&change.urn, provider_op(op)) }
+        });
         match &status {
             StepStatus::Failed { .. } => self.skip_dependents(s, &change.urn),
             _ => {
@@ -862,6 +869,8 @@ enum Started {
     Call(PendingOperation, CallFuture),
     /// Decided without a provider call.
     Finished(StepStatus),
+    /// Failed before its provider call (an input could not be resolved).
+    Refused(ProviderError),
 }
 
 impl Started {
@@ -876,11 +885,7 @@ impl Started {
                     Some(t) => match tokio::time::timeout(t, fut).await {
                         Ok(r) => r,
                         // The request was in flight: it may have been carried out.
-                        Err(_) => Err(Failure {
-                            message: format!("timed out after {t:?} (custom timeout)"),
-                            uncertain: true,
-                            created: None,
-                        }),
+                        Err(_) => Err(ProviderError::uncertain(format!("timed out after {t:?} (custom timeout)")).into()),
                     },
                     None => fut.await,
                 }
@@ -899,11 +904,7 @@ async fn journaled(
     call: CallFuture,
 ) -> Result<StepEffect, Failure> {
     if let Err(e) = journal.record(JournalRecord::Begin { base, step, op: pending }).await {
-        return Err(Failure {
-            message: format!("not started: the journal could not record it: {e}"),
-            uncertain: false,
-            created: None,
-        });
+        return Err(ProviderError::failed(format!("not started: the journal could not record it: {e}")).into());
     }
     let result = call.await;
     let effect = match &result {
@@ -917,7 +918,7 @@ async fn journaled(
             let begun = journal.record(JournalRecord::Begin { base, step: read_step, op: read_back.clone() }).await;
             begun.is_ok().then(|| effect.clone())
         }
-        Err(f) if !f.uncertain => Some(StepEffect::Nothing),
+        Err(f) if !f.error.is_uncertain() => Some(StepEffect::Nothing),
         Err(_) => None,
     };
     if let Some(effect) = effect {

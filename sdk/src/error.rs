@@ -118,14 +118,14 @@ pub enum Error {
         cause: String,
     },
     /// An interrupted operation could not be settled (the look-up or read failed).
-    #[error("could not settle the interrupted {operation} of {urn}: {cause}; nothing was planned, try again")]
+    #[error("could not settle the interrupted {operation} of {urn}: {source}; nothing was planned, try again")]
     Recovery {
         /// The resource.
         urn: Urn,
         /// What was interrupted: "create", "update", ...
         operation: &'static str,
-        /// The provider's message.
-        cause: String,
+        /// The look-up's or the read's error.
+        source: crate::ProviderError,
     },
     /// A plan that cannot be applied as given (an unknown format, steps in a loop).
     #[error("the plan cannot be applied: {0}")]

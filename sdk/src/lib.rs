@@ -24,14 +24,14 @@ pub mod session;
 pub mod stack;
 pub mod testing;
 
-pub use apply::{ApplyOptions, ApplyReport, Progress, StepOp, StepReport, StepStatus};
-pub use cairn_state::{Props, ResourceState, StackState, Urn};
+pub use apply::{ApplyOptions, ApplyReport, Progress, StepReport, StepStatus};
+pub use cairn_state::{Props, ResourceState, StackState, StepOp, Urn};
 pub use cx::Cx;
 pub use error::{Error, Result, ValidationError, ValidationErrors};
 pub use graph::Graph;
 pub use input::{Input, Output, OutputRef, Prop};
 pub use plan::{Action, Change, Plan, RenderOptions, Summary};
-pub use provider::{Observed, Planned, PropertyDiff, Provider, ProviderError, Providers};
+pub use provider::{ErrorKind, Observed, Planned, PropertyDiff, Provider, ProviderError, ProviderOp, Providers};
 pub use recover::Recovery;
 pub use refresh::{Drift, RefreshReport};
 pub use session::Session;

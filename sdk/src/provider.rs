@@ -14,74 +14,234 @@ use serde_json::Value;
 use crate::resource::Decl;
 use crate::schema::{CheckFailure, PropertyKind, ResourceType};
 
-/// A failed provider operation. Each variant says what the engine may conclude:
-/// `NotFound`, `Failed` and `Unsupported` mean nothing changed; `Uncertain` means the
-/// request MAY have taken effect, so the step is kept pending and settled by a look-up
-/// or a read before the next plan; `Incomplete` means a create made the resource but a
-/// later call of the same step failed, so the resource is recorded and read back.
+/// What a failed provider call lets the engine conclude. `NotFound`, `Failed`,
+/// `Unsupported` and `Unconfigured` mean nothing changed; `Uncertain` means the request
+/// MAY have taken effect, so the step is kept pending and settled by a look-up or a
+/// read before the next plan; `Incomplete` means a create made the resource but a later
+/// call of the same step failed, so the resource is recorded and read back.
 ///
 /// When in doubt a provider says `Uncertain`: settling costs a look-up, while a wrong
 /// `Failed` leaves a resource the state does not know (an orphan, or a duplicate on the
 /// next create).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
 #[non_exhaustive]
-pub enum ProviderError {
+pub enum ErrorKind {
     /// The resource does not exist in the cloud (any more).
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// The cloud refused the operation: nothing changed. The message says why and what
-    /// to do.
-    #[error("{0}")]
-    Failed(String),
+    NotFound,
+    /// The cloud refused the operation: nothing changed.
+    Failed,
     /// The request MAY have taken effect (a timeout, a dropped connection, a server
-    /// error). The engine keeps the step pending and settles it with a look-up or a read
-    /// before the next plan, so nothing is created twice.
-    #[error("{0} (the request may have taken effect)")]
-    Uncertain(String),
+    /// error, throttling after retries).
+    Uncertain,
     /// The endpoint does not implement the operation.
-    #[error("the endpoint does not support this operation: {0}")]
-    Unsupported(String),
+    Unsupported,
     /// The provider cannot reach its cloud at all (no credentials, no region, ...),
-    /// from [`Provider::ready`]: nothing was called. The message says what is missing
-    /// and how to set it.
-    #[error("{0}")]
-    Unconfigured(String),
+    /// from [`Provider::ready`]: nothing was called.
+    Unconfigured,
     /// A create's call made the resource, identified by `id`, but a later call of the
     /// same step (tagging, an attribute, an attachment, a wait, the read-back) failed.
-    /// The resource exists, in a state somewhere between nothing and what was asked:
-    /// the engine records it with its id, fails the step, and reads it back before the
-    /// next plan, which then updates or replaces it. Never a duplicate, never an orphan.
-    #[error("{message}; it was created as {id} and is kept in state: the next run reads it back and finishes it")]
+    /// The resource exists, somewhere between nothing and what was asked: the engine
+    /// records it with its id, fails the step, and reads it back before the next plan,
+    /// which then updates or replaces it. Never a duplicate, never an orphan.
     Incomplete {
         /// The id the create call returned.
         id: String,
-        /// What failed after the create.
-        message: String,
     },
 }
 
+/// The provider operation a call was part of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderOp {
+    /// [`Provider::ready`].
+    Ready,
+    /// [`Provider::create`].
+    Create,
+    /// [`Provider::read`].
+    Read,
+    /// [`Provider::update`].
+    Update,
+    /// [`Provider::delete`].
+    Delete,
+    /// [`Provider::lookup`].
+    Lookup,
+}
+
+impl fmt::Display for ProviderOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProviderOp::Ready => "ready",
+            ProviderOp::Create => "create",
+            ProviderOp::Read => "read",
+            ProviderOp::Update => "update",
+            ProviderOp::Delete => "delete",
+            ProviderOp::Lookup => "lookup",
+        })
+    }
+}
+
+/// A failed provider call: which resource and operation (`urn`, `op`), what the engine
+/// may conclude (`kind`), what happened and what to do (`message`), and the error that
+/// caused it, if any (`source`, e.g. the AWS SDK's error, kept as a value).
+///
+/// A provider makes one with [`ProviderError::failed`], [`ProviderError::uncertain`],
+/// ... and returns it; the engine adds the resource and operation before anyone sees it,
+/// so a provider's message need not name them.
+///
+/// It serializes (in an apply's JSON report) without its source.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProviderError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    urn: Option<Urn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    op: Option<ProviderOp>,
+    #[serde(flatten)]
+    kind: ErrorKind,
+    message: String,
+    #[serde(skip)]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
 impl ProviderError {
-    /// A refusal with a message: nothing changed.
+    /// An error of `kind`, saying what happened and what to do.
+    pub fn new(kind: ErrorKind, message: impl fmt::Display) -> Self {
+        ProviderError { urn: None, op: None, kind, message: message.to_string(), source: None }
+    }
+
+    /// The cloud refused: nothing changed.
     pub fn failed(message: impl fmt::Display) -> Self {
-        ProviderError::Failed(message.to_string())
+        Self::new(ErrorKind::Failed, message)
+    }
+
+    /// The request may have taken effect.
+    pub fn uncertain(message: impl fmt::Display) -> Self {
+        Self::new(ErrorKind::Uncertain, message)
+    }
+
+    /// The resource does not exist.
+    pub fn not_found(message: impl fmt::Display) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    /// The endpoint does not implement the operation.
+    pub fn unsupported(message: impl fmt::Display) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
+    }
+
+    /// The provider cannot reach its cloud: `message` says what is missing and how to
+    /// set it.
+    pub fn unconfigured(message: impl fmt::Display) -> Self {
+        Self::new(ErrorKind::Unconfigured, message)
+    }
+
+    /// The error that caused this one.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// This error, as the failure of operation `op` on resource `urn` (the engine calls
+    /// this on every error a provider returns).
+    #[must_use]
+    pub fn at(mut self, urn: &Urn, op: ProviderOp) -> Self {
+        self.urn = Some(urn.clone());
+        self.op = Some(op);
+        self
+    }
+
+    /// The error with its kind changed, e.g. a refusal that in context means the request
+    /// may have taken effect.
+    #[must_use]
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// This error, for a step whose create call already made resource `id`: whatever
+    /// failed afterwards, the resource exists, so it becomes [`ErrorKind::Incomplete`].
+    #[must_use]
+    pub fn after_create(mut self, id: &str) -> Self {
+        if !matches!(self.kind, ErrorKind::Incomplete { .. }) {
+            self.message = self.describe_kind();
+            self.kind = ErrorKind::Incomplete { id: id.to_owned() };
+        }
+        self
+    }
+
+    /// What the engine may conclude.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// The resource, once the engine has said it.
+    pub fn urn(&self) -> Option<&Urn> {
+        self.urn.as_ref()
+    }
+
+    /// The operation, once the engine has said it.
+    pub fn op(&self) -> Option<ProviderOp> {
+        self.op
+    }
+
+    /// What happened and what to do, as the provider said it.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// Whether the cloud may have carried out the request despite the error.
     pub fn is_uncertain(&self) -> bool {
-        matches!(self, ProviderError::Uncertain(_))
+        self.kind == ErrorKind::Uncertain
     }
 
-    /// This error, for a step whose create call already made resource `id`: whatever
-    /// failed afterwards, the resource exists, so it becomes [`ProviderError::Incomplete`].
-    #[must_use]
-    pub fn after_create(self, id: &str) -> Self {
-        let message = match self {
-            ProviderError::Incomplete { .. } => return self,
-            ProviderError::NotFound(m) => format!("not found: {m}"),
-            ProviderError::Failed(m) | ProviderError::Uncertain(m) | ProviderError::Unconfigured(m) => m,
-            ProviderError::Unsupported(m) => format!("the endpoint does not support this operation: {m}"),
-        };
-        ProviderError::Incomplete { id: id.to_owned(), message }
+    /// The message with what the kind implies, without the resource.
+    fn describe_kind(&self) -> String {
+        let m = &self.message;
+        match &self.kind {
+            ErrorKind::NotFound => format!("not found: {m}"),
+            ErrorKind::Failed | ErrorKind::Unconfigured => m.clone(),
+            ErrorKind::Uncertain => format!("{m} (the request may have taken effect)"),
+            // The message says what the endpoint lacks.
+            ErrorKind::Unsupported => m.clone(),
+            ErrorKind::Incomplete { id } => {
+                format!("{m}; it was created as {id} and is kept in state: the next run reads it back and finishes it")
+            }
+        }
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(urn) = &self.urn {
+            write!(f, "{} '{}': ", urn.ty(), urn.name())?;
+        }
+        f.write_str(&self.describe_kind())
+    }
+}
+
+impl fmt::Debug for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderError")
+            .field("urn", &self.urn)
+            .field("op", &self.op)
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Equal when all but the source are: the source is the cause, kept for inspection.
+impl PartialEq for ProviderError {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.urn, self.op, &self.kind, &self.message) == (&other.urn, other.op, &other.kind, &other.message)
+    }
+}
+
+impl std::error::Error for ProviderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

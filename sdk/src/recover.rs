@@ -8,11 +8,11 @@
 //! twice), one is adopted and the others are recorded as old copies, which the next
 //! apply deletes, and the recovery names them all.
 
-use cairn_state::{PendingKind, PendingOperation, ResourceState, StackState, Urn};
+use cairn_state::{StepOp, PendingOperation, ResourceState, StackState, Urn};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::provider::{Observed, Providers};
+use crate::provider::{Observed, ProviderOp, Providers};
 
 /// How one interrupted operation was settled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -80,19 +80,19 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
         let failed = |e: crate::ProviderError| Error::Recovery {
             urn: op.urn.clone(),
             operation: match op.kind {
-                PendingKind::Create => "create",
-                PendingKind::CreateReplacement => "create of a replacement",
-                PendingKind::Update => "update",
-                PendingKind::DeleteReplaced => "delete of a replaced copy",
-                PendingKind::Delete => "delete",
+                StepOp::Create => "create",
+                StepOp::CreateReplacement => "create of a replacement",
+                StepOp::Update => "update",
+                StepOp::DeleteReplaced => "delete of a replaced copy",
+                StepOp::Delete => "delete",
             },
-            cause: e.to_string(),
+            source: e,
         };
         match op.kind {
-            PendingKind::Create | PendingKind::CreateReplacement => {
+            StepOp::Create | StepOp::CreateReplacement => {
                 let known: Vec<&str> = next.resources.iter().filter(|r| r.urn == op.urn).map(|r| r.id.as_str()).collect();
                 let mut found: Vec<Observed> =
-                    provider.lookup(&op.urn).await.map_err(failed)?.into_iter().filter(|o| !known.contains(&o.id.as_str())).collect();
+                    provider.lookup(&op.urn).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().filter(|o| !known.contains(&o.id.as_str())).collect();
                 // More than one copy means the create was sent more than once. Which one
                 // is adopted must not depend on the order the cloud lists them in.
                 found.sort_by(|a, b| a.id.cmp(&b.id));
@@ -113,7 +113,7 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                         // Read back with the inputs it was created with, which keeps those the
                         // cloud does not report (a look-up knows none).
                         if !op.inputs.is_empty() {
-                            if let Some(read) = provider.read(&op.urn, &obs.id, &op.inputs, &obs.outputs).await.map_err(failed)? {
+                            if let Some(read) = provider.read(&op.urn, &obs.id, &op.inputs, &obs.outputs).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Read)))? {
                                 obs = read;
                             }
                         }
@@ -129,17 +129,17 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                     None => recoveries.push(Recovery::Dropped { urn: op.urn.clone() }),
                 }
             }
-            PendingKind::Update | PendingKind::Delete | PendingKind::DeleteReplaced => {
+            StepOp::Update | StepOp::Delete | StepOp::DeleteReplaced => {
                 let Some(id) = &op.id else { continue };
                 let Some(entry) = next.resources.iter().position(|r| r.urn == op.urn && &r.id == id) else {
                     continue;
                 };
                 let r = &next.resources[entry];
-                let mut read = provider.read(&op.urn, id, &r.inputs, &r.outputs).await.map_err(failed)?;
+                let mut read = provider.read(&op.urn, id, &r.inputs, &r.outputs).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Read)))?;
                 if read.is_none() {
                     // Not found by its id may be a cloud that does not list a resource
                     // made a moment ago yet: the look-up by tag has the last word.
-                    read = provider.lookup(&op.urn).await.map_err(failed)?.into_iter().find(|o| &o.id == id);
+                    read = provider.lookup(&op.urn).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().find(|o| &o.id == id);
                 }
                 let exists = read.is_some();
                 match read {
@@ -163,7 +163,7 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
 
 /// Puts an adopted resource in state: a replacement's old copy becomes one to delete.
 fn adopt(state: &mut StackState, op: &PendingOperation, resource: ResourceState) {
-    if op.kind == PendingKind::CreateReplacement {
+    if op.kind == StepOp::CreateReplacement {
         if let Some(old) = state.resources.iter_mut().find(|r| r.urn == op.urn && !r.pending_delete) {
             old.pending_delete = true;
         }

@@ -7,7 +7,7 @@ use cairn_state::{Props, StackState, Urn};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::provider::{DiffRequest, Observed, Planned, PropertyDiff, Provider, Providers};
+use crate::provider::{DiffRequest, Observed, Planned, PropertyDiff, Provider, ProviderError, ProviderOp, Providers};
 use crate::schema::{PropertyKind, ResourceType};
 
 /// How a resource differs from what state recorded.
@@ -49,9 +49,9 @@ impl std::fmt::Display for Drift {
 pub struct RefreshReport {
     /// Every resource found different from state.
     pub drift: Vec<Drift>,
-    /// Resources that could not be read, with the provider's message; state keeps what
-    /// it had for them.
-    pub errors: Vec<(Urn, String)>,
+    /// Why each resource that could not be read was not (its [`ProviderError::urn`]
+    /// says which); state keeps what it had for them.
+    pub errors: Vec<ProviderError>,
     /// The state with what was read.
     pub state: StackState,
 }
@@ -68,7 +68,7 @@ pub async fn refresh(
     parallelism: usize,
     schema: &dyn Fn(&Urn) -> Option<&'static ResourceType>,
 ) -> RefreshReport {
-    let mut results: HashMap<usize, Result<Option<Observed>, String>> = HashMap::new();
+    let mut results: HashMap<usize, Result<Option<Observed>, ProviderError>> = HashMap::new();
     let mut running = JoinSet::new();
     let mut task_resource: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut next = 0;
@@ -79,11 +79,12 @@ pub async fn refresh(
             next += 1;
             let r = &state.resources[i];
             let Some(provider) = providers.for_token(&r.ty).cloned() else {
-                results.insert(i, Err(format!("no provider is registered for type {}", r.ty)));
+                let error = ProviderError::failed(format!("no provider is registered for type {}", r.ty));
+                results.insert(i, Err(error.at(&r.urn, ProviderOp::Read)));
                 continue;
             };
             let (urn, id, inputs, outputs) = (r.urn.clone(), r.id.clone(), r.inputs.clone(), r.outputs.clone());
-            let handle = running.spawn(async move { provider.read(&urn, &id, &inputs, &outputs).await.map_err(|e| e.to_string()) });
+            let handle = running.spawn(async move { provider.read(&urn, &id, &inputs, &outputs).await.map_err(|e| e.at(&urn, ProviderOp::Read)) });
             task_resource.insert(handle.id(), i);
         }
         match running.join_next_with_id().await {
@@ -91,7 +92,9 @@ pub async fn refresh(
                 results.insert(task_resource[&id], r);
             }
             Some(Err(e)) => {
-                results.insert(task_resource[&e.id()], Err(format!("the provider panicked: {e}")));
+                let i = task_resource[&e.id()];
+                let error = ProviderError::uncertain(format!("the provider panicked: {e}"));
+                results.insert(i, Err(error.at(&state.resources[i].urn, ProviderOp::Read)));
             }
             None => break,
         }
@@ -125,7 +128,7 @@ pub async fn refresh(
                 resources.push(refreshed);
             }
             Some(Err(e)) => {
-                errors.push((r.urn.clone(), e));
+                errors.push(e);
                 resources.push(r.clone());
             }
             None => resources.push(r.clone()),

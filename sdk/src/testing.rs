@@ -219,7 +219,7 @@ impl TestProvider {
     }
 
     /// Operation `op` on resource `name` takes effect, but its answer is lost once: the
-    /// call fails with [`ProviderError::Uncertain`], as a timeout or a dropped
+    /// call fails with [`ErrorKind::Uncertain`](crate::ErrorKind::Uncertain), as a timeout or a dropped
     /// connection would. For testing recovery.
     #[must_use]
     pub fn lose_response(self, name: &str, op: Op) -> Self {
@@ -229,7 +229,7 @@ impl TestProvider {
 
     /// The create of resource `name` makes it without `property` and then fails, once,
     /// as a create whose follow-up call (tagging, an attribute) failed: the call returns
-    /// [`ProviderError::Incomplete`] with the new id. For testing that such a resource
+    /// [`ErrorKind::Incomplete`](crate::ErrorKind::Incomplete) with the new id. For testing that such a resource
     /// is recorded, read back and finished, never created again.
     #[must_use]
     pub fn incomplete_create(self, name: &str, property: &str) -> Self {
@@ -261,7 +261,7 @@ impl TestProvider {
         match inner.lost.iter().position(|(n, o)| n == urn.name() && *o == op) {
             Some(i) => {
                 inner.lost.remove(i);
-                Err(ProviderError::Uncertain(format!("{op:?} of {} took effect, but its answer was lost", urn.name())))
+                Err(ProviderError::uncertain(format!("{op:?} of {} took effect, but its answer was lost", urn.name())))
             }
             None => Ok(value),
         }
@@ -341,7 +341,7 @@ impl TestProvider {
                 if let Some(n) = f.remaining.as_mut() {
                     *n -= 1;
                 }
-                Err(ProviderError::Failed(f.message.clone()))
+                Err(ProviderError::failed(f.message.clone()))
             }
             None => Ok(()),
         }
@@ -366,7 +366,7 @@ impl Provider for TestProvider {
     }
 
     async fn ready(&self) -> Result<(), ProviderError> {
-        self.lock().not_ready.clone().map_or(Ok(()), |message| Err(ProviderError::Unconfigured(message)))
+        self.lock().not_ready.clone().map_or(Ok(()), |message| Err(ProviderError::unconfigured(message)))
     }
 
     async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
@@ -391,10 +391,10 @@ impl Provider for TestProvider {
         drop(inner);
         let observed = observed.expect("created at least once");
         if doubled {
-            return Err(ProviderError::Uncertain(format!("create of {} was sent twice and its answer lost", urn.name())));
+            return Err(ProviderError::uncertain(format!("create of {} was sent twice and its answer lost", urn.name())));
         }
         if let Some(p) = missing {
-            return Err(ProviderError::Failed(format!("setting {p} failed")).after_create(&observed.id));
+            return Err(ProviderError::failed(format!("setting {p} failed")).after_create(&observed.id));
         }
         self.answer(Op::Create, urn, observed)
     }
@@ -409,7 +409,7 @@ impl Provider for TestProvider {
         self.enter(Op::Update, urn).await?;
         let mut inner = self.lock();
         let Some(r) = inner.cloud.get_mut(id) else {
-            return Err(ProviderError::NotFound(format!("{urn} ({id})")));
+            return Err(ProviderError::not_found(format!("{urn} ({id})")));
         };
         r.inputs = new.clone();
         let r = r.clone();

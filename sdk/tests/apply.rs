@@ -8,7 +8,7 @@ use std::time::Duration;
 use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::testing::{Call, Op};
 use cairn_sdk::{
-    Action, DynamicResource, Error, Handle, Plan, ResourceExt, Stack, StackState, StepStatus, Timeouts, Urn,
+    Action, DynamicResource, Error, ErrorKind, Handle, Plan, ProviderOp, ResourceExt, Stack, StackState, StepStatus, Timeouts, Urn,
 };
 use common::*;
 use tokio::time::Instant;
@@ -96,7 +96,13 @@ async fn a_failure_skips_only_its_dependents_and_the_next_up_converges() {
     let report = stack.up(&Shop::new(), &stack.new_state()).await.unwrap();
 
     let status: HashMap<&str, &StepStatus> = report.steps.iter().map(|s| (s.urn.name(), &s.status)).collect();
-    assert_eq!(status["web-a"], &StepStatus::Failed { error: "no capacity in zone-a".into() });
+    // The error is a value: what failed, where, and what it lets a caller conclude.
+    let error = status["web-a"].error().expect("web-a failed");
+    assert_eq!(
+        (error.urn().map(|u| u.name()), error.op(), error.kind(), error.message()),
+        (Some("web-a"), Some(ProviderOp::Create), &ErrorKind::Failed, "no capacity in zone-a")
+    );
+    assert_eq!(error.to_string(), "test:net:Subnet 'web-a': no capacity in zone-a");
     assert!(matches!(status["web"], StepStatus::Skipped { because } if because.name() == "web-a"));
     for done in ["shop", "web-b", "orders", "orders-dlq"] {
         assert_eq!(status[done], &StepStatus::Done, "{done}");
@@ -233,7 +239,7 @@ async fn a_custom_timeout_fails_the_step() {
     let t = Instant::now();
     let report = stack.up(&(), &stack.new_state()).await.unwrap();
     assert_eq!(t.elapsed(), Duration::from_secs(30));
-    assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.contains("timed out after 30s")));
+    assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.is_uncertain() && error.message().contains("timed out after 30s")));
     assert!(report.state.resources.is_empty());
     // The create was in flight: it may still land, so it stays pending, planning is
     // refused until it is settled, and the next up settles it with a look-up.
@@ -257,7 +263,7 @@ async fn a_delete_timeout_still_bounds_the_delete_after_the_program_dropped_the_
     let t = Instant::now();
     let report = Stack::<()>::new("dev").provider(fake).destroy(&state).await.unwrap();
     assert_eq!(t.elapsed(), Duration::from_secs(45), "bounded by the timeout recorded in state");
-    assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.contains("timed out after 45s")), "{:?}", report.steps);
+    assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.message().contains("timed out after 45s")), "{:?}", report.steps);
 }
 
 #[tokio::test(start_paused = true)]
@@ -407,10 +413,8 @@ async fn an_output_the_provider_did_not_return_fails_the_dependent_clearly() {
     let report = stack.up(&(), &stack.new_state()).await.unwrap();
     let orders = report.steps.iter().find(|s| s.urn.name() == "orders").unwrap();
     assert_eq!(
-        orders.status,
-        StepStatus::Failed {
-            error: "input 'dead_letter_arn' refers to 'arn' of test:queue:Queue 'dlq', which its provider did not return".into()
-        }
+        orders.status.error().map(|e| e.message()),
+        Some("input 'dead_letter_arn' refers to 'arn' of test:queue:Queue 'dlq', which its provider did not return")
     );
 }
 

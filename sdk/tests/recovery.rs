@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{DynamicResource, Error, Recovery, ResourceExt, Stack, StackState, StepOp, StepStatus, Urn};
-use cairn_state::{Journal, JournalRecord, Lock, LockInfo, MemoryStore, PendingKind, PendingOperation, StateError, Store};
+use cairn_state::{Journal, JournalRecord, Lock, LockInfo, MemoryStore, PendingOperation, StateError, Store};
 use common::*;
 
 /// A store whose next commit fails, once; and whose journal, while `fail_read_back` is
@@ -26,7 +26,7 @@ struct FailingReadBack(Arc<dyn Journal>);
 #[async_trait]
 impl Journal for FailingReadBack {
     async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
-        if let JournalRecord::Begin { op: PendingOperation { kind: PendingKind::Update, .. }, .. } = &record {
+        if let JournalRecord::Begin { op: PendingOperation { kind: StepOp::Update, .. }, .. } = &record {
             return Err(StateError::Remote("disk full".into()));
         }
         self.0.record(record).await
@@ -158,7 +158,7 @@ async fn an_update_whose_answer_was_lost_is_read_back() {
     let report = stack.up(&Shop { capacity: 5, ..Shop::new() }, &state).await.unwrap();
     let web = report.steps.iter().find(|s| s.urn.name() == "web").unwrap();
     assert_eq!(web.op, StepOp::Update);
-    assert!(matches!(&web.status, StepStatus::Failed { error } if error.contains("may have taken effect")));
+    assert!(matches!(&web.status, StepStatus::Failed { error } if error.to_string().contains("may have taken effect")));
     assert_eq!(report.state.pending.len(), 1);
 
     let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
@@ -212,7 +212,7 @@ async fn a_create_that_fails_after_making_the_resource_is_recorded_and_finished_
     let report = session.up(&Shop::new()).await.unwrap();
     let step = report.steps.iter().find(|s| s.urn.name() == "orders-dlq").unwrap();
     assert!(
-        matches!(&step.status, StepStatus::Failed { error } if error.contains("setting visibility_timeout failed") && error.contains("created as orders-dlq-1")),
+        matches!(&step.status, StepStatus::Failed { error } if error.to_string().contains("setting visibility_timeout failed") && error.to_string().contains("created as orders-dlq-1")),
         "{step:?}"
     );
     let orders = report.steps.iter().find(|s| s.urn.name() == "orders").unwrap();

@@ -3,19 +3,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Props, ResourceState, StateError, StoredOptions, Urn};
 
-/// What a step was doing when it began.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What one step of an apply does to a resource: in the apply's report, and in the
+/// journal while the step is pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PendingKind {
-    /// Creating a resource.
+pub enum StepOp {
+    /// Creates it.
     Create,
-    /// Creating the replacement of an existing resource.
+    /// Creates the replacement of an existing resource.
     CreateReplacement,
-    /// Updating in place.
+    /// Updates it in place.
     Update,
-    /// Deleting the old copy of a replaced resource.
+    /// Deletes the old copy of a replaced resource.
     DeleteReplaced,
-    /// Deleting.
+    /// Deletes it.
     Delete,
 }
 
@@ -24,7 +25,7 @@ pub enum PendingKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PendingOperation {
     /// What the step was doing.
-    pub kind: PendingKind,
+    pub kind: StepOp,
     /// The resource (its type is part of the URN).
     pub urn: Urn,
     /// Its cloud id, for steps on an existing resource.

@@ -5,7 +5,7 @@ use std::path::Path;
 mod common;
 
 use cairn_state::{
-    FileStore, JournalRecord, PendingKind, PendingOperation, Props, ResourceState, StackState, StateError, StepEffect, Store,
+    FileStore, JournalRecord, StepOp, PendingOperation, Props, ResourceState, StackState, StateError, StepEffect, Store,
     StoredOptions, Urn,
 };
 use serde_json::json;
@@ -139,9 +139,9 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
         },
     };
     journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 4}) }).await.unwrap();
-    journal.record(begin(0, PendingKind::Create, "b", None)).await.unwrap();
-    journal.record(begin(1, PendingKind::Delete, "old", Some("old-1"))).await.unwrap();
-    journal.record(begin(2, PendingKind::Create, "c", None)).await.unwrap();
+    journal.record(begin(0, StepOp::Create, "b", None)).await.unwrap();
+    journal.record(begin(1, StepOp::Delete, "old", Some("old-1"))).await.unwrap();
+    journal.record(begin(2, StepOp::Create, "c", None)).await.unwrap();
     journal.record(JournalRecord::End { base: 0, step: (7, 1), effect: StepEffect::Removed { urn: Urn::new("dev", "test:Thing", "old"), id: "old-1".into() } }).await.unwrap();
     journal.record(JournalRecord::End { base: 0, step: (7, 0), effect: StepEffect::Upsert { resource: resource("b", "b-1", &[]) } }).await.unwrap();
     // A record for an older snapshot (left by a compaction that crashed) is ignored.
@@ -161,7 +161,7 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
     assert_eq!(names, ["b"]);
     assert_eq!(loaded.user_state, json!({"capacity": 4}));
     assert_eq!(loaded.pending.len(), 1);
-    assert_eq!((loaded.pending[0].kind, loaded.pending[0].urn.name()), (PendingKind::Create, "c"));
+    assert_eq!((loaded.pending[0].kind, loaded.pending[0].urn.name()), (StepOp::Create, "c"));
 
     // Committing folds the journal into the snapshot and empties it.
     let next = StackState { serial: 1, pending: vec![], ..loaded };

@@ -3,12 +3,7 @@
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use cairn_sdk::{ProviderError, Urn};
-
-/// `aws:sqs:Queue 'orders'`.
-pub(crate) fn who(urn: &Urn) -> String {
-    format!("{} '{}'", urn.ty(), urn.name())
-}
+use cairn_sdk::ProviderError;
 
 /// The AWS error code of a service error, if that is what it is.
 pub(crate) fn code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&str> {
@@ -36,11 +31,19 @@ fn throttled_or_timed_out(code: &str) -> bool {
 ///   sent or timed out: `Uncertain`. A throttled or 5xx answer to the last attempt says
 ///   nothing of an earlier attempt whose answer was lost, and a 5xx may come after the
 ///   work was done; settling costs one look-up, a wrong "nothing happened" an orphan.
-pub(crate) fn aws_error<E>(urn: &Urn, action: &str, e: SdkError<E, HttpResponse>, hint: impl Fn(&str) -> Option<String>) -> ProviderError
+///
+/// The SDK's error is kept as the source.
+pub(crate) fn aws_error<E>(action: &str, e: SdkError<E, HttpResponse>, hint: impl Fn(&str) -> Option<String>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    classify(action, &e, hint).with_source(e)
+}
+
+fn classify<E>(action: &str, e: &SdkError<E, HttpResponse>, hint: impl Fn(&str) -> Option<String>) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let who = who(urn);
     let status = e.raw_response().map(|r| r.status().as_u16());
     let html = || {
         e.raw_response().is_some_and(|r| {
@@ -48,26 +51,26 @@ where
         })
     };
     if status == Some(500) && html() {
-        return ProviderError::Unsupported(format!("{who}: the AWS endpoint does not implement {action}: it answered HTTP 500 with an HTML page"));
+        return ProviderError::unsupported(format!("the AWS endpoint does not implement {action}: it answered HTTP 500 with an HTML page"));
     }
-    match &e {
+    match e {
         SdkError::ServiceError(service) => {
             let err = service.err();
             let code = err.code().unwrap_or("Unknown");
             let message = err.message().unwrap_or("no message");
             if throttled_or_timed_out(code) || status.is_some_and(|s| s >= 500) {
-                return ProviderError::Uncertain(format!("{who}: {action}: AWS answered {code} (HTTP {}): {message}", status.unwrap_or(0)));
+                return ProviderError::uncertain(format!("{action}: AWS answered {code} (HTTP {}): {message}", status.unwrap_or(0)));
             }
             match hint(code) {
-                Some(h) => ProviderError::Failed(format!("{who}: {h}")),
-                None => ProviderError::Failed(format!("{who}: {action} failed: {code}: {message}")),
+                Some(h) => ProviderError::failed(h),
+                None => ProviderError::failed(format!("{action} failed: {code}: {message}")),
             }
         }
-        SdkError::ResponseError(_) => ProviderError::Uncertain(format!("{who}: {action}: the answer could not be read: {e}")),
-        SdkError::ConstructionFailure(_) => ProviderError::Failed(format!("{who}: {action}: the request could not be built: {e}")),
-        _ => ProviderError::Uncertain(format!(
-            "{who}: {action} did not complete ({}); check the network and credentials (AWS_ENDPOINT_URL, AWS_REGION)",
-            std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
+        SdkError::ResponseError(_) => ProviderError::uncertain(format!("{action}: the answer could not be read: {e}")),
+        SdkError::ConstructionFailure(_) => ProviderError::failed(format!("{action}: the request could not be built: {e}")),
+        _ => ProviderError::uncertain(format!(
+            "{action} did not complete ({}); check the network and credentials (AWS_ENDPOINT_URL, AWS_REGION)",
+            std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string())
         )),
     }
 }

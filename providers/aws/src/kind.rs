@@ -90,7 +90,7 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
         finish(id, async {
             self.read(aws, urn, id, inputs)
                 .await?
-                .ok_or_else(|| ProviderError::Uncertain(format!("{}: created, but not found right after", crate::error::who(urn))))
+                .ok_or_else(|| ProviderError::uncertain(format!("created, but not found right after")))
         })
         .await
     }
@@ -99,7 +99,7 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
     async fn read_updated(&self, aws: &Clients, urn: &Urn, id: &str, inputs: &Props) -> Result<Observed, ProviderError> {
         self.read(aws, urn, id, inputs)
             .await?
-            .ok_or_else(|| ProviderError::NotFound(format!("{}: {id} is gone", crate::error::who(urn))))
+            .ok_or_else(|| ProviderError::not_found(format!("{id} is gone")))
     }
 }
 
@@ -110,7 +110,7 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
 pub(crate) async fn finish<T>(id: &str, rest: impl std::future::Future<Output = Result<T, ProviderError>>) -> Result<T, ProviderError> {
     if id.is_empty() {
         // An answer without the id: the create may have worked; the look-up settles it.
-        return Err(ProviderError::Uncertain("the create's answer did not say the new resource's id".to_owned()));
+        return Err(ProviderError::uncertain("the create's answer did not say the new resource's id".to_owned()));
     }
     rest.await.map_err(|e| e.after_create(id))
 }

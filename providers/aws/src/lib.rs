@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_sdk::provider::{DiffRequest, DiffResult};
-use cairn_sdk::{Observed, Props, ProviderError, Urn};
+use cairn_sdk::{ErrorKind, Observed, Props, ProviderError, Urn};
 
 use crate::kind::{Clients, Kind, Kinds};
 
@@ -120,8 +120,8 @@ impl Provider {
 
     fn kind(&self, urn: &Urn) -> Result<&'static dyn Kind, ProviderError> {
         self.kinds.get(urn.ty()).copied().ok_or_else(|| {
-            ProviderError::Unsupported(format!(
-                "{urn}: this build of cairn-aws does not manage {}; enable its service's cargo feature",
+            ProviderError::unsupported(format!(
+                "this build of cairn-aws does not manage {}; enable its service's cargo feature",
                 urn.ty()
             ))
         })
@@ -135,7 +135,7 @@ impl cairn_sdk::Provider for Provider {
     }
 
     async fn ready(&self) -> Result<(), ProviderError> {
-        self.ready.get_or_init(|| self.check_ready()).await.clone().map_err(ProviderError::Unconfigured)
+        self.ready.get_or_init(|| self.check_ready()).await.clone().map_err(ProviderError::unconfigured)
     }
 
     fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
@@ -146,11 +146,11 @@ impl cairn_sdk::Provider for Provider {
     }
 
     async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        self.kind(urn)?.create(&self.clients, urn, inputs).await.map_err(|e| match e {
+        self.kind(urn)?.create(&self.clients, urn, inputs).await.map_err(|e| match e.kind() {
             // An HTML 500 is how the local AWS says it lacks an operation, but something
             // in front of AWS may answer so after passing the create on: it may exist.
-            ProviderError::Unsupported(m) => ProviderError::Uncertain(m),
-            other => other,
+            ErrorKind::Unsupported => e.with_kind(ErrorKind::Uncertain),
+            _ => e,
         })
     }
 
@@ -165,9 +165,9 @@ impl cairn_sdk::Provider for Provider {
         // resource is read back instead.
         // An endpoint lacking an operation stays a refusal: the local AWS lacks several
         // ElastiCache changes, and says so before any of the update's calls.
-        self.kind(urn)?.update(&self.clients, urn, id, old, new).await.map_err(|e| match e {
-            ProviderError::Failed(m) => ProviderError::Uncertain(m),
-            other => other,
+        self.kind(urn)?.update(&self.clients, urn, id, old, new).await.map_err(|e| match e.kind() {
+            ErrorKind::Failed => e.with_kind(ErrorKind::Uncertain),
+            _ => e,
         })
     }
 

@@ -15,10 +15,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use cairn_sdk::{ProviderError, Urn};
+use cairn_sdk::ProviderError;
 use tokio::time::Instant;
 
-use crate::error::who;
 
 /// The environment variable that replaces every default bound, in seconds.
 pub(crate) const BOUND_VAR: &str = "CAIRN_AWS_WAIT_TIMEOUT";
@@ -48,20 +47,20 @@ pub(crate) fn bound(default: Duration) -> Duration {
 /// Polls `poll` until it is done, for at most `bound(default)`: at once, then after
 /// 1 s, 2 s, 4 s, 8 s and every 10 s from then on. An error from a poll ends the wait
 /// with that error (a poll reports a state that can never reach the goal, such as
-/// `create-failed`, as `ProviderError::Failed`).
+/// `create-failed`, as a refusal).
 ///
 /// Running out of time is `Uncertain`: AWS accepted the request and may still finish
 /// it, so the engine keeps the step pending and settles it on the next run. The message
 /// names the resource, the goal, the state it was stuck in and how to wait longer.
-pub(crate) async fn until<T, F, Fut>(urn: &Urn, goal: &str, default: Duration, poll: F) -> Result<T, ProviderError>
+pub(crate) async fn until<T, F, Fut>(goal: &str, default: Duration, poll: F) -> Result<T, ProviderError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Poll<T>, ProviderError>>,
 {
-    until_within(urn, goal, bound(default), poll).await
+    until_within(goal, bound(default), poll).await
 }
 
-async fn until_within<T, F, Fut>(urn: &Urn, goal: &str, limit: Duration, mut poll: F) -> Result<T, ProviderError>
+async fn until_within<T, F, Fut>(goal: &str, limit: Duration, mut poll: F) -> Result<T, ProviderError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Poll<T>, ProviderError>>,
@@ -75,10 +74,9 @@ where
         };
         let now = Instant::now();
         if now >= deadline {
-            return Err(ProviderError::Uncertain(format!(
-                "{}: still '{state}' after waiting {} for it to be {goal}; AWS may yet finish, and the next run settles it. \
+            return Err(ProviderError::uncertain(format!(
+                "still '{state}' after waiting {} for it to be {goal}; AWS may yet finish, and the next run settles it. \
                  To wait longer, set {BOUND_VAR} to a number of seconds and give the resource custom timeouts at least as long",
-                who(urn),
                 show(limit)
             )));
         }
@@ -104,15 +102,11 @@ fn show(d: Duration) -> String {
 mod tests {
     use super::*;
 
-    fn urn() -> Urn {
-        Urn::new("dev", "aws:elasticache:CacheCluster", "cache")
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_done_resource_is_not_polled_again_and_costs_no_time() {
         let started = Instant::now();
         let mut polls = 0;
-        let got = until_within(&urn(), "available", Duration::from_secs(60), || {
+        let got = until_within("available", Duration::from_secs(60), || {
             polls += 1;
             async { Ok(Poll::Done(7)) }
         })
@@ -126,7 +120,7 @@ mod tests {
     async fn polls_back_off_and_stop_when_done() {
         let started = Instant::now();
         let mut times = Vec::new();
-        let got = until_within(&urn(), "available", Duration::from_secs(600), || {
+        let got = until_within("available", Duration::from_secs(600), || {
             times.push(started.elapsed().as_secs());
             let n = times.len();
             async move { Ok(if n < 7 { Poll::Waiting("creating".to_owned()) } else { Poll::Done(()) }) }
@@ -139,11 +133,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn running_out_of_time_is_uncertain_and_says_how_to_wait_longer() {
         let started = Instant::now();
-        let err = until_within(&urn(), "deleted", Duration::from_secs(5), || async {
+        let err = until_within("deleted", Duration::from_secs(5), || async {
             Ok::<_, ProviderError>(Poll::<()>::Waiting("deleting".to_owned()))
         })
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .at(&cairn_sdk::Urn::new("dev", "aws:elasticache:CacheCluster", "cache"), cairn_sdk::ProviderOp::Delete);
         assert_eq!(started.elapsed(), Duration::from_secs(5), "the last poll is at the bound, not later");
         assert!(err.is_uncertain());
         assert_eq!(
@@ -156,8 +151,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_poll_ends_the_wait_with_its_error() {
-        let err = until_within(&urn(), "available", Duration::from_secs(60), || async {
-            Err::<Poll<()>, _>(ProviderError::Failed("create-failed".to_owned()))
+        let err = until_within("available", Duration::from_secs(60), || async {
+            Err::<Poll<()>, _>(ProviderError::failed("create-failed".to_owned()))
         })
         .await
         .unwrap_err();

@@ -29,7 +29,7 @@ use cairn_sdk::schema::{Default, Property, ResourceType};
 use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
-use crate::error::{aws_error, code, who};
+use crate::error::{aws_error, code};
 use crate::kind::{Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
@@ -134,7 +134,7 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
             out.push(CheckFailure::new(
                 "name",
                 None,
-                "be set, as the generated '<logical name>-<7 hex digits>' would be longer than 255 characters; or use a logical name of at most 247",
+                "be set, as the generated '<logical name>-<7 hex digits>' would be longer than 255 characters; or use a logical name of at most 247"
             ));
         }
         _ => {}
@@ -294,10 +294,10 @@ fn int(inputs: &Props, key: &str) -> Option<i32> {
 }
 
 /// Checks the sizes once every value is known, before any call.
-fn check_sizes(urn: &Urn, inputs: &Props) -> Result<(), ProviderError> {
+fn check_sizes(inputs: &Props) -> Result<(), ProviderError> {
     let size = |key| inputs.get(key).and_then(Value::as_i64).map_or(Size::Unset, Size::Known);
     match size_problem(size("min_size"), size("desired_capacity"), size("max_size")) {
-        Some((key, expected)) => Err(ProviderError::Failed(format!("{}: {key} must {expected}", who(urn)))),
+        Some((key, expected)) => Err(ProviderError::failed(format!("{key} must {expected}"))),
         None => Ok(()),
     }
 }
@@ -370,14 +370,14 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
 }
 
 /// The group named `name`, if it exists.
-async fn describe(aws: &Clients, urn: &Urn, name: &str) -> Result<Option<AutoScalingGroup>, ProviderError> {
+async fn describe(aws: &Clients, name: &str) -> Result<Option<AutoScalingGroup>, ProviderError> {
     let out = aws
         .autoscaling
         .describe_auto_scaling_groups()
         .auto_scaling_group_names(name)
         .send()
         .await
-        .map_err(|e| aws_error(urn, "reading the group", e, |_| None))?;
+        .map_err(|e| aws_error("reading the group", e, |_| None))?;
     Ok(out.auto_scaling_groups().iter().find(|g| g.auto_scaling_group_name() == Some(name)).cloned())
 }
 
@@ -391,7 +391,7 @@ async fn retag(aws: &Clients, urn: &Urn, name: &str, old: &Props, new: &Props) -
             .set_tags(Some(gone))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "removing tags", e, |_| None))?;
+            .map_err(|e| aws_error("removing tags", e, |_| None))?;
     }
     let changed: Vec<Tag> =
         after.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, v)| tag(name, k, Some(v))).collect();
@@ -401,7 +401,7 @@ async fn retag(aws: &Clients, urn: &Urn, name: &str, old: &Props, new: &Props) -
             .set_tags(Some(changed))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "tagging the group", e, |_| None))?;
+            .map_err(|e| aws_error("tagging the group", e, |_| None))?;
     }
     Ok(())
 }
@@ -409,14 +409,13 @@ async fn retag(aws: &Clients, urn: &Urn, name: &str, old: &Props, new: &Props) -
 #[async_trait]
 impl Kind for GroupKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        check_sizes(urn, inputs)?;
+        check_sizes(inputs)?;
         let name = text(inputs, "name").unwrap_or_default();
         // AWS refuses a taken name; some endpoints replace the other group instead.
-        if describe(aws, urn, name).await?.is_some() {
-            return Err(ProviderError::Failed(format!(
-                "{}: an Auto Scaling group named {name} already exists; choose another name, or leave the name unset and Cairn will pick a unique one",
-                who(urn)
-            )));
+        if describe(aws, name).await?.is_some() {
+            return Err(ProviderError::failed(format!(
+                "an Auto Scaling group named {name} already exists; choose another name, or leave the name unset and Cairn will pick a unique one"
+                )));
         }
         let tags: Vec<Tag> = wanted_tags(urn, inputs).iter().map(|(k, v)| tag(name, k, Some(v))).collect();
         aws.once
@@ -433,16 +432,16 @@ impl Kind for GroupKind {
             .set_tags(Some(tags))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the group", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the group", e, hint(inputs)))?;
         self.read_created(aws, urn, name, inputs).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        Ok(describe(aws, urn, id).await?.map(|g| observe(urn, &g)))
+        Ok(describe(aws, id).await?.map(|g| observe(urn, &g)))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        check_sizes(urn, new)?;
+        check_sizes(new)?;
         let changed = |key: &str| old.get(key) != new.get(key);
         let mut call = aws.autoscaling.update_auto_scaling_group().auto_scaling_group_name(id);
         let mut any = false;
@@ -473,9 +472,9 @@ impl Kind for GroupKind {
         if any {
             call.send().await.map_err(|e| {
                 if is_missing(&e) {
-                    ProviderError::NotFound(format!("{}: group {id} is gone (deleted outside Cairn? run refresh)", who(urn)))
+                    ProviderError::not_found(format!("group {id} is gone (deleted outside Cairn? run refresh)"))
                 } else {
-                    aws_error(urn, "updating the group", e, hint(new))
+                    aws_error("updating the group", e, hint(new))
                 }
             })?;
         }
@@ -483,21 +482,21 @@ impl Kind for GroupKind {
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         let asked = aws.autoscaling.delete_auto_scaling_group().auto_scaling_group_name(id).force_delete(true).send().await;
         match asked {
             Ok(_) => {}
             Err(e) if is_missing(&e) => return Ok(()),
             Err(e) => {
                 // Already being deleted (an earlier run that gave up waiting): wait again.
-                let deleting = describe(aws, urn, id).await.ok().flatten().is_some_and(|g| g.status() == Some(DELETING));
+                let deleting = describe(aws, id).await.ok().flatten().is_some_and(|g| g.status() == Some(DELETING));
                 if !deleting {
-                    return Err(aws_error(urn, "deleting the group", e, |_| None));
+                    return Err(aws_error("deleting the group", e, |_| None));
                 }
             }
         }
-        wait::until(urn, "deleted", DELETE_BOUND, || async {
-            Ok(match describe(aws, urn, id).await? {
+        wait::until("deleted", DELETE_BOUND, || async {
+            Ok(match describe(aws, id).await? {
                 None => Poll::Done(()),
                 Some(g) => Poll::Waiting(g.status().unwrap_or("still listed").to_owned()),
             })
@@ -516,7 +515,7 @@ impl Kind for GroupKind {
                 .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "looking up groups", e, |_| None))?;
+                .map_err(|e| aws_error("looking up groups", e, |_| None))?;
             // A group being deleted is on its way out, not a copy to adopt.
             found.extend(
                 page.auto_scaling_groups()

@@ -98,7 +98,7 @@ impl Kind for ElasticIpKind {
             .tag_specifications(tag_spec(Ec2Type::ElasticIp, urn, inputs))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "allocating the Elastic IP", e, hint))?;
+            .map_err(|e| aws_error("allocating the Elastic IP", e, hint))?;
         let id = out.allocation_id().unwrap_or_default().to_owned();
         self.read_created(aws, urn, &id, inputs).await
     }
@@ -107,7 +107,7 @@ impl Kind for ElasticIpKind {
         let out = match aws.ec2.describe_addresses().allocation_ids(id).send().await {
             Ok(out) => out,
             Err(e) if code(&e) == Some(MISSING) => return Ok(None),
-            Err(e) => return Err(aws_error(urn, "reading the Elastic IP", e, hint)),
+            Err(e) => return Err(aws_error("reading the Elastic IP", e, hint)),
         };
         let Some(a) = out.addresses().first() else { return Ok(None) };
         let mut inputs = Props::new();
@@ -123,21 +123,21 @@ impl Kind for ElasticIpKind {
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        retag(&aws.ec2, urn, id, old, new).await?;
+        retag(&aws.ec2, id, old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.ec2.release_address().allocation_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if code(&e) == Some(MISSING) => Ok(()),
-            Err(e) => Err(aws_error(urn, "releasing the Elastic IP", e, hint)),
+            Err(e) => Err(aws_error("releasing the Elastic IP", e, hint)),
         }
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         let out =
-            aws.ec2.describe_addresses().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up Elastic IPs", e, hint))?;
+            aws.ec2.describe_addresses().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up Elastic IPs", e, hint))?;
         let mut found = Vec::new();
         for a in out.addresses().iter().filter(|a| tagged_with(a.tags(), urn)) {
             if let Some(id) = a.allocation_id() {

@@ -70,23 +70,23 @@ fn hint(code: &str) -> Option<String> {
     }
 }
 
-async fn attach(aws: &Clients, urn: &Urn, id: &str, vpc: &str) -> Result<(), ProviderError> {
+async fn attach(aws: &Clients, id: &str, vpc: &str) -> Result<(), ProviderError> {
     aws.ec2
         .attach_internet_gateway()
         .internet_gateway_id(id)
         .vpc_id(vpc)
         .send()
         .await
-        .map_err(|e| aws_error(urn, "attaching the gateway to its VPC", e, hint))?;
+        .map_err(|e| aws_error("attaching the gateway to its VPC", e, hint))?;
     Ok(())
 }
 
-async fn detach(aws: &Clients, urn: &Urn, id: &str, vpc: &str) -> Result<(), ProviderError> {
+async fn detach(aws: &Clients, id: &str, vpc: &str) -> Result<(), ProviderError> {
     match aws.ec2.detach_internet_gateway().internet_gateway_id(id).vpc_id(vpc).send().await {
         Ok(_) => Ok(()),
         // Already detached, or the VPC is gone: nothing to undo.
         Err(e) if matches!(code(&e), Some("Gateway.NotAttached" | "InvalidVpcID.NotFound" | MISSING)) => Ok(()),
-        Err(e) => Err(aws_error(urn, "detaching the gateway from its VPC", e, hint)),
+        Err(e) => Err(aws_error("detaching the gateway from its VPC", e, hint)),
     }
 }
 
@@ -104,11 +104,11 @@ impl Kind for InternetGatewayKind {
             .tag_specifications(tag_spec(Ec2Type::InternetGateway, urn, inputs))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the internet gateway", e, hint))?;
+            .map_err(|e| aws_error("creating the internet gateway", e, hint))?;
         let id = out.internet_gateway().and_then(|g| g.internet_gateway_id()).unwrap_or_default().to_owned();
         finish(&id, async {
             if let Some(vpc) = vpc_of(inputs) {
-                attach(aws, urn, &id, vpc).await?;
+                attach(aws, &id, vpc).await?;
             }
             self.read_created(aws, urn, &id, inputs).await
         })
@@ -119,7 +119,7 @@ impl Kind for InternetGatewayKind {
         let out = match aws.ec2.describe_internet_gateways().internet_gateway_ids(id).send().await {
             Ok(out) => out,
             Err(e) if code(&e) == Some(MISSING) => return Ok(None),
-            Err(e) => return Err(aws_error(urn, "reading the internet gateway", e, hint)),
+            Err(e) => return Err(aws_error("reading the internet gateway", e, hint)),
         };
         let Some(g) = out.internet_gateways().first() else { return Ok(None) };
         let mut inputs = Props::new();
@@ -137,13 +137,13 @@ impl Kind for InternetGatewayKind {
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         if vpc_of(old) != vpc_of(new) {
             if let Some(vpc) = vpc_of(old) {
-                detach(aws, urn, id, vpc).await?;
+                detach(aws, id, vpc).await?;
             }
             if let Some(vpc) = vpc_of(new) {
-                attach(aws, urn, id, vpc).await?;
+                attach(aws, id, vpc).await?;
             }
         }
-        retag(&aws.ec2, urn, id, old, new).await?;
+        retag(&aws.ec2, id, old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
@@ -151,13 +151,13 @@ impl Kind for InternetGatewayKind {
         // Detach from whatever VPC the cloud says, not only the one in state.
         if let Some(current) = self.read(aws, urn, id, &Props::new()).await? {
             if let Some(vpc) = vpc_of(&current.inputs) {
-                detach(aws, urn, id, vpc).await?;
+                detach(aws, id, vpc).await?;
             }
         }
         match aws.ec2.delete_internet_gateway().internet_gateway_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if code(&e) == Some(MISSING) => Ok(()),
-            Err(e) => Err(aws_error(urn, "deleting the internet gateway", e, hint)),
+            Err(e) => Err(aws_error("deleting the internet gateway", e, hint)),
         }
     }
 
@@ -168,7 +168,7 @@ impl Kind for InternetGatewayKind {
             .filters(urn_filter(urn))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "looking up internet gateways", e, hint))?;
+            .map_err(|e| aws_error("looking up internet gateways", e, hint))?;
         let mut found = Vec::new();
         for g in out.internet_gateways().iter().filter(|g| tagged_with(g.tags(), urn)) {
             if let Some(id) = g.internet_gateway_id() {

@@ -14,7 +14,7 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, 
 use serde_json::Value;
 
 use super::{canonical_set, check_ids, client_token, declared_items, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter};
-use crate::error::{aws_error, code, who};
+use crate::error::{aws_error, code};
 use crate::kind::{Clients, Kind};
 
 /// The schema of `aws:ec2:LaunchTemplate`.
@@ -212,11 +212,11 @@ fn data_differs(a: &Props, b: &Props) -> bool {
     DATA.iter().any(|k| if SETS.contains(k) { canonical_set(a.get(k)) != canonical_set(b.get(k)) } else { a.get(k) != b.get(k) })
 }
 
-async fn describe(aws: &Clients, urn: &Urn, id: &str) -> Result<Option<AwsLaunchTemplate>, ProviderError> {
+async fn describe(aws: &Clients, id: &str) -> Result<Option<AwsLaunchTemplate>, ProviderError> {
     match aws.ec2.describe_launch_templates().launch_template_ids(id).send().await {
         Ok(out) => Ok(out.launch_templates().first().cloned()),
         Err(e) if is_missing(code(&e)) => Ok(None),
-        Err(e) => Err(aws_error(urn, "reading the launch template", e, |_| None)),
+        Err(e) => Err(aws_error("reading the launch template", e, |_| None)),
     }
 }
 
@@ -237,17 +237,17 @@ impl Kind for LaunchTemplateKind {
             .tag_specifications(tag_spec(Ec2Type::LaunchTemplate, urn, inputs))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the launch template", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the launch template", e, hint(inputs)))?;
         let id = out.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_owned();
         self.read_created(aws, urn, &id, inputs).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        let Some(t) = describe(aws, urn, id).await? else { return Ok(None) };
+        let Some(t) = describe(aws, id).await? else { return Ok(None) };
         let versions = match aws.ec2.describe_launch_template_versions().launch_template_id(id).versions("$Default").send().await {
             Ok(out) => out,
             Err(e) if is_missing(code(&e)) => return Ok(None),
-            Err(e) => return Err(aws_error(urn, "reading the launch template's default version", e, |_| None)),
+            Err(e) => return Err(aws_error("reading the launch template's default version", e, |_| None)),
         };
         let mut inputs = Props::new();
         inputs.insert("name", Value::from(t.launch_template_name().unwrap_or_default()));
@@ -264,7 +264,7 @@ impl Kind for LaunchTemplateKind {
             }
             if let Some(encoded) = d.user_data() {
                 let decoded = aws_smithy_types::base64::decode(encoded).map_err(|e| {
-                    ProviderError::Failed(format!("{}: its user data is not valid base64 ({e}); was it changed outside Cairn?", who(urn)))
+                    ProviderError::failed(format!("its user data is not valid base64 ({e}); was it changed outside Cairn?"))
                 })?;
                 inputs.insert("user_data", Value::from(String::from_utf8_lossy(&decoded).into_owned()));
             }
@@ -292,28 +292,28 @@ impl Kind for LaunchTemplateKind {
                 .launch_template_data(data(new))
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "creating a new version of the launch template", e, hint(new)))?;
+                .map_err(|e| aws_error("creating a new version of the launch template", e, hint(new)))?;
             let version = out
                 .launch_template_version()
                 .and_then(|v| v.version_number())
-                .ok_or_else(|| ProviderError::Uncertain(format!("{}: a new version was created, but AWS did not say its number", who(urn))))?;
+                .ok_or_else(|| ProviderError::uncertain(format!("a new version was created, but AWS did not say its number")))?;
             aws.ec2
                 .modify_launch_template()
                 .launch_template_id(id)
                 .default_version(version.to_string())
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, &format!("making version {version} the default"), e, hint(new)))?;
+                .map_err(|e| aws_error(&format!("making version {version} the default"), e, hint(new)))?;
         }
-        retag(&aws.ec2, urn, id, old, new).await?;
+        retag(&aws.ec2, id, old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.ec2.delete_launch_template().launch_template_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if is_missing(code(&e)) => Ok(()),
-            Err(e) => Err(aws_error(urn, "deleting the launch template", e, |_| None)),
+            Err(e) => Err(aws_error("deleting the launch template", e, |_| None)),
         }
     }
 
@@ -324,7 +324,7 @@ impl Kind for LaunchTemplateKind {
             .filters(urn_filter(urn))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "looking up launch templates", e, |_| None))?;
+            .map_err(|e| aws_error("looking up launch templates", e, |_| None))?;
         let mut found = Vec::new();
         for t in out.launch_templates().iter().filter(|t| tagged_with(t.tags(), urn)) {
             if let Some(id) = t.launch_template_id() {

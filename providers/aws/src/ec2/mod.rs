@@ -65,7 +65,6 @@ pub(crate) fn observed_tags(urn: &Urn, found: &[Tag]) -> Option<Value> {
 /// Brings the user's tags from `old` to `new` on resource `id`.
 pub(crate) async fn retag(
     ec2: &aws_sdk_ec2::Client,
-    urn: &Urn,
     id: &str,
     old: &Props,
     new: &Props,
@@ -78,7 +77,7 @@ pub(crate) async fn retag(
             .set_tags(Some(gone))
             .send()
             .await
-            .map_err(|e| crate::error::aws_error(urn, "removing tags", e, |_| None))?;
+            .map_err(|e| crate::error::aws_error("removing tags", e, |_| None))?;
     }
     let changed: Vec<Tag> = after
         .iter()
@@ -91,7 +90,7 @@ pub(crate) async fn retag(
             .set_tags(Some(changed))
             .send()
             .await
-            .map_err(|e| crate::error::aws_error(urn, "tagging", e, |_| None))?;
+            .map_err(|e| crate::error::aws_error("tagging", e, |_| None))?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use cairn_sdk::{typed_handle, Decl, Input, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
 use super::{client_token, observed_tags, retag, tag_spec, tagged_with, urn_filter};
-use crate::error::{aws_error, code, who};
+use crate::error::{aws_error, code};
 use crate::kind::{finish, Clients, Kind};
 use crate::wait::{until, Poll};
 
@@ -125,11 +125,11 @@ fn hint(code: &str) -> Option<String> {
 }
 
 /// The gateway as AWS has it, in any state; `None` if AWS does not know it.
-async fn describe(aws: &Clients, urn: &Urn, id: &str) -> Result<Option<AwsNatGateway>, ProviderError> {
+async fn describe(aws: &Clients, id: &str) -> Result<Option<AwsNatGateway>, ProviderError> {
     match aws.ec2.describe_nat_gateways().nat_gateway_ids(id).send().await {
         Ok(out) => Ok(out.nat_gateways().first().cloned()),
         Err(e) if is_missing(code(&e)) => Ok(None),
-        Err(e) => Err(aws_error(urn, "reading the NAT gateway", e, hint)),
+        Err(e) => Err(aws_error("reading the NAT gateway", e, hint)),
     }
 }
 
@@ -170,18 +170,17 @@ impl Kind for NatGatewayKind {
             .tag_specifications(tag_spec(Ec2Type::Natgateway, urn, inputs))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the NAT gateway", e, hint))?;
+            .map_err(|e| aws_error("creating the NAT gateway", e, hint))?;
         let id = out.nat_gateway().and_then(|n| n.nat_gateway_id()).unwrap_or_default().to_owned();
         // The gateway exists: whatever fails while waiting for it, it is recorded.
-        let available = until(urn, "available", WAIT, || async {
-            let Some(nat) = describe(aws, urn, &id).await? else {
+        let available = until("available", WAIT, || async {
+            let Some(nat) = describe(aws, &id).await? else {
                 return Ok(Poll::Waiting("not yet visible".to_owned()));
             };
             match nat.state() {
                 Some(NatGatewayState::Available) => Ok(Poll::Done(observe(urn, &id, &nat))),
-                Some(NatGatewayState::Failed) => Err(ProviderError::Failed(format!(
-                    "{}: NAT gateway {id} failed: {}: {}; AWS deletes it on its own. Check that the subnet is public (its VPC has an internet gateway) and the Elastic IP is free, then run again",
-                    who(urn),
+                Some(NatGatewayState::Failed) => Err(ProviderError::failed(format!(
+                    "NAT gateway {id} failed: {}: {}; AWS deletes it on its own. Check that the subnet is public (its VPC has an internet gateway) and the Elastic IP is free, then run again",
                     nat.failure_code().unwrap_or("no code"),
                     nat.failure_message().unwrap_or("no message"),
                 ))),
@@ -192,23 +191,23 @@ impl Kind for NatGatewayKind {
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        Ok(describe(aws, urn, id).await?.filter(|n| !is_gone(n.state())).map(|n| observe(urn, id, &n)))
+        Ok(describe(aws, id).await?.filter(|n| !is_gone(n.state())).map(|n| observe(urn, id, &n)))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        retag(&aws.ec2, urn, id, old, new).await?;
+        retag(&aws.ec2, id, old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.ec2.delete_nat_gateway().nat_gateway_id(id).send().await {
             Ok(_) => {}
             Err(e) if is_missing(code(&e)) => return Ok(()),
-            Err(e) => return Err(aws_error(urn, "deleting the NAT gateway", e, hint)),
+            Err(e) => return Err(aws_error("deleting the NAT gateway", e, hint)),
         }
         // Its Elastic IP and subnet are free only once it is deleted.
-        until(urn, "deleted", WAIT, || async {
-            Ok(match describe(aws, urn, id).await? {
+        until("deleted", WAIT, || async {
+            Ok(match describe(aws, id).await? {
                 Some(nat) if !is_gone(nat.state()) => Poll::Waiting(state_name(nat.state())),
                 _ => Poll::Done(()),
             })
@@ -218,7 +217,7 @@ impl Kind for NatGatewayKind {
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         let out =
-            aws.ec2.describe_nat_gateways().filter(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up NAT gateways", e, hint))?;
+            aws.ec2.describe_nat_gateways().filter(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up NAT gateways", e, hint))?;
         Ok(out.nat_gateways().iter().filter(|n| tagged_with(n.tags(), urn) && !is_gone(n.state())).filter_map(|n| Some(observe(urn, n.nat_gateway_id()?, n))).collect())
     }
 }

@@ -19,7 +19,7 @@ use super::{
     canonical_set, check_ids, client_token, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec,
     tagged_with, urn_filter,
 };
-use crate::error::{aws_error, code, who};
+use crate::error::{aws_error, code};
 use crate::kind::{finish, Clients, Kind};
 
 /// The schema of `aws:ec2:RouteTable`.
@@ -225,11 +225,11 @@ fn hint(code: &str) -> Option<String> {
 const MISSING: &str = "InvalidRouteTableID.NotFound";
 
 /// The table as AWS has it; `None` when it is gone.
-async fn describe(aws: &Clients, urn: &Urn, id: &str) -> Result<Option<AwsRouteTable>, ProviderError> {
+async fn describe(aws: &Clients, id: &str) -> Result<Option<AwsRouteTable>, ProviderError> {
     match aws.ec2.describe_route_tables().route_table_ids(id).send().await {
         Ok(out) => Ok(out.route_tables().first().cloned()),
         Err(e) if code(&e) == Some(MISSING) => Ok(None),
-        Err(e) => Err(aws_error(urn, "reading the route table", e, hint)),
+        Err(e) => Err(aws_error("reading the route table", e, hint)),
     }
 }
 
@@ -312,7 +312,7 @@ macro_rules! with_target {
 
 /// Brings the table's routes and associations to `desired`, from what AWS has now.
 async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &Props) -> Result<(), ProviderError> {
-    let rt = describe(aws, urn, id).await?.ok_or_else(|| ProviderError::NotFound(format!("{}: {id} is gone", who(urn))))?;
+    let rt = describe(aws, id).await?.ok_or_else(|| ProviderError::not_found(format!("{id} is gone")))?;
     let have = routes(&rt);
     let want: BTreeMap<String, Value> =
         canonical_set(desired.get("routes")).into_iter().filter_map(|r| Some((r.get("destination")?.as_str()?.to_owned(), r))).collect();
@@ -321,11 +321,11 @@ async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &Props) -> Result<(),
         match have.get(dest) {
             None => {
                 let req = aws.ec2.create_route().route_table_id(id).destination_cidr_block(dest);
-                with_target!(req, route).send().await.map_err(|e| aws_error(urn, &format!("adding the route to {dest}"), e, hint))?;
+                with_target!(req, route).send().await.map_err(|e| aws_error(&format!("adding the route to {dest}"), e, hint))?;
             }
             Some(current) if current != route => {
                 let req = aws.ec2.replace_route().route_table_id(id).destination_cidr_block(dest);
-                with_target!(req, route).send().await.map_err(|e| aws_error(urn, &format!("changing the route to {dest}"), e, hint))?;
+                with_target!(req, route).send().await.map_err(|e| aws_error(&format!("changing the route to {dest}"), e, hint))?;
             }
             Some(_) => {}
         }
@@ -334,7 +334,7 @@ async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &Props) -> Result<(),
         match aws.ec2.delete_route().route_table_id(id).destination_cidr_block(dest).send().await {
             Ok(_) => {}
             Err(e) if code(&e) == Some("InvalidRoute.NotFound") => {}
-            Err(e) => return Err(aws_error(urn, &format!("removing the route to {dest}"), e, hint)),
+            Err(e) => return Err(aws_error(&format!("removing the route to {dest}"), e, hint)),
         }
     }
 
@@ -344,7 +344,7 @@ async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &Props) -> Result<(),
         associate(aws, urn, id, subnet).await?;
     }
     for (subnet, association) in attached.iter().filter(|(s, _)| !wanted.contains(s)) {
-        disassociate(aws, urn, subnet, association).await?;
+        disassociate(aws, subnet, association).await?;
     }
     Ok(())
 }
@@ -361,16 +361,15 @@ async fn associate(aws: &Clients, urn: &Urn, id: &str, subnet: &str) -> Result<(
         .filters(filter)
         .send()
         .await
-        .map_err(|e| aws_error(urn, &format!("finding the route table of subnet {subnet}"), e, hint))?;
+        .map_err(|e| aws_error(&format!("finding the route table of subnet {subnet}"), e, hint))?;
     let current = out.route_tables().iter().find_map(|rt| Some((rt, associations(rt).remove(subnet)?)));
     let Some((other, association)) = current else {
         return match aws.ec2.associate_route_table().route_table_id(id).subnet_id(subnet).send().await {
             Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("Resource.AlreadyAssociated") => Err(ProviderError::Failed(format!(
-                "{}: subnet {subnet} was associated with another route table meanwhile; a subnet has one route table: run again",
-                who(urn)
-            ))),
-            Err(e) => Err(aws_error(urn, &format!("associating subnet {subnet}"), e, hint)),
+            Err(e) if code(&e) == Some("Resource.AlreadyAssociated") => Err(ProviderError::failed(format!(
+                "subnet {subnet} was associated with another route table meanwhile; a subnet has one route table: run again"
+                ))),
+            Err(e) => Err(aws_error(&format!("associating subnet {subnet}"), e, hint)),
         };
     };
     let other_id = other.route_table_id().unwrap_or_default();
@@ -379,10 +378,9 @@ async fn associate(aws: &Clients, urn: &Urn, id: &str, subnet: &str) -> Result<(
     }
     if !other.tags().iter().any(|t| t.key() == Some(crate::tags::STACK) && t.value() == Some(urn.stack())) {
         let name = other.tags().iter().find(|t| t.key() == Some("Name")).and_then(|t| t.value()).map(|n| format!(" ({n})")).unwrap_or_default();
-        return Err(ProviderError::Failed(format!(
-            "{}: subnet {subnet} is associated with route table {other_id}{name}, which this stack does not manage; a subnet has one route table: disassociate it there first",
-            who(urn)
-        )));
+        return Err(ProviderError::failed(format!(
+            "subnet {subnet} is associated with route table {other_id}{name}, which this stack does not manage; a subnet has one route table: disassociate it there first"
+            )));
     }
     aws.ec2
         .replace_route_table_association()
@@ -390,16 +388,16 @@ async fn associate(aws: &Clients, urn: &Urn, id: &str, subnet: &str) -> Result<(
         .route_table_id(id)
         .send()
         .await
-        .map_err(|e| aws_error(urn, &format!("moving subnet {subnet} from route table {other_id}"), e, hint))?;
+        .map_err(|e| aws_error(&format!("moving subnet {subnet} from route table {other_id}"), e, hint))?;
     Ok(())
 }
 
-async fn disassociate(aws: &Clients, urn: &Urn, subnet: &str, association: &str) -> Result<(), ProviderError> {
+async fn disassociate(aws: &Clients, subnet: &str, association: &str) -> Result<(), ProviderError> {
     match aws.ec2.disassociate_route_table().association_id(association).send().await {
         Ok(_) => Ok(()),
         // Moved to another table meanwhile, or already gone.
         Err(e) if code(&e) == Some("InvalidAssociationID.NotFound") => Ok(()),
-        Err(e) => Err(aws_error(urn, &format!("disassociating subnet {subnet}"), e, hint)),
+        Err(e) => Err(aws_error(&format!("disassociating subnet {subnet}"), e, hint)),
     }
 }
 
@@ -419,7 +417,7 @@ impl Kind for RouteTableKind {
             .tag_specifications(tag_spec(Ec2Type::RouteTable, urn, inputs))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the route table", e, hint))?;
+            .map_err(|e| aws_error("creating the route table", e, hint))?;
         let id = out.route_table().and_then(|r| r.route_table_id()).unwrap_or_default().to_owned();
         finish(&id, async {
             sync(aws, urn, &id, inputs).await?;
@@ -429,32 +427,32 @@ impl Kind for RouteTableKind {
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        Ok(describe(aws, urn, id).await?.map(|rt| observe(urn, id, &rt)))
+        Ok(describe(aws, id).await?.map(|rt| observe(urn, id, &rt)))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         sync(aws, urn, id, new).await?;
-        retag(&aws.ec2, urn, id, old, new).await?;
+        retag(&aws.ec2, id, old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         // Disassociate whatever subnets AWS says, not only the ones in state.
-        if let Some(rt) = describe(aws, urn, id).await? {
+        if let Some(rt) = describe(aws, id).await? {
             for (subnet, association) in associations(&rt) {
-                disassociate(aws, urn, &subnet, &association).await?;
+                disassociate(aws, &subnet, &association).await?;
             }
         }
         match aws.ec2.delete_route_table().route_table_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if code(&e) == Some(MISSING) => Ok(()),
-            Err(e) => Err(aws_error(urn, "deleting the route table", e, hint)),
+            Err(e) => Err(aws_error("deleting the route table", e, hint)),
         }
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         let out =
-            aws.ec2.describe_route_tables().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up route tables", e, hint))?;
+            aws.ec2.describe_route_tables().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up route tables", e, hint))?;
         Ok(out.route_tables().iter().filter(|rt| tagged_with(rt.tags(), urn)).filter_map(|rt| Some(observe(urn, rt.route_table_id()?, rt))).collect())
     }
 }

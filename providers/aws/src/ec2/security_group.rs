@@ -436,7 +436,7 @@ fn rules(perms: &[IpPermission], own: &str) -> Vec<Value> {
 /// Brings the group's rules from `current` (read from AWS) to `desired`: authorizes
 /// what is missing first, then revokes what is not declared, so traffic that stays
 /// allowed is never interrupted.
-async fn sync_rules(aws: &Clients, urn: &Urn, id: &str, current: &Props, desired: &Props) -> Result<(), ProviderError> {
+async fn sync_rules(aws: &Clients, id: &str, current: &Props, desired: &Props) -> Result<(), ProviderError> {
     for key in SETS {
         let (have, want) = (canonical_set(current.get(key)), canonical_set(desired.get(key)));
         let add: Vec<IpPermission> = want.iter().filter(|r| !have.contains(r)).map(|r| permission(r, id)).collect();
@@ -447,20 +447,20 @@ async fn sync_rules(aws: &Clients, urn: &Urn, id: &str, current: &Props, desired
             let action = format!("adding {key} rules");
             if ingress {
                 let req = aws.ec2.authorize_security_group_ingress().group_id(id).set_ip_permissions(Some(add));
-                req.send().await.map_err(|e| aws_error(urn, &action, e, hints()))?;
+                req.send().await.map_err(|e| aws_error(&action, e, hints()))?;
             } else {
                 let req = aws.ec2.authorize_security_group_egress().group_id(id).set_ip_permissions(Some(add));
-                req.send().await.map_err(|e| aws_error(urn, &action, e, hints()))?;
+                req.send().await.map_err(|e| aws_error(&action, e, hints()))?;
             }
         }
         if !remove.is_empty() {
             let action = format!("removing {key} rules");
             if ingress {
                 let req = aws.ec2.revoke_security_group_ingress().group_id(id).set_ip_permissions(Some(remove));
-                req.send().await.map_err(|e| aws_error(urn, &action, e, hints()))?;
+                req.send().await.map_err(|e| aws_error(&action, e, hints()))?;
             } else {
                 let req = aws.ec2.revoke_security_group_egress().group_id(id).set_ip_permissions(Some(remove));
-                req.send().await.map_err(|e| aws_error(urn, &action, e, hints()))?;
+                req.send().await.map_err(|e| aws_error(&action, e, hints()))?;
             }
         }
     }
@@ -484,12 +484,12 @@ impl Kind for SecurityGroupKind {
             .tag_specifications(tag_spec(Ec2Type::SecurityGroup, urn, inputs))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the security group", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the security group", e, hint(inputs)))?;
         let id = out.group_id().unwrap_or_default().to_owned();
         finish(&id, async {
             // From the rules AWS gave the new group (allow-all egress) to the declared ones.
             let current = self.read_created(aws, urn, &id, inputs).await?;
-            sync_rules(aws, urn, &id, &current.inputs, inputs).await?;
+            sync_rules(aws, &id, &current.inputs, inputs).await?;
             self.read_created(aws, urn, &id, inputs).await
         })
         .await
@@ -499,7 +499,7 @@ impl Kind for SecurityGroupKind {
         let out = match aws.ec2.describe_security_groups().group_ids(id).send().await {
             Ok(out) => out,
             Err(e) if is_missing(code(&e)) => return Ok(None),
-            Err(e) => return Err(aws_error(urn, "reading the security group", e, |_| None)),
+            Err(e) => return Err(aws_error("reading the security group", e, |_| None)),
         };
         let Some(g) = out.security_groups().first() else { return Ok(None) };
         let mut inputs = Props::new();
@@ -528,16 +528,16 @@ impl Kind for SecurityGroupKind {
         // Diff against the rules the group has now, not the ones in state: rules changed
         // outside Cairn are set right too, and nothing is authorized twice.
         let current = self.read_updated(aws, urn, id, old).await?;
-        sync_rules(aws, urn, id, &current.inputs, new).await?;
-        retag(&aws.ec2, urn, id, old, new).await?;
+        sync_rules(aws, id, &current.inputs, new).await?;
+        retag(&aws.ec2, id, old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.ec2.delete_security_group().group_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if is_missing(code(&e)) => Ok(()),
-            Err(e) => Err(aws_error(urn, "deleting the security group", e, hint(&Props::new()))),
+            Err(e) => Err(aws_error("deleting the security group", e, hint(&Props::new()))),
         }
     }
 
@@ -548,7 +548,7 @@ impl Kind for SecurityGroupKind {
             .filters(urn_filter(urn))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "looking up security groups", e, |_| None))?;
+            .map_err(|e| aws_error("looking up security groups", e, |_| None))?;
         let mut found = Vec::new();
         for g in out.security_groups().iter().filter(|g| tagged_with(g.tags(), urn)) {
             if let Some(id) = g.group_id() {

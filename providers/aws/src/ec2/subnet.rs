@@ -10,7 +10,7 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, Provid
 use serde_json::Value;
 
 use super::{check_cidr, observed_tags, retag, tag_spec, tagged_with, urn_filter};
-use crate::error::{aws_error, code, who};
+use crate::error::{aws_error, code};
 use crate::kind::{finish, Clients, Kind};
 
 /// The schema of `aws:ec2:Subnet`.
@@ -120,14 +120,14 @@ async fn overlapping(aws: &Clients, vpc_id: &str, cidr: &str) -> Option<String> 
     })
 }
 
-async fn set_public_ips(aws: &Clients, urn: &Urn, id: &str, on: bool) -> Result<(), ProviderError> {
+async fn set_public_ips(aws: &Clients, id: &str, on: bool) -> Result<(), ProviderError> {
     aws.ec2
         .modify_subnet_attribute()
         .subnet_id(id)
         .map_public_ip_on_launch(AttributeBooleanValue::builder().value(on).build())
         .send()
         .await
-        .map_err(|e| aws_error(urn, "changing public IPs on launch", e, hint))?;
+        .map_err(|e| aws_error("changing public IPs on launch", e, hint))?;
     Ok(())
 }
 
@@ -150,23 +150,21 @@ impl Kind for SubnetKind {
             Ok(out) => out,
             Err(e) if code(&e) == Some("InvalidSubnet.Conflict") => {
                 let other = overlapping(aws, vpc, cidr).await.unwrap_or_else(|| "another subnet of the VPC".to_owned());
-                return Err(ProviderError::Failed(format!(
-                    "{}: CIDR {cidr} overlaps subnet {other}; give it a range no other subnet of the VPC uses",
-                    who(urn)
-                )));
+                return Err(ProviderError::failed(format!(
+                    "CIDR {cidr} overlaps subnet {other}; give it a range no other subnet of the VPC uses"
+                    )));
             }
             Err(e) if code(&e) == Some("InvalidSubnet.Range") => {
-                return Err(ProviderError::Failed(format!(
-                    "{}: CIDR {cidr} is not inside its VPC's range; pick a range within the VPC's CIDR block",
-                    who(urn)
-                )))
+                return Err(ProviderError::failed(format!(
+                    "CIDR {cidr} is not inside its VPC's range; pick a range within the VPC's CIDR block"
+                    )))
             }
-            Err(e) => return Err(aws_error(urn, "creating the subnet", e, hint)),
+            Err(e) => return Err(aws_error("creating the subnet", e, hint)),
         };
         let id = out.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_owned();
         finish(&id, async {
             if inputs.get("map_public_ip_on_launch").and_then(Value::as_bool) == Some(true) {
-                set_public_ips(aws, urn, &id, true).await?;
+                set_public_ips(aws, &id, true).await?;
             }
             self.read_created(aws, urn, &id, inputs).await
         })
@@ -177,7 +175,7 @@ impl Kind for SubnetKind {
         let out = match aws.ec2.describe_subnets().subnet_ids(id).send().await {
             Ok(out) => out,
             Err(e) if code(&e) == Some("InvalidSubnetID.NotFound") => return Ok(None),
-            Err(e) => return Err(aws_error(urn, "reading the subnet", e, hint)),
+            Err(e) => return Err(aws_error("reading the subnet", e, hint)),
         };
         let Some(s) = out.subnets().first() else { return Ok(None) };
         let mut inputs = Props::new();
@@ -197,22 +195,22 @@ impl Kind for SubnetKind {
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         let public = |p: &Props| p.get("map_public_ip_on_launch").and_then(Value::as_bool);
         if let Some(on) = public(new).filter(|on| public(old) != Some(*on)) {
-            set_public_ips(aws, urn, id, on).await?;
+            set_public_ips(aws, id, on).await?;
         }
-        retag(&aws.ec2, urn, id, old, new).await?;
+        retag(&aws.ec2, id, old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.ec2.delete_subnet().subnet_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if code(&e) == Some("InvalidSubnetID.NotFound") => Ok(()),
-            Err(e) => Err(aws_error(urn, "deleting the subnet", e, hint)),
+            Err(e) => Err(aws_error("deleting the subnet", e, hint)),
         }
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
-        let out = aws.ec2.describe_subnets().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up subnets", e, hint))?;
+        let out = aws.ec2.describe_subnets().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up subnets", e, hint))?;
         let mut found = Vec::new();
         for s in out.subnets().iter().filter(|s| tagged_with(s.tags(), urn)) {
             if let Some(id) = s.subnet_id() {

@@ -104,18 +104,18 @@ fn hint(code: &str) -> Option<String> {
     }
 }
 
-async fn set_dns(aws: &Clients, urn: &Urn, id: &str, attr: VpcAttributeName, on: bool) -> Result<(), ProviderError> {
+async fn set_dns(aws: &Clients, id: &str, attr: VpcAttributeName, on: bool) -> Result<(), ProviderError> {
     let value = AttributeBooleanValue::builder().value(on).build();
     let req = aws.ec2.modify_vpc_attribute().vpc_id(id);
     let req = match attr {
         VpcAttributeName::EnableDnsHostnames => req.enable_dns_hostnames(value),
         _ => req.enable_dns_support(value),
     };
-    req.send().await.map_err(|e| aws_error(urn, "changing the VPC's DNS settings", e, hint))?;
+    req.send().await.map_err(|e| aws_error("changing the VPC's DNS settings", e, hint))?;
     Ok(())
 }
 
-async fn get_dns(aws: &Clients, urn: &Urn, id: &str, attr: VpcAttributeName) -> Result<Option<bool>, ProviderError> {
+async fn get_dns(aws: &Clients, id: &str, attr: VpcAttributeName) -> Result<Option<bool>, ProviderError> {
     let out = aws
         .ec2
         .describe_vpc_attribute()
@@ -123,7 +123,7 @@ async fn get_dns(aws: &Clients, urn: &Urn, id: &str, attr: VpcAttributeName) -> 
         .attribute(attr.clone())
         .send()
         .await
-        .map_err(|e| aws_error(urn, "reading the VPC's DNS settings", e, hint))?;
+        .map_err(|e| aws_error("reading the VPC's DNS settings", e, hint))?;
     Ok(match attr {
         VpcAttributeName::EnableDnsHostnames => out.enable_dns_hostnames().and_then(|a| a.value()),
         _ => out.enable_dns_support().and_then(|a| a.value()),
@@ -142,15 +142,15 @@ impl Kind for VpcKind {
             .tag_specifications(tag_spec(Ec2Type::Vpc, urn, inputs))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the VPC", e, hint))?;
+            .map_err(|e| aws_error("creating the VPC", e, hint))?;
         let id = out.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_owned();
         finish(&id, async {
             // AWS creates VPCs with DNS support on and hostnames off: change only what differs.
             if flag(inputs, "enable_dns_support") == Some(false) {
-                set_dns(aws, urn, &id, VpcAttributeName::EnableDnsSupport, false).await?;
+                set_dns(aws, &id, VpcAttributeName::EnableDnsSupport, false).await?;
             }
             if flag(inputs, "enable_dns_hostnames") == Some(true) {
-                set_dns(aws, urn, &id, VpcAttributeName::EnableDnsHostnames, true).await?;
+                set_dns(aws, &id, VpcAttributeName::EnableDnsHostnames, true).await?;
             }
             self.read_created(aws, urn, &id, inputs).await
         })
@@ -161,15 +161,15 @@ impl Kind for VpcKind {
         let out = match aws.ec2.describe_vpcs().vpc_ids(id).send().await {
             Ok(out) => out,
             Err(e) if code(&e) == Some("InvalidVpcID.NotFound") => return Ok(None),
-            Err(e) => return Err(aws_error(urn, "reading the VPC", e, hint)),
+            Err(e) => return Err(aws_error("reading the VPC", e, hint)),
         };
         let Some(vpc) = out.vpcs().first() else { return Ok(None) };
         let mut inputs = Props::new();
         inputs.insert("cidr_block", Value::from(vpc.cidr_block().unwrap_or_default()));
-        if let Some(on) = get_dns(aws, urn, id, VpcAttributeName::EnableDnsSupport).await? {
+        if let Some(on) = get_dns(aws, id, VpcAttributeName::EnableDnsSupport).await? {
             inputs.insert("enable_dns_support", Value::from(on));
         }
-        if let Some(on) = get_dns(aws, urn, id, VpcAttributeName::EnableDnsHostnames).await? {
+        if let Some(on) = get_dns(aws, id, VpcAttributeName::EnableDnsHostnames).await? {
             inputs.insert("enable_dns_hostnames", Value::from(on));
         }
         if let Some(t) = observed_tags(urn, vpc.tags()) {
@@ -184,28 +184,28 @@ impl Kind for VpcKind {
         // Hostnames need support: turn support on before hostnames, hostnames off before support.
         let (support, hostnames) = (flag(new, "enable_dns_support"), flag(new, "enable_dns_hostnames"));
         if support == Some(true) && flag(old, "enable_dns_support") != support {
-            set_dns(aws, urn, id, VpcAttributeName::EnableDnsSupport, true).await?;
+            set_dns(aws, id, VpcAttributeName::EnableDnsSupport, true).await?;
         }
         if let Some(on) = hostnames.filter(|h| flag(old, "enable_dns_hostnames") != Some(*h)) {
-            set_dns(aws, urn, id, VpcAttributeName::EnableDnsHostnames, on).await?;
+            set_dns(aws, id, VpcAttributeName::EnableDnsHostnames, on).await?;
         }
         if support == Some(false) && flag(old, "enable_dns_support") != support {
-            set_dns(aws, urn, id, VpcAttributeName::EnableDnsSupport, false).await?;
+            set_dns(aws, id, VpcAttributeName::EnableDnsSupport, false).await?;
         }
-        retag(&aws.ec2, urn, id, old, new).await?;
+        retag(&aws.ec2, id, old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.ec2.delete_vpc().vpc_id(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if code(&e) == Some("InvalidVpcID.NotFound") => Ok(()),
-            Err(e) => Err(aws_error(urn, "deleting the VPC", e, hint)),
+            Err(e) => Err(aws_error("deleting the VPC", e, hint)),
         }
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
-        let out = aws.ec2.describe_vpcs().filters(urn_filter(urn)).send().await.map_err(|e| aws_error(urn, "looking up VPCs", e, hint))?;
+        let out = aws.ec2.describe_vpcs().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up VPCs", e, hint))?;
         let mut found = Vec::new();
         for vpc in out.vpcs().iter().filter(|v| tagged_with(v.tags(), urn)) {
             if let Some(id) = vpc.vpc_id() {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{
     check_id, check_port, check_strings, create_tags, int, list_tags, node_hint, retag, strings, text, IdRules, BOUND,
 };
-use crate::error::{aws_error, who};
+use crate::error::aws_error;
 use crate::kind::{finish, keep_unreported, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
@@ -72,7 +72,7 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
             out.push(CheckFailure::new(
                 "num_cache_nodes",
                 Some(v),
-                "be 1: a Redis cache cluster has exactly one node (for replicas, use a ReplicationGroup with num_cache_clusters)",
+                "be 1: a Redis cache cluster has exactly one node (for replicas, use a ReplicationGroup with num_cache_clusters)"
             ));
         }
     }
@@ -196,12 +196,12 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
 }
 
 /// The cluster with id `id`, if it exists.
-async fn describe(aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Cluster>, ProviderError> {
+async fn describe(aws: &Clients, id: &str) -> Result<Option<Cluster>, ProviderError> {
     let got = aws.elasticache.describe_cache_clusters().cache_cluster_id(id).show_cache_node_info(true).send().await;
     match got {
         Ok(out) => Ok(out.cache_clusters().first().cloned()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_cluster_not_found_fault()) => Ok(None),
-        Err(e) => Err(aws_error(urn, "reading the cache cluster", e, |_| None)),
+        Err(e) => Err(aws_error("reading the cache cluster", e, |_| None)),
     }
 }
 
@@ -218,16 +218,15 @@ fn pending(c: &Cluster) -> bool {
 /// Waits until the cluster is `available` with no change pending, and with `node_type`
 /// if given: right after a change AWS may still say `available` for a moment. A status
 /// it cannot recover from fails.
-async fn wait_available(aws: &Clients, urn: &Urn, id: &str, node_type: Option<&str>) -> Result<(), ProviderError> {
-    wait::until(urn, "available", BOUND, || async {
-        match describe(aws, urn, id).await? {
-            None => Err(ProviderError::NotFound(format!("{}: cache cluster {id} disappeared while Cairn waited for it", who(urn)))),
+async fn wait_available(aws: &Clients, id: &str, node_type: Option<&str>) -> Result<(), ProviderError> {
+    wait::until("available", BOUND, || async {
+        match describe(aws, id).await? {
+            None => Err(ProviderError::not_found(format!("cache cluster {id} disappeared while Cairn waited for it"))),
             Some(c) if status(&c) == "available" && !pending(&c) && node_type.is_none_or(|t| c.cache_node_type() == Some(t)) => {
                 Ok(Poll::Done(()))
             }
-            Some(c) if BROKEN.contains(&status(&c)) => Err(ProviderError::Failed(format!(
-                "{}: cache cluster {id} is '{}' and will not become available; check node_type, subnet_group_name, security_group_ids and parameter_group_name, then delete it (or run destroy) and run again",
-                who(urn),
+            Some(c) if BROKEN.contains(&status(&c)) => Err(ProviderError::failed(format!(
+                "cache cluster {id} is '{}' and will not become available; check node_type, subnet_group_name, security_group_ids and parameter_group_name, then delete it (or run destroy) and run again",
                 status(&c)
             ))),
             Some(c) if status(&c) == "available" => Ok(Poll::Waiting("available, with changes pending".to_owned())),
@@ -312,18 +311,18 @@ impl Kind for CacheClusterKind {
             .set_tags(Some(create_tags(urn, inputs)))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the cache cluster", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the cache cluster", e, hint(inputs)))?;
         finish(id, async {
-            wait_available(aws, urn, id, None).await?;
+            wait_available(aws, id, None).await?;
             self.read_created(aws, urn, id, inputs).await
         })
         .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        let Some(c) = describe(aws, urn, id).await? else { return Ok(None) };
+        let Some(c) = describe(aws, id).await? else { return Ok(None) };
         let tags = match c.arn() {
-            Some(arn) => list_tags(aws, urn, arn).await?,
+            Some(arn) => list_tags(aws, arn).await?,
             None => Vec::new(),
         };
         let mut found = observe(urn, &c, tags);
@@ -332,8 +331,8 @@ impl Kind for CacheClusterKind {
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        let Some(current) = describe(aws, urn, id).await? else {
-            return Err(ProviderError::NotFound(format!("{}: cache cluster {id} is gone (deleted outside Cairn? run refresh)", who(urn))));
+        let Some(current) = describe(aws, id).await? else {
+            return Err(ProviderError::not_found(format!("cache cluster {id} is gone (deleted outside Cairn? run refresh)")));
         };
         let changed = |key: &str| new.get(key).is_some() && old.get(key) != new.get(key);
         let modified = ["node_type", "engine_version", "parameter_group_name", "security_group_ids"].into_iter().any(changed);
@@ -349,27 +348,27 @@ impl Kind for CacheClusterKind {
                 .set_security_group_ids(strings(new, "security_group_ids").filter(|_| changed("security_group_ids")))
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "changing the cache cluster (ModifyCacheCluster)", e, hint(new)))?;
-            wait_available(aws, urn, id, pick("node_type").as_deref()).await?;
+                .map_err(|e| aws_error("changing the cache cluster (ModifyCacheCluster)", e, hint(new)))?;
+            wait_available(aws, id, pick("node_type").as_deref()).await?;
         }
         retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.elasticache.delete_cache_cluster().cache_cluster_id(id).send().await {
             Ok(_) => {}
             Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_cluster_not_found_fault()) => return Ok(()),
             Err(e) => {
                 // Already being deleted (an earlier run stopped waiting): wait again.
-                let deleting = describe(aws, urn, id).await.ok().flatten().is_some_and(|c| status(&c) == "deleting");
+                let deleting = describe(aws, id).await.ok().flatten().is_some_and(|c| status(&c) == "deleting");
                 if !deleting {
-                    return Err(aws_error(urn, "deleting the cache cluster", e, hint(&Props::new())));
+                    return Err(aws_error("deleting the cache cluster", e, hint(&Props::new())));
                 }
             }
         }
-        wait::until(urn, "deleted", BOUND, || async {
-            Ok(match describe(aws, urn, id).await? {
+        wait::until("deleted", BOUND, || async {
+            Ok(match describe(aws, id).await? {
                 None => Poll::Done(()),
                 Some(c) => Poll::Waiting(status(&c).to_owned()),
             })
@@ -388,12 +387,12 @@ impl Kind for CacheClusterKind {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "looking up cache clusters", e, |_| None))?;
+                .map_err(|e| aws_error("looking up cache clusters", e, |_| None))?;
             // Members of replication groups are the groups' own; a cluster being deleted
             // is on its way out, not a copy to adopt.
             for c in page.cache_clusters().iter().filter(|c| c.replication_group_id().is_none() && status(c) != "deleting") {
                 let Some(arn) = c.arn() else { continue };
-                let tags = list_tags(aws, urn, arn).await?;
+                let tags = list_tags(aws, arn).await?;
                 if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
                     found.push(observe(urn, c, tags));
                 }

@@ -114,26 +114,26 @@ fn wanted_tags(urn: &Urn, inputs: &Props) -> HashMap<String, String> {
 /// The resource's tags, as the `tags` input holds them (without Cairn's, and without a
 /// `Name` that is just the logical name). `Ok(None)` when it has none of the user's.
 pub(crate) async fn observed_tags(aws: &Clients, urn: &Urn, arn: &str) -> Result<Option<Value>, ProviderError> {
-    let found = list_tags(aws, urn, arn).await?;
+    let found = list_tags(aws, arn).await?;
     let pairs: Vec<(String, String)> = found.into_iter().filter(|(k, v)| !(k == "Name" && v == urn.name())).collect();
     Ok(tags::observed_user_tags(pairs.iter().map(|(k, v)| (k, v))))
 }
 
 /// All tags of the resource with ARN `arn`.
-pub(crate) async fn list_tags(aws: &Clients, urn: &Urn, arn: &str) -> Result<Vec<(String, String)>, ProviderError> {
+pub(crate) async fn list_tags(aws: &Clients, arn: &str) -> Result<Vec<(String, String)>, ProviderError> {
     let out = aws
         .elasticache
         .list_tags_for_resource()
         .resource_name(arn)
         .send()
         .await
-        .map_err(|e| aws_error(urn, "reading tags", e, |_| None))?;
+        .map_err(|e| aws_error("reading tags", e, |_| None))?;
     Ok(out.tag_list().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect())
 }
 
 /// Whether the resource with ARN `arn` carries `urn`'s tag.
 pub(crate) async fn is_tagged(aws: &Clients, urn: &Urn, arn: &str) -> Result<bool, ProviderError> {
-    let found = list_tags(aws, urn, arn).await?;
+    let found = list_tags(aws, arn).await?;
     Ok(tags::is_tagged(urn, found.iter().map(|(k, v)| (k, v))))
 }
 
@@ -149,7 +149,7 @@ pub(crate) async fn retag(aws: &Clients, urn: &Urn, arn: &str, old: &Props, new:
             .set_tag_keys(Some(gone))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "removing tags", e, |_| None))?;
+            .map_err(|e| aws_error("removing tags", e, |_| None))?;
     }
     let changed: Vec<Tag> = after
         .iter()
@@ -163,7 +163,7 @@ pub(crate) async fn retag(aws: &Clients, urn: &Urn, arn: &str, old: &Props, new:
             .set_tags(Some(changed))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "tagging", e, |_| None))?;
+            .map_err(|e| aws_error("tagging", e, |_| None))?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::cache_cluster::{check_node_type, CLUSTER_ID};
 use super::{check_id, check_port, check_strings, create_tags, int, list_tags, node_hint, retag, strings, text, BOUND, DESCRIPTION};
-use crate::error::{aws_error, who};
+use crate::error::aws_error;
 use crate::kind::{finish, keep_unreported, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
@@ -210,11 +210,11 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
 }
 
 /// The group with id `id`, if it exists.
-async fn describe(aws: &Clients, urn: &Urn, id: &str) -> Result<Option<Group>, ProviderError> {
+async fn describe(aws: &Clients, id: &str) -> Result<Option<Group>, ProviderError> {
     match aws.elasticache.describe_replication_groups().replication_group_id(id).send().await {
         Ok(out) => Ok(out.replication_groups().first().cloned()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_replication_group_not_found_fault()) => Ok(None),
-        Err(e) => Err(aws_error(urn, "reading the replication group", e, |_| None)),
+        Err(e) => Err(aws_error("reading the replication group", e, |_| None)),
     }
 }
 
@@ -232,14 +232,13 @@ fn pending(g: &Group) -> bool {
 /// Waits until the group is `available` with no change pending and `settled` true of it
 /// (the change just asked for is visible): right after a change AWS may still say
 /// `available` for a moment. A status it cannot recover from fails.
-async fn wait_available(aws: &Clients, urn: &Urn, id: &str, settled: impl Fn(&Group) -> bool) -> Result<(), ProviderError> {
-    wait::until(urn, "available", BOUND, || async {
-        match describe(aws, urn, id).await? {
-            None => Err(ProviderError::NotFound(format!("{}: replication group {id} disappeared while Cairn waited for it", who(urn)))),
+async fn wait_available(aws: &Clients, id: &str, settled: impl Fn(&Group) -> bool) -> Result<(), ProviderError> {
+    wait::until("available", BOUND, || async {
+        match describe(aws, id).await? {
+            None => Err(ProviderError::not_found(format!("replication group {id} disappeared while Cairn waited for it"))),
             Some(g) if status(&g) == "available" && !pending(&g) && settled(&g) => Ok(Poll::Done(())),
-            Some(g) if BROKEN.contains(&status(&g)) => Err(ProviderError::Failed(format!(
-                "{}: replication group {id} is '{}' and will not become available; check node_type, subnet_group_name, security_group_ids and parameter_group_name, then delete it (or run destroy) and run again",
-                who(urn),
+            Some(g) if BROKEN.contains(&status(&g)) => Err(ProviderError::failed(format!(
+                "replication group {id} is '{}' and will not become available; check node_type, subnet_group_name, security_group_ids and parameter_group_name, then delete it (or run destroy) and run again",
                 status(&g)
             ))),
             Some(g) if status(&g) == "available" => Ok(Poll::Waiting("available, with changes pending".to_owned())),
@@ -283,7 +282,7 @@ async fn observe(aws: &Clients, urn: &Urn, g: &Group, tags: Vec<(String, String)
         let cluster = match got {
             Ok(out) => out.cache_clusters().first().cloned(),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_cluster_not_found_fault()) => None,
-            Err(e) => return Err(aws_error(urn, "reading the replication group's primary", e, |_| None)),
+            Err(e) => return Err(aws_error("reading the replication group's primary", e, |_| None)),
         };
         if let Some(c) = cluster {
             if let Some(s) = c.cache_subnet_group_name() {
@@ -316,11 +315,11 @@ async fn observe(aws: &Clients, urn: &Urn, g: &Group, tags: Vec<(String, String)
 }
 
 /// Checks the node count and failover once every value is known, before any call.
-fn check_nodes(urn: &Urn, inputs: &Props) -> Result<(), ProviderError> {
+fn check_nodes(inputs: &Props) -> Result<(), ProviderError> {
     let nodes = inputs.get("num_cache_clusters").and_then(Value::as_i64);
     let failover = inputs.get("automatic_failover").and_then(Value::as_bool);
     match nodes_problem(nodes, failover) {
-        Some((key, expected)) => Err(ProviderError::Failed(format!("{}: {key} must {expected}", who(urn)))),
+        Some((key, expected)) => Err(ProviderError::failed(format!("{key} must {expected}"))),
         None => Ok(()),
     }
 }
@@ -336,7 +335,7 @@ impl Kind for ReplicationGroupKind {
     }
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        check_nodes(urn, inputs)?;
+        check_nodes(inputs)?;
         let id = text(inputs, "replication_group_id").unwrap_or_default();
         aws.once
             .elasticache
@@ -354,18 +353,18 @@ impl Kind for ReplicationGroupKind {
             .set_tags(Some(create_tags(urn, inputs)))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the replication group", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the replication group", e, hint(inputs)))?;
         finish(id, async {
-            wait_available(aws, urn, id, |_| true).await?;
+            wait_available(aws, id, |_| true).await?;
             self.read_created(aws, urn, id, inputs).await
         })
         .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        let Some(g) = describe(aws, urn, id).await? else { return Ok(None) };
+        let Some(g) = describe(aws, id).await? else { return Ok(None) };
         let tags = match g.arn() {
-            Some(arn) => list_tags(aws, urn, arn).await?,
+            Some(arn) => list_tags(aws, arn).await?,
             None => Vec::new(),
         };
         let mut found = observe(aws, urn, &g, tags).await?;
@@ -374,19 +373,19 @@ impl Kind for ReplicationGroupKind {
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        check_nodes(urn, new)?;
-        let Some(current) = describe(aws, urn, id).await? else {
-            return Err(ProviderError::NotFound(format!("{}: replication group {id} is gone (deleted outside Cairn? run refresh)", who(urn))));
+        check_nodes(new)?;
+        let Some(current) = describe(aws, id).await? else {
+            return Err(ProviderError::not_found(format!("replication group {id} is gone (deleted outside Cairn? run refresh)")));
         };
         let changed = |key: &str| new.get(key).is_some() && old.get(key) != new.get(key);
         let failover = new.get("automatic_failover").and_then(Value::as_bool);
         let modify = || aws.elasticache.modify_replication_group().replication_group_id(id).apply_immediately(true);
-        let modified = |e| aws_error(urn, "changing the replication group (ModifyReplicationGroup)", e, hint(new));
+        let modified = |e| aws_error("changing the replication group (ModifyReplicationGroup)", e, hint(new));
 
         // 1. Failover off first: AWS refuses to remove the last replica while it is on.
         if changed("automatic_failover") && failover == Some(false) {
             modify().automatic_failover_enabled(false).send().await.map_err(modified)?;
-            wait_available(aws, urn, id, |g| !failover_on(g)).await?;
+            wait_available(aws, id, |g| !failover_on(g)).await?;
         }
         // 2. Replicas: the count AWS takes excludes the primary.
         if let Some(nodes) = int(new, "num_cache_clusters").filter(|_| changed("num_cache_clusters")) {
@@ -399,7 +398,7 @@ impl Kind for ReplicationGroupKind {
                     .apply_immediately(true)
                     .send()
                     .await
-                    .map_err(|e| aws_error(urn, "adding replicas (IncreaseReplicaCount)", e, hint(new)))?;
+                    .map_err(|e| aws_error("adding replicas (IncreaseReplicaCount)", e, hint(new)))?;
             } else {
                 aws.elasticache
                     .decrease_replica_count()
@@ -408,15 +407,15 @@ impl Kind for ReplicationGroupKind {
                     .apply_immediately(true)
                     .send()
                     .await
-                    .map_err(|e| aws_error(urn, "removing replicas (DecreaseReplicaCount)", e, hint(new)))?;
+                    .map_err(|e| aws_error("removing replicas (DecreaseReplicaCount)", e, hint(new)))?;
             }
             let wanted = usize::try_from(nodes).unwrap_or_default();
-            wait_available(aws, urn, id, |g| g.member_clusters().len() == wanted).await?;
+            wait_available(aws, id, |g| g.member_clusters().len() == wanted).await?;
         }
         // 3. A new node type, on its own: scaling is one operation.
         if let Some(node_type) = text(new, "node_type").filter(|_| changed("node_type")) {
             modify().cache_node_type(node_type).send().await.map_err(modified)?;
-            wait_available(aws, urn, id, |g| g.cache_node_type() == Some(node_type)).await?;
+            wait_available(aws, id, |g| g.cache_node_type() == Some(node_type)).await?;
         }
         // 4. Everything else, failover on last (after any replicas were added).
         let others = ["description", "security_group_ids", "parameter_group_name"].into_iter().any(changed);
@@ -431,26 +430,26 @@ impl Kind for ReplicationGroupKind {
                 .send()
                 .await
                 .map_err(modified)?;
-            wait_available(aws, urn, id, |g| !turn_on || failover_on(g)).await?;
+            wait_available(aws, id, |g| !turn_on || failover_on(g)).await?;
         }
         retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.elasticache.delete_replication_group().replication_group_id(id).retain_primary_cluster(false).send().await {
             Ok(_) => {}
             Err(e) if e.as_service_error().is_some_and(|s| s.is_replication_group_not_found_fault()) => return Ok(()),
             Err(e) => {
                 // Already being deleted (an earlier run stopped waiting): wait again.
-                let deleting = describe(aws, urn, id).await.ok().flatten().is_some_and(|g| status(&g) == "deleting");
+                let deleting = describe(aws, id).await.ok().flatten().is_some_and(|g| status(&g) == "deleting");
                 if !deleting {
-                    return Err(aws_error(urn, "deleting the replication group", e, hint(&Props::new())));
+                    return Err(aws_error("deleting the replication group", e, hint(&Props::new())));
                 }
             }
         }
-        wait::until(urn, "deleted", BOUND, || async {
-            Ok(match describe(aws, urn, id).await? {
+        wait::until("deleted", BOUND, || async {
+            Ok(match describe(aws, id).await? {
                 None => Poll::Done(()),
                 Some(g) => Poll::Waiting(status(&g).to_owned()),
             })
@@ -468,11 +467,11 @@ impl Kind for ReplicationGroupKind {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "looking up replication groups", e, |_| None))?;
+                .map_err(|e| aws_error("looking up replication groups", e, |_| None))?;
             // A group being deleted is on its way out, not a copy to adopt.
             for g in page.replication_groups().iter().filter(|g| status(g) != "deleting") {
                 let Some(arn) = g.arn() else { continue };
-                let tags = list_tags(aws, urn, arn).await?;
+                let tags = list_tags(aws, arn).await?;
                 if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
                     found.push(observe(aws, urn, g, tags).await?);
                 }

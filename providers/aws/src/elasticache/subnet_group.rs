@@ -11,7 +11,7 @@ use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, Provid
 use serde_json::Value;
 
 use super::{check_id, check_strings, create_tags, is_tagged, observed_tags, retag, strings, text, IdRules, DESCRIPTION};
-use crate::error::{aws_error, who};
+use crate::error::aws_error;
 use crate::kind::{Clients, Kind};
 use crate::tags;
 
@@ -129,11 +129,11 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
 }
 
 /// The group named `name`, if it exists.
-async fn describe(aws: &Clients, urn: &Urn, name: &str) -> Result<Option<CacheSubnetGroup>, ProviderError> {
+async fn describe(aws: &Clients, name: &str) -> Result<Option<CacheSubnetGroup>, ProviderError> {
     match aws.elasticache.describe_cache_subnet_groups().cache_subnet_group_name(name).send().await {
         Ok(out) => Ok(out.cache_subnet_groups().first().cloned()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_subnet_group_not_found_fault()) => Ok(None),
-        Err(e) => Err(aws_error(urn, "reading the subnet group", e, |_| None)),
+        Err(e) => Err(aws_error("reading the subnet group", e, |_| None)),
     }
 }
 
@@ -170,20 +170,20 @@ impl Kind for SubnetGroupKind {
             .set_tags(Some(create_tags(urn, inputs)))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the subnet group", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the subnet group", e, hint(inputs)))?;
         self.read_created(aws, urn, name, inputs).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        match describe(aws, urn, id).await? {
+        match describe(aws, id).await? {
             Some(g) => Ok(Some(observe(aws, urn, &g).await?)),
             None => Ok(None),
         }
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        let Some(current) = describe(aws, urn, id).await? else {
-            return Err(ProviderError::NotFound(format!("{}: subnet group {id} is gone (deleted outside Cairn? run refresh)", who(urn))));
+        let Some(current) = describe(aws, id).await? else {
+            return Err(ProviderError::not_found(format!("subnet group {id} is gone (deleted outside Cairn? run refresh)")));
         };
         if old.get("subnet_ids") != new.get("subnet_ids") || old.get("description") != new.get("description") {
             aws.elasticache
@@ -193,17 +193,17 @@ impl Kind for SubnetGroupKind {
                 .set_subnet_ids(strings(new, "subnet_ids"))
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "changing the subnet group (ModifyCacheSubnetGroup)", e, hint(new)))?;
+                .map_err(|e| aws_error("changing the subnet group (ModifyCacheSubnetGroup)", e, hint(new)))?;
         }
         retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.elasticache.delete_cache_subnet_group().cache_subnet_group_name(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_subnet_group_not_found_fault()) => Ok(()),
-            Err(e) => Err(aws_error(urn, "deleting the subnet group (DeleteCacheSubnetGroup)", e, hint(&Props::new()))),
+            Err(e) => Err(aws_error("deleting the subnet group (DeleteCacheSubnetGroup)", e, hint(&Props::new()))),
         }
     }
 
@@ -217,7 +217,7 @@ impl Kind for SubnetGroupKind {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "looking up subnet groups", e, |_| None))?;
+                .map_err(|e| aws_error("looking up subnet groups", e, |_| None))?;
             for g in page.cache_subnet_groups() {
                 let Some(arn) = g.arn() else { continue };
                 if is_tagged(aws, urn, arn).await? {

@@ -221,22 +221,22 @@ impl Kind for QueueKind {
             .set_tags(Some(tags::with_cairn_tags(urn, inputs)))
             .send()
             .await
-            .map_err(|e| aws_error(urn, "creating the queue", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the queue", e, hint(inputs)))?;
         let url = out.queue_url().unwrap_or_default().to_owned();
         self.read_created(aws, urn, &url, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, _urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let got = aws.sqs.get_queue_attributes().queue_url(id).attribute_names(Attr::All).send().await;
         let attrs = match got {
             Ok(out) => out.attributes().cloned().unwrap_or_default(),
             Err(e) if is_missing(code(&e)) => return Ok(None),
-            Err(e) => return Err(aws_error(urn, "reading the queue", e, |_| None)),
+            Err(e) => return Err(aws_error("reading the queue", e, |_| None)),
         };
         let tags = match aws.sqs.list_queue_tags().queue_url(id).send().await {
             Ok(out) => out.tags().cloned().unwrap_or_default(),
             Err(e) if is_missing(code(&e)) => return Ok(None),
-            Err(e) => return Err(aws_error(urn, "reading the queue's tags", e, |_| None)),
+            Err(e) => return Err(aws_error("reading the queue's tags", e, |_| None)),
         };
         Ok(Some(observe(id, &attrs, &tags)))
     }
@@ -253,7 +253,7 @@ impl Kind for QueueKind {
                 .set_attributes(Some(attrs))
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "changing the queue's attributes", e, |_| None))?;
+                .map_err(|e| aws_error("changing the queue's attributes", e, |_| None))?;
         }
         let (before, after) = (tags::user_tags(old), tags::user_tags(new));
         let gone: Vec<String> = before.keys().filter(|k| !after.contains_key(*k)).cloned().collect();
@@ -264,7 +264,7 @@ impl Kind for QueueKind {
                 .set_tag_keys(Some(gone))
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "removing tags", e, |_| None))?;
+                .map_err(|e| aws_error("removing tags", e, |_| None))?;
         }
         let changed: HashMap<String, String> = after.into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect();
         if !changed.is_empty() {
@@ -274,16 +274,16 @@ impl Kind for QueueKind {
                 .set_tags(Some(changed))
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "tagging the queue", e, |_| None))?;
+                .map_err(|e| aws_error("tagging the queue", e, |_| None))?;
         }
         self.read_updated(aws, urn, id, new).await
     }
 
-    async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.sqs.delete_queue().queue_url(id).send().await {
             Ok(_) => Ok(()),
             Err(e) if is_missing(code(&e)) => Ok(()),
-            Err(e) => Err(aws_error(urn, "deleting the queue", e, |_| None)),
+            Err(e) => Err(aws_error("deleting the queue", e, |_| None)),
         }
     }
 
@@ -298,12 +298,12 @@ impl Kind for QueueKind {
                 .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| aws_error(urn, "listing queues", e, |_| None))?;
+                .map_err(|e| aws_error("listing queues", e, |_| None))?;
             for url in page.queue_urls() {
                 let tags = match aws.sqs.list_queue_tags().queue_url(url).send().await {
                     Ok(out) => out.tags().cloned().unwrap_or_default(),
                     Err(e) if is_missing(code(&e)) => continue,
-                    Err(e) => return Err(aws_error(urn, "reading a queue's tags", e, |_| None)),
+                    Err(e) => return Err(aws_error("reading a queue's tags", e, |_| None)),
                 };
                 if tags::is_tagged(urn, tags.iter()) {
                     found.extend(self.read(aws, urn, url, &Props::new()).await?);
