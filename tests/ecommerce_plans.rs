@@ -103,7 +103,7 @@ async fn no_event_may_replace_the_vpc_or_the_cache() {
     vpc.action = cairn::Action::Replace;
     plan.summary.replace += 1;
     let refused = stack.policy().evaluate(&plan).unwrap_err();
-    assert!(refused.contains("would replace aws:ec2:Vpc 'shop'"), "{refused}");
+    assert!(refused.to_string().contains("would replace aws:ec2:Vpc 'shop'"), "{refused}");
 }
 
 /// The engine's steps as they start and finish, in the order they do: from its progress

@@ -164,14 +164,14 @@ pub fn stack(name: &str, aws: impl cairn::Provider) -> Stack<Shop> {
             if (MIN_WEB..=MAX_WEB).contains(&shop.web_capacity) {
                 Ok(())
             } else {
-                Err(format!("web capacity {} is outside {MIN_WEB}..={MAX_WEB}", shop.web_capacity))
+                Err(format!("web capacity {} is outside {MIN_WEB}..={MAX_WEB}", shop.web_capacity).into())
             }
         })
         .guard("a healthy zone remains", |shop: &Shop| {
             if ZONES.iter().any(|z| !shop.degraded_zones.contains(*z)) {
                 Ok(())
             } else {
-                Err("every zone would be degraded; the web group needs at least one".to_owned())
+                Err("every zone would be degraded; the web group needs at least one".into())
             }
         })
         .event_policy(EventPolicy::default().deny_replace_or_delete("aws:ec2:Vpc").deny_replace_or_delete("aws:elasticache:*"))

@@ -50,6 +50,13 @@ pub enum Error {
         /// The state's lineage now.
         current_lineage: String,
     },
+    /// A plan was narrowed ([`Plan::target`](crate::Plan::target)) to a resource it does
+    /// not know.
+    #[error("--target {urn}: the plan has no such resource; `state list` shows the URNs")]
+    UnknownTarget {
+        /// The target.
+        urn: Urn,
+    },
     /// A resource's type belongs to a package no provider was registered for.
     #[error("no provider is registered for package '{package}' (needed by {urn}); register one with Stack::provider")]
     NoProvider {

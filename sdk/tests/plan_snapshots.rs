@@ -71,6 +71,24 @@ async fn plan_json_has_the_documented_shape() {
     insta::assert_snapshot!(plan.to_json());
 }
 
+/// `up --target`: the target and what it depends on, nothing else; an unknown target is
+/// an error that names it.
+#[tokio::test]
+async fn a_targeted_plan_keeps_the_target_and_its_dependencies() {
+    let stack = shop_stack(&provider());
+    let mut plan = stack.preview(&Shop::new(), &stack.new_state()).unwrap();
+    let subnet = plan.changes.iter().find(|c| c.urn.name() == "web-a").unwrap().urn.clone();
+    plan.target(std::slice::from_ref(&subnet)).unwrap();
+    let kept: Vec<&str> = plan.changed().map(|c| c.urn.name()).collect();
+    assert_eq!(kept, ["shop", "web-a"]);
+    assert_eq!(plan.summary.create, 2);
+
+    let unknown = cairn_sdk::Urn::parse("urn:cairn:dev::test:net:Subnet::web-z").unwrap();
+    let err = plan.target(&[unknown]).unwrap_err();
+    assert!(matches!(&err, cairn_sdk::Error::UnknownTarget { urn } if urn.name() == "web-z"), "{err:?}");
+    assert!(err.to_string().contains("state list"), "{err}");
+}
+
 // --- Validation: every message, each naming the resource, property and fix ----------
 
 fn plan_of(program: impl Fn(&mut Cx, &Shop) -> ProgramResult + Send + Sync + 'static) -> String {

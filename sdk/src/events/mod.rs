@@ -20,7 +20,7 @@
 //!         Ok(())
 //!     })
 //!     .guard("capacity within 2..=12", |shop: &Shop| {
-//!         if (2..=12).contains(&shop.web_capacity) { Ok(()) } else { Err(format!("capacity {} is outside 2..=12", shop.web_capacity)) }
+//!         if (2..=12).contains(&shop.web_capacity) { Ok(()) } else { Err(format!("capacity {} is outside 2..=12", shop.web_capacity).into()) }
 //!     })
 //!     .event_policy(EventPolicy::default().deny_replace_or_delete("aws:ec2:Vpc"));
 //!
@@ -41,7 +41,7 @@ pub use audit::{ApplyRecord, ApplyResult, AuditEntry, AuditOutcome, AuditedEvent
 pub use envelope::{Envelope, EnvelopeError, ENVELOPE_FORMAT};
 pub use metrics::{Metrics, Role, Status};
 pub use reconciler::{inbox, Backoff, Debounce, Events, EventsClosed, Inbox, Outcome, Reconciler, ReconcilerOptions, Receipt, Spawned};
-pub use rules::{EventPolicy, HandlerFuture, HandlerResult, Rejection};
+pub use rules::{EventPolicy, HandlerFuture, HandlerResult, PolicyViolation, Rejection};
 pub use schedule::{Schedule, ScheduleError};
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::audit::{ApplyRecord, ApplyResult, AuditEntry, AuditOutcome, AuditedEvent, LastApply, StepFailure, Timings};
 use super::metrics::{Metrics, Status};
-use super::rules::Rejection;
+use super::rules::{PolicyViolation, Rejection};
 use super::{now_ms, Event, Pattern};
 use crate::apply::ApplyReport;
 use crate::error::{Error, Result};
@@ -286,7 +286,7 @@ where
 enum Converge {
     Nothing,
     Applied(Box<ApplyReport>, Box<Plan>),
-    Refused(String),
+    Refused(PolicyViolation),
     Failed(String),
 }
 
@@ -622,9 +622,9 @@ where
     }
 
     /// A plan for `s` that the policy allows (with its graph), or why not.
-    fn check(&self, s: &S) -> std::result::Result<(Plan, Graph), String> {
-        let (plan, graph) = self.session.preview_with_graph(s).map_err(|e| e.to_string())?;
-        self.session.stack().policy().evaluate(&plan)?;
+    fn check(&self, s: &S) -> std::result::Result<(Plan, Graph), Rejection> {
+        let (plan, graph) = self.session.preview_with_graph(s).map_err(|e| Rejection::Unplannable(e.to_string()))?;
+        self.session.stack().policy().evaluate(&plan).map_err(Rejection::Policy)?;
         Ok((plan, graph))
     }
 
@@ -637,7 +637,7 @@ where
             entry.before = to_value(&s);
             let verdict = match stack.handle_event_async(&entry.event, &mut next).await {
                 Err(r) => Err(r),
-                Ok(()) => self.check(&next).map(drop).map_err(Rejection::Policy),
+                Ok(()) => self.check(&next).map(drop),
             };
             match verdict {
                 Ok(()) => {
@@ -677,7 +677,7 @@ where
                 ms,
                 ..record(if report.succeeded() { ApplyResult::Succeeded } else { ApplyResult::Failed })
             },
-            Converge::Refused(why) => ApplyRecord { reason: Some(why.clone()), ..record(ApplyResult::Refused) },
+            Converge::Refused(why) => ApplyRecord { reason: Some(why.to_string()), ..record(ApplyResult::Refused) },
             Converge::Failed(why) => ApplyRecord { error: Some(why.clone()), ms, ..record(ApplyResult::Failed) },
         };
         let result = apply.result;

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Event, Pattern};
 use crate::plan::{Action, Plan};
+use crate::Urn;
 use crate::stack::{BoxError, Stack};
 
 /// What a handler returns.
@@ -19,8 +20,8 @@ pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send +
 
 type SyncHandler<S> = dyn Fn(&Event, &mut S) -> HandlerResult + Send + Sync;
 type AsyncHandler<S> = dyn for<'a> Fn(&'a Event, &'a mut S) -> HandlerFuture<'a> + Send + Sync;
-type GuardFn<S> = dyn Fn(&S) -> Result<(), String> + Send + Sync;
-type PlanCheck = dyn Fn(&Plan) -> Result<(), String> + Send + Sync;
+type GuardFn<S> = dyn Fn(&S) -> Result<(), BoxError> + Send + Sync;
+type PlanCheck = dyn Fn(&Plan) -> Result<(), BoxError> + Send + Sync;
 
 enum HandlerFn<S> {
     Sync(Arc<SyncHandler<S>>),
@@ -72,6 +73,7 @@ fn handler_panicked(panic: String) -> Rejection {
 
 /// Why an event changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Rejection {
     /// No handler matches its kind.
     Unhandled,
@@ -85,8 +87,11 @@ pub enum Rejection {
         /// Its message.
         message: String,
     },
-    /// The plan the event would cause breaks the event policy, or cannot be made.
-    Policy(String),
+    /// The plan the event would cause breaks the event policy.
+    Policy(PolicyViolation),
+    /// The program cannot plan the state the event produced: it panicked or declared
+    /// something invalid for it (the message says what).
+    Unplannable(String),
 }
 
 impl std::fmt::Display for Rejection {
@@ -96,8 +101,45 @@ impl std::fmt::Display for Rejection {
             Rejection::Handler(e) => write!(f, "a handler failed: {e}"),
             Rejection::Guard { guard, message } => write!(f, "guard '{guard}' refused it: {message}"),
             Rejection::Policy(e) => write!(f, "the event policy refused its plan: {e}"),
+            Rejection::Unplannable(e) => write!(f, "its plan cannot be made: {e}"),
         }
     }
+}
+
+/// The rule of an [`EventPolicy`] a plan breaks.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyViolation {
+    /// The plan deletes or replaces a resource that matches a
+    /// [`EventPolicy::deny_replace_or_delete`] pattern.
+    #[error("it would {action} {ty} '{name}', which events may not ({pattern} is denied replace or delete); change it with `up` instead", action = if *.action == Action::Delete { "delete" } else { "replace" }, name = .urn.name())]
+    Frozen {
+        /// The resource.
+        urn: Urn,
+        /// Its type token.
+        ty: String,
+        /// [`Action::Delete`] or [`Action::Replace`].
+        action: Action,
+        /// The pattern it matches.
+        pattern: Pattern,
+    },
+    /// The plan changes more resources than [`EventPolicy::max_changes`] allows.
+    #[error("it would change {changes} resources, more than the {max} one apply of events may (raise EventPolicy::max_changes if that is intended)")]
+    TooManyChanges {
+        /// Resources the plan creates, updates, replaces or deletes.
+        changes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A check of the user's own ([`EventPolicy::check`]) refused the plan or panicked
+    /// (its message is then `it panicked: <message>`).
+    #[error("check '{check}': {message}")]
+    Check {
+        /// The check's name.
+        check: String,
+        /// What it said.
+        message: String,
+    },
 }
 
 /// Bounds on the plans events may cause, checked before anything is applied. The
@@ -144,37 +186,38 @@ impl EventPolicy {
     }
 
     /// A check of your own on each plan events cause, named for the audit log. A check
-    /// that panics refuses the plan.
+    /// that returns an error or panics refuses the plan.
     #[must_use]
-    pub fn check(mut self, name: impl Into<String>, check: impl Fn(&Plan) -> Result<(), String> + Send + Sync + 'static) -> Self {
+    pub fn check(mut self, name: impl Into<String>, check: impl Fn(&Plan) -> Result<(), BoxError> + Send + Sync + 'static) -> Self {
         self.checks.push((name.into(), Arc::new(check)));
         self
     }
 
     /// Whether events may apply `plan`; the error says which rule it breaks.
-    pub fn evaluate(&self, plan: &Plan) -> Result<(), String> {
+    pub fn evaluate(&self, plan: &Plan) -> Result<(), PolicyViolation> {
         for change in plan.changed() {
             if !matches!(change.action, Action::Replace | Action::Delete) {
                 continue;
             }
             if let Some(p) = self.frozen.iter().find(|p| p.matches(&change.ty) || p.matches(change.urn.name())) {
-                let verb = if change.action == Action::Delete { "delete" } else { "replace" };
-                return Err(format!(
-                    "it would {verb} {} '{}', which events may not ({p} is denied replace or delete); change it with `up` instead",
-                    change.ty,
-                    change.urn.name()
-                ));
+                return Err(PolicyViolation::Frozen {
+                    urn: change.urn.clone(),
+                    ty: change.ty.to_string(),
+                    action: change.action,
+                    pattern: p.clone(),
+                });
             }
         }
         let changes = plan.summary.changes();
         if let Some(max) = self.max_changes.filter(|max| changes > *max) {
-            return Err(format!(
-                "it would change {changes} resources, more than the {max} one apply of events may (raise EventPolicy::max_changes if that is intended)"
-            ));
+            return Err(PolicyViolation::TooManyChanges { changes, max });
         }
         for (name, check) in &self.checks {
-            let verdict = crate::panic::catch(|| check(plan)).unwrap_or_else(|panic| Err(format!("it panicked: {panic}")));
-            verdict.map_err(|e| format!("check '{name}': {e}"))?;
+            let verdict = match crate::panic::catch(|| check(plan)) {
+                Ok(verdict) => verdict.map_err(|e| e.to_string()),
+                Err(panic) => Err(format!("it panicked: {panic}")),
+            };
+            verdict.map_err(|message| PolicyViolation::Check { check: name.clone(), message })?;
         }
         Ok(())
     }
@@ -214,7 +257,7 @@ where
     /// A check of the user state after an event's handlers: an `Err` (or a panic) rejects
     /// the event, which then changes nothing and is recorded as rejected.
     #[must_use]
-    pub fn guard(mut self, name: impl Into<String>, guard: impl Fn(&S) -> Result<(), String> + Send + Sync + 'static) -> Self {
+    pub fn guard(mut self, name: impl Into<String>, guard: impl Fn(&S) -> Result<(), BoxError> + Send + Sync + 'static) -> Self {
         self.events_mut().guards.push((name.into(), Arc::new(guard)));
         self
     }
@@ -288,8 +331,10 @@ where
             return Err(Rejection::Unhandled);
         }
         for (name, guard) in &self.events().guards {
-            let verdict = crate::panic::catch(|| guard(&next))
-                .unwrap_or_else(|panic| Err(format!("guard panicked: {panic}")));
+            let verdict = match crate::panic::catch(|| guard(&next)) {
+                Ok(verdict) => verdict.map_err(|e| e.to_string()),
+                Err(panic) => Err(format!("guard panicked: {panic}")),
+            };
             verdict.map_err(|message| Rejection::Guard { guard: name.clone(), message })?;
         }
         *s = next;

@@ -2,7 +2,7 @@
 //!
 //! [`plan`] diffs a validated [`Graph`] against a [`StackState`]. The result is a value:
 //! rendered as text for people ([`Plan::render`]), as JSON for machines (the `Plan`'s
-//! serde form, described in ARCHITECTURE.md), asserted by snapshot tests, and saved to
+//! serde form, described in docs/plans.md), asserted by snapshot tests, and saved to
 //! be applied exactly later.
 
 mod render;
@@ -181,14 +181,14 @@ impl Plan {
     /// Narrows the plan to `targets` and what they depend on (`up --target`), as
     /// Terraform's `-target` does: other creates are dropped, other updates, replaces
     /// and deletes are left undone. Fails naming a target the plan does not know.
-    pub fn target(&mut self, targets: &[Urn]) -> std::result::Result<(), String> {
+    pub fn target(&mut self, targets: &[Urn]) -> crate::Result<()> {
         let index: HashMap<&Urn, usize> = self.changes.iter().enumerate().map(|(i, c)| (&c.urn, i)).collect();
         let mut keep = vec![false; self.changes.len()];
         let mut todo = Vec::new();
         for t in targets {
             match index.get(t) {
                 Some(&i) => todo.push(i),
-                None => return Err(format!("--target {t}: the plan has no such resource; `state list` shows the URNs")),
+                None => return Err(crate::Error::UnknownTarget { urn: t.clone() }),
             }
         }
         while let Some(i) = todo.pop() {
