@@ -234,6 +234,35 @@ async fn a_failed_apply_is_retried_with_exponential_backoff_until_it_converges()
     session.close().await.unwrap();
 }
 
+/// Every accepted event gets its audit entry: one that changes nothing at once (as
+/// unchanged, with no apply to wait for); one that arrives while a failed apply waits
+/// for its retry is applied at once, not at the retry.
+#[tokio::test(start_paused = true)]
+async fn an_accepted_event_is_audited_even_when_no_apply_follows() {
+    let p = provider().fail("web", Op::Update, "throttled");
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let run = start(session, ReconcilerOptions::default().backoff(secs(60), secs(60)));
+
+    let same = Event::new("capacity.set", json!({ "capacity": 2 })).with_id("same");
+    assert_eq!(run.events.send(same).await.unwrap(), Outcome::Accepted);
+    assert_eq!(run.events.send(spike(3000).with_id("failing")).await.unwrap(), Outcome::Accepted);
+    sleep(secs(1)).await;
+    // The retry is a minute away; a new event does not wait for it.
+    assert_eq!(run.events.send(spike(4000).with_id("waiting")).await.unwrap(), Outcome::Accepted);
+    let session = run.finish().await;
+
+    let history = store.history("dev").await.unwrap();
+    let entries: Vec<(&str, &str, &str)> = history
+        .iter()
+        .map(|e| (e["event"]["id"].as_str().unwrap(), e["outcome"].as_str().unwrap(), e["apply"]["result"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(entries, [("same", "accepted", "unchanged"), ("failing", "accepted", "failed"), ("waiting", "accepted", "failed")], "{history:#?}");
+    assert_eq!(web_updates(&p).len(), 2);
+    session.close().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_finishes_the_running_apply_and_leaves_unrecorded_events_to_their_source() {
     let p = provider().with_latency(secs(10));

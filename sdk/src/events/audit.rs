@@ -104,6 +104,13 @@ pub struct ApplyRecord {
     pub ms: Option<u64>,
 }
 
+impl ApplyRecord {
+    /// A record of `result` and nothing else.
+    pub fn new(result: ApplyResult) -> Self {
+        ApplyRecord { result, plan: None, done: None, failures: Vec::new(), reason: None, error: None, ms: None }
+    }
+}
+
 /// How an apply of the reconciler ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -612,10 +612,14 @@ where
                 let _ = ack.send(entry.outcome.clone());
             }
         }
-        let (accepted, done): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.outcome == Outcome::Accepted);
+        // Accepted events wait for the apply they cause; without one pending (their S
+        // changed nothing), they are done now, as unchanged.
+        let (accepted, done): (Vec<_>, Vec<_>) =
+            if self.dirty { entries.into_iter().partition(|e| e.outcome == Outcome::Accepted) } else { (Vec::new(), entries) };
         self.unapplied.extend(accepted);
         let now = now_ms();
-        let done: Vec<AuditEntry> = done.iter().map(|e| audit_entry(e, now, None)).collect();
+        let unchanged = |e: &Entry| (e.outcome == Outcome::Accepted).then(|| ApplyRecord::new(ApplyResult::Unchanged));
+        let done: Vec<AuditEntry> = done.iter().map(|e| audit_entry(e, now, unchanged(e))).collect();
         self.audit(&done).await?;
         self.update_status(None);
         Ok(())
@@ -663,7 +667,7 @@ where
         };
         let elapsed = started.elapsed();
         let now = Instant::now();
-        let record = |result| ApplyRecord { result, plan: None, done: None, failures: Vec::new(), reason: None, error: None, ms: None };
+        let record = ApplyRecord::new;
         let ms = Some(elapsed.as_millis() as u64);
         let apply = match &outcome {
             Converge::Nothing => record(ApplyResult::Unchanged),
