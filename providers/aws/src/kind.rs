@@ -90,7 +90,7 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
         finish(id, async {
             self.read(aws, urn, id, inputs)
                 .await?
-                .ok_or_else(|| ProviderError::uncertain(format!("created, but not found right after")))
+                .ok_or_else(|| ProviderError::uncertain("created, but not found right after"))
         })
         .await
     }

@@ -296,7 +296,7 @@ impl Kind for LaunchTemplateKind {
             let version = out
                 .launch_template_version()
                 .and_then(|v| v.version_number())
-                .ok_or_else(|| ProviderError::uncertain(format!("a new version was created, but AWS did not say its number")))?;
+                .ok_or_else(|| ProviderError::uncertain("a new version was created, but AWS did not say its number"))?;
             aws.ec2
                 .modify_launch_template()
                 .launch_template_id(id)
