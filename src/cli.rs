@@ -8,14 +8,12 @@
 //! }
 //! ```
 
-use std::future::Future;
 use std::io::{IsTerminal, Write};
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_sdk::events::{AuditEntry, Event, Events, Outcome, Reconciler, ReconcilerOptions, Schedule};
+use cairn_sdk::events::{AuditEntry, Event, Outcome, Reconciler, ReconcilerOptions, Schedule, Source};
 use cairn_sdk::{Plan, Progress, RenderOptions, Session, Stack, StackState, StepOp, StepReport, StepStatus, Summary, Urn};
 use cairn_state::Store;
 use clap::{Parser, Subcommand};
@@ -27,8 +25,6 @@ use serde_json::Value;
 pub trait UserState: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static> UserState for T {}
 
-/// A future an event source runs while `watch` serves.
-pub type SourceFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 type StackFactory<S> = Box<dyn Fn(&str) -> Stack<S>>;
 
@@ -219,15 +215,14 @@ pub(crate) type Outcome_ = Result<ExitCode, CliError>;
 /// schedules for `watch`, then [`Cli::run`].
 pub struct Cli<S> {
     factory: StackFactory<S>,
-    schedules: Vec<Schedule>,
-    sources: Vec<(String, crate::watch::SourceFactory)>,
+    sources: Vec<Arc<dyn Source>>,
     reconciler: ReconcilerOptions,
     http: crate::serve::HttpLimits,
 }
 
 impl<S> std::fmt::Debug for Cli<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cli").field("schedules", &self.schedules).field("sources", &self.sources.iter().map(|(n, _)| n).collect::<Vec<_>>()).finish()
+        f.debug_struct("Cli").field("sources", &self.sources.iter().map(|s| s.name()).collect::<Vec<_>>()).finish()
     }
 }
 
@@ -237,25 +232,23 @@ impl<S: UserState> Cli<S> {
     pub fn new(factory: impl Fn(&str) -> Stack<S> + 'static) -> Self {
         Cli {
             factory: Box::new(factory),
-            schedules: Vec::new(),
             sources: Vec::new(),
             reconciler: ReconcilerOptions::default(),
             http: crate::serve::HttpLimits::default(),
         }
     }
 
-    /// A schedule `watch` runs.
+    /// A schedule `watch` runs: shorthand for [`source`](Self::source).
     #[must_use]
-    pub fn schedule(mut self, schedule: Schedule) -> Self {
-        self.schedules.push(schedule);
-        self
+    pub fn schedule(self, schedule: Schedule) -> Self {
+        self.source(schedule)
     }
 
-    /// An event source `watch` runs, made from the stack's state when `watch` starts (a
-    /// queue the stack created is found there) and the reconciler's sender.
+    /// An event source `watch` runs for each stack it leads (an SQS queue, a schedule,
+    /// one of your own): see [`Source`].
     #[must_use]
-    pub fn source(mut self, name: impl Into<String>, source: impl Fn(&StackState, Events) -> SourceFuture + Send + Sync + 'static) -> Self {
-        self.sources.push((name.into(), Arc::new(source)));
+    pub fn source(mut self, source: impl Source) -> Self {
+        self.sources.push(Arc::new(source));
         self
     }
 
@@ -333,7 +326,7 @@ impl<S: UserState> Cli<S> {
                 return Err(CliError::Refused(format!("--all-stacks: no stack has state in {location}; deploy one with `up` first")));
             }
             let stacks = names.iter().map(|n| build(n)).collect::<Result<Vec<_>, _>>()?;
-            let plan = crate::watch::Plan { stacks, store, listen, standby, schedules: self.schedules, sources: self.sources, options: self.reconciler, http: self.http };
+            let plan = crate::watch::Plan { stacks, store, listen, standby, sources: self.sources, options: self.reconciler, http: self.http };
             return crate::watch::run(plan).await;
         }
         let ctx = Ctx { stack: build(&args.stack)?, store, terminal };

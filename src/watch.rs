@@ -13,19 +13,20 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use cairn_sdk::events::{inbox, Events, Inbox, Reconciler, ReconcilerOptions, Role, Schedule, Status};
-use cairn_sdk::{Session, Stack, StackState};
+use cairn_sdk::events::{inbox, Events, Inbox, Reconciler, ReconcilerOptions, Role, Source, Status};
+use cairn_sdk::{Session, Stack};
 use cairn_state::Store;
 use tokio::sync::watch;
 
-use crate::cli::{CliError, SourceFuture, UserState};
+use crate::cli::{CliError, UserState};
 use crate::serve::HttpLimits;
 
 /// How often a standby looks at the lease of a stack it waits for, at most: failover
 /// comes within this of the leader's lease running out.
 pub(crate) const STANDBY_POLL: Duration = Duration::from_millis(500);
 
-pub(crate) type SourceFactory = Arc<dyn Fn(&StackState, Events) -> SourceFuture + Send + Sync>;
+/// How long a stack's sources get to settle once its reconciler stopped.
+const SOURCE_GRACE: Duration = Duration::from_secs(5);
 
 /// What `watch` was asked to do.
 pub(crate) struct Plan<S> {
@@ -33,8 +34,7 @@ pub(crate) struct Plan<S> {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) listen: String,
     pub(crate) standby: bool,
-    pub(crate) schedules: Vec<Schedule>,
-    pub(crate) sources: Vec<(String, SourceFactory)>,
+    pub(crate) sources: Vec<Arc<dyn Source>>,
     pub(crate) options: ReconcilerOptions,
     pub(crate) http: HttpLimits,
 }
@@ -115,7 +115,6 @@ pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, CliErro
     let shared = Arc::new(Shared {
         store: plan.store,
         standby: plan.standby,
-        schedules: plan.schedules,
         sources: plan.sources,
         options: plan.options,
         many: names.len() > 1,
@@ -167,8 +166,7 @@ pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, CliErro
 struct Shared {
     store: Arc<dyn Store>,
     standby: bool,
-    schedules: Vec<Schedule>,
-    sources: Vec<(String, SourceFactory)>,
+    sources: Vec<Arc<dyn Source>>,
     options: ReconcilerOptions,
     /// Several stacks: their reconcilers share the runtime, rather than taking a thread
     /// each.
@@ -222,21 +220,13 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
     let metrics = events.metrics().clone();
 
     let mut tasks = tokio::task::JoinSet::new();
-    for schedule in &shared.schedules {
-        println!("schedule: {} (stack '{name}')", schedule.kind());
-        let (schedule, events) = (schedule.clone(), events.clone());
+    for source in &shared.sources {
+        let label = source.name();
+        println!("source: {label} (stack '{name}')");
+        let (source, state, events, stack) = (source.clone(), state.clone(), events.clone(), name.clone());
         tasks.spawn(async move {
-            schedule.run(events).await;
-        });
-    }
-    for (source, make) in &shared.sources {
-        println!("source: {source} (stack '{name}')");
-        let running = make(&state, events.clone());
-        let source = source.clone();
-        let stack = name.clone();
-        tasks.spawn(async move {
-            if let Err(e) = running.await {
-                eprintln!("source {source} of stack '{stack}' stopped: {e}");
+            if let Err(e) = source.run(&state, events).await {
+                eprintln!("source {label} of stack '{stack}' stopped: {e}");
             }
         });
     }
@@ -280,8 +270,15 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
             }
         }
     };
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+    // The reconciler is gone, so its `Events` are closed: sources settle what they hold
+    // (an SQS source makes unrecorded messages visible again at once) and end. Those
+    // that take longer are stopped; their messages come back when their visibility
+    // timeout ends.
+    let settled = tokio::time::timeout(SOURCE_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+    if settled.is_err() {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
     metrics.set_leader(false);
     shared.leading.fetch_sub(1, Ordering::Relaxed);
     status.lock().unwrap_or_else(PoisonError::into_inner).role = Role::Standby;

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use cairn::events::Schedule;
 use cairn::Cli;
-use cairn_aws::sqs::EventSource;
+use cairn_aws::events::SqsSource;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,13 +33,7 @@ async fn main() -> ExitCode {
     };
     Cli::new(move |name| shop::stack(name, aws.clone()))
         .schedule(peak_hours)
-        .source("sqs:shop-events", |state, events| {
-            let url = EventSource::queue_url_in(state, shop::EVENTS_QUEUE);
-            Box::pin(async move {
-                let url = url.ok_or("the events queue is not deployed yet: run `up` first")?;
-                EventSource::from_env(url).await.run(events).await
-            })
-        })
+        .source(SqsSource::queue(shop::EVENTS_QUEUE))
         .run()
         .await
 }

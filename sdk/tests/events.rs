@@ -6,14 +6,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_sdk::events::{Event, EventPolicy, Events, EventsClosed, Outcome, PolicyViolation, Reconciler, ReconcilerOptions, Rejection};
+use cairn_sdk::events::{Event, EventPolicy, Events, EventsClosed, Outcome, PolicyViolation, Reconciler, ReconcilerOptions, Rejection, Schedule, Source};
 use cairn_sdk::{Action, Session, Stack};
 use cairn_state::{MemoryStore, Store};
 use common::{provider, shop_stack, Op, Shop, TestProvider};
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, timeout, Instant};
 
 const WEB: &str = "urn:cairn:dev::test:compute:Group::web";
 
@@ -108,6 +108,35 @@ fn web_updates(p: &TestProvider) -> Vec<Instant> {
 
 fn desired(store_state: &cairn_sdk::StackState) -> i64 {
     store_state.resource(&cairn_sdk::Urn::new("dev", "test:compute:Group", "web")).unwrap().inputs.get("desired").unwrap().as_i64().unwrap()
+}
+
+/// A schedule is a source: one event per period, each with an id of its own firing time
+/// (so a restart or a second watcher never applies one firing twice), until the
+/// reconciler stops.
+#[tokio::test(start_paused = true)]
+async fn a_schedule_fires_on_its_period_until_the_reconciler_stops() {
+    let p = provider();
+    let stack = events_stack(&p);
+    let store = Arc::new(MemoryStore::new());
+    let session = deployed(&stack, &store).await;
+    let state = session.state().clone();
+    let run = start(session, ReconcilerOptions::default());
+    let schedule = Schedule::every(secs(60), "capacity.set").unwrap().payload(json!({"capacity": 5}));
+    assert_eq!(schedule.name(), "schedule:capacity.set");
+    let events = run.events.clone();
+    let source = tokio::spawn(async move { schedule.run(&state, events).await.map_err(|e| e.to_string()) });
+
+    sleep(secs(59)).await;
+    assert!(store.history("dev").await.unwrap().is_empty(), "nothing before the first period ends");
+    sleep(secs(62)).await;
+    let session = run.finish().await;
+    assert_eq!(timeout(secs(5), source).await.expect("the schedule stops with the reconciler").unwrap(), Ok(()));
+    let history = store.history("dev").await.unwrap();
+    let firings: Vec<(&str, &str)> = history.iter().map(|e| (e["event"]["source"].as_str().unwrap(), e["outcome"].as_str().unwrap())).collect();
+    assert_eq!(firings, [("schedule", "accepted"), ("schedule", "accepted")], "{history:#?}");
+    let ids: Vec<&str> = history.iter().map(|e| e["event"]["id"].as_str().unwrap()).collect();
+    assert!(ids[0].starts_with("schedule:capacity.set:") && ids[0] != ids[1], "{ids:?}");
+    assert_eq!(desired(session.state()), 5);
 }
 
 #[tokio::test(start_paused = true)]

@@ -36,6 +36,8 @@ pub mod ec2;
 #[cfg(feature = "elasticache")]
 pub mod elasticache;
 #[cfg(feature = "sqs")]
+pub mod events;
+#[cfg(feature = "sqs")]
 pub mod sqs;
 #[cfg(feature = "ec2")]
 pub mod network;

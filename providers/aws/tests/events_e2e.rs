@@ -12,7 +12,9 @@ use aws_sdk_eventbridge::types::{PutEventsRequestEntry, Target};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use cairn_aws::autoscaling::Group;
 use cairn_aws::ec2::{LaunchTemplate, Subnet, Vpc};
-use cairn_aws::sqs::{event_from_message, EventSource, Queue};
+use cairn_aws::events::{event_from_message, SqsSource, SqsSourceError};
+use cairn_aws::sqs::Queue;
+use cairn_sdk::events::Source;
 use cairn_sdk::events::{Event, Events, Metrics, Outcome, Reconciler, ReconcilerOptions};
 use cairn_sdk::{Session, Stack, StackState, Urn};
 use cairn_state::{MemoryStore, Store};
@@ -168,8 +170,8 @@ async fn an_eventbridge_event_resizes_the_group_through_the_queue_and_its_messag
     let session = deployed(&stack, &store).await;
     let group = id_of(session.state(), "aws:autoscaling:Group", "web");
     assert_eq!(desired(&aws.asg, &group).await, Some(2));
-    let url = EventSource::queue_url_in(session.state(), "events").expect("the events queue's url output");
-    assert_eq!(EventSource::queue_url_in(session.state(), "orders"), None, "no such queue in the stack");
+    let url = SqsSource::queue_url_in(session.state(), "events").expect("the events queue's url output");
+    assert_eq!(SqsSource::queue_url_in(session.state(), "orders"), None, "no such queue in the stack");
     let queue_name = url.rsplit('/').next().unwrap().to_owned();
 
     // EventBridge delivers the shop's traffic events to the queue.
@@ -186,8 +188,12 @@ async fn an_eventbridge_event_resizes_the_group_through_the_queue_and_its_messag
     aws.eventbridge.put_targets().rule(rule).event_bus_name("default").targets(target).send().await.unwrap();
 
     let started = Instant::now();
+    let state = session.state().clone();
     let running = reconcile(session);
-    let source = tokio::spawn(EventSource::new(aws.sqs.clone(), &url).visibility_extension(Duration::from_secs(30)).run(running.events.clone()));
+    // By the queue's logical name: the source reads its URL from the state.
+    let events = running.events.clone();
+    let source = SqsSource::queue("events").client(aws.sqs.clone()).visibility_extension(Duration::from_secs(30));
+    let source = tokio::spawn(async move { source.run(&state, events).await.map_err(|e| e.to_string()) });
     let entry = PutEventsRequestEntry::builder()
         .source("shop.traffic")
         .detail_type("traffic.spike")
@@ -236,7 +242,7 @@ async fn a_message_recorded_but_not_deleted_before_a_crash_is_a_duplicate_when_r
     let store = Arc::new(MemoryStore::new());
     let session = deployed(&stack, &store).await;
     let group = id_of(session.state(), "aws:autoscaling:Group", "web");
-    let url = EventSource::queue_url_in(session.state(), "events").unwrap();
+    let url = SqsSource::queue_url_in(session.state(), "events").unwrap();
     let queue_name = url.rsplit('/').next().unwrap().to_owned();
 
     // Cairn's own format, without an id: the SQS MessageId is the event id.
@@ -283,8 +289,11 @@ async fn a_message_recorded_but_not_deleted_before_a_crash_is_a_duplicate_when_r
     let started = Instant::now();
     let session = stack.lock(store.clone(), "watch").await.unwrap();
     assert!(session.state().processed_events.iter().any(|id| *id == event_id), "the id was recorded durably");
+    let state = session.state().clone();
     let second = reconcile(session);
-    let source = tokio::spawn(EventSource::new(aws.sqs.clone(), &url).run(second.events.clone()));
+    let events = second.events.clone();
+    let source = SqsSource::url(&url).client(aws.sqs.clone());
+    let source = tokio::spawn(async move { source.run(&state, events).await.map_err(|e| e.to_string()) });
     eventually("the redelivered message to be deleted", Duration::from_secs(60), || async { messages(&aws.sqs, &url).await == (0, 0) }).await;
     println!("redelivered message recognised and deleted: {:?}", started.elapsed());
 
@@ -325,12 +334,14 @@ async fn a_message_stays_hidden_until_recorded_and_comes_back_if_the_reconciler_
     let store = Arc::new(MemoryStore::new());
     let mut session = stack.lock(store.clone(), "watch").await.unwrap();
     assert!(session.up(&Shop::default()).await.unwrap().succeeded());
-    let url = EventSource::queue_url_in(session.state(), "events").unwrap();
+    let url = SqsSource::queue_url_in(session.state(), "events").unwrap();
+    let state = session.state().clone();
 
     // A reconciler that takes events but is never run, so records nothing.
     let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
     let metrics = reconciler.metrics();
-    let source = tokio::spawn(EventSource::new(aws.sqs.clone(), &url).visibility_extension(Duration::from_secs(2)).run(events));
+    let source = SqsSource::url(&url).client(aws.sqs.clone()).visibility_extension(Duration::from_secs(2));
+    let source = tokio::spawn(async move { source.run(&state, events).await.map_err(|e| e.to_string()) });
     let body = json!({"kind": "traffic.spike", "payload": {"requests_per_second": 4000}}).to_string();
     aws.sqs.send_message().queue_url(&url).message_body(body).send().await.unwrap();
     eventually("the source to receive the message", Duration::from_secs(30), || async { messages(&aws.sqs, &url).await == (0, 1) }).await;
@@ -360,11 +371,24 @@ async fn a_queue_that_does_not_exist_stops_the_source_with_an_error_naming_it() 
     let stack = Stack::<Shop>::new("events-no-queue").provider(aws.provider).program(|_, _| Ok(()));
     let store = Arc::new(MemoryStore::new());
     let session = stack.lock(store.clone(), "watch").await.unwrap();
+    let state = session.state().clone();
     let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+
+    // A queue the stack does not declare: said before any call.
+    let undeployed = SqsSource::queue("events").client(aws.sqs.clone());
+    assert_eq!(undeployed.name(), "sqs:events");
+    let err = undeployed.run(&state, events.clone()).await.unwrap_err();
+    assert!(matches!(err.downcast_ref::<SqsSourceError>(), Some(SqsSourceError::NotDeployed { .. })), "{err:?}");
+    assert!(err.to_string().contains("no aws:sqs:Queue 'events'") && err.to_string().contains("run `up` first"), "{err}");
+
+    // A URL where there is no queue: a permanent error, not retried.
     let url = "http://sqs.us-east-1.localhost/123456789012/no-such-events-queue";
-    let source = EventSource::new(aws.sqs.clone(), url).retries(3, Duration::from_millis(10));
-    assert_eq!(source.source(), "sqs:no-such-events-queue");
-    let err = timeout(Duration::from_secs(60), source.run(events)).await.expect("the source gives up").unwrap_err();
+    let source = SqsSource::url(url).client(aws.sqs.clone()).retries(3, Duration::from_millis(10));
+    assert_eq!(source.name(), "sqs:no-such-events-queue");
+    let err = timeout(Duration::from_secs(60), source.run(&state, events)).await.expect("the source gives up").unwrap_err();
+    let Some(SqsSourceError::Receive { queue, .. }) = err.downcast_ref::<SqsSourceError>() else { panic!("{err:?}") };
+    assert_eq!(queue, "no-such-events-queue");
+    let err = err.to_string();
     assert!(err.contains("queue no-such-events-queue") && err.contains("does not exist"), "{err}");
     reconciler.into_session().close().await.unwrap();
 }

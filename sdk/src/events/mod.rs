@@ -36,6 +36,7 @@ mod metrics;
 mod reconciler;
 pub(crate) mod rules;
 mod schedule;
+mod source;
 
 pub use audit::{ApplyRecord, ApplyResult, AuditEntry, AuditOutcome, AuditedEvent, LastApply, StepFailure, Timings};
 pub use envelope::{Envelope, EnvelopeError, ENVELOPE_FORMAT};
@@ -43,6 +44,7 @@ pub use metrics::{Metrics, Role, Status};
 pub use reconciler::{inbox, Backoff, Debounce, Events, EventsClosed, Inbox, Outcome, Reconciler, ReconcilerOptions, Receipt, Spawned};
 pub use rules::{EventPolicy, HandlerFuture, HandlerResult, PolicyViolation, Rejection};
 pub use schedule::{Schedule, ScheduleError};
+pub use source::Source;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

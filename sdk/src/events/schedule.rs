@@ -6,8 +6,12 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 
+use async_trait::async_trait;
+
 use super::reconciler::{Events, EventsClosed};
-use super::{now_ms, Event};
+use super::{now_ms, Event, Source};
+use crate::stack::BoxError;
+use crate::StackState;
 
 /// A cron expression or interval that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -98,33 +102,54 @@ impl Schedule {
             .with_time_ms(time_ms)
     }
 
-    /// Sends the schedule's events to `events` until the reconciler stops. Interval
-    /// schedules run on tokio's clock (so tests can pause it); cron schedules on the
-    /// wall clock.
-    pub async fn run(self, events: Events) -> EventsClosed {
-        match &self.when {
-            When::Every(period) => {
-                let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + *period, *period);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let start = now_ms();
-                let started = tokio::time::Instant::now();
-                loop {
-                    let tick = ticker.tick().await;
-                    let at = start + tick.duration_since(started).as_millis() as u64;
-                    if let Err(closed) = events.submit(self.event_at(at)).await {
-                        return closed;
+    /// Sends the schedule's events to `events` until the reconciler stops, returning as
+    /// soon as it does (not at the next firing). Interval schedules run on tokio's clock
+    /// (so tests can pause it); cron schedules on the wall clock.
+    async fn fire(&self, events: &Events) -> EventsClosed {
+        let firings = async {
+            match &self.when {
+                When::Every(period) => {
+                    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + *period, *period);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let start = now_ms();
+                    let started = tokio::time::Instant::now();
+                    loop {
+                        let tick = ticker.tick().await;
+                        let at = start + tick.duration_since(started).as_millis() as u64;
+                        if let Err(closed) = events.submit(self.event_at(at)).await {
+                            return closed;
+                        }
                     }
                 }
+                When::Cron(_) => loop {
+                    let now = now_ms();
+                    let Some(next) = self.next_after(now) else { return EventsClosed };
+                    tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))).await;
+                    if let Err(closed) = events.submit(self.event_at(next)).await {
+                        return closed;
+                    }
+                },
             }
-            When::Cron(_) => loop {
-                let now = now_ms();
-                let Some(next) = self.next_after(now) else { return EventsClosed };
-                tokio::time::sleep(Duration::from_millis(next.saturating_sub(now))).await;
-                if let Err(closed) = events.submit(self.event_at(next)).await {
-                    return closed;
-                }
-            },
+        };
+        tokio::select! {
+            closed = firings => closed,
+            () = events.closed() => EventsClosed,
         }
+    }
+}
+
+/// `watch` runs a schedule as a source named `schedule:<kind>`; its events come from
+/// source `schedule`.
+#[async_trait]
+impl Source for Schedule {
+    fn name(&self) -> String {
+        format!("schedule:{}", self.kind)
+    }
+
+    /// Never fails: it ends when the reconciler stops.
+    async fn run(&self, _state: &StackState, events: Events) -> Result<(), BoxError> {
+        self.fire(&events).await;
+        Ok(())
     }
 }
 

@@ -1,13 +1,15 @@
-//! An event source: one SQS queue, long-polled, each message handed to a stack's
-//! reconciler as an [`Event`] and deleted only once the reconciler has durably recorded
-//! it.
+//! Events from AWS: [`SqsSource`], a source that feeds a stack's reconciler from an SQS
+//! queue, and [`event_from_message`], how a message body becomes an [`Event`].
 //!
 //! ```no_run
-//! # async fn run(events: cairn_sdk::events::Events, state: &cairn_sdk::StackState) -> Result<(), String> {
-//! use cairn_aws::sqs::EventSource;
+//! # async fn run(state: &cairn_sdk::StackState, events: cairn_sdk::events::Events) -> Result<(), cairn_sdk::BoxError> {
+//! use cairn_aws::events::SqsSource;
+//! use cairn_sdk::events::Source;
 //!
-//! let url = EventSource::queue_url_in(state, "events").ok_or("the stack has no queue 'events'")?;
-//! EventSource::from_env(url).await.run(events).await
+//! // The queue the program declares as `Queue::new("events")`, its URL read from the
+//! // state. With the `cairn` crate, `Cli::new(..).source(SqsSource::queue("events"))`
+//! // has `watch` run it for each stack it leads.
+//! SqsSource::queue("events").run(state, events).await
 //! # }
 //! ```
 //!
@@ -25,26 +27,27 @@
 //! Message bodies understood (see [`event_from_message`]): EventBridge events (a rule
 //! with the queue as target), CloudWatch alarm state changes (through EventBridge, or
 //! an alarm's SNS notification, raw or in its SNS envelope), and Cairn's own
-//! `{"kind": ..., "payload": ..., "id": ...}`. Anything else becomes an
+//! [`Envelope`], read by the same rules as the webhook. Anything else becomes an
 //! [`UNRECOGNIZED`] event carrying the raw body: recorded in the audit log (as
 //! unhandled, unless a handler takes it) and deleted, never dropped silently and never
 //! redelivered forever.
 
-use std::fmt;
-use std::future::Future;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use aws_sdk_sqs::config::retry::RetryConfig;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::date_time::{DateTime, Format};
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use cairn_sdk::events::{Envelope, Event, Events, Receipt};
-use cairn_sdk::{StackState, Urn};
+use cairn_sdk::events::{Envelope, Event, Events, Receipt, Source};
+use cairn_sdk::{BoxError, StackState, Urn};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
-use super::queue::QUEUE;
 use crate::error::code;
+use crate::sqs::QUEUE;
 
 /// The kind of an event made from a message body that is none of the formats
 /// understood; its payload is the raw body, as a string.
@@ -64,72 +67,81 @@ const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 /// Messages awaiting their receipt before the source stops receiving more.
 const MAX_IN_FLIGHT: usize = 100;
 /// The longest wait between two tries of a failing call.
-const MAX_DELAY: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Which queue a source reads.
+#[derive(Clone, Debug)]
+enum QueueAt {
+    /// An `aws:sqs:Queue` of the stack, by logical name: its URL is read from the state.
+    Declared(String),
+    /// A queue URL.
+    Url(String),
+}
 
 /// A source of events: one SQS queue.
 ///
 /// It long-polls the queue (20 s, up to 10 messages a call), submits each message as an
 /// [`Event`] from source `sqs:<queue name>`, and deletes the message once its
 /// [`Receipt`] says it is recorded. See the [module docs](self) for the guarantees.
+///
+/// Failing calls are retried by the SDK's standard retry strategy (throttling, 5xx,
+/// connection errors), configured by [`retries`](Self::retries); a permanent error
+/// (the queue does not exist, access denied) stops the source at once.
 #[derive(Clone, Debug)]
-pub struct EventSource {
-    client: Client,
-    queue_url: String,
-    queue_name: String,
-    extension: Duration,
-    retry: Retry,
+pub struct SqsSource {
+    queue: QueueAt,
+    client: Option<Client>,
+    extension: Option<Duration>,
+    attempts: u32,
+    first_delay: Duration,
 }
 
-impl EventSource {
-    /// A source reading the queue at `queue_url` with `client`.
-    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
-        let queue_url = queue_url.into();
-        let queue_name = queue_url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_owned();
-        EventSource { client, queue_url, queue_name, extension: DEFAULT_EXTENSION, retry: Retry::DEFAULT }
+impl SqsSource {
+    /// A source reading the queue the stack's program declares as `logical_name`
+    /// (`Queue::new(logical_name)`); its URL is read from the stack's state when the
+    /// source starts, so the stack must have been deployed.
+    pub fn queue(logical_name: impl Into<String>) -> Self {
+        Self::at(QueueAt::Declared(logical_name.into()))
     }
 
-    /// A source reading the queue at `queue_url`, with a client configured from the
-    /// standard AWS chain (environment, profile, IMDS; `AWS_ENDPOINT_URL` is honoured).
-    /// `CAIRN_SQS_VISIBILITY` (whole seconds), if set, is the
-    /// [visibility extension](Self::visibility_extension): how soon a message comes
-    /// back after the process that received it died.
-    pub async fn from_env(queue_url: impl Into<String>) -> Self {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let source = Self::new(Client::new(&config), queue_url);
-        match std::env::var("CAIRN_SQS_VISIBILITY").ok().and_then(|v| v.parse::<u64>().ok()) {
-            Some(seconds) => source.visibility_extension(Duration::from_secs(seconds)),
-            None => source,
-        }
+    /// A source reading the queue at `url`, which need not belong to the stack.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self::at(QueueAt::Url(url.into()))
+    }
+
+    fn at(queue: QueueAt) -> Self {
+        SqsSource { queue, client: None, extension: None, attempts: 8, first_delay: Duration::from_millis(500) }
+    }
+
+    /// The SQS client to use. Without one, a client is configured from the standard
+    /// AWS chain when the source starts (environment, profile, IMDS;
+    /// `AWS_ENDPOINT_URL` is honoured).
+    #[must_use]
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
     }
 
     /// How long a received message stays invisible to other consumers while the
-    /// reconciler has not recorded it (default 60 s, whole seconds from 1 s to 12 h). It
-    /// is renewed every third of that for as long as the wait lasts, so it bounds how
-    /// soon a message comes back after a crash, not how long an apply may take.
+    /// reconciler has not recorded it (whole seconds from 1 s to 12 h). It is renewed
+    /// every third of that for as long as the wait lasts, so it bounds how soon a
+    /// message comes back after a crash, not how long an apply may take. Default:
+    /// `CAIRN_SQS_VISIBILITY` (whole seconds) if set, else 60 s.
     #[must_use]
     pub fn visibility_extension(mut self, extension: Duration) -> Self {
-        self.extension = extension.clamp(Duration::from_secs(1), MAX_VISIBILITY);
+        self.extension = Some(extension);
         self
     }
 
-    /// How a failing receive call is retried before [`run`](Self::run) gives up:
-    /// `attempts` tries in all (at least 1), waiting `first_delay` after the first
-    /// failure and twice as long after each next one, 30 s at most (default: 8 tries
-    /// from 500 ms, about a minute).
+    /// How a failing receive call is retried before [`run`](Source::run) gives up:
+    /// `attempts` tries in all (at least 1), the SDK's exponential backoff with jitter
+    /// starting from `first_delay`, 30 s at most between two (default: 8 tries from
+    /// 500 ms, about a minute).
     #[must_use]
     pub fn retries(mut self, attempts: u32, first_delay: Duration) -> Self {
-        self.retry = Retry { attempts: attempts.max(1), first_delay };
+        self.attempts = attempts.max(1);
+        self.first_delay = first_delay;
         self
-    }
-
-    /// The queue's URL.
-    pub fn queue_url(&self) -> &str {
-        &self.queue_url
-    }
-
-    /// The label of the events it makes: `sqs:<queue name>`.
-    pub fn source(&self) -> String {
-        format!("sqs:{}", self.queue_name)
     }
 
     /// The URL of the queue declared as `aws:sqs:Queue` `logical_name` in a stack's
@@ -139,14 +151,102 @@ impl EventSource {
         resource.outputs.get("url").and_then(Value::as_str).filter(|url| !url.is_empty()).map(str::to_owned)
     }
 
+    fn extension(&self) -> Duration {
+        let from_env = || std::env::var("CAIRN_SQS_VISIBILITY").ok()?.parse::<u64>().ok().map(Duration::from_secs);
+        self.extension.or_else(from_env).unwrap_or(DEFAULT_EXTENSION).clamp(Duration::from_secs(1), MAX_VISIBILITY)
+    }
+
+    /// `client`, retrying as this source was told to.
+    fn retrying(&self, client: &Client, attempts: u32, first_delay: Duration) -> Client {
+        let retry = RetryConfig::standard().with_max_attempts(attempts).with_initial_backoff(first_delay).with_max_backoff(MAX_BACKOFF);
+        Client::from_conf(client.config().to_builder().retry_config(retry).build())
+    }
+}
+
+/// The last segment of a queue URL: the queue's name.
+fn queue_name(url: &str) -> String {
+    url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// Why an [`SqsSource`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqsSourceError {
+    /// [`SqsSource::queue`] names a queue the stack's state has no URL for.
+    #[error("the SQS event source cannot start: stack '{stack}' has no aws:sqs:Queue '{queue}' with a URL in its state; declare it in the program and run `up` first")]
+    NotDeployed {
+        /// The stack.
+        stack: String,
+        /// The logical name.
+        queue: String,
+    },
+    /// Receiving messages failed for good: an error no retry mends (the queue does not
+    /// exist, access is denied), or one that outlasted the retries.
+    #[error("the SQS event source for queue {queue} ({url}) stopped: receiving messages failed: {message}")]
+    Receive {
+        /// The queue's name.
+        queue: String,
+        /// Its URL.
+        url: String,
+        /// What AWS or the connection said, and what to check.
+        message: String,
+        /// The SDK's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+#[async_trait]
+impl Source for SqsSource {
+    /// `sqs:<logical name>` or, for a URL, `sqs:<queue name>`.
+    fn name(&self) -> String {
+        match &self.queue {
+            QueueAt::Declared(name) => format!("sqs:{name}"),
+            QueueAt::Url(url) => format!("sqs:{}", queue_name(url)),
+        }
+    }
+
     /// Receives messages and hands them to `events` until the reconciler behind it
     /// stops, then waits for the messages in flight to be deleted (if recorded) or made
     /// visible again (if not), and returns `Ok`.
     ///
-    /// Fails, naming the queue, when SQS keeps refusing to hand out messages after the
-    /// retries (see [`retries`](Self::retries)), or at once when the queue does not
-    /// exist or access is denied. Messages in flight are settled first in that case too.
-    pub async fn run(self, events: Events) -> Result<(), String> {
+    /// Fails with an [`SqsSourceError`]: at once when the queue is not deployed, does
+    /// not exist or access is denied; after the [retries](SqsSource::retries) when
+    /// SQS keeps failing. Messages in flight are settled first in that case too.
+    async fn run(&self, state: &StackState, events: Events) -> Result<(), BoxError> {
+        let url = match &self.queue {
+            QueueAt::Url(url) => url.clone(),
+            QueueAt::Declared(name) => Self::queue_url_in(state, name)
+                .ok_or_else(|| SqsSourceError::NotDeployed { stack: state.stack.clone(), queue: name.clone() })?,
+        };
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        };
+        let poller = Poller {
+            receiver: self.retrying(&client, self.attempts, self.first_delay),
+            // Deletes and visibility changes: a few quick tries. A message whose deletion
+            // fails for good is delivered again, and recognised as a duplicate.
+            settler: self.retrying(&client, 4, Duration::from_millis(250)),
+            queue_name: queue_name(&url),
+            url,
+            extension: self.extension(),
+        };
+        Ok(poller.run(events).await?)
+    }
+}
+
+/// A running source.
+struct Poller {
+    receiver: Client,
+    settler: Client,
+    url: String,
+    queue_name: String,
+    extension: Duration,
+}
+
+impl Poller {
+    async fn run(&self, events: Events) -> Result<(), SqsSourceError> {
         let mut in_flight: JoinSet<()> = JoinSet::new();
         let result = loop {
             while in_flight.try_join_next().is_some() {}
@@ -167,7 +267,7 @@ impl EventSource {
             let mut closed = false;
             for message in messages {
                 let Some(handle) = message.receipt_handle().map(str::to_owned) else { continue };
-                let pending = Pending { client: self.client.clone(), queue_url: self.queue_url.clone(), handle };
+                let pending = Pending { client: self.settler.clone(), url: self.url.clone(), handle };
                 if closed {
                     pending.release().await;
                     continue;
@@ -199,37 +299,23 @@ impl EventSource {
         event_from_message(&self.queue_name, message.message_id().unwrap_or_default(), message.body().unwrap_or_default(), sent_ms)
     }
 
-    /// One long poll, retried with backoff.
-    async fn receive(&self) -> Result<Vec<Message>, String> {
-        let visibility = seconds(self.extension);
-        let outcome = retrying(self.retry, || async move {
-            let call = self
-                .client
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .wait_time_seconds(WAIT_SECONDS)
-                .max_number_of_messages(BATCH)
-                .visibility_timeout(visibility)
-                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-                .send()
-                .await;
-            match call {
-                Ok(out) => Ok(out.messages.unwrap_or_default()),
-                Err(e) => Err(judge(&e)),
-            }
-        })
-        .await;
-        outcome.map_err(|failure| {
-            format!(
-                "the SQS event source for queue {} ({}) stopped: receiving messages failed{}: {}",
-                self.queue_name,
-                self.queue_url,
-                match failure.attempts {
-                    1 => String::new(),
-                    n => format!(" {n} times in a row"),
-                },
-                failure.last
-            )
+    /// One long poll (the SDK retries it).
+    async fn receive(&self) -> Result<Vec<Message>, SqsSourceError> {
+        let call = self
+            .receiver
+            .receive_message()
+            .queue_url(&self.url)
+            .wait_time_seconds(WAIT_SECONDS)
+            .max_number_of_messages(BATCH)
+            .visibility_timeout(seconds(self.extension))
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .send()
+            .await;
+        call.map(|out| out.messages.unwrap_or_default()).map_err(|e| SqsSourceError::Receive {
+            queue: self.queue_name.clone(),
+            url: self.url.clone(),
+            message: describe(&e),
+            source: Box::new(e),
         })
     }
 }
@@ -237,7 +323,7 @@ impl EventSource {
 /// A received message not yet deleted.
 struct Pending {
     client: Client,
-    queue_url: String,
+    url: String,
     handle: String,
 }
 
@@ -262,22 +348,11 @@ impl Pending {
             }
         };
         match outcome {
-            Ok(_) => self.delete().await,
+            // Best effort: a message whose deletion fails is delivered again, and
+            // recognised as a duplicate.
+            Ok(_) => drop(self.client.delete_message().queue_url(&self.url).receipt_handle(&self.handle).send().await),
             Err(_) => self.release().await,
         }
-    }
-
-    /// Deletes the message, retrying a few times. A message whose deletion fails for
-    /// good is delivered again, and recognised as a duplicate.
-    async fn delete(&self) {
-        let retry = Retry { attempts: 4, first_delay: Duration::from_millis(250) };
-        let _ = retrying(retry, || async {
-            match self.client.delete_message().queue_url(&self.queue_url).receipt_handle(&self.handle).send().await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(judge(&e)),
-            }
-        })
-        .await;
     }
 
     /// Makes the message visible again at once, for redelivery (best effort: otherwise
@@ -291,7 +366,7 @@ impl Pending {
         let call = self
             .client
             .change_message_visibility()
-            .queue_url(&self.queue_url)
+            .queue_url(&self.url)
             .receipt_handle(&self.handle)
             .visibility_timeout(seconds)
             .send()
@@ -304,84 +379,30 @@ fn seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
-// ---------------------------------------------------------------------------------------
-// Retries
-
-/// Tries in all, and the wait after the first failure (doubling, capped at 30 s).
-#[derive(Clone, Copy, Debug)]
-struct Retry {
-    attempts: u32,
-    first_delay: Duration,
-}
-
-impl Retry {
-    const DEFAULT: Retry = Retry { attempts: 8, first_delay: Duration::from_millis(500) };
-}
-
-/// What a failed call says about trying again.
-#[derive(Debug, PartialEq, Eq)]
-enum Attempt {
-    /// It may work next time (throttling, a network error, a 5xx).
-    Retry(String),
-    /// It will not work without someone changing something (no such queue, access
-    /// denied).
-    Stop(String),
-}
-
-/// How a call that kept failing ended.
-#[derive(Debug, PartialEq, Eq)]
-struct Failure {
-    attempts: u32,
-    last: String,
-}
-
-/// Calls `call` until it succeeds, it says [`Attempt::Stop`], or `retry.attempts` tries
-/// have failed, waiting with exponential backoff in between.
-async fn retrying<T, F, Fut>(retry: Retry, mut call: F) -> Result<T, Failure>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Attempt>>,
-{
-    let mut delay = retry.first_delay;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match call().await {
-            Ok(t) => return Ok(t),
-            Err(Attempt::Stop(last)) => return Err(Failure { attempts, last }),
-            Err(Attempt::Retry(last)) if attempts >= retry.attempts => return Err(Failure { attempts, last }),
-            Err(Attempt::Retry(_)) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_DELAY);
-            }
-        }
-    }
-}
-
-/// Whether an SQS error is worth retrying, and what it was.
-fn judge<E, R>(e: &SdkError<E, R>) -> Attempt
+/// What a failed SQS call said, and what to check.
+fn describe<E, R>(e: &SdkError<E, R>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
+    R: std::fmt::Debug,
 {
     match (e, code(e)) {
         (SdkError::ServiceError(service), Some(code)) => {
             let message = service.err().message().unwrap_or("no message").trim_end_matches('.');
-            let text = format!("{code}: {message}");
-            match code {
-                "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => Attempt::Stop(format!(
-                    "{text}; check the queue URL (EventSource::queue_url_in reads it from the stack's state) and the region"
-                )),
-                "AccessDenied" | "AccessDeniedException" | "InvalidClientTokenId" | "UnrecognizedClientException" | "InvalidAddress" => {
-                    Attempt::Stop(format!("{text}; check the credentials, the region and the queue's access policy"))
+            let hint = match code {
+                "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
+                    "; check the queue URL (SqsSource::queue reads it from the stack's state) and the region"
                 }
-                _ => Attempt::Retry(text),
-            }
+                "AccessDenied" | "AccessDeniedException" | "InvalidClientTokenId" | "UnrecognizedClientException" | "InvalidAddress" => {
+                    "; check the credentials, the region and the queue's access policy"
+                }
+                _ => "",
+            };
+            format!("{code}: {message}{hint}")
         }
-        _ => Attempt::Retry(match std::error::Error::source(e) {
+        _ => match std::error::Error::source(e) {
             Some(source) => format!("{e}: {source}; check the network, AWS_ENDPOINT_URL and AWS_REGION"),
             None => e.to_string(),
-        }),
+        },
     }
 }
 
@@ -493,62 +514,15 @@ fn recognise(body: &Value) -> Option<Recognised> {
 }
 
 /// Milliseconds since the Unix epoch of an RFC 3339 time as AWS writes them:
-/// `2024-05-01T12:00:00Z`, `2024-05-01T12:00:00.123Z`, `2024-05-01T12:00:00.123+0000`.
+/// `2024-05-01T12:00:00Z`, `2024-05-01T12:00:00.123Z`, and with an offset, which
+/// CloudWatch writes without its colon (`2024-05-01T12:00:00.123+0000`).
 fn parse_time_ms(s: &str) -> Option<u64> {
     let b = s.as_bytes();
-    let digits = |from: usize, len: usize| -> Option<i64> {
-        let part = b.get(from..from + len)?;
-        part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
-    };
-    let sep = |at: usize, c: &[u8]| b.get(at).is_some_and(|x| c.contains(x));
-    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
-        return None;
-    }
-    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
-    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut at = 19;
-    let mut millis = 0;
-    if sep(at, b".") {
-        at += 1;
-        let start = at;
-        while b.get(at).is_some_and(u8::is_ascii_digit) {
-            at += 1;
-        }
-        if at == start {
-            return None;
-        }
-        let frac = &s[start..at.min(start + 3)];
-        millis = frac.parse::<i64>().ok()? * 10i64.pow(3 - frac.len() as u32);
-    }
-    let offset_minutes = match b.get(at) {
-        Some(b'Z' | b'z') if at + 1 == b.len() => 0,
-        Some(&sign @ (b'+' | b'-')) => {
-            let (h, m) = match b.len() - at {
-                6 if sep(at + 3, b":") => (digits(at + 1, 2)?, digits(at + 4, 2)?),
-                5 => (digits(at + 1, 2)?, digits(at + 3, 2)?),
-                _ => return None,
-            };
-            let sign = if sign == b'-' { -1 } else { 1 };
-            sign * (h * 60 + m)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
-    u64::try_from(secs * 1000 + millis).ok()
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    let n = b.len();
+    let compact_offset = n > 5 && matches!(b[n - 5], b'+' | b'-') && b[n - 4..].iter().all(u8::is_ascii_digit);
+    let time = if compact_offset { format!("{}:{}", &s[..n - 2], &s[n - 2..]) } else { s.to_owned() };
+    let t = DateTime::from_str(&time, Format::DateTimeWithOffset).ok()?;
+    u64::try_from(t.to_millis().ok()?).ok()
 }
 
 #[cfg(test)]
@@ -691,37 +665,5 @@ mod tests {
         for bad in ["", "2024-05-01", "2024-13-01T00:00:00Z", "2024-05-01T12:00:00", "2024-05-01T12:00:00Zjunk", "2024-05-01T12:00:00.Z", "1969-12-31T23:59:59Z"] {
             assert_eq!(parse_time_ms(bad), None, "{bad}");
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failing_call_is_retried_with_backoff_then_given_up() {
-        let start = tokio::time::Instant::now();
-        let mut calls = Vec::new();
-        let retry = Retry { attempts: 5, first_delay: Duration::from_secs(1) };
-        let failure = retrying(retry, || {
-            calls.push(start.elapsed().as_secs());
-            async { Err::<(), _>(Attempt::Retry("throttled".into())) }
-        })
-        .await
-        .unwrap_err();
-        assert_eq!(failure, Failure { attempts: 5, last: "throttled".into() });
-        assert_eq!(calls, [0, 1, 3, 7, 15]);
-
-        let mut n = 0;
-        let ok = retrying(retry, || {
-            n += 1;
-            let result = if n < 3 { Err(Attempt::Retry("busy".into())) } else { Ok(n) };
-            async move { result }
-        })
-        .await;
-        assert_eq!(ok, Ok(3));
-
-        let mut stops = 0;
-        let stopped = retrying(retry, || {
-            stops += 1;
-            async { Err::<(), _>(Attempt::Stop("no such queue".into())) }
-        })
-        .await;
-        assert_eq!((stopped.unwrap_err().attempts, stops), (1, 1), "a permanent error is not retried");
     }
 }
