@@ -1,0 +1,138 @@
+//! Intake: a batch's handlers, its plan checked against the policy (replayed event by
+//! event when it breaks it), then the new user state and the ids recorded, and every
+//! event acknowledged.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::queue::{Delivery, Outcome};
+use super::{audit_entry, to_value, Entry, Reconciler};
+use crate::events::now_ms;
+use crate::error::Result;
+use crate::events::audit::{ApplyRecord, ApplyResult, AuditEntry};
+use crate::events::rules::Rejection;
+use crate::graph::Graph;
+use crate::plan::Plan;
+
+impl<S> Reconciler<S>
+where
+    S: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static,
+{
+    /// Runs the handlers of `batch` in order, checks the plan against the policy,
+    /// records the new user state and the processed ids, then acknowledges every event.
+    pub(super) async fn intake(&mut self, batch: Vec<Delivery>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let stack = self.session.stack().clone();
+        let start = self.s.clone();
+        let mut s = start.clone();
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
+        for d in batch {
+            self.metrics.received(&d.event.kind);
+            let queued = d.received.elapsed();
+            acks.push(d.ack);
+            let before = to_value(&s);
+            let began = Instant::now();
+            let outcome = if self.seen.contains(&d.event.id) {
+                Outcome::Duplicate
+            } else {
+                self.seen.insert(d.event.id.clone());
+                ids.push(d.event.id.clone());
+                match stack.handle_event_async(&d.event, &mut s).await {
+                    Ok(()) => Outcome::Accepted,
+                    Err(r) => Outcome::Rejected(r),
+                }
+            };
+            let after = if outcome == Outcome::Accepted { to_value(&s) } else { before.clone() };
+            entries.push(Entry { event: d.event, outcome, before, after, queued, handled: began.elapsed() });
+        }
+        let mut planned = None;
+        if entries.iter().any(|e| e.outcome == Outcome::Accepted) {
+            // The policy needs a plan, and a plan needs a settled state.
+            let _ = self.session.settle().await;
+            match self.check(&s) {
+                Ok(plan) => planned = Some(plan),
+                // The stack could not be planned before these events either (a provider
+                // or program problem): not theirs to answer for. The apply will fail
+                // and be retried.
+                Err(_) if self.check(&start).is_err() => {}
+                Err(_) => s = self.attribute(&stack, start, &mut entries).await,
+            }
+        }
+        // Durable before any acknowledgement: a crash from here on redelivers, and the
+        // recorded ids make the redelivery a duplicate.
+        let value = to_value(&s);
+        let changed = value != self.session.state().user_state;
+        self.session.record_events(value, &ids).await?;
+        // Recording changed only S and the ids, not resources: the plan still holds
+        // for the new serial (a plan that does not is dropped and made again).
+        self.planned = planned.and_then(|(mut plan, graph)| plan.rebase(self.session.state()).ok().map(|()| (plan, graph)));
+        if self.seen.len() > 2 * cairn_state::PROCESSED_EVENTS_KEPT {
+            self.seen = self.session.state().processed_events.iter().cloned().collect();
+        }
+        self.s = s;
+        if changed {
+            self.dirty = true;
+            self.retry_at = None;
+            self.backoff = self.options.backoff.initial;
+        }
+        self.metrics.pending_add(-(acks.len() as i64));
+        for (entry, ack) in entries.iter().zip(acks) {
+            match &entry.outcome {
+                Outcome::Accepted => {}
+                Outcome::Duplicate => self.metrics.deduplicated(&entry.event.kind),
+                Outcome::Rejected(_) => self.metrics.rejected(&entry.event.kind),
+            }
+            if let Some(ack) = ack {
+                let _ = ack.send(entry.outcome.clone());
+            }
+        }
+        // Accepted events wait for the apply they cause; without one pending (their S
+        // changed nothing), they are done now, as unchanged.
+        let (accepted, done): (Vec<_>, Vec<_>) =
+            if self.dirty { entries.into_iter().partition(|e| e.outcome == Outcome::Accepted) } else { (Vec::new(), entries) };
+        self.unapplied.extend(accepted);
+        let now = now_ms();
+        let unchanged = |e: &Entry| (e.outcome == Outcome::Accepted).then(|| ApplyRecord::new(ApplyResult::Unchanged));
+        let done: Vec<AuditEntry> = done.iter().map(|e| audit_entry(e, now, unchanged(e))).collect();
+        self.audit(&done).await?;
+        self.update_status(None);
+        Ok(())
+    }
+
+    /// A plan for `s` that the policy allows (with its graph), or why not.
+    fn check(&self, s: &S) -> std::result::Result<(Plan, Graph), Rejection> {
+        let (plan, graph) = self.session.preview_with_graph(s).map_err(|e| Rejection::Unplannable(e.to_string()))?;
+        self.session.stack().policy().evaluate(&plan).map_err(Rejection::Policy)?;
+        Ok((plan, graph))
+    }
+
+    /// Replays the accepted events of a batch one at a time from `start`, rejecting
+    /// those whose own step breaks the policy. Returns the resulting user state.
+    async fn attribute(&self, stack: &crate::Stack<S>, start: S, entries: &mut [Entry]) -> S {
+        let mut s = start;
+        for entry in entries.iter_mut().filter(|e| e.outcome == Outcome::Accepted) {
+            let mut next = s.clone();
+            entry.before = to_value(&s);
+            let verdict = match stack.handle_event_async(&entry.event, &mut next).await {
+                Err(r) => Err(r),
+                Ok(()) => self.check(&next).map(drop),
+            };
+            match verdict {
+                Ok(()) => {
+                    entry.after = to_value(&next);
+                    s = next;
+                }
+                Err(r) => {
+                    entry.after = entry.before.clone();
+                    entry.outcome = Outcome::Rejected(r);
+                }
+            }
+        }
+        s
+    }
+}
