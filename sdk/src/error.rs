@@ -71,7 +71,7 @@ pub enum Error {
     ProviderNotReady {
         /// The package, e.g. `aws`.
         package: String,
-        /// What is missing and how to set it (usually [`ProviderError::Unconfigured`]).
+        /// What is missing and how to set it (usually of kind [`ErrorKind::Unconfigured`](crate::ErrorKind::Unconfigured)).
         source: crate::ProviderError,
     },
     /// The state belongs to another stack.

@@ -61,37 +61,20 @@ pub struct Session<S> {
 /// bounds the journal of a stack whose events change nothing to apply.
 const EVENT_RECORDS_PER_SNAPSHOT: usize = 1000;
 
-impl<S> Stack<S>
+impl<S> Session<S>
 where
     S: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
 {
-    /// Reads the stack's state from `store` without locking it, for previews. Operations
-    /// a crash interrupted are settled in memory (by looking the resources up in the
-    /// cloud, which changes nothing) and returned, so the preview is right.
-    pub async fn load(&self, store: &dyn Store) -> Result<(StackState, Vec<Recovery>)> {
-        let state = match store.load(self.name()).await? {
-            Some(state) => state,
-            None => return Ok((self.new_state(), Vec::new())),
-        };
-        self.check_state(&state)?;
-        if state.pending.is_empty() {
-            return Ok((state, Vec::new()));
-        }
-        resolve_pending(&state, self.providers()).await
-    }
-
-    /// Opens the stack for changes: takes its lock (failing at once, naming the holder,
-    /// if another process has it), loads its state and settles interrupted operations,
-    /// recording the result. Call [`Session::close`] when done.
-    pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
-        let lock = store.lock(self.name(), operation).await?;
+    /// [`Stack::lock`]: takes the lock, then loads and settles the state.
+    pub(crate) async fn open(stack: &Stack<S>, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
+        let lock = store.lock(stack.name(), operation).await?;
         // Both at once: opening settles pending operations through the providers, which
         // may take longer than a lease.
         let mut renewer = Renewer::start(store.clone(), lock.clone());
         let mut unlock_on_panic = UnlockOnPanic(Some((store.clone(), lock.clone())));
-        match self.open_locked(&*store, &lock).await {
+        match Self::load_locked(stack, &*store, &lock).await {
             Ok((state, recovered)) => Ok(Session {
-                stack: self.clone(),
+                stack: stack.clone(),
                 store,
                 lock,
                 state,
@@ -111,50 +94,16 @@ where
         }
     }
 
-    /// [`Stack::lock`], waiting while another process holds the stack: a standby
-    /// replica. It tries again when the holder's lease would expire, and at least every
-    /// `poll` (a lease renewed meanwhile is waited for again); `waiting` is told the
-    /// holder each time it is found locked. Each attempt is held back by what
-    /// `hold_back` says first: replicas of many stacks hold back more the more stacks
-    /// they already lead, so stacks spread over them. Resolves once the lease is this
-    /// process's: within `poll` (plus the hold-back) of the old holder's lease running
-    /// out after it died. Any error other than the stack being locked ends the wait.
-    pub async fn lock_when_free(
-        &self,
-        store: Arc<dyn Store>,
-        operation: &str,
-        poll: std::time::Duration,
-        hold_back: impl Fn() -> std::time::Duration,
-        mut waiting: impl FnMut(&cairn_state::LockInfo),
-    ) -> Result<Session<S>> {
-        loop {
-            let wait = hold_back();
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            match self.lock(store.clone(), operation).await {
-                Err(crate::Error::State(cairn_state::StateError::Locked(locked))) => {
-                    waiting(&locked.holder);
-                    let wait = match locked.holder.lease() {
-                        // Just after it would expire, by this host's clock.
-                        cairn_state::Lease::Live { remaining, .. } => (remaining + std::time::Duration::from_millis(5)).min(poll),
-                        _ => poll,
-                    };
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn open_locked(&self, store: &dyn Store, lock: &Lock) -> Result<(StackState, Vec<Recovery>)> {
-        let Some(state) = store.load(self.name()).await? else {
+    /// The stack's state as the lock holder loads it: created if there is none, with
+    /// interrupted operations settled and the result committed.
+    async fn load_locked(stack: &Stack<S>, store: &dyn Store, lock: &Lock) -> Result<(StackState, Vec<Recovery>)> {
+        let Some(state) = store.load(stack.name()).await? else {
             // The first snapshot: the journal needs one to apply to.
-            let state = self.new_state();
+            let state = stack.new_state();
             store.commit(lock, &state).await?;
             return Ok((state, Vec::new()));
         };
-        self.check_state(&state)?;
+        stack.check_state(&state)?;
         if state.pending.is_empty() && !state.replayed {
             return Ok((state, Vec::new()));
         }
@@ -167,7 +116,7 @@ where
             next.serial += 1;
             (next, Vec::new())
         } else {
-            resolve_pending(&state, self.providers()).await?
+            resolve_pending(&state, stack.providers()).await?
         };
         settled.replayed = false;
         store.commit(lock, &settled).await?;

@@ -1,22 +1,26 @@
-//! [`Stack<S>`]: a program, its providers, and the operations users run on it.
+//! [`Stack<S>`]: a program, its providers and event rules, and what can be done with
+//! them without a store: render, plan, handle an event. [`Stack::lock`] opens a
+//! [`Session`], through which every change to a stored stack goes.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cairn_state::StackState;
+use cairn_state::{StackState, Store};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
 use crate::cx::{Cx, Declared};
-use crate::events::rules::EventRules;
+use crate::events::rules::{EventPolicy, EventRules, HandlerFuture, HandlerResult, Rejection};
+use crate::events::{Event, Pattern};
 use crate::error::{Error, Result, ValidationError, ValidationErrors};
 use crate::graph::Graph;
 use crate::plan::{plan, Plan};
 use crate::provider::{Provider, ProviderOf, Providers};
 use crate::recover::{resolve_pending, Recovery};
 use crate::refresh::{refresh, RefreshReport};
+use crate::session::Session;
 
 /// Any error a program may return with `?`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -126,6 +130,71 @@ where
     pub fn progress(mut self, progress: impl Progress + 'static) -> Self {
         self.apply_options.progress = Some(Arc::new(progress));
         self
+    }
+
+    /// Runs `handler` for events whose kind matches `pattern` (exact, or a glob such as
+    /// `traffic.*`). Handlers of one event run in the order registered, on the user
+    /// state; if any fails or panics, the event changes nothing and is rejected (a panic
+    /// as `handler panicked: <message>`). Handlers must be functions of
+    /// the event and `S` only: an event may be handled more than once (a redelivery
+    /// before it was recorded, or a recheck when a batch breaks the policy).
+    #[must_use]
+    pub fn on_event(
+        mut self,
+        pattern: impl Into<Pattern>,
+        handler: impl Fn(&Event, &mut S) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        self.events_mut().add_handler(pattern.into(), handler);
+        self
+    }
+
+    /// An async handler: `|event, s| Box::pin(async move { ...; Ok(()) })`.
+    #[must_use]
+    pub fn on_event_async(
+        mut self,
+        pattern: impl Into<Pattern>,
+        handler: impl for<'a> Fn(&'a Event, &'a mut S) -> HandlerFuture<'a> + Send + Sync + 'static,
+    ) -> Self {
+        self.events_mut().add_async_handler(pattern.into(), handler);
+        self
+    }
+
+    /// A check of the user state after an event's handlers: an `Err` (or a panic) rejects
+    /// the event, which then changes nothing and is recorded as rejected.
+    #[must_use]
+    pub fn guard(mut self, name: impl Into<String>, guard: impl Fn(&S) -> Result<(), BoxError> + Send + Sync + 'static) -> Self {
+        self.events_mut().add_guard(name.into(), guard);
+        self
+    }
+
+    /// The bounds on plans events cause (see [`EventPolicy`]).
+    #[must_use]
+    pub fn event_policy(mut self, policy: EventPolicy) -> Self {
+        self.events_mut().policy = policy;
+        self
+    }
+
+    /// The stack's event policy.
+    pub fn policy(&self) -> &EventPolicy {
+        &self.events().policy
+    }
+
+    /// Runs the handlers for `event` on `s`, then the guards. On a rejection `s` is left
+    /// as it was: they run on a copy, so a handler or guard that panics rejects the event
+    /// and leaves nothing half-changed. Makes no cloud call and changes no state.
+    pub fn handle_event(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
+    where
+        S: Clone,
+    {
+        self.events().handle(event, s)
+    }
+
+    /// [`Stack::handle_event`] for stacks with async handlers.
+    pub async fn handle_event_async(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
+    where
+        S: Clone,
+    {
+        self.events().handle_async(event, s).await
     }
 
     pub(crate) fn apply_options(&self) -> &ApplyOptions {
@@ -267,8 +336,66 @@ where
         Ok(self.refresh_settled(&state).await)
     }
 
+    /// Reads the stack's state from `store` without locking it, for previews. Operations
+    /// a crash interrupted are settled in memory (by looking the resources up in the
+    /// cloud, which changes nothing) and returned, so the preview is right.
+    pub async fn load(&self, store: &dyn Store) -> Result<(StackState, Vec<Recovery>)> {
+        let state = match store.load(self.name()).await? {
+            Some(state) => state,
+            None => return Ok((self.new_state(), Vec::new())),
+        };
+        self.check_state(&state)?;
+        if state.pending.is_empty() {
+            return Ok((state, Vec::new()));
+        }
+        resolve_pending(&state, self.providers()).await
+    }
+
+    /// Opens the stack for changes: takes its lock (failing at once, naming the holder,
+    /// if another process has it), loads its state and settles interrupted operations,
+    /// recording the result. Call [`Session::close`] when done.
+    pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
+        Session::open(self, store, operation).await
+    }
+
+    /// [`Stack::lock`], waiting while another process holds the stack: a standby
+    /// replica. It tries again when the holder's lease would expire, and at least every
+    /// `poll` (a lease renewed meanwhile is waited for again); `waiting` is told the
+    /// holder each time it is found locked. Each attempt is held back by what
+    /// `hold_back` says first: replicas of many stacks hold back more the more stacks
+    /// they already lead, so stacks spread over them. Resolves once the lease is this
+    /// process's: within `poll` (plus the hold-back) of the old holder's lease running
+    /// out after it died. Any error other than the stack being locked ends the wait.
+    pub async fn lock_when_free(
+        &self,
+        store: Arc<dyn Store>,
+        operation: &str,
+        poll: std::time::Duration,
+        hold_back: impl Fn() -> std::time::Duration,
+        mut waiting: impl FnMut(&cairn_state::LockInfo),
+    ) -> Result<Session<S>> {
+        loop {
+            let wait = hold_back();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            match self.lock(store.clone(), operation).await {
+                Err(crate::Error::State(cairn_state::StateError::Locked(locked))) => {
+                    waiting(&locked.holder);
+                    let wait = match locked.holder.lease() {
+                        // Just after it would expire, by this host's clock.
+                        cairn_state::Lease::Live { remaining, .. } => (remaining + std::time::Duration::from_millis(5)).min(poll),
+                        _ => poll,
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Checks that every provider of the stack can reach its cloud
-    /// ([`Provider::ready`](crate::Provider::ready)): what a command that will call the
+    /// ([`Provider::ready`]): what a command that will call the
     /// cloud asks before it locks the stack, so a missing credential or region changes
     /// nothing at all.
     pub async fn ready(&self) -> Result<()> {

@@ -496,7 +496,7 @@ async fn precise_sleep(d: Duration) {
 
 /// The plan of `stack` for user state `s` against `state`, rendered with property
 /// diffs and no colour; if planning fails, the error message instead. What
-/// [`assert_plan_snapshot!`](crate::assert_plan_snapshot) snapshots.
+/// `assert_plan_snapshot!` (feature `testing`) snapshots.
 pub fn render_plan<S>(stack: &Stack<S>, s: &S, state: &StackState) -> String
 where
     S: Serialize + DeserializeOwned + Default + Send + Sync + 'static,

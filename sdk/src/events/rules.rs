@@ -1,16 +1,13 @@
-//! Handlers, guards and the event plan policy, as registered on a [`Stack`].
+//! Handlers, guards and the event plan policy, as registered on a [`Stack`](crate::Stack), and how an event runs them.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use super::{Event, Pattern};
 use crate::plan::{Action, Plan};
 use crate::Urn;
-use crate::stack::{BoxError, Stack};
+use crate::stack::BoxError;
 
 /// What a handler returns.
 pub type HandlerResult = Result<(), BoxError>;
@@ -223,73 +220,36 @@ impl EventPolicy {
     }
 }
 
-impl<S> Stack<S>
-where
-    S: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
-{
-    /// Runs `handler` for events whose kind matches `pattern` (exact, or a glob such as
-    /// `traffic.*`). Handlers of one event run in the order registered, on the user
-    /// state; if any fails or panics, the event changes nothing and is rejected (a panic
-    /// as `handler panicked: <message>`). Handlers must be functions of
-    /// the event and `S` only: an event may be handled more than once (a redelivery
-    /// before it was recorded, or a recheck when a batch breaks the policy).
-    #[must_use]
-    pub fn on_event(
-        mut self,
-        pattern: impl Into<Pattern>,
-        handler: impl Fn(&Event, &mut S) -> HandlerResult + Send + Sync + 'static,
-    ) -> Self {
-        self.events_mut().handlers.push((pattern.into(), HandlerFn::Sync(Arc::new(handler))));
-        self
+impl<S> EventRules<S> {
+    pub(crate) fn add_handler(&mut self, pattern: Pattern, handler: impl Fn(&Event, &mut S) -> HandlerResult + Send + Sync + 'static) {
+        self.handlers.push((pattern, HandlerFn::Sync(Arc::new(handler))));
     }
 
-    /// An async handler: `|event, s| Box::pin(async move { ...; Ok(()) })`.
-    #[must_use]
-    pub fn on_event_async(
-        mut self,
-        pattern: impl Into<Pattern>,
+    pub(crate) fn add_async_handler(
+        &mut self,
+        pattern: Pattern,
         handler: impl for<'a> Fn(&'a Event, &'a mut S) -> HandlerFuture<'a> + Send + Sync + 'static,
-    ) -> Self {
-        self.events_mut().handlers.push((pattern.into(), HandlerFn::Async(Arc::new(handler))));
-        self
+    ) {
+        self.handlers.push((pattern, HandlerFn::Async(Arc::new(handler))));
     }
 
-    /// A check of the user state after an event's handlers: an `Err` (or a panic) rejects
-    /// the event, which then changes nothing and is recorded as rejected.
-    #[must_use]
-    pub fn guard(mut self, name: impl Into<String>, guard: impl Fn(&S) -> Result<(), BoxError> + Send + Sync + 'static) -> Self {
-        self.events_mut().guards.push((name.into(), Arc::new(guard)));
-        self
+    pub(crate) fn add_guard(&mut self, name: String, guard: impl Fn(&S) -> Result<(), BoxError> + Send + Sync + 'static) {
+        self.guards.push((name, Arc::new(guard)));
     }
 
-    /// The bounds on plans events cause (see [`EventPolicy`]).
-    #[must_use]
-    pub fn event_policy(mut self, policy: EventPolicy) -> Self {
-        self.events_mut().policy = policy;
-        self
-    }
-
-    /// The stack's event policy.
-    pub fn policy(&self) -> &EventPolicy {
-        &self.events().policy
-    }
-
-    /// Runs the handlers for `event` on `s`, then the guards. On a rejection `s` is left
-    /// as it was: they run on a copy, so a handler or guard that panics rejects the event
-    /// and leaves nothing half-changed. Makes no cloud call and changes no state.
-    pub fn handle_event(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
+    /// [`Stack::handle_event`](crate::Stack::handle_event).
+    pub(crate) fn handle(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
     where
         S: Clone,
     {
-        let rules = self.events();
-        if rules.handlers.iter().any(|(_, h)| matches!(h, HandlerFn::Async(_))) {
+        if self.handlers.iter().any(|(_, h)| matches!(h, HandlerFn::Async(_))) {
             return Err(Rejection::Handler(
                 "the stack has async handlers: use handle_event_async".to_owned(),
             ));
         }
         let mut next = s.clone();
         let mut matched = false;
-        for (pattern, handler) in &rules.handlers {
+        for (pattern, handler) in &self.handlers {
             if let (true, HandlerFn::Sync(f)) = (pattern.matches(&event.kind), handler) {
                 matched = true;
                 // `next` is a copy: what a panicking handler left half-changed is dropped.
@@ -297,18 +257,17 @@ where
                 result.map_err(|e| Rejection::Handler(e.to_string()))?;
             }
         }
-        self.finish_handling(matched, next, s)
+        self.finish(matched, next, s)
     }
 
-    /// [`Stack::handle_event`] for stacks with async handlers.
-    pub async fn handle_event_async(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
+    /// [`Stack::handle_event_async`](crate::Stack::handle_event_async).
+    pub(crate) async fn handle_async(&self, event: &Event, s: &mut S) -> Result<(), Rejection>
     where
         S: Clone,
     {
-        let rules = self.events();
         let mut next = s.clone();
         let mut matched = false;
-        for (pattern, handler) in &rules.handlers {
+        for (pattern, handler) in &self.handlers {
             if !pattern.matches(&event.kind) {
                 continue;
             }
@@ -323,14 +282,14 @@ where
             };
             result.map_err(handler_panicked)?.map_err(|e| Rejection::Handler(e.to_string()))?;
         }
-        self.finish_handling(matched, next, s)
+        self.finish(matched, next, s)
     }
 
-    fn finish_handling(&self, matched: bool, next: S, s: &mut S) -> Result<(), Rejection> {
+    fn finish(&self, matched: bool, next: S, s: &mut S) -> Result<(), Rejection> {
         if !matched {
             return Err(Rejection::Unhandled);
         }
-        for (name, guard) in &self.events().guards {
+        for (name, guard) in &self.guards {
             let verdict = match crate::panic::catch(|| guard(&next)) {
                 Ok(verdict) => verdict.map_err(|e| e.to_string()),
                 Err(panic) => Err(format!("guard panicked: {panic}")),

@@ -70,7 +70,7 @@ impl Inbox {
 }
 
 /// A way in for sources and its inbox, queueing up to `queue` events (see
-/// [`ReconcilerOptions::queue`]); [`Reconciler::from_inbox`] takes the inbox.
+/// [`ReconcilerOptions::queue`](super::ReconcilerOptions::queue)); [`Reconciler::from_inbox`](super::Reconciler::from_inbox) takes the inbox.
 pub fn inbox(stack: &str, queue: usize) -> (Events, Inbox) {
     let (tx, rx) = mpsc::channel(queue.max(1));
     let metrics = Arc::new(Metrics::default());
