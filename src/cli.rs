@@ -497,7 +497,7 @@ impl<S: UserState> Ctx<S> {
         self.stack.ready().await?;
         if !yes {
             let state = self.load().await?;
-            let report = self.stack.refresh(&state).await?;
+            let report = self.stack.preview_refresh(&state).await?;
             print_drift(&report);
             if !report.drift.is_empty() {
                 println!("Run `refresh --yes` to record what was read, or `up` to put it back.");

@@ -27,12 +27,20 @@ fn fake_aws() -> TestProvider {
     })
 }
 
+/// A session on an in-memory store holding `state` as it is.
+async fn session_at(stack: &Stack<Shop>, state: &StackState) -> cairn::Session<Shop> {
+    let store = Arc::new(cairn::state::MemoryStore::holding(state.clone()));
+    stack.lock(store, "test").await.expect("the stack opens on its state")
+}
+
 fn stack(provider: &TestProvider) -> Stack<Shop> {
     shop::stack("dev", provider.clone())
 }
 
+/// Applies `shop` to the stack as `state` holds it, through a session.
 async fn deploy(stack: &Stack<Shop>, shop: &Shop, state: &StackState) -> StackState {
-    let report = stack.up(shop, state).await.expect("the plan applies");
+    let mut session = session_at(stack, state).await;
+    let report = session.up(shop).await.expect("the plan applies");
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     report.state
 }
@@ -225,7 +233,8 @@ async fn destroy_deletes_in_an_order_aws_accepts() {
     timeline.0.lock().unwrap().clear();
     provider.clear_calls();
 
-    let report = stack.destroy(&state).await.unwrap();
+    let mut session = session_at(&stack, &state).await;
+    let report = session.destroy().await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     assert!(report.state.resources.is_empty() && provider.resources().is_empty(), "everything is deleted");
     let calls = provider.calls();

@@ -448,7 +448,9 @@ fn plan_10k(rt: &tokio::runtime::Runtime) {
     describe(shape);
     let stack = stack(TestProvider::new("bench"));
     let t = Instant::now();
-    let report = rt.block_on(stack.up(&shape, &stack.new_state())).expect("the up succeeds");
+    let report = rt
+        .block_on(async { stack.in_memory_session().await.expect("an in-memory session").up(&shape).await })
+        .expect("the up succeeds");
     assert!(report.succeeded() && report.summary.create == 10_000, "up: {:?}", report.summary);
     eprintln!("10k: up with zero latency in {:.0} ms", ms(t.elapsed()));
     let state = report.state;
@@ -486,8 +488,11 @@ fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
             let stack = stack(provider.clone()).parallelism(parallelism);
             let state = stack.new_state();
             let plan = stack.preview(&shape, &state).expect("the preview succeeds");
+            // The engine's apply alone, with no journal: the figure is the scheduler's.
+            let options = cairn_sdk::ApplyOptions { parallelism, progress: None };
+            let journal = std::sync::Arc::new(cairn_state::NoJournal);
             let t = Instant::now();
-            let report = rt.block_on(stack.apply(&plan, &state)).expect("the apply runs");
+            let report = rt.block_on(cairn_sdk::apply::apply(&plan, &state, stack.providers(), &options, journal)).expect("the apply runs");
             let wall = t.elapsed();
             assert!(report.succeeded(), "apply failed: {:?}", report.failures().next());
             assert_eq!(report.summary.create, LEVELS * WIDTH);

@@ -86,7 +86,7 @@ pub enum Error {
     #[error(
         "stack '{stack}' has {count} interrupted operation{} (the first on {first}); \
          they are settled by looking the resources up in the cloud: run `up` or `refresh`, \
-         or call Stack::resolve_pending, then plan again",
+         or call Session::settle, then plan again",
         if *count == 1 { "" } else { "s" }
     )]
     PendingOperations {

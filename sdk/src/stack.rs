@@ -10,7 +10,7 @@ use cairn_state::{StackState, Store};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::apply::{apply, ApplyOptions, ApplyReport, Progress};
+use crate::apply::{ApplyOptions, Progress};
 use crate::cx::{Cx, Declared};
 use crate::events::rules::{EventPolicy, EventRules, HandlerFuture, HandlerResult, Rejection};
 use crate::events::{Event, Pattern};
@@ -299,41 +299,19 @@ where
         plan(&graph, state, &self.providers, state.user_state.clone())
     }
 
-    /// Applies a plan made by [`Stack::preview`] (now or earlier and saved), exactly.
-    /// Refused if `state` changed since the plan was made. Keeps no journal: for state
-    /// kept in a store, use [`Stack::lock`] and the session's apply.
-    pub async fn apply(&self, plan: &Plan, state: &StackState) -> Result<ApplyReport> {
+    /// Reads every resource of `state` back from the cloud and reports drift, changing
+    /// nothing: no state is written (`refresh` without `--yes`). Interrupted operations
+    /// are settled in memory first, by looking the resources up. To record what was
+    /// read, use [`Session::refresh`].
+    pub async fn preview_refresh(&self, state: &StackState) -> Result<RefreshReport> {
         self.check_state(state)?;
-        apply(plan, state, &self.providers, &self.apply_options, Arc::new(cairn_state::NoJournal)).await
-    }
-
-    /// Settles operations a crash interrupted (see [`resolve_pending`]); the returned
-    /// state has none left.
-    pub async fn resolve_pending(&self, state: &StackState) -> Result<(StackState, Vec<Recovery>)> {
-        self.check_state(state)?;
-        resolve_pending(state, &self.providers).await
-    }
-
-    /// Settles interrupted operations, then previews and applies in one go.
-    pub async fn up(&self, s: &S, state: &StackState) -> Result<ApplyReport> {
-        let state = self.settled(state).await?;
-        let plan = self.preview(s, &state)?;
-        self.apply(&plan, &state).await
-    }
-
-    /// Settles interrupted operations, then deletes every resource of the stack.
-    pub async fn destroy(&self, state: &StackState) -> Result<ApplyReport> {
-        let state = self.settled(state).await?;
-        let plan = self.preview_destroy(&state)?;
-        self.apply(&plan, &state).await
-    }
-
-    /// Settles interrupted operations, then reads every resource back from the cloud
-    /// and reports drift.
-    pub async fn refresh(&self, state: &StackState) -> Result<RefreshReport> {
-        let state = self.settled(state).await?;
-        self.providers.ready(state.resources.iter().map(|r| r.ty.as_str())).await?;
-        Ok(self.refresh_settled(&state).await)
+        let settled = if state.pending.is_empty() {
+            std::borrow::Cow::Borrowed(state)
+        } else {
+            std::borrow::Cow::Owned(resolve_pending(state, &self.providers).await?.0)
+        };
+        self.providers.ready(settled.resources.iter().map(|r| r.ty.as_str())).await?;
+        Ok(self.refresh_settled(&settled).await)
     }
 
     /// Reads the stack's state from `store` without locking it, for previews. Operations
@@ -356,6 +334,22 @@ where
     /// recording the result. Call [`Session::close`] when done.
     pub async fn lock(&self, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
         Session::open(self, store, operation).await
+    }
+
+    /// A session on a fresh in-memory store, for tests and throwaway runs: the same
+    /// journaled path as any session, with nothing kept once it is dropped.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let stack = cairn_sdk::Stack::<u32>::new("dev");
+    /// let mut session = stack.in_memory_session().await.unwrap();
+    /// let report = session.up(&3).await.unwrap();
+    /// assert!(report.succeeded());
+    /// assert_eq!(session.user_state().unwrap(), 3);
+    /// # });
+    /// ```
+    pub async fn in_memory_session(&self) -> Result<Session<S>> {
+        self.lock(Arc::new(cairn_state::MemoryStore::new()), "in-memory").await
     }
 
     /// [`Stack::lock`], waiting while another process holds the stack: a standby
@@ -417,13 +411,6 @@ where
         graph.map(|g| g.nodes.into_iter().map(|n| (n.urn, n.decl.ty)).collect()).unwrap_or_default()
     }
 
-    async fn settled<'s>(&self, state: &'s StackState) -> Result<std::borrow::Cow<'s, StackState>> {
-        self.check_state(state)?;
-        if state.pending.is_empty() {
-            return Ok(std::borrow::Cow::Borrowed(state));
-        }
-        Ok(std::borrow::Cow::Owned(self.resolve_pending(state).await?.0))
-    }
 
     pub(crate) fn check_state(&self, state: &StackState) -> Result<()> {
         cairn_state::check_stack_name(&self.name)?;

@@ -52,7 +52,8 @@ async fn a_step_starts_as_soon_as_its_own_dependencies_finish() {
         Ok(())
     });
     let t = Instant::now();
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert!(report.succeeded());
     assert_eq!(t.elapsed(), Duration::from_millis(100));
     let calls = fake.calls();
@@ -69,7 +70,8 @@ async fn parallelism_limit_is_respected_and_used() {
         Ok(())
     });
     let t = Instant::now();
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert_eq!(report.summary.create, 50);
     assert_eq!(fake.max_concurrency(), 4);
     assert_eq!(t.elapsed(), Duration::from_millis(130), "13 rounds of 4 at 10 ms");
@@ -85,7 +87,8 @@ async fn the_default_parallelism_is_16() {
         Ok(())
     });
     tokio::time::pause();
-    stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    session.up(&()).await.unwrap();
     assert_eq!(fake.max_concurrency(), 16);
 }
 
@@ -93,7 +96,8 @@ async fn the_default_parallelism_is_16() {
 async fn a_failure_skips_only_its_dependents_and_the_next_up_converges() {
     let fake = provider().fail_once("web-a", Op::Create, "no capacity in zone-a");
     let stack = shop_stack(&fake);
-    let report = stack.up(&Shop::new(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&Shop::new()).await.unwrap();
 
     let status: HashMap<&str, &StepStatus> = report.steps.iter().map(|s| (s.urn.name(), &s.status)).collect();
     // The error is a value: what failed, where, and what it lets a caller conclude.
@@ -113,7 +117,7 @@ async fn a_failure_skips_only_its_dependents_and_the_next_up_converges() {
     assert_eq!(names, ["shop", "orders-dlq", "web-b", "orders"]);
 
     fake.clear_calls();
-    let again = stack.up(&Shop::new(), &report.state).await.unwrap();
+    let again = session.up(&Shop::new()).await.unwrap();
     assert!(again.succeeded());
     assert_eq!(fake.calls_of(Op::Create), ["web", "web-a"]);
     assert!(!stack.preview(&Shop::new(), &again.state).unwrap().has_changes());
@@ -125,7 +129,8 @@ async fn deletes_go_in_reverse_dependency_order_from_state() {
     let stack = shop_stack(&fake);
     let state = deployed(&stack, &Shop { flash_sale: true, ..Shop::new() }).await;
     fake.clear_calls();
-    let report = stack.destroy(&state).await.unwrap();
+    let mut session = session_at(&stack, &state).await;
+    let report = session.destroy().await.unwrap();
     assert!(report.succeeded());
     assert_eq!(report.summary.delete, 9);
     assert!(report.state.resources.is_empty());
@@ -139,7 +144,8 @@ async fn replace_creates_first_moves_dependents_then_deletes_the_old_one() {
     let stack = shop_stack(&fake);
     let state = deployed(&stack, &Shop::new()).await;
     fake.clear_calls();
-    let report = stack.up(&Shop { network_cidr: "10.1.0.0/16".into(), ..Shop::new() }, &state).await.unwrap();
+    let mut session = session_at(&stack, &state).await;
+    let report = session.up(&Shop { network_cidr: "10.1.0.0/16".into(), ..Shop::new() }).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.steps);
     assert_eq!((report.summary.replace, report.summary.update), (3, 1));
 
@@ -169,11 +175,12 @@ async fn an_explicit_physical_name_replaces_delete_first() {
         cx.add(Queue::new("jobs").name("jobs-queue").fifo(*fifo));
         Ok(())
     });
-    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
-    let plan = stack.preview(&true, &state).unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&false).await.unwrap().succeeded());
+    let plan = session.preview(&true).unwrap();
     assert!(plan.changes[0].delete_before_replace, "two queues named jobs-queue cannot coexist");
     fake.clear_calls();
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded());
     let calls = fake.calls();
     assert!(pos(&calls, Op::Delete, "jobs") < pos(&calls, Op::Create, "jobs"));
@@ -187,9 +194,10 @@ async fn delete_before_replace_deletes_dependents_replaced_with_it_first() {
         cx.add(Subnet::new("web-a").network_id(net.id()).cidr_block("10.0.1.0/24"));
         Ok(())
     });
-    let state = stack.up(&"10.0.0.0/16".to_owned(), &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&"10.0.0.0/16".to_owned()).await.unwrap().succeeded());
     fake.clear_calls();
-    let report = stack.up(&"10.1.0.0/16".to_owned(), &state).await.unwrap();
+    let report = session.up(&"10.1.0.0/16".to_owned()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.steps);
     let calls: Vec<(Op, &str)> = fake.calls().iter().map(|c| (c.op, c.urn.name())).collect::<Vec<_>>().into_iter().map(|(o, n)| (o, leak(n))).collect();
     assert_eq!(calls, [(Op::Delete, "web-a"), (Op::Delete, "shop"), (Op::Create, "shop"), (Op::Create, "web-a")]);
@@ -208,9 +216,10 @@ async fn retain_on_delete_forgets_without_deleting() {
         }
         Ok(())
     });
-    let state = stack.up(&true, &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&true).await.unwrap().succeeded());
     fake.clear_calls();
-    let report = stack.up(&false, &state).await.unwrap();
+    let report = session.up(&false).await.unwrap();
     assert!(report.succeeded());
     assert!(report.state.resources.is_empty(), "forgotten by cairn");
     assert!(fake.calls_of(Op::Delete).is_empty(), "not deleted in the cloud");
@@ -224,7 +233,8 @@ async fn ignore_changes_keeps_the_value_the_resource_was_created_with() {
         cx.add(Group::new("web").subnets(["s-1"]).image("img").capacity(1, shop.capacity, 12).ignore_changes(["desired"]));
         Ok(())
     });
-    let state = stack.up(&Shop { capacity: 2, ..Shop::new() }, &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&Shop { capacity: 2, ..Shop::new() }).await.unwrap().state;
     let plan = stack.preview(&Shop { capacity: 9, ..Shop::new() }, &state).unwrap();
     assert!(!plan.has_changes(), "{}", plan.render(Default::default()));
 }
@@ -237,7 +247,8 @@ async fn a_custom_timeout_fails_the_step() {
         Ok(())
     });
     let t = Instant::now();
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert_eq!(t.elapsed(), Duration::from_secs(30));
     assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.is_uncertain() && error.message().contains("timed out after 30s")));
     assert!(report.state.resources.is_empty());
@@ -245,7 +256,7 @@ async fn a_custom_timeout_fails_the_step() {
     // refused until it is settled, and the next up settles it with a look-up.
     assert_eq!(report.state.pending.len(), 1);
     assert!(matches!(stack.preview(&(), &report.state), Err(Error::PendingOperations { count: 1, .. })));
-    let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
+    let (settled, recovered) = cairn_sdk::recover::resolve_pending(&report.state, stack.providers()).await.unwrap();
     assert_eq!(recovered, [cairn_sdk::Recovery::Dropped { urn: Urn::new("dev", "test:misc:Thing", "slow") }]);
     assert!(settled.pending.is_empty());
 }
@@ -257,11 +268,12 @@ async fn a_delete_timeout_still_bounds_the_delete_after_the_program_dropped_the_
         cx.add(thing("slow").timeouts(Timeouts { delete: Some(Duration::from_secs(45)), ..Default::default() }));
         Ok(())
     });
-    let state = stack.up(&(), &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&()).await.unwrap().state;
     // Deleting it now hangs in the cloud; destroy knows nothing of the program, only state.
     let fake = fake.latency_for("slow", Duration::from_secs(3600));
     let t = Instant::now();
-    let report = Stack::<()>::new("dev").provider(fake).destroy(&state).await.unwrap();
+    let report = session_at(&Stack::<()>::new("dev").provider(fake), &state).await.destroy().await.unwrap();
     assert_eq!(t.elapsed(), Duration::from_secs(45), "bounded by the timeout recorded in state");
     assert!(matches!(&report.steps[0].status, StepStatus::Failed { error } if error.message().contains("timed out after 45s")), "{:?}", report.steps);
 }
@@ -275,13 +287,14 @@ async fn a_saved_plan_applies_exactly_and_is_refused_once_state_moved() {
 
     let plan = Plan::from_json(&saved).unwrap();
     fake.clear_calls();
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let mut session = session_at(&stack, &state).await;
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded());
     assert_eq!(fake.calls_of(Op::Update), ["web"]);
     assert_eq!(report.state.user_state["capacity"], 4, "the plan's S is persisted");
 
     fake.clear_calls();
-    let err = stack.apply(&plan, &report.state).await.unwrap_err();
+    let err = session.apply(&plan).await.unwrap_err();
     assert!(matches!(err, Error::StalePlan { planned: 1, current: 2, .. }), "{err}");
     assert!(err.to_string().contains("run preview again"));
     assert!(fake.calls().is_empty(), "refused before any provider call");
@@ -298,12 +311,13 @@ async fn a_may_replace_that_does_not_is_not_replaced() {
         cx.add(DynamicResource::new(&TAG, "tag").set("value", web.version()));
         Ok(())
     });
-    let state = stack.up(&1, &stack.new_state()).await.unwrap().state;
-    let plan = stack.preview(&2, &state).unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&1).await.unwrap().succeeded());
+    let plan = session.preview(&2).unwrap();
     let tag = plan.changes.iter().find(|c| c.urn.name() == "tag").unwrap();
     assert!(tag.action == Action::Replace && tag.may_replace);
     fake.clear_calls();
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded());
     assert_eq!(fake.calls_of(Op::Create), Vec::<String>::new());
     assert_eq!(fake.calls_of(Op::Delete), Vec::<String>::new());
@@ -319,16 +333,17 @@ async fn an_old_copy_whose_delete_failed_is_deleted_by_the_next_apply() {
         cx.add(Queue::new("orders").fifo(*fifo));
         Ok(())
     });
-    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
-    let report = stack.up(&true, &state).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&false).await.unwrap().succeeded());
+    let report = session.up(&true).await.unwrap();
     assert!(!report.succeeded());
     let copies: Vec<bool> = report.state.resources.iter().map(|r| r.pending_delete).collect();
     assert_eq!(copies, [false, true], "the new queue, and the old one still to delete");
 
-    let plan = stack.preview(&true, &report.state).unwrap();
+    let plan = session.preview(&true).unwrap();
     assert_eq!(plan.summary.delete, 1);
     assert!(plan.changes.iter().any(|c| c.pending_delete));
-    let done = stack.apply(&plan, &report.state).await.unwrap();
+    let done = session.apply(&plan).await.unwrap();
     assert!(done.succeeded());
     assert_eq!(done.state.resources.len(), 1);
     assert_eq!(fake.resources().len(), 1);
@@ -342,19 +357,20 @@ async fn refresh_reports_drift_and_the_next_up_corrects_it() {
     fake.tamper("web-1", "desired", serde_json::json!(7));
     fake.remove("orders-dlq-1");
 
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let mut session = session_at(&stack, &state).await;
+    let refreshed = session.refresh().await.unwrap();
     let drift = serde_json::to_value(&refreshed.drift).unwrap();
     insta::assert_json_snapshot!(drift);
     assert!(refreshed.errors.is_empty());
 
     fake.clear_calls();
-    let report = stack.up(&Shop::new(), &refreshed.state).await.unwrap();
+    let report = session.up(&Shop::new()).await.unwrap();
     assert!(report.succeeded());
     // The queue comes back and the group's capacity is set back. `orders` pointed at the
     // queue's ARN, unknown at plan time; the new queue has the same ARN, so no update.
     assert_eq!((report.summary.create, report.summary.update), (1, 1), "{:?}", report.steps);
     assert_eq!(fake.calls_of(Op::Update), ["web"]);
-    let again = stack.refresh(&report.state).await.unwrap();
+    let again = stack.preview_refresh(&report.state).await.unwrap();
     assert!(again.drift.is_empty());
 }
 
@@ -367,12 +383,13 @@ async fn refresh_is_not_drift_for_what_the_program_leaves_to_the_cloud() {
         cx.add(Subnet::new("web").network_id(net.id()).cidr_block("10.0.1.0/24"));
         Ok(())
     });
-    let state = stack.up(&(), &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&()).await.unwrap().succeeded());
     fake.tamper("web-1", "zone", serde_json::json!("zone-c"));
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = session.refresh().await.unwrap();
     assert!(refreshed.drift.is_empty(), "a zone the cloud chose is not drift: {:?}", refreshed.drift);
     fake.tamper("web-1", "cidr_block", serde_json::json!("10.0.9.0/24"));
-    let refreshed = stack.refresh(&refreshed.state).await.unwrap();
+    let refreshed = stack.preview_refresh(&refreshed.state).await.unwrap();
     assert_eq!(refreshed.drift.len(), 1, "{:?}", refreshed.drift);
     assert!(refreshed.drift[0].to_string().contains("cidr_block: \"10.0.1.0/24\" -> \"10.0.9.0/24\""), "{}", refreshed.drift[0]);
 }
@@ -380,7 +397,8 @@ async fn refresh_is_not_drift_for_what_the_program_leaves_to_the_cloud() {
 #[tokio::test]
 async fn a_missing_provider_is_refused_before_any_call() {
     let stack = Stack::<Shop>::new("dev").program(shop_program);
-    let err = stack.up(&Shop::new(), &stack.new_state()).await.unwrap_err();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let err = session.up(&Shop::new()).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "no provider is registered for package 'test' (needed by urn:cairn:dev::test:net:Network::shop); register one with Stack::provider"
@@ -410,7 +428,8 @@ async fn an_output_the_provider_did_not_return_fails_the_dependent_clearly() {
         cx.add(Queue::new("orders").dead_letter_arn(dlq.arn()));
         Ok(())
     });
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     let orders = report.steps.iter().find(|s| s.urn.name() == "orders").unwrap();
     assert_eq!(
         orders.status.error().map(|e| e.message()),
@@ -429,10 +448,11 @@ async fn a_new_depends_on_is_recorded_for_an_otherwise_unchanged_resource() {
         cx.add(b);
         Ok(())
     });
-    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
-    let plan = stack.preview(&true, &state).unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&false).await.unwrap().succeeded());
+    let plan = session.preview(&true).unwrap();
     assert!(!plan.has_changes(), "a dependency alone changes nothing in the cloud");
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     let b = report.state.resource(&Urn::new("dev", "test:misc:Thing", "b")).unwrap();
     assert_eq!(b.dependencies, [Urn::new("dev", "test:misc:Thing", "a")], "deletes will honour it");
 }
@@ -443,7 +463,7 @@ async fn refresh_hides_secret_values_in_drift() {
     let stack = shop_stack(&fake);
     let state = deployed(&stack, &Shop::new()).await;
     fake.tamper("orders-1", "auth_token", serde_json::json!("leaked-new-token"));
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = stack.preview_refresh(&state).await.unwrap();
     let drift = serde_json::to_string(&refreshed.drift).unwrap();
     assert!(drift.contains("auth_token") && drift.contains("[secret]"), "{drift}");
     assert!(!drift.contains("s3cr3t") && !drift.contains("leaked-new-token"), "{drift}");
@@ -459,7 +479,10 @@ async fn an_apply_finds_each_resource_in_state_stored_in_another_order() {
     state.resources.reverse();
     let changed = Shop { capacity: 5, dlq_timeout: 60, ..Shop::new() };
     fake.clear_calls();
-    let report = stack.up(&changed, &state).await.unwrap();
+    // At the engine level: a store sorts what it loads.
+    let plan = stack.preview(&changed, &state).unwrap();
+    let journal = std::sync::Arc::new(cairn_state::NoJournal);
+    let report = cairn_sdk::apply::apply(&plan, &state, stack.providers(), &cairn_sdk::ApplyOptions::default(), journal).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.steps);
     assert_eq!(fake.calls_of(Op::Update), ["orders-dlq", "web"]);
     assert_eq!(fake.calls_of(Op::Delete), ["sale-dlq", "sale-orders", "sale-workers"]);

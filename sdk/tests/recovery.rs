@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_sdk::schema::{Property, ResourceType};
+use cairn_sdk::recover::resolve_pending;
 use cairn_sdk::{DynamicResource, Error, Recovery, ResourceExt, Stack, StackState, StepOp, StepStatus, Urn};
 use cairn_state::{Journal, JournalRecord, Lock, LockInfo, MemoryStore, PendingOperation, StateError, Store};
 use common::*;
@@ -115,15 +116,16 @@ async fn a_replacement_found_unnecessary_keeps_its_physical_name() {
         cx.add(DynamicResource::new(&NAMED, "named").set("value", web.version()));
         Ok(())
     });
-    let state = stack.up(&1, &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&1).await.unwrap().state;
     let urn = Urn::new("dev", "test:misc:Named", "named");
     let name = state.resource(&urn).unwrap().inputs.get("name").cloned();
 
-    let plan = stack.preview(&2, &state).unwrap();
+    let plan = session.preview(&2).unwrap();
     let change = plan.changes.iter().find(|c| c.urn == urn).unwrap();
     assert!(change.may_replace && change.generated_names == ["name"]);
     cloud.clear_calls();
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded());
     assert_eq!(cloud.calls_of(Op::Update), ["web"], "no rename of `named` in place");
     assert_eq!(report.state.resource(&urn).unwrap().inputs.get("name").cloned(), name);
@@ -137,10 +139,11 @@ async fn an_adopted_resource_keeps_its_options_and_dependencies() {
         cx.add(Queue::new("orders").dead_letter_arn(dlq.arn()).protect().retain_on_delete());
         Ok(())
     });
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert_eq!(report.state.pending.len(), 1, "the create may have happened: it is pending");
 
-    let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
+    let (settled, recovered) = resolve_pending(&report.state, stack.providers()).await.unwrap();
     assert!(matches!(&recovered[..], [Recovery::Adopted { urn, .. }] if urn.name() == "orders"));
     let orders = settled.resource(&Urn::new("dev", "test:queue:Queue", "orders")).unwrap();
     assert!(orders.options.protect && orders.options.retain_on_delete);
@@ -155,13 +158,14 @@ async fn an_update_whose_answer_was_lost_is_read_back() {
     let stack = shop_stack(&cloud);
     let state = deployed(&stack, &Shop::new()).await;
     let cloud = cloud.lose_response("web", Op::Update);
-    let report = stack.up(&Shop { capacity: 5, ..Shop::new() }, &state).await.unwrap();
+    let mut session = session_at(&stack, &state).await;
+    let report = session.up(&Shop { capacity: 5, ..Shop::new() }).await.unwrap();
     let web = report.steps.iter().find(|s| s.urn.name() == "web").unwrap();
     assert_eq!(web.op, StepOp::Update);
     assert!(matches!(&web.status, StepStatus::Failed { error } if error.to_string().contains("may have taken effect")));
     assert_eq!(report.state.pending.len(), 1);
 
-    let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
+    let (settled, recovered) = resolve_pending(&report.state, stack.providers()).await.unwrap();
     assert!(matches!(&recovered[..], [Recovery::Refreshed { exists: true, .. }]));
     let web = settled.resource(&Urn::new("dev", "test:compute:Group", "web")).unwrap();
     assert_eq!(web.inputs.get("desired"), Some(&serde_json::json!(5)), "state learns what the cloud did");
@@ -274,19 +278,20 @@ async fn a_create_carried_out_twice_is_adopted_once_and_the_copy_is_deleted() {
         cx.add(Queue::new("orders").retain_on_delete());
         Ok(())
     });
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert_eq!(report.state.pending.len(), 1);
     assert_eq!(cloud.resources().len(), 2, "two copies in the cloud");
 
-    let (settled, recovered) = stack.resolve_pending(&report.state).await.unwrap();
+    let recovered = session.settle().await.unwrap().to_vec();
     let [Recovery::Adopted { id, duplicates, .. }] = &recovered[..] else { panic!("{recovered:?}") };
     assert_eq!((id.as_str(), &duplicates[..]), ("orders-1", &["orders-2".to_owned()][..]));
     let said = recovered[0].to_string();
     assert!(said.contains("orders-1, orders-2") && said.contains("next apply deletes"), "names every copy: {said}");
 
-    let plan = stack.preview(&(), &settled).unwrap();
+    let plan = session.preview(&()).unwrap();
     assert!(plan.has_changes(), "the copy is planned for deletion");
-    let report = stack.apply(&plan, &settled).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded());
     let left: Vec<String> = cloud.resources().into_iter().map(|r| r.id).collect();
     assert_eq!(left, ["orders-1"]);

@@ -36,6 +36,14 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// A store holding `state` as its stack's snapshot, as it is (lineage, serial,
+    /// resources): to open a session on a state made elsewhere, such as a test's.
+    pub fn holding(state: StackState) -> Self {
+        let store = Self::default();
+        store.with(|s| s.snapshots.insert(state.stack.clone(), state));
+        store
+    }
+
     /// The same store, giving its locks leases of `lease`.
     pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
         self.lease = lease;

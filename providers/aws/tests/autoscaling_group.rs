@@ -108,7 +108,8 @@ async fn a_group_is_created_resized_in_place_replaced_and_destroyed() {
 
     // Create, checked with describe calls.
     let first = Web::default();
-    let report = stack.up(&first, &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&first).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let name = id_of(&state, GROUP, "web");
@@ -129,7 +130,7 @@ async fn a_group_is_created_resized_in_place_replaced_and_destroyed() {
     assert!(!stack.preview(&first, &state).unwrap().has_changes(), "a second up changes nothing");
 
     // Read back and looked up by tag: exactly this group, no drift.
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
     let provider = cairn_aws::Provider::from_env().await;
     let found = provider.lookup(&Urn::new("asg-lifecycle", GROUP, "web")).await.unwrap();
@@ -138,10 +139,10 @@ async fn a_group_is_created_resized_in_place_replaced_and_destroyed() {
 
     // A new desired capacity is an in-place update of the same group.
     let busier = Web { desired: 3, ..first.clone() };
-    let plan = stack.preview(&busier, &state).unwrap();
+    let plan = session.preview(&busier).unwrap();
     let changes: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action, c.diffs.iter().map(|d| d.name.clone()).collect::<Vec<_>>())).collect();
     assert_eq!(changes, [("web".to_owned(), Action::Update, vec!["desired_capacity".to_owned()])]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     assert_eq!(id_of(&state, GROUP, "web"), name, "same group");
@@ -152,9 +153,9 @@ async fn a_group_is_created_resized_in_place_replaced_and_destroyed() {
 
     // Subnets, health checks and the template version change in place too.
     let moved = Web { both_subnets: false, health_check: "ELB".into(), grace: 60, version: "$Latest".into(), ..busier.clone() };
-    let plan = stack.preview(&moved, &state).unwrap();
+    let plan = session.preview(&moved).unwrap();
     assert_eq!(plan.changed().map(|c| (c.urn.name(), c.action)).collect::<Vec<_>>(), [("web", Action::Update)]);
-    let state = stack.apply(&plan, &state).await.unwrap().state;
+    assert!(session.apply(&plan).await.unwrap().succeeded());
     let g = describe(&aws.asg, &name).await.unwrap();
     assert_eq!(g.vpc_zone_identifier(), Some(b.as_str()));
     assert_eq!((g.health_check_type(), g.health_check_grace_period()), (Some("ELB"), Some(60)));
@@ -163,10 +164,10 @@ async fn a_group_is_created_resized_in_place_replaced_and_destroyed() {
 
     // The name forces a replacement: a new group, the old one deleted (and waited for).
     let renamed = Web { name: Some("asg-lifecycle-web".into()), ..moved.clone() };
-    let plan = stack.preview(&renamed, &state).unwrap();
+    let plan = session.preview(&renamed).unwrap();
     let change = plan.changes.iter().find(|c| c.urn.name() == "web").unwrap();
     assert_eq!((change.action, change.replace_reasons.clone()), (Action::Replace, vec!["name".to_owned()]));
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     assert_eq!(id_of(&state, GROUP, "web"), "asg-lifecycle-web");
@@ -177,7 +178,7 @@ async fn a_group_is_created_resized_in_place_replaced_and_destroyed() {
     assert_eq!(groups_of(&aws.asg, "asg-lifecycle").await, ["asg-lifecycle-web"]);
 
     // Destroy leaves no group of the stack.
-    let report = stack.destroy(&state).await.unwrap();
+    let report = session.destroy().await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     assert!(groups_of(&aws.asg, "asg-lifecycle").await.is_empty());
 }
@@ -210,7 +211,8 @@ async fn a_taken_name_is_refused_and_the_other_group_left_alone() {
         cx.add(Group::new("web").name("asg-taken").launch_template_id(template.as_str()).subnet_ids([subnet.as_str()]).min_size(2).max_size(3));
         Ok(())
     });
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert_eq!(
         report.steps[0].status.error().map(ToString::to_string).as_deref(),
         Some("aws:autoscaling:Group 'web': an Auto Scaling group named asg-taken already exists; choose another name, or leave the name unset and Cairn will pick a unique one")
@@ -233,14 +235,15 @@ async fn sizes_known_only_at_apply_are_checked_before_any_call() {
         cx.add(Group::new("web").launch_template_id(template.as_str()).subnet_ids(["subnet-1"]).min_size(1).max_size(4).desired_capacity(desired));
         Ok(())
     });
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     let web = report.steps.iter().find(|s| s.urn.name() == "web").unwrap();
     assert_eq!(
         web.status.error().map(ToString::to_string).as_deref(),
         Some("aws:autoscaling:Group 'web': desired_capacity must be at most max_size (min_size 1, desired_capacity 5, max_size 4); raise max_size to at least 5 or lower desired_capacity")
     );
     assert!(groups_of(&aws.asg, "asg-late-sizes").await.is_empty(), "no call was made");
-    assert!(stack.destroy(&report.state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
 }
 
 #[test]

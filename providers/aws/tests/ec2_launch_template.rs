@@ -78,7 +78,8 @@ async fn a_launch_template_gets_a_new_default_version_in_place_and_is_replaced_o
     let stack = web("ec2-lt", provider);
 
     // Created: version 1, the default, with every field.
-    let report = stack.up(&Web::default(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&Web::default()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let id = id_of(&state, LT, "web");
@@ -101,7 +102,7 @@ async fn a_launch_template_gets_a_new_default_version_in_place_and_is_replaced_o
     assert!(!stack.preview(&Web::default(), &state).unwrap().has_changes(), "a second up changes nothing");
     // Read back as declared. (Refresh compares lists exactly, so it may list the
     // security groups as reordered; a plan compares them as a set.)
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = session.refresh().await.unwrap();
     assert!(refreshed
         .drift
         .iter()
@@ -117,10 +118,10 @@ async fn a_launch_template_gets_a_new_default_version_in_place_and_is_replaced_o
 
     // A new instance type: version 2, with the full data, becomes the default, in place.
     let bigger = Web { instance_type: "t3.small".into(), ..Web::default() };
-    let plan = stack.preview(&bigger, &state).unwrap();
+    let plan = session.preview(&bigger).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("web".to_owned(), Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     assert_eq!(id_of(&state, LT, "web"), id, "same template");
@@ -137,10 +138,10 @@ async fn a_launch_template_gets_a_new_default_version_in_place_and_is_replaced_o
 
     // A new name forces a replacement.
     let renamed = Web { name: Some("web-servers".into()), ..bigger.clone() };
-    let plan = stack.preview(&renamed, &state).unwrap();
+    let plan = session.preview(&renamed).unwrap();
     let change = plan.changed().next().unwrap();
     assert_eq!((change.action, change.replace_reasons.clone()), (Action::Replace, vec!["name".to_owned()]));
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let new = id_of(&state, LT, "web");
@@ -150,7 +151,7 @@ async fn a_launch_template_gets_a_new_default_version_in_place_and_is_replaced_o
     assert_eq!((t.launch_template_name(), t.default_version_number()), (Some("web-servers"), Some(1)));
     assert_eq!(version(&ec2, &new, "$Default").await.instance_type().map(|t| t.as_str()), Some("t3.small"));
 
-    assert!(stack.destroy(&state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
     assert!(template(&ec2, &new).await.is_none());
 }
 

@@ -65,7 +65,8 @@ async fn a_network_is_created_updated_replaced_and_destroyed() {
     const SUBNET: &str = "aws:ec2:Subnet";
 
     // Create, checked with describe calls.
-    let report = stack.up(&Net::default(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&Net::default()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let vpc = id_of(&state, VPC, "shop");
@@ -82,10 +83,10 @@ async fn a_network_is_created_updated_replaced_and_destroyed() {
 
     // In place: DNS hostnames off, public IPs on.
     let tweaked = Net { hostnames: false, public_a: true, ..Net::default() };
-    let plan = stack.preview(&tweaked, &state).unwrap();
+    let plan = session.preview(&tweaked).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("shop".to_owned(), Action::Update), ("web-a".to_owned(), Action::Update)]);
-    let state = stack.apply(&plan, &state).await.unwrap().state;
+    let state = session.apply(&plan).await.unwrap().state;
     assert_eq!(id_of(&state, VPC, "shop"), vpc);
     let hostnames = ec2.describe_vpc_attribute().vpc_id(&vpc).attribute(VpcAttributeName::EnableDnsHostnames).send().await.unwrap();
     assert_eq!(hostnames.enable_dns_hostnames().and_then(|a| a.value()), Some(false));
@@ -94,7 +95,7 @@ async fn a_network_is_created_updated_replaced_and_destroyed() {
     // A subnet's CIDR forces its replacement.
     let old_b = id_of(&state, SUBNET, "web-b");
     let moved = Net { b_cidr: "10.0.3.0/24".into(), ..tweaked.clone() };
-    let report = stack.up(&moved, &state).await.unwrap();
+    let report = session.up(&moved).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     assert!(subnet(&ec2, &old_b).await.is_none(), "the old subnet is deleted");
@@ -102,9 +103,9 @@ async fn a_network_is_created_updated_replaced_and_destroyed() {
 
     // The VPC's CIDR forces its replacement, and its subnets move with it.
     let elsewhere = Net { vpc_cidr: "10.9.0.0/16".into(), ..moved.clone() };
-    let plan = stack.preview(&elsewhere, &state).unwrap();
+    let plan = session.preview(&elsewhere).unwrap();
     assert_eq!(plan.summary.replace, 3, "{}", plan.render(Default::default()));
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let new_vpc = id_of(&state, VPC, "shop");
@@ -114,8 +115,8 @@ async fn a_network_is_created_updated_replaced_and_destroyed() {
     assert_eq!(tagged(&ec2, "ec2-lifecycle").await, (1, 2), "no old copies left");
 
     // Drift-free, then destroyed: nothing tagged with the stack remains.
-    assert!(stack.refresh(&state).await.unwrap().drift.is_empty());
-    assert!(stack.destroy(&state).await.unwrap().succeeded());
+    assert!(session.refresh().await.unwrap().drift.is_empty());
+    assert!(session.destroy().await.unwrap().succeeded());
     assert_eq!(tagged(&ec2, "ec2-lifecycle").await, (0, 0));
 }
 
@@ -128,13 +129,14 @@ async fn an_overlapping_subnet_is_refused_with_the_subnet_it_overlaps() {
         cx.add(Subnet::new("web-a").vpc_id(vpc.id()).cidr_block("10.0.1.0/24").depends_on(&b));
         Ok(())
     });
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     let a = report.steps.iter().find(|s| s.urn.name() == "web-a").unwrap();
     assert_eq!(
         a.status.error().map(ToString::to_string).as_deref(),
         Some("aws:ec2:Subnet 'web-a': CIDR 10.0.1.0/24 overlaps subnet web-b (10.0.0.0/23); give it a range no other subnet of the VPC uses")
     );
-    assert!(stack.destroy(&report.state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
 }
 
 #[test]
@@ -168,21 +170,22 @@ async fn an_internet_gateway_is_attached_moved_in_place_and_deleted() {
         out.internet_gateways()[0].attachments().iter().find_map(|a| a.vpc_id()).map(str::to_owned)
     };
 
-    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&false).await.unwrap().state;
     let gw = id_of(&state, "aws:ec2:InternetGateway", "gw");
     let a = id_of(&state, "aws:ec2:Vpc", "a");
     let out = ec2.describe_internet_gateways().internet_gateway_ids(&gw).send().await.unwrap();
     assert_eq!(attached_to(out), Some(a));
 
-    let plan = stack.preview(&true, &state).unwrap();
+    let plan = session.preview(&true).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("gw".to_owned(), Action::Update)], "moved in place");
-    let state = stack.apply(&plan, &state).await.unwrap().state;
+    let state = session.apply(&plan).await.unwrap().state;
     assert_eq!(id_of(&state, "aws:ec2:InternetGateway", "gw"), gw, "same gateway");
     let out = ec2.describe_internet_gateways().internet_gateway_ids(&gw).send().await.unwrap();
     assert_eq!(attached_to(out), Some(id_of(&state, "aws:ec2:Vpc", "b")));
 
-    assert!(stack.destroy(&state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
     let gone = ec2.describe_internet_gateways().internet_gateway_ids(&gw).send().await;
     assert!(gone.map_or(true, |o| o.internet_gateways().is_empty()), "the gateway is deleted");
     assert_eq!(tagged(&ec2, "ec2-igw").await, (0, 0));

@@ -107,7 +107,8 @@ async fn route_tables_nat_gateways_and_elastic_ips_are_created_changed_and_destr
     let stack = network("ec2-routing", provider);
 
     // Created, checked with describe calls.
-    let report = stack.up(&Net::default(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&Net::default()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let (igw, public) = (id_of(&state, "aws:ec2:InternetGateway", "igw"), id_of(&state, "aws:ec2:Subnet", "public"));
@@ -129,7 +130,7 @@ async fn route_tables_nat_gateways_and_elastic_ips_are_created_changed_and_destr
     let rt = table(&ec2, &id_of(&state, RT, "public")).await.unwrap();
     assert_eq!((routes(&rt), subnets(&rt)), (vec![format!("0.0.0.0/0 -> {igw}")], vec![public.clone()]));
     assert!(!stack.preview(&Net::default(), &state).unwrap().has_changes(), "a second up changes nothing");
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert!(refreshed.drift.is_empty(), "read back as declared: {:?}", refreshed.drift);
 
     // Each is found by its tags, as an interrupted create would be.
@@ -146,10 +147,10 @@ async fn route_tables_nat_gateways_and_elastic_ips_are_created_changed_and_destr
     // The default route moves from the internet gateway to the NAT gateway and a second
     // subnet joins, in place.
     let moved = Net { via_nat: true, with_b: true, ..Net::default() };
-    let plan = stack.preview(&moved, &state).unwrap();
+    let plan = session.preview(&moved).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("private".to_owned(), Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     assert_eq!(id_of(&state, RT, "private"), private, "same route table");
@@ -165,10 +166,10 @@ async fn route_tables_nat_gateways_and_elastic_ips_are_created_changed_and_destr
 
     // The second subnet leaves again; the Elastic IP gets a tag; both in place.
     let tagged = Net { via_nat: true, eip_tag: Some("nat".into()), ..Net::default() };
-    let plan = stack.preview(&tagged, &state).unwrap();
+    let plan = session.preview(&tagged).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("nat-ip".to_owned(), Action::Update), ("private".to_owned(), Action::Update)]);
-    let state = stack.apply(&plan, &state).await.unwrap().state;
+    let state = session.apply(&plan).await.unwrap().state;
     assert_eq!(subnets(&table(&ec2, &private).await.unwrap()), [a.as_str()]);
     assert!(
         ec2.describe_route_tables()
@@ -186,10 +187,10 @@ async fn route_tables_nat_gateways_and_elastic_ips_are_created_changed_and_destr
 
     // Another Elastic IP forces a new NAT gateway; the route follows it in place.
     let renewed = Net { second_eip: true, ..tagged.clone() };
-    let plan = stack.preview(&renewed, &state).unwrap();
+    let plan = session.preview(&renewed).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("nat".to_owned(), Action::Replace), ("private".to_owned(), Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let new_nat = id_of(&state, NAT, "nat");
@@ -197,12 +198,12 @@ async fn route_tables_nat_gateways_and_elastic_ips_are_created_changed_and_destr
     assert_eq!(nat_state(&ec2, &nat).await, Some(NatGatewayState::Deleted), "the old NAT gateway is deleted");
     assert_eq!(nat_state(&ec2, &new_nat).await, Some(NatGatewayState::Available));
     assert!(routes(&table(&ec2, &private).await.unwrap()).contains(&format!("0.0.0.0/0 -> {new_nat}")));
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
 
     // Destroyed: tables gone, NAT gateway deleted, addresses released.
     let second = id_of(&state, EIP, "nat-ip-2");
-    assert!(stack.destroy(&state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
     assert!(table(&ec2, &private).await.is_none());
     assert_eq!(nat_state(&ec2, &new_nat).await, Some(NatGatewayState::Deleted));
     assert!(!address_exists(&ec2, &eip).await && !address_exists(&ec2, &second).await, "addresses released");
@@ -221,16 +222,17 @@ async fn a_route_table_moves_to_another_vpc_by_replacement() {
         cx.add(RouteTable::new("rt").vpc_id(vpc).route(Route::to("0.0.0.0/0").via_gateway(igw.id())).tags([("env", "test")]));
         Ok(())
     });
-    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&false).await.unwrap().state;
     let old = id_of(&state, RT, "rt");
     let rt = table(&ec2, &old).await.unwrap();
     assert_eq!(rt.vpc_id(), Some(id_of(&state, "aws:ec2:Vpc", "a").as_str()));
     assert!(rt.tags().iter().any(|t| t.key() == Some("env") && t.value() == Some("test")));
 
-    let plan = stack.preview(&true, &state).unwrap();
+    let plan = session.preview(&true).unwrap();
     let rt_change = plan.changed().find(|c| c.urn.name() == "rt").unwrap();
     assert_eq!((rt_change.action, rt_change.replace_reasons.clone()), (Action::Replace, vec!["vpc_id".to_owned()]));
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let new = id_of(&state, RT, "rt");
@@ -239,7 +241,7 @@ async fn a_route_table_moves_to_another_vpc_by_replacement() {
     let rt = table(&ec2, &new).await.unwrap();
     assert_eq!(rt.vpc_id(), Some(id_of(&state, "aws:ec2:Vpc", "b").as_str()));
     assert_eq!(routes(&rt), [format!("0.0.0.0/0 -> {}", id_of(&state, "aws:ec2:InternetGateway", "igw"))]);
-    assert!(stack.destroy(&state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
     assert!(table(&ec2, &new).await.is_none());
 }
 
@@ -257,21 +259,22 @@ async fn a_subnet_moves_between_route_tables_of_the_stack_in_one_apply() {
         cx.add(second);
         Ok(())
     });
-    let state = stack.up(&false, &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&false).await.unwrap().state;
     let (first, second, s) = (id_of(&state, RT, "first"), id_of(&state, RT, "second"), id_of(&state, "aws:ec2:Subnet", "s"));
     assert_eq!(subnets(&table(&ec2, &second).await.unwrap()), [s.as_str()]);
 
-    let plan = stack.preview(&true, &state).unwrap();
+    let plan = session.preview(&true).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("first".to_owned(), Action::Update), ("second".to_owned(), Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let order: Vec<&str> = report.steps.iter().map(|r| r.urn.name()).collect();
     assert_eq!(order, ["first", "second"], "the taker went first, so the subnet was moved, not associated twice");
     assert_eq!(subnets(&table(&ec2, &first).await.unwrap()), [s.as_str()]);
     assert!(subnets(&table(&ec2, &second).await.unwrap()).is_empty());
     assert!(!stack.preview(&true, &report.state).unwrap().has_changes());
-    assert!(stack.destroy(&report.state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
 }
 
 #[test]

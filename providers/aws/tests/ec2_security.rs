@@ -77,7 +77,8 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
     let stack = firewall("ec2-sg-lifecycle", provider);
 
     // Created: exactly the declared rules, AWS's merged permissions notwithstanding.
-    let report = stack.up(&Fw::default(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&Fw::default()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let (web, db) = (id_of(&state, SG, "web"), id_of(&state, SG, "db"));
@@ -95,7 +96,7 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
     assert_eq!(lines(d.ip_permissions()), [format!("tcp 5432-5432 {web}")]);
     assert!(d.ip_permissions_egress().is_empty(), "AWS's default egress rule is revoked when none is declared");
     assert!(!stack.preview(&Fw::default(), &state).unwrap().has_changes(), "a second up changes nothing");
-    assert!(stack.refresh(&state).await.unwrap().drift.is_empty(), "read back as declared");
+    assert!(session.refresh().await.unwrap().drift.is_empty(), "read back as declared");
 
     // Found by its tags, as an interrupted create would be.
     let found = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-sg-lifecycle", SG, "web")).await.unwrap();
@@ -108,10 +109,10 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
 
     // One rule added (8443), one removed (80), in place.
     let moved = Fw { moved: true, ..Fw::default() };
-    let plan = stack.preview(&moved, &state).unwrap();
+    let plan = session.preview(&moved).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("web".to_owned(), Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     assert_eq!(id_of(&state, SG, "web"), web, "same group");
@@ -125,11 +126,11 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
 
     // The description forces a replacement; the group that refers to it follows in place.
     let described = Fw { description: Some("Web servers".into()), ..moved.clone() };
-    let plan = stack.preview(&described, &state).unwrap();
+    let plan = session.preview(&described).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("web".to_owned(), Action::Replace), ("db".to_owned(), Action::Update)]);
     assert_eq!(plan.changed().next().unwrap().replace_reasons, ["description"]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let new_web = id_of(&state, SG, "web");
@@ -142,7 +143,7 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
     assert_eq!(id_of(&state, SG, "db"), db);
 
     // Destroyed: nothing tagged with the stack remains.
-    assert!(stack.destroy(&state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
     let tagged =
         ec2.describe_security_groups().filters(Filter::builder().name("tag:cairn:stack").values("ec2-sg-lifecycle").build()).send().await.unwrap();
     assert!(tagged.security_groups().is_empty());
@@ -158,7 +159,8 @@ async fn rules_changed_outside_cairn_are_set_right_by_the_next_update() {
         );
         Ok(())
     });
-    let state = stack.up(&8080, &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&8080).await.unwrap().state;
     let app = id_of(&state, SG, "app");
     // Someone opens SSH to the world by hand.
     let ssh = IpPermission::builder()
@@ -168,15 +170,15 @@ async fn rules_changed_outside_cairn_are_set_right_by_the_next_update() {
         .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
         .build();
     ec2.authorize_security_group_ingress().group_id(&app).ip_permissions(ssh).send().await.unwrap();
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = session.refresh().await.unwrap();
     assert_eq!(refreshed.drift.len(), 1, "the extra rule shows as drift");
 
-    let report = stack.up(&8081, &refreshed.state).await.unwrap();
+    let report = session.up(&8081).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let g = group(&ec2, &app).await.unwrap();
     assert_eq!(lines(g.ip_permissions()), ["tcp 8081-8081 10.0.0.0/8"], "the hand-made rule is revoked");
     assert_eq!(lines(g.ip_permissions_egress()), ["tcp 443-443 0.0.0.0/0"], "egress exactly as declared");
-    assert!(stack.destroy(&report.state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
 }
 
 #[tokio::test]
@@ -188,14 +190,15 @@ async fn a_group_left_to_the_default_vpc_gives_its_vpc_id_to_others() {
         cx.add(Subnet::new("beside").vpc_id(sg.vpc_id()).cidr_block("172.31.200.0/24").availability_zone("us-east-1a"));
         Ok(())
     });
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let g = group(&ec2, &id_of(&report.state, SG, "plain")).await.unwrap();
     let subnet = ec2.describe_subnets().subnet_ids(id_of(&report.state, "aws:ec2:Subnet", "beside")).send().await.unwrap();
     assert_eq!(subnet.subnets()[0].vpc_id(), g.vpc_id(), "the subnet went into the group's (default) VPC");
     assert_eq!(lines(g.ip_permissions()), ["udp 53-53 172.31.0.0/16"]);
     assert!(!stack.preview(&(), &report.state).unwrap().has_changes());
-    assert!(stack.destroy(&report.state).await.unwrap().succeeded());
+    assert!(session.destroy().await.unwrap().succeeded());
     assert!(group(&ec2, &id_of(&report.state, SG, "plain")).await.is_none());
 }
 

@@ -128,7 +128,8 @@ async fn a_subnet_group_is_created_retagged_replaced_and_moto_lacks_the_rest() {
 
     // Create.
     let first = Net { both: false, team: "cache".into(), name: None };
-    let report = stack.up(&first, &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&first).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let name = id_of(&state, SUBNET_GROUP, "cache");
@@ -145,7 +146,7 @@ async fn a_subnet_group_is_created_retagged_replaced_and_moto_lacks_the_rest() {
     assert_eq!((found.get("Name").map(String::as_str), found.get("team").map(String::as_str)), (Some("cache"), Some("cache")));
 
     // Read back and looked up: no drift, exactly this group.
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
     let provider = cairn_aws::Provider::from_env().await;
     let found = provider.lookup(&Urn::new("ec-subnets", SUBNET_GROUP, "cache")).await.unwrap();
@@ -153,19 +154,18 @@ async fn a_subnet_group_is_created_retagged_replaced_and_moto_lacks_the_rest() {
 
     // Tags change in place.
     let retagged = Net { team: "platform".into(), ..first.clone() };
-    let plan = stack.preview(&retagged, &state).unwrap();
+    let plan = session.preview(&retagged).unwrap();
     assert_eq!(plan.changed().map(|c| (c.urn.name(), c.action)).collect::<Vec<_>>(), [("cache", Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
-    let state = report.state;
     assert_eq!(tags(&ec, &arn).await.get("team").map(String::as_str), Some("platform"));
 
     // New subnets are an in-place change, which moto does not implement: a clear
     // failure, quickly, and nothing recorded.
     let wider = Net { both: true, ..retagged.clone() };
-    let plan = stack.preview(&wider, &state).unwrap();
+    let plan = session.preview(&wider).unwrap();
     assert_eq!(plan.changed().map(|c| (c.urn.name(), c.action)).collect::<Vec<_>>(), [("cache", Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     let s = step(&report, "cache", StepOp::Update);
     assert_eq!(
         shown(&s.status),
@@ -181,10 +181,10 @@ async fn a_subnet_group_is_created_retagged_replaced_and_moto_lacks_the_rest() {
     // The name forces a replacement: the new group is made; deleting the old one is
     // another operation moto lacks, so the old copy stays in state, to delete later.
     let renamed = Net { name: Some("ec-subnets-cache".into()), ..retagged.clone() };
-    let plan = stack.preview(&renamed, &state).unwrap();
+    let plan = session.preview(&renamed).unwrap();
     let change = plan.changes.iter().find(|c| c.urn.name() == "cache").unwrap();
     assert_eq!((change.action, change.replace_reasons.clone()), (Action::Replace, vec!["name".to_owned()]));
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert_eq!(step(&report, "cache", StepOp::CreateReplacement).status, StepStatus::Done);
     let s = step(&report, "cache", StepOp::DeleteReplaced);
     assert_eq!(
@@ -202,7 +202,7 @@ async fn a_subnet_group_is_created_retagged_replaced_and_moto_lacks_the_rest() {
 
     // Destroy: the subnet groups cannot be deleted here, so the subnets and the VPC
     // they sit in are left too; each says why.
-    let report = stack.destroy(&state).await.unwrap();
+    let report = session.destroy().await.unwrap();
     let deletes: Vec<_> = report.steps.iter().filter(|s| s.urn.name() == "cache").map(|s| s.status.clone()).collect();
     assert_eq!(deletes.len(), 2);
     assert!(deletes.iter().all(|s| matches!(s, StepStatus::Failed { error } if error.to_string().contains("does not implement deleting the subnet group"))), "{deletes:?}");
@@ -250,7 +250,8 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
 
     // Create: moto has it available at once.
     let first = Cache::default();
-    let report = stack.up(&first, &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&first).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let id = id_of(&state, CLUSTER, "sessions");
@@ -275,24 +276,23 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
 
     // Read back: moto does not report the port; refresh keeps the recorded one, so
     // there is no drift and no replacement.
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = session.refresh().await.unwrap();
     assert_eq!(drift_of(&refreshed), []);
     assert!(!stack.preview(&first, &refreshed.state).unwrap().has_changes());
 
     // Tags change in place.
     let retagged = Cache { team: "platform".into(), ..first.clone() };
-    let plan = stack.preview(&retagged, &state).unwrap();
+    let plan = session.preview(&retagged).unwrap();
     assert_eq!(plan.changed().map(|c| (c.urn.name(), c.action)).collect::<Vec<_>>(), [("sessions", Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
-    let state = report.state;
     assert_eq!(tags(&ec, &arn).await.get("team").map(String::as_str), Some("platform"));
 
     // A new node type is an in-place ModifyCacheCluster, which moto lacks.
     let bigger = Cache { node_type: "cache.t3.small".into(), ..retagged.clone() };
-    let plan = stack.preview(&bigger, &state).unwrap();
+    let plan = session.preview(&bigger).unwrap();
     assert_eq!(plan.changed().map(|c| (c.urn.name(), c.action)).collect::<Vec<_>>(), [("sessions", Action::Update)]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     let s = step(&report, "sessions", StepOp::Update);
     assert_eq!(
         shown(&s.status),
@@ -300,17 +300,16 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
     );
     eprintln!("ModifyCacheCluster failed after {:?}", s.elapsed);
     assert!(s.elapsed < UNSUPPORTED_WITHIN, "{:?}", s.elapsed);
-    let state = report.state;
     assert_eq!(cluster(&ec, &id).await.unwrap().cache_node_type(), Some("cache.t3.micro"), "unchanged");
 
     // The port forces a replacement. The new cluster is made; moto never finishes
     // deleting the old one, so the resource's 3 s delete timeout ends the wait, and
     // the delete stays pending for the next run to settle.
     let moved = Cache { port: 6380, ..retagged.clone() };
-    let plan = stack.preview(&moved, &state).unwrap();
+    let plan = session.preview(&moved).unwrap();
     let change = plan.changes.iter().find(|c| c.urn.name() == "sessions").unwrap();
     assert_eq!((change.action, change.replace_reasons.clone()), (Action::Replace, vec!["port".to_owned()]));
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert_eq!(step(&report, "sessions", StepOp::CreateReplacement).status, StepStatus::Done);
     let s = step(&report, "sessions", StepOp::DeleteReplaced);
     assert_eq!(shown(&s.status), failed("aws:elasticache:CacheCluster 'sessions': timed out after 3s (custom timeout) (the request may have taken effect)"));
@@ -325,7 +324,7 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
     // Destroy: the resource's delete timeout is kept in state, so it bounds each delete
     // (both copies) even though destroy does not run the program; never a hang.
     let started = std::time::Instant::now();
-    let report = stack.destroy(&state).await.unwrap();
+    let report = session.destroy().await.unwrap();
     let deletes: Vec<_> = report.steps.iter().filter(|s| s.urn.name() == "sessions").map(|s| shown(&s.status)).collect();
     let stuck = failed("aws:elasticache:CacheCluster 'sessions': timed out after 3s (custom timeout) (the request may have taken effect)");
     assert_eq!(deletes, [stuck.clone(), stuck]);
@@ -377,7 +376,8 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
 
     // Create.
     let first = Redis::default();
-    let report = stack.up(&first, &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&first).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let id = id_of(&state, REPLICATION_GROUP, "orders");
@@ -401,15 +401,15 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
     let provider = cairn_aws::Provider::from_env().await;
     let found = provider.lookup(&Urn::new("ec-replication", REPLICATION_GROUP, "orders")).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert_eq!(drift_of(&refreshed), [("orders".to_owned(), "num_cache_clusters".to_owned(), json!(2), json!(1))]);
 
     // A new node type is modified in place, on the same group.
     let bigger = Redis { node_type: "cache.t3.small".into(), ..first.clone() };
-    let plan = stack.preview(&bigger, &state).unwrap();
+    let plan = session.preview(&bigger).unwrap();
     let changes: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action, c.diffs.iter().map(|d| d.name.clone()).collect::<Vec<_>>())).collect();
     assert_eq!(changes, [("orders".to_owned(), Action::Update, vec!["node_type".to_owned()])]);
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     assert_eq!(id_of(&state, REPLICATION_GROUP, "orders"), id);
@@ -418,16 +418,15 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
 
     // Description and failover too.
     let calmer = Redis { description: "orders cache, no failover".into(), failover: false, ..bigger.clone() };
-    let report = stack.up(&calmer, &state).await.unwrap();
+    let report = session.up(&calmer).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     assert_eq!(report.summary.update, 1);
-    let state = report.state;
     let g = replication_group(&ec, &id).await.unwrap();
     assert_eq!((g.description(), g.automatic_failover()), (Some("orders cache, no failover"), Some(&AutomaticFailoverStatus::Disabled)));
 
     // Another replica is IncreaseReplicaCount, which moto lacks.
     let more = Redis { nodes: 3, ..calmer.clone() };
-    let report = stack.up(&more, &state).await.unwrap();
+    let report = session.up(&more).await.unwrap();
     let s = step(&report, "orders", StepOp::Update);
     assert_eq!(
         shown(&s.status),
@@ -435,14 +434,13 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
     );
     eprintln!("IncreaseReplicaCount failed after {:?}", s.elapsed);
     assert!(s.elapsed < UNSUPPORTED_WITHIN, "{:?}", s.elapsed);
-    let state = report.state;
 
     // The port forces a replacement; moto never finishes deleting the old group.
     let moved = Redis { port: 6391, ..calmer.clone() };
-    let plan = stack.preview(&moved, &state).unwrap();
+    let plan = session.preview(&moved).unwrap();
     let change = plan.changes.iter().find(|c| c.urn.name() == "orders").unwrap();
     assert_eq!((change.action, change.replace_reasons.clone()), (Action::Replace, vec!["port".to_owned()]));
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert_eq!(step(&report, "orders", StepOp::CreateReplacement).status, StepStatus::Done);
     assert_eq!(
         shown(&step(&report, "orders", StepOp::DeleteReplaced).status),
@@ -457,7 +455,7 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
     assert_eq!(replication_group(&ec, &id).await.unwrap().status(), Some("deleting"));
 
     // Destroy is bounded the same way.
-    let report = stack.destroy(&state).await.unwrap();
+    let report = session.destroy().await.unwrap();
     let deletes: Vec<_> = report.steps.iter().map(|s| shown(&s.status)).collect();
     let stuck = failed("aws:elasticache:ReplicationGroup 'orders': timed out after 3s (custom timeout) (the request may have taken effect)");
     assert_eq!(deletes, [stuck.clone(), stuck]);
@@ -504,7 +502,8 @@ fn placed(stack: &str, provider: cairn_aws::Provider) -> Stack<()> {
 async fn a_refresh_keeps_inputs_elasticache_does_not_report_and_finds_no_drift() {
     let (provider, _ec) = aws().await;
     let stack = placed("ec-placed", provider);
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let sg = id_of(&state, "aws:ec2:SecurityGroup", "cache-sg");
@@ -512,7 +511,7 @@ async fn a_refresh_keeps_inputs_elasticache_does_not_report_and_finds_no_drift()
 
     // What a user relies on: a refresh right after an up finds nothing changed, keeps
     // what was declared, and the next up has nothing to do.
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = session.refresh().await.unwrap();
     assert!(refreshed.errors.is_empty(), "{:?}", refreshed.errors);
     assert_eq!(drift_of(&refreshed), []);
     let inputs = |ty: &str, name: &str| {

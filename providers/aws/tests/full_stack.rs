@@ -176,7 +176,8 @@ async fn the_shop_without_its_cache_is_created_left_alone_and_destroyed_without_
     assert_eq!(tagged(&aws, STACK).await, Tagged::default(), "the stack starts from nothing");
 
     // (a) Created: every resource, each checked with its service's describe call.
-    let report = stack.up(&(), &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let expected = [
@@ -314,14 +315,14 @@ async fn the_shop_without_its_cache_is_created_left_alone_and_destroyed_without_
     // (b) A second up plans nothing and applies nothing.
     let plan = stack.preview(&(), &state).unwrap();
     assert!(!plan.has_changes(), "{}", plan.render(Default::default()));
-    let again = stack.up(&(), &state).await.unwrap();
+    let again = session.up(&()).await.unwrap();
     assert!(again.succeeded());
     assert!(again.steps.is_empty(), "no step runs: {:?}", again.steps);
     assert_eq!(again.summary.changes(), 0);
     assert_eq!(counts(&again.state), counts(&state));
 
     // (c) Destroyed: every resource deleted, and nothing tagged with the stack remains.
-    let destroyed = stack.destroy(&again.state).await.unwrap();
+    let destroyed = session.destroy().await.unwrap();
     assert!(destroyed.succeeded(), "{:?}", destroyed.failures().collect::<Vec<_>>());
     assert_eq!(destroyed.summary.delete, 17);
     assert!(destroyed.state.resources.is_empty() && destroyed.state.pending.is_empty(), "{:?}", destroyed.state.resources);

@@ -60,7 +60,8 @@ async fn queues_are_created_updated_in_place_replaced_and_destroyed() {
 
     // Create.
     let first = Shop { visibility: 30, fifo_jobs: false };
-    let report = stack.up(&first, &stack.new_state()).await.unwrap();
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&first).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let (orders, dlq, jobs) = (url_of(&state, "orders"), url_of(&state, "orders-dlq"), url_of(&state, "jobs"));
@@ -79,19 +80,19 @@ async fn queues_are_created_updated_in_place_replaced_and_destroyed() {
 
     // An attribute change is made in place.
     let slower = Shop { visibility: 90, ..first.clone() };
-    let plan = stack.preview(&slower, &state).unwrap();
+    let plan = session.preview(&slower).unwrap();
     let actions: Vec<_> = plan.changed().map(|c| (c.urn.name().to_owned(), c.action)).collect();
     assert_eq!(actions, [("orders".to_owned(), Action::Update)]);
-    let state = stack.apply(&plan, &state).await.unwrap().state;
+    let state = session.apply(&plan).await.unwrap().state;
     assert_eq!(url_of(&state, "orders"), orders, "same queue");
     assert_eq!(attribute(&sqs, &orders, Attr::VisibilityTimeout).await.as_deref(), Some("90"));
 
     // FIFO-ness forces a replacement: a new queue, the old one deleted.
     let fifo = Shop { fifo_jobs: true, ..slower.clone() };
-    let plan = stack.preview(&fifo, &state).unwrap();
+    let plan = session.preview(&fifo).unwrap();
     let jobs_change = plan.changes.iter().find(|c| c.urn.name() == "jobs").unwrap();
     assert_eq!((jobs_change.action, jobs_change.replace_reasons.clone()), (Action::Replace, vec!["fifo".to_owned()]));
-    let report = stack.apply(&plan, &state).await.unwrap();
+    let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let state = report.state;
     let new_jobs = url_of(&state, "jobs");
@@ -100,14 +101,14 @@ async fn queues_are_created_updated_in_place_replaced_and_destroyed() {
     assert!(!exists(&sqs, &jobs).await, "the old queue was deleted");
 
     // Read back, nothing drifted; the look-up by tags finds exactly the live queue.
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = session.refresh().await.unwrap();
     assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
     let provider = cairn_aws::Provider::from_env().await;
     let found = provider.lookup(&Urn::new("sqs-lifecycle", "aws:sqs:Queue", "jobs")).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), [new_jobs]);
 
     // Destroy leaves nothing tagged with the stack.
-    let report = stack.destroy(&refreshed.state).await.unwrap();
+    let report = session.destroy().await.unwrap();
     assert!(report.succeeded());
     assert!(queues_of(&sqs, "sqs-lifecycle").await.is_empty());
 }
@@ -117,19 +118,20 @@ async fn drift_made_outside_cairn_is_reported_and_corrected() {
     let (provider, sqs) = aws().await;
     let stack = shop("sqs-drift", provider);
     let s = Shop { visibility: 30, fifo_jobs: false };
-    let state = stack.up(&s, &stack.new_state()).await.unwrap().state;
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&s).await.unwrap().state;
     let orders = url_of(&state, "orders");
     sqs.set_queue_attributes().queue_url(&orders).attributes(Attr::VisibilityTimeout, "5").send().await.unwrap();
 
-    let refreshed = stack.refresh(&state).await.unwrap();
+    let refreshed = session.refresh().await.unwrap();
     let drift = serde_json::to_value(&refreshed.drift).unwrap();
     assert_eq!(drift[0]["urn"], "urn:cairn:sqs-drift::aws:sqs:Queue::orders");
     assert_eq!(drift[0]["diffs"][0]["name"], "visibility_timeout");
     assert_eq!((drift[0]["diffs"][0]["old"].clone(), drift[0]["diffs"][0]["new"].clone()), (30.into(), 5.into()));
 
-    let state = stack.up(&s, &refreshed.state).await.unwrap().state;
+    assert!(session.up(&s).await.unwrap().succeeded());
     assert_eq!(attribute(&sqs, &orders, Attr::VisibilityTimeout).await.as_deref(), Some("30"));
-    stack.destroy(&state).await.unwrap();
+    session.destroy().await.unwrap();
 }
 
 #[test]

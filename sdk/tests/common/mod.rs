@@ -261,9 +261,19 @@ pub fn shop_stack(provider: &TestProvider) -> Stack<Shop> {
     Stack::<Shop>::new("dev").program(shop_program).provider(provider.clone())
 }
 
+/// A session on an in-memory store holding `state` as it is.
+pub async fn session_at<S>(stack: &Stack<S>, state: &StackState) -> cairn_sdk::Session<S>
+where
+    S: Serialize + serde::de::DeserializeOwned + std::default::Default + Send + Sync + 'static,
+{
+    let store = std::sync::Arc::new(cairn_state::MemoryStore::holding(state.clone()));
+    stack.lock(store, "test").await.expect("the stack opens on its state")
+}
+
 /// Deploys `shop` from nothing and returns the state.
 pub async fn deployed(stack: &Stack<Shop>, shop: &Shop) -> StackState {
-    let report = stack.up(shop, &stack.new_state()).await.expect("first up plans");
+    let mut session = stack.in_memory_session().await.expect("an in-memory session");
+    let report = session.up(shop).await.expect("first up plans");
     assert!(report.succeeded(), "first up failed: {:?}", report.failures().collect::<Vec<_>>());
     report.state
 }
