@@ -38,3 +38,8 @@ pub use session::Session;
 pub use resource::{Decl, DynamicResource, Handle, Resource, ResourceExt, ResourceOptions, Timeouts};
 pub use schema::{CheckFailure, Property, PropertyKind, ResourceType};
 pub use stack::{BoxError, ProgramResult, Stack};
+
+/// The attribute for implementing the crate's async traits ([`Provider`],
+/// [`events::Source`]): `#[cairn_sdk::async_trait]`, so a user needs no `async-trait`
+/// dependency of their own.
+pub use async_trait::async_trait;

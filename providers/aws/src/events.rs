@@ -35,10 +35,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::config::retry::RetryConfig;
+use aws_sdk_sqs::config::retry::{ClassifyRetry, RetryAction, RetryConfig, RetryPartition};
+use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::orchestrator::OrchestratorError;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
 use aws_smithy_types::date_time::{DateTime, Format};
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use cairn_sdk::events::{Envelope, Event, Events, Receipt, Source};
@@ -110,7 +114,7 @@ impl SqsSource {
     }
 
     fn at(queue: QueueAt) -> Self {
-        SqsSource { queue, client: None, extension: None, attempts: 8, first_delay: Duration::from_millis(500) }
+        SqsSource { queue, client: None, extension: None, attempts: 10, first_delay: Duration::from_millis(500) }
     }
 
     /// The SQS client to use. Without one, a client is configured from the standard
@@ -134,9 +138,11 @@ impl SqsSource {
     }
 
     /// How a failing receive call is retried before [`run`](Source::run) gives up:
-    /// `attempts` tries in all (at least 1), the SDK's exponential backoff with jitter
-    /// starting from `first_delay`, 30 s at most between two (default: 8 tries from
-    /// 500 ms, about a minute).
+    /// `attempts` tries in all (at least 1), with the SDK's exponential backoff with
+    /// jitter from `first_delay`, 30 s at most between two (default: 10 tries from
+    /// 500 ms, about a minute of failures on average). Every error is retried but those
+    /// no retry mends (the queue does not exist, access is denied, the credentials are
+    /// refused), which stop the source at once.
     #[must_use]
     pub fn retries(mut self, attempts: u32, first_delay: Duration) -> Self {
         self.attempts = attempts.max(1);
@@ -156,10 +162,10 @@ impl SqsSource {
         self.extension.or_else(from_env).unwrap_or(DEFAULT_EXTENSION).clamp(Duration::from_secs(1), MAX_VISIBILITY)
     }
 
-    /// `client`, retrying as this source was told to.
-    fn retrying(&self, client: &Client, attempts: u32, first_delay: Duration) -> Client {
+    /// `client`, retrying `attempts` times from `first_delay`.
+    fn retrying(client: &Client, attempts: u32, first_delay: Duration) -> aws_sdk_sqs::config::Builder {
         let retry = RetryConfig::standard().with_max_attempts(attempts).with_initial_backoff(first_delay).with_max_backoff(MAX_BACKOFF);
-        Client::from_conf(client.config().to_builder().retry_config(retry).build())
+        client.config().to_builder().retry_config(retry)
     }
 }
 
@@ -198,7 +204,9 @@ pub enum SqsSourceError {
 
 #[async_trait]
 impl Source for SqsSource {
-    /// `sqs:<logical name>` or, for a URL, `sqs:<queue name>`.
+    /// `sqs:<logical name>` or, for a URL, `sqs:<queue name>`. Its events carry
+    /// `sqs:<queue name>` as their source: the name in AWS, which for a queue with an
+    /// auto-name has a suffix.
     fn name(&self) -> String {
         match &self.queue {
             QueueAt::Declared(name) => format!("sqs:{name}"),
@@ -223,11 +231,17 @@ impl Source for SqsSource {
             Some(client) => client.clone(),
             None => Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
         };
+        // Receives retry every error but the permanent ones, with a retry budget of
+        // their own: failing deletes and renewals must not use up the receives' retries.
+        let receiver = Self::retrying(&client, self.attempts, self.first_delay)
+            .retry_classifier(RetryUnlessPermanent)
+            .retry_partition(RetryPartition::new("cairn-sqs-source-receive"))
+            .build();
         let poller = Poller {
-            receiver: self.retrying(&client, self.attempts, self.first_delay),
+            receiver: Client::from_conf(receiver),
             // Deletes and visibility changes: a few quick tries. A message whose deletion
             // fails for good is delivered again, and recognised as a duplicate.
-            settler: self.retrying(&client, 4, Duration::from_millis(250)),
+            settler: Client::from_conf(Self::retrying(&client, 4, Duration::from_millis(250)).build()),
             queue_name: queue_name(&url),
             url,
             extension: self.extension(),
@@ -379,6 +393,52 @@ fn seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
+/// Error codes no retry mends: the queue is not there, or this caller may not use it.
+const PERMANENT: [&str; 7] = [
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "InvalidAddress",
+];
+
+/// Retries a failed receive unless its error code is [`PERMANENT`]: the SDK's own
+/// classifiers retry only throttling, transient and 5xx errors, and a source that
+/// stops on anything else (a KMS throttle, an unknown code) stops reading its queue.
+#[derive(Debug)]
+struct RetryUnlessPermanent;
+
+impl ClassifyRetry for RetryUnlessPermanent {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(error)) = ctx.output_or_error() else { return RetryAction::NoActionIndicated };
+        let code = OrchestratorError::as_operation_error(error).and_then(|e| e.downcast_ref::<ReceiveMessageError>()).and_then(|e| e.code());
+        match code {
+            Some(code) if PERMANENT.contains(&code) => RetryAction::RetryForbidden,
+            Some(_) => RetryAction::transient_error(),
+            // Not a service error: the SDK's classifiers judge it (I/O, timeouts).
+            None => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn classify_retry_v2(&self, ctx: &InterceptorContext, previous: &RetryAction) -> RetryAction {
+        match self.classify_retry(ctx) {
+            // What the SDK already retries (throttling, 5xx) keeps its own kind of retry.
+            RetryAction::RetryIndicated(_) if previous.should_retry() => RetryAction::NoActionIndicated,
+            action => action,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "cairn: retry SQS receives unless the error is permanent"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
 /// What a failed SQS call said, and what to check.
 fn describe<E, R>(e: &SdkError<E, R>) -> String
 where
@@ -392,9 +452,7 @@ where
                 "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => {
                     "; check the queue URL (SqsSource::queue reads it from the stack's state) and the region"
                 }
-                "AccessDenied" | "AccessDeniedException" | "InvalidClientTokenId" | "UnrecognizedClientException" | "InvalidAddress" => {
-                    "; check the credentials, the region and the queue's access policy"
-                }
+                _ if PERMANENT.contains(&code) => "; check the credentials, the region and the queue's access policy",
                 _ => "",
             };
             format!("{code}: {message}{hint}")
@@ -653,6 +711,31 @@ mod tests {
         let again = event_from_message("q", "5fea7756-0ea4-451a-a703-a558b933e274", body, Some(1));
         assert_eq!(first.id, again.id);
         assert_eq!(first.id, "sqs:5fea7756-0ea4-451a-a703-a558b933e274");
+    }
+
+    /// A receive that failed with `code`, as the retry classifiers see it.
+    fn failed_receive(code: &str) -> InterceptorContext {
+        use aws_smithy_runtime_api::client::interceptors::context::{Error, Input};
+        let mut ctx = InterceptorContext::new(Input::doesnt_matter());
+        let error = ReceiveMessageError::generic(aws_smithy_types::error::ErrorMetadata::builder().code(code).build());
+        ctx.set_output_or_error(Err(OrchestratorError::operation(Error::erase(error))));
+        ctx
+    }
+
+    #[test]
+    fn receives_are_retried_unless_the_error_is_permanent() {
+        let classify = |code: &str, previous: RetryAction| RetryUnlessPermanent.classify_retry_v2(&failed_receive(code), &previous);
+        // Codes the SDK does not retry on its own (a KMS throttle, a code it does not
+        // know) would stop the source: they are retried.
+        for code in ["KmsThrottled", "SomethingNew"] {
+            assert!(classify(code, RetryAction::NoActionIndicated).should_retry(), "{code}");
+        }
+        // What the SDK already retries keeps the SDK's verdict (a throttle stays one).
+        assert_eq!(classify("ThrottlingException", RetryAction::throttling_error()), RetryAction::NoActionIndicated);
+        // No retry mends these: the source stops at once.
+        for code in PERMANENT {
+            assert_eq!(classify(code, RetryAction::server_error()), RetryAction::RetryForbidden, "{code}");
+        }
     }
 
     #[test]

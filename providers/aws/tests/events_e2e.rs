@@ -381,11 +381,14 @@ async fn a_queue_that_does_not_exist_stops_the_source_with_an_error_naming_it() 
     assert!(matches!(err.downcast_ref::<SqsSourceError>(), Some(SqsSourceError::NotDeployed { .. })), "{err:?}");
     assert!(err.to_string().contains("no aws:sqs:Queue 'events'") && err.to_string().contains("run `up` first"), "{err}");
 
-    // A URL where there is no queue: a permanent error, not retried.
+    // A URL where there is no queue: a permanent error, not retried. (Retried, ten tries
+    // from 5 s with jitter would take far longer than the bound.)
     let url = "http://sqs.us-east-1.localhost/123456789012/no-such-events-queue";
-    let source = SqsSource::url(url).client(aws.sqs.clone()).retries(3, Duration::from_millis(10));
+    let source = SqsSource::url(url).client(aws.sqs.clone()).retries(10, Duration::from_secs(5));
     assert_eq!(source.name(), "sqs:no-such-events-queue");
-    let err = timeout(Duration::from_secs(60), source.run(&state, events)).await.expect("the source gives up").unwrap_err();
+    let started = Instant::now();
+    let err = timeout(Duration::from_secs(120), source.run(&state, events)).await.expect("the source gives up").unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "a permanent error stops the source at once: {:?}", started.elapsed());
     let Some(SqsSourceError::Receive { queue, .. }) = err.downcast_ref::<SqsSourceError>() else { panic!("{err:?}") };
     assert_eq!(queue, "no-such-events-queue");
     let err = err.to_string();

@@ -27,7 +27,7 @@ use crate::StackState;
 /// /// One `deploy.requested` event when the stack is first led.
 /// struct OnStart;
 ///
-/// #[async_trait::async_trait]
+/// #[cairn_sdk::async_trait]
 /// impl Source for OnStart {
 ///     fn name(&self) -> String {
 ///         "on-start".to_owned()
@@ -43,8 +43,10 @@ use crate::StackState;
 /// ```
 #[async_trait]
 pub trait Source: Send + Sync + 'static {
-    /// The label `watch` prints and that a failure names: `sqs:shop-events`,
-    /// `schedule:traffic.peak_hours`.
+    /// The label `watch` prints and that a failure names: `sqs:events`,
+    /// `schedule:traffic.peak_hours`. It need not be the `source` of the events it
+    /// makes (an SQS source is named after the queue's logical name, its events after
+    /// the queue's name in AWS).
     fn name(&self) -> String;
 
     /// Submits events to `events` until the reconciler behind it stops (then `Ok`), or
