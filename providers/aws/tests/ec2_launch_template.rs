@@ -102,7 +102,7 @@ async fn a_launch_template_gets_a_new_default_version_in_place_and_is_replaced_o
     assert!(!stack.preview(&Web::default(), &state).unwrap().has_changes(), "a second up changes nothing");
     // Read back as declared. (Refresh compares lists exactly, so it may list the
     // security groups as reordered; a plan compares them as a set.)
-    let refreshed = session.refresh().await.unwrap();
+    let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert!(refreshed
         .drift
         .iter()

@@ -96,7 +96,7 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
     assert_eq!(lines(d.ip_permissions()), [format!("tcp 5432-5432 {web}")]);
     assert!(d.ip_permissions_egress().is_empty(), "AWS's default egress rule is revoked when none is declared");
     assert!(!stack.preview(&Fw::default(), &state).unwrap().has_changes(), "a second up changes nothing");
-    assert!(session.refresh().await.unwrap().drift.is_empty(), "read back as declared");
+    assert!(stack.preview_refresh(&state).await.unwrap().drift.is_empty(), "read back as declared");
 
     // Found by its tags, as an interrupted create would be.
     let found = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-sg-lifecycle", SG, "web")).await.unwrap();

@@ -276,7 +276,7 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
 
     // Read back: moto does not report the port; refresh keeps the recorded one, so
     // there is no drift and no replacement.
-    let refreshed = session.refresh().await.unwrap();
+    let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert_eq!(drift_of(&refreshed), []);
     assert!(!stack.preview(&first, &refreshed.state).unwrap().has_changes());
 
