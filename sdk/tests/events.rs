@@ -289,6 +289,18 @@ async fn an_accepted_event_is_audited_even_when_no_apply_follows() {
         .collect();
     assert_eq!(entries, [("same", "accepted", "unchanged"), ("failing", "accepted", "failed"), ("waiting", "accepted", "failed")], "{history:#?}");
     assert_eq!(web_updates(&p).len(), 2);
+
+    // One that changes nothing while a failed apply waits for its retry waits with it;
+    // stopped before the retry, the reconciler still writes its entry, with no apply.
+    let run = start(session, ReconcilerOptions::default().backoff(secs(60), secs(60)));
+    sleep(secs(1)).await;
+    let same_again = Event::new("capacity.set", json!({ "capacity": 8 })).with_id("same-again");
+    assert_eq!(run.events.send(same_again).await.unwrap(), Outcome::Accepted);
+    let session = run.finish().await;
+    let history = store.history("dev").await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!((last["event"]["id"].as_str(), last["outcome"].as_str()), (Some("same-again"), Some("accepted")), "{last:#}");
+    assert!(last["apply"].is_null(), "{last:#}");
     session.close().await.unwrap();
 }
 

@@ -217,6 +217,11 @@ where
                 self.converge().await?;
             }
         }
+        // Accepted events still waiting for an apply (a failed one's retry was not yet
+        // due) are in the recorded `S`, which the next run converges to: their entries
+        // are written now, with no apply.
+        let waiting: Vec<AuditEntry> = self.unapplied.drain(..).map(|e| audit_entry(&e, super::now_ms(), None)).collect();
+        self.audit(&waiting).await?;
         self.drop_held();
         Ok(self.session)
     }
