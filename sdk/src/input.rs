@@ -245,6 +245,39 @@ impl<const N: usize> From<[&str; N]> for Input<Vec<String>> {
     }
 }
 
+/// A resource's own tags, key to value: what a `tags` input holds.
+///
+/// A `tags` setter takes any of `[("team", "shop")]`, a `Vec` of pairs or a map.
+pub type Tags = std::collections::BTreeMap<String, String>;
+
+fn tags_input<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Input<Tags> {
+    Input::from_prop(Prop::Value(Value::Object(pairs.into_iter().map(|(k, v)| (k.into(), Value::String(v.into()))).collect())))
+}
+
+impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Input<Tags> {
+    fn from(pairs: [(K, V); N]) -> Self {
+        tags_input(pairs)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> From<Vec<(K, V)>> for Input<Tags> {
+    fn from(pairs: Vec<(K, V)>) -> Self {
+        tags_input(pairs)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> From<std::collections::BTreeMap<K, V>> for Input<Tags> {
+    fn from(map: std::collections::BTreeMap<K, V>) -> Self {
+        tags_input(map)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>, S> From<std::collections::HashMap<K, V, S>> for Input<Tags> {
+    fn from(map: std::collections::HashMap<K, V, S>) -> Self {
+        tags_input(map)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

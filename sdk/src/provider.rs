@@ -256,6 +256,13 @@ pub struct Observed {
     pub outputs: Props,
 }
 
+impl Observed {
+    /// A resource with id `id`, its `inputs` as read, and its `outputs`.
+    pub fn new<'a>(id: impl Into<String>, inputs: Props, outputs: impl IntoIterator<Item = (&'a str, Value)>) -> Self {
+        Observed { id: id.into(), inputs, outputs: outputs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() }
+    }
+}
+
 /// The value a property will have after apply: known now, or not. Borrowed from the
 /// declaration or the state where possible.
 #[derive(Clone, Debug, PartialEq)]

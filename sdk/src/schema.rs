@@ -155,6 +155,13 @@ impl Property {
         Self::base(name, PropertyKind::OptionalComputed)
     }
 
+    /// Makes an input one the cloud computes when the program leaves it unset, as
+    /// [`Property::optional_computed`] does: for the builder chain of [`resource!`](crate::resource).
+    pub const fn computed(mut self) -> Self {
+        self.kind = PropertyKind::OptionalComputed;
+        self
+    }
+
     /// An output computed by the cloud.
     pub const fn output(name: &'static str) -> Self {
         Self::base(name, PropertyKind::Output)

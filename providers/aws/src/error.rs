@@ -13,6 +13,42 @@ pub(crate) fn code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<&st
     }
 }
 
+/// The hint of an error no kind explains better than AWS's own message.
+pub(crate) fn no_hint(_code: &str) -> Option<String> {
+    None
+}
+
+/// Whether `e` says the resource does not exist, by the kind's `codes`: each is an
+/// error code, or `Code: words` for a service that says "not found" only in the
+/// message of a general code (Auto Scaling's `ValidationError`). The one way every kind
+/// tells "gone" from a failure.
+pub(crate) fn missing<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>, codes: &[&str]) -> bool {
+    let SdkError::ServiceError(s) = e else { return false };
+    let (code, message) = (s.err().code().unwrap_or_default(), s.err().message().unwrap_or_default().to_ascii_lowercase());
+    codes.iter().any(|c| match c.split_once(": ") {
+        Some((c, words)) => c == code && message.contains(words),
+        None => *c == code,
+    })
+}
+
+/// The answer to a call on one resource, `None` when the error says it does not exist
+/// ([`missing`] by `codes`): how reads and deletes treat "gone".
+pub(crate) fn or_missing<T, E>(
+    answer: Result<T, SdkError<E, HttpResponse>>,
+    codes: &[&str],
+    action: &str,
+    hint: impl Fn(&str) -> Option<String>,
+) -> Result<Option<T>, ProviderError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match answer {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if missing(&e, codes) => Ok(None),
+        Err(e) => Err(aws_error(action, e, hint)),
+    }
+}
+
 /// Whether an AWS error code says the request was throttled or timed out on AWS's side,
 /// by the SDK's own lists, less `LimitExceededException`: a quota, which is a refusal.
 fn throttled_or_timed_out(code: &str) -> bool {

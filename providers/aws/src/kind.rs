@@ -103,6 +103,15 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Reads each resource a look-up found, by id, as it is now.
+pub(crate) async fn read_each(kind: &dyn Kind, aws: &Clients, urn: &Urn, ids: Vec<String>) -> Result<Vec<Observed>, ProviderError> {
+    let mut found = Vec::new();
+    for id in ids {
+        found.extend(kind.read(aws, urn, &id, &Props::new()).await?);
+    }
+    Ok(found)
+}
+
 /// Runs the rest of a create once AWS has given the resource `id` (attributes,
 /// attachments, rules, waits, the read-back): whatever fails from here on, the resource
 /// exists, so the error carries its id ([`ProviderError::Incomplete`]) and the engine
@@ -113,17 +122,4 @@ pub(crate) async fn finish<T>(id: &str, rest: impl std::future::Future<Output = 
         return Err(ProviderError::uncertain("the create's answer did not say the new resource's id".to_owned()));
     }
     rest.await.map_err(|e| e.after_create(id))
-}
-
-/// Copies into `observed` each of `keys` that it lacks and `recorded` has: inputs a read
-/// cannot see, kept as recorded rather than reported gone.
-#[cfg_attr(not(feature = "elasticache"), allow(dead_code))]
-pub(crate) fn keep_unreported(observed: &mut Props, recorded: &Props, keys: &[&str]) {
-    for key in keys {
-        if !observed.contains_key(key) {
-            if let Some(v) = recorded.get(key) {
-                observed.insert(*key, v.clone());
-            }
-        }
-    }
 }

@@ -2,8 +2,8 @@
 //! public API, the way a provider crate writes its resources.
 #![allow(dead_code)]
 
-use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Props, ResourceExt, Stack, StackState};
+use cairn_sdk::schema::Default;
+use cairn_sdk::{CheckFailure, Decl, Props, ResourceExt, Stack, StackState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -26,99 +26,78 @@ fn check_cidr(decl: &Decl, out: &mut Vec<CheckFailure>) {
 
 // --- Network -------------------------------------------------------------------------
 
-pub static NETWORK: ResourceType = ResourceType::new(
-    "test:net:Network",
-    &[
-        Property::input("cidr_block").required().forces_replacement(),
-        Property::input("dns").default(Default::Bool(true)),
-        Property::input("name").auto_name().forces_replacement(),
-        Property::output("id"),
-        Property::output("arn"),
-    ],
-)
-.with_validation(check_cidr);
-
-pub struct Network(Decl);
-
-typed_handle! {
-    pub struct NetworkRef { id: String, arn: String, cidr_block: String }
-}
-
-impl Network {
-    pub fn new(name: &str) -> Self {
-        Network(Decl::new(&NETWORK, name))
+cairn_sdk::resource! {
+    pub struct Network {
+        token: "test:net:Network",
+        schema: NETWORK,
+        inputs: NetworkInputs,
+        handle: NetworkRef,
+        validate: check_cidr,
     }
-    pub fn cidr_block(mut self, v: impl Into<Input<String>>) -> Self {
-        self.0.set("cidr_block", v);
-        self
+    inputs {
+        cidr_block: String = required().forces_replacement(),
+        dns: bool = default(Default::Bool(true)),
+        name: String = auto_name().forces_replacement(),
     }
-    pub fn dns(mut self, v: impl Into<Input<bool>>) -> Self {
-        self.0.set("dns", v);
-        self
+    outputs {
+        id: String,
+        arn: String,
     }
-    pub fn name(mut self, v: impl Into<Input<String>>) -> Self {
-        self.0.set("name", v);
-        self
+    echoes {
+        cidr_block: String,
     }
 }
 
 // --- Subnet --------------------------------------------------------------------------
 
-pub static SUBNET: ResourceType = ResourceType::new(
-    "test:net:Subnet",
-    &[
-        Property::input("network_id").required().forces_replacement(),
-        Property::input("cidr_block").required().forces_replacement(),
-        Property::optional_computed("zone").forces_replacement(),
-        Property::input("public_ips"),
-        Property::output("id"),
-    ],
-)
-.with_validation(check_cidr);
-
-pub struct Subnet(Decl);
-
-typed_handle! {
-    pub struct SubnetRef { id: String, zone: String }
-}
-
-impl Subnet {
-    pub fn new(name: &str) -> Self {
-        Subnet(Decl::new(&SUBNET, name))
+cairn_sdk::resource! {
+    pub struct Subnet {
+        token: "test:net:Subnet",
+        schema: SUBNET,
+        inputs: SubnetInputs,
+        handle: SubnetRef,
+        validate: check_cidr,
     }
-    pub fn network_id(mut self, v: impl Into<Input<String>>) -> Self {
-        self.0.set("network_id", v);
-        self
+    inputs {
+        network_id: String = required().forces_replacement(),
+        cidr_block: String = required().forces_replacement(),
+        zone: String = computed().forces_replacement(),
+        public_ips: bool,
     }
-    pub fn cidr_block(mut self, v: impl Into<Input<String>>) -> Self {
-        self.0.set("cidr_block", v);
-        self
+    outputs {
+        id: String,
     }
-    pub fn zone(mut self, v: impl Into<Input<String>>) -> Self {
-        self.0.set("zone", v);
-        self
-    }
-    pub fn public_ips(mut self, v: impl Into<Input<bool>>) -> Self {
-        self.0.set("public_ips", v);
-        self
+    echoes {
+        zone: String,
     }
 }
 
 // --- Group (an autoscaling group) ---------------------------------------------------
 
-pub static GROUP: ResourceType = ResourceType::new(
-    "test:compute:Group",
-    &[
-        Property::input("subnets").required(),
-        Property::input("image").required(),
-        Property::input("min").default(Default::Int(1)),
-        Property::input("max").default(Default::Int(1)),
-        Property::input("desired").default(Default::Int(1)),
-        Property::output("id"),
-        Property::output("version").changes_on_update(),
-    ],
-)
-.with_validation(|decl, out| {
+cairn_sdk::resource! {
+    pub struct Group {
+        token: "test:compute:Group",
+        schema: GROUP,
+        inputs: GroupInputs,
+        handle: GroupRef,
+        validate: check_group,
+    }
+    inputs {
+        subnets: Vec<String> = required(),
+        image: String = required(),
+    }
+    by_hand {
+        min: u32 = default(Default::Int(1)),
+        max: u32 = default(Default::Int(1)),
+        desired: u32 = default(Default::Int(1)),
+    }
+    outputs {
+        id: String,
+        version: u64 = changes_on_update(),
+    }
+}
+
+fn check_group(decl: &Decl, out: &mut Vec<CheckFailure>) {
     let n = |k| decl.value(k).and_then(Value::as_i64);
     if let (Some(min), Some(max)) = (n("min"), n("max")) {
         if min > max {
@@ -130,26 +109,9 @@ pub static GROUP: ResourceType = ResourceType::new(
             }
         }
     }
-});
-
-pub struct Group(Decl);
-
-typed_handle! {
-    pub struct GroupRef { id: String, version: u64 }
 }
 
 impl Group {
-    pub fn new(name: &str) -> Self {
-        Group(Decl::new(&GROUP, name))
-    }
-    pub fn subnets(mut self, v: impl Into<Input<Vec<String>>>) -> Self {
-        self.0.set("subnets", v);
-        self
-    }
-    pub fn image(mut self, v: impl Into<Input<String>>) -> Self {
-        self.0.set("image", v);
-        self
-    }
     pub fn capacity(mut self, min: u32, desired: u32, max: u32) -> Self {
         self.0.set("min", min);
         self.0.set("desired", desired);
@@ -160,55 +122,28 @@ impl Group {
 
 // --- Queue ---------------------------------------------------------------------------
 
-pub static QUEUE: ResourceType = ResourceType::new(
-    "test:queue:Queue",
-    &[
-        Property::input("name").auto_name().forces_replacement(),
-        Property::input("fifo").default(Default::Bool(false)).forces_replacement(),
-        Property::input("visibility_timeout").default(Default::Int(30)),
-        Property::input("dead_letter_arn"),
-        Property::input("auth_token").secret(),
-        Property::output("id"),
-        Property::output("arn"),
-    ],
-);
-
-pub struct Queue(Decl);
-
-typed_handle! {
-    pub struct QueueRef { id: String, arn: String, name: String }
-}
-
-impl Queue {
-    pub fn new(name: &str) -> Self {
-        Queue(Decl::new(&QUEUE, name))
+cairn_sdk::resource! {
+    pub struct Queue {
+        token: "test:queue:Queue",
+        schema: QUEUE,
+        inputs: QueueInputs,
+        handle: QueueRef,
     }
-    pub fn name(mut self, v: impl Into<Input<String>>) -> Self {
-        self.0.set("name", v);
-        self
+    inputs {
+        name: String = auto_name().forces_replacement(),
+        fifo: bool = default(Default::Bool(false)).forces_replacement(),
+        visibility_timeout: u32 = default(Default::Int(30)),
+        dead_letter_arn: String,
+        auth_token: String = secret(),
     }
-    pub fn fifo(mut self, v: bool) -> Self {
-        self.0.set("fifo", v);
-        self
+    outputs {
+        id: String,
+        arn: String,
     }
-    pub fn visibility_timeout(mut self, v: u32) -> Self {
-        self.0.set("visibility_timeout", v);
-        self
-    }
-    pub fn dead_letter_arn(mut self, v: impl Into<Input<String>>) -> Self {
-        self.0.set("dead_letter_arn", v);
-        self
-    }
-    pub fn auth_token(mut self, v: &str) -> Self {
-        self.0.set("auth_token", v);
-        self
+    echoes {
+        name: String,
     }
 }
-
-cairn_sdk::impl_resource!(Network => NetworkRef);
-cairn_sdk::impl_resource!(Subnet => SubnetRef);
-cairn_sdk::impl_resource!(Group => GroupRef);
-cairn_sdk::impl_resource!(Queue => QueueRef);
 
 // --- A shop, the shape of the flagship example ---------------------------------------
 

@@ -22,36 +22,66 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_autoscaling::types::{AutoScalingGroup, Filter, LaunchTemplateSpecification, Tag, TagDescription};
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
+use aws_sdk_autoscaling::types::{AutoScalingGroup, Filter, LaunchTemplateSpecification, Tag};
+use cairn_sdk::schema::Default;
+use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
-use crate::error::{aws_error, code};
+use crate::error::{aws_error, missing, no_hint};
 use crate::kind::{Clients, Kind};
-use crate::tags;
+use crate::tags::{self, Retag};
 use crate::wait::{self, Poll};
 
-/// The schema of `aws:autoscaling:Group`.
-pub static GROUP: ResourceType = ResourceType::new(
-    "aws:autoscaling:Group",
-    &[
-        Property::input("name").auto_name().forces_replacement(),
-        Property::input("launch_template_id").required(),
-        Property::input("launch_template_version").default(Default::Str("$Default")),
-        Property::input("subnet_ids").required(),
-        Property::input("min_size").required(),
-        Property::input("max_size").required(),
-        Property::optional_computed("desired_capacity"),
-        Property::input("health_check_type").default(Default::Str("EC2")),
-        Property::input("health_check_grace_period").default(Default::Int(300)),
-        Property::input("tags"),
-        Property::output("arn"),
-    ],
-)
-.with_validation(validate);
+cairn_sdk::resource! {
+    /// An Auto Scaling group:
+    /// `Group::new("web").launch_template_id(lt.id()).subnet_ids([a.id(), b.id()]).min_size(1).max_size(4)`.
+    pub struct Group {
+        token: "aws:autoscaling:Group",
+        schema: GROUP,
+        inputs: GroupInputs,
+        /// A declared group's outputs.
+        handle: GroupRef,
+        validate: validate,
+    }
+    inputs {
+        /// The physical name, 1 to 255 characters; by default `<logical name>-<suffix>`, new
+        /// on each replacement (forces replacement).
+        name: String = auto_name().forces_replacement(),
+        /// The launch template its instances are launched from, `lt-...`: usually a launch
+        /// template's `id()` output.
+        launch_template_id: String = required(),
+        /// Which version of the launch template: a number such as `"3"`, `"$Latest"` or
+        /// `"$Default"` (the default).
+        launch_template_version: String = default(Default::Str("$Default")),
+        /// The subnets to launch instances into (its VPC zone identifier); literals or
+        /// subnets' `id()` outputs. Changed in place.
+        subnet_ids: Vec<String> = required(),
+        /// The fewest instances the group may have.
+        min_size: u32 = required(),
+        /// The most instances the group may have.
+        max_size: u32 = required(),
+        /// How many instances it should run now, from `min_size` to `max_size`. Changed in
+        /// place. Unset, AWS starts at `min_size` and Cairn leaves the number to scaling
+        /// policies.
+        desired_capacity: u32 = computed(),
+        /// How instance health is judged: `"EC2"` (the default) or `"ELB"` (the load
+        /// balancer's checks as well).
+        health_check_type: String = default(Default::Str("EC2")),
+        /// Seconds a new instance is given before its health counts (default 300).
+        health_check_grace_period: u32 = default(Default::Int(300)),
+        /// Tags of your own, propagated to the instances at launch (Cairn adds `Name`,
+        /// `cairn:stack` and `cairn:urn`).
+        tags: Tags,
+    }
+    outputs {
+        /// The group ARN, for scaling policies and alarms.
+        arn: String,
+    }
+    echoes {
+        /// The group name (its id).
+        name: String,
+    }
+}
 
 /// How long a delete waits for the group to be gone, unless `CAIRN_AWS_WAIT_TIMEOUT`
 /// says otherwise.
@@ -179,153 +209,42 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     }
 }
 
-/// An Auto Scaling group:
-/// `Group::new("web").launch_template_id(lt.id()).subnet_ids([a.id(), b.id()]).min_size(1).max_size(4)`.
-#[derive(Debug, Clone)]
-pub struct Group(Decl);
-
-typed_handle! {
-    /// A declared group's outputs.
-    pub struct GroupRef {
-        /// The group name (its id).
-        name: String,
-        /// The group ARN, for scaling policies and alarms.
-        arn: String,
-    }
-}
-
-impl Group {
-    /// A group with logical name `name`.
-    pub fn new(name: &str) -> Self {
-        Group(Decl::new(&GROUP, name))
-    }
-
-    /// The physical name, 1 to 255 characters; by default `<logical name>-<suffix>`, new
-    /// on each replacement (forces replacement).
-    #[must_use]
-    pub fn name(mut self, name: impl Into<Input<String>>) -> Self {
-        self.0.set("name", name);
-        self
-    }
-
-    /// The launch template its instances are launched from, `lt-...`: usually a launch
-    /// template's `id()` output.
-    #[must_use]
-    pub fn launch_template_id(mut self, id: impl Into<Input<String>>) -> Self {
-        self.0.set("launch_template_id", id);
-        self
-    }
-
-    /// Which version of the launch template: a number such as `"3"`, `"$Latest"` or
-    /// `"$Default"` (the default).
-    #[must_use]
-    pub fn launch_template_version(mut self, version: impl Into<Input<String>>) -> Self {
-        self.0.set("launch_template_version", version);
-        self
-    }
-
-    /// The subnets to launch instances into (its VPC zone identifier); literals or
-    /// subnets' `id()` outputs. Changed in place.
-    #[must_use]
-    pub fn subnet_ids(mut self, ids: impl Into<Input<Vec<String>>>) -> Self {
-        self.0.set("subnet_ids", ids);
-        self
-    }
-
-    /// The fewest instances the group may have.
-    #[must_use]
-    pub fn min_size(mut self, size: impl Into<Input<u32>>) -> Self {
-        self.0.set("min_size", size);
-        self
-    }
-
-    /// The most instances the group may have.
-    #[must_use]
-    pub fn max_size(mut self, size: impl Into<Input<u32>>) -> Self {
-        self.0.set("max_size", size);
-        self
-    }
-
-    /// How many instances it should run now, from `min_size` to `max_size`. Changed in
-    /// place. Unset, AWS starts at `min_size` and Cairn leaves the number to scaling
-    /// policies.
-    #[must_use]
-    pub fn desired_capacity(mut self, capacity: impl Into<Input<u32>>) -> Self {
-        self.0.set("desired_capacity", capacity);
-        self
-    }
-
-    /// How instance health is judged: `"EC2"` (the default) or `"ELB"` (the load
-    /// balancer's checks as well).
-    #[must_use]
-    pub fn health_check_type(mut self, kind: impl Into<Input<String>>) -> Self {
-        self.0.set("health_check_type", kind);
-        self
-    }
-
-    /// Seconds a new instance is given before its health counts (default 300).
-    #[must_use]
-    pub fn health_check_grace_period(mut self, seconds: impl Into<Input<u32>>) -> Self {
-        self.0.set("health_check_grace_period", seconds);
-        self
-    }
-
-    /// Tags of your own, propagated to the instances at launch (Cairn adds `Name`,
-    /// `cairn:stack` and `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", tags::to_value(tags));
-        self
-    }
-}
-
-cairn_sdk::impl_resource!(Group => GroupRef);
-
 /// The group's operations.
 #[derive(Debug)]
 pub(crate) struct GroupKind;
 
-fn text<'a>(inputs: &'a Props, key: &str) -> Option<&'a str> {
-    inputs.get(key).and_then(Value::as_str)
+/// What AWS answers when the group does not exist: `ValidationError` with "... not found".
+const MISSING: &[&str] = &["ValidationError: not found"];
+
+/// A size as AWS takes it.
+fn int(n: Option<u32>) -> Option<i32> {
+    n.and_then(|n| i32::try_from(n).ok())
 }
 
-fn int(inputs: &Props, key: &str) -> Option<i32> {
-    inputs.get(key).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok())
+/// A size as AWS gives it.
+fn size(n: Option<i32>) -> Option<u32> {
+    n.and_then(|n| u32::try_from(n).ok())
 }
 
 /// Checks the sizes once every value is known, before any call.
-fn check_sizes(inputs: &Props) -> Result<(), ProviderError> {
-    let size = |key| inputs.get(key).and_then(Value::as_i64).map_or(Size::Unset, Size::Known);
-    match size_problem(size("min_size"), size("desired_capacity"), size("max_size")) {
+fn check_sizes(want: &GroupInputs) -> Result<(), ProviderError> {
+    let size = |n: Option<u32>| n.map_or(Size::Unset, |n| Size::Known(i64::from(n)));
+    match size_problem(size(want.min_size), size(want.desired_capacity), size(want.max_size)) {
         Some((key, expected)) => Err(ProviderError::failed(format!("{key} must {expected}"))),
         None => Ok(()),
     }
 }
 
-fn launch_template(inputs: &Props) -> LaunchTemplateSpecification {
-    let version = match inputs.get("launch_template_version") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => "$Default".to_owned(),
-    };
+fn launch_template(want: &GroupInputs) -> LaunchTemplateSpecification {
     LaunchTemplateSpecification::builder()
-        .set_launch_template_id(text(inputs, "launch_template_id").map(str::to_owned))
-        .version(version)
+        .set_launch_template_id(want.launch_template_id.clone())
+        .version(want.launch_template_version.as_deref().unwrap_or("$Default"))
         .build()
 }
 
 /// The subnets as AWS takes them: `subnet-a,subnet-b`.
-fn zone_identifier(inputs: &Props) -> String {
-    let ids = inputs.get("subnet_ids").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    ids.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
-}
-
-/// The tags the group should carry: the user's, `Name` (the logical name unless set) and
-/// Cairn's.
-fn wanted_tags(urn: &Urn, inputs: &Props) -> std::collections::HashMap<String, String> {
-    let mut all = tags::with_cairn_tags(urn, inputs);
-    all.entry("Name".to_owned()).or_insert_with(|| urn.name().to_owned());
-    all
+fn zone_identifier(want: &GroupInputs) -> String {
+    want.subnet_ids.as_deref().unwrap_or_default().join(",")
 }
 
 fn tag(group: &str, key: &str, value: Option<&str>) -> Tag {
@@ -338,17 +257,11 @@ fn tag(group: &str, key: &str, value: Option<&str>) -> Tag {
         .build()
 }
 
-/// Whether an error means the group does not exist: AWS answers `ValidationError` with
-/// "... not found".
-fn is_missing<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
-    code(e) == Some("ValidationError") && e.message().is_some_and(|m| m.to_ascii_lowercase().contains("not found"))
-}
-
-fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
-    move |code| match code {
+fn hint(code: &str, want: &GroupInputs) -> Option<String> {
+    match code {
         "AlreadyExists" => Some(format!(
             "an Auto Scaling group named {} already exists; choose another name, or leave the name unset and Cairn will pick a unique one",
-            text(inputs, "name").unwrap_or_default()
+            want.name.as_deref().unwrap_or_default()
         )),
         "LimitExceeded" => Some(
             "the account's quota of Auto Scaling groups (or of instances) is used up; delete groups you no longer need or ask AWS for a higher quota"
@@ -359,11 +272,11 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
         }
         "InvalidLaunchTemplateId.NotFound" | "InvalidLaunchTemplateId.Malformed" => Some(format!(
             "launch template {} does not exist (deleted outside Cairn? run refresh); check launch_template_id",
-            text(inputs, "launch_template_id").unwrap_or_default()
+            want.launch_template_id.as_deref().unwrap_or_default()
         )),
         "InvalidSubnetID.NotFound" => Some(format!(
             "a subnet of {} does not exist (deleted outside Cairn? run refresh); check subnet_ids",
-            zone_identifier(inputs)
+            zone_identifier(want)
         )),
         _ => None,
     }
@@ -377,31 +290,28 @@ async fn describe(aws: &Clients, name: &str) -> Result<Option<AutoScalingGroup>,
         .auto_scaling_group_names(name)
         .send()
         .await
-        .map_err(|e| aws_error("reading the group", e, |_| None))?;
+        .map_err(|e| aws_error("reading the group", e, no_hint))?;
     Ok(out.auto_scaling_groups().iter().find(|g| g.auto_scaling_group_name() == Some(name)).cloned())
 }
 
-/// Brings the group's tags from what `old` asks for to what `new` asks for.
-async fn retag(aws: &Clients, urn: &Urn, name: &str, old: &Props, new: &Props) -> Result<(), ProviderError> {
-    let (before, after) = (wanted_tags(urn, old), wanted_tags(urn, new));
-    let gone: Vec<Tag> = before.keys().filter(|k| !after.contains_key(*k)).map(|k| tag(name, k, None)).collect();
-    if !gone.is_empty() {
+/// Brings the group's tags from what the user's `old` tags ask for to what `new` ask for.
+async fn retag(aws: &Clients, urn: &Urn, name: &str, old: Option<&Tags>, new: Option<&Tags>) -> Result<(), ProviderError> {
+    let Retag { remove, set } = Retag::new(urn, old, new);
+    if !remove.is_empty() {
         aws.autoscaling
             .delete_tags()
-            .set_tags(Some(gone))
+            .set_tags(Some(remove.iter().map(|k| tag(name, k, None)).collect()))
             .send()
             .await
-            .map_err(|e| aws_error("removing tags", e, |_| None))?;
+            .map_err(|e| aws_error("removing tags", e, no_hint))?;
     }
-    let changed: Vec<Tag> =
-        after.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, v)| tag(name, k, Some(v))).collect();
-    if !changed.is_empty() {
+    if !set.is_empty() {
         aws.autoscaling
             .create_or_update_tags()
-            .set_tags(Some(changed))
+            .set_tags(Some(set.iter().map(|(k, v)| tag(name, k, Some(v))).collect()))
             .send()
             .await
-            .map_err(|e| aws_error("tagging the group", e, |_| None))?;
+            .map_err(|e| aws_error("tagging the group", e, no_hint))?;
     }
     Ok(())
 }
@@ -409,30 +319,31 @@ async fn retag(aws: &Clients, urn: &Urn, name: &str, old: &Props, new: &Props) -
 #[async_trait]
 impl Kind for GroupKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        check_sizes(inputs)?;
-        let name = text(inputs, "name").unwrap_or_default();
+        let want = GroupInputs::from_props(inputs)?;
+        check_sizes(&want)?;
+        let name = want.name.as_deref().unwrap_or_default();
         // AWS refuses a taken name; some endpoints replace the other group instead.
         if describe(aws, name).await?.is_some() {
             return Err(ProviderError::failed(format!(
                 "an Auto Scaling group named {name} already exists; choose another name, or leave the name unset and Cairn will pick a unique one"
                 )));
         }
-        let tags: Vec<Tag> = wanted_tags(urn, inputs).iter().map(|(k, v)| tag(name, k, Some(v))).collect();
+        let tags: Vec<Tag> = tags::wanted(urn, want.tags.as_ref()).iter().map(|(k, v)| tag(name, k, Some(v))).collect();
         aws.once
             .autoscaling
             .create_auto_scaling_group()
             .auto_scaling_group_name(name)
-            .launch_template(launch_template(inputs))
-            .set_min_size(int(inputs, "min_size"))
-            .set_max_size(int(inputs, "max_size"))
-            .set_desired_capacity(int(inputs, "desired_capacity"))
-            .vpc_zone_identifier(zone_identifier(inputs))
-            .set_health_check_type(text(inputs, "health_check_type").map(str::to_owned))
-            .set_health_check_grace_period(int(inputs, "health_check_grace_period"))
+            .launch_template(launch_template(&want))
+            .set_min_size(int(want.min_size))
+            .set_max_size(int(want.max_size))
+            .set_desired_capacity(int(want.desired_capacity))
+            .vpc_zone_identifier(zone_identifier(&want))
+            .set_health_check_type(want.health_check_type.clone())
+            .set_health_check_grace_period(int(want.health_check_grace_period))
             .set_tags(Some(tags))
             .send()
             .await
-            .map_err(|e| aws_error("creating the group", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the group", e, |c| hint(c, &want)))?;
         self.read_created(aws, urn, name, inputs).await
     }
 
@@ -441,44 +352,43 @@ impl Kind for GroupKind {
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        check_sizes(new)?;
-        let changed = |key: &str| old.get(key) != new.get(key);
+        let (old, want) = (GroupInputs::from_props(old)?, GroupInputs::from_props(new)?);
+        check_sizes(&want)?;
         let mut call = aws.autoscaling.update_auto_scaling_group().auto_scaling_group_name(id);
         let mut any = false;
-        if changed("launch_template_id") || changed("launch_template_version") {
-            call = call.launch_template(launch_template(new));
+        if old.launch_template_id != want.launch_template_id || old.launch_template_version != want.launch_template_version {
+            call = call.launch_template(launch_template(&want));
             any = true;
         }
-        if changed("subnet_ids") {
-            call = call.vpc_zone_identifier(zone_identifier(new));
+        if old.subnet_ids != want.subnet_ids {
+            call = call.vpc_zone_identifier(zone_identifier(&want));
             any = true;
         }
-        if changed("health_check_type") {
-            call = call.set_health_check_type(text(new, "health_check_type").map(str::to_owned));
+        if old.health_check_type != want.health_check_type {
+            call = call.set_health_check_type(want.health_check_type.clone());
             any = true;
         }
         // A size no longer set is left as it is: an unset desired capacity is AWS's.
-        for key in ["min_size", "max_size", "desired_capacity", "health_check_grace_period"] {
-            if let Some(n) = int(new, key).filter(|_| changed(key)) {
-                call = match key {
-                    "min_size" => call.min_size(n),
-                    "max_size" => call.max_size(n),
-                    "desired_capacity" => call.desired_capacity(n),
-                    _ => call.health_check_grace_period(n),
-                };
-                any = true;
-            }
-        }
+        let changed = |before: Option<u32>, after: Option<u32>| int(after).filter(|_| before != after);
+        let sizes = [
+            changed(old.min_size, want.min_size),
+            changed(old.max_size, want.max_size),
+            changed(old.desired_capacity, want.desired_capacity),
+            changed(old.health_check_grace_period, want.health_check_grace_period),
+        ];
+        any |= sizes.iter().any(Option::is_some);
+        let [min, max, desired, grace] = sizes;
+        let call = call.set_min_size(min).set_max_size(max).set_desired_capacity(desired).set_health_check_grace_period(grace);
         if any {
             call.send().await.map_err(|e| {
-                if is_missing(&e) {
+                if missing(&e, MISSING) {
                     ProviderError::not_found(format!("group {id} is gone (deleted outside Cairn? run refresh)"))
                 } else {
-                    aws_error("updating the group", e, hint(new))
+                    aws_error("updating the group", e, |c| hint(c, &want))
                 }
             })?;
         }
-        retag(aws, urn, id, old, new).await?;
+        retag(aws, urn, id, old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
@@ -486,12 +396,12 @@ impl Kind for GroupKind {
         let asked = aws.autoscaling.delete_auto_scaling_group().auto_scaling_group_name(id).force_delete(true).send().await;
         match asked {
             Ok(_) => {}
-            Err(e) if is_missing(&e) => return Ok(()),
+            Err(e) if missing(&e, MISSING) => return Ok(()),
             Err(e) => {
                 // Already being deleted (an earlier run that gave up waiting): wait again.
                 let deleting = describe(aws, id).await.ok().flatten().is_some_and(|g| g.status() == Some(DELETING));
                 if !deleting {
-                    return Err(aws_error("deleting the group", e, |_| None));
+                    return Err(aws_error("deleting the group", e, no_hint));
                 }
             }
         }
@@ -515,12 +425,14 @@ impl Kind for GroupKind {
                 .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| aws_error("looking up groups", e, |_| None))?;
+                .map_err(|e| aws_error("looking up groups", e, no_hint))?;
             // A group being deleted is on its way out, not a copy to adopt.
             found.extend(
                 page.auto_scaling_groups()
                     .iter()
-                    .filter(|g| g.status() != Some(DELETING) && is_tagged(urn, g.tags()))
+                    .filter(|g| {
+                        g.status() != Some(DELETING) && tags::is_tagged(urn, g.tags().iter().filter_map(|t| Some((t.key()?, t.value()?))))
+                    })
                     .map(|g| observe(urn, g)),
             );
             match page.next_token() {
@@ -532,57 +444,31 @@ impl Kind for GroupKind {
     }
 }
 
-fn is_tagged(urn: &Urn, found: &[TagDescription]) -> bool {
-    found.iter().any(|t| t.key() == Some(tags::URN) && t.value() == Some(urn.as_str()))
-}
-
 /// The group as the inputs and outputs Cairn records.
 fn observe(urn: &Urn, g: &AutoScalingGroup) -> Observed {
     let name = g.auto_scaling_group_name().unwrap_or_default();
-    let mut inputs = Props::new();
-    inputs.insert("name", Value::from(name));
-    if let Some(lt) = g.launch_template() {
-        if let Some(id) = lt.launch_template_id() {
-            inputs.insert("launch_template_id", Value::from(id));
-        }
-        if let Some(v) = lt.version() {
-            inputs.insert("launch_template_version", Value::from(v));
-        }
-    }
-    let subnets: Vec<Value> = g
+    let lt = g.launch_template();
+    let subnets = g
         .vpc_zone_identifier()
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(Value::from)
+        .map(str::to_owned)
         .collect();
-    inputs.insert("subnet_ids", Value::Array(subnets));
-    for (key, n) in [
-        ("min_size", g.min_size()),
-        ("max_size", g.max_size()),
-        ("desired_capacity", g.desired_capacity()),
-        ("health_check_grace_period", g.health_check_grace_period()),
-    ] {
-        if let Some(n) = n {
-            inputs.insert(key, Value::from(n));
-        }
-    }
-    if let Some(t) = g.health_check_type() {
-        inputs.insert("health_check_type", Value::from(t));
-    }
-    let pairs: Vec<(String, String)> = g
-        .tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
-        .filter(|(k, v)| !(k == "Name" && v == urn.name()))
-        .collect();
-    if let Some(t) = tags::observed_user_tags(pairs.iter().map(|(k, v)| (k, v))) {
-        inputs.insert("tags", t);
-    }
-    let mut outputs = Props::new();
-    outputs.insert("arn", Value::from(g.auto_scaling_group_arn().unwrap_or_default()));
-    Observed { id: name.to_owned(), inputs, outputs }
+    let inputs = GroupInputs {
+        name: Some(name.to_owned()),
+        launch_template_id: lt.and_then(|lt| lt.launch_template_id()).map(str::to_owned),
+        launch_template_version: lt.and_then(|lt| lt.version()).map(str::to_owned),
+        subnet_ids: Some(subnets),
+        min_size: size(g.min_size()),
+        max_size: size(g.max_size()),
+        desired_capacity: size(g.desired_capacity()),
+        health_check_type: g.health_check_type().map(str::to_owned),
+        health_check_grace_period: size(g.health_check_grace_period()),
+        tags: tags::observed(urn, g.tags().iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))),
+    };
+    Observed::new(name, inputs.to_props(), [("arn", Value::from(g.auto_scaling_group_arn().unwrap_or_default()))])
 }
 
 #[cfg(test)]

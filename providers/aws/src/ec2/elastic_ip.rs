@@ -5,44 +5,36 @@
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{DomainType, ResourceType as Ec2Type};
-use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Observed, Props, ProviderError, Urn};
+use cairn_sdk::schema::Default;
+use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
 use super::{observed_tags, retag, tag_spec, tagged_with, urn_filter};
-use crate::error::{aws_error, code};
-use crate::kind::{Clients, Kind};
+use crate::error::{aws_error, or_missing};
+use crate::kind::{read_each, Clients, Kind};
 
-/// The schema of `aws:ec2:ElasticIp`.
-pub static ELASTIC_IP: ResourceType = ResourceType::new(
-    "aws:ec2:ElasticIp",
-    &[
-        // Always `vpc`: EC2-Classic addresses no longer exist. Recorded, so state says so.
-        Property::input("domain").default(Default::Str("vpc")).forces_replacement(),
-        Property::input("tags"),
-        Property::output("id"),
-        Property::output("allocation_id"),
-        Property::output("public_ip"),
-    ],
-)
-.with_validation(validate);
-
-fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
-    if let Some(v) = decl.value("domain") {
-        if v.as_str() != Some("vpc") {
-            out.push(CheckFailure::new("domain", Some(v), "be \"vpc\" (EC2-Classic addresses no longer exist)"));
-        }
+cairn_sdk::resource! {
+    /// An Elastic IP address in a VPC: `ElasticIp::new("nat")`, for
+    /// `NatGateway::new("nat").allocation_id(eip.allocation_id())`. Its logical name is
+    /// its `Name` tag; its domain is `vpc`.
+    pub struct ElasticIp {
+        token: "aws:ec2:ElasticIp",
+        schema: ELASTIC_IP,
+        inputs: ElasticIpInputs,
+        /// A declared Elastic IP's outputs.
+        handle: ElasticIpRef,
+        validate: validate,
     }
-}
-
-/// An Elastic IP address in a VPC: `ElasticIp::new("nat")`, for
-/// `NatGateway::new("nat").allocation_id(eip.allocation_id())`.
-#[derive(Debug, Clone)]
-pub struct ElasticIp(Decl);
-
-typed_handle! {
-    /// A declared Elastic IP's outputs.
-    pub struct ElasticIpRef {
+    inputs {
+        /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+        tags: Tags,
+    }
+    by_hand {
+        /// Always `vpc`: EC2-Classic addresses no longer exist. Recorded, so state says so;
+        /// no setter.
+        domain: String = default(Default::Str("vpc")).forces_replacement(),
+    }
+    outputs {
         /// The allocation id, `eipalloc-...` (its id).
         id: String,
         /// The allocation id, `eipalloc-...`, for a NAT gateway.
@@ -52,27 +44,19 @@ typed_handle! {
     }
 }
 
-impl ElasticIp {
-    /// An Elastic IP with logical name `name` (its `Name` tag). Its domain is `vpc`.
-    pub fn new(name: &str) -> Self {
-        ElasticIp(Decl::new(&ELASTIC_IP, name))
-    }
-
-    /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", crate::tags::to_value(tags));
-        self
+fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
+    if let Some(v) = decl.value("domain") {
+        if v.as_str() != Some("vpc") {
+            out.push(CheckFailure::new("domain", Some(v), "be \"vpc\" (EC2-Classic addresses no longer exist)"));
+        }
     }
 }
-
-cairn_sdk::impl_resource!(ElasticIp => ElasticIpRef);
 
 /// The Elastic IP's operations.
 #[derive(Debug)]
 pub(crate) struct ElasticIpKind;
 
-const MISSING: &str = "InvalidAllocationID.NotFound";
+const MISSING: &[&str] = &["InvalidAllocationID.NotFound"];
 
 fn hint(code: &str) -> Option<String> {
     match code {
@@ -90,12 +74,13 @@ fn hint(code: &str) -> Option<String> {
 #[async_trait]
 impl Kind for ElasticIpKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
+        let want = ElasticIpInputs::from_props(inputs)?;
         let out = aws
             .once
             .ec2
             .allocate_address()
             .domain(DomainType::Vpc)
-            .tag_specifications(tag_spec(Ec2Type::ElasticIp, urn, inputs))
+            .tag_specifications(tag_spec(Ec2Type::ElasticIp, urn, want.tags.as_ref()))
             .send()
             .await
             .map_err(|e| aws_error("allocating the Elastic IP", e, hint))?;
@@ -104,46 +89,33 @@ impl Kind for ElasticIpKind {
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        let out = match aws.ec2.describe_addresses().allocation_ids(id).send().await {
-            Ok(out) => out,
-            Err(e) if code(&e) == Some(MISSING) => return Ok(None),
-            Err(e) => return Err(aws_error("reading the Elastic IP", e, hint)),
+        let Some(out) = or_missing(aws.ec2.describe_addresses().allocation_ids(id).send().await, MISSING, "reading the Elastic IP", hint)? else {
+            return Ok(None);
         };
         let Some(a) = out.addresses().first() else { return Ok(None) };
-        let mut inputs = Props::new();
-        inputs.insert("domain", Value::from(a.domain().map_or("vpc", |d| d.as_str())));
-        if let Some(t) = observed_tags(urn, a.tags()) {
-            inputs.insert("tags", t);
-        }
-        let mut outputs = Props::new();
-        outputs.insert("id", Value::from(id));
-        outputs.insert("allocation_id", Value::from(id));
-        outputs.insert("public_ip", Value::from(a.public_ip().unwrap_or_default()));
-        Ok(Some(Observed { id: id.to_owned(), inputs, outputs }))
+        let inputs = ElasticIpInputs {
+            domain: Some(a.domain().map_or("vpc", |d| d.as_str()).to_owned()),
+            tags: observed_tags(urn, a.tags()),
+        };
+        let outputs = [("id", Value::from(id)), ("allocation_id", Value::from(id)), ("public_ip", Value::from(a.public_ip().unwrap_or_default()))];
+        Ok(Some(Observed::new(id, inputs.to_props(), outputs)))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        retag(&aws.ec2, id, old, new).await?;
+        let (old, want) = (ElasticIpInputs::from_props(old)?, ElasticIpInputs::from_props(new)?);
+        retag(&aws.ec2, urn, id, old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        match aws.ec2.release_address().allocation_id(id).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some(MISSING) => Ok(()),
-            Err(e) => Err(aws_error("releasing the Elastic IP", e, hint)),
-        }
+        or_missing(aws.ec2.release_address().allocation_id(id).send().await, MISSING, "releasing the Elastic IP", hint)?;
+        Ok(())
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
         let out =
             aws.ec2.describe_addresses().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up Elastic IPs", e, hint))?;
-        let mut found = Vec::new();
-        for a in out.addresses().iter().filter(|a| tagged_with(a.tags(), urn)) {
-            if let Some(id) = a.allocation_id() {
-                found.extend(self.read(aws, urn, id, &Props::new()).await?);
-            }
-        }
-        Ok(found)
+        let ids = out.addresses().iter().filter(|a| tagged_with(a.tags(), urn)).filter_map(|a| a.allocation_id().map(str::to_owned)).collect();
+        read_each(self, aws, urn, ids).await
     }
 }

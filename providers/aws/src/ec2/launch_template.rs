@@ -9,36 +9,63 @@
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{InstanceType, LaunchTemplate as AwsLaunchTemplate, RequestLaunchTemplateData, ResourceType as Ec2Type};
 use cairn_sdk::provider::{DiffRequest, DiffResult};
-use cairn_sdk::schema::{Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Urn};
+use cairn_sdk::{CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
-use super::{canonical_set, check_ids, client_token, declared_items, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter};
-use crate::error::{aws_error, code};
-use crate::kind::{Clients, Kind};
+use super::{canonical, check_ids, client_token, declared_items, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter};
+use crate::error::{aws_error, no_hint, or_missing};
+use crate::kind::{read_each, Clients, Kind};
 
-/// The schema of `aws:ec2:LaunchTemplate`.
-pub static LAUNCH_TEMPLATE: ResourceType = ResourceType::new(
-    "aws:ec2:LaunchTemplate",
-    &[
-        Property::input("name").auto_name().forces_replacement(),
-        Property::input("image_id").required(),
-        Property::input("instance_type"),
-        Property::input("security_group_ids"),
-        Property::input("user_data"),
-        Property::input("tags"),
-        Property::output("id"),
-        Property::output("latest_version").changes_on_update(),
-        Property::output("default_version").changes_on_update(),
-    ],
-)
-.with_validation(validate);
+cairn_sdk::resource! {
+    /// A launch template:
+    /// `LaunchTemplate::new("web").image_id("ami-0abc1234").instance_type("t3.micro").security_group_ids([sg.id()])`.
+    ///
+    /// A change to the launch data makes a new version, set as the default, in place; an
+    /// Auto Scaling group that uses `latest_version()` picks it up.
+    pub struct LaunchTemplate {
+        token: "aws:ec2:LaunchTemplate",
+        schema: LAUNCH_TEMPLATE,
+        inputs: LaunchTemplateInputs,
+        /// A declared launch template's outputs.
+        handle: LaunchTemplateRef,
+        validate: validate,
+    }
+    inputs {
+        /// The template name; by default `<logical name>-<suffix>`, new on each replacement
+        /// (forces replacement).
+        name: String = auto_name().forces_replacement(),
+        /// The AMI to launch, `ami-...` (a change makes a new version).
+        image_id: String = required(),
+        /// The instance type, such as `t3.micro` (a change makes a new version).
+        instance_type: String,
+        /// A script or cloud-init config the instances run at boot, as plain text (Cairn
+        /// base64-encodes it for AWS); at most 16 KB. A change makes a new version.
+        user_data: String,
+        /// Tags of your own on the template (Cairn adds `Name`, `cairn:stack` and
+        /// `cairn:urn`).
+        tags: Tags,
+    }
+    by_hand {
+        /// Security groups for the instances, a set (a change makes a new version): see
+        /// [`LaunchTemplate::security_group_id`].
+        security_group_ids: Vec<String>,
+    }
+    outputs {
+        /// The template id, `lt-...`.
+        id: String,
+        /// The number of its newest version (changes when the launch data does).
+        latest_version: i64 = changes_on_update(),
+        /// The number of its default version (the newest, as Cairn manages it).
+        default_version: i64 = changes_on_update(),
+    }
+    echoes {
+        /// Its name.
+        name: String,
+    }
+}
 
 /// The properties diffed as sets.
 const SETS: &[&str] = &["security_group_ids"];
-
-/// The inputs that make up the launch data: a change to any makes a new version.
-const DATA: &[&str] = &["image_id", "instance_type", "security_group_ids", "user_data"];
 
 /// AWS's limit on user data, before base64.
 const USER_DATA_MAX: usize = 16 * 1024;
@@ -72,56 +99,7 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     }
 }
 
-/// A launch template:
-/// `LaunchTemplate::new("web").image_id("ami-0abc1234").instance_type("t3.micro").security_group_ids([sg.id()])`.
-///
-/// A change to the launch data makes a new version, set as the default, in place; an
-/// Auto Scaling group that uses `latest_version()` picks it up.
-#[derive(Debug, Clone)]
-pub struct LaunchTemplate(Decl);
-
-typed_handle! {
-    /// A declared launch template's outputs.
-    pub struct LaunchTemplateRef {
-        /// The template id, `lt-...`.
-        id: String,
-        /// Its name.
-        name: String,
-        /// The number of its newest version (changes when the launch data does).
-        latest_version: i64,
-        /// The number of its default version (the newest, as Cairn manages it).
-        default_version: i64,
-    }
-}
-
 impl LaunchTemplate {
-    /// A launch template with logical name `name`.
-    pub fn new(name: &str) -> Self {
-        LaunchTemplate(Decl::new(&LAUNCH_TEMPLATE, name))
-    }
-
-    /// The template name; by default `<logical name>-<suffix>`, new on each replacement
-    /// (forces replacement).
-    #[must_use]
-    pub fn name(mut self, name: impl Into<Input<String>>) -> Self {
-        self.0.set("name", name);
-        self
-    }
-
-    /// The AMI to launch, `ami-...` (a change makes a new version).
-    #[must_use]
-    pub fn image_id(mut self, id: impl Into<Input<String>>) -> Self {
-        self.0.set("image_id", id);
-        self
-    }
-
-    /// The instance type, such as `t3.micro` (a change makes a new version).
-    #[must_use]
-    pub fn instance_type(mut self, instance_type: impl Into<Input<String>>) -> Self {
-        self.0.set("instance_type", instance_type);
-        self
-    }
-
     /// Adds a security group for the instances, such as `sg.id()` (a change makes a
     /// new version; order does not matter).
     #[must_use]
@@ -140,47 +118,23 @@ impl LaunchTemplate {
         }
         self
     }
-
-    /// A script or cloud-init config the instances run at boot, as plain text (Cairn
-    /// base64-encodes it for AWS); at most 16 KB. A change makes a new version.
-    #[must_use]
-    pub fn user_data(mut self, text: impl Into<Input<String>>) -> Self {
-        self.0.set("user_data", text);
-        self
-    }
-
-    /// Tags of your own on the template (Cairn adds `Name`, `cairn:stack` and
-    /// `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", crate::tags::to_value(tags));
-        self
-    }
 }
-
-cairn_sdk::impl_resource!(LaunchTemplate => LaunchTemplateRef);
 
 /// The launch template's operations.
 #[derive(Debug)]
 pub(crate) struct LaunchTemplateKind;
 
-fn text<'a>(inputs: &'a Props, key: &str) -> Option<&'a str> {
-    inputs.get(key).and_then(Value::as_str)
-}
+const MISSING: &[&str] = &["InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException"];
 
-fn is_missing(code: Option<&str>) -> bool {
-    matches!(code, Some("InvalidLaunchTemplateId.NotFound" | "InvalidLaunchTemplateName.NotFoundException"))
-}
-
-fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
-    move |code| match code {
+fn hint(code: &str, want: &LaunchTemplateInputs) -> Option<String> {
+    match code {
         "InvalidLaunchTemplateName.AlreadyExistsException" => Some(format!(
             "a launch template named {} already exists; choose another name, or leave the name unset and Cairn will pick a unique one",
-            text(inputs, "name").unwrap_or_default()
+            want.name.as_deref().unwrap_or_default()
         )),
         "InvalidAMIID.Malformed" | "InvalidAMIID.NotFound" | "InvalidAMIID.Unavailable" => Some(format!(
             "image {} is not an AMI this account can use in this region; check the AMI id and region",
-            text(inputs, "image_id").unwrap_or_default()
+            want.image_id.as_deref().unwrap_or_default()
         )),
         "InvalidGroup.NotFound" | "InvalidGroupId.NotFound" => {
             Some("a security group in security_group_ids does not exist (was it deleted outside Cairn? run refresh)".to_owned())
@@ -197,27 +151,28 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
 }
 
 /// The launch data the inputs describe, in full: a new version does not inherit any.
-fn data(inputs: &Props) -> RequestLaunchTemplateData {
-    let groups: Vec<String> = canonical_set(inputs.get("security_group_ids")).iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+fn data(want: &LaunchTemplateInputs) -> RequestLaunchTemplateData {
+    let groups = canonical(want.security_group_ids.as_deref());
     RequestLaunchTemplateData::builder()
-        .set_image_id(text(inputs, "image_id").map(str::to_owned))
-        .set_instance_type(text(inputs, "instance_type").map(InstanceType::from))
+        .set_image_id(want.image_id.clone())
+        .set_instance_type(want.instance_type.as_deref().map(InstanceType::from))
         .set_security_group_ids((!groups.is_empty()).then_some(groups))
-        .set_user_data(text(inputs, "user_data").map(aws_smithy_types::base64::encode))
+        .set_user_data(want.user_data.as_deref().map(aws_smithy_types::base64::encode))
         .build()
 }
 
-/// Whether the launch data differs (security groups as a set).
-fn data_differs(a: &Props, b: &Props) -> bool {
-    DATA.iter().any(|k| if SETS.contains(k) { canonical_set(a.get(k)) != canonical_set(b.get(k)) } else { a.get(k) != b.get(k) })
+/// Whether the launch data differs: the inputs that make it up (image, instance type,
+/// security groups as a set, user data), a change to any of which makes a new version.
+fn data_differs(a: &LaunchTemplateInputs, b: &LaunchTemplateInputs) -> bool {
+    a.image_id != b.image_id
+        || a.instance_type != b.instance_type
+        || canonical(a.security_group_ids.as_deref()) != canonical(b.security_group_ids.as_deref())
+        || a.user_data != b.user_data
 }
 
 async fn describe(aws: &Clients, id: &str) -> Result<Option<AwsLaunchTemplate>, ProviderError> {
-    match aws.ec2.describe_launch_templates().launch_template_ids(id).send().await {
-        Ok(out) => Ok(out.launch_templates().first().cloned()),
-        Err(e) if is_missing(code(&e)) => Ok(None),
-        Err(e) => Err(aws_error("reading the launch template", e, |_| None)),
-    }
+    let out = or_missing(aws.ec2.describe_launch_templates().launch_template_ids(id).send().await, MISSING, "reading the launch template", no_hint)?;
+    Ok(out.and_then(|out| out.launch_templates().first().cloned()))
 }
 
 #[async_trait]
@@ -227,72 +182,70 @@ impl Kind for LaunchTemplateKind {
     }
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
+        let want = LaunchTemplateInputs::from_props(inputs)?;
         let out = aws
             .once
             .ec2
             .create_launch_template()
             .client_token(client_token(urn))
-            .launch_template_name(text(inputs, "name").unwrap_or_default())
-            .launch_template_data(data(inputs))
-            .tag_specifications(tag_spec(Ec2Type::LaunchTemplate, urn, inputs))
+            .launch_template_name(want.name.as_deref().unwrap_or_default())
+            .launch_template_data(data(&want))
+            .tag_specifications(tag_spec(Ec2Type::LaunchTemplate, urn, want.tags.as_ref()))
             .send()
             .await
-            .map_err(|e| aws_error("creating the launch template", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the launch template", e, |c| hint(c, &want)))?;
         let id = out.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_owned();
         self.read_created(aws, urn, &id, inputs).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let Some(t) = describe(aws, id).await? else { return Ok(None) };
-        let versions = match aws.ec2.describe_launch_template_versions().launch_template_id(id).versions("$Default").send().await {
-            Ok(out) => out,
-            Err(e) if is_missing(code(&e)) => return Ok(None),
-            Err(e) => return Err(aws_error("reading the launch template's default version", e, |_| None)),
+        let versions = aws.ec2.describe_launch_template_versions().launch_template_id(id).versions("$Default").send().await;
+        let Some(versions) = or_missing(versions, MISSING, "reading the launch template's default version", no_hint)? else {
+            return Ok(None);
         };
-        let mut inputs = Props::new();
-        inputs.insert("name", Value::from(t.launch_template_name().unwrap_or_default()));
-        if let Some(d) = versions.launch_template_versions().first().and_then(|v| v.launch_template_data()) {
-            if let Some(image) = d.image_id() {
-                inputs.insert("image_id", Value::from(image));
-            }
-            if let Some(ty) = d.instance_type() {
-                inputs.insert("instance_type", Value::from(ty.as_str()));
-            }
-            let groups: Vec<Value> = d.security_group_ids().iter().map(|g| Value::from(g.as_str())).collect();
-            if !groups.is_empty() {
-                inputs.insert("security_group_ids", Value::Array(canonical_set(Some(&Value::Array(groups)))));
-            }
-            if let Some(encoded) = d.user_data() {
+        let d = versions.launch_template_versions().first().and_then(|v| v.launch_template_data());
+        let groups = canonical(d.map(|d| d.security_group_ids()));
+        let user_data = d
+            .and_then(|d| d.user_data())
+            .map(|encoded| {
                 let decoded = aws_smithy_types::base64::decode(encoded).map_err(|e| {
                     ProviderError::failed(format!("its user data is not valid base64 ({e}); was it changed outside Cairn?"))
                 })?;
-                inputs.insert("user_data", Value::from(String::from_utf8_lossy(&decoded).into_owned()));
-            }
-        }
-        if let Some(tags) = observed_tags(urn, t.tags()) {
-            inputs.insert("tags", tags);
-        }
-        let mut outputs = Props::new();
-        outputs.insert("id", Value::from(id));
-        outputs.insert("latest_version", Value::from(t.latest_version_number().unwrap_or(1)));
-        outputs.insert("default_version", Value::from(t.default_version_number().unwrap_or(1)));
-        Ok(Some(Observed { id: id.to_owned(), inputs, outputs }))
+                Ok::<_, ProviderError>(String::from_utf8_lossy(&decoded).into_owned())
+            })
+            .transpose()?;
+        let inputs = LaunchTemplateInputs {
+            name: Some(t.launch_template_name().unwrap_or_default().to_owned()),
+            image_id: d.and_then(|d| d.image_id()).map(str::to_owned),
+            instance_type: d.and_then(|d| d.instance_type()).map(|ty| ty.as_str().to_owned()),
+            user_data,
+            tags: observed_tags(urn, t.tags()),
+            security_group_ids: (!groups.is_empty()).then_some(groups),
+        };
+        let outputs = [
+            ("id", Value::from(id)),
+            ("latest_version", Value::from(t.latest_version_number().unwrap_or(1))),
+            ("default_version", Value::from(t.default_version_number().unwrap_or(1))),
+        ];
+        Ok(Some(Observed::new(id, inputs.to_props(), outputs)))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
+        let (was, want) = (LaunchTemplateInputs::from_props(old)?, LaunchTemplateInputs::from_props(new)?);
         // Compare with the default version AWS has, so a version made outside Cairn (or a
         // failed half of an earlier update) is set right too.
         let current = self.read_updated(aws, urn, id, old).await?;
-        if data_differs(&current.inputs, new) {
+        if data_differs(&LaunchTemplateInputs::from_props(&current.inputs)?, &want) {
             let out = aws
                 .ec2
                 .create_launch_template_version()
                 .client_token(client_token(urn))
                 .launch_template_id(id)
-                .launch_template_data(data(new))
+                .launch_template_data(data(&want))
                 .send()
                 .await
-                .map_err(|e| aws_error("creating a new version of the launch template", e, hint(new)))?;
+                .map_err(|e| aws_error("creating a new version of the launch template", e, |c| hint(c, &want)))?;
             let version = out
                 .launch_template_version()
                 .and_then(|v| v.version_number())
@@ -303,18 +256,15 @@ impl Kind for LaunchTemplateKind {
                 .default_version(version.to_string())
                 .send()
                 .await
-                .map_err(|e| aws_error(&format!("making version {version} the default"), e, hint(new)))?;
+                .map_err(|e| aws_error(&format!("making version {version} the default"), e, |c| hint(c, &want)))?;
         }
-        retag(&aws.ec2, id, old, new).await?;
+        retag(&aws.ec2, urn, id, was.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        match aws.ec2.delete_launch_template().launch_template_id(id).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_missing(code(&e)) => Ok(()),
-            Err(e) => Err(aws_error("deleting the launch template", e, |_| None)),
-        }
+        or_missing(aws.ec2.delete_launch_template().launch_template_id(id).send().await, MISSING, "deleting the launch template", no_hint)?;
+        Ok(())
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
@@ -324,13 +274,9 @@ impl Kind for LaunchTemplateKind {
             .filters(urn_filter(urn))
             .send()
             .await
-            .map_err(|e| aws_error("looking up launch templates", e, |_| None))?;
-        let mut found = Vec::new();
-        for t in out.launch_templates().iter().filter(|t| tagged_with(t.tags(), urn)) {
-            if let Some(id) = t.launch_template_id() {
-                found.extend(self.read(aws, urn, id, &Props::new()).await?);
-            }
-        }
-        Ok(found)
+            .map_err(|e| aws_error("looking up launch templates", e, no_hint))?;
+        let found = out.launch_templates().iter().filter(|t| tagged_with(t.tags(), urn));
+        let ids = found.filter_map(|t| t.launch_template_id().map(str::to_owned)).collect();
+        read_each(self, aws, urn, ids).await
     }
 }

@@ -25,9 +25,10 @@ pub use vpc::{Vpc, VpcRef, VPC};
 
 use aws_sdk_ec2::types::{Filter, ResourceType as Ec2Type, Tag, TagSpecification};
 use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
-use cairn_sdk::{CheckFailure, Decl, Prop, Props, Urn};
+use cairn_sdk::{CheckFailure, Decl, Prop, ProviderError, Tags, Urn};
 use serde_json::Value;
 
+use crate::error::{aws_error, no_hint};
 use crate::kind::Kinds;
 use crate::tags;
 
@@ -42,55 +43,31 @@ pub(crate) fn register(kinds: &mut Kinds) {
     kinds.insert(LAUNCH_TEMPLATE.token, &launch_template::LaunchTemplateKind);
 }
 
-/// The tags to create a resource with: the user's, Cairn's, and `Name` (the logical
-/// name, unless the user set one).
-pub(crate) fn tag_spec(kind: Ec2Type, urn: &Urn, inputs: &Props) -> TagSpecification {
-    let mut all = tags::with_cairn_tags(urn, inputs);
-    all.entry("Name".to_owned()).or_insert_with(|| urn.name().to_owned());
-    let tags = all.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+/// The tags to create a resource with ([`tags::wanted`]).
+pub(crate) fn tag_spec(kind: Ec2Type, urn: &Urn, user: Option<&Tags>) -> TagSpecification {
+    let tags = tags::wanted(urn, user).into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
     TagSpecification::builder().resource_type(kind).set_tags(Some(tags)).build()
 }
 
-/// Tags as the `tags` input holds them: without Cairn's, and without a `Name` that is
-/// just the logical name Cairn put there.
-pub(crate) fn observed_tags(urn: &Urn, found: &[Tag]) -> Option<Value> {
-    let pairs: Vec<(String, String)> = found
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
-        .filter(|(k, v)| !(k == "Name" && v == urn.name()))
-        .collect();
-    tags::observed_user_tags(pairs.iter().map(|(k, v)| (k, v)))
+/// The user's tags among an EC2 resource's ([`tags::observed`]).
+pub(crate) fn observed_tags(urn: &Urn, found: &[Tag]) -> Option<Tags> {
+    tags::observed(urn, pairs(found))
 }
 
-/// Brings the user's tags from `old` to `new` on resource `id`.
-pub(crate) async fn retag(
-    ec2: &aws_sdk_ec2::Client,
-    id: &str,
-    old: &Props,
-    new: &Props,
-) -> Result<(), cairn_sdk::ProviderError> {
-    let (before, after) = (tags::user_tags(old), tags::user_tags(new));
-    let gone: Vec<Tag> = before.keys().filter(|k| !after.contains_key(*k)).map(|k| Tag::builder().key(k).build()).collect();
-    if !gone.is_empty() {
-        ec2.delete_tags()
-            .resources(id)
-            .set_tags(Some(gone))
-            .send()
-            .await
-            .map_err(|e| crate::error::aws_error("removing tags", e, |_| None))?;
+fn pairs(found: &[Tag]) -> impl Iterator<Item = (&str, &str)> {
+    found.iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))
+}
+
+/// Brings the tags of resource `id` from the user's `old` to `new`.
+pub(crate) async fn retag(ec2: &aws_sdk_ec2::Client, urn: &Urn, id: &str, old: Option<&Tags>, new: Option<&Tags>) -> Result<(), ProviderError> {
+    let change = tags::Retag::new(urn, old, new);
+    if !change.remove.is_empty() {
+        let gone = change.remove.into_iter().map(|k| Tag::builder().key(k).build()).collect();
+        ec2.delete_tags().resources(id).set_tags(Some(gone)).send().await.map_err(|e| aws_error("removing tags", e, no_hint))?;
     }
-    let changed: Vec<Tag> = after
-        .iter()
-        .filter(|(k, v)| before.get(*k) != Some(*v))
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect();
-    if !changed.is_empty() {
-        ec2.create_tags()
-            .resources(id)
-            .set_tags(Some(changed))
-            .send()
-            .await
-            .map_err(|e| crate::error::aws_error("tagging", e, |_| None))?;
+    if !change.set.is_empty() {
+        let set = change.set.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        ec2.create_tags().resources(id).set_tags(Some(set)).send().await.map_err(|e| aws_error("tagging", e, no_hint))?;
     }
     Ok(())
 }
@@ -104,8 +81,7 @@ pub(crate) fn urn_filter(urn: &Urn) -> Filter {
 /// [`urn_filter`] returned: an endpoint that ignores the filter (the local AWS does for
 /// NAT gateways) would otherwise hand back every resource of the kind.
 pub(crate) fn tagged_with(found: &[Tag], urn: &Urn) -> bool {
-    let pairs: Vec<(String, String)> = found.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect();
-    tags::is_tagged(urn, pairs.iter().map(|(k, v)| (k, v)))
+    tags::is_tagged(urn, pairs(found))
 }
 
 /// Checks an IPv4 CIDR input with a prefix from `min` to `max` bits.
@@ -152,6 +128,12 @@ pub(crate) fn canonical_set(value: Option<&Value>) -> Vec<Value> {
     items.sort_by_cached_key(Value::to_string);
     items.dedup();
     items
+}
+
+/// Typed set items in [`canonical_set`] order: sorted as their JSON, without repeats.
+pub(crate) fn canonical<T: serde::Serialize + serde::de::DeserializeOwned>(items: Option<&[T]>) -> Vec<T> {
+    let value = serde_json::to_value(items).expect("set items serialize to JSON");
+    canonical_set(Some(&value)).into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect()
 }
 
 /// The schema's diff, except that the properties in `sets` compare as sets: a reordered
@@ -265,6 +247,7 @@ pub(crate) fn check_ids(decl: &Decl, key: &str, prefix: &str, what: &str, out: &
 mod tests {
     use super::*;
     use cairn_sdk::provider::Planned;
+    use cairn_sdk::Props;
     use serde_json::json;
     use std::borrow::Cow;
 

@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{NatGateway as AwsNatGateway, NatGatewayState, ResourceType as Ec2Type};
-use cairn_sdk::schema::{Property, ResourceType};
-use cairn_sdk::{typed_handle, Decl, Input, Observed, Props, ProviderError, Urn};
+use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
 use super::{client_token, observed_tags, retag, tag_spec, tagged_with, urn_filter};
-use crate::error::{aws_error, code};
+use crate::error::{aws_error, or_missing};
 use crate::kind::{finish, Clients, Kind};
 use crate::wait::{until, Poll};
 
@@ -25,84 +24,55 @@ use crate::wait::{until, Poll};
 /// otherwise: NAT gateways usually take one to a few minutes.
 const WAIT: Duration = Duration::from_secs(10 * 60);
 
-/// The schema of `aws:ec2:NatGateway`.
-pub static NAT_GATEWAY: ResourceType = ResourceType::new(
-    "aws:ec2:NatGateway",
-    &[
-        Property::input("subnet_id").required().forces_replacement(),
-        Property::input("allocation_id").required().forces_replacement(),
-        Property::input("tags"),
-        Property::output("id"),
-    ],
-)
-.with_validation(|decl: &Decl, out: &mut Vec<cairn_sdk::CheckFailure>| {
-    for (key, prefix, what) in
-        [("subnet_id", "subnet-", "a subnet id (subnet-...)"), ("allocation_id", "eipalloc-", "an Elastic IP allocation id (eipalloc-...)")]
-    {
-        if let Some(v) = decl.value(key) {
-            if !v.as_str().is_some_and(|s| s.starts_with(prefix)) {
-                out.push(cairn_sdk::CheckFailure::new(key, Some(v), format!("be {what}, such as another resource's output")));
-            }
-        }
+cairn_sdk::resource! {
+    /// A NAT gateway in a public subnet:
+    /// `NatGateway::new("nat").subnet_id(public.id()).allocation_id(eip.allocation_id())`.
+    /// Its logical name is its `Name` tag.
+    ///
+    /// The subnet's VPC needs an internet gateway. Creating and deleting wait for AWS (a
+    /// minute or more), for up to 10 minutes (`CAIRN_AWS_WAIT_TIMEOUT` seconds if set).
+    ///
+    /// An Elastic IP serves one NAT gateway at a time: to replace a NAT gateway while
+    /// keeping its address, declare it with `.delete_before_replace()`.
+    pub struct NatGateway {
+        token: "aws:ec2:NatGateway",
+        schema: NAT_GATEWAY,
+        inputs: NatGatewayInputs,
+        /// A declared NAT gateway's outputs.
+        handle: NatGatewayRef,
+        validate: validate,
     }
-});
-
-/// A NAT gateway in a public subnet:
-/// `NatGateway::new("nat").subnet_id(public.id()).allocation_id(eip.allocation_id())`.
-///
-/// The subnet's VPC needs an internet gateway. Creating and deleting wait for AWS (a
-/// minute or more), for up to 10 minutes (`CAIRN_AWS_WAIT_TIMEOUT` seconds if set).
-///
-/// An Elastic IP serves one NAT gateway at a time: to replace a NAT gateway while
-/// keeping its address, declare it with `.delete_before_replace()`.
-#[derive(Debug, Clone)]
-pub struct NatGateway(Decl);
-
-typed_handle! {
-    /// A declared NAT gateway's outputs.
-    pub struct NatGatewayRef {
+    inputs {
+        /// The public subnet it sits in (forces replacement).
+        subnet_id: String = required().forces_replacement(),
+        /// The Elastic IP it sends traffic from, `eip.allocation_id()` (forces replacement).
+        allocation_id: String = required().forces_replacement(),
+        /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+        tags: Tags,
+    }
+    outputs {
         /// The NAT gateway id, `nat-...`, for routes.
         id: String,
     }
 }
 
-impl NatGateway {
-    /// A NAT gateway with logical name `name` (its `Name` tag).
-    pub fn new(name: &str) -> Self {
-        NatGateway(Decl::new(&NAT_GATEWAY, name))
-    }
-
-    /// The public subnet it sits in (forces replacement).
-    #[must_use]
-    pub fn subnet_id(mut self, id: impl Into<Input<String>>) -> Self {
-        self.0.set("subnet_id", id);
-        self
-    }
-
-    /// The Elastic IP it sends traffic from, `eip.allocation_id()` (forces replacement).
-    #[must_use]
-    pub fn allocation_id(mut self, id: impl Into<Input<String>>) -> Self {
-        self.0.set("allocation_id", id);
-        self
-    }
-
-    /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", crate::tags::to_value(tags));
-        self
+fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
+    for (key, prefix, what) in
+        [("subnet_id", "subnet-", "a subnet id (subnet-...)"), ("allocation_id", "eipalloc-", "an Elastic IP allocation id (eipalloc-...)")]
+    {
+        if let Some(v) = decl.value(key) {
+            if !v.as_str().is_some_and(|s| s.starts_with(prefix)) {
+                out.push(CheckFailure::new(key, Some(v), format!("be {what}, such as another resource's output")));
+            }
+        }
     }
 }
-
-cairn_sdk::impl_resource!(NatGateway => NatGatewayRef);
 
 /// The NAT gateway's operations.
 #[derive(Debug)]
 pub(crate) struct NatGatewayKind;
 
-fn is_missing(code: Option<&str>) -> bool {
-    matches!(code, Some("NatGatewayNotFound" | "InvalidNatGatewayID.NotFound"))
-}
+const MISSING: &[&str] = &["NatGatewayNotFound", "InvalidNatGatewayID.NotFound"];
 
 fn hint(code: &str) -> Option<String> {
     match code {
@@ -126,11 +96,8 @@ fn hint(code: &str) -> Option<String> {
 
 /// The gateway as AWS has it, in any state; `None` if AWS does not know it.
 async fn describe(aws: &Clients, id: &str) -> Result<Option<AwsNatGateway>, ProviderError> {
-    match aws.ec2.describe_nat_gateways().nat_gateway_ids(id).send().await {
-        Ok(out) => Ok(out.nat_gateways().first().cloned()),
-        Err(e) if is_missing(code(&e)) => Ok(None),
-        Err(e) => Err(aws_error("reading the NAT gateway", e, hint)),
-    }
+    let answer = aws.ec2.describe_nat_gateways().nat_gateway_ids(id).send().await;
+    Ok(or_missing(answer, MISSING, "reading the NAT gateway", hint)?.and_then(|out| out.nat_gateways().first().cloned()))
 }
 
 /// A gateway that is deleted or failed is gone: it does nothing, and AWS removes it.
@@ -139,17 +106,12 @@ fn is_gone(state: Option<&NatGatewayState>) -> bool {
 }
 
 fn observe(urn: &Urn, id: &str, nat: &AwsNatGateway) -> Observed {
-    let mut inputs = Props::new();
-    inputs.insert("subnet_id", Value::from(nat.subnet_id().unwrap_or_default()));
-    if let Some(allocation) = nat.nat_gateway_addresses().iter().find_map(|a| a.allocation_id()) {
-        inputs.insert("allocation_id", Value::from(allocation));
-    }
-    if let Some(t) = observed_tags(urn, nat.tags()) {
-        inputs.insert("tags", t);
-    }
-    let mut outputs = Props::new();
-    outputs.insert("id", Value::from(id));
-    Observed { id: id.to_owned(), inputs, outputs }
+    let inputs = NatGatewayInputs {
+        subnet_id: Some(nat.subnet_id().unwrap_or_default().to_owned()),
+        allocation_id: nat.nat_gateway_addresses().iter().find_map(|a| a.allocation_id()).map(str::to_owned),
+        tags: observed_tags(urn, nat.tags()),
+    };
+    Observed::new(id, inputs.to_props(), [("id", Value::from(id))])
 }
 
 fn state_name(state: Option<&NatGatewayState>) -> String {
@@ -159,15 +121,15 @@ fn state_name(state: Option<&NatGatewayState>) -> String {
 #[async_trait]
 impl Kind for NatGatewayKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        let text = |k: &str| inputs.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let want = NatGatewayInputs::from_props(inputs)?;
         let out = aws
             .once
             .ec2
             .create_nat_gateway()
             .client_token(client_token(urn))
-            .subnet_id(text("subnet_id"))
-            .allocation_id(text("allocation_id"))
-            .tag_specifications(tag_spec(Ec2Type::Natgateway, urn, inputs))
+            .set_subnet_id(want.subnet_id)
+            .set_allocation_id(want.allocation_id)
+            .tag_specifications(tag_spec(Ec2Type::Natgateway, urn, want.tags.as_ref()))
             .send()
             .await
             .map_err(|e| aws_error("creating the NAT gateway", e, hint))?;
@@ -195,15 +157,14 @@ impl Kind for NatGatewayKind {
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        retag(&aws.ec2, id, old, new).await?;
+        let (old, want) = (NatGatewayInputs::from_props(old)?, NatGatewayInputs::from_props(new)?);
+        retag(&aws.ec2, urn, id, old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        match aws.ec2.delete_nat_gateway().nat_gateway_id(id).send().await {
-            Ok(_) => {}
-            Err(e) if is_missing(code(&e)) => return Ok(()),
-            Err(e) => return Err(aws_error("deleting the NAT gateway", e, hint)),
+        if or_missing(aws.ec2.delete_nat_gateway().nat_gateway_id(id).send().await, MISSING, "deleting the NAT gateway", hint)?.is_none() {
+            return Ok(());
         }
         // Its Elastic IP and subnet are free only once it is deleted.
         until("deleted", WAIT, || async {

@@ -11,29 +11,49 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Filter, ResourceType as Ec2Type, RouteOrigin, RouteTable as AwsRouteTable, RouteTableAssociationStateCode};
 use cairn_sdk::provider::{DiffRequest, DiffResult};
-use cairn_sdk::schema::{Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Urn};
+use cairn_sdk::{CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Tags, Urn};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    canonical_set, check_ids, client_token, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec,
+    canonical, check_ids, client_token, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec,
     tagged_with, urn_filter,
 };
-use crate::error::{aws_error, code};
+use crate::error::{aws_error, code, or_missing};
 use crate::kind::{finish, Clients, Kind};
 
-/// The schema of `aws:ec2:RouteTable`.
-pub static ROUTE_TABLE: ResourceType = ResourceType::new(
-    "aws:ec2:RouteTable",
-    &[
-        Property::input("vpc_id").required().forces_replacement(),
-        Property::input("routes"),
-        Property::input("subnet_ids"),
-        Property::input("tags"),
-        Property::output("id"),
-    ],
-)
-.with_validation(validate);
+cairn_sdk::resource! {
+    /// A route table: `RouteTable::new("public").vpc_id(vpc.id()).route(Route::to("0.0.0.0/0").via_gateway(igw.id())).subnet_id(web_a.id())`.
+    /// Its logical name is its `Name` tag.
+    ///
+    /// Routes and associations are sets, changed in place; the VPC's `local` route is
+    /// implicit. A subnet can be associated with one route table: moving it from another
+    /// table of the same stack is done in place.
+    pub struct RouteTable {
+        token: "aws:ec2:RouteTable",
+        schema: ROUTE_TABLE,
+        inputs: RouteTableInputs,
+        /// A declared route table's outputs.
+        handle: RouteTableRef,
+        validate: validate,
+    }
+    inputs {
+        /// The VPC (forces replacement).
+        vpc_id: String = required().forces_replacement(),
+        /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+        tags: Tags,
+    }
+    by_hand {
+        /// The routes, a set changed in place: see [`RouteTable::route`].
+        routes: Vec<RouteEntry>,
+        /// The associated subnets, a set changed in place: see [`RouteTable::subnet_id`].
+        subnet_ids: Vec<String>,
+    }
+    outputs {
+        /// The route table id, `rtb-...`.
+        id: String,
+    }
+}
 
 /// The properties diffed as sets.
 const SETS: &[&str] = &["routes", "subnet_ids"];
@@ -76,35 +96,7 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     }
 }
 
-/// A route table: `RouteTable::new("public").vpc_id(vpc.id()).route(Route::to("0.0.0.0/0").via_gateway(igw.id())).subnet_id(web_a.id())`.
-///
-/// Routes and associations are sets, changed in place; the VPC's `local` route is
-/// implicit. A subnet can be associated with one route table: moving it from another
-/// table of the same stack is done in place.
-#[derive(Debug, Clone)]
-pub struct RouteTable(Decl);
-
-typed_handle! {
-    /// A declared route table's outputs.
-    pub struct RouteTableRef {
-        /// The route table id, `rtb-...`.
-        id: String,
-    }
-}
-
 impl RouteTable {
-    /// A route table with logical name `name` (its `Name` tag).
-    pub fn new(name: &str) -> Self {
-        RouteTable(Decl::new(&ROUTE_TABLE, name))
-    }
-
-    /// The VPC (forces replacement).
-    #[must_use]
-    pub fn vpc_id(mut self, id: impl Into<Input<String>>) -> Self {
-        self.0.set("vpc_id", id);
-        self
-    }
-
     /// Adds a route: `Route::to("0.0.0.0/0").via_gateway(igw.id())` or
     /// `.via_nat_gateway(nat.id())`. Changed in place; one route per destination.
     #[must_use]
@@ -137,16 +129,7 @@ impl RouteTable {
         }
         self
     }
-
-    /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", crate::tags::to_value(tags));
-        self
-    }
 }
-
-cairn_sdk::impl_resource!(RouteTable => RouteTableRef);
 
 /// A route's destination, waiting for its target: finish it with
 /// [`via_gateway`](Self::via_gateway) or [`via_nat_gateway`](Self::via_nat_gateway).
@@ -194,6 +177,36 @@ impl RouteDestination {
     }
 }
 
+/// One route as the `routes` input holds it: a destination and its target, one of the
+/// `..._id` fields. Cairn declares gateway and NAT gateway routes; the other targets are
+/// read, so that routes added outside Cairn show as drift.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    /// The IPv4 network the route is for, such as `0.0.0.0/0`.
+    pub destination: String,
+    /// An internet gateway (`igw-...`) or virtual private gateway (`vgw-...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_id: Option<String>,
+    /// A NAT gateway, `nat-...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_gateway_id: Option<String>,
+    /// A transit gateway (read only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transit_gateway_id: Option<String>,
+    /// A VPC peering connection (read only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_peering_connection_id: Option<String>,
+    /// A network interface (read only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_interface_id: Option<String>,
+    /// A local gateway (read only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_gateway_id: Option<String>,
+    /// A carrier gateway (read only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carrier_gateway_id: Option<String>,
+}
+
 /// The route table's operations.
 #[derive(Debug)]
 pub(crate) struct RouteTableKind;
@@ -222,43 +235,37 @@ fn hint(code: &str) -> Option<String> {
     }
 }
 
-const MISSING: &str = "InvalidRouteTableID.NotFound";
+const MISSING: &[&str] = &["InvalidRouteTableID.NotFound"];
 
 /// The table as AWS has it; `None` when it is gone.
 async fn describe(aws: &Clients, id: &str) -> Result<Option<AwsRouteTable>, ProviderError> {
-    match aws.ec2.describe_route_tables().route_table_ids(id).send().await {
-        Ok(out) => Ok(out.route_tables().first().cloned()),
-        Err(e) if code(&e) == Some(MISSING) => Ok(None),
-        Err(e) => Err(aws_error("reading the route table", e, hint)),
-    }
+    let out = or_missing(aws.ec2.describe_route_tables().route_table_ids(id).send().await, MISSING, "reading the route table", hint)?;
+    Ok(out.and_then(|out| out.route_tables().first().cloned()))
 }
 
 /// The routes Cairn manages, by destination: IPv4 routes made with CreateRoute (not the
 /// `local` route, nor routes propagated from a VPN gateway). Targets Cairn does not
 /// declare (peering, transit gateways, ...) are read too, so that routes added outside
 /// Cairn show as drift and are removed.
-fn routes(rt: &AwsRouteTable) -> BTreeMap<String, Value> {
+fn routes(rt: &AwsRouteTable) -> BTreeMap<String, RouteEntry> {
     let mut out = BTreeMap::new();
     for r in rt.routes() {
         let made = r.origin().is_none_or(|o| *o == RouteOrigin::CreateRoute);
         let (Some(dest), true) = (r.destination_cidr_block(), made && r.gateway_id() != Some("local")) else { continue };
-        let target = [
-            ("gateway_id", r.gateway_id()),
-            ("nat_gateway_id", r.nat_gateway_id()),
-            ("transit_gateway_id", r.transit_gateway_id()),
-            ("vpc_peering_connection_id", r.vpc_peering_connection_id()),
-            ("network_interface_id", r.network_interface_id()),
-            ("local_gateway_id", r.local_gateway_id()),
-            ("carrier_gateway_id", r.carrier_gateway_id()),
-        ]
-        .into_iter()
-        .find_map(|(k, v)| Some((k, v?)));
-        let mut route = serde_json::Map::new();
-        route.insert("destination".into(), Value::from(dest));
-        if let Some((k, v)) = target {
-            route.insert(k.into(), Value::from(v));
+        let mut route = RouteEntry { destination: dest.to_owned(), ..RouteEntry::default() };
+        let targets = [
+            (&mut route.gateway_id, r.gateway_id()),
+            (&mut route.nat_gateway_id, r.nat_gateway_id()),
+            (&mut route.transit_gateway_id, r.transit_gateway_id()),
+            (&mut route.vpc_peering_connection_id, r.vpc_peering_connection_id()),
+            (&mut route.network_interface_id, r.network_interface_id()),
+            (&mut route.local_gateway_id, r.local_gateway_id()),
+            (&mut route.carrier_gateway_id, r.carrier_gateway_id()),
+        ];
+        if let Some((field, target)) = targets.into_iter().find_map(|(field, v)| Some((field, v?))) {
+            *field = Some(target.to_owned());
         }
-        out.insert(dest.to_owned(), Value::Object(route));
+        out.insert(dest.to_owned(), route);
     }
     out
 }
@@ -278,44 +285,36 @@ fn associations(rt: &AwsRouteTable) -> BTreeMap<String, String> {
 }
 
 fn observe(urn: &Urn, id: &str, rt: &AwsRouteTable) -> Observed {
-    let mut inputs = Props::new();
-    inputs.insert("vpc_id", Value::from(rt.vpc_id().unwrap_or_default()));
-    let routes: Vec<Value> = routes(rt).into_values().collect();
-    if !routes.is_empty() {
-        inputs.insert("routes", Value::Array(canonical_set(Some(&Value::Array(routes)))));
-    }
-    let subnets: Vec<Value> = associations(rt).into_keys().map(Value::from).collect();
-    if !subnets.is_empty() {
-        inputs.insert("subnet_ids", Value::Array(subnets));
-    }
-    if let Some(t) = observed_tags(urn, rt.tags()) {
-        inputs.insert("tags", t);
-    }
-    let mut outputs = Props::new();
-    outputs.insert("id", Value::from(id));
-    Observed { id: id.to_owned(), inputs, outputs }
+    let routes = canonical(Some(&routes(rt).into_values().collect::<Vec<_>>()));
+    let subnets: Vec<String> = associations(rt).into_keys().collect();
+    let inputs = RouteTableInputs {
+        vpc_id: Some(rt.vpc_id().unwrap_or_default().to_owned()),
+        tags: observed_tags(urn, rt.tags()),
+        routes: (!routes.is_empty()).then_some(routes),
+        subnet_ids: (!subnets.is_empty()).then_some(subnets),
+    };
+    Observed::new(id, inputs.to_props(), [("id", Value::from(id))])
 }
 
-/// Sets a create or replace request's target from a route's value.
+/// Sets a create or replace request's target from a route.
 macro_rules! with_target {
     ($req:expr, $route:expr) => {{
-        let t = |k: &str| $route.get(k).and_then(Value::as_str).map(str::to_owned);
-        $req.set_gateway_id(t("gateway_id"))
-            .set_nat_gateway_id(t("nat_gateway_id"))
-            .set_transit_gateway_id(t("transit_gateway_id"))
-            .set_vpc_peering_connection_id(t("vpc_peering_connection_id"))
-            .set_network_interface_id(t("network_interface_id"))
-            .set_local_gateway_id(t("local_gateway_id"))
-            .set_carrier_gateway_id(t("carrier_gateway_id"))
+        let route: &RouteEntry = $route;
+        $req.set_gateway_id(route.gateway_id.clone())
+            .set_nat_gateway_id(route.nat_gateway_id.clone())
+            .set_transit_gateway_id(route.transit_gateway_id.clone())
+            .set_vpc_peering_connection_id(route.vpc_peering_connection_id.clone())
+            .set_network_interface_id(route.network_interface_id.clone())
+            .set_local_gateway_id(route.local_gateway_id.clone())
+            .set_carrier_gateway_id(route.carrier_gateway_id.clone())
     }};
 }
 
 /// Brings the table's routes and associations to `desired`, from what AWS has now.
-async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &Props) -> Result<(), ProviderError> {
+async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &RouteTableInputs) -> Result<(), ProviderError> {
     let rt = describe(aws, id).await?.ok_or_else(|| ProviderError::not_found(format!("{id} is gone")))?;
     let have = routes(&rt);
-    let want: BTreeMap<String, Value> =
-        canonical_set(desired.get("routes")).into_iter().filter_map(|r| Some((r.get("destination")?.as_str()?.to_owned(), r))).collect();
+    let want: BTreeMap<String, RouteEntry> = canonical(desired.routes.as_deref()).into_iter().map(|r| (r.destination.clone(), r)).collect();
     // New and changed routes first, so traffic that keeps a route is never dropped.
     for (dest, route) in &want {
         match have.get(dest) {
@@ -331,15 +330,12 @@ async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &Props) -> Result<(),
         }
     }
     for dest in have.keys().filter(|d| !want.contains_key(*d)) {
-        match aws.ec2.delete_route().route_table_id(id).destination_cidr_block(dest).send().await {
-            Ok(_) => {}
-            Err(e) if code(&e) == Some("InvalidRoute.NotFound") => {}
-            Err(e) => return Err(aws_error(&format!("removing the route to {dest}"), e, hint)),
-        }
+        let answer = aws.ec2.delete_route().route_table_id(id).destination_cidr_block(dest).send().await;
+        or_missing(answer, &["InvalidRoute.NotFound"], &format!("removing the route to {dest}"), hint)?;
     }
 
     let attached = associations(&rt);
-    let wanted: Vec<String> = canonical_set(desired.get("subnet_ids")).iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    let wanted = canonical(desired.subnet_ids.as_deref());
     for subnet in wanted.iter().filter(|s| !attached.contains_key(*s)) {
         associate(aws, urn, id, subnet).await?;
     }
@@ -393,12 +389,10 @@ async fn associate(aws: &Clients, urn: &Urn, id: &str, subnet: &str) -> Result<(
 }
 
 async fn disassociate(aws: &Clients, subnet: &str, association: &str) -> Result<(), ProviderError> {
-    match aws.ec2.disassociate_route_table().association_id(association).send().await {
-        Ok(_) => Ok(()),
-        // Moved to another table meanwhile, or already gone.
-        Err(e) if code(&e) == Some("InvalidAssociationID.NotFound") => Ok(()),
-        Err(e) => Err(aws_error(&format!("disassociating subnet {subnet}"), e, hint)),
-    }
+    // Moved to another table meanwhile, or already gone: done.
+    let answer = aws.ec2.disassociate_route_table().association_id(association).send().await;
+    or_missing(answer, &["InvalidAssociationID.NotFound"], &format!("disassociating subnet {subnet}"), hint)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -408,19 +402,20 @@ impl Kind for RouteTableKind {
     }
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
+        let want = RouteTableInputs::from_props(inputs)?;
         let out = aws
             .once
             .ec2
             .create_route_table()
             .client_token(client_token(urn))
-            .vpc_id(inputs.get("vpc_id").and_then(Value::as_str).unwrap_or_default())
-            .tag_specifications(tag_spec(Ec2Type::RouteTable, urn, inputs))
+            .vpc_id(want.vpc_id.as_deref().unwrap_or_default())
+            .tag_specifications(tag_spec(Ec2Type::RouteTable, urn, want.tags.as_ref()))
             .send()
             .await
             .map_err(|e| aws_error("creating the route table", e, hint))?;
         let id = out.route_table().and_then(|r| r.route_table_id()).unwrap_or_default().to_owned();
         finish(&id, async {
-            sync(aws, urn, &id, inputs).await?;
+            sync(aws, urn, &id, &want).await?;
             self.read_created(aws, urn, &id, inputs).await
         })
         .await
@@ -431,8 +426,9 @@ impl Kind for RouteTableKind {
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        sync(aws, urn, id, new).await?;
-        retag(&aws.ec2, id, old, new).await?;
+        let (old, want) = (RouteTableInputs::from_props(old)?, RouteTableInputs::from_props(new)?);
+        sync(aws, urn, id, &want).await?;
+        retag(&aws.ec2, urn, id, old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
@@ -443,11 +439,8 @@ impl Kind for RouteTableKind {
                 disassociate(aws, &subnet, &association).await?;
             }
         }
-        match aws.ec2.delete_route_table().route_table_id(id).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some(MISSING) => Ok(()),
-            Err(e) => Err(aws_error("deleting the route table", e, hint)),
-        }
+        or_missing(aws.ec2.delete_route_table().route_table_id(id).send().await, MISSING, "deleting the route table", hint)?;
+        Ok(())
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {

@@ -12,30 +12,66 @@
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range, PrefixListId, ResourceType as Ec2Type, UserIdGroupPair};
 use cairn_sdk::provider::{DiffRequest, DiffResult};
-use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Urn};
+use cairn_sdk::schema::Default;
+use cairn_sdk::{CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Tags, Urn};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    canonical_set, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter,
+    canonical, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter,
 };
-use crate::error::{aws_error, code};
-use crate::kind::{finish, Clients, Kind};
+use crate::error::{aws_error, no_hint, or_missing};
+use crate::kind::{finish, read_each, Clients, Kind};
 
-/// The schema of `aws:ec2:SecurityGroup`.
-pub static SECURITY_GROUP: ResourceType = ResourceType::new(
-    "aws:ec2:SecurityGroup",
-    &[
-        Property::input("name").auto_name().forces_replacement(),
-        Property::input("description").default(Default::Str("Managed by Cairn")).forces_replacement(),
-        Property::optional_computed("vpc_id").forces_replacement(),
-        Property::input("ingress"),
-        Property::input("egress"),
-        Property::input("tags"),
-        Property::output("id"),
-    ],
-)
-.with_validation(validate);
+cairn_sdk::resource! {
+    /// A security group: `SecurityGroup::new("web").vpc_id(vpc.id()).ingress(Rule::tcp(443).from_cidr("0.0.0.0/0"))`.
+    /// Its logical name is its `Name` tag.
+    ///
+    /// Rules are sets, changed in place. **Egress is exactly what you declare**: a group
+    /// with no egress rule allows no outbound traffic, because Cairn revokes the allow-all
+    /// egress rule AWS adds to every new group. Declare it back with
+    /// [`allow_all_egress`](Self::allow_all_egress), or declare the egress you need.
+    ///
+    /// A rule that names another group (`from_group(db.id())`) makes this group depend on
+    /// that one, so two groups cannot name each other; use a rule on one side only, or a
+    /// `from_self()` rule on a group both share.
+    pub struct SecurityGroup {
+        token: "aws:ec2:SecurityGroup",
+        schema: SECURITY_GROUP,
+        inputs: SecurityGroupInputs,
+        /// A declared security group's outputs.
+        handle: SecurityGroupRef,
+        validate: validate,
+    }
+    inputs {
+        /// The group name, unique in its VPC; by default `<logical name>-<suffix>`, new on
+        /// each replacement (forces replacement).
+        name: String = auto_name().forces_replacement(),
+        /// What the group is for, up to 255 characters; default "Managed by Cairn" (forces
+        /// replacement: AWS cannot change a group's description).
+        description: String = default(Default::Str("Managed by Cairn")).forces_replacement(),
+        /// The VPC; the region's default VPC when unset (forces replacement).
+        vpc_id: String = computed().forces_replacement(),
+        /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+        tags: Tags,
+    }
+    by_hand {
+        /// Inbound rules, a set changed in place: see [`SecurityGroup::ingress`].
+        ingress: Vec<RuleEntry>,
+        /// Outbound rules, a set changed in place: see [`SecurityGroup::egress`].
+        egress: Vec<RuleEntry>,
+    }
+    outputs {
+        /// The group id, `sg-...`, for instances, launch templates and other groups' rules.
+        id: String,
+    }
+    echoes {
+        /// Its name.
+        name: String,
+        /// Its VPC.
+        vpc_id: String,
+    }
+}
 
 /// The properties diffed as sets.
 const SETS: &[&str] = &["ingress", "egress"];
@@ -114,60 +150,7 @@ fn check_rule(key: &str, peer: &str, rule: &super::Item<'_>, out: &mut Vec<Check
     }
 }
 
-/// A security group: `SecurityGroup::new("web").vpc_id(vpc.id()).ingress(Rule::tcp(443).from_cidr("0.0.0.0/0"))`.
-///
-/// Rules are sets, changed in place. **Egress is exactly what you declare**: a group
-/// with no egress rule allows no outbound traffic, because Cairn revokes the allow-all
-/// egress rule AWS adds to every new group. Declare it back with
-/// [`allow_all_egress`](Self::allow_all_egress), or declare the egress you need.
-///
-/// A rule that names another group (`from_group(db.id())`) makes this group depend on
-/// that one, so two groups cannot name each other; use a rule on one side only, or a
-/// `from_self()` rule on a group both share.
-#[derive(Debug, Clone)]
-pub struct SecurityGroup(Decl);
-
-typed_handle! {
-    /// A declared security group's outputs.
-    pub struct SecurityGroupRef {
-        /// The group id, `sg-...`, for instances, launch templates and other groups' rules.
-        id: String,
-        /// Its name.
-        name: String,
-        /// Its VPC.
-        vpc_id: String,
-    }
-}
-
 impl SecurityGroup {
-    /// A security group with logical name `name` (its `Name` tag).
-    pub fn new(name: &str) -> Self {
-        SecurityGroup(Decl::new(&SECURITY_GROUP, name))
-    }
-
-    /// The group name, unique in its VPC; by default `<logical name>-<suffix>`, new on
-    /// each replacement (forces replacement).
-    #[must_use]
-    pub fn name(mut self, name: impl Into<Input<String>>) -> Self {
-        self.0.set("name", name);
-        self
-    }
-
-    /// What the group is for, up to 255 characters; default "Managed by Cairn" (forces
-    /// replacement: AWS cannot change a group's description).
-    #[must_use]
-    pub fn description(mut self, description: impl Into<Input<String>>) -> Self {
-        self.0.set("description", description);
-        self
-    }
-
-    /// The VPC; the region's default VPC when unset (forces replacement).
-    #[must_use]
-    pub fn vpc_id(mut self, id: impl Into<Input<String>>) -> Self {
-        self.0.set("vpc_id", id);
-        self
-    }
-
     /// Adds an inbound rule: `Rule::tcp(443).from_cidr("0.0.0.0/0")`,
     /// `Rule::tcp(5432).from_group(web.id())`. Changed in place; order does not matter.
     #[must_use]
@@ -202,16 +185,7 @@ impl SecurityGroup {
     pub fn allow_all_egress(self) -> Self {
         self.egress(Rule::all_traffic().to_cidr("0.0.0.0/0"))
     }
-
-    /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", crate::tags::to_value(tags));
-        self
-    }
 }
-
-cairn_sdk::impl_resource!(SecurityGroup => SecurityGroupRef);
 
 fn add_rules(decl: &mut Decl, key: &str, rules: impl IntoIterator<Item = Rule>) {
     let before = declared_items(decl, key);
@@ -342,24 +316,47 @@ impl RulePorts {
     }
 }
 
+/// One rule as the `ingress` and `egress` inputs hold it: a protocol, ports and exactly
+/// one peer. Cairn declares IPv4 CIDR, group and `self` peers; IPv6 ranges and prefix
+/// lists are read, so that rules added outside Cairn show as drift.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleEntry {
+    /// `tcp`, `udp`, `icmp` or `-1` (all traffic).
+    pub protocol: String,
+    /// The first port (ICMP: the type); none for all traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_port: Option<i32>,
+    /// The last port (ICMP: the code); none for all traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_port: Option<i32>,
+    /// An IPv4 network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// An IPv6 network (read only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cidr_ipv6: Option<String>,
+    /// A managed prefix list (read only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_list_id: Option<String>,
+    /// Another security group, `sg-...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// The group itself: `true` (`self` in the JSON).
+    #[serde(rename = "self", skip_serializing_if = "Option::is_none")]
+    pub own: Option<bool>,
+}
+
 /// The security group's operations.
 #[derive(Debug)]
 pub(crate) struct SecurityGroupKind;
 
-fn text<'a>(inputs: &'a Props, key: &str) -> &'a str {
-    inputs.get(key).and_then(Value::as_str).unwrap_or_default()
-}
+const MISSING: &[&str] = &["InvalidGroup.NotFound", "InvalidGroupId.NotFound"];
 
-fn is_missing(code: Option<&str>) -> bool {
-    matches!(code, Some("InvalidGroup.NotFound" | "InvalidGroupId.NotFound"))
-}
-
-fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
-    move |code| {
-        match code {
+fn hint(code: &str, want: &SecurityGroupInputs) -> Option<String> {
+    match code {
         "InvalidGroup.Duplicate" => Some(format!(
             "a security group named {} already exists in the VPC; choose another name, or leave the name unset and Cairn will pick a unique one",
-            text(inputs, "name")
+            want.name.as_deref().unwrap_or_default()
         )),
         "InvalidVpcID.NotFound" => Some("its VPC does not exist (was it deleted outside Cairn? run refresh)".to_owned()),
         "VPCIdNotSpecified" => Some("the region has no default VPC; set vpc_id".to_owned()),
@@ -379,22 +376,19 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
         ),
         _ => None,
     }
-    }
 }
 
 /// A rule as the API's permission. `own` is the group's id, for `self` rules.
-fn permission(rule: &Value, own: &str) -> IpPermission {
-    let text = |k: &str| rule.get(k).and_then(Value::as_str);
-    let port = |k: &str| rule.get(k).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok());
-    let p = IpPermission::builder().ip_protocol(text("protocol").unwrap_or("-1")).set_from_port(port("from_port")).set_to_port(port("to_port"));
-    let p = if let Some(cidr) = text("cidr") {
+fn permission(rule: &RuleEntry, own: &str) -> IpPermission {
+    let p = IpPermission::builder().ip_protocol(&rule.protocol).set_from_port(rule.from_port).set_to_port(rule.to_port);
+    let p = if let Some(cidr) = &rule.cidr {
         p.ip_ranges(IpRange::builder().cidr_ip(cidr).build())
-    } else if let Some(cidr) = text("cidr_ipv6") {
+    } else if let Some(cidr) = &rule.cidr_ipv6 {
         p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(cidr).build())
-    } else if let Some(list) = text("prefix_list_id") {
+    } else if let Some(list) = &rule.prefix_list_id {
         p.prefix_list_ids(PrefixListId::builder().prefix_list_id(list).build())
     } else {
-        p.user_id_group_pairs(UserIdGroupPair::builder().group_id(text("group_id").unwrap_or(own)).build())
+        p.user_id_group_pairs(UserIdGroupPair::builder().group_id(rule.group_id.as_deref().unwrap_or(own)).build())
     };
     p.build()
 }
@@ -403,64 +397,55 @@ fn permission(rule: &Value, own: &str) -> IpPermission {
 /// rules that share protocol and ports into one permission with several peers; IPv6
 /// ranges and prefix lists (which Cairn does not declare) are read too, so that rules
 /// added outside Cairn show as drift and are revoked.
-fn rules(perms: &[IpPermission], own: &str) -> Vec<Value> {
+fn rules(perms: &[IpPermission], own: &str) -> Vec<RuleEntry> {
     let mut out = Vec::new();
     for perm in perms {
         let protocol = perm.ip_protocol().unwrap_or("-1");
-        let base = |key: &str, peer: Value| {
-            let mut rule = serde_json::Map::new();
-            rule.insert("protocol".into(), Value::from(protocol));
-            if protocol != "-1" {
-                if let (Some(from), Some(to)) = (perm.from_port(), perm.to_port()) {
-                    rule.insert("from_port".into(), Value::from(from));
-                    rule.insert("to_port".into(), Value::from(to));
-                }
-            }
-            rule.insert(key.into(), peer);
-            Value::Object(rule)
-        };
-        out.extend(perm.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(|c| base("cidr", Value::from(c))));
-        out.extend(perm.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(|c| base("cidr_ipv6", Value::from(c))));
-        out.extend(perm.prefix_list_ids().iter().filter_map(|p| p.prefix_list_id()).map(|p| base("prefix_list_id", Value::from(p))));
+        let ports = perm.from_port().zip(perm.to_port()).filter(|_| protocol != "-1");
+        let base = RuleEntry { protocol: protocol.to_owned(), from_port: ports.map(|p| p.0), to_port: ports.map(|p| p.1), ..RuleEntry::default() };
+        out.extend(perm.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(|c| RuleEntry { cidr: Some(c.to_owned()), ..base.clone() }));
+        out.extend(perm.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(|c| RuleEntry { cidr_ipv6: Some(c.to_owned()), ..base.clone() }));
+        let lists = perm.prefix_list_ids().iter().filter_map(|p| p.prefix_list_id());
+        out.extend(lists.map(|p| RuleEntry { prefix_list_id: Some(p.to_owned()), ..base.clone() }));
         out.extend(perm.user_id_group_pairs().iter().filter_map(|g| g.group_id()).map(|g| {
             if g == own {
-                base("self", Value::Bool(true))
+                RuleEntry { own: Some(true), ..base.clone() }
             } else {
-                base("group_id", Value::from(g))
+                RuleEntry { group_id: Some(g.to_owned()), ..base.clone() }
             }
         }));
     }
-    canonical_set(Some(&Value::Array(out)))
+    canonical(Some(&out))
 }
 
 /// Brings the group's rules from `current` (read from AWS) to `desired`: authorizes
 /// what is missing first, then revokes what is not declared, so traffic that stays
 /// allowed is never interrupted.
-async fn sync_rules(aws: &Clients, id: &str, current: &Props, desired: &Props) -> Result<(), ProviderError> {
-    for key in SETS {
-        let (have, want) = (canonical_set(current.get(key)), canonical_set(desired.get(key)));
+async fn sync_rules(aws: &Clients, id: &str, current: &SecurityGroupInputs, desired: &SecurityGroupInputs) -> Result<(), ProviderError> {
+    for (key, have, want) in [("ingress", &current.ingress, &desired.ingress), ("egress", &current.egress, &desired.egress)] {
+        let (have, want) = (canonical(have.as_deref()), canonical(want.as_deref()));
         let add: Vec<IpPermission> = want.iter().filter(|r| !have.contains(r)).map(|r| permission(r, id)).collect();
         let remove: Vec<IpPermission> = have.iter().filter(|r| !want.contains(r)).map(|r| permission(r, id)).collect();
-        let ingress = *key == "ingress";
-        let hints = || hint(desired);
+        let ingress = key == "ingress";
+        let hints = |c: &str| hint(c, desired);
         if !add.is_empty() {
             let action = format!("adding {key} rules");
             if ingress {
                 let req = aws.ec2.authorize_security_group_ingress().group_id(id).set_ip_permissions(Some(add));
-                req.send().await.map_err(|e| aws_error(&action, e, hints()))?;
+                req.send().await.map_err(|e| aws_error(&action, e, hints))?;
             } else {
                 let req = aws.ec2.authorize_security_group_egress().group_id(id).set_ip_permissions(Some(add));
-                req.send().await.map_err(|e| aws_error(&action, e, hints()))?;
+                req.send().await.map_err(|e| aws_error(&action, e, hints))?;
             }
         }
         if !remove.is_empty() {
             let action = format!("removing {key} rules");
             if ingress {
                 let req = aws.ec2.revoke_security_group_ingress().group_id(id).set_ip_permissions(Some(remove));
-                req.send().await.map_err(|e| aws_error(&action, e, hints()))?;
+                req.send().await.map_err(|e| aws_error(&action, e, hints))?;
             } else {
                 let req = aws.ec2.revoke_security_group_egress().group_id(id).set_ip_permissions(Some(remove));
-                req.send().await.map_err(|e| aws_error(&action, e, hints()))?;
+                req.send().await.map_err(|e| aws_error(&action, e, hints))?;
             }
         }
     }
@@ -474,71 +459,61 @@ impl Kind for SecurityGroupKind {
     }
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
+        let want = SecurityGroupInputs::from_props(inputs)?;
         let out = aws
             .once
             .ec2
             .create_security_group()
-            .group_name(text(inputs, "name"))
-            .description(text(inputs, "description"))
-            .set_vpc_id(inputs.get("vpc_id").and_then(Value::as_str).map(str::to_owned))
-            .tag_specifications(tag_spec(Ec2Type::SecurityGroup, urn, inputs))
+            .group_name(want.name.as_deref().unwrap_or_default())
+            .description(want.description.as_deref().unwrap_or_default())
+            .set_vpc_id(want.vpc_id.clone())
+            .tag_specifications(tag_spec(Ec2Type::SecurityGroup, urn, want.tags.as_ref()))
             .send()
             .await
-            .map_err(|e| aws_error("creating the security group", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the security group", e, |c| hint(c, &want)))?;
         let id = out.group_id().unwrap_or_default().to_owned();
         finish(&id, async {
             // From the rules AWS gave the new group (allow-all egress) to the declared ones.
             let current = self.read_created(aws, urn, &id, inputs).await?;
-            sync_rules(aws, &id, &current.inputs, inputs).await?;
+            sync_rules(aws, &id, &SecurityGroupInputs::from_props(&current.inputs)?, &want).await?;
             self.read_created(aws, urn, &id, inputs).await
         })
         .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        let out = match aws.ec2.describe_security_groups().group_ids(id).send().await {
-            Ok(out) => out,
-            Err(e) if is_missing(code(&e)) => return Ok(None),
-            Err(e) => return Err(aws_error("reading the security group", e, |_| None)),
+        let Some(out) = or_missing(aws.ec2.describe_security_groups().group_ids(id).send().await, MISSING, "reading the security group", no_hint)?
+        else {
+            return Ok(None);
         };
         let Some(g) = out.security_groups().first() else { return Ok(None) };
-        let mut inputs = Props::new();
-        inputs.insert("name", Value::from(g.group_name().unwrap_or_default()));
-        inputs.insert("description", Value::from(g.description().unwrap_or_default()));
-        if let Some(vpc) = g.vpc_id() {
-            inputs.insert("vpc_id", Value::from(vpc));
-        }
-        for (key, perms) in [("ingress", g.ip_permissions()), ("egress", g.ip_permissions_egress())] {
-            let rules = rules(perms, id);
-            if !rules.is_empty() {
-                inputs.insert(key, Value::Array(rules));
-            }
-        }
-        if let Some(t) = observed_tags(urn, g.tags()) {
-            inputs.insert("tags", t);
-        }
-        let mut outputs = Props::new();
-        outputs.insert("id", Value::from(id));
-        // Also an output, so `vpc_id()` resolves when the program left it to AWS.
-        outputs.insert("vpc_id", Value::from(g.vpc_id().unwrap_or_default()));
-        Ok(Some(Observed { id: id.to_owned(), inputs, outputs }))
+        let some = |rules: Vec<RuleEntry>| (!rules.is_empty()).then_some(rules);
+        let inputs = SecurityGroupInputs {
+            name: Some(g.group_name().unwrap_or_default().to_owned()),
+            description: Some(g.description().unwrap_or_default().to_owned()),
+            vpc_id: g.vpc_id().map(str::to_owned),
+            tags: observed_tags(urn, g.tags()),
+            ingress: some(rules(g.ip_permissions(), id)),
+            egress: some(rules(g.ip_permissions_egress(), id)),
+        };
+        // `vpc_id` is also an output, so `vpc_id()` resolves when the program left it to AWS.
+        Ok(Some(Observed::new(id, inputs.to_props(), [("id", Value::from(id)), ("vpc_id", Value::from(g.vpc_id().unwrap_or_default()))])))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
+        let (was, want) = (SecurityGroupInputs::from_props(old)?, SecurityGroupInputs::from_props(new)?);
         // Diff against the rules the group has now, not the ones in state: rules changed
         // outside Cairn are set right too, and nothing is authorized twice.
         let current = self.read_updated(aws, urn, id, old).await?;
-        sync_rules(aws, id, &current.inputs, new).await?;
-        retag(&aws.ec2, id, old, new).await?;
+        sync_rules(aws, id, &SecurityGroupInputs::from_props(&current.inputs)?, &want).await?;
+        retag(&aws.ec2, urn, id, was.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        match aws.ec2.delete_security_group().group_id(id).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_missing(code(&e)) => Ok(()),
-            Err(e) => Err(aws_error("deleting the security group", e, hint(&Props::new()))),
-        }
+        let answer = aws.ec2.delete_security_group().group_id(id).send().await;
+        or_missing(answer, MISSING, "deleting the security group", |c| hint(c, &SecurityGroupInputs::default()))?;
+        Ok(())
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
@@ -548,14 +523,9 @@ impl Kind for SecurityGroupKind {
             .filters(urn_filter(urn))
             .send()
             .await
-            .map_err(|e| aws_error("looking up security groups", e, |_| None))?;
-        let mut found = Vec::new();
-        for g in out.security_groups().iter().filter(|g| tagged_with(g.tags(), urn)) {
-            if let Some(id) = g.group_id() {
-                found.extend(self.read(aws, urn, id, &Props::new()).await?);
-            }
-        }
-        Ok(found)
+            .map_err(|e| aws_error("looking up security groups", e, no_hint))?;
+        let ids = out.security_groups().iter().filter(|g| tagged_with(g.tags(), urn)).filter_map(|g| g.group_id().map(str::to_owned)).collect();
+        read_each(self, aws, urn, ids).await
     }
 }
 
@@ -577,14 +547,14 @@ mod tests {
             .build();
         let all = IpPermission::builder().ip_protocol("-1").ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build()).build();
         assert_eq!(
-            rules(&[perm, all], "sg-own"),
-            [
-                json!({"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr": "0.0.0.0/0"}),
-                json!({"protocol": "-1", "cidr": "0.0.0.0/0"}),
-                json!({"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr": "10.0.0.0/8"}),
-                json!({"protocol": "tcp", "from_port": 443, "to_port": 443, "group_id": "sg-other"}),
-                json!({"protocol": "tcp", "from_port": 443, "to_port": 443, "self": true}),
-            ]
+            serde_json::to_value(rules(&[perm, all], "sg-own")).unwrap(),
+            json!([
+                {"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr": "0.0.0.0/0"},
+                {"protocol": "-1", "cidr": "0.0.0.0/0"},
+                {"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr": "10.0.0.0/8"},
+                {"protocol": "tcp", "from_port": 443, "to_port": 443, "group_id": "sg-other"},
+                {"protocol": "tcp", "from_port": 443, "to_port": 443, "self": true},
+            ])
         );
     }
 
@@ -592,7 +562,9 @@ mod tests {
     fn a_rule_round_trips_through_the_api_form() {
         for rule in [Rule::tcp(22).from_self(), Rule::udp_range(53, 54).from_cidr("10.0.0.0/8"), Rule::all_traffic().to_group("sg-1")] {
             let value = rule.into_prop().as_value().cloned().unwrap();
-            assert_eq!(rules(&[permission(&value, "sg-own")], "sg-own"), [value]);
+            let rule: RuleEntry = serde_json::from_value(value.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&rule).unwrap(), value, "the typed rule is the declared JSON");
+            assert_eq!(rules(&[permission(&rule, "sg-own")], "sg-own"), [rule]);
         }
     }
 }

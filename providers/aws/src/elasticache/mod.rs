@@ -20,14 +20,13 @@ pub use cache_cluster::{CacheCluster, CacheClusterRef, CACHE_CLUSTER};
 pub use replication_group::{ReplicationGroup, ReplicationGroupRef, REPLICATION_GROUP};
 pub use subnet_group::{SubnetGroup, SubnetGroupRef, SUBNET_GROUP};
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_elasticache::types::Tag;
-use cairn_sdk::{CheckFailure, Decl, Props, ProviderError, Urn};
+use cairn_sdk::{CheckFailure, Decl, ProviderError, Tags, Urn};
 use serde_json::Value;
 
-use crate::error::aws_error;
+use crate::error::{aws_error, no_hint};
 use crate::kind::{Clients, Kinds};
 use crate::tags;
 
@@ -99,24 +98,14 @@ pub(crate) fn check_id(decl: &Decl, key: &str, rules: IdRules, out: &mut Vec<Che
     }
 }
 
-/// The tags to create a resource with: the user's, `Name` (the logical name unless set)
-/// and Cairn's.
-pub(crate) fn create_tags(urn: &Urn, inputs: &Props) -> Vec<Tag> {
-    wanted_tags(urn, inputs).into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+/// The tags to create a resource with ([`tags::wanted`]).
+pub(crate) fn create_tags(urn: &Urn, user: Option<&Tags>) -> Vec<Tag> {
+    tags::wanted(urn, user).into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
-fn wanted_tags(urn: &Urn, inputs: &Props) -> HashMap<String, String> {
-    let mut all = tags::with_cairn_tags(urn, inputs);
-    all.entry("Name".to_owned()).or_insert_with(|| urn.name().to_owned());
-    all
-}
-
-/// The resource's tags, as the `tags` input holds them (without Cairn's, and without a
-/// `Name` that is just the logical name). `Ok(None)` when it has none of the user's.
-pub(crate) async fn observed_tags(aws: &Clients, urn: &Urn, arn: &str) -> Result<Option<Value>, ProviderError> {
-    let found = list_tags(aws, arn).await?;
-    let pairs: Vec<(String, String)> = found.into_iter().filter(|(k, v)| !(k == "Name" && v == urn.name())).collect();
-    Ok(tags::observed_user_tags(pairs.iter().map(|(k, v)| (k, v))))
+/// The resource's tags, as the `tags` input holds them ([`tags::observed`]).
+pub(crate) async fn observed_tags(aws: &Clients, urn: &Urn, arn: &str) -> Result<Option<Tags>, ProviderError> {
+    Ok(tags::observed(urn, list_tags(aws, arn).await?))
 }
 
 /// All tags of the resource with ARN `arn`.
@@ -127,62 +116,68 @@ pub(crate) async fn list_tags(aws: &Clients, arn: &str) -> Result<Vec<(String, S
         .resource_name(arn)
         .send()
         .await
-        .map_err(|e| aws_error("reading tags", e, |_| None))?;
+        .map_err(|e| aws_error("reading tags", e, no_hint))?;
     Ok(out.tag_list().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect())
 }
 
 /// Whether the resource with ARN `arn` carries `urn`'s tag.
 pub(crate) async fn is_tagged(aws: &Clients, urn: &Urn, arn: &str) -> Result<bool, ProviderError> {
-    let found = list_tags(aws, arn).await?;
-    Ok(tags::is_tagged(urn, found.iter().map(|(k, v)| (k, v))))
+    Ok(tags::is_tagged(urn, list_tags(aws, arn).await?))
 }
 
-/// Brings the tags of the resource with ARN `arn` from what `old` asks for to what `new`
-/// asks for.
-pub(crate) async fn retag(aws: &Clients, urn: &Urn, arn: &str, old: &Props, new: &Props) -> Result<(), ProviderError> {
-    let (before, after) = (wanted_tags(urn, old), wanted_tags(urn, new));
-    let gone: Vec<String> = before.keys().filter(|k| !after.contains_key(*k)).cloned().collect();
-    if !gone.is_empty() {
+/// Brings the tags of the resource with ARN `arn` from the user's `old` to `new`.
+pub(crate) async fn retag(aws: &Clients, urn: &Urn, arn: &str, old: Option<&Tags>, new: Option<&Tags>) -> Result<(), ProviderError> {
+    let change = tags::Retag::new(urn, old, new);
+    if !change.remove.is_empty() {
         aws.elasticache
             .remove_tags_from_resource()
             .resource_name(arn)
-            .set_tag_keys(Some(gone))
+            .set_tag_keys(Some(change.remove))
             .send()
             .await
-            .map_err(|e| aws_error("removing tags", e, |_| None))?;
+            .map_err(|e| aws_error("removing tags", e, no_hint))?;
     }
-    let changed: Vec<Tag> = after
-        .iter()
-        .filter(|(k, v)| before.get(*k) != Some(*v))
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect();
-    if !changed.is_empty() {
+    if !change.set.is_empty() {
+        let set = change.set.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         aws.elasticache
             .add_tags_to_resource()
             .resource_name(arn)
-            .set_tags(Some(changed))
+            .set_tags(Some(set))
             .send()
             .await
-            .map_err(|e| aws_error("tagging", e, |_| None))?;
+            .map_err(|e| aws_error("tagging", e, no_hint))?;
     }
     Ok(())
 }
 
+/// The new value of an input an update changes: `new` when set and not `old`.
+pub(crate) fn changed<T: PartialEq + Clone>(old: &Option<T>, new: &Option<T>) -> Option<T> {
+    new.clone().filter(|_| old != new)
+}
+
+/// What a cache cluster and a replication group name in [`node_hint`]'s messages.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Nodes<'a> {
+    pub(crate) subnet_group_name: Option<&'a str>,
+    pub(crate) parameter_group_name: Option<&'a str>,
+    pub(crate) node_type: Option<&'a str>,
+}
+
 /// Hints for the errors a cache cluster and a replication group share: their subnet
 /// group, parameter group, node capacity, quotas and VPC.
-pub(crate) fn node_hint(code: &str, inputs: &Props) -> Option<String> {
+pub(crate) fn node_hint(code: &str, want: Nodes<'_>) -> Option<String> {
     match code {
         "CacheSubnetGroupNotFoundFault" => Some(format!(
             "cache subnet group {} does not exist (deleted outside Cairn? run refresh); check subnet_group_name",
-            text(inputs, "subnet_group_name").unwrap_or_default()
+            want.subnet_group_name.unwrap_or_default()
         )),
         "CacheParameterGroupNotFound" => Some(format!(
             "cache parameter group {} does not exist; check parameter_group_name",
-            text(inputs, "parameter_group_name").unwrap_or_default()
+            want.parameter_group_name.unwrap_or_default()
         )),
         "InsufficientCacheClusterCapacity" => Some(format!(
             "AWS has no capacity for node type {} here right now; try another node type, or again later",
-            text(inputs, "node_type").unwrap_or_default()
+            want.node_type.unwrap_or_default()
         )),
         "ClusterQuotaForCustomerExceeded" | "NodeQuotaForClusterExceeded" | "NodeQuotaForCustomerExceeded" => Some(
             "the account's quota of cache clusters or nodes is used up; delete unused ones or ask AWS for a higher quota".to_owned(),
@@ -192,21 +187,6 @@ pub(crate) fn node_hint(code: &str, inputs: &Props) -> Option<String> {
         ),
         _ => None,
     }
-}
-
-/// A string input.
-pub(crate) fn text<'a>(inputs: &'a Props, key: &str) -> Option<&'a str> {
-    inputs.get(key).and_then(Value::as_str)
-}
-
-/// An integer input that fits an `i32`.
-pub(crate) fn int(inputs: &Props, key: &str) -> Option<i32> {
-    inputs.get(key).and_then(Value::as_i64).and_then(|n| i32::try_from(n).ok())
-}
-
-/// A list-of-strings input.
-pub(crate) fn strings(inputs: &Props, key: &str) -> Option<Vec<String>> {
-    inputs.get(key).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
 }
 
 /// Checks that a list input, if literal, holds only strings.

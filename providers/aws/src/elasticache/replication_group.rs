@@ -10,44 +10,70 @@
 use async_trait::async_trait;
 use aws_sdk_elasticache::types::{AutomaticFailoverStatus, ReplicationGroup as Group};
 use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
-use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
+use cairn_sdk::schema::Default;
+use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
-use super::cache_cluster::{check_node_type, CLUSTER_ID};
-use super::{check_id, check_port, check_strings, create_tags, int, list_tags, node_hint, retag, strings, text, BOUND, DESCRIPTION};
-use crate::error::aws_error;
-use crate::kind::{finish, keep_unreported, Clients, Kind};
+use super::cache_cluster::{check_node_type, CLUSTER_ID, MISSING as CLUSTER_MISSING};
+use super::{changed, check_id, check_port, check_strings, create_tags, list_tags, node_hint, retag, Nodes, BOUND, DESCRIPTION};
+use crate::error::{aws_error, missing, no_hint, or_missing};
+use crate::kind::{finish, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
 
-/// The schema of `aws:elasticache:ReplicationGroup`.
-pub static REPLICATION_GROUP: ResourceType = ResourceType::new(
-    "aws:elasticache:ReplicationGroup",
-    &[
-        Property::input("replication_group_id").auto_name().forces_replacement(),
-        Property::input("description").default(Default::Str(DESCRIPTION)),
-        Property::input("node_type").required(),
-        Property::input("num_cache_clusters").default(Default::Int(1)),
-        Property::input("automatic_failover").default(Default::Bool(false)),
-        Property::input("port").default(Default::Int(6379)).forces_replacement(),
-        Property::optional_computed("subnet_group_name").forces_replacement(),
-        Property::optional_computed("security_group_ids"),
-        Property::optional_computed("parameter_group_name"),
-        Property::input("tags"),
-        Property::output("id"),
-        Property::output("arn"),
-        Property::output("primary_endpoint_address"),
-        Property::output("primary_endpoint_port"),
-        Property::output("status"),
-    ],
-)
-.with_validation(validate);
-
-/// Inputs a describe may leave out, kept as recorded: the subnet group, security groups
-/// and parameter group come from the primary's cache cluster, which moto cannot
-/// describe; the port from the primary's endpoint, absent while AWS has none.
-const UNREPORTED: &[&str] = &["port", "subnet_group_name", "security_group_ids", "parameter_group_name"];
+cairn_sdk::resource! {
+    /// A Redis replication group:
+    /// `ReplicationGroup::new("sessions").node_type("cache.t3.micro").num_cache_clusters(2).automatic_failover(true)`.
+    pub struct ReplicationGroup {
+        token: "aws:elasticache:ReplicationGroup",
+        schema: REPLICATION_GROUP,
+        inputs: ReplicationGroupInputs,
+        /// A declared replication group's outputs.
+        handle: ReplicationGroupRef,
+        validate: validate,
+    }
+    inputs {
+        /// The group id: at most 40 lowercase letters, digits or hyphens, starting with a
+        /// letter. By default `<logical name>-<7 hex digits>`, new on each replacement, which
+        /// needs a logical name of at most 32 such characters (forces replacement).
+        replication_group_id: String = auto_name().forces_replacement(),
+        /// What it is for; `Managed by Cairn` when unset. Changed in place.
+        description: String = default(Default::Str(DESCRIPTION)),
+        /// The node type of every node, e.g. `cache.t3.micro`. Changed in place (the group
+        /// is scaled).
+        node_type: String = required(),
+        /// The number of nodes, primary included: 1 to 6, 1 when unset. Changed in place
+        /// (replicas are added or removed).
+        num_cache_clusters: u32 = default(Default::Int(1)),
+        /// Promote a replica when the primary fails; needs `num_cache_clusters` of 2 or more.
+        /// Off when unset. Changed in place.
+        automatic_failover: bool = default(Default::Bool(false)),
+        /// The port Redis listens on; 6379 when unset (forces replacement).
+        port: u16 = default(Default::Int(6379)).forces_replacement(),
+        /// The cache subnet group to place it in, usually a
+        /// [`SubnetGroup`](super::SubnetGroup)'s `name()` (forces replacement).
+        subnet_group_name: String = computed().forces_replacement(),
+        /// The VPC security groups; the VPC's default group when unset. Changed in place.
+        security_group_ids: Vec<String> = computed(),
+        /// The cache parameter group, e.g. `default.redis7`; AWS's default when unset.
+        /// Changed in place.
+        parameter_group_name: String = computed(),
+        /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+        tags: Tags,
+    }
+    outputs {
+        /// The replication group id.
+        id: String,
+        /// The replication group ARN.
+        arn: String,
+        /// The primary's DNS name, for writes. Absent until AWS reports one.
+        primary_endpoint_address: String,
+        /// The primary's port.
+        primary_endpoint_port: u16,
+        /// The group's status when last read, `available` after an apply.
+        status: String,
+    }
+}
 
 /// Statuses a group never leaves for `available` on its own.
 const BROKEN: [&str; 1] = ["create-failed"];
@@ -85,137 +111,36 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     check_strings(decl, "security_group_ids", "security group ids", out);
 }
 
-/// A Redis replication group:
-/// `ReplicationGroup::new("sessions").node_type("cache.t3.micro").num_cache_clusters(2).automatic_failover(true)`.
-#[derive(Debug, Clone)]
-pub struct ReplicationGroup(Decl);
-
-typed_handle! {
-    /// A declared replication group's outputs.
-    pub struct ReplicationGroupRef {
-        /// The replication group id.
-        id: String,
-        /// The replication group ARN.
-        arn: String,
-        /// The primary's DNS name, for writes. Absent until AWS reports one.
-        primary_endpoint_address: String,
-        /// The primary's port.
-        primary_endpoint_port: u16,
-        /// The group's status when last read, `available` after an apply.
-        status: String,
-    }
-}
-
-impl ReplicationGroup {
-    /// A replication group with logical name `name`.
-    pub fn new(name: &str) -> Self {
-        ReplicationGroup(Decl::new(&REPLICATION_GROUP, name))
-    }
-
-    /// The group id: at most 40 lowercase letters, digits or hyphens, starting with a
-    /// letter. By default `<logical name>-<7 hex digits>`, new on each replacement, which
-    /// needs a logical name of at most 32 such characters (forces replacement).
-    #[must_use]
-    pub fn replication_group_id(mut self, id: impl Into<Input<String>>) -> Self {
-        self.0.set("replication_group_id", id);
-        self
-    }
-
-    /// What it is for; `Managed by Cairn` when unset. Changed in place.
-    #[must_use]
-    pub fn description(mut self, description: impl Into<Input<String>>) -> Self {
-        self.0.set("description", description);
-        self
-    }
-
-    /// The node type of every node, e.g. `cache.t3.micro`. Changed in place (the group
-    /// is scaled).
-    #[must_use]
-    pub fn node_type(mut self, node_type: impl Into<Input<String>>) -> Self {
-        self.0.set("node_type", node_type);
-        self
-    }
-
-    /// The number of nodes, primary included: 1 to 6, 1 when unset. Changed in place
-    /// (replicas are added or removed).
-    #[must_use]
-    pub fn num_cache_clusters(mut self, count: impl Into<Input<u32>>) -> Self {
-        self.0.set("num_cache_clusters", count);
-        self
-    }
-
-    /// Promote a replica when the primary fails; needs `num_cache_clusters` of 2 or more.
-    /// Off when unset. Changed in place.
-    #[must_use]
-    pub fn automatic_failover(mut self, on: bool) -> Self {
-        self.0.set("automatic_failover", on);
-        self
-    }
-
-    /// The port Redis listens on; 6379 when unset (forces replacement).
-    #[must_use]
-    pub fn port(mut self, port: impl Into<Input<u16>>) -> Self {
-        self.0.set("port", port);
-        self
-    }
-
-    /// The cache subnet group to place it in, usually a
-    /// [`SubnetGroup`](super::SubnetGroup)'s `name()` (forces replacement).
-    #[must_use]
-    pub fn subnet_group_name(mut self, name: impl Into<Input<String>>) -> Self {
-        self.0.set("subnet_group_name", name);
-        self
-    }
-
-    /// The VPC security groups; the VPC's default group when unset. Changed in place.
-    #[must_use]
-    pub fn security_group_ids(mut self, ids: impl Into<Input<Vec<String>>>) -> Self {
-        self.0.set("security_group_ids", ids);
-        self
-    }
-
-    /// The cache parameter group, e.g. `default.redis7`; AWS's default when unset.
-    /// Changed in place.
-    #[must_use]
-    pub fn parameter_group_name(mut self, name: impl Into<Input<String>>) -> Self {
-        self.0.set("parameter_group_name", name);
-        self
-    }
-
-    /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", tags::to_value(tags));
-        self
-    }
-}
-
-cairn_sdk::impl_resource!(ReplicationGroup => ReplicationGroupRef);
-
 /// The replication group's operations.
 #[derive(Debug)]
 pub(crate) struct ReplicationGroupKind;
 
-fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
-    move |code| match code {
+const MISSING: &[&str] = &["ReplicationGroupNotFoundFault"];
+
+fn hint(code: &str, want: &ReplicationGroupInputs) -> Option<String> {
+    match code {
         "ReplicationGroupAlreadyExists" => Some(format!(
             "a replication group with id {} already exists; choose another replication_group_id, or leave it unset and Cairn will pick a unique one",
-            text(inputs, "replication_group_id").unwrap_or_default()
+            want.replication_group_id.as_deref().unwrap_or_default()
         )),
         "InvalidReplicationGroupState" => {
             Some("the group is busy (being created, changed or deleted); wait until it is available, then run again".to_owned())
         }
-        _ => node_hint(code, inputs),
+        _ => node_hint(
+            code,
+            Nodes {
+                subnet_group_name: want.subnet_group_name.as_deref(),
+                parameter_group_name: want.parameter_group_name.as_deref(),
+                node_type: want.node_type.as_deref(),
+            },
+        ),
     }
 }
 
 /// The group with id `id`, if it exists.
 async fn describe(aws: &Clients, id: &str) -> Result<Option<Group>, ProviderError> {
-    match aws.elasticache.describe_replication_groups().replication_group_id(id).send().await {
-        Ok(out) => Ok(out.replication_groups().first().cloned()),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_replication_group_not_found_fault()) => Ok(None),
-        Err(e) => Err(aws_error("reading the replication group", e, |_| None)),
-    }
+    let got = aws.elasticache.describe_replication_groups().replication_group_id(id).send().await;
+    Ok(or_missing(got, MISSING, "reading the replication group", no_hint)?.and_then(|out| out.replication_groups().first().cloned()))
 }
 
 fn status(g: &Group) -> &str {
@@ -253,72 +178,77 @@ fn failover_on(g: &Group) -> bool {
     matches!(g.automatic_failover(), Some(AutomaticFailoverStatus::Enabled | AutomaticFailoverStatus::Enabling))
 }
 
+/// A node count as AWS takes it.
+fn count(nodes: Option<u32>) -> Option<i32> {
+    nodes.and_then(|n| i32::try_from(n).ok())
+}
+
 /// The group as the inputs and outputs Cairn records. What DescribeReplicationGroups
 /// does not say (subnet group, security groups, parameter group) is read from the
-/// primary's cache cluster; an endpoint that has no such cluster (moto) leaves them out,
-/// and `read` keeps them as recorded.
-async fn observe(aws: &Clients, urn: &Urn, g: &Group, tags: Vec<(String, String)>) -> Result<Observed, ProviderError> {
+/// primary's cache cluster. Inputs a describe may leave out are kept as `recorded`: the
+/// subnet group, security groups and parameter group when the endpoint has no such
+/// cluster (moto), the port while AWS has no primary endpoint.
+async fn observe(
+    aws: &Clients,
+    urn: &Urn,
+    g: &Group,
+    tags: Vec<(String, String)>,
+    recorded: &ReplicationGroupInputs,
+) -> Result<Observed, ProviderError> {
     let id = g.replication_group_id().unwrap_or_default();
-    let mut inputs = Props::new();
-    inputs.insert("replication_group_id", Value::from(id));
-    inputs.insert("description", Value::from(g.description().unwrap_or_default()));
-    if let Some(t) = g.cache_node_type() {
-        inputs.insert("node_type", Value::from(t));
-    }
-    inputs.insert("num_cache_clusters", Value::from(g.member_clusters().len()));
-    inputs.insert("automatic_failover", Value::from(failover_on(g)));
     let primary = g.node_groups().first().and_then(|n| n.primary_endpoint());
-    if let Some(port) = primary.and_then(|e| e.port()) {
-        inputs.insert("port", Value::from(port));
-    }
     let primary_cluster = g
         .node_groups()
         .first()
         .and_then(|n| n.node_group_members().iter().find(|m| m.current_role() == Some("primary")))
         .and_then(|m| m.cache_cluster_id())
         .or_else(|| g.member_clusters().first().map(String::as_str));
+    let mut cluster = None;
     if let Some(member) = primary_cluster {
         let got = aws.elasticache.describe_cache_clusters().cache_cluster_id(member).send().await;
-        let cluster = match got {
-            Ok(out) => out.cache_clusters().first().cloned(),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_cluster_not_found_fault()) => None,
-            Err(e) => return Err(aws_error("reading the replication group's primary", e, |_| None)),
-        };
-        if let Some(c) = cluster {
-            if let Some(s) = c.cache_subnet_group_name() {
-                inputs.insert("subnet_group_name", Value::from(s));
-            }
-            let groups: Vec<Value> = c.security_groups().iter().filter_map(|s| s.security_group_id()).map(Value::from).collect();
-            if !groups.is_empty() {
-                inputs.insert("security_group_ids", Value::Array(groups));
-            }
-            if let Some(p) = c.cache_parameter_group().and_then(|p| p.cache_parameter_group_name()) {
-                inputs.insert("parameter_group_name", Value::from(p));
-            }
-        }
+        cluster = or_missing(got, CLUSTER_MISSING, "reading the replication group's primary", no_hint)?
+            .and_then(|out| out.cache_clusters().first().cloned());
     }
-    let mine: Vec<(String, String)> = tags.into_iter().filter(|(k, v)| !(k == "Name" && v == urn.name())).collect();
-    if let Some(t) = tags::observed_user_tags(mine.iter().map(|(k, v)| (k, v))) {
-        inputs.insert("tags", t);
-    }
-    let mut outputs = Props::new();
-    outputs.insert("id", Value::from(id));
-    outputs.insert("arn", Value::from(g.arn().unwrap_or_default()));
-    outputs.insert("status", Value::from(status(g)));
+    let groups: Vec<String> = cluster
+        .iter()
+        .flat_map(|c| c.security_groups())
+        .filter_map(|s| s.security_group_id())
+        .map(str::to_owned)
+        .collect();
+    let inputs = ReplicationGroupInputs {
+        replication_group_id: Some(id.to_owned()),
+        description: Some(g.description().unwrap_or_default().to_owned()),
+        node_type: g.cache_node_type().map(str::to_owned),
+        num_cache_clusters: u32::try_from(g.member_clusters().len()).ok(),
+        automatic_failover: Some(failover_on(g)),
+        port: primary.and_then(|e| e.port()).and_then(|p| u16::try_from(p).ok()).or(recorded.port),
+        subnet_group_name: cluster
+            .as_ref()
+            .and_then(|c| c.cache_subnet_group_name())
+            .map(str::to_owned)
+            .or_else(|| recorded.subnet_group_name.clone()),
+        security_group_ids: Some(groups).filter(|g| !g.is_empty()).or_else(|| recorded.security_group_ids.clone()),
+        parameter_group_name: cluster
+            .as_ref()
+            .and_then(|c| c.cache_parameter_group())
+            .and_then(|p| p.cache_parameter_group_name())
+            .map(str::to_owned)
+            .or_else(|| recorded.parameter_group_name.clone()),
+        tags: tags::observed(urn, tags),
+    };
+    let mut outputs = vec![("id", Value::from(id)), ("arn", Value::from(g.arn().unwrap_or_default())), ("status", Value::from(status(g)))];
     if let Some(address) = primary.and_then(|e| e.address()) {
-        outputs.insert("primary_endpoint_address", Value::from(address));
+        outputs.push(("primary_endpoint_address", Value::from(address)));
     }
     if let Some(port) = primary.and_then(|e| e.port()) {
-        outputs.insert("primary_endpoint_port", Value::from(port));
+        outputs.push(("primary_endpoint_port", Value::from(port)));
     }
-    Ok(Observed { id: id.to_owned(), inputs, outputs })
+    Ok(Observed::new(id, inputs.to_props(), outputs))
 }
 
 /// Checks the node count and failover once every value is known, before any call.
-fn check_nodes(inputs: &Props) -> Result<(), ProviderError> {
-    let nodes = inputs.get("num_cache_clusters").and_then(Value::as_i64);
-    let failover = inputs.get("automatic_failover").and_then(Value::as_bool);
-    match nodes_problem(nodes, failover) {
+fn check_nodes(want: &ReplicationGroupInputs) -> Result<(), ProviderError> {
+    match nodes_problem(want.num_cache_clusters.map(i64::from), want.automatic_failover) {
         Some((key, expected)) => Err(ProviderError::failed(format!("{key} must {expected}"))),
         None => Ok(()),
     }
@@ -335,25 +265,26 @@ impl Kind for ReplicationGroupKind {
     }
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        check_nodes(inputs)?;
-        let id = text(inputs, "replication_group_id").unwrap_or_default();
+        let want = ReplicationGroupInputs::from_props(inputs)?;
+        check_nodes(&want)?;
+        let id = want.replication_group_id.as_deref().unwrap_or_default();
         aws.once
             .elasticache
             .create_replication_group()
             .replication_group_id(id)
-            .replication_group_description(text(inputs, "description").unwrap_or(DESCRIPTION))
+            .replication_group_description(want.description.as_deref().unwrap_or(DESCRIPTION))
             .engine("redis")
-            .set_cache_node_type(text(inputs, "node_type").map(str::to_owned))
-            .set_num_cache_clusters(int(inputs, "num_cache_clusters"))
-            .set_automatic_failover_enabled(inputs.get("automatic_failover").and_then(Value::as_bool))
-            .set_port(int(inputs, "port"))
-            .set_cache_subnet_group_name(text(inputs, "subnet_group_name").map(str::to_owned))
-            .set_security_group_ids(strings(inputs, "security_group_ids"))
-            .set_cache_parameter_group_name(text(inputs, "parameter_group_name").map(str::to_owned))
-            .set_tags(Some(create_tags(urn, inputs)))
+            .set_cache_node_type(want.node_type.clone())
+            .set_num_cache_clusters(count(want.num_cache_clusters))
+            .set_automatic_failover_enabled(want.automatic_failover)
+            .set_port(want.port.map(i32::from))
+            .set_cache_subnet_group_name(want.subnet_group_name.clone())
+            .set_security_group_ids(want.security_group_ids.clone())
+            .set_cache_parameter_group_name(want.parameter_group_name.clone())
+            .set_tags(Some(create_tags(urn, want.tags.as_ref())))
             .send()
             .await
-            .map_err(|e| aws_error("creating the replication group", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the replication group", e, |c| hint(c, &want)))?;
         finish(id, async {
             wait_available(aws, id, |_| true).await?;
             self.read_created(aws, urn, id, inputs).await
@@ -363,33 +294,32 @@ impl Kind for ReplicationGroupKind {
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let Some(g) = describe(aws, id).await? else { return Ok(None) };
+        let recorded = ReplicationGroupInputs::from_props(recorded)?;
         let tags = match g.arn() {
             Some(arn) => list_tags(aws, arn).await?,
             None => Vec::new(),
         };
-        let mut found = observe(aws, urn, &g, tags).await?;
-        keep_unreported(&mut found.inputs, recorded, UNREPORTED);
-        Ok(Some(found))
+        Ok(Some(observe(aws, urn, &g, tags, &recorded).await?))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        check_nodes(new)?;
+        let (old, want) = (ReplicationGroupInputs::from_props(old)?, ReplicationGroupInputs::from_props(new)?);
+        check_nodes(&want)?;
         let Some(current) = describe(aws, id).await? else {
             return Err(ProviderError::not_found(format!("replication group {id} is gone (deleted outside Cairn? run refresh)")));
         };
-        let changed = |key: &str| new.get(key).is_some() && old.get(key) != new.get(key);
-        let failover = new.get("automatic_failover").and_then(Value::as_bool);
+        let failover = changed(&old.automatic_failover, &want.automatic_failover);
         let modify = || aws.elasticache.modify_replication_group().replication_group_id(id).apply_immediately(true);
-        let modified = |e| aws_error("changing the replication group (ModifyReplicationGroup)", e, hint(new));
+        let modified = |e| aws_error("changing the replication group (ModifyReplicationGroup)", e, |c| hint(c, &want));
 
         // 1. Failover off first: AWS refuses to remove the last replica while it is on.
-        if changed("automatic_failover") && failover == Some(false) {
+        if failover == Some(false) {
             modify().automatic_failover_enabled(false).send().await.map_err(modified)?;
             wait_available(aws, id, |g| !failover_on(g)).await?;
         }
         // 2. Replicas: the count AWS takes excludes the primary.
-        if let Some(nodes) = int(new, "num_cache_clusters").filter(|_| changed("num_cache_clusters")) {
-            let before = int(old, "num_cache_clusters").unwrap_or(1);
+        if let Some(nodes) = count(changed(&old.num_cache_clusters, &want.num_cache_clusters)) {
+            let before = count(old.num_cache_clusters).unwrap_or(1);
             if nodes > before {
                 aws.elasticache
                     .increase_replica_count()
@@ -398,7 +328,7 @@ impl Kind for ReplicationGroupKind {
                     .apply_immediately(true)
                     .send()
                     .await
-                    .map_err(|e| aws_error("adding replicas (IncreaseReplicaCount)", e, hint(new)))?;
+                    .map_err(|e| aws_error("adding replicas (IncreaseReplicaCount)", e, |c| hint(c, &want)))?;
             } else {
                 aws.elasticache
                     .decrease_replica_count()
@@ -407,44 +337,46 @@ impl Kind for ReplicationGroupKind {
                     .apply_immediately(true)
                     .send()
                     .await
-                    .map_err(|e| aws_error("removing replicas (DecreaseReplicaCount)", e, hint(new)))?;
+                    .map_err(|e| aws_error("removing replicas (DecreaseReplicaCount)", e, |c| hint(c, &want)))?;
             }
             let wanted = usize::try_from(nodes).unwrap_or_default();
             wait_available(aws, id, |g| g.member_clusters().len() == wanted).await?;
         }
         // 3. A new node type, on its own: scaling is one operation.
-        if let Some(node_type) = text(new, "node_type").filter(|_| changed("node_type")) {
-            modify().cache_node_type(node_type).send().await.map_err(modified)?;
-            wait_available(aws, id, |g| g.cache_node_type() == Some(node_type)).await?;
+        if let Some(node_type) = changed(&old.node_type, &want.node_type) {
+            modify().cache_node_type(&node_type).send().await.map_err(modified)?;
+            wait_available(aws, id, |g| g.cache_node_type() == Some(node_type.as_str())).await?;
         }
         // 4. Everything else, failover on last (after any replicas were added).
-        let others = ["description", "security_group_ids", "parameter_group_name"].into_iter().any(changed);
-        let turn_on = changed("automatic_failover") && failover == Some(true);
+        let description = changed(&old.description, &want.description);
+        let security_group_ids = changed(&old.security_group_ids, &want.security_group_ids);
+        let parameter_group_name = changed(&old.parameter_group_name, &want.parameter_group_name);
+        let others = description.is_some() || security_group_ids.is_some() || parameter_group_name.is_some();
+        let turn_on = failover == Some(true);
         if others || turn_on {
-            let pick = |key: &str| text(new, key).filter(|_| changed(key)).map(str::to_owned);
             modify()
-                .set_replication_group_description(pick("description"))
-                .set_security_group_ids(strings(new, "security_group_ids").filter(|_| changed("security_group_ids")))
-                .set_cache_parameter_group_name(pick("parameter_group_name"))
+                .set_replication_group_description(description)
+                .set_security_group_ids(security_group_ids)
+                .set_cache_parameter_group_name(parameter_group_name)
                 .set_automatic_failover_enabled(turn_on.then_some(true))
                 .send()
                 .await
                 .map_err(modified)?;
             wait_available(aws, id, |g| !turn_on || failover_on(g)).await?;
         }
-        retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
+        retag(aws, urn, current.arn().unwrap_or_default(), old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         match aws.elasticache.delete_replication_group().replication_group_id(id).retain_primary_cluster(false).send().await {
             Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_replication_group_not_found_fault()) => return Ok(()),
+            Err(e) if missing(&e, MISSING) => return Ok(()),
             Err(e) => {
                 // Already being deleted (an earlier run stopped waiting): wait again.
                 let deleting = describe(aws, id).await.ok().flatten().is_some_and(|g| status(&g) == "deleting");
                 if !deleting {
-                    return Err(aws_error("deleting the replication group", e, hint(&Props::new())));
+                    return Err(aws_error("deleting the replication group", e, |c| hint(c, &ReplicationGroupInputs::default())));
                 }
             }
         }
@@ -467,13 +399,13 @@ impl Kind for ReplicationGroupKind {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| aws_error("looking up replication groups", e, |_| None))?;
+                .map_err(|e| aws_error("looking up replication groups", e, no_hint))?;
             // A group being deleted is on its way out, not a copy to adopt.
             for g in page.replication_groups().iter().filter(|g| status(g) != "deleting") {
                 let Some(arn) = g.arn() else { continue };
                 let tags = list_tags(aws, arn).await?;
                 if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
-                    found.push(observe(aws, urn, g, tags).await?);
+                    found.push(observe(aws, urn, g, tags, &ReplicationGroupInputs::default()).await?);
                 }
             }
             match page.marker() {

@@ -6,28 +6,47 @@
 
 use async_trait::async_trait;
 use aws_sdk_elasticache::types::CacheSubnetGroup;
-use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
+use cairn_sdk::schema::Default;
+use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
-use super::{check_id, check_strings, create_tags, is_tagged, observed_tags, retag, strings, text, IdRules, DESCRIPTION};
-use crate::error::aws_error;
+use super::{check_id, check_strings, create_tags, is_tagged, observed_tags, retag, IdRules, DESCRIPTION};
+use crate::error::{aws_error, no_hint, or_missing};
 use crate::kind::{Clients, Kind};
-use crate::tags;
 
-/// The schema of `aws:elasticache:SubnetGroup`.
-pub static SUBNET_GROUP: ResourceType = ResourceType::new(
-    "aws:elasticache:SubnetGroup",
-    &[
-        Property::input("name").auto_name().forces_replacement(),
-        Property::input("description").default(Default::Str(DESCRIPTION)),
-        Property::input("subnet_ids").required(),
-        Property::input("tags"),
-        Property::output("arn"),
-        Property::output("vpc_id"),
-    ],
-)
-.with_validation(validate);
+cairn_sdk::resource! {
+    /// A cache subnet group: `SubnetGroup::new("cache").subnet_ids([a.id(), b.id()])`.
+    pub struct SubnetGroup {
+        token: "aws:elasticache:SubnetGroup",
+        schema: SUBNET_GROUP,
+        inputs: SubnetGroupInputs,
+        /// A declared cache subnet group's outputs.
+        handle: SubnetGroupRef,
+        validate: validate,
+    }
+    inputs {
+        /// The physical name, at most 255 lowercase letters, digits or hyphens; by default
+        /// `<logical name>-<suffix>`, new on each replacement (forces replacement).
+        name: String = auto_name().forces_replacement(),
+        /// What it is for; `Managed by Cairn` when unset. Changed in place.
+        description: String = default(Default::Str(DESCRIPTION)),
+        /// The subnets, all of one VPC; literals or subnets' `id()` outputs. Changed in place.
+        subnet_ids: Vec<String> = required(),
+        /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+        tags: Tags,
+    }
+    outputs {
+        /// The group ARN.
+        arn: String,
+        /// The VPC its subnets belong to.
+        vpc_id: String,
+    }
+    echoes {
+        /// The group name (its id), for a cluster's or replication group's
+        /// `subnet_group_name`.
+        name: String,
+    }
+}
 
 const NAME: IdRules = IdRules { max: 255, strict: false };
 
@@ -46,74 +65,21 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     }
 }
 
-/// A cache subnet group: `SubnetGroup::new("cache").subnet_ids([a.id(), b.id()])`.
-#[derive(Debug, Clone)]
-pub struct SubnetGroup(Decl);
-
-typed_handle! {
-    /// A declared cache subnet group's outputs.
-    pub struct SubnetGroupRef {
-        /// The group name (its id), for a cluster's or replication group's
-        /// `subnet_group_name`.
-        name: String,
-        /// The group ARN.
-        arn: String,
-        /// The VPC its subnets belong to.
-        vpc_id: String,
-    }
-}
-
-impl SubnetGroup {
-    /// A subnet group with logical name `name`.
-    pub fn new(name: &str) -> Self {
-        SubnetGroup(Decl::new(&SUBNET_GROUP, name))
-    }
-
-    /// The physical name, at most 255 lowercase letters, digits or hyphens; by default
-    /// `<logical name>-<suffix>`, new on each replacement (forces replacement).
-    #[must_use]
-    pub fn name(mut self, name: impl Into<Input<String>>) -> Self {
-        self.0.set("name", name);
-        self
-    }
-
-    /// What it is for; `Managed by Cairn` when unset. Changed in place.
-    #[must_use]
-    pub fn description(mut self, description: impl Into<Input<String>>) -> Self {
-        self.0.set("description", description);
-        self
-    }
-
-    /// The subnets, all of one VPC; literals or subnets' `id()` outputs. Changed in place.
-    #[must_use]
-    pub fn subnet_ids(mut self, ids: impl Into<Input<Vec<String>>>) -> Self {
-        self.0.set("subnet_ids", ids);
-        self
-    }
-
-    /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", tags::to_value(tags));
-        self
-    }
-}
-
-cairn_sdk::impl_resource!(SubnetGroup => SubnetGroupRef);
-
 /// The subnet group's operations.
 #[derive(Debug)]
 pub(crate) struct SubnetGroupKind;
 
-fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
-    move |code| match code {
+const MISSING: &[&str] = &["CacheSubnetGroupNotFoundFault"];
+
+fn hint(code: &str, want: &SubnetGroupInputs) -> Option<String> {
+    match code {
         "CacheSubnetGroupAlreadyExists" => Some(format!(
             "a cache subnet group named {} already exists; choose another name, or leave the name unset and Cairn will pick a unique one",
-            text(inputs, "name").unwrap_or_default()
+            want.name.as_deref().unwrap_or_default()
         )),
         "InvalidSubnet" => Some(format!(
             "a subnet of {:?} does not exist or is not usable (deleted outside Cairn? run refresh); check subnet_ids",
-            strings(inputs, "subnet_ids").unwrap_or_default()
+            want.subnet_ids.as_deref().unwrap_or_default()
         )),
         "SubnetInUse" => Some("a subnet being removed is still used by a cache cluster; move the cluster first".to_owned()),
         "CacheSubnetGroupInUse" => Some(
@@ -130,47 +96,39 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
 
 /// The group named `name`, if it exists.
 async fn describe(aws: &Clients, name: &str) -> Result<Option<CacheSubnetGroup>, ProviderError> {
-    match aws.elasticache.describe_cache_subnet_groups().cache_subnet_group_name(name).send().await {
-        Ok(out) => Ok(out.cache_subnet_groups().first().cloned()),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_subnet_group_not_found_fault()) => Ok(None),
-        Err(e) => Err(aws_error("reading the subnet group", e, |_| None)),
-    }
+    let got = aws.elasticache.describe_cache_subnet_groups().cache_subnet_group_name(name).send().await;
+    Ok(or_missing(got, MISSING, "reading the subnet group", no_hint)?.and_then(|out| out.cache_subnet_groups().first().cloned()))
 }
 
 /// The group as the inputs and outputs Cairn records.
 async fn observe(aws: &Clients, urn: &Urn, g: &CacheSubnetGroup) -> Result<Observed, ProviderError> {
     let name = g.cache_subnet_group_name().unwrap_or_default();
     let arn = g.arn().unwrap_or_default();
-    let mut inputs = Props::new();
-    inputs.insert("name", Value::from(name));
-    inputs.insert("description", Value::from(g.cache_subnet_group_description().unwrap_or_default()));
-    let subnets: Vec<Value> = g.subnets().iter().filter_map(|s| s.subnet_identifier()).map(Value::from).collect();
-    inputs.insert("subnet_ids", Value::Array(subnets));
-    if !arn.is_empty() {
-        if let Some(t) = observed_tags(aws, urn, arn).await? {
-            inputs.insert("tags", t);
-        }
-    }
-    let mut outputs = Props::new();
-    outputs.insert("arn", Value::from(arn));
-    outputs.insert("vpc_id", Value::from(g.vpc_id().unwrap_or_default()));
-    Ok(Observed { id: name.to_owned(), inputs, outputs })
+    let inputs = SubnetGroupInputs {
+        name: Some(name.to_owned()),
+        description: Some(g.cache_subnet_group_description().unwrap_or_default().to_owned()),
+        subnet_ids: Some(g.subnets().iter().filter_map(|s| s.subnet_identifier()).map(str::to_owned).collect()),
+        tags: if arn.is_empty() { None } else { observed_tags(aws, urn, arn).await? },
+    };
+    let outputs = [("arn", Value::from(arn)), ("vpc_id", Value::from(g.vpc_id().unwrap_or_default()))];
+    Ok(Observed::new(name, inputs.to_props(), outputs))
 }
 
 #[async_trait]
 impl Kind for SubnetGroupKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        let name = text(inputs, "name").unwrap_or_default();
+        let want = SubnetGroupInputs::from_props(inputs)?;
+        let name = want.name.as_deref().unwrap_or_default();
         aws.once
             .elasticache
             .create_cache_subnet_group()
             .cache_subnet_group_name(name)
-            .cache_subnet_group_description(text(inputs, "description").unwrap_or(DESCRIPTION))
-            .set_subnet_ids(strings(inputs, "subnet_ids"))
-            .set_tags(Some(create_tags(urn, inputs)))
+            .cache_subnet_group_description(want.description.as_deref().unwrap_or(DESCRIPTION))
+            .set_subnet_ids(want.subnet_ids.clone())
+            .set_tags(Some(create_tags(urn, want.tags.as_ref())))
             .send()
             .await
-            .map_err(|e| aws_error("creating the subnet group", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the subnet group", e, |c| hint(c, &want)))?;
         self.read_created(aws, urn, name, inputs).await
     }
 
@@ -182,29 +140,29 @@ impl Kind for SubnetGroupKind {
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
+        let (old, want) = (SubnetGroupInputs::from_props(old)?, SubnetGroupInputs::from_props(new)?);
         let Some(current) = describe(aws, id).await? else {
             return Err(ProviderError::not_found(format!("subnet group {id} is gone (deleted outside Cairn? run refresh)")));
         };
-        if old.get("subnet_ids") != new.get("subnet_ids") || old.get("description") != new.get("description") {
+        if old.subnet_ids != want.subnet_ids || old.description != want.description {
             aws.elasticache
                 .modify_cache_subnet_group()
                 .cache_subnet_group_name(id)
-                .set_cache_subnet_group_description(text(new, "description").map(str::to_owned))
-                .set_subnet_ids(strings(new, "subnet_ids"))
+                .set_cache_subnet_group_description(want.description.clone())
+                .set_subnet_ids(want.subnet_ids.clone())
                 .send()
                 .await
-                .map_err(|e| aws_error("changing the subnet group (ModifyCacheSubnetGroup)", e, hint(new)))?;
+                .map_err(|e| aws_error("changing the subnet group (ModifyCacheSubnetGroup)", e, |c| hint(c, &want)))?;
         }
-        retag(aws, urn, current.arn().unwrap_or_default(), old, new).await?;
+        retag(aws, urn, current.arn().unwrap_or_default(), old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        match aws.elasticache.delete_cache_subnet_group().cache_subnet_group_name(id).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_cache_subnet_group_not_found_fault()) => Ok(()),
-            Err(e) => Err(aws_error("deleting the subnet group (DeleteCacheSubnetGroup)", e, hint(&Props::new()))),
-        }
+        let unknown = SubnetGroupInputs::default();
+        let deleted = aws.elasticache.delete_cache_subnet_group().cache_subnet_group_name(id).send().await;
+        or_missing(deleted, MISSING, "deleting the subnet group (DeleteCacheSubnetGroup)", |c| hint(c, &unknown))?;
+        Ok(())
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
@@ -217,7 +175,7 @@ impl Kind for SubnetGroupKind {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| aws_error("looking up subnet groups", e, |_| None))?;
+                .map_err(|e| aws_error("looking up subnet groups", e, no_hint))?;
             for g in page.cache_subnet_groups() {
                 let Some(arn) = g.arn() else { continue };
                 if is_tagged(aws, urn, arn).await? {

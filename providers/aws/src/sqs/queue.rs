@@ -8,31 +8,65 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName as Attr;
-use cairn_sdk::schema::{Default, Property, ResourceType};
-use cairn_sdk::{typed_handle, CheckFailure, Decl, Input, Observed, Props, ProviderError, Urn};
+use cairn_sdk::schema::Default;
+use cairn_sdk::{CheckFailure, Decl, Input, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::{json, Value};
 
-use crate::error::{aws_error, code};
+use crate::error::{aws_error, missing, no_hint, or_missing};
 use crate::kind::{Clients, Kind};
-use crate::tags;
+use crate::tags::{self, Retag};
 
-/// The schema of `aws:sqs:Queue`.
-pub static QUEUE: ResourceType = ResourceType::new(
-    "aws:sqs:Queue",
-    &[
-        Property::input("name").auto_name().forces_replacement(),
-        Property::input("fifo").default(Default::Bool(false)).forces_replacement(),
-        Property::input("visibility_timeout").default(Default::Int(30)),
-        Property::input("message_retention").default(Default::Int(345_600)),
-        Property::input("delay").default(Default::Int(0)),
-        Property::input("dead_letter_arn"),
-        Property::input("max_receive_count"),
-        Property::input("tags"),
-        Property::output("url"),
-        Property::output("arn"),
-    ],
-)
-.with_validation(validate);
+cairn_sdk::resource! {
+    /// An SQS queue. `Queue::new("orders")` is a standard queue named `orders-<suffix>`.
+    pub struct Queue {
+        token: "aws:sqs:Queue",
+        schema: QUEUE,
+        inputs: QueueInputs,
+        /// A declared queue's outputs.
+        handle: QueueRef,
+        validate: validate,
+    }
+    inputs {
+        /// The physical name; by default `<logical name>-<suffix>`, new on each replacement.
+        name: String = auto_name().forces_replacement(),
+        /// A FIFO queue (forces replacement when changed).
+        fifo: bool = default(Default::Bool(false)).forces_replacement(),
+        /// Seconds a received message stays invisible to other consumers (0 to 43200).
+        visibility_timeout: u32 = default(Default::Int(30)),
+        /// Seconds a message is kept (60 to 1209600).
+        message_retention: u32 = default(Default::Int(345_600)),
+        /// Seconds each new message is delayed (0 to 900).
+        delay: u32 = default(Default::Int(0)),
+        /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
+        tags: Tags,
+    }
+    by_hand {
+        /// The ARN of the dead-letter queue: see [`Queue::dead_letter`].
+        dead_letter_arn: String,
+        /// Receives before a message moves to the dead-letter queue: see [`Queue::dead_letter`].
+        max_receive_count: u32,
+    }
+    outputs {
+        /// The queue URL (its id).
+        url: String,
+        /// The queue ARN, for dead-letter targets and policies.
+        arn: String,
+    }
+    echoes {
+        /// The queue name.
+        name: String,
+    }
+}
+
+impl Queue {
+    /// Moves a message to the queue with ARN `arn` after `max_receive_count` receives.
+    #[must_use]
+    pub fn dead_letter(mut self, arn: impl Into<Input<String>>, max_receive_count: u32) -> Self {
+        self.0.set("dead_letter_arn", arn);
+        self.0.set("max_receive_count", max_receive_count);
+        self
+    }
+}
 
 fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     let fifo = decl.value("fifo").and_then(Value::as_bool).unwrap_or(false);
@@ -67,115 +101,38 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     }
 }
 
-/// An SQS queue. `Queue::new("orders")` is a standard queue named `orders-<suffix>`.
-#[derive(Debug, Clone)]
-pub struct Queue(Decl);
-
-typed_handle! {
-    /// A declared queue's outputs.
-    pub struct QueueRef {
-        /// The queue URL (its id).
-        url: String,
-        /// The queue ARN, for dead-letter targets and policies.
-        arn: String,
-        /// The queue name.
-        name: String,
-    }
-}
-
-impl Queue {
-    /// A queue with logical name `name`.
-    pub fn new(name: &str) -> Self {
-        Queue(Decl::new(&QUEUE, name))
-    }
-
-    /// The physical name; by default `<logical name>-<suffix>`, new on each replacement.
-    #[must_use]
-    pub fn name(mut self, name: impl Into<Input<String>>) -> Self {
-        self.0.set("name", name);
-        self
-    }
-
-    /// A FIFO queue (forces replacement when changed).
-    #[must_use]
-    pub fn fifo(mut self, fifo: bool) -> Self {
-        self.0.set("fifo", fifo);
-        self
-    }
-
-    /// Seconds a received message stays invisible to other consumers (0 to 43200).
-    #[must_use]
-    pub fn visibility_timeout(mut self, seconds: impl Into<Input<u32>>) -> Self {
-        self.0.set("visibility_timeout", seconds);
-        self
-    }
-
-    /// Seconds a message is kept (60 to 1209600).
-    #[must_use]
-    pub fn message_retention(mut self, seconds: impl Into<Input<u32>>) -> Self {
-        self.0.set("message_retention", seconds);
-        self
-    }
-
-    /// Seconds each new message is delayed (0 to 900).
-    #[must_use]
-    pub fn delay(mut self, seconds: impl Into<Input<u32>>) -> Self {
-        self.0.set("delay", seconds);
-        self
-    }
-
-    /// Moves a message to the queue with ARN `arn` after `max_receive_count` receives.
-    #[must_use]
-    pub fn dead_letter(mut self, arn: impl Into<Input<String>>, max_receive_count: u32) -> Self {
-        self.0.set("dead_letter_arn", arn);
-        self.0.set("max_receive_count", max_receive_count);
-        self
-    }
-
-    /// Tags of your own (Cairn adds `cairn:stack` and `cairn:urn`).
-    #[must_use]
-    pub fn tags<K: Into<String>, V: Into<String>>(mut self, tags: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.0.set("tags", tags::to_value(tags));
-        self
-    }
-}
-
-cairn_sdk::impl_resource!(Queue => QueueRef);
-
 /// The queue's operations.
 #[derive(Debug)]
 pub(crate) struct QueueKind;
 
-fn physical_name(inputs: &Props) -> String {
-    let name = inputs.get("name").and_then(Value::as_str).unwrap_or_default();
-    let fifo = inputs.get("fifo").and_then(Value::as_bool).unwrap_or(false);
-    if fifo && !name.ends_with(".fifo") {
+/// What AWS answers when the queue does not exist.
+const MISSING: &[&str] = &["AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"];
+
+fn physical_name(want: &QueueInputs) -> String {
+    let name = want.name.as_deref().unwrap_or_default();
+    if want.fifo == Some(true) && !name.ends_with(".fifo") {
         format!("{name}.fifo")
     } else {
         name.to_owned()
     }
 }
 
-fn number(inputs: &Props, key: &str) -> Option<String> {
-    inputs.get(key).and_then(Value::as_i64).map(|n| n.to_string())
-}
-
 /// The attributes the inputs ask for. `removing` is set on updates, where a dead-letter
 /// queue that is no longer wanted must be cleared explicitly.
-fn attributes(inputs: &Props, removing: bool) -> HashMap<Attr, String> {
+fn attributes(want: &QueueInputs, removing: bool) -> HashMap<Attr, String> {
     let mut a = HashMap::new();
-    for (key, attr) in [
-        ("visibility_timeout", Attr::VisibilityTimeout),
-        ("message_retention", Attr::MessageRetentionPeriod),
-        ("delay", Attr::DelaySeconds),
+    for (n, attr) in [
+        (want.visibility_timeout, Attr::VisibilityTimeout),
+        (want.message_retention, Attr::MessageRetentionPeriod),
+        (want.delay, Attr::DelaySeconds),
     ] {
-        if let Some(v) = number(inputs, key) {
-            a.insert(attr, v);
+        if let Some(n) = n {
+            a.insert(attr, n.to_string());
         }
     }
-    match inputs.get("dead_letter_arn").and_then(Value::as_str) {
+    match want.dead_letter_arn.as_deref() {
         Some(arn) => {
-            let max = inputs.get("max_receive_count").and_then(Value::as_i64).unwrap_or(1);
+            let max = want.max_receive_count.unwrap_or(1);
             a.insert(Attr::RedrivePolicy, json!({"deadLetterTargetArn": arn, "maxReceiveCount": max}).to_string());
         }
         None if removing => {
@@ -186,20 +143,15 @@ fn attributes(inputs: &Props, removing: bool) -> HashMap<Attr, String> {
     a
 }
 
-/// Whether an error means the queue does not exist.
-fn is_missing(code: Option<&str>) -> bool {
-    matches!(code, Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist"))
-}
-
-fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
-    move |code| match code {
+fn hint(code: &str, want: &QueueInputs) -> Option<String> {
+    match code {
         "QueueAlreadyExists" | "QueueNameExists" => Some(format!(
             "a queue named {} already exists with other attributes; choose another name, or leave the name unset and Cairn will pick a unique one",
-            physical_name(inputs)
+            physical_name(want)
         )),
         "AWS.SimpleQueueService.QueueDeletedRecently" | "QueueDeletedRecently" => Some(format!(
             "a queue named {} was deleted less than 60 s ago and AWS will not reuse the name yet; wait a minute, or leave the name unset",
-            physical_name(inputs)
+            physical_name(want)
         )),
         _ => None,
     }
@@ -208,44 +160,39 @@ fn hint(inputs: &Props) -> impl Fn(&str) -> Option<String> + '_ {
 #[async_trait]
 impl Kind for QueueKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
-        let mut attrs = attributes(inputs, false);
-        if inputs.get("fifo").and_then(Value::as_bool) == Some(true) {
+        let want = QueueInputs::from_props(inputs)?;
+        let mut attrs = attributes(&want, false);
+        if want.fifo == Some(true) {
             attrs.insert(Attr::FifoQueue, "true".into());
         }
         let out = aws
             .once
             .sqs
             .create_queue()
-            .queue_name(physical_name(inputs))
+            .queue_name(physical_name(&want))
             .set_attributes(Some(attrs))
-            .set_tags(Some(tags::with_cairn_tags(urn, inputs)))
+            .set_tags(Some(tags::wanted(urn, want.tags.as_ref()).into_iter().collect()))
             .send()
             .await
-            .map_err(|e| aws_error("creating the queue", e, hint(inputs)))?;
+            .map_err(|e| aws_error("creating the queue", e, |c| hint(c, &want)))?;
         let url = out.queue_url().unwrap_or_default().to_owned();
         self.read_created(aws, urn, &url, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, _urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let got = aws.sqs.get_queue_attributes().queue_url(id).attribute_names(Attr::All).send().await;
-        let attrs = match got {
-            Ok(out) => out.attributes().cloned().unwrap_or_default(),
-            Err(e) if is_missing(code(&e)) => return Ok(None),
-            Err(e) => return Err(aws_error("reading the queue", e, |_| None)),
-        };
-        let tags = match aws.sqs.list_queue_tags().queue_url(id).send().await {
-            Ok(out) => out.tags().cloned().unwrap_or_default(),
-            Err(e) if is_missing(code(&e)) => return Ok(None),
-            Err(e) => return Err(aws_error("reading the queue's tags", e, |_| None)),
-        };
-        Ok(Some(observe(id, &attrs, &tags)))
+        let Some(out) = or_missing(got, MISSING, "reading the queue", no_hint)? else { return Ok(None) };
+        let attrs = out.attributes().cloned().unwrap_or_default();
+        let got = aws.sqs.list_queue_tags().queue_url(id).send().await;
+        let Some(out) = or_missing(got, MISSING, "reading the queue's tags", no_hint)? else { return Ok(None) };
+        let tags = out.tags().cloned().unwrap_or_default();
+        Ok(Some(observe(urn, id, &attrs, &tags)))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
-        let attrs: HashMap<Attr, String> = attributes(new, true)
-            .into_iter()
-            .filter(|(k, v)| attributes(old, false).get(k) != Some(v))
-            .collect();
+        let (old, want) = (QueueInputs::from_props(old)?, QueueInputs::from_props(new)?);
+        let before = attributes(&old, false);
+        let attrs: HashMap<Attr, String> = attributes(&want, true).into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect();
         if !attrs.is_empty() {
             aws.sqs
                 .set_queue_attributes()
@@ -253,38 +200,33 @@ impl Kind for QueueKind {
                 .set_attributes(Some(attrs))
                 .send()
                 .await
-                .map_err(|e| aws_error("changing the queue's attributes", e, |_| None))?;
+                .map_err(|e| aws_error("changing the queue's attributes", e, no_hint))?;
         }
-        let (before, after) = (tags::user_tags(old), tags::user_tags(new));
-        let gone: Vec<String> = before.keys().filter(|k| !after.contains_key(*k)).cloned().collect();
-        if !gone.is_empty() {
+        let Retag { remove, set } = Retag::new(urn, old.tags.as_ref(), want.tags.as_ref());
+        if !remove.is_empty() {
             aws.sqs
                 .untag_queue()
                 .queue_url(id)
-                .set_tag_keys(Some(gone))
+                .set_tag_keys(Some(remove))
                 .send()
                 .await
-                .map_err(|e| aws_error("removing tags", e, |_| None))?;
+                .map_err(|e| aws_error("removing tags", e, no_hint))?;
         }
-        let changed: HashMap<String, String> = after.into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect();
-        if !changed.is_empty() {
+        if !set.is_empty() {
             aws.sqs
                 .tag_queue()
                 .queue_url(id)
-                .set_tags(Some(changed))
+                .set_tags(Some(set.into_iter().collect()))
                 .send()
                 .await
-                .map_err(|e| aws_error("tagging the queue", e, |_| None))?;
+                .map_err(|e| aws_error("tagging the queue", e, no_hint))?;
         }
         self.read_updated(aws, urn, id, new).await
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        match aws.sqs.delete_queue().queue_url(id).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_missing(code(&e)) => Ok(()),
-            Err(e) => Err(aws_error("deleting the queue", e, |_| None)),
-        }
+        or_missing(aws.sqs.delete_queue().queue_url(id).send().await, MISSING, "deleting the queue", no_hint)?;
+        Ok(())
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
@@ -298,12 +240,12 @@ impl Kind for QueueKind {
                 .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| aws_error("listing queues", e, |_| None))?;
+                .map_err(|e| aws_error("listing queues", e, no_hint))?;
             for url in page.queue_urls() {
                 let tags = match aws.sqs.list_queue_tags().queue_url(url).send().await {
                     Ok(out) => out.tags().cloned().unwrap_or_default(),
-                    Err(e) if is_missing(code(&e)) => continue,
-                    Err(e) => return Err(aws_error("reading a queue's tags", e, |_| None)),
+                    Err(e) if missing(&e, MISSING) => continue,
+                    Err(e) => return Err(aws_error("reading a queue's tags", e, no_hint)),
                 };
                 if tags::is_tagged(urn, tags.iter()) {
                     found.extend(self.read(aws, urn, url, &Props::new()).await?);
@@ -319,38 +261,26 @@ impl Kind for QueueKind {
 }
 
 /// The queue as the inputs and outputs Cairn records.
-fn observe(url: &str, attrs: &HashMap<Attr, String>, tags: &HashMap<String, String>) -> Observed {
+fn observe(urn: &Urn, url: &str, attrs: &HashMap<Attr, String>, tags: &HashMap<String, String>) -> Observed {
     let fifo = attrs.get(&Attr::FifoQueue).is_some_and(|v| v == "true");
     let physical = url.rsplit('/').next().unwrap_or_default();
     let name = if fifo { physical.strip_suffix(".fifo").unwrap_or(physical) } else { physical };
-    let int = |a: &Attr| attrs.get(a).and_then(|v| v.parse::<i64>().ok());
-    let mut inputs = Props::new();
-    inputs.insert("name", Value::from(name));
-    inputs.insert("fifo", Value::from(fifo));
-    for (key, attr) in [
-        ("visibility_timeout", Attr::VisibilityTimeout),
-        ("message_retention", Attr::MessageRetentionPeriod),
-        ("delay", Attr::DelaySeconds),
-    ] {
-        if let Some(n) = int(&attr) {
-            inputs.insert(key, Value::from(n));
-        }
-    }
-    if let Some(policy) = attrs.get(&Attr::RedrivePolicy).and_then(|p| serde_json::from_str::<Value>(p).ok()) {
-        if let Some(arn) = policy.get("deadLetterTargetArn").and_then(Value::as_str) {
-            inputs.insert("dead_letter_arn", Value::from(arn));
-        }
+    let int = |a: &Attr| attrs.get(a).and_then(|v| v.parse::<u32>().ok());
+    let policy = attrs.get(&Attr::RedrivePolicy).and_then(|p| serde_json::from_str::<Value>(p).ok());
+    let policy = |key: &str| policy.as_ref().and_then(|p| p.get(key));
+    let inputs = QueueInputs {
+        name: Some(name.to_owned()),
+        fifo: Some(fifo),
+        visibility_timeout: int(&Attr::VisibilityTimeout),
+        message_retention: int(&Attr::MessageRetentionPeriod),
+        delay: int(&Attr::DelaySeconds),
+        tags: tags::observed(urn, tags),
+        dead_letter_arn: policy("deadLetterTargetArn").and_then(Value::as_str).map(str::to_owned),
         // AWS documents a number; some endpoints answer a string.
-        let max = policy.get("maxReceiveCount").and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
-        if let Some(max) = max {
-            inputs.insert("max_receive_count", Value::from(max));
-        }
-    }
-    if let Some(t) = tags::observed_user_tags(tags.iter()) {
-        inputs.insert("tags", t);
-    }
-    let mut outputs = Props::new();
-    outputs.insert("url", Value::from(url));
-    outputs.insert("arn", Value::from(attrs.get(&Attr::QueueArn).cloned().unwrap_or_default()));
-    Observed { id: url.to_owned(), inputs, outputs }
+        max_receive_count: policy("maxReceiveCount")
+            .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|n| u32::try_from(n).ok()),
+    };
+    let arn = attrs.get(&Attr::QueueArn).cloned().unwrap_or_default();
+    Observed::new(url, inputs.to_props(), [("url", Value::from(url)), ("arn", Value::from(arn))])
 }
