@@ -15,9 +15,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use cairn_sdk::ProviderError;
 use tokio::time::Instant;
 
+use crate::error::{aws_error, missing};
 
 /// The environment variable that replaces every default bound, in seconds.
 pub(crate) const BOUND_VAR: &str = "CAIRN_AWS_WAIT_TIMEOUT";
@@ -58,6 +62,46 @@ where
     Fut: Future<Output = Result<Poll<T>, ProviderError>>,
 {
     until_within(goal, bound(default), poll).await
+}
+
+/// Settles a delete call's `answer` for a resource AWS takes a while to remove, then
+/// waits (for at most `bound(default)`) until it is gone. `state` polls it: its status
+/// now, `None` once it is gone. An answer saying it does not exist (`missing` by
+/// `codes`) is done at once; a refusal is an error unless the resource is already in
+/// state `deleting`, from an earlier run that stopped waiting, which is waited for again.
+pub(crate) async fn deleted<T, E, F, Fut>(
+    answer: Result<T, SdkError<E, HttpResponse>>,
+    codes: &[&str],
+    action: &str,
+    hint: impl Fn(&str) -> Option<String>,
+    default: Duration,
+    deleting: &str,
+    mut state: F,
+) -> Result<(), ProviderError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<String>, ProviderError>>,
+{
+    match answer {
+        Ok(_) => {}
+        Err(e) if missing(&e, codes) => return Ok(()),
+        Err(e) => {
+            if state().await.ok().flatten().as_deref() != Some(deleting) {
+                return Err(aws_error(action, e, hint));
+            }
+        }
+    }
+    until("deleted", default, || {
+        let now = state();
+        async move {
+            Ok(match now.await? {
+                None => Poll::Done(()),
+                Some(status) => Poll::Waiting(status),
+            })
+        }
+    })
+    .await
 }
 
 async fn until_within<T, F, Fut>(goal: &str, limit: Duration, mut poll: F) -> Result<T, ProviderError>

@@ -30,7 +30,7 @@ use serde_json::Value;
 use crate::error::{aws_error, missing, no_hint};
 use crate::kind::{Clients, Kind};
 use crate::tags::{self, Retag};
-use crate::wait::{self, Poll};
+use crate::wait;
 
 cairn_sdk::resource! {
     /// An Auto Scaling group:
@@ -394,22 +394,8 @@ impl Kind for GroupKind {
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
         let asked = aws.autoscaling.delete_auto_scaling_group().auto_scaling_group_name(id).force_delete(true).send().await;
-        match asked {
-            Ok(_) => {}
-            Err(e) if missing(&e, MISSING) => return Ok(()),
-            Err(e) => {
-                // Already being deleted (an earlier run that gave up waiting): wait again.
-                let deleting = describe(aws, id).await.ok().flatten().is_some_and(|g| g.status() == Some(DELETING));
-                if !deleting {
-                    return Err(aws_error("deleting the group", e, no_hint));
-                }
-            }
-        }
-        wait::until("deleted", DELETE_BOUND, || async {
-            Ok(match describe(aws, id).await? {
-                None => Poll::Done(()),
-                Some(g) => Poll::Waiting(g.status().unwrap_or("still listed").to_owned()),
-            })
+        wait::deleted(asked, MISSING, "deleting the group", no_hint, DELETE_BOUND, DELETING, || async {
+            Ok(describe(aws, id).await?.map(|g| g.status().unwrap_or("still listed").to_owned()))
         })
         .await
     }

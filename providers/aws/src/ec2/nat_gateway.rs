@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::{client_token, observed_tags, retag, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, or_missing};
 use crate::kind::{finish, Clients, Kind};
-use crate::wait::{until, Poll};
+use crate::wait::{self, until, Poll};
 
 /// How long create and delete wait for AWS, unless `CAIRN_AWS_WAIT_TIMEOUT` says
 /// otherwise: NAT gateways usually take one to a few minutes.
@@ -163,15 +163,10 @@ impl Kind for NatGatewayKind {
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        if or_missing(aws.ec2.delete_nat_gateway().nat_gateway_id(id).send().await, MISSING, "deleting the NAT gateway", hint)?.is_none() {
-            return Ok(());
-        }
+        let asked = aws.ec2.delete_nat_gateway().nat_gateway_id(id).send().await;
         // Its Elastic IP and subnet are free only once it is deleted.
-        until("deleted", WAIT, || async {
-            Ok(match describe(aws, id).await? {
-                Some(nat) if !is_gone(nat.state()) => Poll::Waiting(state_name(nat.state())),
-                _ => Poll::Done(()),
-            })
+        wait::deleted(asked, MISSING, "deleting the NAT gateway", hint, WAIT, "deleting", || async {
+            Ok(describe(aws, id).await?.filter(|nat| !is_gone(nat.state())).map(|nat| state_name(nat.state())))
         })
         .await
     }

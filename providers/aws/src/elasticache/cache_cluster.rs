@@ -15,7 +15,7 @@ use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
 use super::{changed, check_id, check_port, check_strings, create_tags, list_tags, node_hint, retag, IdRules, Nodes, BOUND};
-use crate::error::{aws_error, missing, no_hint, or_missing};
+use crate::error::{aws_error, no_hint, or_missing};
 use crate::kind::{finish, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
@@ -107,23 +107,8 @@ pub(crate) struct CacheClusterKind;
 pub(crate) const MISSING: &[&str] = &["CacheClusterNotFound"];
 
 fn hint(code: &str, want: &CacheClusterInputs) -> Option<String> {
-    match code {
-        "CacheClusterAlreadyExists" => Some(format!(
-            "a cache cluster with id {} already exists; choose another cluster_id, or leave it unset and Cairn will pick a unique one",
-            want.cluster_id.as_deref().unwrap_or_default()
-        )),
-        "InvalidCacheClusterState" => {
-            Some("the cluster is busy (being created, changed or deleted); wait until it is available, then run again".to_owned())
-        }
-        _ => node_hint(
-            code,
-            Nodes {
-                subnet_group_name: want.subnet_group_name.as_deref(),
-                parameter_group_name: want.parameter_group_name.as_deref(),
-                node_type: want.node_type.as_deref(),
-            },
-        ),
-    }
+    let (subnet_group_name, parameter_group_name, node_type) = (want.subnet_group_name.as_deref(), want.parameter_group_name.as_deref(), want.node_type.as_deref());
+    node_hint(code, Nodes { what: "cache cluster", id: ("cluster_id", want.cluster_id.as_deref()), subnet_group_name, parameter_group_name, node_type })
 }
 
 /// The cluster with id `id`, if it exists.
@@ -276,22 +261,10 @@ impl Kind for CacheClusterKind {
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        match aws.elasticache.delete_cache_cluster().cache_cluster_id(id).send().await {
-            Ok(_) => {}
-            Err(e) if missing(&e, MISSING) => return Ok(()),
-            Err(e) => {
-                // Already being deleted (an earlier run stopped waiting): wait again.
-                let deleting = describe(aws, id).await.ok().flatten().is_some_and(|c| status(&c) == "deleting");
-                if !deleting {
-                    return Err(aws_error("deleting the cache cluster", e, |c| hint(c, &CacheClusterInputs::default())));
-                }
-            }
-        }
-        wait::until("deleted", BOUND, || async {
-            Ok(match describe(aws, id).await? {
-                None => Poll::Done(()),
-                Some(c) => Poll::Waiting(status(&c).to_owned()),
-            })
+        let asked = aws.elasticache.delete_cache_cluster().cache_cluster_id(id).send().await;
+        let hint = |c: &str| hint(c, &CacheClusterInputs::default());
+        wait::deleted(asked, MISSING, "deleting the cache cluster", hint, BOUND, "deleting", || async {
+            Ok(describe(aws, id).await?.map(|c| status(&c).to_owned()))
         })
         .await
     }

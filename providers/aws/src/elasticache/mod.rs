@@ -158,15 +158,27 @@ pub(crate) fn changed<T: PartialEq + Clone>(old: &Option<T>, new: &Option<T>) ->
 /// What a cache cluster and a replication group name in [`node_hint`]'s messages.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Nodes<'a> {
+    /// "cache cluster" or "replication group".
+    pub(crate) what: &'a str,
+    /// Its id property, and the id.
+    pub(crate) id: (&'a str, Option<&'a str>),
     pub(crate) subnet_group_name: Option<&'a str>,
     pub(crate) parameter_group_name: Option<&'a str>,
     pub(crate) node_type: Option<&'a str>,
 }
 
-/// Hints for the errors a cache cluster and a replication group share: their subnet
-/// group, parameter group, node capacity, quotas and VPC.
+/// Hints for the errors of a cache cluster or a replication group: its id taken, it
+/// being busy, its subnet group, parameter group, node capacity, quotas and VPC.
 pub(crate) fn node_hint(code: &str, want: Nodes<'_>) -> Option<String> {
+    let (what, (id_key, id)) = (want.what, want.id);
     match code {
+        "CacheClusterAlreadyExists" | "ReplicationGroupAlreadyExists" => Some(format!(
+            "a {what} with id {} already exists; choose another {id_key}, or leave it unset and Cairn will pick a unique one",
+            id.unwrap_or_default()
+        )),
+        "InvalidCacheClusterState" | "InvalidReplicationGroupState" => {
+            Some(format!("the {what} is busy (being created, changed or deleted); wait until it is available, then run again"))
+        }
         "CacheSubnetGroupNotFoundFault" => Some(format!(
             "cache subnet group {} does not exist (deleted outside Cairn? run refresh); check subnet_group_name",
             want.subnet_group_name.unwrap_or_default()

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::cache_cluster::{check_node_type, CLUSTER_ID, MISSING as CLUSTER_MISSING};
 use super::{changed, check_id, check_port, check_strings, create_tags, list_tags, node_hint, retag, Nodes, BOUND, DESCRIPTION};
-use crate::error::{aws_error, missing, no_hint, or_missing};
+use crate::error::{aws_error, no_hint, or_missing};
 use crate::kind::{finish, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
@@ -118,23 +118,8 @@ pub(crate) struct ReplicationGroupKind;
 const MISSING: &[&str] = &["ReplicationGroupNotFoundFault"];
 
 fn hint(code: &str, want: &ReplicationGroupInputs) -> Option<String> {
-    match code {
-        "ReplicationGroupAlreadyExists" => Some(format!(
-            "a replication group with id {} already exists; choose another replication_group_id, or leave it unset and Cairn will pick a unique one",
-            want.replication_group_id.as_deref().unwrap_or_default()
-        )),
-        "InvalidReplicationGroupState" => {
-            Some("the group is busy (being created, changed or deleted); wait until it is available, then run again".to_owned())
-        }
-        _ => node_hint(
-            code,
-            Nodes {
-                subnet_group_name: want.subnet_group_name.as_deref(),
-                parameter_group_name: want.parameter_group_name.as_deref(),
-                node_type: want.node_type.as_deref(),
-            },
-        ),
-    }
+    let (subnet_group_name, parameter_group_name, node_type) = (want.subnet_group_name.as_deref(), want.parameter_group_name.as_deref(), want.node_type.as_deref());
+    node_hint(code, Nodes { what: "replication group", id: ("replication_group_id", want.replication_group_id.as_deref()), subnet_group_name, parameter_group_name, node_type })
 }
 
 /// The group with id `id`, if it exists.
@@ -369,22 +354,10 @@ impl Kind for ReplicationGroupKind {
     }
 
     async fn delete(&self, aws: &Clients, _urn: &Urn, id: &str) -> Result<(), ProviderError> {
-        match aws.elasticache.delete_replication_group().replication_group_id(id).retain_primary_cluster(false).send().await {
-            Ok(_) => {}
-            Err(e) if missing(&e, MISSING) => return Ok(()),
-            Err(e) => {
-                // Already being deleted (an earlier run stopped waiting): wait again.
-                let deleting = describe(aws, id).await.ok().flatten().is_some_and(|g| status(&g) == "deleting");
-                if !deleting {
-                    return Err(aws_error("deleting the replication group", e, |c| hint(c, &ReplicationGroupInputs::default())));
-                }
-            }
-        }
-        wait::until("deleted", BOUND, || async {
-            Ok(match describe(aws, id).await? {
-                None => Poll::Done(()),
-                Some(g) => Poll::Waiting(status(&g).to_owned()),
-            })
+        let asked = aws.elasticache.delete_replication_group().replication_group_id(id).retain_primary_cluster(false).send().await;
+        let hint = |c: &str| hint(c, &ReplicationGroupInputs::default());
+        wait::deleted(asked, MISSING, "deleting the replication group", hint, BOUND, "deleting", || async {
+            Ok(describe(aws, id).await?.map(|g| status(&g).to_owned()))
         })
         .await
     }
