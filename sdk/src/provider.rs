@@ -385,7 +385,10 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// Finds every resource tagged with this URN (`cairn:stack`, `cairn:urn`: the tags
     /// Cairn puts on everything it creates). Used to settle creates that were
     /// interrupted; during a replacement the old and the new copy both match.
-    async fn lookup(&self, urn: &Urn) -> Result<Vec<Observed>, ProviderError>;
+    /// `created_with` are the inputs the create was sent with (empty when not known): a
+    /// resource type that carries no tags (a DNS record, a queue policy) finds itself
+    /// through them, by its parent and its key.
+    async fn lookup(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError>;
 }
 
 /// The diff the schema implies: every changed input, known or not, with replacement

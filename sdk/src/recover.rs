@@ -92,7 +92,7 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
             StepOp::Create | StepOp::CreateReplacement => {
                 let known: Vec<&str> = next.resources.iter().filter(|r| r.urn == op.urn).map(|r| r.id.as_str()).collect();
                 let mut found: Vec<Observed> =
-                    provider.lookup(&op.urn).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().filter(|o| !known.contains(&o.id.as_str())).collect();
+                    provider.lookup(&op.urn, &op.inputs).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().filter(|o| !known.contains(&o.id.as_str())).collect();
                 // More than one copy means the create was sent more than once. Which one
                 // is adopted must not depend on the order the cloud lists them in.
                 found.sort_by(|a, b| a.id.cmp(&b.id));
@@ -139,7 +139,7 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                 if read.is_none() {
                     // Not found by its id may be a cloud that does not list a resource
                     // made a moment ago yet: the look-up by tag has the last word.
-                    read = provider.lookup(&op.urn).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().find(|o| &o.id == id);
+                    read = provider.lookup(&op.urn, &r.inputs).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().find(|o| &o.id == id);
                 }
                 let exists = read.is_some();
                 match read {

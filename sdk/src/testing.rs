@@ -428,7 +428,7 @@ impl Provider for TestProvider {
         self.answer(Op::Delete, urn, ())
     }
 
-    async fn lookup(&self, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         self.enter(Op::Lookup, urn).await?;
         let inner = self.lock();
         Ok(inner.cloud.values().filter(|r| &r.urn == urn).map(|r| Self::observe(&inner, r)).collect())

@@ -636,7 +636,7 @@ impl cairn_sdk::Provider for ConnectionProvider {
     async fn delete(&self, _: &cairn_sdk::Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<(), cairn_sdk::ProviderError> {
         Ok(())
     }
-    async fn lookup(&self, _: &cairn_sdk::Urn) -> Result<Vec<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+    async fn lookup(&self, _: &cairn_sdk::Urn, _: &cairn_sdk::Props) -> Result<Vec<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
         Ok(Vec::new())
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! [`moto()`] starts one moto server per test binary on a free loopback port, from the
 //! project's `.venv` (installed by `scripts/local-aws install`, which the test command
-//! runs) or from the binary named by `CAIRN_MOTO_SERVER`. Tests never skip when moto is
-//! missing: they fail with how to install it.
+//! runs) through `scripts/local_aws.py`, which adds CloudWatch's CBOR protocol in front of
+//! moto (the Rust SDK speaks nothing else to CloudWatch), or from the binary named by
+//! `CAIRN_MOTO_SERVER`. Tests never skip when moto is missing: they fail with how to
+//! install it.
 //!
 //! [`FaultProxy`] goes between a client and moto to inject faults (errors, throttling,
 //! dropped connections, lost answers) and to hold a call while a test kills its client.
@@ -76,11 +78,17 @@ impl Moto {
     }
 }
 
-fn server_binary() -> PathBuf {
+/// The command that serves the local AWS: `CAIRN_MOTO_SERVER` if set, else the project's
+/// moto with CloudWatch's CBOR protocol added (`scripts/local_aws.py`), and the file that
+/// must exist for it to run.
+fn server_command() -> (String, PathBuf) {
     if let Ok(path) = std::env::var("CAIRN_MOTO_SERVER") {
-        return PathBuf::from(path);
+        return (format!("\"{path}\""), PathBuf::from(path));
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    let launcher = root.join("scripts/local_aws.py");
+    (format!("\"{}\" \"{}\"", python.display(), launcher.display()), root.join(".venv/bin/moto_server"))
 }
 
 /// The shared moto server of this test binary, started on first use.
@@ -93,7 +101,7 @@ pub fn moto() -> &'static Moto {
 }
 
 fn start() -> Moto {
-    let bin = server_binary();
+    let (command, bin) = server_command();
     if !bin.exists() {
         panic!(
             "the local AWS (moto server) is not installed: {} does not exist.\n\
@@ -105,7 +113,7 @@ fn start() -> Moto {
     let port = free_port();
     // moto must not outlive the test binary, even if it is killed: a shell watchdog
     // holds our end of a pipe and stops moto when the pipe closes.
-    let script = format!("\"{}\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; read _; kill $m", bin.display());
+    let script = format!("{command} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; read _; kill $m");
     let child = Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::piped())

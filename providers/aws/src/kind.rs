@@ -30,6 +30,20 @@ pub(crate) struct Services {
     pub(crate) autoscaling: aws_sdk_autoscaling::Client,
     #[cfg(feature = "elasticache")]
     pub(crate) elasticache: aws_sdk_elasticache::Client,
+    #[cfg(feature = "elbv2")]
+    pub(crate) elbv2: aws_sdk_elasticloadbalancingv2::Client,
+    #[cfg(feature = "acm")]
+    pub(crate) acm: aws_sdk_acm::Client,
+    #[cfg(feature = "route53")]
+    pub(crate) route53: aws_sdk_route53::Client,
+    #[cfg(feature = "cloudwatch")]
+    pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
+    #[cfg(feature = "logs")]
+    pub(crate) logs: aws_sdk_cloudwatchlogs::Client,
+    #[cfg(feature = "sns")]
+    pub(crate) sns: aws_sdk_sns::Client,
+    #[cfg(feature = "eventbridge")]
+    pub(crate) eventbridge: aws_sdk_eventbridge::Client,
 }
 
 impl Services {
@@ -44,6 +58,20 @@ impl Services {
             autoscaling: aws_sdk_autoscaling::Client::new(config),
             #[cfg(feature = "elasticache")]
             elasticache: aws_sdk_elasticache::Client::new(config),
+            #[cfg(feature = "elbv2")]
+            elbv2: aws_sdk_elasticloadbalancingv2::Client::new(config),
+            #[cfg(feature = "acm")]
+            acm: aws_sdk_acm::Client::new(config),
+            #[cfg(feature = "route53")]
+            route53: aws_sdk_route53::Client::new(config),
+            #[cfg(feature = "cloudwatch")]
+            cloudwatch: aws_sdk_cloudwatch::Client::new(config),
+            #[cfg(feature = "logs")]
+            logs: aws_sdk_cloudwatchlogs::Client::new(config),
+            #[cfg(feature = "sns")]
+            sns: aws_sdk_sns::Client::new(config),
+            #[cfg(feature = "eventbridge")]
+            eventbridge: aws_sdk_eventbridge::Client::new(config),
         }
     }
 }
@@ -82,7 +110,10 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError>;
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError>;
     async fn delete(&self, aws: &Clients, urn: &Urn, id: &str) -> Result<(), ProviderError>;
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError>;
+    /// Finds the resources that are `urn` (by the `cairn:urn` tag the create set; a kind
+    /// without tags, by its parent and key in `created_with`, the inputs its create was
+    /// sent with, empty when unknown).
+    async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError>;
 
     /// Reads back what a create made. It exists: a failure here is
     /// [`ProviderError::Incomplete`], so the resource is recorded and read again later.

@@ -41,6 +41,20 @@ pub mod events;
 pub mod sqs;
 #[cfg(feature = "ec2")]
 pub mod network;
+#[cfg(feature = "elbv2")]
+pub mod elbv2;
+#[cfg(feature = "acm")]
+pub mod acm;
+#[cfg(feature = "route53")]
+pub mod route53;
+#[cfg(feature = "cloudwatch")]
+pub mod cloudwatch;
+#[cfg(feature = "logs")]
+pub mod logs;
+#[cfg(feature = "sns")]
+pub mod sns;
+#[cfg(feature = "eventbridge")]
+pub mod eventbridge;
 
 #[cfg(feature = "ec2")]
 pub use network::{Nat, Network, NetworkRef};
@@ -92,6 +106,20 @@ impl Provider {
         elasticache::register(&mut kinds);
         #[cfg(feature = "sqs")]
         sqs::register(&mut kinds);
+        #[cfg(feature = "elbv2")]
+        elbv2::register(&mut kinds);
+        #[cfg(feature = "acm")]
+        acm::register(&mut kinds);
+        #[cfg(feature = "route53")]
+        route53::register(&mut kinds);
+        #[cfg(feature = "cloudwatch")]
+        cloudwatch::register(&mut kinds);
+        #[cfg(feature = "logs")]
+        logs::register(&mut kinds);
+        #[cfg(feature = "sns")]
+        sns::register(&mut kinds);
+        #[cfg(feature = "eventbridge")]
+        eventbridge::register(&mut kinds);
         Provider {
             clients: Clients::new(config),
             kinds,
@@ -177,8 +205,8 @@ impl cairn_sdk::Provider for Provider {
         self.kind(urn)?.delete(&self.clients, urn, id).await
     }
 
-    async fn lookup(&self, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
-        self.kind(urn)?.lookup(&self.clients, urn).await
+    async fn lookup(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+        self.kind(urn)?.lookup(&self.clients, urn, created_with).await
     }
 }
 

@@ -133,7 +133,7 @@ async fn a_group_is_created_resized_in_place_replaced_and_destroyed() {
     let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
     let provider = cairn_aws::Provider::from_env().await;
-    let found = provider.lookup(&Urn::new("asg-lifecycle", GROUP, "web")).await.unwrap();
+    let found = provider.lookup(&Urn::new("asg-lifecycle", GROUP, "web"), &Default::default()).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [name.as_str()]);
     assert_eq!(found[0].outputs.get("arn").and_then(|v| v.as_str()), Some(arn.as_str()));
 

@@ -109,7 +109,7 @@ async fn a_launch_template_gets_a_new_default_version_in_place_and_is_replaced_o
         .all(|d| matches!(d, cairn_sdk::Drift::Changed { diffs, .. } if diffs.iter().all(|p| p.name == "security_group_ids"))));
     assert!(!stack.preview(&Web::default(), &refreshed.state).unwrap().has_changes(), "{:?}", refreshed.drift);
 
-    let found = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-lt", LT, "web")).await.unwrap();
+    let found = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-lt", LT, "web"), &Default::default()).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
 
     // The security groups in another order: nothing to do.

@@ -136,7 +136,7 @@ async fn route_tables_nat_gateways_and_elastic_ips_are_created_changed_and_destr
     // Each is found by its tags, as an interrupted create would be.
     let lookup = cairn_aws::Provider::from_env().await;
     for (ty, name, id) in [(RT, "private", &private), (NAT, "nat", &nat), (EIP, "nat-ip", &eip)] {
-        let found = lookup.lookup(&Urn::new("ec2-routing", ty, name)).await.unwrap();
+        let found = lookup.lookup(&Urn::new("ec2-routing", ty, name), &Default::default()).await.unwrap();
         assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [id.as_str()], "{ty}");
     }
 
@@ -207,7 +207,7 @@ async fn route_tables_nat_gateways_and_elastic_ips_are_created_changed_and_destr
     assert!(table(&ec2, &private).await.is_none());
     assert_eq!(nat_state(&ec2, &new_nat).await, Some(NatGatewayState::Deleted));
     assert!(!address_exists(&ec2, &eip).await && !address_exists(&ec2, &second).await, "addresses released");
-    let gone = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-routing", NAT, "nat")).await.unwrap();
+    let gone = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-routing", NAT, "nat"), &Default::default()).await.unwrap();
     assert!(gone.is_empty(), "a deleted NAT gateway is not found");
 }
 

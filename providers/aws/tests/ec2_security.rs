@@ -99,7 +99,7 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
     assert!(stack.preview_refresh(&state).await.unwrap().drift.is_empty(), "read back as declared");
 
     // Found by its tags, as an interrupted create would be.
-    let found = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-sg-lifecycle", SG, "web")).await.unwrap();
+    let found = cairn_aws::Provider::from_env().await.lookup(&Urn::new("ec2-sg-lifecycle", SG, "web"), &Default::default()).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [web.as_str()]);
     assert_eq!(found[0].inputs.get("egress"), Some(&json!([{"protocol": "-1", "cidr": "0.0.0.0/0"}])));
 

@@ -149,7 +149,7 @@ async fn a_subnet_group_is_created_retagged_replaced_and_moto_lacks_the_rest() {
     let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
     let provider = cairn_aws::Provider::from_env().await;
-    let found = provider.lookup(&Urn::new("ec-subnets", SUBNET_GROUP, "cache")).await.unwrap();
+    let found = provider.lookup(&Urn::new("ec-subnets", SUBNET_GROUP, "cache"), &Default::default()).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [name.as_str()]);
 
     // Tags change in place.
@@ -271,7 +271,7 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
 
     // Looked up by tag: exactly this cluster.
     let provider = cairn_aws::Provider::from_env().await;
-    let found = provider.lookup(&Urn::new("ec-cluster", CLUSTER, "sessions")).await.unwrap();
+    let found = provider.lookup(&Urn::new("ec-cluster", CLUSTER, "sessions"), &Default::default()).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
 
     // Read back: moto does not report the port; refresh keeps the recorded one, so
@@ -399,7 +399,7 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
 
     // Looked up by tag; read back, where moto's single member shows as drift.
     let provider = cairn_aws::Provider::from_env().await;
-    let found = provider.lookup(&Urn::new("ec-replication", REPLICATION_GROUP, "orders")).await.unwrap();
+    let found = provider.lookup(&Urn::new("ec-replication", REPLICATION_GROUP, "orders"), &Default::default()).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
     let refreshed = stack.preview_refresh(&state).await.unwrap();
     assert_eq!(drift_of(&refreshed), [("orders".to_owned(), "num_cache_clusters".to_owned(), json!(2), json!(1))]);

@@ -104,7 +104,7 @@ async fn queues_are_created_updated_in_place_replaced_and_destroyed() {
     let refreshed = session.refresh().await.unwrap();
     assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
     let provider = cairn_aws::Provider::from_env().await;
-    let found = provider.lookup(&Urn::new("sqs-lifecycle", "aws:sqs:Queue", "jobs")).await.unwrap();
+    let found = provider.lookup(&Urn::new("sqs-lifecycle", "aws:sqs:Queue", "jobs"), &Default::default()).await.unwrap();
     assert_eq!(found.iter().map(|o| o.id.clone()).collect::<Vec<_>>(), [new_jobs]);
 
     // Destroy leaves nothing tagged with the stack.

@@ -15,6 +15,9 @@
 //! Delete force-deletes the group, terminating its instances, and waits until it is
 //! gone: 10 minutes at most by default (see `CAIRN_AWS_WAIT_TIMEOUT`).
 //!
+//! Target groups (`target_group_arns`, a set) are attached at creation and attached or
+//! detached in place later; the group registers its instances with each.
+//!
 //! Tags are propagated to the instances at launch. Cairn adds `Name` (the logical name,
 //! unless you set one), `cairn:stack` and `cairn:urn`.
 
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_autoscaling::types::{AutoScalingGroup, Filter, LaunchTemplateSpecification, Tag};
+use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
 use cairn_sdk::schema::Default;
 use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
@@ -69,6 +73,9 @@ cairn_sdk::resource! {
         health_check_type: String = default(Default::Str("EC2")),
         /// Seconds a new instance is given before its health counts (default 300).
         health_check_grace_period: u32 = default(Default::Int(300)),
+        /// The load balancer target groups its instances are registered with, by ARN
+        /// (target groups' `arn()` outputs). A set, attached and detached in place.
+        target_group_arns: Vec<String>,
         /// Tags of your own, propagated to the instances at launch (Cairn adds `Name`,
         /// `cairn:stack` and `cairn:urn`).
         tags: Tags,
@@ -94,6 +101,8 @@ const NAME_MAX: usize = 255;
 const AUTO_SUFFIX: usize = 8;
 /// A group's status while AWS deletes it.
 const DELETING: &str = "Delete in progress";
+/// The most target groups one attach or detach call takes.
+const TARGET_GROUPS_PER_CALL: usize = 10;
 
 /// A size as far as it is known.
 #[derive(Clone, Copy, Debug)]
@@ -207,6 +216,11 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
             out.push(CheckFailure::new("subnet_ids", Some(v), "be a non-empty list of subnet ids"));
         }
     }
+    if let Some(v) = decl.value("target_group_arns") {
+        if !v.as_array().is_some_and(|arns| arns.iter().all(|a| a.as_str().is_some_and(|a| a.starts_with("arn:")))) {
+            out.push(CheckFailure::new("target_group_arns", Some(v), "be a list of target group ARNs (arn:...), usually target groups' arn() outputs"));
+        }
+    }
 }
 
 /// The group's operations.
@@ -278,6 +292,10 @@ fn hint(code: &str, want: &GroupInputs) -> Option<String> {
             "a subnet of {} does not exist (deleted outside Cairn? run refresh); check subnet_ids",
             zone_identifier(want)
         )),
+        "TargetGroupNotFound" => Some(format!(
+            "a target group of {:?} does not exist (deleted outside Cairn? run refresh); check target_group_arns",
+            want.target_group_arns.as_deref().unwrap_or_default()
+        )),
         _ => None,
     }
 }
@@ -316,8 +334,48 @@ async fn retag(aws: &Clients, urn: &Urn, name: &str, old: Option<&Tags>, new: Op
     Ok(())
 }
 
+/// Target group ARNs as a set, in canonical order: sorted, without repeats.
+fn target_groups(arns: Option<&[String]>) -> Vec<String> {
+    let mut arns = arns.unwrap_or_default().to_vec();
+    arns.sort();
+    arns.dedup();
+    arns
+}
+
+/// Attaches the target groups `want` names that the group lacks and detaches those it
+/// has but `want` does not: from the group as it is, not as state last saw it.
+async fn sync_target_groups(aws: &Clients, name: &str, want: &GroupInputs) -> Result<(), ProviderError> {
+    let Some(current) = describe(aws, name).await? else {
+        return Err(ProviderError::not_found(format!("group {name} is gone (deleted outside Cairn? run refresh)")));
+    };
+    let (has, wanted) = (target_groups(Some(current.target_group_arns())), target_groups(want.target_group_arns.as_deref()));
+    let detach: Vec<String> = has.iter().filter(|a| !wanted.contains(a)).cloned().collect();
+    let attach: Vec<String> = wanted.iter().filter(|a| !has.contains(a)).cloned().collect();
+    for chunk in detach.chunks(TARGET_GROUPS_PER_CALL) {
+        let call = aws.autoscaling.detach_load_balancer_target_groups().auto_scaling_group_name(name).set_target_group_arns(Some(chunk.to_vec()));
+        call.send().await.map_err(|e| aws_error("detaching target groups", e, |c| hint(c, want)))?;
+    }
+    for chunk in attach.chunks(TARGET_GROUPS_PER_CALL) {
+        let call = aws.autoscaling.attach_load_balancer_target_groups().auto_scaling_group_name(name).set_target_group_arns(Some(chunk.to_vec()));
+        call.send().await.map_err(|e| aws_error("attaching target groups", e, |c| hint(c, want)))?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Kind for GroupKind {
+    /// The schema's diff, except that `target_group_arns` is a set: a reordered or
+    /// repeated ARN is no change, and an absent list equals an empty one.
+    fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
+        let arns = |v: Option<&Value>| -> Vec<String> {
+            let list: Vec<String> = v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+            target_groups(Some(&list))
+        };
+        let mut diff = schema_diff(req);
+        diff.changes.retain(|c| !(c.known && c.name == "target_group_arns" && arns(c.old.as_ref()) == arns(c.new.as_ref())));
+        diff
+    }
+
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let want = GroupInputs::from_props(inputs)?;
         check_sizes(&want)?;
@@ -340,6 +398,7 @@ impl Kind for GroupKind {
             .vpc_zone_identifier(zone_identifier(&want))
             .set_health_check_type(want.health_check_type.clone())
             .set_health_check_grace_period(int(want.health_check_grace_period))
+            .set_target_group_arns(Some(target_groups(want.target_group_arns.as_deref())).filter(|arns| !arns.is_empty()))
             .set_tags(Some(tags))
             .send()
             .await
@@ -388,6 +447,9 @@ impl Kind for GroupKind {
                 }
             })?;
         }
+        if target_groups(old.target_group_arns.as_deref()) != target_groups(want.target_group_arns.as_deref()) {
+            sync_target_groups(aws, id, &want).await?;
+        }
         retag(aws, urn, id, old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
@@ -400,7 +462,7 @@ impl Kind for GroupKind {
         .await
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let mut found = Vec::new();
         let mut token = None;
         loop {
@@ -452,6 +514,7 @@ fn observe(urn: &Urn, g: &AutoScalingGroup) -> Observed {
         desired_capacity: size(g.desired_capacity()),
         health_check_type: g.health_check_type().map(str::to_owned),
         health_check_grace_period: size(g.health_check_grace_period()),
+        target_group_arns: Some(target_groups(Some(g.target_group_arns()))).filter(|arns| !arns.is_empty()),
         tags: tags::observed(urn, g.tags().iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))),
     };
     Observed::new(name, inputs.to_props(), [("arn", Value::from(g.auto_scaling_group_arn().unwrap_or_default()))])

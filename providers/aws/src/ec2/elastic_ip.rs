@@ -112,7 +112,7 @@ impl Kind for ElasticIpKind {
         Ok(())
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let out =
             aws.ec2.describe_addresses().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up Elastic IPs", e, hint))?;
         let ids = out.addresses().iter().filter(|a| tagged_with(a.tags(), urn)).filter_map(|a| a.allocation_id().map(str::to_owned)).collect();

@@ -131,7 +131,7 @@ impl Kind for InternetGatewayKind {
         Ok(())
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let out = aws
             .ec2
             .describe_internet_gateways()

@@ -267,7 +267,7 @@ impl Kind for LaunchTemplateKind {
         Ok(())
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let out = aws
             .ec2
             .describe_launch_templates()

@@ -171,7 +171,7 @@ impl Kind for NatGatewayKind {
         .await
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let out =
             aws.ec2.describe_nat_gateways().filter(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up NAT gateways", e, hint))?;
         Ok(out.nat_gateways().iter().filter(|n| tagged_with(n.tags(), urn) && !is_gone(n.state())).filter_map(|n| Some(observe(urn, n.nat_gateway_id()?, n))).collect())

@@ -443,7 +443,7 @@ impl Kind for RouteTableKind {
         Ok(())
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let out =
             aws.ec2.describe_route_tables().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up route tables", e, hint))?;
         Ok(out.route_tables().iter().filter(|rt| tagged_with(rt.tags(), urn)).filter_map(|rt| Some(observe(urn, rt.route_table_id()?, rt))).collect())

@@ -165,7 +165,7 @@ impl Kind for SubnetKind {
         Ok(())
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let out = aws.ec2.describe_subnets().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up subnets", e, hint))?;
         let ids = out.subnets().iter().filter(|s| tagged_with(s.tags(), urn)).filter_map(|s| s.subnet_id().map(str::to_owned)).collect();
         read_each(self, aws, urn, ids).await

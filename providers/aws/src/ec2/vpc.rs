@@ -158,7 +158,7 @@ impl Kind for VpcKind {
         Ok(())
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let out = aws.ec2.describe_vpcs().filters(urn_filter(urn)).send().await.map_err(|e| aws_error("looking up VPCs", e, hint))?;
         let ids = out.vpcs().iter().filter(|v| tagged_with(v.tags(), urn)).filter_map(|v| v.vpc_id().map(str::to_owned)).collect();
         read_each(self, aws, urn, ids).await

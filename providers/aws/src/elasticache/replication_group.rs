@@ -362,7 +362,7 @@ impl Kind for ReplicationGroupKind {
         .await
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let mut found = Vec::new();
         let mut marker = None;
         loop {
