@@ -99,7 +99,7 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert_eq!(code, 2, "changes pending: {text}");
 
     let text = shop.ok(&["up", "--yes"]).await;
-    assert!(text.contains("20 created in"), "a closing summary: {text}");
+    assert!(text.contains("35 created in"), "a closing summary: {text}");
     assert!(text.contains("ok  create aws:autoscaling:Group web ("), "a line per resource: {text}");
     assert_eq!(shop.web_capacity().await, 2);
     assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, 0, "a second up has nothing to do");
@@ -138,7 +138,7 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert_eq!(kinds, ["traffic.spike", "sale.started", "sale.ended", "traffic.normal"]);
     assert!(history.iter().all(|e| e["outcome"] == "accepted" && e["apply"]["result"] == "succeeded"), "{history:#?}");
 
-    assert!(shop.ok(&["state", "list"]).await.contains("20 resources"));
+    assert!(shop.ok(&["state", "list"]).await.contains("35 resources"));
     assert!(shop.ok(&["graph", "--format", "dot"]).await.starts_with("digraph cairn {"));
     assert!(shop.ok(&["history"]).await.contains("traffic.spike"));
     let refresh = shop.ok(&["refresh"]).await;
@@ -149,7 +149,7 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     let file = shop.state_dir.path().join("export.json");
     std::fs::write(&file, &exported).unwrap();
     shop.ok(&["state", "import", file.to_str().unwrap()]).await;
-    assert_eq!(shop.state().await.resources.len(), 20);
+    assert_eq!(shop.state().await.resources.len(), 35);
     assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, 0);
 
     watch_serves_a_signed_event_and_stops_cleanly(&shop).await;
@@ -227,6 +227,30 @@ async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
     assert!(metrics.contains("cairn_requests_refused_total{source=\"webhook\",reason=\"bad_signature\"} 1"), "{metrics}");
     let (_, status_json) = get("/status").unwrap();
     assert!(status_json.contains("\"web_capacity\":9"), "{status_json}");
+
+    // The loop the program declares: an alarm's state change on the default bus (the
+    // local AWS never fires alarms itself, so the test puts the event CloudWatch would),
+    // through the shop's EventBridge rule into its events queue, which `watch` consumes;
+    // the handler for `alarm.e2e-web-cpu-high.alarm` adds two web servers.
+    let detail = serde_json::json!({
+        "alarmName": "e2e-web-cpu-high",
+        "state": {"value": "ALARM", "reason": "Threshold Crossed"},
+        "previousState": {"value": "OK"},
+    });
+    let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+        .source("aws.cloudwatch")
+        .detail_type("CloudWatch Alarm State Change")
+        .detail(detail.to_string())
+        .build();
+    let put = aws_sdk_eventbridge::Client::new(&shop.config).put_events().entries(entry).send().await.unwrap();
+    assert_eq!(put.failed_entry_count(), 0, "{put:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while shop.web_capacity().await != 11 {
+        assert!(std::time::Instant::now() < deadline, "the alarm's event never reached the web group (9 + 2 = 11 servers)");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = get("/metrics").unwrap();
+    assert!(metrics.contains("cairn_events_received_total{kind=\"alarm.e2e-web-cpu-high.alarm\"} 1"), "{metrics}");
 
     let interrupted = Command::new("kill").args(["-INT", &watch.id().to_string()]).status().unwrap();
     assert!(interrupted.success());

@@ -23,6 +23,11 @@ fn fake_aws() -> TestProvider {
         p.insert("allocation_id", Value::from(format!("eipalloc-{}", urn.name())));
         p.insert("url", Value::from(format!("http://sqs.local/123456789012/{}", urn.name())));
         p.insert("latest_version", Value::from(1));
+        p.insert("dns_name", Value::from(format!("{}-123.us-east-1.elb.amazonaws.com", urn.name())));
+        p.insert("zone_id", Value::from("Z35SXDOTRQ7X7K"));
+        p.insert("validation_record_name", Value::from("_x1.shop.example.com."));
+        p.insert("validation_record_type", Value::from("CNAME"));
+        p.insert("validation_record_value", Value::from("_x2.acm-validations.aws."));
         p
     })
 }
@@ -163,6 +168,14 @@ fn aws_delete_rules() -> Vec<(Named, Named, &'static str)> {
     const CACHE: &str = "aws:elasticache:ReplicationGroup";
     const CACHE_SUBNETS: &str = "aws:elasticache:SubnetGroup";
     const QUEUE: &str = "aws:sqs:Queue";
+    const LB: &str = "aws:elbv2:LoadBalancer";
+    const TARGETS: &str = "aws:elbv2:TargetGroup";
+    const LISTENER: &str = "aws:elbv2:Listener";
+    const CERT: &str = "aws:acm:Certificate";
+    const ZONE: &str = "aws:route53:Zone";
+    const RECORD: &str = "aws:route53:Record";
+    const RULE: &str = "aws:eventbridge:Rule";
+    const TARGET: &str = "aws:eventbridge:Target";
     let (public_a, public_b) = ((SUBNET, "shop-public-us-east-1a"), (SUBNET, "shop-public-us-east-1b"));
     let (private_a, private_b) = ((SUBNET, "shop-private-us-east-1a"), (SUBNET, "shop-private-us-east-1b"));
     let (web_group, template) = ((ASG, "web"), (LT, "web"));
@@ -204,6 +217,21 @@ fn aws_delete_rules() -> Vec<(Named, Named, &'static str)> {
         rules.push((dependent, vpc, why));
     }
     rules.push(((QUEUE, "orders"), (QUEUE, "orders-dlq"), "the orders queue's redrive policy points at orders-dlq"));
+    let (lb, listener, web_targets, cert, zone) = ((LB, "web"), (LISTENER, "https"), (TARGETS, "web"), (CERT, "shop"), (ZONE, "shop"));
+    rules.extend([
+        (listener, lb, "a load balancer's listeners go with it, but the listener's delete must not outlive it"),
+        (listener, web_targets, "a target group a listener forwards to is in use (ResourceInUse)"),
+        (listener, cert, "a certificate a listener serves is in use (ResourceInUseException)"),
+        (web_group, web_targets, "a target group attached to an Auto Scaling group is in use"),
+        (lb, public_a, "the load balancer's interfaces sit in the public subnets"),
+        (lb, public_b, "the load balancer's interfaces sit in the public subnets"),
+        (lb, (SG, "lb"), "the load balancer uses its security group"),
+        (web_sg, (SG, "lb"), "a rule of the web group references the load balancer's group"),
+        ((RECORD, "shop"), zone, "a zone with records other than SOA and NS cannot be deleted (HostedZoneNotEmpty)"),
+        ((RECORD, "shop-cert-validation"), zone, "a zone with records other than SOA and NS cannot be deleted (HostedZoneNotEmpty)"),
+        ((TARGET, "alarms-to-events"), (RULE, "alarms"), "a rule that still has targets cannot be deleted"),
+        ((SG, "lb"), vpc, "a VPC with security groups cannot be deleted"),
+    ]);
     rules
 }
 
@@ -229,7 +257,7 @@ async fn destroy_deletes_in_an_order_aws_accepts() {
     let stack = stack(&provider).progress(timeline.clone());
     let state = deploy(&stack, &Shop::default(), &stack.new_state()).await;
     let deployed: Vec<String> = state.resources.iter().map(|r| r.urn.to_string()).collect();
-    assert_eq!(deployed.len(), 20);
+    assert_eq!(deployed.len(), 35);
     timeline.0.lock().unwrap().clear();
     provider.clear_calls();
 

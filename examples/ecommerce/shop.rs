@@ -1,17 +1,33 @@
 //! The shop that survives flash sales: its state, the resources it renders to, and the
 //! events that change it. `main.rs` hands it to the CLI; the plan snapshot tests in
 //! `tests/ecommerce_plans.rs` include this file too.
+//!
+//! Six layers: the network; ingress (an internet-facing load balancer in the public
+//! subnets, HTTPS on 443 with its certificate, a DNS name); the application (the web
+//! Auto Scaling group behind the load balancer); data (the session cache); messaging
+//! (the order queues, the stack's own events queue, an alerts topic); observability (a
+//! log group, alarms on the web group's CPU and the orders queue's depth). The alarms'
+//! state changes come back as events: an EventBridge rule sends them to the events
+//! queue, which `watch` consumes, and the handlers below scale the web group.
 
 use std::collections::BTreeSet;
 
 use cairn::events::{Event, EventPolicy};
 use cairn::{Cx, ProgramResult, ResourceExt, Stack};
+use cairn_aws::acm::Certificate;
 use cairn_aws::autoscaling::Group;
+use cairn_aws::cloudwatch::MetricAlarm;
 use cairn_aws::ec2::{LaunchTemplate, Rule, SecurityGroup};
 use cairn_aws::elasticache::{ReplicationGroup, SubnetGroup};
-use cairn_aws::sqs::Queue;
+use cairn_aws::elbv2::{Listener, LoadBalancer, TargetGroup};
+use cairn_aws::eventbridge::{Rule as EventRule, Target};
+use cairn_aws::logs::LogGroup;
+use cairn_aws::route53::{Record, Zone};
+use cairn_aws::sns::Topic;
+use cairn_aws::sqs::{Queue, QueuePolicy};
 use cairn_aws::Network;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// The availability zones the shop runs in.
 pub const ZONES: [&str; 2] = ["us-east-1a", "us-east-1b"];
@@ -25,6 +41,21 @@ pub const RPS_PER_SERVER: u32 = 500;
 pub const PEAK_HOURS_WEB: u32 = 4;
 /// The queue the stack itself consumes events from.
 pub const EVENTS_QUEUE: &str = "shop-events";
+/// The shop's DNS zone, and the name it serves on.
+pub const DOMAIN: &str = "example.com";
+/// The name the shop serves on, in [`DOMAIN`].
+pub const SITE: &str = "shop.example.com";
+
+/// The name of the stack's alarm on the web group's CPU: its state changes arrive as
+/// `alarm.<this>.alarm` and `alarm.<this>.ok` events.
+pub fn web_cpu_alarm(stack: &str) -> String {
+    format!("{stack}-web-cpu-high")
+}
+
+/// The name of the stack's alarm on the orders queue's depth.
+pub fn orders_depth_alarm(stack: &str) -> String {
+    format!("{stack}-orders-depth")
+}
 
 /// The shop's state: events change it, the program renders it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,13 +79,42 @@ impl Default for Shop {
 pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
     let net = Network::new("shop").cidr_block("10.0.0.0/16").zones(ZONES).tags([("app", "shop")]).declare(cx)?;
 
+    // Ingress: HTTPS from anywhere to the load balancer, and from it to the web servers.
+    let lb_sg = cx.add(
+        SecurityGroup::new("lb")
+            .vpc_id(net.vpc.id())
+            .description("shop load balancer")
+            .ingress(Rule::tcp(443).from_cidr("0.0.0.0/0"))
+            .allow_all_egress(),
+    );
     let web_sg = cx.add(
         SecurityGroup::new("web")
             .vpc_id(net.vpc.id())
             .description("shop web servers")
-            .ingress(Rule::tcp(80).from_cidr("0.0.0.0/0"))
-            .ingress(Rule::tcp(443).from_cidr("0.0.0.0/0"))
+            .ingress(Rule::tcp(80).from_group(lb_sg.id()))
             .allow_all_egress(),
+    );
+    let lb = cx.add(LoadBalancer::new("web").subnet_ids(net.public_subnet_ids()).security_group_ids([lb_sg.id()]));
+    let web_targets = cx.add(TargetGroup::new("web").port(80).vpc_id(net.vpc.id()).health_check_path("/health"));
+    let zone = cx.add(Zone::new("shop").name(DOMAIN).comment("the shop's public zone"));
+    let cert = cx.add(Certificate::new("shop").domain_name(SITE));
+    // The record ACM checks before it issues the certificate.
+    cx.add(
+        Record::new("shop-cert-validation")
+            .zone_id(zone.zone_id())
+            .name(cert.validation_record_name())
+            .record_type(cert.validation_record_type())
+            .ttl(300)
+            .records([cert.validation_record_value()]),
+    );
+    cx.add(Record::new("shop").zone_id(zone.zone_id()).name(SITE).record_type("A").alias(lb.dns_name(), lb.zone_id()));
+    cx.add(
+        Listener::new("https")
+            .load_balancer_arn(lb.arn())
+            .port(443)
+            .protocol("HTTPS")
+            .certificate_arn(cert.arn())
+            .default_target_group_arn(web_targets.arn()),
     );
     let cache_sg = cx.add(
         SecurityGroup::new("sessions")
@@ -71,7 +131,7 @@ pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
             .user_data("#!/bin/sh\nexec /opt/shop/web --port 80\n"),
     );
     let healthy = net.private_subnet_ids_where(|zone| !shop.degraded_zones.contains(zone));
-    cx.add(
+    let web = cx.add(
         Group::new("web")
             .launch_template_id(template.id())
             .launch_template_version("$Latest")
@@ -80,6 +140,7 @@ pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
             .max_size(MAX_WEB)
             .desired_capacity(shop.web_capacity)
             .health_check_type("EC2")
+            .target_group_arns([web_targets.arn()])
             .tags([("role", "web")]),
     );
 
@@ -94,8 +155,51 @@ pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
     );
 
     let orders_dlq = cx.add(Queue::new("orders-dlq").message_retention(1_209_600));
-    cx.add(Queue::new("orders").visibility_timeout(60).dead_letter(orders_dlq.arn(), 5));
-    cx.add(Queue::new(EVENTS_QUEUE).visibility_timeout(120));
+    let orders = cx.add(Queue::new("orders").visibility_timeout(60).dead_letter(orders_dlq.arn(), 5));
+    let events = cx.add(Queue::new(EVENTS_QUEUE).visibility_timeout(120));
+    let alerts = cx.add(Topic::new("alerts").display_name("shop alerts"));
+
+    // Observability: the web servers' logs, and alarms that notify the alerts topic.
+    cx.add(LogGroup::new("web").retention_in_days(14));
+    let (cpu_alarm, depth_alarm) = (web_cpu_alarm(cx.stack()), orders_depth_alarm(cx.stack()));
+    cx.add(
+        MetricAlarm::new("web-cpu-high")
+            .name(cpu_alarm.as_str())
+            .description("the web servers are busy: add some")
+            .namespace("AWS/EC2")
+            .metric_name("CPUUtilization")
+            .dimension("AutoScalingGroupName", web.name())
+            .period(60)
+            .evaluation_periods(3)
+            .threshold(70.0)
+            .comparison_operator("GreaterThanThreshold")
+            .alarm_actions([alerts.arn()]),
+    );
+    cx.add(
+        MetricAlarm::new("orders-depth")
+            .name(depth_alarm.as_str())
+            .description("orders are waiting")
+            .namespace("AWS/SQS")
+            .metric_name("ApproximateNumberOfMessagesVisible")
+            .dimension("QueueName", orders.name())
+            .evaluation_periods(5)
+            .threshold(1000.0)
+            .comparison_operator("GreaterThanThreshold")
+            .alarm_actions([alerts.arn()]),
+    );
+
+    // The loop back: the alarms' state changes, through EventBridge, into the events queue.
+    let alarm_changes = cx.add(
+        EventRule::new("alarms")
+            .description("the shop's alarm state changes, for its events queue")
+            .event_pattern(json!({
+                "source": ["aws.cloudwatch"],
+                "detail-type": [cairn_aws::events::ALARM_STATE_CHANGE],
+                "detail": {"alarmName": [cpu_alarm, depth_alarm]},
+            })),
+    );
+    cx.add(Target::new("alarms-to-events").rule(alarm_changes.name()).arn(events.arn()));
+    cx.add(QueuePolicy::new("events").queue_url(events.url()).allow_service(events.arn(), "events.amazonaws.com", alarm_changes.arn()));
 
     if shop.flash_sale {
         let sale_dlq = cx.add(Queue::new("sale-orders-dlq").message_retention(1_209_600));
@@ -158,6 +262,15 @@ pub fn stack(name: &str, aws: impl cairn::Provider) -> Stack<Shop> {
         })
         .on_event("az.recovered", |event: &Event, shop: &mut Shop| {
             shop.degraded_zones.remove(&zone_of(event)?);
+            Ok(())
+        })
+        // The CPU alarm, through EventBridge and the events queue: scale out fast, in slowly.
+        .on_event(format!("alarm.{}.alarm", web_cpu_alarm(name)), |_: &Event, shop: &mut Shop| {
+            shop.web_capacity = (shop.web_capacity + 2).min(MAX_WEB);
+            Ok(())
+        })
+        .on_event(format!("alarm.{}.ok", web_cpu_alarm(name)), |_: &Event, shop: &mut Shop| {
+            shop.web_capacity = shop.web_capacity.saturating_sub(1).max(MIN_WEB);
             Ok(())
         })
         .guard("web capacity within bounds", |shop: &Shop| {
