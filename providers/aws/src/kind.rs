@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
 use cairn_sdk::{Observed, Props, ProviderError, Urn};
+use serde_json::Value;
 
 /// The service clients, twice: `aws.ec2` and the like, which the SDK retries as its
 /// configuration says (reads, changes, deletes: a repeat finds the work done or answers
@@ -134,6 +135,23 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A token for one create call, for the services that take one (EC2's client token,
+/// ACM's idempotency token, part of Route 53's caller reference): AWS answers a repeat
+/// of the call with the same token with what the first one made, instead of making
+/// another. Unique per call, so a later, deliberate create of the same resource is
+/// never answered with an old one. 29 letters and digits: within every service's limit
+/// (ACM's is 32 word characters).
+pub(crate) fn client_token(urn: &Urn) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded from the OS once per process; the counter tells calls apart.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(urn.as_str().as_bytes());
+    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    format!("cairn{:016x}{:08x}", h.finish(), std::process::id())
+}
+
 /// Reads each resource a look-up found, by id, as it is now.
 pub(crate) async fn read_each(kind: &dyn Kind, aws: &Clients, urn: &Urn, ids: Vec<String>) -> Result<Vec<Observed>, ProviderError> {
     let mut found = Vec::new();
@@ -153,4 +171,34 @@ pub(crate) async fn finish<T>(id: &str, rest: impl std::future::Future<Output = 
         return Err(ProviderError::uncertain("the create's answer did not say the new resource's id".to_owned()));
     }
     rest.await.map_err(|e| e.after_create(id))
+}
+
+// ---------------------------------------------------------------------------------------
+// Set-valued properties
+
+/// The items of a set-valued property in canonical order: sorted, without repeats.
+/// Absent (or not a list) is the empty set. What `read` returns and what diffs compare.
+pub(crate) fn canonical_set(value: Option<&Value>) -> Vec<Value> {
+    let mut items: Vec<Value> = match value {
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    // Object keys are sorted in serde_json's maps, so equal items print equally.
+    items.sort_by_cached_key(Value::to_string);
+    items.dedup();
+    items
+}
+
+/// Typed set items in [`canonical_set`] order: sorted as their JSON, without repeats.
+pub(crate) fn canonical<T: serde::Serialize + serde::de::DeserializeOwned>(items: Option<&[T]>) -> Vec<T> {
+    let value = serde_json::to_value(items).expect("set items serialize to JSON");
+    canonical_set(Some(&value)).into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect()
+}
+
+/// The schema's diff, except that the properties in `sets` compare as sets: a reordered
+/// or repeated item is no change, and an absent list equals an empty one.
+pub(crate) fn set_diff(req: &DiffRequest<'_>, sets: &[&str]) -> DiffResult {
+    let mut diff = schema_diff(req);
+    diff.changes.retain(|c| !(c.known && sets.contains(&c.name.as_str()) && canonical_set(c.old.as_ref()) == canonical_set(c.new.as_ref())));
+    diff
 }

@@ -10,7 +10,6 @@
 //! seconds in the environment variable `CAIRN_AWS_WAIT_TIMEOUT`, which replaces every
 //! default. A resource's custom timeouts (`ResourceExt::timeouts`) bound the whole
 //! provider call as well, whichever is shorter.
-#![cfg_attr(not(any(feature = "autoscaling", feature = "ec2", feature = "elasticache")), allow(dead_code))]
 
 use std::future::Future;
 use std::time::Duration;

@@ -24,7 +24,7 @@ use cairn_sdk::{CheckFailure, Decl, Observed, Prop, Props, ProviderError, Tags, 
 use serde_json::Value;
 
 use crate::error::{aws_error, code, missing, no_hint, or_missing};
-use crate::kind::{finish, Clients, Kind};
+use crate::kind::{client_token, finish, Clients, Kind};
 use crate::tags::{self, Retag};
 use crate::wait::{self, Poll};
 
@@ -145,21 +145,6 @@ fn hint(code: &str, want: &CertificateInputs) -> Option<String> {
     }
 }
 
-/// An idempotency token for one `RequestCertificate` call (at most 32 word characters):
-/// ACM answers a repeat of the call with the same token, within an hour, with the
-/// certificate the first one made. Unique per call, so that a later, deliberate
-/// replacement is never answered with the old certificate.
-fn idempotency_token(urn: &Urn) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    // RandomState is seeded from the OS once per process; the counter tells calls apart.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(urn.as_str().as_bytes());
-    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
-    format!("cairn{:016x}{:08x}", h.finish(), std::process::id())
-}
-
 fn built(e: BuildError) -> ProviderError {
     ProviderError::failed(format!("a tag could not be put in a request: {e}"))
 }
@@ -271,7 +256,7 @@ impl Kind for CertificateKind {
             .domain_name(domain)
             .set_subject_alternative_names(want.subject_alternative_names.clone().filter(|n| !n.is_empty()))
             .validation_method(ValidationMethod::from(method))
-            .idempotency_token(idempotency_token(urn))
+            .idempotency_token(client_token(urn))
             .set_tags(Some(tags))
             .send()
             .await
@@ -403,7 +388,7 @@ mod tests {
     #[test]
     fn tokens_fit_acm_and_differ_per_call() {
         let urn = Urn::new("dev", "aws:acm:Certificate", "shop");
-        let (a, b) = (idempotency_token(&urn), idempotency_token(&urn));
+        let (a, b) = (client_token(&urn), client_token(&urn));
         assert_ne!(a, b);
         assert!(a.len() <= 32 && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{a}");
     }

@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_autoscaling::types::{AutoScalingGroup, Filter, LaunchTemplateSpecification, Tag};
-use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
+use cairn_sdk::provider::{DiffRequest, DiffResult};
 use cairn_sdk::schema::Default;
 use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
 use crate::error::{aws_error, missing, no_hint};
-use crate::kind::{Clients, Kind};
+use crate::kind::{canonical, set_diff, Clients, Kind};
 use crate::tags::{self, Retag};
 use crate::wait;
 
@@ -334,13 +334,6 @@ async fn retag(aws: &Clients, urn: &Urn, name: &str, old: Option<&Tags>, new: Op
     Ok(())
 }
 
-/// Target group ARNs as a set, in canonical order: sorted, without repeats.
-fn target_groups(arns: Option<&[String]>) -> Vec<String> {
-    let mut arns = arns.unwrap_or_default().to_vec();
-    arns.sort();
-    arns.dedup();
-    arns
-}
 
 /// Attaches the target groups `want` names that the group lacks and detaches those it
 /// has but `want` does not: from the group as it is, not as state last saw it.
@@ -348,7 +341,7 @@ async fn sync_target_groups(aws: &Clients, name: &str, want: &GroupInputs) -> Re
     let Some(current) = describe(aws, name).await? else {
         return Err(ProviderError::not_found(format!("group {name} is gone (deleted outside Cairn? run refresh)")));
     };
-    let (has, wanted) = (target_groups(Some(current.target_group_arns())), target_groups(want.target_group_arns.as_deref()));
+    let (has, wanted) = (canonical(Some(current.target_group_arns())), canonical(want.target_group_arns.as_deref()));
     let detach: Vec<String> = has.iter().filter(|a| !wanted.contains(a)).cloned().collect();
     let attach: Vec<String> = wanted.iter().filter(|a| !has.contains(a)).cloned().collect();
     for chunk in detach.chunks(TARGET_GROUPS_PER_CALL) {
@@ -367,13 +360,7 @@ impl Kind for GroupKind {
     /// The schema's diff, except that `target_group_arns` is a set: a reordered or
     /// repeated ARN is no change, and an absent list equals an empty one.
     fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
-        let arns = |v: Option<&Value>| -> Vec<String> {
-            let list: Vec<String> = v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
-            target_groups(Some(&list))
-        };
-        let mut diff = schema_diff(req);
-        diff.changes.retain(|c| !(c.known && c.name == "target_group_arns" && arns(c.old.as_ref()) == arns(c.new.as_ref())));
-        diff
+        set_diff(req, &["target_group_arns"])
     }
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
@@ -398,7 +385,7 @@ impl Kind for GroupKind {
             .vpc_zone_identifier(zone_identifier(&want))
             .set_health_check_type(want.health_check_type.clone())
             .set_health_check_grace_period(int(want.health_check_grace_period))
-            .set_target_group_arns(Some(target_groups(want.target_group_arns.as_deref())).filter(|arns| !arns.is_empty()))
+            .set_target_group_arns(Some(canonical(want.target_group_arns.as_deref())).filter(|arns| !arns.is_empty()))
             .set_tags(Some(tags))
             .send()
             .await
@@ -447,7 +434,7 @@ impl Kind for GroupKind {
                 }
             })?;
         }
-        if target_groups(old.target_group_arns.as_deref()) != target_groups(want.target_group_arns.as_deref()) {
+        if canonical(old.target_group_arns.as_deref()) != canonical(want.target_group_arns.as_deref()) {
             sync_target_groups(aws, id, &want).await?;
         }
         retag(aws, urn, id, old.tags.as_ref(), want.tags.as_ref()).await?;
@@ -514,7 +501,7 @@ fn observe(urn: &Urn, g: &AutoScalingGroup) -> Observed {
         desired_capacity: size(g.desired_capacity()),
         health_check_type: g.health_check_type().map(str::to_owned),
         health_check_grace_period: size(g.health_check_grace_period()),
-        target_group_arns: Some(target_groups(Some(g.target_group_arns()))).filter(|arns| !arns.is_empty()),
+        target_group_arns: Some(canonical(Some(g.target_group_arns()))).filter(|arns| !arns.is_empty()),
         tags: tags::observed(urn, g.tags().iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))),
     };
     Observed::new(name, inputs.to_props(), [("arn", Value::from(g.auto_scaling_group_arn().unwrap_or_default()))])

@@ -24,11 +24,11 @@ pub use subnet::{Subnet, SubnetRef, SUBNET};
 pub use vpc::{Vpc, VpcRef, VPC};
 
 use aws_sdk_ec2::types::{Filter, ResourceType as Ec2Type, Tag, TagSpecification};
-use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
 use cairn_sdk::{CheckFailure, Decl, Prop, ProviderError, Tags, Urn};
 use serde_json::Value;
 
 use crate::error::{aws_error, no_hint};
+pub(crate) use crate::kind::{canonical, canonical_set, client_token, set_diff};
 use crate::kind::Kinds;
 use crate::tags;
 
@@ -99,50 +99,8 @@ pub(crate) fn is_ipv4_network(s: &str) -> bool {
     s.parse::<ipnet::Ipv4Net>().is_ok_and(|n| n.trunc() == n)
 }
 
-/// A client token for one create call (EC2 takes up to 64 ASCII characters): AWS
-/// answers a repeat of the call with the same token with the resource the first one
-/// made, instead of making another. Unique per call, so that a later, deliberate create
-/// of the same resource is never answered with an old one.
-pub(crate) fn client_token(urn: &Urn) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    // RandomState is seeded from the OS once per process; the counter tells calls apart.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(urn.as_str().as_bytes());
-    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
-    format!("cairn-{:016x}{:016x}", h.finish(), std::process::id())
-}
-
 // ---------------------------------------------------------------------------------------
 // Set-valued properties
-
-/// The items of a set-valued property in canonical order: sorted, without repeats.
-/// Absent (or not a list) is the empty set. What `read` returns and what diffs compare.
-pub(crate) fn canonical_set(value: Option<&Value>) -> Vec<Value> {
-    let mut items: Vec<Value> = match value {
-        Some(Value::Array(items)) => items.clone(),
-        _ => Vec::new(),
-    };
-    // Object keys are sorted in serde_json's maps, so equal items print equally.
-    items.sort_by_cached_key(Value::to_string);
-    items.dedup();
-    items
-}
-
-/// Typed set items in [`canonical_set`] order: sorted as their JSON, without repeats.
-pub(crate) fn canonical<T: serde::Serialize + serde::de::DeserializeOwned>(items: Option<&[T]>) -> Vec<T> {
-    let value = serde_json::to_value(items).expect("set items serialize to JSON");
-    canonical_set(Some(&value)).into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect()
-}
-
-/// The schema's diff, except that the properties in `sets` compare as sets: a reordered
-/// or repeated item is no change, and an absent list equals an empty one.
-pub(crate) fn set_diff(req: &DiffRequest<'_>, sets: &[&str]) -> DiffResult {
-    let mut diff = schema_diff(req);
-    diff.changes.retain(|c| !(c.known && sets.contains(&c.name.as_str()) && canonical_set(c.old.as_ref()) == canonical_set(c.new.as_ref())));
-    diff
-}
 
 /// Sets a set-valued input to `items`, in canonical order when every item is a literal
 /// (so the state matches what `read` returns), as declared otherwise.
@@ -246,7 +204,7 @@ pub(crate) fn check_ids(decl: &Decl, key: &str, prefix: &str, what: &str, out: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_sdk::provider::Planned;
+    use cairn_sdk::provider::{DiffRequest, Planned};
     use cairn_sdk::Props;
     use serde_json::json;
     use std::borrow::Cow;

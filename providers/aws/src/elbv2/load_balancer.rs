@@ -265,22 +265,9 @@ impl Kind for LoadBalancerKind {
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
-        let mut arns = Vec::new();
-        let mut marker = None;
-        loop {
-            let page = aws
-                .elbv2
-                .describe_load_balancers()
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| aws_error("looking up load balancers", e, no_hint))?;
-            arns.extend(page.load_balancers().iter().filter_map(|lb| lb.load_balancer_arn()).map(str::to_owned));
-            match page.next_marker() {
-                Some(m) if !m.is_empty() => marker = Some(m.to_owned()),
-                _ => break,
-            }
-        }
+        let all = aws.elbv2.describe_load_balancers().into_paginator().items().send().try_collect().await;
+        let all = all.map_err(|e| aws_error("looking up load balancers", e, no_hint))?;
+        let arns: Vec<String> = all.iter().filter_map(|lb| lb.load_balancer_arn()).map(str::to_owned).collect();
         let ids = tagged_with(aws, urn, &arns).await?;
         read_each(self, aws, urn, ids).await
     }

@@ -27,7 +27,6 @@ use aws_sdk_elasticloadbalancingv2::types::Tag;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
 use cairn_sdk::{CheckFailure, Decl, ProviderError, Tags, Urn};
 use serde_json::Value;
 
@@ -133,31 +132,7 @@ pub(crate) fn declared_len(decl: &Decl, key: &str) -> Option<usize> {
     }
 }
 
-/// The strings of a set-valued property in canonical order: sorted, without repeats.
-/// Absent is the empty set.
-pub(crate) fn canonical(items: Option<&[String]>) -> Vec<String> {
-    let mut items = items.unwrap_or_default().to_vec();
-    items.sort();
-    items.dedup();
-    items
-}
-
-fn canonical_value(value: Option<&Value>) -> Vec<String> {
-    let items: Vec<String> = match value {
-        Some(Value::Array(items)) => items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect(),
-        _ => Vec::new(),
-    };
-    canonical(Some(&items))
-}
-
-/// The schema's diff, except that the list properties in `sets` compare as sets: a
-/// reordered or repeated item is no change, and an absent list equals an empty one.
-pub(crate) fn set_diff(req: &DiffRequest<'_>, sets: &[&str]) -> DiffResult {
-    let mut diff = schema_diff(req);
-    diff.changes
-        .retain(|c| !(c.known && sets.contains(&c.name.as_str()) && canonical_value(c.old.as_ref()) == canonical_value(c.new.as_ref())));
-    diff
-}
+pub(crate) use crate::kind::{canonical, set_diff};
 
 /// The tags to create a resource with ([`tags::wanted`]).
 pub(crate) fn create_tags(urn: &Urn, user: Option<&Tags>) -> Vec<Tag> {
@@ -272,12 +247,5 @@ mod tests {
         assert!(!name_ok(&"a".repeat(33), true));
         assert!(!name_ok("-web", false) && !name_ok("web-", false) && !name_ok("web_1", false) && !name_ok("", false));
         assert!(!name_ok("internal-web", true) && name_ok("internal-web", false));
-    }
-
-    #[test]
-    fn sets_ignore_order_repeats_and_absence() {
-        assert_eq!(canonical_value(Some(&serde_json::json!(["b", "a", "b"]))), ["a", "b"]);
-        assert_eq!(canonical_value(None), Vec::<String>::new());
-        assert_eq!(canonical_value(Some(&serde_json::json!([]))), canonical_value(None));
     }
 }

@@ -122,14 +122,7 @@ pub(crate) fn caller_mark(urn: &Urn) -> String {
 /// unique to the call, as Route 53 requires (a repeat with the same reference is refused
 /// rather than making a second zone).
 pub(crate) fn caller_reference(urn: &Urn) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    // RandomState is seeded from the OS once per process; the counter tells calls apart.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{}{:016x}{:x}{nanos:x}", caller_mark(urn), h.finish(), std::process::id())
+    format!("{}{}", caller_mark(urn), crate::kind::client_token(urn))
 }
 
 #[cfg(test)]
