@@ -65,6 +65,7 @@ use tokio::sync::oneshot;
 /// | awsQuery (Auto Scaling, ElastiCache) | 400 `Throttling` (Sender) | 500 `InternalFailure` (Receiver) |
 /// | JSON (`x-amz-target`) | 400 `ThrottlingException` | 500 `InternalFailure` |
 /// | REST (S3) | 503 `SlowDown` | 500 `InternalError` |
+/// | Smithy RPC v2 CBOR (CloudWatch) | 400 `Throttling` (Sender) | 500 `InternalFailure` (Receiver) |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Fault {
     /// Answers 500 with the protocol's internal-error body; the upstream never sees the call.
@@ -743,6 +744,10 @@ enum Protocol {
     AwsJson { content_type: HeaderValue, sqs: bool },
     /// REST-XML (S3): `<Error>`.
     RestXml,
+    /// Smithy RPC v2 CBOR (CloudWatch): `POST /service/<service>/operation/<Op>`, a CBOR
+    /// body; CloudWatch is awsQuery-compatible, so its errors also carry
+    /// `x-amzn-query-error`.
+    RpcV2Cbor,
 }
 
 #[derive(Debug)]
@@ -754,6 +759,10 @@ struct Call {
 
 impl Call {
     fn classify(parts: &Parts, body: &[u8]) -> Call {
+        let cbor = parts.headers.get("smithy-protocol").is_some_and(|p| p.as_bytes() == b"rpc-v2-cbor");
+        if let Some((_, operation)) = parts.uri.path().rsplit_once("/operation/").filter(|_| cbor) {
+            return Call { action: operation.to_owned(), mutating: is_mutating_action(operation), protocol: Protocol::RpcV2Cbor };
+        }
         if let Some(target) = parts.headers.get("x-amz-target").and_then(|t| t.to_str().ok()) {
             // `AmazonSQS.CreateQueue`: the service, a dot, the action.
             let (service, action) = target.rsplit_once('.').unwrap_or(("", target));
@@ -808,28 +817,28 @@ enum AwsError {
 fn error_response(protocol: &Protocol, error: AwsError, request_id: &str) -> Response<ProxyBody> {
     use AwsError::{Internal, Throttling};
     let xml = HeaderValue::from_static("text/xml");
-    let (status, content_type, body, query_error) = match (protocol, error) {
+    let (status, content_type, body, query_error): (StatusCode, HeaderValue, Bytes, Option<&str>) = match (protocol, error) {
         // The EC2 SDK reads Response/Errors/Error/Code; the status does not matter to it.
         (Protocol::Ec2Query, Throttling) => (
             StatusCode::SERVICE_UNAVAILABLE,
             xml,
-            ec2_error("RequestLimitExceeded", "Request limit exceeded.", request_id),
+            ec2_error("RequestLimitExceeded", "Request limit exceeded.", request_id).into(),
             None,
         ),
         (Protocol::Ec2Query, Internal) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             xml,
-            ec2_error("InternalError", "An internal error has occurred.", request_id),
+            ec2_error("InternalError", "An internal error has occurred.", request_id).into(),
             None,
         ),
         // awsQuery SDKs read ErrorResponse/Error/Code.
         (Protocol::AwsQuery, Throttling) => {
-            (StatusCode::BAD_REQUEST, xml, query_error_body("Sender", "Throttling", "Rate exceeded", request_id), None)
+            (StatusCode::BAD_REQUEST, xml, query_error_body("Sender", "Throttling", "Rate exceeded", request_id).into(), None)
         }
         (Protocol::AwsQuery, Internal) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             xml,
-            query_error_body("Receiver", "InternalFailure", "An internal error has occurred.", request_id),
+            query_error_body("Receiver", "InternalFailure", "An internal error has occurred.", request_id).into(),
             None,
         ),
         // JSON SDKs take the code from `__type` after its last `#`; SQS's then lets the
@@ -841,27 +850,42 @@ fn error_response(protocol: &Protocol, error: AwsError, request_id: &str) -> Res
             json_error(
                 if *sqs { "com.amazonaws.sqs#ThrottlingException" } else { "ThrottlingException" },
                 "Rate exceeded",
-            ),
+            )
+            .into(),
             sqs.then_some("ThrottlingException;Sender"),
         ),
         (Protocol::AwsJson { content_type, sqs }, Internal) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             content_type.clone(),
-            json_error("InternalFailure", "An internal error has occurred."),
+            json_error("InternalFailure", "An internal error has occurred.").into(),
             sqs.then_some("InternalFailure;Receiver"),
         ),
         // S3 reads Error/Code at the root.
         (Protocol::RestXml, Throttling) => (
             StatusCode::SERVICE_UNAVAILABLE,
             xml,
-            rest_xml_error("SlowDown", "Please reduce your request rate.", request_id),
+            rest_xml_error("SlowDown", "Please reduce your request rate.", request_id).into(),
             None,
         ),
         (Protocol::RestXml, Internal) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             xml,
-            rest_xml_error("InternalError", "We encountered an internal error. Please try again.", request_id),
+            rest_xml_error("InternalError", "We encountered an internal error. Please try again.", request_id).into(),
             None,
+        ),
+        // RPC v2 CBOR SDKs read `__type` from a CBOR map; awsQuery-compatible services
+        // (CloudWatch) let `x-amzn-query-error` override the code, as for SQS.
+        (Protocol::RpcV2Cbor, Throttling) => (
+            StatusCode::BAD_REQUEST,
+            HeaderValue::from_static("application/cbor"),
+            cbor_error("ThrottlingException", "Rate exceeded").into(),
+            Some("Throttling;Sender"),
+        ),
+        (Protocol::RpcV2Cbor, Internal) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            HeaderValue::from_static("application/cbor"),
+            cbor_error("InternalFailure", "An internal error has occurred.").into(),
+            Some("InternalFailure;Receiver"),
         ),
     };
     let mut response = Response::new(full_body(body));
@@ -875,6 +899,9 @@ fn error_response(protocol: &Protocol, error: AwsError, request_id: &str) -> Res
     }
     if let Some(query_error) = query_error {
         headers.insert("x-amzn-query-error", HeaderValue::from_static(query_error));
+    }
+    if *protocol == Protocol::RpcV2Cbor {
+        headers.insert("smithy-protocol", HeaderValue::from_static("rpc-v2-cbor"));
     }
     response
 }
@@ -892,6 +919,22 @@ fn query_error_body(kind: &str, code: &str, message: &str, request_id: &str) -> 
         "<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error>\
          <RequestId>{request_id}</RequestId></ErrorResponse>"
     )
+}
+
+/// `{"__type": kind, "message": message}` in CBOR: a map of two text strings (all
+/// shorter than 24 bytes but `message`, which fits one length byte).
+fn cbor_error(kind: &str, message: &str) -> Vec<u8> {
+    let mut out = vec![0xa2];
+    for text in ["__type", kind, "message", message] {
+        let len = u8::try_from(text.len()).expect("an error text under 256 bytes");
+        if len < 24 {
+            out.push(0x60 | len);
+        } else {
+            out.extend([0x78, len]);
+        }
+        out.extend(text.as_bytes());
+    }
+    out
 }
 
 fn json_error(kind: &str, message: &str) -> String {

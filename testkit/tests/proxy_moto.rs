@@ -127,3 +127,38 @@ async fn autoscaling_query_errors_carry_their_codes() {
     assert_eq!(err.code(), Some("InternalFailure"), "{err:?}");
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(500));
 }
+
+/// CloudWatch speaks Smithy RPC v2 CBOR: the proxy tells its calls by path, faults only
+/// the mutating ones, and answers in CBOR with the codes the SDK reads.
+#[tokio::test]
+async fn cloudwatch_cbor_errors_carry_their_codes() {
+    let proxy = FaultProxy::start(moto().endpoint());
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&sdk_config(&proxy).await);
+    let put = || {
+        cloudwatch
+            .put_metric_alarm()
+            .alarm_name("proxy-alarm")
+            .namespace("AWS/SQS")
+            .metric_name("ApproximateNumberOfMessagesVisible")
+            .statistic(aws_sdk_cloudwatch::types::Statistic::Average)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(1.0)
+            .comparison_operator(aws_sdk_cloudwatch::types::ComparisonOperator::GreaterThanThreshold)
+            .send()
+    };
+
+    proxy.set_plan(FaultPlan::always(Fault::Throttle));
+    let err = put().await.expect_err("throttled");
+    assert_eq!(err.code(), Some("Throttling"), "{err:?}");
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(400));
+
+    proxy.set_plan(FaultPlan::always(Fault::Status500));
+    let err = put().await.expect_err("a 500");
+    assert_eq!(err.code(), Some("InternalFailure"), "{err:?}");
+
+    // Nothing was made; DescribeAlarms is a read and passes.
+    let alarms = cloudwatch.describe_alarms().alarm_names("proxy-alarm").send().await.expect("DescribeAlarms is never faulted");
+    assert!(alarms.metric_alarms().is_empty(), "{alarms:?}");
+    assert_eq!(proxy.stats().faults_of(Fault::Status500), 1);
+}
