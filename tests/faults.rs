@@ -62,7 +62,11 @@ async fn sdk_config(endpoint: &str, sdk_retries: bool) -> SdkConfig {
 /// What the cloud holds for one stack, found by its `cairn:stack` tag with each
 /// service's own API: `(cairn:urn tag, id)` pairs. Only the kinds Cairn manages: the
 /// instances an Auto Scaling group launches carry its tags too, and are its business.
-async fn cloud_of(stack: &str) -> BTreeSet<(String, String)> {
+///
+/// Record sets, rule targets and queue policies carry no tags: they are found through
+/// their parents of the stack (its zones, rules and queues), and named by the URN `known`
+/// gives their type and id (`?<type>` for one it does not know: an orphan).
+async fn cloud_of(stack: &str, known: &Known) -> BTreeSet<(String, String)> {
     let config = sdk_config(&cairn_testkit::moto().endpoint(), true).await;
     let mut found = BTreeSet::new();
 
@@ -180,9 +184,210 @@ async fn cloud_of(stack: &str) -> BTreeSet<(String, String)> {
         let tags = sqs.list_queue_tags().queue_url(url).send().await.unwrap().tags().cloned().unwrap_or_default();
         if tags.get("cairn:stack").map(String::as_str) == Some(stack) {
             found.insert((tags["cairn:urn"].clone(), queue_path(url)));
+            // A queue policy is the queue's Policy attribute, which clearing leaves empty.
+            use aws_sdk_sqs::types::QueueAttributeName::Policy;
+            let attrs = sqs.get_queue_attributes().queue_url(url).attribute_names(Policy).send().await.unwrap();
+            if attrs.attributes().and_then(|a| a.get(&Policy)).is_some_and(|p| !p.trim().is_empty()) {
+                found.insert(known.urn("aws:sqs:QueuePolicy", &queue_path(url)));
+            }
+        }
+    }
+
+    // A load balancer or target group is listed with its ARN; ELBv2 gives tags for 20
+    // ARNs a call.
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&config);
+    let elb_tags = |arns: Vec<String>| {
+        let elb = elb.clone();
+        async move {
+            let mut tags: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+            for chunk in arns.chunks(20) {
+                let out = elb.describe_tags().set_resource_arns(Some(chunk.to_vec())).send().await.unwrap();
+                for d in out.tag_descriptions() {
+                    let pairs = d.tags().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())));
+                    tags.insert(d.resource_arn().unwrap_or_default().to_owned(), pairs.collect());
+                }
+            }
+            tags
+        }
+    };
+    let balancers: Vec<_> = elb.describe_load_balancers().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    let target_groups: Vec<_> = elb.describe_target_groups().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    let balancer_arns: Vec<String> = balancers.iter().filter_map(|b| b.load_balancer_arn()).map(str::to_owned).collect();
+    let group_arns: Vec<String> = target_groups.iter().filter_map(|g| g.target_group_arn()).map(str::to_owned).collect();
+    let tags = elb_tags(balancer_arns.iter().chain(&group_arns).cloned().collect()).await;
+    let mut my_balancers = Vec::new();
+    for arn in balancer_arns.iter().chain(&group_arns) {
+        if let Some(urn) = tags.get(arn).and_then(|t| urn_if_mine(stack, t.clone())) {
+            found.insert((urn, arn.clone()));
+            if balancer_arns.contains(arn) {
+                my_balancers.push(arn.clone());
+            }
+        }
+    }
+    // Listeners are listed per load balancer; every one on the stack's is counted, one
+    // without the stack's tags as an orphan.
+    for balancer in &my_balancers {
+        let listeners: Vec<_> =
+            elb.describe_listeners().load_balancer_arn(balancer).into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+        let arns: Vec<String> = listeners.iter().filter_map(|l| l.listener_arn()).map(str::to_owned).collect();
+        let tags = elb_tags(arns.clone()).await;
+        for arn in arns {
+            let urn = tags.get(&arn).and_then(|t| urn_if_mine(stack, t.clone()));
+            found.insert((urn.unwrap_or_else(|| "?aws:elbv2:Listener".to_owned()), arn));
+        }
+    }
+
+    let acm = aws_sdk_acm::Client::new(&config);
+    // Every status: ListCertificates leaves some out unless asked.
+    use aws_sdk_acm::types::CertificateStatus;
+    let statuses: Vec<CertificateStatus> = CertificateStatus::values().iter().map(|s| CertificateStatus::from(*s)).collect();
+    let certificates: Vec<_> =
+        acm.list_certificates().set_certificate_statuses(Some(statuses)).into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for arn in certificates.iter().filter_map(|c| c.certificate_arn()) {
+        let out = acm.list_tags_for_certificate().certificate_arn(arn).send().await.unwrap();
+        if let Some(urn) = urn_if_mine(stack, out.tags().iter().map(|t| (t.key(), t.value().unwrap_or_default()))) {
+            found.insert((urn, arn.to_owned()));
+        }
+    }
+
+    let r53 = aws_sdk_route53::Client::new(&config);
+    let zones: Vec<_> = r53.list_hosted_zones().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for zone in &zones {
+        let id = zone.id().strip_prefix("/hostedzone/").unwrap_or(zone.id());
+        use aws_sdk_route53::types::{RrType, TagResourceType};
+        let out = r53.list_tags_for_resource().resource_type(TagResourceType::Hostedzone).resource_id(id).send().await.unwrap();
+        let tags = out.resource_tag_set().map(|s| s.tags()).unwrap_or_default();
+        let Some(urn) = urn_if_mine(stack, tags.iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))) else { continue };
+        found.insert((urn, id.to_owned()));
+        // Its record sets, but for the SOA and NS sets Route 53 makes at the apex.
+        let apex = dns_name(zone.name());
+        let mut start: Option<(String, RrType, Option<String>)> = None;
+        loop {
+            let mut call = r53.list_resource_record_sets().hosted_zone_id(id);
+            if let Some((name, rtype, identifier)) = start.take() {
+                call = call.start_record_name(name).start_record_type(rtype).set_start_record_identifier(identifier);
+            }
+            let page = call.send().await.unwrap();
+            for set in page.resource_record_sets() {
+                let name = dns_name(set.name());
+                if name == apex && matches!(set.r#type(), RrType::Soa | RrType::Ns) {
+                    continue;
+                }
+                found.insert(known.urn("aws:route53:Record", &format!("{id}|{name}|{}", set.r#type().as_str())));
+            }
+            match (page.is_truncated(), page.next_record_name(), page.next_record_type()) {
+                (true, Some(name), Some(rtype)) => start = Some((name.to_owned(), rtype.clone(), page.next_record_identifier().map(str::to_owned))),
+                _ => break,
+            }
+        }
+    }
+
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&config);
+    let pages: Vec<_> = cloudwatch
+        .describe_alarms()
+        .alarm_types(aws_sdk_cloudwatch::types::AlarmType::MetricAlarm)
+        .into_paginator()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .unwrap();
+    for alarm in pages.iter().flat_map(|p| p.metric_alarms()) {
+        let out = cloudwatch.list_tags_for_resource().resource_arn(alarm.alarm_arn().unwrap_or_default()).send().await.unwrap();
+        if let Some(urn) = urn_if_mine(stack, out.tags().iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))) {
+            found.insert((urn, alarm.alarm_name().unwrap_or_default().to_owned()));
+        }
+    }
+
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&config);
+    let groups: Vec<_> = logs.describe_log_groups().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for g in &groups {
+        // Tags are asked for by the ARN without its trailing `:*`.
+        let arn = g.log_group_arn().map_or_else(|| g.arn().unwrap_or_default().trim_end_matches(":*").to_owned(), str::to_owned);
+        let out = logs.list_tags_for_resource().resource_arn(arn).send().await.unwrap();
+        if let Some(urn) = urn_if_mine(stack, out.tags().cloned().unwrap_or_default()) {
+            found.insert((urn, g.log_group_name().unwrap_or_default().to_owned()));
+        }
+    }
+
+    let sns = aws_sdk_sns::Client::new(&config);
+    let topics: Vec<_> = sns.list_topics().into_paginator().items().send().collect::<Result<_, _>>().await.unwrap();
+    for arn in topics.iter().filter_map(|t| t.topic_arn()) {
+        let out = sns.list_tags_for_resource().resource_arn(arn).send().await.unwrap();
+        if let Some(urn) = urn_if_mine(stack, out.tags().iter().map(|t| (t.key(), t.value()))) {
+            found.insert((urn, arn.to_owned()));
+        }
+    }
+
+    // EventBridge's lists have no paginator in the SDK: each is paged by its token.
+    let events = aws_sdk_eventbridge::Client::new(&config);
+    let mut buses = Vec::new();
+    let mut token = None;
+    loop {
+        let page = events.list_event_buses().set_next_token(token).send().await.unwrap();
+        buses.extend(page.event_buses().iter().filter_map(|b| b.name()).map(str::to_owned));
+        match page.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+            _ => break,
+        }
+    }
+    for bus in &buses {
+        let mut rules = Vec::new();
+        let mut token = None;
+        loop {
+            let page = events.list_rules().event_bus_name(bus).set_next_token(token).send().await.unwrap();
+            rules.extend(page.rules().iter().cloned());
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        for rule in &rules {
+            let (Some(name), Some(arn)) = (rule.name(), rule.arn()) else { continue };
+            let out = events.list_tags_for_resource().resource_arn(arn).send().await.unwrap();
+            let Some(urn) = urn_if_mine(stack, out.tags().iter().map(|t| (t.key(), t.value()))) else { continue };
+            found.insert((urn, format!("{bus}|{name}")));
+            // Its targets.
+            let mut token = None;
+            loop {
+                let page = events.list_targets_by_rule().rule(name).event_bus_name(bus).set_next_token(token).send().await.unwrap();
+                for target in page.targets() {
+                    found.insert(known.urn("aws:eventbridge:Target", &format!("{bus}|{name}|{}", target.id())));
+                }
+                match page.next_token() {
+                    Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                    _ => break,
+                }
+            }
         }
     }
     found
+}
+
+/// The `cairn:urn` among `tags` if their `cairn:stack` is `stack` (empty if it has none).
+fn urn_if_mine<K: AsRef<str>, V: AsRef<str>>(stack: &str, tags: impl IntoIterator<Item = (K, V)>) -> Option<String> {
+    let tags: BTreeMap<String, String> = tags.into_iter().map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned())).collect();
+    (tags.get("cairn:stack").map(String::as_str) == Some(stack)).then(|| tags.get("cairn:urn").cloned().unwrap_or_default())
+}
+
+/// A DNS name as a record set's id spells it: lowercase, without the trailing dot, with
+/// Route 53's octal escapes (`\052` for `*`) decoded.
+fn dns_name(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let (bytes, mut out, mut i) = (name.as_bytes(), Vec::new(), 0);
+    while i < bytes.len() {
+        let escape = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match escape.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(code) => {
+                out.push(code);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
 }
 
 /// A queue URL without its host: the local AWS writes into each URL the host the
@@ -200,15 +405,39 @@ struct Comparison {
     missing: Vec<(String, String)>,
 }
 
+/// The id of a resource of type `ty` as the cloud's listing spells it: a queue URL (a
+/// queue's, or its policy's) without its host.
+fn listed_id(ty: &str, id: &str) -> String {
+    match ty {
+        "aws:sqs:Queue" | "aws:sqs:QueuePolicy" => queue_path(id),
+        _ => id.to_owned(),
+    }
+}
+
+/// The URN state records for each type and id (as [`listed_id`] spells it): how
+/// [`cloud_of`] names the tagless resources it finds. By type too, as a queue and its
+/// policy share an id.
+struct Known(BTreeMap<(String, String), String>);
+
+impl Known {
+    fn of(state: &StackState) -> Known {
+        Known(state.resources.iter().map(|r| ((r.ty.clone(), listed_id(&r.ty, &r.id)), r.urn.to_string())).collect())
+    }
+
+    /// The `(urn, id)` pair of the resource of type `ty` found with `id`: `?<type>` for a
+    /// URN state does not know.
+    fn urn(&self, ty: &str, id: &str) -> (String, String) {
+        let urn = self.0.get(&(ty.to_owned(), id.to_owned())).cloned().unwrap_or_else(|| format!("?{ty}"));
+        (urn, id.to_owned())
+    }
+}
+
 async fn compare(state: &StackState) -> Comparison {
-    let cloud = cloud_of(&state.stack).await;
-    let recorded: BTreeSet<(String, String)> = state
-        .resources
-        .iter()
-        .map(|r| (r.urn.to_string(), if r.ty == "aws:sqs:Queue" { queue_path(&r.id) } else { r.id.clone() }))
-        .collect();
+    let cloud = cloud_of(&state.stack, &Known::of(state)).await;
+    let recorded: BTreeSet<(String, String)> = state.resources.iter().map(|r| (r.urn.to_string(), listed_id(&r.ty, &r.id))).collect();
     let mut copies: BTreeMap<&str, usize> = BTreeMap::new();
-    for (urn, _) in &cloud {
+    // Orphans with no URN (`?<type>`) are orphans, not copies of one another.
+    for (urn, _) in cloud.iter().filter(|(urn, _)| !urn.starts_with('?')) {
         *copies.entry(urn).or_default() += 1;
     }
     Comparison {
@@ -216,6 +445,12 @@ async fn compare(state: &StackState) -> Comparison {
         duplicates: copies.into_iter().filter(|(_, n)| *n > 1).map(|(u, _)| u.to_owned()).collect(),
         missing: recorded.difference(&cloud).cloned().collect(),
     }
+}
+
+/// The number of resources the shop declares for `shop`: what state holds once an `up`
+/// of it converges.
+fn declared(shop: &Shop) -> usize {
+    shop::stack("count", cairn::testing::TestProvider::new("aws")).render(shop).unwrap().len()
 }
 
 /// The number of resources of each type in state, for the summary.
@@ -280,8 +515,8 @@ async fn chaos_no_duplicate_no_orphan_every_stack_converges() {
 
         let clean = shop::stack(&name, cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), true).await));
         let mut session = clean.lock(store.clone(), "up").await.unwrap();
-        // Converged: the up succeeds, nothing is left to do, and the whole shop (20
-        // resources) is in state.
+        // Converged: the up succeeds, nothing is left to do, and the whole shop is in
+        // state.
         let converged = match session.up(&Shop::default()).await {
             Ok(report) if report.succeeded() => !session.preview(&Shop::default()).unwrap().has_changes(),
             Ok(report) => {
@@ -295,7 +530,7 @@ async fn chaos_no_duplicate_no_orphan_every_stack_converges() {
         };
         let state = session.state().clone();
         session.close().await.unwrap();
-        let converged = converged && state.resources.len() == 20;
+        let converged = converged && state.resources.len() == declared(&Shop::default());
         let found = compare(&state).await;
         eprintln!(
             "trial {trial} seed {seed} sdk_retries={sdk_retries}: {} faults {:?}, {} step errors under faults, converged={converged}, state {:?}, cloud vs state {:?}",
@@ -372,7 +607,8 @@ fn kill_at(name: &str, dir: &std::path::Path, args: &[&str], n: u32, release: Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_up_at_many_points_then_up_converges_exactly() {
     let _turn = TURN.lock().await;
-    // The shop's first up makes 20 resources in about 50 mutating calls.
+    // The shop's first up makes its 35 resources (`declared`) in well over 42 mutating
+    // calls (20 took about 50).
     let points: [(u32, Release); 8] = [
         (1, Release::Forward),
         (3, Release::Drop),
@@ -402,7 +638,7 @@ async fn kill_9_during_up_at_many_points_then_up_converges_exactly() {
         let (code, text) = run(&name, dir.path(), &["preview", "--expect-no-changes"]);
         assert_eq!(code, 0, "converged after kill at {n} ({action}): {text}");
         let state = state_of(&name, dir.path()).await;
-        assert_eq!(state.resources.len(), 20);
+        assert_eq!(state.resources.len(), declared(&Shop::default()), "after kill at call {n} ({action})");
         assert_eq!(compare(&state).await, Comparison::default(), "kill at call {n} ({action}, {release:?})");
         summary.push(format!("{n}: {action} {release:?}"));
     }
@@ -422,11 +658,14 @@ async fn kill_9_during_an_events_creates_and_deletes_then_up_converges_exactly()
     let (code, text) = run(name, dir.path(), &["up", "--yes"]);
     assert_eq!(code, 0, "{text}");
 
+    // The shop with and without its sale: the sale adds two queues and a group.
+    let (sale, usual) = (declared(&Shop { flash_sale: true, ..Shop::default() }), declared(&Shop::default()));
+    assert_eq!(sale, usual + 3);
     let points: [(&str, u32, Release, usize); 4] = [
-        ("sale.started", 2, Release::Forward, 23),
-        ("sale.ended", 1, Release::Forward, 20),
-        ("sale.started", 3, Release::Drop, 23),
-        ("sale.ended", 2, Release::Drop, 20),
+        ("sale.started", 2, Release::Forward, sale),
+        ("sale.ended", 1, Release::Forward, usual),
+        ("sale.started", 3, Release::Drop, sale),
+        ("sale.ended", 2, Release::Drop, usual),
     ];
     for (event, n, release, resources) in points {
         let held = kill_at(name, dir.path(), &["emit", event, "--yes"], n, release);
