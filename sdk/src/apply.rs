@@ -15,7 +15,7 @@
 //!   no longer in the program.
 
 use std::cell::OnceCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -552,13 +552,14 @@ impl<'a> Run<'a> {
             .iter()
             .map(|(k, p)| {
                 let mut missing = None;
-                p.resolve(&mut |r| {
+                p.try_resolve(&mut |r| {
                     let v = self.lookup(&r.urn, &r.property);
                     if v.is_none() && missing.is_none() {
                         missing = Some(r.clone());
                     }
                     v
                 })
+                .map_err(|e| format!("input '{k}' could not be computed: {e}"))?
                 .map(|v| (k.clone(), v))
                 .ok_or_else(|| match missing {
                     Some(r) => format!(
@@ -860,8 +861,28 @@ impl<'a> Run<'a> {
             ..self.state.clone_without_resources()
         };
         state.sort_resources();
+        state.outputs = stack_outputs(self.plan, &state, &self.state.outputs);
         ApplyReport { steps: self.reports, state, summary: self.summary, elapsed: started.elapsed() }
     }
+}
+
+/// The values of the stack outputs `plan` exports, from what `state` now holds; one
+/// not known (a step it depends on failed) keeps the value it had `before`.
+fn stack_outputs(plan: &Plan, state: &StackState, before: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+    if plan.outputs.is_empty() {
+        return BTreeMap::new();
+    }
+    let live: HashMap<&Urn, &ResourceState> = state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect();
+    plan.outputs
+        .iter()
+        .filter_map(|(name, prop)| {
+            let value = prop.resolve(&mut |r| {
+                let resource = live.get(&r.urn)?;
+                resource.outputs.get(&r.property).or_else(|| resource.inputs.get(&r.property)).cloned()
+            });
+            value.or_else(|| before.get(name).cloned()).map(|v| (name.clone(), v))
+        })
+        .collect()
 }
 
 enum Started {

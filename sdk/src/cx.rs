@@ -5,6 +5,7 @@ use std::fmt;
 use cairn_state::Urn;
 
 use crate::graph::Node;
+use crate::input::{Input, Prop};
 use crate::resource::{Decl, Handle, Resource};
 use crate::schema::ResourceType;
 
@@ -22,6 +23,8 @@ pub struct Cx {
     previous: Declared,
     /// Whether every resource declared so far reused the URN at its position.
     reused: bool,
+    /// The stack outputs, in the order exported.
+    exports: Vec<(String, Prop)>,
 }
 
 /// What a stack's last render declared, for the next one to reuse.
@@ -43,7 +46,7 @@ impl Cx {
     /// renders the same resources time after time: room is made for as many (growing
     /// the vector would copy them all over), and their URNs are shared.
     pub(crate) fn reusing(stack: impl Into<String>, previous: Declared) -> Self {
-        Cx { stack: stack.into(), decls: Vec::with_capacity(previous.urns.len()), previous, reused: true }
+        Cx { stack: stack.into(), decls: Vec::with_capacity(previous.urns.len()), previous, reused: true, exports: Vec::new() }
     }
 
     /// The stack being rendered.
@@ -58,6 +61,13 @@ impl Cx {
         let urn = self.urn_of(&decl);
         self.decls.push(Node { urn: urn.clone(), decl, deps: Vec::new() });
         R::Ref::from(Handle::new(urn))
+    }
+
+    /// Exports a stack output: a value `outputs` prints and other stacks read through a
+    /// stack reference, such as `cx.export("queue_url", queue.url())`. It is recorded
+    /// in state by each apply, once known; a plan shows how it changes.
+    pub fn export<T>(&mut self, name: impl Into<String>, value: impl Into<Input<T>>) {
+        self.exports.push((name.into(), value.into().into_prop()));
     }
 
     /// The URN of `decl`, about to be declared.
@@ -98,13 +108,13 @@ impl Cx {
     }
 
     /// The declarations, in order, not yet validated (their `deps` are empty); whether
-    /// their URNs are known to be distinct (each is one a graph was built of); and
-    /// their URNs, for the next render to reuse.
-    pub(crate) fn into_parts(self) -> (Vec<Node>, bool, Declared) {
+    /// their URNs are known to be distinct (each is one a graph was built of); their
+    /// URNs, for the next render to reuse; and the stack outputs.
+    pub(crate) fn into_parts(self) -> (Vec<Node>, bool, Declared, Vec<(String, Prop)>) {
         let distinct = self.reused && self.previous.distinct;
         let mut urns = self.previous.urns;
         urns.truncate(self.decls.len());
-        (self.decls, distinct, Declared { urns, distinct: false })
+        (self.decls, distinct, Declared { urns, distinct: false }, self.exports)
     }
 }
 

@@ -1,4 +1,4 @@
-//! One declaration per resource type: the [`resource!`](crate::resource) macro and what
+//! One declaration per resource type: the [`resource!`](macro@crate::resource) macro and what
 //! its expansion calls.
 //!
 //! A resource type is spelled in four places if written by hand: the schema, the

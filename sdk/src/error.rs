@@ -215,6 +215,13 @@ pub enum ValidationError {
         /// What is wrong.
         failure: CheckFailure,
     },
+    /// A stack output cannot be exported as declared.
+    Export {
+        /// The output's name.
+        name: String,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
     /// An input refers to a resource the program does not declare.
     Dangling {
         /// The resource with the reference.
@@ -287,6 +294,7 @@ impl fmt::Display for ValidationError {
                 show_value(&failure.value),
                 failure.expected
             ),
+            ValidationError::Export { name, reason } => write!(f, "stack output '{name}' {reason}"),
             ValidationError::Dangling { urn, property, target } => write!(
                 f,
                 "{}: '{property}' refers to {}, which this program does not declare; declare it with cx.add or remove the reference",

@@ -27,6 +27,8 @@ pub struct Graph {
     index: OnceLock<HashMap<Urn, usize>>,
     /// Node indices in topological order.
     pub(crate) order: Vec<usize>,
+    /// The stack outputs the program exports, by name, in the order exported.
+    pub(crate) exports: Vec<(String, Prop)>,
 }
 
 #[derive(Debug)]
@@ -147,7 +149,39 @@ impl Graph {
         if !errors.is_empty() {
             return Err(ValidationErrors(errors));
         }
-        Ok(Graph { nodes, index, order })
+        Ok(Graph { nodes, index, order, exports: Vec::new() })
+    }
+
+    /// The graph with the stack outputs `exports`, once checked: each name once, each
+    /// reference to a declared resource's property.
+    pub(crate) fn with_exports(mut self, exports: Vec<(String, Prop)>) -> Result<Graph, ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (name, prop) in &exports {
+            let mut bad = |reason: String| errors.push(ValidationError::Export { name: name.clone(), reason });
+            if name.is_empty() {
+                bad("has no name; give it one".to_owned());
+            } else if !names.insert(name.as_str()) {
+                bad("is exported twice; give each output a name of its own".to_owned());
+            }
+            prop.for_each_ref(&mut |r| match self.find(&r.urn) {
+                None => bad(format!("refers to {}, which this program does not declare; declare it with cx.add", r.urn)),
+                Some(t) if self.nodes[t].decl.ty.property(&r.property).is_none() => {
+                    bad(format!("refers to '{}' of {}, which has no such property", r.property, r.urn));
+                }
+                Some(_) => {}
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ValidationErrors(errors));
+        }
+        self.exports = exports;
+        Ok(self)
+    }
+
+    /// The stack outputs the program exports, by name.
+    pub fn exports(&self) -> &[(String, Prop)] {
+        &self.exports
     }
 
     /// The index of the node with this URN.

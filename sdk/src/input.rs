@@ -1,14 +1,18 @@
 //! Inputs and outputs: how one resource's property feeds another's.
 //!
-//! An [`Output<T>`] is a reference to a property of another resource, known once that
-//! resource exists. Every input of a builder takes an [`Input<T>`], which is either a
-//! literal or an output; the engine draws the graph's edges from these references.
+//! An [`Output<T>`] is a value known once other resources exist: a property of one
+//! resource, or a value computed from such properties with [`Output::map`],
+//! [`Output::zip`], [`all`] or [`interpolate!`](crate::interpolate). Every input of a
+//! builder takes an [`Input<T>`], which is either a literal or an output; the engine
+//! draws the graph's edges from the references inside.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use cairn_state::Urn;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -34,6 +38,66 @@ pub enum Prop {
     List(Vec<Prop>),
     /// An object with at least one reference in it, keys sorted.
     Object(Vec<(String, Prop)>),
+    /// A value the program computes from others once they are known.
+    Apply(Apply),
+}
+
+/// What a program's function computes an [`Output`] from: its arguments, resolved,
+/// are passed to the function in order.
+///
+/// A saved plan keeps the arguments and the label but not the function: applying it
+/// renders the program again (from the plan's user state) to find the function at the
+/// same place, so a saved plan is applied by the program that made it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Apply {
+    /// What the function does, for plans and errors: `map`, `interpolate "…"`.
+    pub label: Cow<'static, str>,
+    /// Its arguments.
+    pub args: Vec<Prop>,
+    #[serde(skip)]
+    function: Option<Function>,
+}
+
+type Function = Arc<dyn Fn(&[Value]) -> Result<Value, String> + Send + Sync>;
+
+impl Apply {
+    /// `function` of `args`, described by `label`.
+    pub fn new(
+        label: impl Into<Cow<'static, str>>,
+        args: Vec<Prop>,
+        function: impl Fn(&[Value]) -> Result<Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        Apply { label: label.into(), args, function: Some(Arc::new(function)) }
+    }
+
+    /// Whether it has its function (one read from a saved plan has not, until
+    /// [`Prop::restore_functions`]).
+    pub fn has_function(&self) -> bool {
+        self.function.is_some()
+    }
+
+    fn call(&self, args: &[Value]) -> Result<Value, String> {
+        let function = self.function.as_ref().ok_or_else(|| {
+            format!("the function of `{}` is not known: a saved plan is applied by the program that saved it", self.label)
+        })?;
+        match crate::panic::catch(|| function(args)) {
+            Ok(result) => result.map_err(|e| format!("`{}` failed: {e}", self.label)),
+            Err(panic) => Err(format!("`{}` panicked: {panic}", self.label)),
+        }
+    }
+}
+
+impl PartialEq for Apply {
+    /// The same label on the same arguments: two renders of one program compare equal.
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label && self.args == other.args
+    }
+}
+
+impl fmt::Debug for Apply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Apply").field("label", &self.label).field("args", &self.args).finish_non_exhaustive()
+    }
 }
 
 impl Prop {
@@ -44,21 +108,78 @@ impl Prop {
             Prop::Output(r) => f(r),
             Prop::List(items) => items.iter().for_each(|p| p.for_each_ref(f)),
             Prop::Object(fields) => fields.iter().for_each(|(_, p)| p.for_each_ref(f)),
+            Prop::Apply(a) => a.args.iter().for_each(|p| p.for_each_ref(f)),
         }
     }
 
     /// The value with every reference replaced by `lookup(reference)`; `None` when any
-    /// reference is not known yet.
+    /// reference is not known yet, or a function of the program fails on its values
+    /// ([`Prop::try_resolve`] says why).
     pub fn resolve(&self, lookup: &mut impl FnMut(&OutputRef) -> Option<Value>) -> Option<Value> {
-        match self {
+        self.try_resolve(lookup).ok().flatten()
+    }
+
+    /// The value with every reference replaced by `lookup(reference)`: `Ok(None)` when
+    /// any reference is not known yet, an error when a function of the program fails.
+    pub fn try_resolve(&self, lookup: &mut impl FnMut(&OutputRef) -> Option<Value>) -> Result<Option<Value>, String> {
+        Ok(match self {
             Prop::Value(v) => Some(v.clone()),
             Prop::Output(r) => lookup(r),
-            Prop::List(items) => items.iter().map(|p| p.resolve(lookup)).collect::<Option<Vec<_>>>().map(Value::Array),
-            Prop::Object(fields) => fields
-                .iter()
-                .map(|(k, p)| p.resolve(lookup).map(|v| (k.clone(), v)))
-                .collect::<Option<serde_json::Map<_, _>>>()
-                .map(Value::Object),
+            Prop::List(items) => {
+                let mut values = Vec::with_capacity(items.len());
+                for p in items {
+                    let Some(v) = p.try_resolve(lookup)? else { return Ok(None) };
+                    values.push(v);
+                }
+                Some(Value::Array(values))
+            }
+            Prop::Object(fields) => {
+                let mut values = serde_json::Map::new();
+                for (k, p) in fields {
+                    let Some(v) = p.try_resolve(lookup)? else { return Ok(None) };
+                    values.insert(k.clone(), v);
+                }
+                Some(Value::Object(values))
+            }
+            Prop::Apply(a) => {
+                let mut args = Vec::with_capacity(a.args.len());
+                for p in &a.args {
+                    let Some(v) = p.try_resolve(lookup)? else { return Ok(None) };
+                    args.push(v);
+                }
+                Some(a.call(&args)?)
+            }
+        })
+    }
+
+    /// Whether a function inside lacks its body (the prop was read from a saved plan).
+    pub fn lacks_functions(&self) -> bool {
+        match self {
+            Prop::Value(_) | Prop::Output(_) => false,
+            Prop::List(items) => items.iter().any(Prop::lacks_functions),
+            Prop::Object(fields) => fields.iter().any(|(_, p)| p.lacks_functions()),
+            Prop::Apply(a) => !a.has_function() || a.args.iter().any(Prop::lacks_functions),
+        }
+    }
+
+    /// Gives every function inside the body of the one at the same place in `from`, the
+    /// same prop as a new render of the program declares it. Fails naming the first
+    /// place where the two differ.
+    pub fn restore_functions(&mut self, from: &Prop) -> Result<(), String> {
+        match (self, from) {
+            (Prop::Value(_), _) | (Prop::Output(_), _) => Ok(()),
+            (Prop::List(items), Prop::List(from)) if items.len() == from.len() => {
+                items.iter_mut().zip(from).try_for_each(|(p, f)| p.restore_functions(f))
+            }
+            (Prop::Object(fields), Prop::Object(from)) if fields.len() == from.len() => {
+                fields.iter_mut().zip(from).try_for_each(|((_, p), (_, f))| p.restore_functions(f))
+            }
+            (Prop::Apply(a), Prop::Apply(f)) if a.label == f.label && a.args.len() == f.args.len() => {
+                a.function.clone_from(&f.function);
+                a.args.iter_mut().zip(&f.args).try_for_each(|(p, f)| p.restore_functions(f))
+            }
+            (Prop::Apply(a), _) => Err(format!("the program no longer computes `{}` here", a.label)),
+            _ => Err("the program declares it differently now".to_owned()),
         }
     }
 
@@ -94,35 +215,185 @@ impl Prop {
     }
 }
 
-/// A typed reference to another resource's property, known after that resource is
-/// created. Get one from a resource's handle (`vpc.id()`), pass it to any input.
+/// A value known once other resources exist: a property of one (get one from a
+/// resource's handle, `vpc.id()`), or a value computed from such properties with
+/// [`map`](Output::map), [`zip`](Output::zip), [`all`] or
+/// [`interpolate!`](crate::interpolate). Pass it to any input of the type `T`.
+///
+/// A plan shows an input that depends on an output not known yet as `(known after
+/// apply)`; one whose resources are all unchanged shows its value.
 pub struct Output<T> {
-    reference: OutputRef,
+    prop: Prop,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T> Output<T> {
     /// A reference to `property` of the resource named by `urn`.
     pub fn new(urn: Urn, property: impl Into<Cow<'static, str>>) -> Self {
-        Output { reference: OutputRef { urn, property: property.into() }, _type: PhantomData }
+        Output::from_prop(Prop::Output(OutputRef { urn, property: property.into() }))
     }
 
-    /// What it refers to.
-    pub fn reference(&self) -> &OutputRef {
-        &self.reference
+    fn from_prop(prop: Prop) -> Self {
+        Output { prop, _type: PhantomData }
     }
+
+    /// What it refers to, if it is one resource's property as it is (not a computed
+    /// value).
+    pub fn reference(&self) -> Option<&OutputRef> {
+        match &self.prop {
+            Prop::Output(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The type-erased value the engine works with.
+    pub fn into_prop(self) -> Prop {
+        self.prop
+    }
+}
+
+impl<T: DeserializeOwned> Output<T> {
+    /// The value `f` computes from this one once it is known, like Pulumi's `apply`:
+    /// `bucket.arn().map(|arn| format!("{arn}/*"))`. `f` must be a pure function: it runs
+    /// when a plan is made and again when it is applied.
+    pub fn map<U: Serialize>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Output<U> {
+        Output::from_prop(Prop::Apply(Apply::new("map", vec![self.prop], move |args| {
+            let value = serde_json::from_value(args[0].clone()).map_err(|e| format!("its value {} is not the output's type: {e}", args[0]))?;
+            serde_json::to_value(f(value)).map_err(|e| e.to_string())
+        })))
+    }
+
+    /// This value and `other`'s together, known when both are: `a.zip(b).map(|(a, b)| ..)`.
+    pub fn zip<U>(self, other: impl Into<Input<U>>) -> Output<(T, U)> {
+        Output::from_prop(Prop::list(vec![self.prop, other.into().prop]))
+    }
+}
+
+/// Every item's value, in order, known when all of them are: `all([a.id(), b.id()])`.
+pub fn all<T, I: Into<Input<T>>>(items: impl IntoIterator<Item = I>) -> Output<Vec<T>> {
+    Output::from_prop(Input::<Vec<T>>::list(items).prop)
 }
 
 impl<T> Clone for Output<T> {
     fn clone(&self) -> Self {
-        Output { reference: self.reference.clone(), _type: PhantomData }
+        Output::from_prop(self.prop.clone())
     }
 }
 
 impl<T> fmt::Debug for Output<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Output({}.{})", self.reference.urn, self.reference.property)
+        match &self.prop {
+            Prop::Output(r) => write!(f, "Output({}.{})", r.urn, r.property),
+            other => write!(f, "Output({other:?})"),
+        }
     }
+}
+
+/// What [`interpolate!`](crate::interpolate) takes as an argument: an output, an input,
+/// or a literal.
+pub trait Part {
+    /// The argument as a prop.
+    fn into_part(self) -> Prop;
+}
+
+impl<T> Part for Output<T> {
+    fn into_part(self) -> Prop {
+        self.prop
+    }
+}
+
+impl<T> Part for &Output<T> {
+    fn into_part(self) -> Prop {
+        self.prop.clone()
+    }
+}
+
+impl<T> Part for Input<T> {
+    fn into_part(self) -> Prop {
+        self.prop
+    }
+}
+
+macro_rules! literal_parts {
+    ($($t:ty),*) => {$(
+        impl Part for $t {
+            fn into_part(self) -> Prop {
+                Prop::Value(Value::from(self))
+            }
+        }
+    )*};
+}
+literal_parts!(&str, String, bool, u8, u16, u32, u64, i32, i64, f64);
+
+impl Part for &String {
+    fn into_part(self) -> Prop {
+        Prop::Value(Value::from(self.as_str()))
+    }
+}
+
+/// The string `template` makes of `parts`, each `{}` replaced by the next part's value:
+/// a string as it is, anything else as JSON. `{{` and `}}` stand for braces. What
+/// [`interpolate!`](crate::interpolate) expands to.
+///
+/// # Panics
+/// When `template` has a placeholder other than `{}`, or not one per part: a bug in
+/// the program, which `interpolate!` catches at compile time.
+pub fn interpolate(template: &'static str, parts: Vec<Prop>) -> Output<String> {
+    let pieces = split_template(template);
+    assert_eq!(pieces.len(), parts.len() + 1, "interpolate!(\"{template}\"): one `{{}}` per argument");
+    Output::from_prop(Prop::Apply(Apply::new(format!("interpolate {template:?}"), parts, move |values| {
+        let mut out = String::new();
+        for (piece, value) in pieces.iter().zip(values.iter().map(Some).chain([None])) {
+            out.push_str(piece);
+            match value {
+                Some(Value::String(s)) => out.push_str(s),
+                Some(other) => out.push_str(&other.to_string()),
+                None => {}
+            }
+        }
+        Ok(Value::String(out))
+    })))
+}
+
+/// The literal pieces between `template`'s placeholders.
+fn split_template(template: &str) -> Vec<String> {
+    let (mut pieces, mut piece) = (Vec::new(), String::new());
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('{', Some('{')) | ('}', Some('}')) => {
+                chars.next();
+                piece.push(c);
+            }
+            ('{', Some('}')) => {
+                chars.next();
+                pieces.push(std::mem::take(&mut piece));
+            }
+            ('{' | '}', _) => panic!("interpolate!(\"{template}\"): only `{{}}` placeholders are supported"),
+            _ => piece.push(c),
+        }
+    }
+    pieces.push(piece);
+    pieces
+}
+
+/// A string of outputs and literals, known once every output is, like `format!`:
+/// `interpolate!("arn:aws:s3:::{}/*", bucket.name())` is an `Output<String>`. Only `{}`
+/// placeholders; a string part goes in as it is, any other value as JSON.
+///
+/// ```
+/// # use cairn_sdk::{interpolate, Output, Urn};
+/// let queue: Output<String> = Output::new(Urn::new("dev", "aws:sqs:Queue", "orders"), "arn");
+/// let port = 443;
+/// let note: Output<String> = interpolate!("{} on port {}", &queue, port);
+/// ```
+#[macro_export]
+macro_rules! interpolate {
+    ($template:literal $(, $part:expr)* $(,)?) => {{
+        // Never called: makes the compiler check that placeholders and parts match.
+        let _ = || ::std::format!($template $(, { let _ = &$part; "" })*);
+        $crate::input::interpolate($template, ::std::vec![$($crate::input::Part::into_part($part)),*])
+    }};
 }
 
 /// A value for an input: a literal `T` or an [`Output<T>`] of another resource.
@@ -179,13 +450,13 @@ impl<T> fmt::Debug for Input<T> {
 
 impl<T> From<Output<T>> for Input<T> {
     fn from(o: Output<T>) -> Self {
-        Self::from_prop(Prop::Output(o.reference))
+        Self::from_prop(o.prop)
     }
 }
 
 impl<T> From<&Output<T>> for Input<T> {
     fn from(o: &Output<T>) -> Self {
-        Self::from_prop(Prop::Output(o.reference.clone()))
+        Self::from_prop(o.prop.clone())
     }
 }
 

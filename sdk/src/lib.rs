@@ -30,7 +30,7 @@ pub use cairn_state::{Props, ResourceState, StackState, StepOp, Urn};
 pub use cx::Cx;
 pub use error::{Error, Result, ValidationError, ValidationErrors};
 pub use graph::Graph;
-pub use input::{Input, Output, OutputRef, Prop, Tags};
+pub use input::{all, Apply, Input, Output, OutputRef, Part, Prop, Tags};
 pub use plan::{Action, Change, Plan, RenderOptions, Summary};
 pub use provider::{ErrorKind, Observed, Planned, PropertyDiff, Provider, ProviderError, ProviderOp, Providers};
 pub use recover::Recovery;

@@ -156,7 +156,7 @@ impl Property {
     }
 
     /// Makes an input one the cloud computes when the program leaves it unset, as
-    /// [`Property::optional_computed`] does: for the builder chain of [`resource!`](crate::resource).
+    /// [`Property::optional_computed`] does: for the builder chain of [`resource!`](macro@crate::resource).
     pub const fn computed(mut self) -> Self {
         self.kind = PropertyKind::OptionalComputed;
         self

@@ -160,6 +160,14 @@ where
     /// Applies `plan`, journaling each step, and commits the new state, also when steps
     /// failed (the report says which).
     pub async fn apply(&mut self, plan: &Plan) -> Result<ApplyReport> {
+        let restored;
+        let plan = match self.with_functions(plan)? {
+            Some(p) => {
+                restored = p;
+                &restored
+            }
+            None => plan,
+        };
         let journal = self.store.journal(&self.lock).await?;
         // Steps that failed uncertainly stay pending in the new state: a timed-out create
         // may still land, so they are settled when the next operation starts.
@@ -167,6 +175,37 @@ where
         let report = apply(plan, &self.state, self.stack.providers(), self.stack.apply_options(), journal).await?;
         self.commit(report.state.clone()).await?;
         Ok(report)
+    }
+
+    /// A plan read from a file has its outputs' functions ([`Output::map`](crate::Output::map),
+    /// [`interpolate!`](crate::interpolate)) without their bodies: they are taken from
+    /// the program rendered again from the plan's user state. `None` when none lacks.
+    fn with_functions(&self, plan: &Plan) -> Result<Option<Plan>> {
+        let lacking = |inputs: &[(String, crate::Prop)]| inputs.iter().any(|(_, p)| p.lacks_functions());
+        if !plan.changes.iter().any(|c| lacking(&c.inputs)) && !lacking(&plan.outputs) {
+            return Ok(None);
+        }
+        let s = self.stack.user_state_from(&plan.user_state)?;
+        let graph = self.stack.render(&s)?;
+        let mut plan = plan.clone();
+        for change in plan.changes.iter_mut().filter(|c| lacking(&c.inputs)) {
+            let node = graph.find(&change.urn).map(|i| &graph.nodes[i]);
+            for (name, prop) in change.inputs.iter_mut().filter(|(_, p)| p.lacks_functions()) {
+                let declared = node.and_then(|n| n.decl.get(name)).ok_or_else(|| {
+                    crate::Error::BadPlan(format!("{} input '{name}': the program no longer declares it", change.urn))
+                })?;
+                prop.restore_functions(declared)
+                    .map_err(|why| crate::Error::BadPlan(format!("{} input '{name}': {why}; make the plan again", change.urn)))?;
+            }
+        }
+        for (name, prop) in plan.outputs.iter_mut().filter(|(_, p)| p.lacks_functions()) {
+            let declared = graph.exports().iter().find(|(n, _)| n == name).map(|(_, p)| p).ok_or_else(|| {
+                crate::Error::BadPlan(format!("stack output '{name}': the program no longer exports it; make the plan again"))
+            })?;
+            prop.restore_functions(declared)
+                .map_err(|why| crate::Error::BadPlan(format!("stack output '{name}': {why}; make the plan again")))?;
+        }
+        Ok(Some(plan))
     }
 
     /// Makes `state` the session's state and writes it as the snapshot. The session

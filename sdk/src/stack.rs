@@ -226,10 +226,15 @@ where
 
     /// The user state recorded in `state`, or `S::default()` before the first deploy.
     pub fn user_state(&self, state: &StackState) -> Result<S> {
-        if state.user_state.is_null() {
+        self.user_state_from(&state.user_state)
+    }
+
+    /// The user state `S` a state or plan records as JSON (`null`: `S::default()`).
+    pub(crate) fn user_state_from(&self, recorded: &serde_json::Value) -> Result<S> {
+        if recorded.is_null() {
             return Ok(S::default());
         }
-        S::deserialize(&state.user_state).map_err(|source| Error::UserState { action: "read", source })
+        S::deserialize(recorded).map_err(|source| Error::UserState { action: "read", source })
     }
 
     /// Runs the program on `s` and validates the graph it declares. Makes no cloud call.
@@ -246,9 +251,9 @@ where
                 .unwrap_or_else(|panic| Err(format!("the program panicked: {panic}").into())),
             None => Ok(()),
         };
-        let (nodes, distinct, mut declared) = cx.into_parts();
+        let (nodes, distinct, mut declared, exports) = cx.into_parts();
         let graph = match ran {
-            Ok(()) => Graph::from_declared(nodes, distinct).map_err(Error::from),
+            Ok(()) => Graph::from_declared(nodes, distinct).and_then(|g| g.with_exports(exports)).map_err(Error::from),
             Err(e) => Err(Error::program(&self.name, e)),
         };
         // The URNs of a graph differ from one another: a render that declares them

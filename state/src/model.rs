@@ -33,6 +33,11 @@ pub struct StackState {
     /// [`PROCESSED_EVENTS_KEPT`]: a redelivered event is recognised and skipped.
     #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
     pub processed_events: std::collections::VecDeque<String>,
+    /// The stack's outputs, by name: the values the program exports
+    /// (`cx.export("queue_url", queue.url())`) as of the last apply, for `outputs` and
+    /// for other stacks' references.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub outputs: std::collections::BTreeMap<String, Value>,
     /// Set when loading replayed an apply's journal records onto the snapshot (the
     /// apply's commit was lost): the store's snapshot is behind this state, and opening
     /// the stack for changes writes it anew, with a new serial, before anything else.
@@ -45,7 +50,7 @@ pub struct StackState {
 impl PartialEq for StackState {
     fn eq(&self, other: &Self) -> bool {
         // Destructured, so a new field cannot be forgotten here.
-        let StackState { version, stack, lineage, serial, user_state, resources, pending, processed_events, replayed: _ } = self;
+        let StackState { version, stack, lineage, serial, user_state, resources, pending, processed_events, outputs, replayed: _ } = self;
         *version == other.version
             && *stack == other.stack
             && *lineage == other.lineage
@@ -54,6 +59,7 @@ impl PartialEq for StackState {
             && *resources == other.resources
             && *pending == other.pending
             && *processed_events == other.processed_events
+            && *outputs == other.outputs
     }
 }
 
@@ -122,6 +128,7 @@ impl StackState {
             resources: Vec::new(),
             pending: Vec::new(),
             processed_events: Default::default(),
+            outputs: Default::default(),
             replayed: false,
         }
     }
@@ -138,6 +145,7 @@ impl StackState {
             resources: Vec::new(),
             pending: self.pending.clone(),
             processed_events: self.processed_events.clone(),
+            outputs: self.outputs.clone(),
             replayed: false,
         }
     }

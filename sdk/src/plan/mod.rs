@@ -165,12 +165,19 @@ pub struct Plan {
     pub changes: Vec<Change>,
     /// Counts per action.
     pub summary: Summary,
+    /// The stack outputs the program exports, as declared: apply records their values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<(String, Prop)>,
+    /// How the stack's outputs change, by name (`new` absent and `known` false when
+    /// known only after apply). Changed outputs alone make a plan worth applying.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_diffs: Vec<PropertyDiff>,
 }
 
 impl Plan {
     /// Whether applying it would change anything.
     pub fn has_changes(&self) -> bool {
-        self.summary.changes() > 0
+        self.summary.changes() > 0 || !self.output_diffs.is_empty()
     }
 
     /// The changes that do something.
@@ -538,6 +545,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     if !violations.is_empty() {
         return Err(Error::Protected(ProtectViolations(violations)));
     }
+    let output_diffs = output_diffs(graph, state, &statuses, summary.changes() > 0);
     Ok(Plan {
         format: PLAN_FORMAT.to_owned(),
         stack: state.stack.clone(),
@@ -545,7 +553,31 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         user_state,
         changes,
         summary,
+        outputs: graph.exports.clone(),
+        output_diffs,
     })
+}
+
+/// How the stack outputs change from what `state` records to what the graph exports.
+/// One not known yet changes only if something is applied (`applying`): otherwise
+/// nothing would make it known.
+fn output_diffs<'a>(graph: &'a Graph, state: &StackState, statuses: &[Option<NodeStatus<'a>>], applying: bool) -> Vec<PropertyDiff> {
+    let mut diffs = Vec::new();
+    for (name, prop) in &graph.exports {
+        let old = state.outputs.get(name);
+        match prop.resolve(&mut |r| resolve_ref(r, graph, statuses).map(Cow::into_owned)) {
+            Some(new) if old != Some(&new) => diffs.push(PropertyDiff::new(name, old.cloned(), Some(new), true, false)),
+            None if applying => diffs.push(PropertyDiff::new(name, old.cloned(), None, false, false)),
+            _ => {}
+        }
+    }
+    for (name, old) in &state.outputs {
+        if !graph.exports.iter().any(|(n, _)| n == name) {
+            diffs.push(PropertyDiff::new(name, Some(old.clone()), None, true, false));
+        }
+    }
+    diffs.sort_by(|a, b| a.name.cmp(&b.name));
+    diffs
 }
 
 /// Plans are shown and logged: secret values never appear in their diffs.
@@ -619,6 +651,9 @@ fn nested_equals<'a>(prop: &Prop, stored: &Value, graph: &'a Graph, statuses: &[
             fields.len() == s.len()
                 && fields.iter().all(|(k, p)| s.get(k).is_some_and(|v| nested_equals(p, v, graph, statuses)))
         }
+        (Prop::Apply(_), s) => prop
+            .resolve(&mut |r| resolve_ref(r, graph, statuses).map(Cow::into_owned))
+            .is_some_and(|v| &v == s),
         _ => false,
     }
 }

@@ -60,6 +60,13 @@ impl Plan {
         for change in self.changed() {
             render_change(&mut out, change, options);
         }
+        if !self.output_diffs.is_empty() {
+            if self.summary.changes() > 0 {
+                out.push('\n');
+            }
+            out.push_str("Outputs:\n");
+            render_diffs(&mut out, &self.output_diffs, Action::Update, "    ");
+        }
         let s = &self.summary;
         out.push_str("\nResources:\n");
         for (n, action, label) in [
@@ -105,16 +112,21 @@ fn render_change(out: &mut String, change: &Change, options: RenderOptions) {
     if !options.diff {
         return;
     }
-    let width = change.diffs.iter().map(|d| d.name.len()).max().unwrap_or(0);
-    for d in &change.diffs {
+    render_diffs(out, &change.diffs, change.action, "      ");
+}
+
+/// One line per property: `name: value` for a create, else `~ name: old => new`.
+fn render_diffs(out: &mut String, diffs: &[PropertyDiff], action: Action, indent: &str) {
+    let width = diffs.iter().map(|d| d.name.len()).max().unwrap_or(0);
+    for d in diffs {
         let show = |v: &Option<Value>| match v {
             Some(Value::String(s)) if d.secret => s.clone(),
             Some(v) => v.to_string(),
             None => "(none)".to_owned(),
         };
         let new = if d.known { show(&d.new) } else { "(known after apply)".to_owned() };
-        let line = if change.action == Action::Create {
-            format!("        {:width$}: {new}", d.name)
+        let line = if action == Action::Create {
+            format!("{indent}  {:width$}: {new}", d.name)
         } else {
             let sym = prop_symbol(d);
             let value = match (&d.old, d.known, &d.new) {
@@ -127,7 +139,7 @@ fn render_change(out: &mut String, change: &Change, options: RenderOptions) {
                 (true, false) => "  (may force replacement)",
                 _ => "",
             };
-            format!("      {sym} {:width$}: {value}{tail}", d.name)
+            format!("{indent}{sym} {:width$}: {value}{tail}", d.name)
         };
         out.push_str(&line);
         out.push('\n');
