@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cairn_sdk::events::{AuditEntry, Event, Outcome, Reconciler, ReconcilerOptions, Schedule, Source};
 use cairn_sdk::{Plan, Progress, RenderOptions, Session, Stack, StackState, StepOp, StepReport, StepStatus, Summary, Urn};
 use cairn_state::Store;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -27,6 +27,67 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static> 
 
 
 type StackFactory<S> = Box<dyn Fn(&str) -> Stack<S>>;
+
+type VerbFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<ExitCode, CliError>>>>;
+
+/// A verb the program adds with [`Cli::verb`].
+struct CustomVerb {
+    name: String,
+    about: String,
+    run: Box<dyn Fn(VerbContext) -> VerbFuture>,
+}
+
+/// What a verb of the program's own ([`Cli::verb`]) is given: the stack it is run for,
+/// that stack's state and outputs, and the arguments after the verb.
+#[derive(Debug)]
+pub struct VerbContext {
+    stack: String,
+    args: Vec<String>,
+    state: StackState,
+}
+
+impl VerbContext {
+    /// The stack's name (`--stack`).
+    pub fn stack(&self) -> &str {
+        &self.stack
+    }
+
+    /// The arguments after the verb, but for `--stack` and `--state`.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The stack's state as stored.
+    pub fn state(&self) -> &StackState {
+        &self.state
+    }
+
+    /// The stack's outputs, as of the last apply.
+    pub fn outputs(&self) -> &std::collections::BTreeMap<String, Value> {
+        &self.state.outputs
+    }
+
+    /// The output `name`, or an error that says which outputs the stack has.
+    pub fn output(&self, name: &str) -> Result<&Value, CliError> {
+        self.state.outputs.get(name).ok_or_else(|| missing_output(&self.stack, &self.state, name))
+    }
+
+    /// The output `name`, which must be a string.
+    pub fn output_str(&self, name: &str) -> Result<&str, CliError> {
+        self.output(name)?
+            .as_str()
+            .ok_or_else(|| CliError::Refused(format!("output '{name}' of stack '{}' is not a string: {}", self.stack, self.state.outputs[name])))
+    }
+}
+
+fn missing_output(stack: &str, state: &StackState, name: &str) -> CliError {
+    let has = if state.outputs.is_empty() {
+        "it has none yet: run `up` first".to_owned()
+    } else {
+        format!("it has: {}", state.outputs.keys().cloned().collect::<Vec<_>>().join(", "))
+    };
+    CliError::Refused(format!("stack '{stack}' has no output '{name}'; {has}"))
+}
 
 #[derive(Parser, Debug)]
 #[command(about = "Manage this stack: preview, deploy, watch for events, inspect state.")]
@@ -136,6 +197,17 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Print the stack's outputs, as of the last apply.
+    Outputs {
+        /// Only this output, bare (a string without quotes), for scripts.
+        name: Option<String>,
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A verb of the program's own (see `Cli::verb`).
+    #[command(external_subcommand)]
+    Custom(Vec<String>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,6 +287,7 @@ pub(crate) type Outcome_ = Result<ExitCode, CliError>;
 /// schedules for `watch`, then [`Cli::run`].
 pub struct Cli<S> {
     factory: StackFactory<S>,
+    verbs: Vec<CustomVerb>,
     sources: Vec<Arc<dyn Source>>,
     reconciler: ReconcilerOptions,
     http: crate::serve::HttpLimits,
@@ -232,10 +305,41 @@ impl<S: UserState> Cli<S> {
     pub fn new(factory: impl Fn(&str) -> Stack<S> + 'static) -> Self {
         Cli {
             factory: Box::new(factory),
+            verbs: Vec::new(),
             sources: Vec::new(),
             reconciler: ReconcilerOptions::default(),
             http: crate::serve::HttpLimits::default(),
         }
+    }
+
+    /// A verb of the program's own, run as `<program> NAME [ARGS...]` and listed in
+    /// `--help`: `run` gets the stack's state and outputs ([`VerbContext`]). A verb of
+    /// Cairn's own keeps its meaning: `name` must not be one.
+    ///
+    /// ```no_run
+    /// # #[derive(Clone, Default, serde::Serialize, serde::Deserialize)] struct Shop;
+    /// # async fn run() -> std::process::ExitCode {
+    /// use cairn::cli::{Cli, CliError, VerbContext};
+    /// async fn site(cx: VerbContext) -> Result<std::process::ExitCode, CliError> {
+    ///     println!("{}", cx.output_str("site")?);
+    ///     Ok(std::process::ExitCode::SUCCESS)
+    /// }
+    /// Cli::new(|name| cairn::Stack::<Shop>::new(name)).verb("site", "Print the shop's address", site).run().await
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn verb<F, Fut>(mut self, name: impl Into<String>, about: impl Into<String>, run: F) -> Self
+    where
+        F: Fn(VerbContext) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<ExitCode, CliError>> + 'static,
+    {
+        let name = name.into();
+        assert!(
+            !Args::command().get_subcommands().any(|c| c.get_name() == name) && !self.verbs.iter().any(|v| v.name == name),
+            "Cli::verb(\"{name}\"): a command of that name exists already; give the verb another name"
+        );
+        self.verbs.push(CustomVerb { name, about: about.into(), run: Box::new(move |cx| Box::pin(run(cx))) });
+        self
     }
 
     /// A schedule `watch` runs: shorthand for [`source`](Self::source).
@@ -296,7 +400,13 @@ impl<S: UserState> Cli<S> {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        match Args::try_parse_from(args) {
+        let mut command = Args::command();
+        if !self.verbs.is_empty() {
+            let width = self.verbs.iter().map(|v| v.name.len()).max().unwrap_or(0);
+            let list: Vec<String> = self.verbs.iter().map(|v| format!("  {:width$}  {}", v.name, v.about)).collect();
+            command = command.after_help(format!("This program's own commands:\n{}", list.join("\n")));
+        }
+        match command.try_get_matches_from(args).and_then(|m| Args::from_arg_matches(&m)) {
             Ok(args) => self.execute(args).await,
             Err(e) => {
                 let _ = e.print();
@@ -305,8 +415,17 @@ impl<S: UserState> Cli<S> {
         }
     }
 
-    async fn execute(self, args: Args) -> Outcome_ {
+    async fn execute(self, mut args: Args) -> Outcome_ {
         let terminal = Terminal::detect();
+        // A custom verb's arguments come after it, `--stack` and `--state` among them.
+        let mut custom = None;
+        if let Verb::Custom(words) = &mut args.verb {
+            let (name, rest) = words.split_first().map(|(n, r)| (n.clone(), r.to_vec())).unwrap_or_default();
+            let (rest, stack, state) = take_globals(rest);
+            args.stack = stack.unwrap_or(args.stack);
+            args.state = state.or(args.state);
+            custom = Some((name, rest));
+        }
         let location = cairn_state::location(args.state.as_deref());
         let store = cairn_state::open(&location).await?;
         let build = |name: &str| {
@@ -329,6 +448,15 @@ impl<S: UserState> Cli<S> {
             let plan = crate::watch::Plan { stacks, store, listen, standby, sources: self.sources, options: self.reconciler, http: self.http };
             return crate::watch::run(plan).await;
         }
+        if let Some((name, rest)) = custom {
+            let Some(verb) = self.verbs.iter().find(|v| v.name == name) else {
+                let mut known: Vec<String> = Args::command().get_subcommands().map(|c| c.get_name().to_owned()).collect();
+                known.extend(self.verbs.iter().map(|v| v.name.clone()));
+                return Err(CliError::Refused(format!("unknown command '{name}'; the commands are: {} (see --help)", known.join(", "))));
+            };
+            let state = store.load(&args.stack).await?.unwrap_or_else(|| StackState::new(&args.stack));
+            return (verb.run)(VerbContext { stack: args.stack, args: rest, state }).await;
+        }
         let ctx = Ctx { stack: build(&args.stack)?, store, terminal };
         match args.verb {
             Verb::Preview { diff, json, out, expect_no_changes } => ctx.preview(diff, json, out, expect_no_changes).await,
@@ -340,6 +468,8 @@ impl<S: UserState> Cli<S> {
             Verb::Graph { format } => ctx.graph(&format).await,
             Verb::State { verb } => ctx.state(verb).await,
             Verb::History { json } => ctx.history(json).await,
+            Verb::Outputs { name, json } => ctx.outputs(name, json).await,
+            Verb::Custom(_) => unreachable!("custom verbs are run above"),
         }
     }
 }
@@ -564,6 +694,27 @@ impl<S: UserState> Ctx<S> {
                 println!("{urn}");
                 for d in deps {
                     println!("    <- {d}");
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn outputs(&self, name: Option<String>, json: bool) -> Outcome_ {
+        let state = self.load().await?;
+        let stack = self.stack.name();
+        match (name, json) {
+            (Some(name), json) => match state.outputs.get(&name) {
+                Some(Value::String(s)) if !json => println!("{s}"),
+                Some(value) => println!("{value}"),
+                None => return Err(missing_output(stack, &state, &name)),
+            },
+            (None, true) => println!("{}", serde_json::to_string_pretty(&state.outputs)?),
+            (None, false) if state.outputs.is_empty() => println!("Stack '{stack}' has no outputs."),
+            (None, false) => {
+                let width = state.outputs.keys().map(String::len).max().unwrap_or(0);
+                for (name, value) in &state.outputs {
+                    println!("{name:width$}  {value}");
                 }
             }
         }
@@ -804,4 +955,27 @@ impl Progress for LiveProgress {
         drop(out);
         self.live_line(&started);
     }
+}
+
+/// `words` without the `--stack NAME` and `--state URL` among them (also as
+/// `--stack=NAME`), and their values.
+fn take_globals(words: Vec<String>) -> (Vec<String>, Option<String>, Option<String>) {
+    let (mut rest, mut stack, mut state) = (Vec::new(), None, None);
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let (flag, inline) = match word.split_once('=') {
+            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+            None => (word.clone(), None),
+        };
+        let slot = match flag.as_str() {
+            "--stack" => &mut stack,
+            "--state" => &mut state,
+            _ => {
+                rest.push(word);
+                continue;
+            }
+        };
+        *slot = inline.or_else(|| words.next());
+    }
+    (rest, stack, state)
 }

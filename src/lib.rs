@@ -24,7 +24,7 @@ pub use cairn_sdk::*;
 
 pub mod cli;
 
-pub use cli::{run_cli, Cli, CliError};
+pub use cli::{run_cli, Cli, CliError, VerbContext};
 
 pub mod serve;
 

@@ -104,6 +104,15 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert_eq!(shop.web_capacity().await, 2);
     assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, 0, "a second up has nothing to do");
 
+    // The stack's outputs, and the example's own verb built on one.
+    let group = Shop::id_of(&shop.state().await, "aws:autoscaling:Group", "web").unwrap();
+    assert_eq!(shop.ok(&["outputs", "web_group"]).await.trim(), group);
+    let outputs: serde_json::Value = serde_json::from_str(&shop.ok(&["outputs", "--json"]).await).unwrap();
+    assert!(outputs["events_queue_url"].as_str().is_some_and(|u| u.contains("/shop-events")), "{outputs}");
+    assert!(outputs["load_balancer"].as_str().is_some_and(|s| s.starts_with("shop.example.com (")), "{outputs}");
+    let text = shop.ok(&["web-capacity"]).await;
+    assert!(text.contains(&format!("web group {group}: desired capacity 2")), "{text}");
+
     // A saved plan is what `up --plan` applies, exactly.
     let plan = shop.state_dir.path().join("spike.json");
     let dry = shop.ok(&["emit", "traffic.spike", "--payload", r#"{"requests_per_second": 2600}"#, "--dry-run"]).await;

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use cairn::events::{Event, EventPolicy};
-use cairn::{Cx, ProgramResult, ResourceExt, Stack};
+use cairn::{interpolate, Cx, ProgramResult, ResourceExt, Stack};
 use cairn_aws::acm::Certificate;
 use cairn_aws::autoscaling::Group;
 use cairn_aws::cloudwatch::MetricAlarm;
@@ -200,6 +200,12 @@ pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
     );
     cx.add(Target::new("alarms-to-events").rule(alarm_changes.name()).arn(events.arn()));
     cx.add(QueuePolicy::new("events").queue_url(events.url()).allow_service(events.arn(), "events.amazonaws.com", alarm_changes.arn()));
+
+    // What `outputs` prints, and the `web-capacity` verb reads.
+    cx.export("web_group", web.name());
+    cx.export("orders_queue_url", orders.url());
+    cx.export("events_queue_url", events.url());
+    cx.export("load_balancer", interpolate!("{} ({} in zone {})", SITE, lb.dns_name(), lb.zone_id()));
 
     if shop.flash_sale {
         let sale_dlq = cx.add(Queue::new("sale-orders-dlq").message_retention(1_209_600));
