@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
     };
     Cli::new(move |name| shop::stack(name, aws.clone()))
         .schedule(peak_hours)
-        .source(SqsSource::queue(shop::EVENTS_QUEUE))
+        .source(SqsSource::output(shop::EVENTS_QUEUE_URL))
         .verb("web-capacity", "Print the web group's capacity as AWS reports it", web_capacity)
         .run()
         .await

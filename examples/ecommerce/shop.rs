@@ -41,6 +41,8 @@ pub const RPS_PER_SERVER: u32 = 500;
 pub const PEAK_HOURS_WEB: u32 = 4;
 /// The queue the stack itself consumes events from.
 pub const EVENTS_QUEUE: &str = "shop-events";
+/// The stack output holding the events queue's URL, which `watch` reads events from.
+pub const EVENTS_QUEUE_URL: &str = "events_queue_url";
 /// The shop's DNS zone, and the name it serves on.
 pub const DOMAIN: &str = "example.com";
 /// The name the shop serves on, in [`DOMAIN`].
@@ -204,7 +206,7 @@ pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
     // What `outputs` prints, and the `web-capacity` verb reads.
     cx.export("web_group", web.name());
     cx.export("orders_queue_url", orders.url());
-    cx.export("events_queue_url", events.url());
+    cx.export(EVENTS_QUEUE_URL, events.url());
     cx.export("load_balancer", interpolate!("{} ({} in zone {})", SITE, lb.dns_name(), lb.zone_id()));
 
     if shop.flash_sale {

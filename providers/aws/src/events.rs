@@ -80,6 +80,8 @@ enum QueueAt {
     Declared(String),
     /// A queue URL.
     Url(String),
+    /// A queue URL the stack exports as an output (`cx.export(name, queue.url())`).
+    Output(String),
 }
 
 /// A source of events: one SQS queue.
@@ -106,6 +108,12 @@ impl SqsSource {
     /// source starts, so the stack must have been deployed.
     pub fn queue(logical_name: impl Into<String>) -> Self {
         Self::at(QueueAt::Declared(logical_name.into()))
+    }
+
+    /// A source reading the queue whose URL the stack exports as output `name`
+    /// (`cx.export(name, queue.url())`), read when the source starts.
+    pub fn output(name: impl Into<String>) -> Self {
+        Self::at(QueueAt::Output(name.into()))
     }
 
     /// A source reading the queue at `url`, which need not belong to the stack.
@@ -157,6 +165,19 @@ impl SqsSource {
         resource.outputs.get("url").and_then(Value::as_str).filter(|url| !url.is_empty()).map(str::to_owned)
     }
 
+    /// The URL of the queue this source reads for the stack in `state`.
+    pub fn url_for(&self, state: &StackState) -> Result<String, SqsSourceError> {
+        match &self.queue {
+            QueueAt::Url(url) => Ok(url.clone()),
+            QueueAt::Declared(name) => Self::queue_url_in(state, name)
+                .ok_or_else(|| SqsSourceError::NotDeployed { stack: state.stack.clone(), queue: name.clone() }),
+            QueueAt::Output(name) => match state.outputs.get(name) {
+                Some(Value::String(url)) if !url.is_empty() => Ok(url.clone()),
+                found => Err(SqsSourceError::NoOutput { stack: state.stack.clone(), output: name.clone(), found: found.cloned() }),
+            },
+        }
+    }
+
     fn extension(&self) -> Duration {
         let from_env = || std::env::var("CAIRN_SQS_VISIBILITY").ok()?.parse::<u64>().ok().map(Duration::from_secs);
         self.extension.or_else(from_env).unwrap_or(DEFAULT_EXTENSION).clamp(Duration::from_secs(1), MAX_VISIBILITY)
@@ -186,6 +207,16 @@ pub enum SqsSourceError {
         /// The logical name.
         queue: String,
     },
+    /// [`SqsSource::output`] names an output the stack's state has no URL in.
+    #[error("the SQS event source cannot start: stack '{stack}' has no output '{output}' holding a queue URL{}; export it with cx.export(\"{output}\", queue.url()) and run `up` first", found.as_ref().map(|v| format!(" (it holds {v})")).unwrap_or_default())]
+    NoOutput {
+        /// The stack.
+        stack: String,
+        /// The output's name.
+        output: String,
+        /// What the output holds instead, if anything.
+        found: Option<Value>,
+    },
     /// Receiving messages failed for good: an error no retry mends (the queue does not
     /// exist, access is denied), or one that outlasted the retries.
     #[error("the SQS event source for queue {queue} ({url}) stopped: receiving messages failed: {message}")]
@@ -204,12 +235,13 @@ pub enum SqsSourceError {
 
 #[async_trait]
 impl Source for SqsSource {
-    /// `sqs:<logical name>` or, for a URL, `sqs:<queue name>`. Its events carry
-    /// `sqs:<queue name>` as their source: the name in AWS, which for a queue with an
-    /// auto-name has a suffix.
+    /// `sqs:<logical name>`, `sqs:output:<output name>` or, for a URL,
+    /// `sqs:<queue name>`. Its events carry `sqs:<queue name>` as their source: the name
+    /// in AWS, which for a queue with an auto-name has a suffix.
     fn name(&self) -> String {
         match &self.queue {
             QueueAt::Declared(name) => format!("sqs:{name}"),
+            QueueAt::Output(name) => format!("sqs:output:{name}"),
             QueueAt::Url(url) => format!("sqs:{}", queue_name(url)),
         }
     }
@@ -222,11 +254,7 @@ impl Source for SqsSource {
     /// not exist or access is denied; after the [retries](SqsSource::retries) when
     /// SQS keeps failing. Messages in flight are settled first in that case too.
     async fn run(&self, state: &StackState, events: Events) -> Result<(), BoxError> {
-        let url = match &self.queue {
-            QueueAt::Url(url) => url.clone(),
-            QueueAt::Declared(name) => Self::queue_url_in(state, name)
-                .ok_or_else(|| SqsSourceError::NotDeployed { stack: state.stack.clone(), queue: name.clone() })?,
-        };
+        let url = self.url_for(state)?;
         let client = match &self.client {
             Some(client) => client.clone(),
             None => Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
@@ -590,6 +618,22 @@ mod tests {
 
     fn parse(body: &str) -> Event {
         event_from_message("shop-events", "m-1", body, Some(1_700_000_000_000))
+    }
+
+    #[test]
+    fn a_source_on_an_output_reads_the_url_the_stack_exports_or_says_how_to_export_it() {
+        let mut state = StackState::new("dev");
+        let source = SqsSource::output("events_queue_url");
+        let err = source.url_for(&state).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the SQS event source cannot start: stack 'dev' has no output 'events_queue_url' holding a queue URL; \
+             export it with cx.export(\"events_queue_url\", queue.url()) and run `up` first"
+        );
+        state.outputs.insert("events_queue_url".into(), json!(3));
+        assert!(source.url_for(&state).unwrap_err().to_string().contains("(it holds 3)"));
+        state.outputs.insert("events_queue_url".into(), json!("http://sqs/123/events"));
+        assert_eq!(source.url_for(&state).unwrap(), "http://sqs/123/events");
     }
 
     #[test]

@@ -187,6 +187,20 @@ impl cairn_sdk::Provider for Provider {
         self.ready.get_or_init(|| self.check_ready()).await.clone().map_err(ProviderError::unconfigured)
     }
 
+    /// Checks what every kind shares: no user tag in Cairn's own `cairn:` namespace,
+    /// which a read-back would drop and show as drift for ever.
+    fn check(&self, _urn: &Urn, decl: &cairn_sdk::Decl) -> Vec<cairn_sdk::CheckFailure> {
+        let Some(tags) = decl.value("tags").and_then(serde_json::Value::as_object) else { return Vec::new() };
+        match tags.keys().find(|k| k.starts_with("cairn:")) {
+            Some(key) => vec![cairn_sdk::CheckFailure::new(
+                "tags",
+                decl.value("tags"),
+                format!("not use the key '{key}': keys starting with `cairn:` are Cairn's own (cairn:stack, cairn:urn); rename it"),
+            )],
+            None => Vec::new(),
+        }
+    }
+
     fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
         match self.kinds.get(req.ty.token) {
             Some(kind) => kind.diff(req),
@@ -235,6 +249,21 @@ mod tests {
     use cairn_sdk::Provider as _;
 
     use super::Provider;
+
+    /// A user tag in Cairn's own namespace is refused when planning, naming the
+    /// resource, the property and the key.
+    #[cfg(feature = "sqs")]
+    #[test]
+    fn a_tag_key_in_cairns_namespace_is_refused_before_any_call() {
+        let config = SdkConfig::builder().behavior_version(BehaviorVersion::latest()).build();
+        let stack = cairn_sdk::Stack::<()>::new("dev").provider(Provider::new(&config)).program(|cx, _| {
+            cx.add(crate::sqs::Queue::new("orders").tags([("cairn:team", "shop")]));
+            Ok(())
+        });
+        let err = stack.preview(&(), &stack.new_state()).unwrap_err().to_string();
+        assert!(err.contains("aws:sqs:Queue 'orders': property 'tags'"), "{err}");
+        assert!(err.contains("it must not use the key 'cairn:team'"), "{err}");
+    }
 
     /// Without a region, or without credentials, the provider says which is missing
     /// and how to set it, before any call.
