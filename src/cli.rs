@@ -26,7 +26,16 @@ pub trait UserState: Serialize + DeserializeOwned + Default + Clone + Send + Syn
 impl<T: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static> UserState for T {}
 
 
-type StackFactory<S> = Box<dyn Fn(&str) -> Stack<S>>;
+type StackFactory<S> = Box<dyn Fn(&str) -> Result<Stack<S>, CliError>>;
+
+/// Where a [`Cli::configured`] program's per-stack configuration lives, and how a
+/// changed one is checked against the program's config type.
+struct ConfigSetup {
+    dir: std::path::PathBuf,
+    check: Box<ConfigCheck>,
+}
+
+type ConfigCheck = dyn Fn(&std::path::Path, &str, toml::Table) -> Result<(), crate::config::ConfigError>;
 
 type VerbFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<ExitCode, CliError>>>>;
 
@@ -197,6 +206,11 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Read or change the stack's configuration (Cairn.<stack>.toml).
+    Config {
+        #[command(subcommand)]
+        verb: ConfigVerb,
+    },
     /// Print the stack's outputs, as of the last apply.
     Outputs {
         /// Only this output, bare (a string without quotes), for scripts.
@@ -208,6 +222,28 @@ enum Verb {
     /// A verb of the program's own (see `Cli::verb`).
     #[command(external_subcommand)]
     Custom(Vec<String>),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigVerb {
+    /// Print the whole configuration.
+    List {
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one value (a string without quotes).
+    Get {
+        /// Its key; nested keys with dots, such as web.max.
+        key: String,
+    },
+    /// Set one value, checked against the program's config type first.
+    Set {
+        /// Its key; nested keys with dots, such as web.max.
+        key: String,
+        /// A TOML value (40, true, ["a", "b"]); anything else is a string.
+        value: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -249,6 +285,10 @@ pub enum CliError {
     /// State could not be read or written.
     #[error(transparent)]
     State(#[from] cairn_state::StateError),
+    /// The stack's configuration file could not be read, or does not fit the program's
+    /// config type.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// A file, the terminal or the network could not be used.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -287,6 +327,7 @@ pub(crate) type Outcome_ = Result<ExitCode, CliError>;
 /// schedules for `watch`, then [`Cli::run`].
 pub struct Cli<S> {
     factory: StackFactory<S>,
+    config: Option<ConfigSetup>,
     verbs: Vec<CustomVerb>,
     sources: Vec<Arc<dyn Source>>,
     reconciler: ReconcilerOptions,
@@ -303,8 +344,30 @@ impl<S: UserState> Cli<S> {
     /// A CLI for the stack `factory` builds for the chosen `--stack` name (for each
     /// name of `watch --stacks`).
     pub fn new(factory: impl Fn(&str) -> Stack<S> + 'static) -> Self {
+        Self::with_factory(Box::new(move |name| Ok(factory(name))))
+    }
+
+    /// A CLI for a program with per-stack configuration: `factory` gets the stack's name
+    /// and its config `C`, read from `Cairn.<stack>.toml` in `dir` (see
+    /// [`config`](crate::config)). A file that does not fit `C` stops every verb with an
+    /// error naming the file and the key; `config set` checks a change against `C`
+    /// before writing it.
+    pub fn configured<C, F>(dir: impl Into<std::path::PathBuf>, factory: F) -> Self
+    where
+        C: DeserializeOwned + 'static,
+        F: Fn(&str, C) -> Stack<S> + 'static,
+    {
+        let dir = dir.into();
+        let at = dir.clone();
+        let mut cli = Self::with_factory(Box::new(move |name| Ok(factory(name, crate::config::load::<C>(&at, name)?))));
+        cli.config = Some(ConfigSetup { dir, check: Box::new(|dir, stack, table| crate::config::typed::<C>(dir, stack, table).map(drop)) });
+        cli
+    }
+
+    fn with_factory(factory: StackFactory<S>) -> Self {
         Cli {
-            factory: Box::new(factory),
+            factory,
+            config: None,
             verbs: Vec::new(),
             sources: Vec::new(),
             reconciler: ReconcilerOptions::default(),
@@ -428,8 +491,11 @@ impl<S: UserState> Cli<S> {
         }
         let location = cairn_state::location(args.state.as_deref());
         let store = cairn_state::open(&location).await?;
+        if let Verb::Config { verb } = args.verb {
+            return config_verb(self.config.as_ref(), &args.stack, verb);
+        }
         let build = |name: &str| {
-            let stack = (self.factory)(name).progress(LiveProgress::new(terminal));
+            let stack = (self.factory)(name)?.progress(LiveProgress::new(terminal));
             if stack.name() != name {
                 return Err(CliError::Refused(format!("the stack factory built stack '{}' for --stack {name}; build it with the name it is given", stack.name())));
             }
@@ -470,6 +536,7 @@ impl<S: UserState> Cli<S> {
             Verb::History { json } => ctx.history(json).await,
             Verb::Outputs { name, json } => ctx.outputs(name, json).await,
             Verb::Custom(_) => unreachable!("custom verbs are run above"),
+            Verb::Config { .. } => unreachable!("config is run above"),
         }
     }
 }
@@ -955,6 +1022,38 @@ impl Progress for LiveProgress {
         drop(out);
         self.live_line(&started);
     }
+}
+
+/// `config list|get|set` on the stack's configuration file.
+fn config_verb(setup: Option<&ConfigSetup>, stack: &str, verb: ConfigVerb) -> Outcome_ {
+    use crate::config;
+    let setup = setup.ok_or_else(|| {
+        CliError::Refused("this program reads no per-stack configuration: build its command line with Cli::configured(dir, factory)".to_owned())
+    })?;
+    let path = config::path(&setup.dir, stack);
+    let mut table = config::read(&setup.dir, stack)?;
+    match verb {
+        ConfigVerb::List { json: true } => println!("{}", serde_json::to_string_pretty(&table)?),
+        ConfigVerb::List { json: false } if table.is_empty() => println!("Stack '{stack}' has no configuration ({} does not exist or is empty).", path.display()),
+        ConfigVerb::List { json: false } => print!("{}", toml::to_string(&table).map_err(|e| format!("{}: {e}", path.display()))?),
+        ConfigVerb::Get { key } => match config::get(&table, &key) {
+            Some(toml::Value::String(s)) => println!("{s}"),
+            Some(value) => println!("{value}"),
+            None => {
+                let keys: Vec<&String> = table.keys().collect();
+                return Err(CliError::Refused(format!("{} has no key '{key}'; its keys: {keys:?}", path.display())));
+            }
+        },
+        ConfigVerb::Set { key, value } => {
+            let value = config::parse_value(&value);
+            config::set(&mut table, &key, value.clone()).map_err(|e| format!("config set: {e}"))?;
+            // Checked before it is written: a file the program cannot read stops every verb.
+            (setup.check)(&setup.dir, stack, table.clone())?;
+            config::write(&setup.dir, stack, &table)?;
+            println!("Set {key} = {value} in {}.", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `words` without the `--stack NAME` and `--state URL` among them (also as

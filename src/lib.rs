@@ -23,6 +23,7 @@ mod guide_state {}
 pub use cairn_sdk::*;
 
 pub mod cli;
+pub mod config;
 
 pub use cli::{run_cli, Cli, CliError, VerbContext};
 

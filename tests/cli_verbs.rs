@@ -82,3 +82,51 @@ fn a_programs_own_verb_reads_the_outputs_up_recorded() {
 fn a_verb_cannot_take_the_name_of_one_of_cairns() {
     let _ = Cli::new(|name: &str| Stack::<u32>::new(name)).verb("up", "shadowed", |_cx: VerbContext| async { Ok(ExitCode::SUCCESS) });
 }
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sizes {
+    web_max: u32,
+}
+
+/// `config set` checks a change against the program's config type before writing it;
+/// a file that does not fit stops a verb with an error naming the file and the key.
+#[test]
+fn config_set_checks_the_programs_type_and_the_stack_gets_its_own_file() {
+    let (state_dir, config_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let state = format!("file://{}", state_dir.path().display());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let given = Arc::new(Mutex::new(Vec::new()));
+    let run = |args: &[&str]| {
+        let given = given.clone();
+        let cli = Cli::configured(config_dir.path(), move |name: &str, sizes: Sizes| {
+            given.lock().unwrap().push((name.to_owned(), sizes.web_max));
+            Stack::<u32>::new(name)
+        });
+        runtime.block_on(cli.try_run_with(["prog", "--state", &state].iter().chain(args)))
+    };
+    let file = config_dir.path().join("Cairn.prod.toml");
+
+    // No file: the required key is named, with the fix.
+    let err = run(&["--stack", "prod", "preview"]).unwrap_err().to_string();
+    assert!(err.contains("the configuration of stack 'prod'") && err.contains("missing field `web_max`"), "{err}");
+    assert!(err.contains("config set KEY VALUE --stack prod"), "{err}");
+
+    run(&["--stack", "prod", "config", "set", "web_max", "40"]).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "web_max = 40\n");
+    run(&["--stack", "prod", "preview"]).unwrap();
+    assert_eq!(given.lock().unwrap().as_slice(), [("prod".to_owned(), 40)]);
+
+    // A typo, or a value of the wrong type, is refused and the file left as it was.
+    let err = run(&["--stack", "prod", "config", "set", "web_mx", "8"]).unwrap_err().to_string();
+    assert!(err.contains("unknown field `web_mx`"), "{err}");
+    let err = run(&["--stack", "prod", "config", "set", "web_max", "many"]).unwrap_err().to_string();
+    assert!(err.contains("invalid type: string \"many\""), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "web_max = 40\n");
+    assert!(!config_dir.path().join("Cairn.dev.toml").exists(), "another stack's file is its own");
+
+    // Without Cli::configured, `config` says how to get it.
+    let plain = Cli::new(|name: &str| Stack::<u32>::new(name));
+    let err = runtime.block_on(plain.try_run_with(["prog", "config", "list"])).unwrap_err().to_string();
+    assert!(err.contains("build its command line with Cli::configured"), "{err}");
+}

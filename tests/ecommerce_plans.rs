@@ -13,7 +13,7 @@ use cairn::events::{Event, Rejection};
 use cairn::testing::{Op, TestProvider};
 use cairn::{Progress, Props, RenderOptions, Stack, StackState, StepOp, StepReport, Urn};
 use serde_json::{json, Value};
-use shop::Shop;
+use shop::{Shop, ShopConfig};
 
 /// What AWS would compute, enough for the example's references to resolve.
 fn fake_aws() -> TestProvider {
@@ -39,7 +39,7 @@ async fn session_at(stack: &Stack<Shop>, state: &StackState) -> cairn::Session<S
 }
 
 fn stack(provider: &TestProvider) -> Stack<Shop> {
-    shop::stack("dev", provider.clone())
+    shop::stack("dev", provider.clone(), ShopConfig::default())
 }
 
 /// Applies `shop` to the stack as `state` holds it, through a session.
@@ -281,4 +281,26 @@ async fn destroy_deletes_in_an_order_aws_accepts() {
     for (first, then, why) in aws_delete_rules() {
         assert!(call(first) < call(then), "{first:?} must be deleted before {then:?}: {why}");
     }
+}
+
+/// The example's two stacks differ by their configuration files only: dev's file holds
+/// the defaults, prod's spreads over three zones with bigger, more servers.
+#[tokio::test]
+async fn dev_and_prod_are_one_program_with_two_configurations() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ecommerce");
+    let dev: ShopConfig = cairn::config::load(&dir, "dev").unwrap();
+    assert_eq!(dev, ShopConfig::default(), "Cairn.dev.toml holds dev's defaults");
+    let prod: ShopConfig = cairn::config::load(&dir, "prod").unwrap();
+    assert_eq!((prod.zones.len(), prod.web.min, prod.web.max), (3, 4, 40));
+
+    let stack = shop::stack("prod", fake_aws(), prod);
+    insta::assert_snapshot!("prod_first_deploy", stack.preview(&Shop::default(), &stack.new_state()).unwrap().render(RenderOptions::diff()));
+    // Scaling stays within prod's bounds: a spike of 30,000 rps wants 60 servers.
+    let mut shop = Shop::default();
+    stack.handle_event(&Event::new("traffic.spike", json!({"requests_per_second": 30_000})), &mut shop).unwrap();
+    assert_eq!(shop.web_capacity, 40);
+    stack.handle_event(&Event::new("traffic.normal", json!({})), &mut shop).unwrap();
+    assert_eq!(shop.web_capacity, 4);
+    let zone = stack.handle_event(&Event::new("az.degraded", json!({"zone": "us-east-1c"})), &mut shop);
+    assert!(zone.is_ok(), "prod's third zone is one of its zones: {zone:?}");
 }

@@ -450,7 +450,7 @@ async fn compare(state: &StackState) -> Comparison {
 /// The number of resources the shop declares for `shop`: what state holds once an `up`
 /// of it converges.
 fn declared(shop: &Shop) -> usize {
-    shop::stack("count", cairn::testing::TestProvider::new("aws")).render(shop).unwrap().len()
+    shop::stack("count", cairn::testing::TestProvider::new("aws"), shop::ShopConfig::default()).render(shop).unwrap().len()
 }
 
 /// The number of resources of each type in state, for the summary.
@@ -495,7 +495,7 @@ async fn chaos_no_duplicate_no_orphan_every_stack_converges() {
 
         proxy.reset_stats();
         proxy.set_plan(FaultPlan::random(seed, 0.25, Fault::ALL.to_vec()));
-        let faulty = shop::stack(&name, cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), sdk_retries).await));
+        let faulty = shop::stack(&name, cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), sdk_retries).await), shop::ShopConfig::default());
         let mut errors = Vec::new();
         for _ in 0..3 {
             let mut session = faulty.lock(store.clone(), "up").await.unwrap();
@@ -513,7 +513,7 @@ async fn chaos_no_duplicate_no_orphan_every_stack_converges() {
             *by_kind.entry(*k).or_default() += n;
         }
 
-        let clean = shop::stack(&name, cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), true).await));
+        let clean = shop::stack(&name, cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), true).await), shop::ShopConfig::default());
         let mut session = clean.lock(store.clone(), "up").await.unwrap();
         // Converged: the up succeeds, nothing is left to do, and the whole shop is in
         // state.

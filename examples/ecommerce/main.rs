@@ -27,7 +27,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    Cli::new(move |name| shop::stack(name, aws.clone()))
+    // Each stack's sizes and zones come from its Cairn.<stack>.toml next to this file.
+    Cli::configured(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ecommerce"), move |name, config| shop::stack(name, aws.clone(), config))
         .schedule(peak_hours)
         .source(SqsSource::output(shop::EVENTS_QUEUE_URL))
         .verb("web-capacity", "Print the web group's capacity as AWS reports it", web_capacity)

@@ -29,11 +29,11 @@ use cairn_aws::Network;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// The availability zones the shop runs in.
+/// The availability zones of a stack without its own (`dev`'s).
 pub const ZONES: [&str; 2] = ["us-east-1a", "us-east-1b"];
-/// The web group's bounds.
+/// The web group's bounds in a stack without its own.
 pub const MIN_WEB: u32 = 2;
-/// The web group's bounds.
+/// The web group's bounds in a stack without its own.
 pub const MAX_WEB: u32 = 12;
 /// Requests per second one web server handles.
 pub const RPS_PER_SERVER: u32 = 500;
@@ -59,6 +59,48 @@ pub fn orders_depth_alarm(stack: &str) -> String {
     format!("{stack}-orders-depth")
 }
 
+/// What differs between the shop's stacks, from `Cairn.<stack>.toml` next to this file
+/// (`Cairn.dev.toml`, `Cairn.prod.toml`); a key left out keeps dev's value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShopConfig {
+    /// The availability zones: a public and a private subnet in each.
+    pub zones: Vec<String>,
+    /// The web servers' EC2 instance type.
+    pub instance_type: String,
+    /// The web group's bounds: handlers scale within them.
+    pub web: WebBounds,
+}
+
+/// The web group's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebBounds {
+    /// Servers at least.
+    pub min: u32,
+    /// Servers at most.
+    pub max: u32,
+}
+
+impl Default for ShopConfig {
+    fn default() -> Self {
+        ShopConfig { zones: ZONES.map(str::to_owned).to_vec(), instance_type: "t3.small".to_owned(), web: WebBounds::default() }
+    }
+}
+
+impl Default for WebBounds {
+    fn default() -> Self {
+        WebBounds { min: MIN_WEB, max: MAX_WEB }
+    }
+}
+
+impl WebBounds {
+    /// `n` servers, kept within the bounds.
+    pub fn clamp(self, n: u32) -> u32 {
+        n.clamp(self.min, self.max.max(self.min))
+    }
+}
+
 /// The shop's state: events change it, the program renders it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -77,9 +119,9 @@ impl Default for Shop {
     }
 }
 
-/// Renders the shop into resources.
-pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
-    let net = Network::new("shop").cidr_block("10.0.0.0/16").zones(ZONES).tags([("app", "shop")]).declare(cx)?;
+/// Renders the shop into resources, sized by the stack's `config`.
+pub fn infra(cx: &mut Cx, shop: &Shop, config: &ShopConfig) -> ProgramResult {
+    let net = Network::new("shop").cidr_block("10.0.0.0/16").zones(&config.zones).tags([("app", "shop")]).declare(cx)?;
 
     // Ingress: HTTPS from anywhere to the load balancer, and from it to the web servers.
     let lb_sg = cx.add(
@@ -128,7 +170,7 @@ pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
     let template = cx.add(
         LaunchTemplate::new("web")
             .image_id("ami-0abcdef1234567890")
-            .instance_type("t3.small")
+            .instance_type(config.instance_type.as_str())
             .security_group_id(web_sg.id())
             .user_data("#!/bin/sh\nexec /opt/shop/web --port 80\n"),
     );
@@ -138,9 +180,9 @@ pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
             .launch_template_id(template.id())
             .launch_template_version("$Latest")
             .subnet_ids(healthy)
-            .min_size(MIN_WEB)
-            .max_size(MAX_WEB)
-            .desired_capacity(shop.web_capacity)
+            .min_size(config.web.min)
+            .max_size(config.web.max)
+            .desired_capacity(config.web.clamp(shop.web_capacity))
             .health_check_type("EC2")
             .target_group_arns([web_targets.arn()])
             .tags([("role", "web")]),
@@ -227,33 +269,34 @@ pub fn infra(cx: &mut Cx, shop: &Shop) -> ProgramResult {
     Ok(())
 }
 
-fn traffic_spike(event: &Event, shop: &mut Shop) -> cairn::events::HandlerResult {
-    let rps: u32 = event.field("requests_per_second")?;
-    shop.web_capacity = rps.div_ceil(RPS_PER_SERVER).clamp(MIN_WEB, MAX_WEB);
-    Ok(())
-}
-
-fn zone_of(event: &Event) -> Result<String, cairn::BoxError> {
+fn zone_of(event: &Event, zones: &[String]) -> Result<String, cairn::BoxError> {
     let zone: String = event.field("zone")?;
-    if !ZONES.contains(&zone.as_str()) {
-        return Err(format!("zone {zone} is not one of the shop's zones ({})", ZONES.join(", ")).into());
+    if !zones.contains(&zone) {
+        return Err(format!("zone {zone} is not one of the shop's zones ({})", zones.join(", ")).into());
     }
     Ok(zone)
 }
 
-/// The shop's stack named `name`, with its program, handlers, guards and event policy.
-/// `aws` is `cairn_aws::Provider` in production; tests may pass a test provider.
-pub fn stack(name: &str, aws: impl cairn::Provider) -> Stack<Shop> {
+/// The shop's stack named `name`, with its program, handlers, guards and event policy,
+/// sized by `config` (the stack's `Cairn.<name>.toml`). `aws` is `cairn_aws::Provider`
+/// in production; tests may pass a test provider.
+pub fn stack(name: &str, aws: impl cairn::Provider, config: ShopConfig) -> Stack<Shop> {
+    let web = config.web;
+    let (zones, healthy_zones) = (config.zones.clone(), config.zones.clone());
     Stack::<Shop>::new(name)
         .provider(aws)
-        .program(infra)
-        .on_event("traffic.spike", traffic_spike)
-        .on_event("traffic.normal", |_: &Event, shop: &mut Shop| {
-            shop.web_capacity = MIN_WEB;
+        .program(move |cx, shop| infra(cx, shop, &config))
+        .on_event("traffic.spike", move |event: &Event, shop: &mut Shop| {
+            let rps: u32 = event.field("requests_per_second")?;
+            shop.web_capacity = web.clamp(rps.div_ceil(RPS_PER_SERVER));
             Ok(())
         })
-        .on_event("traffic.peak_hours", |_: &Event, shop: &mut Shop| {
-            shop.web_capacity = shop.web_capacity.max(PEAK_HOURS_WEB);
+        .on_event("traffic.normal", move |_: &Event, shop: &mut Shop| {
+            shop.web_capacity = web.min;
+            Ok(())
+        })
+        .on_event("traffic.peak_hours", move |_: &Event, shop: &mut Shop| {
+            shop.web_capacity = web.clamp(shop.web_capacity.max(PEAK_HOURS_WEB));
             Ok(())
         })
         .on_event("sale.started", |_: &Event, shop: &mut Shop| {
@@ -264,32 +307,37 @@ pub fn stack(name: &str, aws: impl cairn::Provider) -> Stack<Shop> {
             shop.flash_sale = false;
             Ok(())
         })
-        .on_event("az.degraded", |event: &Event, shop: &mut Shop| {
-            shop.degraded_zones.insert(zone_of(event)?);
-            Ok(())
+        .on_event("az.degraded", {
+            let zones = zones.clone();
+            move |event: &Event, shop: &mut Shop| {
+                shop.degraded_zones.insert(zone_of(event, &zones)?);
+                Ok(())
+            }
         })
-        .on_event("az.recovered", |event: &Event, shop: &mut Shop| {
-            shop.degraded_zones.remove(&zone_of(event)?);
+        .on_event("az.recovered", move |event: &Event, shop: &mut Shop| {
+            shop.degraded_zones.remove(&zone_of(event, &zones)?);
             Ok(())
         })
         // The CPU alarm, through EventBridge and the events queue: scale out fast, in slowly.
-        .on_event(format!("alarm.{}.alarm", web_cpu_alarm(name)), |_: &Event, shop: &mut Shop| {
-            shop.web_capacity = (shop.web_capacity + 2).min(MAX_WEB);
+        .on_event(format!("alarm.{}.alarm", web_cpu_alarm(name)), move |_: &Event, shop: &mut Shop| {
+            shop.web_capacity = web.clamp(shop.web_capacity + 2);
             Ok(())
         })
-        .on_event(format!("alarm.{}.ok", web_cpu_alarm(name)), |_: &Event, shop: &mut Shop| {
-            shop.web_capacity = shop.web_capacity.saturating_sub(1).max(MIN_WEB);
+        .on_event(format!("alarm.{}.ok", web_cpu_alarm(name)), move |_: &Event, shop: &mut Shop| {
+            shop.web_capacity = web.clamp(shop.web_capacity.saturating_sub(1));
             Ok(())
         })
-        .guard("web capacity within bounds", |shop: &Shop| {
-            if (MIN_WEB..=MAX_WEB).contains(&shop.web_capacity) {
+        // The program raises a capacity below the stack's minimum (a new stack starts at
+        // dev's); none may pass the maximum.
+        .guard("web capacity within bounds", move |shop: &Shop| {
+            if shop.web_capacity <= web.max {
                 Ok(())
             } else {
-                Err(format!("web capacity {} is outside {MIN_WEB}..={MAX_WEB}", shop.web_capacity).into())
+                Err(format!("web capacity {} is above the maximum {}", shop.web_capacity, web.max).into())
             }
         })
-        .guard("a healthy zone remains", |shop: &Shop| {
-            if ZONES.iter().any(|z| !shop.degraded_zones.contains(*z)) {
+        .guard("a healthy zone remains", move |shop: &Shop| {
+            if healthy_zones.iter().any(|z| !shop.degraded_zones.contains(z)) {
                 Ok(())
             } else {
                 Err("every zone would be degraded; the web group needs at least one".into())
