@@ -183,6 +183,26 @@ pub(crate) fn read_records(path: &Path, text: &str) -> Result<Vec<JournalRecord>
         .collect()
 }
 
+/// Options that create a file only its owner may read or write: a stack's snapshot,
+/// journal, audit log and lock hold its whole inventory, and may hold secrets. A file
+/// that exists keeps its mode.
+fn private_file() -> OpenOptions {
+    #[allow(unused_mut)]
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates `dir` and its missing parents, each one only its owner may enter.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 fn fsync_dir(dir: &Path) -> Result<(), StateError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(StateError::io("syncing", dir))
 }
@@ -193,7 +213,7 @@ fn write_atomic(path: &Path, bytes: &[u8], backup: Option<&Path>) -> Result<(), 
     let dir = path.parent().expect("state files live in a directory");
     let tmp = path.with_extension("json.tmp");
     {
-        let mut f = File::create(&tmp).map_err(StateError::io("creating", &tmp))?;
+        let mut f = private_file().write(true).create(true).truncate(true).open(&tmp).map_err(StateError::io("creating", &tmp))?;
         f.write_all(bytes).map_err(StateError::io("writing", &tmp))?;
         f.sync_all().map_err(StateError::io("syncing", &tmp))?;
     }
@@ -234,7 +254,7 @@ impl Store for FileStore {
         let written = self.written.clone();
         let taken = tokio::time::Instant::now();
         Self::blocking(move || {
-            fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
+            create_private_dir(&dir).map_err(StateError::io("creating", &dir))?;
             let _guard = Guard::exclusive(&dir)?;
             let path = dir.join(LOCK);
             let held = read_bytes(&path)?.map(|bytes| {
@@ -273,7 +293,14 @@ impl Store for FileStore {
             // renewal, loses its holder with it. The lease then ends sooner, or (a file
             // cut short) a lease after it was written.
             let tmp = path.with_extension("json.tmp");
-            fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &path)).map_err(StateError::io("renewing the lease in", &path))?;
+            private_file()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(&bytes))
+                .and_then(|()| fs::rename(&tmp, &path))
+                .map_err(StateError::io("renewing the lease in", &path))?;
             lock.renewed(started, info.expires_ms);
             Ok(())
         })
@@ -384,7 +411,7 @@ impl Store for FileStore {
         let stack = lock.stack.clone();
         let lock = lock.clone();
         Self::blocking(move || {
-            fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
+            create_private_dir(&dir).map_err(StateError::io("creating", &dir))?;
             // Held until the snapshot is in place: a takeover waits for it, and a write
             // after one is refused.
             let _guard = Guard::shared(&dir)?;
@@ -424,9 +451,9 @@ impl Store for FileStore {
         }
         let written = self.written.clone();
         Self::blocking(move || {
-            fs::create_dir_all(&dir).map_err(StateError::io("creating", &dir))?;
+            create_private_dir(&dir).map_err(StateError::io("creating", &dir))?;
             let path = dir.join(AUDIT);
-            let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
+            let mut f = private_file().create(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
             f.write_all(&line).and_then(|()| f.sync_data()).map_err(StateError::io("writing", &path))?;
             written.fetch_add(line.len() as u64, Ordering::Relaxed);
             Ok(())
@@ -461,7 +488,7 @@ struct Guard(File);
 impl Guard {
     fn open(dir: &Path) -> Result<File, StateError> {
         let path = dir.join(GUARD);
-        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(StateError::io("opening", &path))
+        private_file().create(true).truncate(false).write(true).open(&path).map_err(StateError::io("opening", &path))
     }
 
     /// Held while the lock is read and replaced.
@@ -545,7 +572,7 @@ impl FileJournal {
     fn open(dir: PathBuf, lock: Lock, written: Arc<AtomicU64>) -> Result<Self, StateError> {
         let path = dir.join(JOURNAL);
         let existed = path.exists();
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
+        let mut file = private_file().create(true).read(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
         // A crash mid-append leaves a torn last line, which loading ignores; cut it off
         // so the next record does not land after it and turn it into corruption. The
         // journal is opened for every apply and every batch of events: its last byte

@@ -265,3 +265,43 @@ async fn a_writer_killed_at_any_moment_leaves_a_state_that_loads_whole() {
     let store = FileStore::new(tmp.path());
     common::killed_writer::kill_and_check(&store, TEST, &[(DIR, tmp.path().display().to_string())]).await;
 }
+
+/// A stack's files hold its whole inventory, and may hold secrets: the store creates
+/// them for their owner alone (0600), in directories only the owner may enter (0700).
+#[cfg(unix)]
+#[tokio::test]
+async fn state_files_are_created_for_their_owner_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("state");
+    let store = FileStore::new(&root);
+    let lock = store.lock("dev", "up").await.unwrap();
+    store.renew(&lock).await.unwrap();
+    let journal = store.journal(&lock).await.unwrap();
+    journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 2}) }).await.unwrap();
+    let mut state = StackState::new("dev");
+    state.resources.push(resource("web", "i-1", &[]));
+    store.commit(&lock, &state).await.unwrap();
+    state.serial += 1;
+    store.commit(&lock, &state).await.unwrap(); // leaves a backup of the first
+    store.audit("dev", &[json!({"event": "traffic.spike"})]).await.unwrap();
+
+    let mut seen = 0;
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "the snapshot, its backup, the journal, the audit log and the lock: {seen} files");
+    store.unlock(lock).await.unwrap();
+}
