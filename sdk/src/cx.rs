@@ -5,7 +5,7 @@ use std::fmt;
 use cairn_state::Urn;
 
 use crate::graph::Node;
-use crate::input::{Input, Prop};
+use crate::input::{Input, Output, Prop};
 use crate::resource::{Decl, Handle, Resource};
 use crate::schema::ResourceType;
 
@@ -25,6 +25,19 @@ pub struct Cx {
     reused: bool,
     /// The stack outputs, in the order exported.
     exports: Vec<(String, Prop)>,
+    /// The outputs of the stacks this one references, as last loaded.
+    references: std::sync::Arc<crate::reference::Loaded>,
+    /// What the program asked of them that cannot be given.
+    errors: Vec<crate::error::ValidationError>,
+}
+
+/// What a render declared: see [`Cx::into_parts`].
+pub(crate) struct Parts {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) distinct: bool,
+    pub(crate) declared: Declared,
+    pub(crate) exports: Vec<(String, Prop)>,
+    pub(crate) errors: Vec<crate::error::ValidationError>,
 }
 
 /// What a stack's last render declared, for the next one to reuse.
@@ -46,7 +59,15 @@ impl Cx {
     /// renders the same resources time after time: room is made for as many (growing
     /// the vector would copy them all over), and their URNs are shared.
     pub(crate) fn reusing(stack: impl Into<String>, previous: Declared) -> Self {
-        Cx { stack: stack.into(), decls: Vec::with_capacity(previous.urns.len()), previous, reused: true, exports: Vec::new() }
+        Cx {
+            stack: stack.into(),
+            decls: Vec::with_capacity(previous.urns.len()),
+            previous,
+            reused: true,
+            exports: Vec::new(),
+            references: Default::default(),
+            errors: Vec::new(),
+        }
     }
 
     /// The stack being rendered.
@@ -68,6 +89,34 @@ impl Cx {
     /// in state by each apply, once known; a plan shows how it changes.
     pub fn export<T>(&mut self, name: impl Into<String>, value: impl Into<Input<T>>) {
         self.exports.push((name.into(), value.into().into_prop()));
+    }
+
+    /// Output `output` of the stack `stack`, which the stack declares with
+    /// [`Stack::reference`](crate::Stack::reference): its value when the stack was opened,
+    /// known at plan time, so a change of it shows in this stack's plan. A stack not
+    /// referenced, not deployed, or without the output fails the render with an error
+    /// that says which, listing the outputs it has.
+    pub fn stack_output<T>(&mut self, stack: &str, output: &str) -> Output<T> {
+        let value = match self.references.get(stack) {
+            None => Err(format!("the stack does not reference it: add .reference(StackReference::new(\"{stack}\")) to stack '{}'", self.stack)),
+            Some(Err(why)) => Err(why.clone()),
+            Some(Ok(outputs)) => outputs.get(output).cloned().ok_or_else(|| match outputs.is_empty() {
+                true => "it exports none (yet): export it with cx.export and run `up` on it".to_owned(),
+                false => format!("it exports only: {}", outputs.keys().cloned().collect::<Vec<_>>().join(", ")),
+            }),
+        };
+        match value {
+            Ok(value) => Output::known(value),
+            Err(reason) => {
+                self.errors.push(crate::error::ValidationError::Reference { stack: stack.to_owned(), output: output.to_owned(), reason });
+                Output::known(serde_json::Value::Null)
+            }
+        }
+    }
+
+    pub(crate) fn with_references(mut self, references: std::sync::Arc<crate::reference::Loaded>) -> Self {
+        self.references = references;
+        self
     }
 
     /// The URN of `decl`, about to be declared.
@@ -110,11 +159,11 @@ impl Cx {
     /// The declarations, in order, not yet validated (their `deps` are empty); whether
     /// their URNs are known to be distinct (each is one a graph was built of); their
     /// URNs, for the next render to reuse; and the stack outputs.
-    pub(crate) fn into_parts(self) -> (Vec<Node>, bool, Declared, Vec<(String, Prop)>) {
+    pub(crate) fn into_parts(self) -> Parts {
         let distinct = self.reused && self.previous.distinct;
         let mut urns = self.previous.urns;
         urns.truncate(self.decls.len());
-        (self.decls, distinct, Declared { urns, distinct: false }, self.exports)
+        Parts { nodes: self.decls, distinct, declared: Declared { urns, distinct: false }, exports: self.exports, errors: self.errors }
     }
 }
 

@@ -215,6 +215,15 @@ pub enum ValidationError {
         /// What is wrong.
         failure: CheckFailure,
     },
+    /// A stack reference cannot be read as the program asks.
+    Reference {
+        /// The referenced stack.
+        stack: String,
+        /// The output the program reads.
+        output: String,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
     /// A stack output cannot be exported as declared.
     Export {
         /// The output's name.
@@ -295,6 +304,7 @@ impl fmt::Display for ValidationError {
                 failure.expected
             ),
             ValidationError::Export { name, reason } => write!(f, "stack output '{name}' {reason}"),
+            ValidationError::Reference { stack, output, reason } => write!(f, "the program reads output '{output}' of stack '{stack}', but {reason}"),
             ValidationError::Dangling { urn, property, target } => write!(
                 f,
                 "{}: '{property}' refers to {}, which this program does not declare; declare it with cx.add or remove the reference",

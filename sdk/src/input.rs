@@ -237,6 +237,11 @@ impl<T> Output<T> {
         Output { prop, _type: PhantomData }
     }
 
+    /// An output whose value is already known (another stack's output).
+    pub(crate) fn known(value: Value) -> Self {
+        Output::from_prop(Prop::Value(value))
+    }
+
     /// What it refers to, if it is one resource's property as it is (not a computed
     /// value).
     pub fn reference(&self) -> Option<&OutputRef> {

@@ -67,6 +67,7 @@ where
 {
     /// [`Stack::lock`]: takes the lock, then loads and settles the state.
     pub(crate) async fn open(stack: &Stack<S>, store: Arc<dyn Store>, operation: &str) -> Result<Session<S>> {
+        stack.load_references(&*store).await;
         let lock = store.lock(stack.name(), operation).await?;
         // Both at once: opening settles pending operations through the providers, which
         // may take longer than a lease.

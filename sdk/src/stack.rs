@@ -20,6 +20,7 @@ use crate::plan::{plan, Plan};
 use crate::provider::{Provider, ProviderOf, Providers};
 use crate::recover::{resolve_pending, Recovery};
 use crate::refresh::{refresh, RefreshReport};
+use crate::reference::StackReference;
 use crate::session::Session;
 
 /// Any error a program may return with `?`.
@@ -60,6 +61,10 @@ pub struct Stack<S> {
     /// plan. Its length also sizes the next render's vector. Shared by clones, which
     /// run the same program.
     declared: Arc<Mutex<Declared>>,
+    /// The stacks whose outputs the program reads.
+    references: Arc<Vec<StackReference>>,
+    /// Their outputs, as loaded when the stack was last opened. Shared by clones.
+    referenced: crate::reference::Shared,
 }
 
 impl<S> Clone for Stack<S> {
@@ -71,6 +76,8 @@ impl<S> Clone for Stack<S> {
             apply_options: self.apply_options.clone(),
             events: self.events.clone(),
             declared: self.declared.clone(),
+            references: self.references.clone(),
+            referenced: self.referenced.clone(),
         }
     }
 }
@@ -99,7 +106,29 @@ where
             apply_options: ApplyOptions::default(),
             events: Arc::new(EventRules::default()),
             declared: Arc::default(),
+            references: Arc::default(),
+            referenced: Arc::default(),
         }
+    }
+
+    /// A stack whose outputs the program reads with
+    /// [`Cx::stack_output`](crate::Cx::stack_output): `StackReference::new("network")`
+    /// in the same store, or `.state(url)` for another. Its outputs are read each time
+    /// this stack is opened (every command; `watch` when it starts leading).
+    #[must_use]
+    pub fn reference(mut self, reference: StackReference) -> Self {
+        Arc::make_mut(&mut self.references).push(reference);
+        self
+    }
+
+    /// Reads the outputs of the stacks this one references, for the renders that
+    /// follow; `store` is this stack's.
+    pub(crate) async fn load_references(&self, store: &dyn Store) {
+        if self.references.is_empty() {
+            return;
+        }
+        let loaded = crate::reference::load(&self.references, store).await;
+        *self.referenced.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
     }
 
     /// The program: a pure function from `S` to resources.
@@ -243,7 +272,8 @@ where
     pub fn render(&self, s: &S) -> Result<Graph> {
         // Taken, not shared: a render running at the same time starts without.
         let declared = std::mem::take(&mut *self.declared.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut cx = Cx::reusing(&self.name, declared);
+        let references = self.referenced.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut cx = Cx::reusing(&self.name, declared).with_references(references);
         let ran = match &self.program {
             // A panicking program is an ordinary error: what it declared before is dropped
             // with the failed render.
@@ -251,8 +281,9 @@ where
                 .unwrap_or_else(|panic| Err(format!("the program panicked: {panic}").into())),
             None => Ok(()),
         };
-        let (nodes, distinct, mut declared, exports) = cx.into_parts();
+        let crate::cx::Parts { nodes, distinct, mut declared, exports, errors: reference_errors } = cx.into_parts();
         let graph = match ran {
+            Ok(()) if !reference_errors.is_empty() => Err(Error::from(crate::error::ValidationErrors(reference_errors))),
             Ok(()) => Graph::from_declared(nodes, distinct).and_then(|g| g.with_exports(exports)).map_err(Error::from),
             Err(e) => Err(Error::program(&self.name, e)),
         };
@@ -323,6 +354,7 @@ where
     /// a crash interrupted are settled in memory (by looking the resources up in the
     /// cloud, which changes nothing) and returned, so the preview is right.
     pub async fn load(&self, store: &dyn Store) -> Result<(StackState, Vec<Recovery>)> {
+        self.load_references(store).await;
         let state = match store.load(self.name()).await? {
             Some(state) => state,
             None => return Ok((self.new_state(), Vec::new())),

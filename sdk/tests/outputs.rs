@@ -180,3 +180,71 @@ fn a_bad_export_is_a_validation_error_naming_the_output() {
     assert!(err.contains("stack output 'bad' is exported twice"), "{err}");
     assert!(err.contains("stack output 'bad' refers to urn:cairn:dev::test:net:Network::elsewhere, which this program does not declare"), "{err}");
 }
+
+/// A network stack and an application stack, deployed and locked separately in one
+/// store: the application reads the network's outputs through a stack reference, and
+/// plans the change when they change.
+#[tokio::test]
+async fn an_application_stack_reads_the_network_stacks_outputs_and_follows_their_changes() {
+    use cairn_sdk::StackReference;
+    use std::sync::Arc;
+    let store: Arc<dyn cairn_state::Store> = Arc::new(cairn_state::MemoryStore::new());
+    let provider = provider();
+    let network = Stack::<String>::new("network").provider(provider.clone()).program(|cx, cidr: &String| {
+        let net = cx.add(Network::new("shop").cidr_block(cidr.as_str()));
+        cx.export("network_id", net.id());
+        cx.export("cidr", cidr.as_str());
+        Ok(())
+    });
+    let app = |output: &'static str, referenced: bool| {
+        let mut stack = Stack::<()>::new("app").provider(provider.clone()).program(move |cx, _| {
+            let id = cx.stack_output::<String>("network", output);
+            cx.add(Subnet::new("web").network_id(id).cidr_block("10.0.1.0/24"));
+            Ok(())
+        });
+        if referenced {
+            stack = stack.reference(StackReference::new("network"));
+        }
+        stack
+    };
+    let up_network = |cidr: &'static str| {
+        let (network, store) = (network.clone(), store.clone());
+        async move {
+            let mut session = network.lock(store, "up").await.unwrap();
+            assert!(session.up(&cidr.to_owned()).await.unwrap().succeeded());
+            session.close().await.unwrap();
+        }
+    };
+    let preview_app = |stack: Stack<()>| {
+        let store = store.clone();
+        async move {
+            let session = stack.lock(store, "preview").await.unwrap();
+            let plan = session.preview(&());
+            session.close().await.unwrap();
+            plan
+        }
+    };
+
+    let err = preview_app(app("network_id", true)).await.unwrap_err().to_string();
+    assert!(err.contains("the program reads output 'network_id' of stack 'network', but it has no state in memory"), "{err}");
+
+    up_network("10.0.0.0/16").await;
+    let mut session = app("network_id", true).lock(store.clone(), "up").await.unwrap();
+    assert!(session.up(&()).await.unwrap().succeeded());
+    session.close().await.unwrap();
+    let net_id = |p: &TestProvider| p.resources().into_iter().find(|r| r.urn.name() == "shop").unwrap().id;
+    let subnet = provider.resources().into_iter().find(|r| r.urn.name() == "web").unwrap();
+    assert_eq!(subnet.inputs.get("network_id"), Some(&json!(net_id(&provider))));
+
+    // The network is replaced: a new id, which the application's next plan follows.
+    up_network("10.9.0.0/16").await;
+    let plan = preview_app(app("network_id", true)).await.unwrap();
+    let web = plan.changed().find(|c| c.urn.name() == "web").expect("the subnet follows the network");
+    let diff = web.diffs.iter().find(|d| d.name == "network_id").unwrap();
+    assert_eq!(diff.new, Some(json!(net_id(&provider))));
+
+    let err = preview_app(app("vpc_id", true)).await.unwrap_err().to_string();
+    assert!(err.contains("output 'vpc_id' of stack 'network', but it exports only: cidr, network_id"), "{err}");
+    let err = preview_app(app("network_id", false)).await.unwrap_err().to_string();
+    assert!(err.contains("the stack does not reference it: add .reference(StackReference::new(\"network\")) to stack 'app'"), "{err}");
+}
