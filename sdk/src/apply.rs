@@ -869,15 +869,11 @@ impl<'a> Run<'a> {
 /// The values of the stack outputs `plan` exports, from what `state` now holds; one
 /// not known (a step it depends on failed) keeps the value it had `before`.
 fn stack_outputs(plan: &Plan, state: &StackState, before: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
-    if plan.outputs.is_empty() {
-        return BTreeMap::new();
-    }
-    let live: HashMap<&Urn, &ResourceState> = state.resources.iter().filter(|r| !r.pending_delete).map(|r| (&r.urn, r)).collect();
     plan.outputs
         .iter()
         .filter_map(|(name, prop)| {
             let value = prop.resolve(&mut |r| {
-                let resource = live.get(&r.urn)?;
+                let resource = state.resource(&r.urn)?;
                 resource.outputs.get(&r.property).or_else(|| resource.inputs.get(&r.property)).cloned()
             });
             value.or_else(|| before.get(name).cloned()).map(|v| (name.clone(), v))

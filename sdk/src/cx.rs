@@ -100,9 +100,12 @@ impl Cx {
         let value = match self.references.get(stack) {
             None => Err(format!("the stack does not reference it: add .reference(StackReference::new(\"{stack}\")) to stack '{}'", self.stack)),
             Some(Err(why)) => Err(why.clone()),
-            Some(Ok(outputs)) => outputs.get(output).cloned().ok_or_else(|| match outputs.is_empty() {
-                true => "it exports none (yet): export it with cx.export and run `up` on it".to_owned(),
-                false => format!("it exports only: {}", outputs.keys().cloned().collect::<Vec<_>>().join(", ")),
+            Some(Ok(outputs)) => outputs.get(output).cloned().ok_or_else(|| {
+                if outputs.is_empty() {
+                    "it exports none (yet): export it with cx.export and run `up` on it".to_owned()
+                } else {
+                    format!("it exports only: {}", outputs.keys().cloned().collect::<Vec<_>>().join(", "))
+                }
             }),
         };
         match value {

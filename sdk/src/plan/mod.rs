@@ -354,9 +354,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     let stored = old.and_then(|o| o.inputs.get(k));
                     match stored {
                         Some(s) if nested_equals(nested, s, graph, &statuses) => Some(Cow::Borrowed(s)),
-                        _ => nested
-                            .resolve(&mut |r| resolve_ref(r, graph, &statuses).map(Cow::into_owned))
-                            .map(Cow::Owned),
+                        _ => resolve_planned(nested, graph, &statuses).map(Cow::Owned),
                     }
                 }
             };
@@ -565,7 +563,7 @@ fn output_diffs<'a>(graph: &'a Graph, state: &StackState, statuses: &[Option<Nod
     let mut diffs = Vec::new();
     for (name, prop) in &graph.exports {
         let old = state.outputs.get(name);
-        match prop.resolve(&mut |r| resolve_ref(r, graph, statuses).map(Cow::into_owned)) {
+        match resolve_planned(prop, graph, statuses) {
             Some(new) if old != Some(&new) => diffs.push(PropertyDiff::new(name, old.cloned(), Some(new), true, false)),
             None if applying => diffs.push(PropertyDiff::new(name, old.cloned(), None, false, false)),
             _ => {}
@@ -651,11 +649,15 @@ fn nested_equals<'a>(prop: &Prop, stored: &Value, graph: &'a Graph, statuses: &[
             fields.len() == s.len()
                 && fields.iter().all(|(k, p)| s.get(k).is_some_and(|v| nested_equals(p, v, graph, statuses)))
         }
-        (Prop::Apply(_), s) => prop
-            .resolve(&mut |r| resolve_ref(r, graph, statuses).map(Cow::into_owned))
-            .is_some_and(|v| &v == s),
+        (Prop::Apply(_), s) => resolve_planned(prop, graph, statuses).is_some_and(|v| &v == s),
         _ => false,
     }
+}
+
+/// The value of `prop` at plan time, if every reference in it is known (and every
+/// function of the program in it succeeds).
+fn resolve_planned<'a>(prop: &Prop, graph: &'a Graph, statuses: &[Option<NodeStatus<'a>>]) -> Option<Value> {
+    prop.resolve(&mut |r| resolve_ref(r, graph, statuses).map(Cow::into_owned))
 }
 
 /// The value of a reference at plan time, if known, borrowed from the declarations or
