@@ -211,13 +211,16 @@ enum Verb {
         #[command(subcommand)]
         verb: ConfigVerb,
     },
-    /// Print the stack's outputs, as of the last apply.
+    /// Print the stack's outputs, as of the last apply; secrets as [secret].
     Outputs {
         /// Only this output, bare (a string without quotes), for scripts.
         name: Option<String>,
         /// As one JSON object.
         #[arg(long)]
         json: bool,
+        /// Print secret outputs in plaintext (needs the stack's key).
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// A verb of the program's own (see `Cli::verb`).
     #[command(external_subcommand)]
@@ -226,16 +229,22 @@ enum Verb {
 
 #[derive(Subcommand, Debug)]
 enum ConfigVerb {
-    /// Print the whole configuration.
+    /// Print the whole configuration, secrets as [secret].
     List {
         /// As one JSON object.
         #[arg(long)]
         json: bool,
+        /// Print secrets in plaintext (needs the stack's key).
+        #[arg(long)]
+        show_secrets: bool,
     },
-    /// Print one value (a string without quotes).
+    /// Print one value (a string without quotes), a secret as [secret].
     Get {
         /// Its key; nested keys with dots, such as web.max.
         key: String,
+        /// Print a secret in plaintext (needs the stack's key).
+        #[arg(long)]
+        show_secrets: bool,
     },
     /// Set one value, checked against the program's config type first.
     Set {
@@ -243,6 +252,10 @@ enum ConfigVerb {
         key: String,
         /// A TOML value (40, true, ["a", "b"]); anything else is a string.
         value: String,
+        /// Store it sealed with the stack's key (CAIRN_PASSPHRASE or
+        /// CAIRN_SECRETS_KEY_FILE), for a `Secret` of the program's config.
+        #[arg(long)]
+        secret: bool,
     },
 }
 
@@ -359,7 +372,15 @@ impl<S: UserState> Cli<S> {
     {
         let dir = dir.into();
         let at = dir.clone();
-        let mut cli = Self::with_factory(Box::new(move |name| Ok(factory(name, crate::config::load::<C>(&at, name)?))));
+        let mut cli = Self::with_factory(Box::new(move |name| {
+            let config = crate::config::load::<C>(&at, name)?;
+            let keyring = crate::config::keyring(&at, name)?;
+            let stack = factory(name, config);
+            Ok(match keyring {
+                Some(keyring) => stack.secrets(keyring),
+                None => stack,
+            })
+        }));
         cli.config = Some(ConfigSetup { dir, check: Box::new(|dir, stack, table| crate::config::typed::<C>(dir, stack, table).map(drop)) });
         cli
     }
@@ -534,7 +555,7 @@ impl<S: UserState> Cli<S> {
             Verb::Graph { format } => ctx.graph(&format).await,
             Verb::State { verb } => ctx.state(verb).await,
             Verb::History { json } => ctx.history(json).await,
-            Verb::Outputs { name, json } => ctx.outputs(name, json).await,
+            Verb::Outputs { name, json, show_secrets } => ctx.outputs(name, json, show_secrets).await,
             Verb::Custom(_) => unreachable!("custom verbs are run above"),
             Verb::Config { .. } => unreachable!("config is run above"),
         }
@@ -767,9 +788,15 @@ impl<S: UserState> Ctx<S> {
         Ok(ExitCode::SUCCESS)
     }
 
-    async fn outputs(&self, name: Option<String>, json: bool) -> Outcome_ {
-        let state = self.load().await?;
+    async fn outputs(&self, name: Option<String>, json: bool, show_secrets: bool) -> Outcome_ {
+        let mut state = self.load().await?;
         let stack = self.stack.name();
+        for value in state.outputs.values_mut() {
+            *value = match show_secrets {
+                true => cairn_sdk::secret::open_all(value).map_err(|e| format!("outputs --show-secrets: {e}"))?.0,
+                false => cairn_sdk::secret::redact(value),
+            };
+        }
         match (name, json) {
             (Some(name), json) => match state.outputs.get(&name) {
                 Some(Value::String(s)) if !json => println!("{s}"),
@@ -802,7 +829,11 @@ impl<S: UserState> Ctx<S> {
                 let r = state
                     .resource(&Urn::parse(&urn).map_err(|e| format!("state show: {e}"))?)
                     .ok_or_else(|| format!("no resource {urn} in stack '{}'; `state list` shows the URNs", self.stack.name()))?;
-                println!("{}", serde_json::to_string_pretty(r)?);
+                let mut r = r.clone();
+                for props in [&mut r.inputs, &mut r.outputs] {
+                    *props = props.iter().map(|(k, v)| (k.to_owned(), cairn_sdk::secret::redact(v))).collect();
+                }
+                println!("{}", serde_json::to_string_pretty(&r)?);
             }
             StateVerb::Export => {
                 let state = self.store.load(self.stack.name()).await?.unwrap_or_else(|| self.stack.new_state());
@@ -1032,21 +1063,40 @@ fn config_verb(setup: Option<&ConfigSetup>, stack: &str, verb: ConfigVerb) -> Ou
     })?;
     let path = config::path(&setup.dir, stack);
     let mut table = config::read(&setup.dir, stack)?;
+    let shown = |value: &toml::Value, show: bool| -> Result<toml::Value, CliError> {
+        if show {
+            // Loads the stack's key, checked against the file.
+            config::keyring(&setup.dir, stack)?.ok_or_else(|| config::ConfigError::NoKey { stack: stack.to_owned(), path: path.clone() })?;
+        }
+        Ok(config::reveal(value, show)?)
+    };
     match verb {
-        ConfigVerb::List { json: true } => println!("{}", serde_json::to_string_pretty(&table)?),
-        ConfigVerb::List { json: false } if table.is_empty() => println!("Stack '{stack}' has no configuration ({} does not exist or is empty).", path.display()),
-        ConfigVerb::List { json: false } => print!("{}", toml::to_string(&table).map_err(|e| format!("{}: {e}", path.display()))?),
-        ConfigVerb::Get { key } => match config::get(&table, &key) {
-            Some(toml::Value::String(s)) => println!("{s}"),
-            Some(value) => println!("{value}"),
+        ConfigVerb::List { json, show_secrets } => {
+            let table = shown(&toml::Value::Table(table), show_secrets)?;
+            match table.as_table() {
+                Some(t) if t.is_empty() && !json => println!("Stack '{stack}' has no configuration ({} does not exist or is empty).", path.display()),
+                _ if json => println!("{}", serde_json::to_string_pretty(&table)?),
+                _ => print!("{}", toml::to_string(&table).map_err(|e| format!("{}: {e}", path.display()))?),
+            }
+        }
+        ConfigVerb::Get { key, show_secrets } => match config::get(&table, &key) {
+            Some(value) => match shown(value, show_secrets)? {
+                toml::Value::String(s) => println!("{s}"),
+                value => println!("{value}"),
+            },
             None => {
                 let keys: Vec<&String> = table.keys().collect();
                 return Err(CliError::Refused(format!("{} has no key '{key}'; its keys: {keys:?}", path.display())));
             }
         },
-        ConfigVerb::Set { key, value } => {
-            let value = config::parse_value(&value);
+        ConfigVerb::Set { key, value, secret } => {
+            let mut value = config::parse_value(&value);
+            if secret {
+                let keyring = config::keyring_for_new_secret(&setup.dir, stack, &mut table)?;
+                value = config::seal(&keyring, &value);
+            }
             config::set(&mut table, &key, value.clone()).map_err(|e| format!("config set: {e}"))?;
+            let value = config::reveal(&value, false)?;
             // Checked before it is written: a file the program cannot read stops every verb.
             (setup.check)(&setup.dir, stack, table.clone())?;
             config::write(&setup.dir, stack, &table)?;

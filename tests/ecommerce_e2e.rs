@@ -16,9 +16,19 @@ fn example_binary() -> PathBuf {
     bin
 }
 
+/// The stack the test deploys: the example's `dev`, with its configuration and its
+/// secret, the session cache's AUTH token in `Cairn.dev.toml`.
+const STACK: &str = "dev";
+
+/// The example's public passphrase (see `scripts/demo`), and the token it opens.
+const PASSPHRASE: &str = "cairn-demo-only";
+const AUTH_TOKEN: &str = "dev-sessions-token-2f6c1a9e";
+
 struct Shop {
     state_dir: tempfile::TempDir,
     config: aws_config::SdkConfig,
+    /// Everything every command printed, to search for the secret.
+    transcript: std::sync::Mutex<String>,
 }
 
 impl Shop {
@@ -27,15 +37,16 @@ impl Shop {
         // The local AWS never finishes an ElastiCache delete: the example waits 3 s for it,
         // not 30 min. (The binaries inherit this; one test in this binary reads it.)
         std::env::set_var("CAIRN_AWS_WAIT_TIMEOUT", "3");
+        std::env::set_var("CAIRN_PASSPHRASE", PASSPHRASE);
         let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Shop { state_dir: tempfile::tempdir().unwrap(), config }
+        Shop { state_dir: tempfile::tempdir().unwrap(), config, transcript: Default::default() }
     }
 
     fn location(&self) -> String {
         format!("file://{}", self.state_dir.path().display())
     }
 
-    /// Runs `ecommerce --stack e2e --state <dir> <args>` without a terminal, and returns
+    /// Runs `ecommerce --stack dev --state <dir> <args>` without a terminal, and returns
     /// its exit code and output.
     async fn run_output(&self, args: &[&str]) -> (i32, String) {
         let out = self.output(args);
@@ -45,9 +56,16 @@ impl Shop {
 
     fn output(&self, args: &[&str]) -> Output {
         let location = self.location();
-        let mut argv = vec!["--stack", "e2e", "--state", location.as_str()];
+        let mut argv = vec!["--stack", STACK, "--state", location.as_str()];
         argv.extend_from_slice(args);
-        Command::new(example_binary()).args(&argv).stdin(std::process::Stdio::null()).output().unwrap()
+        let out = Command::new(example_binary()).args(&argv).stdin(std::process::Stdio::null()).output().unwrap();
+        self.record(&out.stdout);
+        self.record(&out.stderr);
+        out
+    }
+
+    fn record(&self, printed: &[u8]) {
+        self.transcript.lock().unwrap().push_str(&String::from_utf8_lossy(printed));
     }
 
     async fn run(&self, args: &[&str]) -> i32 {
@@ -62,11 +80,11 @@ impl Shop {
 
     async fn state(&self) -> StackState {
         let store = cairn::state::open(&self.location()).await.unwrap();
-        store.load("e2e").await.unwrap().unwrap()
+        store.load(STACK).await.unwrap().unwrap()
     }
 
     async fn history(&self) -> Vec<serde_json::Value> {
-        cairn::state::open(&self.location()).await.unwrap().history("e2e").await.unwrap()
+        cairn::state::open(&self.location()).await.unwrap().history(STACK).await.unwrap()
     }
 
     fn id_of(state: &StackState, ty: &str, name: &str) -> Option<String> {
@@ -162,6 +180,7 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert_eq!(shop.run(&["preview", "--expect-no-changes"]).await, 0);
 
     watch_serves_a_signed_event_and_stops_cleanly(&shop).await;
+    the_auth_token_reaches_aws_and_nothing_else(&shop).await;
 
     // Destroy. The local AWS never finishes deleting an ElastiCache replication group
     // (it stays `deleting`) and does not implement DeleteCacheSubnetGroup, so there the
@@ -192,6 +211,47 @@ async fn the_shop_deploys_scales_runs_a_sale_and_settles_through_its_cli() {
     assert!(!shop.group_exists(&web).await, "the web group is gone from AWS");
 }
 
+/// The secret of `Cairn.dev.toml` is given to AWS (the group asks for AUTH over TLS),
+/// and appears nowhere else: not in any file under the state directory (state, journal,
+/// audit log, the saved plan and the export there), not in anything any command printed.
+async fn the_auth_token_reaches_aws_and_nothing_else(shop: &Shop) {
+    let id = Shop::id_of(&shop.state().await, "aws:elasticache:ReplicationGroup", "sessions").unwrap();
+    let groups = aws_sdk_elasticache::Client::new(&shop.config).describe_replication_groups().replication_group_id(id).send().await.unwrap();
+    let group = &groups.replication_groups()[0];
+    assert_eq!((group.auth_token_enabled(), group.transit_encryption_enabled(), group.at_rest_encryption_enabled()), (Some(true), Some(true), Some(true)));
+
+    // The search can find it: the key opens it on request.
+    let location = shop.location();
+    let shown = Command::new(example_binary()).args(["--stack", STACK, "--state", &location, "config", "get", "redis_auth_token", "--show-secrets"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), AUTH_TOKEN);
+    shop.ok(&["outputs"]).await;
+    shop.ok(&["config", "list"]).await;
+    shop.ok(&["preview", "--diff", "--json"]).await;
+    shop.ok(&["history", "--json"]).await;
+    let state = shop.state().await;
+    let cache = state.resources.iter().find(|r| r.urn.name() == "sessions" && r.ty.ends_with("ReplicationGroup")).unwrap();
+    shop.ok(&["state", "show", &cache.urn.to_string()]).await;
+    assert_eq!(shop.ok(&["outputs", "redis_url"]).await.trim(), "[secret]");
+    let url = Command::new(example_binary()).args(["--stack", STACK, "--state", &location, "outputs", "redis_url", "--show-secrets"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&url.stdout).starts_with(&format!("rediss://:{AUTH_TOKEN}@")), "{url:?}");
+
+    let transcript = shop.transcript.lock().unwrap().clone();
+    assert!(transcript.contains("[secret]"), "the secret is shown redacted");
+    assert!(!transcript.contains(AUTH_TOKEN), "a command printed the secret");
+    let mut files = vec![shop.state_dir.path().to_path_buf()];
+    let mut searched = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        searched += 1;
+        assert!(!String::from_utf8_lossy(&bytes).contains(AUTH_TOKEN), "{} holds the secret", path.display());
+    }
+    assert!(searched >= 4, "state, journal, audit log, saved plan and export: {searched} files");
+}
+
 /// `watch` as a process: it serves /healthz, takes a signed webhook event, applies it,
 /// counts it in /metrics, and on SIGINT stops with its state recorded and its lock
 /// released.
@@ -200,7 +260,7 @@ async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
     let location = shop.location();
     let listen = format!("127.0.0.1:{port}");
     let watch = Command::new(example_binary())
-        .args(["--stack", "e2e", "--state", location.as_str(), "watch", "--listen", listen.as_str()])
+        .args(["--stack", STACK, "--state", location.as_str(), "watch", "--listen", listen.as_str()])
         .env("CAIRN_WEBHOOK_SECRET", "s3cr3t")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -235,14 +295,16 @@ async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
     assert!(metrics.contains("cairn_events_received_total{kind=\"traffic.spike\"} 1"), "{metrics}");
     assert!(metrics.contains("cairn_requests_refused_total{source=\"webhook\",reason=\"bad_signature\"} 1"), "{metrics}");
     let (_, status_json) = get("/status").unwrap();
+    shop.record(status_json.as_bytes());
+    shop.record(metrics.as_bytes());
     assert!(status_json.contains("\"web_capacity\":9"), "{status_json}");
 
     // The loop the program declares: an alarm's state change on the default bus (the
     // local AWS never fires alarms itself, so the test puts the event CloudWatch would),
     // through the shop's EventBridge rule into its events queue, which `watch` consumes;
-    // the handler for `alarm.e2e-web-cpu-high.alarm` adds two web servers.
+    // the handler for `alarm.dev-web-cpu-high.alarm` adds two web servers.
     let detail = serde_json::json!({
-        "alarmName": "e2e-web-cpu-high",
+        "alarmName": "dev-web-cpu-high",
         "state": {"value": "ALARM", "reason": "Threshold Crossed"},
         "previousState": {"value": "OK"},
     });
@@ -259,11 +321,12 @@ async fn watch_serves_a_signed_event_and_stops_cleanly(shop: &Shop) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (_, metrics) = get("/metrics").unwrap();
-    assert!(metrics.contains("cairn_events_received_total{kind=\"alarm.e2e-web-cpu-high.alarm\"} 1"), "{metrics}");
+    assert!(metrics.contains("cairn_events_received_total{kind=\"alarm.dev-web-cpu-high.alarm\"} 1"), "{metrics}");
 
     let interrupted = Command::new("kill").args(["-INT", &watch.id().to_string()]).status().unwrap();
     assert!(interrupted.success());
     let out = watch.wait_with_output().unwrap();
+    shop.record(&out.stdout);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("Stopped; state recorded."), "{stdout}");
     // The lock is released: a change can run, and puts capacity back.
@@ -283,6 +346,7 @@ fn without_an_aws_region_up_says_so_and_changes_nothing() {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir.path())
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("CAIRN_PASSPHRASE", PASSPHRASE)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

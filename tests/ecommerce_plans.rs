@@ -284,14 +284,17 @@ async fn destroy_deletes_in_an_order_aws_accepts() {
 }
 
 /// The example's two stacks differ by their configuration files only: dev's file holds
-/// the defaults, prod's spreads over three zones with bigger, more servers.
+/// the defaults and its own AUTH token, prod's spreads over three zones with bigger, more
+/// servers. Neither needs its key to plan: the tokens stay sealed.
 #[tokio::test]
 async fn dev_and_prod_are_one_program_with_two_configurations() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ecommerce");
     let dev: ShopConfig = cairn::config::load(&dir, "dev").unwrap();
-    assert_eq!(dev, ShopConfig::default(), "Cairn.dev.toml holds dev's defaults");
+    assert!(dev.redis_auth_token.is_some(), "Cairn.dev.toml holds the cache's token");
+    assert_eq!(ShopConfig { redis_auth_token: None, ..dev }, ShopConfig::default(), "Cairn.dev.toml holds dev's defaults");
     let prod: ShopConfig = cairn::config::load(&dir, "prod").unwrap();
     assert_eq!((prod.zones.len(), prod.web.min, prod.web.max), (3, 4, 40));
+    assert!(prod.redis_auth_token.is_some(), "Cairn.prod.toml holds the cache's token");
 
     let stack = shop::stack("prod", fake_aws(), prod);
     insta::assert_snapshot!("prod_first_deploy", stack.preview(&Shop::default(), &stack.new_state()).unwrap().render(RenderOptions::diff()));

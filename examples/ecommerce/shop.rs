@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use cairn::events::{Event, EventPolicy};
-use cairn::{interpolate, Cx, ProgramResult, ResourceExt, Stack};
+use cairn::{interpolate, Cx, ProgramResult, ResourceExt, Secret, Stack};
 use cairn_aws::acm::Certificate;
 use cairn_aws::autoscaling::Group;
 use cairn_aws::cloudwatch::MetricAlarm;
@@ -70,6 +70,9 @@ pub struct ShopConfig {
     pub instance_type: String,
     /// The web group's bounds: handlers scale within them.
     pub web: WebBounds,
+    /// The session cache's Redis AUTH token, set with `config set --secret
+    /// redis_auth_token VALUE`: sealed in the file, in plans and in state.
+    pub redis_auth_token: Option<Secret<String>>,
 }
 
 /// The web group's bounds.
@@ -84,7 +87,12 @@ pub struct WebBounds {
 
 impl Default for ShopConfig {
     fn default() -> Self {
-        ShopConfig { zones: ZONES.map(str::to_owned).to_vec(), instance_type: "t3.small".to_owned(), web: WebBounds::default() }
+        ShopConfig {
+            zones: ZONES.map(str::to_owned).to_vec(),
+            instance_type: "t3.small".to_owned(),
+            web: WebBounds::default(),
+            redis_auth_token: None,
+        }
     }
 }
 
@@ -189,14 +197,18 @@ pub fn infra(cx: &mut Cx, shop: &Shop, config: &ShopConfig) -> ProgramResult {
     );
 
     let cache_subnets = cx.add(SubnetGroup::new("sessions").description("shop session cache").subnet_ids(net.private_subnet_ids()));
-    cx.add(
-        ReplicationGroup::new("sessions")
-            .description("shop sessions")
-            .node_type("cache.t3.micro")
-            .num_cache_clusters(1)
-            .subnet_group_name(cache_subnets.name())
-            .security_group_ids([cache_sg.id()]),
-    );
+    let mut sessions = ReplicationGroup::new("sessions")
+        .description("shop sessions")
+        .node_type("cache.t3.micro")
+        .num_cache_clusters(1)
+        .subnet_group_name(cache_subnets.name())
+        .security_group_ids([cache_sg.id()])
+        .transit_encryption(true)
+        .at_rest_encryption(true);
+    if let Some(token) = &config.redis_auth_token {
+        sessions = sessions.auth_token(token);
+    }
+    let sessions = cx.add(sessions);
 
     let orders_dlq = cx.add(Queue::new("orders-dlq").message_retention(1_209_600));
     let orders = cx.add(Queue::new("orders").visibility_timeout(60).dead_letter(orders_dlq.arn(), 5));
@@ -250,6 +262,10 @@ pub fn infra(cx: &mut Cx, shop: &Shop, config: &ShopConfig) -> ProgramResult {
     cx.export("orders_queue_url", orders.url());
     cx.export(EVENTS_QUEUE_URL, events.url());
     cx.export("load_balancer", interpolate!("{} ({} in zone {})", SITE, lb.dns_name(), lb.zone_id()));
+    // Computed from a secret, so a secret too: `outputs` shows it as [secret].
+    if let Some(token) = &config.redis_auth_token {
+        cx.export("redis_url", interpolate!("rediss://:{}@{}:6379", token, sessions.primary_endpoint_address()));
+    }
 
     if shop.flash_sale {
         let sale_dlq = cx.add(Queue::new("sale-orders-dlq").message_retention(1_209_600));

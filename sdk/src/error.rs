@@ -215,6 +215,15 @@ pub enum ValidationError {
         /// What is wrong.
         failure: CheckFailure,
     },
+    /// An input the schema marks secret is set, and the stack has no key to seal it.
+    NoSecretsKey {
+        /// The resource.
+        urn: Urn,
+        /// The property.
+        property: &'static str,
+        /// The stack.
+        stack: String,
+    },
     /// A stack reference cannot be read as the program asks.
     Reference {
         /// The referenced stack.
@@ -272,7 +281,7 @@ fn plural(n: usize) -> &'static str {
 
 fn show_value(v: &Option<Value>) -> String {
     match v {
-        Some(v) => v.to_string(),
+        Some(v) => crate::secret::redact(v).to_string(),
         None => "(unset)".to_owned(),
     }
 }
@@ -302,6 +311,11 @@ impl fmt::Display for ValidationError {
                 failure.property,
                 show_value(&failure.value),
                 failure.expected
+            ),
+            ValidationError::NoSecretsKey { urn, property, stack } => write!(
+                f,
+                "{}: '{property}' is a secret and stack '{stack}' has no secrets key to seal it; set CAIRN_PASSPHRASE (or CAIRN_SECRETS_KEY_FILE) for a program run with `Cli::configured`, or give the stack a key with `Stack::secrets`",
+                who(urn)
             ),
             ValidationError::Export { name, reason } => write!(f, "stack output '{name}' {reason}"),
             ValidationError::Reference { stack, output, reason } => write!(f, "the program reads output '{output}' of stack '{stack}', but {reason}"),

@@ -5,7 +5,7 @@
 //! types' own checks, references to undeclared resources or properties, and cycles.
 
 use std::fmt::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cairn_state::Urn;
 use petgraph::algo::tarjan_scc;
@@ -16,6 +16,7 @@ use crate::error::{ValidationError, ValidationErrors};
 use crate::input::Prop;
 use crate::resource::Decl;
 use crate::schema::PropertyKind;
+use crate::secret::Keyring;
 
 /// A validated resource graph. Nodes keep declaration order; [`Graph::resources`] and
 /// plans follow a deterministic topological order: by depth (a resource comes after
@@ -263,7 +264,48 @@ fn check_properties(urn: &Urn, decl: &Decl, errors: &mut Vec<ValidationError>) {
     }
     let mut failures = Vec::new();
     (ty.validate)(decl, &mut failures);
+    // The type checks a secret's plaintext; the error does not quote it.
+    for failure in failures.iter_mut().filter(|f| ty.property(&f.property).is_some_and(|p| p.secret)) {
+        failure.value = failure.value.take().map(|_| serde_json::Value::from(crate::secret::REDACTED));
+    }
     errors.extend(failures.into_iter().map(|failure| ValidationError::Invalid { urn: urn.clone(), failure }));
+}
+
+impl Graph {
+    /// Seals, with `keyring`, every input the schema marks secret that the program set
+    /// in plaintext: a literal now, a computed value when it is computed. An error for
+    /// each when there is no key.
+    pub(crate) fn seal_secret_inputs(&mut self, stack: &str, keyring: Option<&Arc<Keyring>>) -> Result<(), ValidationErrors> {
+        let mut errors = Vec::new();
+        for node in &mut self.nodes {
+            let ty = node.decl.ty;
+            if !ty.properties.iter().any(|p| p.secret) {
+                continue;
+            }
+            for (name, prop) in &mut node.decl.props {
+                let Some(property) = ty.property(name).filter(|p| p.secret) else { continue };
+                if matches!(prop, Prop::Value(v) if v.is_null() || crate::secret::contains_sealed(v)) {
+                    continue;
+                }
+                let Some(keyring) = keyring else {
+                    errors.push(ValidationError::NoSecretsKey { urn: node.urn.clone(), property: property.name, stack: stack.to_owned() });
+                    continue;
+                };
+                *prop = match std::mem::replace(prop, Prop::Value(serde_json::Value::Null)) {
+                    Prop::Value(v) => Prop::Value(keyring.seal(&v)),
+                    computed => {
+                        let keyring = keyring.clone();
+                        Prop::Apply(crate::input::Apply::new("secret", vec![computed], move |args| Ok(keyring.seal(&args[0]))))
+                    }
+                };
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
 }
 
 /// Node indices with dependencies first, then by depth and URN; or every cycle found.

@@ -80,10 +80,28 @@ impl Apply {
         let function = self.function.as_ref().ok_or_else(|| {
             format!("the function of `{}` is not known: a saved plan is applied by the program that saved it", self.label)
         })?;
-        match crate::panic::catch(|| function(args)) {
-            Ok(result) => result.map_err(|e| format!("`{}` failed: {e}", self.label)),
-            Err(panic) => Err(format!("`{}` panicked: {panic}", self.label)),
+        // A function of secrets sees their plaintext, and what it computes is as secret
+        // as they are: sealed with the key of the first.
+        let mut sealed_by = None;
+        let mut opened = Vec::new();
+        if args.iter().any(crate::secret::contains_sealed) {
+            for arg in args {
+                let (value, by) = crate::secret::open_all(arg).map_err(|e| format!("`{}` needs a secret: {e}", self.label))?;
+                sealed_by = sealed_by.or(by);
+                opened.push(value);
+            }
         }
+        let args = if sealed_by.is_some() { &opened[..] } else { args };
+        // Its message may quote a secret it was given: then it is not shown.
+        let hidden = |message: String| if sealed_by.is_some() { "(not shown: the function was given a secret)".to_owned() } else { message };
+        let result = match crate::panic::catch(|| function(args)) {
+            Ok(result) => result.map_err(|e| format!("`{}` failed: {}", self.label, hidden(e)))?,
+            Err(panic) => return Err(format!("`{}` panicked: {}", self.label, hidden(panic))),
+        };
+        Ok(match sealed_by {
+            Some(keyring) => keyring.seal(&result),
+            None => result,
+        })
     }
 }
 
@@ -233,7 +251,7 @@ impl<T> Output<T> {
         Output::from_prop(Prop::Output(OutputRef { urn, property: property.into() }))
     }
 
-    fn from_prop(prop: Prop) -> Self {
+    pub(crate) fn from_prop(prop: Prop) -> Self {
         Output { prop, _type: PhantomData }
     }
 
@@ -411,7 +429,7 @@ pub struct Input<T> {
 }
 
 impl<T> Input<T> {
-    fn from_prop(prop: Prop) -> Self {
+    pub(crate) fn from_prop(prop: Prop) -> Self {
         Input { prop, _type: PhantomData }
     }
 

@@ -22,6 +22,7 @@ pub mod reference;
 pub mod refresh;
 pub mod resource;
 pub mod schema;
+pub mod secret;
 pub mod session;
 pub mod stack;
 pub mod testing;
@@ -40,6 +41,7 @@ pub use refresh::{Drift, RefreshReport};
 pub use session::Session;
 pub use resource::{Decl, DynamicResource, Handle, Resource, ResourceExt, ResourceOptions, Timeouts};
 pub use schema::{CheckFailure, Property, PropertyKind, ResourceType};
+pub use secret::{Keyring, Secret};
 pub use stack::{BoxError, ProgramResult, Stack};
 
 /// The attribute for implementing the crate's async traits ([`Provider`],

@@ -460,9 +460,11 @@ impl Providers {
         Self::default()
     }
 
-    /// Adds (or replaces) the provider for its package.
+    /// Adds (or replaces) the provider for its package. The provider is given secrets
+    /// opened ([`crate::secret`]).
     pub fn insert(&mut self, provider: Arc<dyn Provider>) {
         let package = provider.package().to_owned();
+        let provider: Arc<dyn Provider> = Arc::new(crate::secret::Opening(provider));
         match self.by_package.iter_mut().find(|(p, _)| *p == package) {
             Some(slot) => slot.1 = provider,
             None => self.by_package.push((package, provider)),

@@ -22,6 +22,7 @@ use crate::recover::{resolve_pending, Recovery};
 use crate::refresh::{refresh, RefreshReport};
 use crate::reference::StackReference;
 use crate::session::Session;
+use crate::secret::Keyring;
 
 /// Any error a program may return with `?`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,6 +66,8 @@ pub struct Stack<S> {
     references: Arc<Vec<StackReference>>,
     /// Their outputs, as loaded when the stack was last opened. Shared by clones.
     referenced: crate::reference::Shared,
+    /// The key that seals the inputs the schema marks secret.
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl<S> Clone for Stack<S> {
@@ -78,6 +81,7 @@ impl<S> Clone for Stack<S> {
             declared: self.declared.clone(),
             references: self.references.clone(),
             referenced: self.referenced.clone(),
+            keyring: self.keyring.clone(),
         }
     }
 }
@@ -108,7 +112,22 @@ where
             declared: Arc::default(),
             references: Arc::default(),
             referenced: Arc::default(),
+            keyring: None,
         }
+    }
+
+    /// Seals the stack's secrets with `keyring` ([`crate::secret`]): the inputs the
+    /// schema marks secret that the program sets in plaintext. A [`Secret`](crate::Secret)
+    /// the program passes is sealed already, and is opened with whichever loaded keyring
+    /// sealed it.
+    pub fn secrets(mut self, keyring: Arc<Keyring>) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// The key that seals the stack's secrets, if it has one.
+    pub fn keyring(&self) -> Option<&Arc<Keyring>> {
+        self.keyring.as_ref()
     }
 
     /// A stack whose outputs the program reads with
@@ -284,7 +303,10 @@ where
         let crate::cx::Parts { nodes, distinct, mut declared, exports, errors: reference_errors } = cx.into_parts();
         let graph = match ran {
             Ok(()) if !reference_errors.is_empty() => Err(Error::from(crate::error::ValidationErrors(reference_errors))),
-            Ok(()) => Graph::from_declared(nodes, distinct).and_then(|g| g.with_exports(exports)).map_err(Error::from),
+            Ok(()) => Graph::from_declared(nodes, distinct)
+                .and_then(|g| g.with_exports(exports))
+                .and_then(|mut g| g.seal_secret_inputs(&self.name, self.keyring.as_ref()).map(|()| g))
+                .map_err(Error::from),
             Err(e) => Err(Error::program(&self.name, e)),
         };
         // The URNs of a graph differ from one another: a render that declares them

@@ -396,7 +396,7 @@ async fn refresh_is_not_drift_for_what_the_program_leaves_to_the_cloud() {
 
 #[tokio::test]
 async fn a_missing_provider_is_refused_before_any_call() {
-    let stack = Stack::<Shop>::new("dev").program(shop_program);
+    let stack = Stack::<Shop>::new("dev").program(shop_program).secrets(common::keyring());
     let mut session = stack.in_memory_session().await.unwrap();
     let err = session.up(&Shop::new()).await.unwrap_err();
     assert_eq!(

@@ -6,7 +6,7 @@ use cairn_sdk::{assert_plan_snapshot, Cx, DynamicResource, Handle, ProgramResult
 use common::*;
 
 fn no_provider_stack() -> Stack<Shop> {
-    Stack::<Shop>::new("dev").program(shop_program)
+    Stack::<Shop>::new("dev").program(shop_program).secrets(common::keyring())
 }
 
 #[test]

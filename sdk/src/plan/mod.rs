@@ -475,7 +475,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                 }
             }
         }
-        redact_secrets(&mut change.diffs, ty);
+        redact_secrets(&mut change.diffs, Some(ty));
         if change.action != Action::Same {
             change.inputs = decl.props.iter().map(|(k, p)| (k.to_string(), p.clone())).collect();
             for (name, value) in overrides {
@@ -543,7 +543,8 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     if !violations.is_empty() {
         return Err(Error::Protected(ProtectViolations(violations)));
     }
-    let output_diffs = output_diffs(graph, state, &statuses, summary.changes() > 0);
+    let mut output_diffs = output_diffs(graph, state, &statuses, summary.changes() > 0);
+    redact_secrets(&mut output_diffs, None);
     Ok(Plan {
         format: PLAN_FORMAT.to_owned(),
         stack: state.stack.clone(),
@@ -578,12 +579,20 @@ fn output_diffs<'a>(graph: &'a Graph, state: &StackState, statuses: &[Option<Nod
     diffs
 }
 
-/// Plans are shown and logged: secret values never appear in their diffs.
-fn redact_secrets(diffs: &mut [PropertyDiff], ty: &crate::schema::ResourceType) {
-    for d in diffs.iter_mut().filter(|d| ty.property(&d.name).is_some_and(|p| p.secret)) {
-        d.secret = true;
-        d.old = d.old.as_ref().map(|_| Value::from("[secret]"));
-        d.new = d.new.as_ref().map(|_| Value::from("[secret]"));
+/// Plans are shown and logged: secret values never appear in their diffs. A property
+/// the schema marks secret is `[secret]` whole; a sealed value anywhere is `[secret]`.
+pub(crate) fn redact_secrets(diffs: &mut [PropertyDiff], ty: Option<&crate::schema::ResourceType>) {
+    use crate::secret::{contains_sealed, is_sealed, redact, REDACTED};
+    for d in diffs.iter_mut() {
+        if ty.is_some_and(|ty| ty.property(&d.name).is_some_and(|p| p.secret)) {
+            d.secret = true;
+            d.old = d.old.as_ref().map(|_| Value::from(REDACTED));
+            d.new = d.new.as_ref().map(|_| Value::from(REDACTED));
+        } else if d.old.iter().chain(&d.new).any(contains_sealed) {
+            d.secret = d.old.iter().chain(&d.new).all(is_sealed);
+            d.old = d.old.as_ref().map(redact);
+            d.new = d.new.as_ref().map(redact);
+        }
     }
 }
 

@@ -193,7 +193,12 @@ pub fn provider() -> TestProvider {
 }
 
 pub fn shop_stack(provider: &TestProvider) -> Stack<Shop> {
-    Stack::<Shop>::new("dev").program(shop_program).provider(provider.clone())
+    Stack::<Shop>::new("dev").program(shop_program).provider(provider.clone()).secrets(keyring())
+}
+
+/// The key the tests' stacks seal their secrets with (the orders queue's `auth_token`).
+pub fn keyring() -> std::sync::Arc<cairn_sdk::Keyring> {
+    cairn_sdk::Keyring::from_key(&[42; 64]).unwrap()
 }
 
 /// A session on an in-memory store holding `state` as it is.

@@ -3,7 +3,8 @@
 //!
 //! The id, the port and the subnet group force a replacement. The description, node
 //! type, number of nodes, automatic failover, parameter group, security groups and tags
-//! change in place. Each change waits until the group is `available` again before the
+//! change in place, and a new AUTH token is rotated in place; the encryption options
+//! force a replacement. Each change waits until the group is `available` again before the
 //! next, in an order AWS accepts: failover is turned off before replicas are removed and
 //! on after they are added, and a new node type is applied on its own.
 
@@ -58,6 +59,17 @@ cairn_sdk::resource! {
         /// The cache parameter group, e.g. `default.redis7`; AWS's default when unset.
         /// Changed in place.
         parameter_group_name: String = computed(),
+        /// The Redis AUTH token clients must give, 16 to 128 printable characters without
+        /// `@`, `"` or `/`; needs `transit_encryption`. A secret: sealed in plans and state,
+        /// usually a [`Secret`](cairn_sdk::Secret) from the stack's configuration. A new
+        /// token is rotated in place (AWS accepts both until the next rotation); removing
+        /// it forces replacement.
+        auth_token: String = secret(),
+        /// Encrypt traffic to and between the nodes (TLS). Off when unset (forces
+        /// replacement).
+        transit_encryption: bool = default(Default::Bool(false)).forces_replacement(),
+        /// Encrypt the data on disk and in backups. Off when unset (forces replacement).
+        at_rest_encryption: bool = default(Default::Bool(false)).forces_replacement(),
         /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
         tags: Tags,
     }
@@ -109,6 +121,26 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     }
     check_port(decl, out);
     check_strings(decl, "security_group_ids", "security group ids", out);
+    check_auth_token(decl, out);
+}
+
+/// The AUTH token's rules, where its plaintext is known (a sealed token is checked when
+/// AWS gets it). A failure never quotes the token.
+fn check_auth_token(decl: &Decl, out: &mut Vec<CheckFailure>) {
+    let Some(token) = decl.value("auth_token") else { return };
+    if decl.value("transit_encryption").and_then(Value::as_bool) != Some(true) {
+        out.push(CheckFailure::new(
+            "transit_encryption",
+            decl.value("transit_encryption"),
+            "be true when auth_token is set: AWS takes an AUTH token only over TLS; add .transit_encryption(true)",
+        ));
+    }
+    if let Some(token) = token.as_str() {
+        let allowed = |c: char| c.is_ascii_graphic() && !matches!(c, '@' | '"' | '/');
+        if !(16..=128).contains(&token.len()) || !token.chars().all(allowed) {
+            out.push(CheckFailure::new("auth_token", None, "be 16 to 128 printable ASCII characters other than @, \" and /"));
+        }
+    }
 }
 
 /// The replication group's operations.
@@ -219,6 +251,10 @@ async fn observe(
             .and_then(|p| p.cache_parameter_group_name())
             .map(str::to_owned)
             .or_else(|| recorded.parameter_group_name.clone()),
+        // AWS never shows the token, only whether there is one.
+        auth_token: recorded.auth_token.clone().filter(|_| g.auth_token_enabled() == Some(true)),
+        transit_encryption: Some(g.transit_encryption_enabled().unwrap_or(false)),
+        at_rest_encryption: Some(g.at_rest_encryption_enabled().unwrap_or(false)),
         tags: tags::observed(urn, tags),
     };
     let mut outputs = vec![("id", Value::from(id)), ("arn", Value::from(g.arn().unwrap_or_default())), ("status", Value::from(status(g)))];
@@ -243,9 +279,18 @@ fn check_nodes(want: &ReplicationGroupInputs) -> Result<(), ProviderError> {
 impl Kind for ReplicationGroupKind {
     /// The schema's diff, except that a port missing from state is not a change (see
     /// the cache cluster's).
+    ///
+    /// Nor are the encryption options missing from a state recorded before Cairn had
+    /// them, when they stay off. Removing the AUTH token forces replacement.
     fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
         let mut diff = schema_diff(req);
-        diff.changes.retain(|c| !(c.name == "port" && c.old.is_none()));
+        let off_before_recorded = |c: &cairn_sdk::PropertyDiff| {
+            matches!(c.name.as_str(), "transit_encryption" | "at_rest_encryption") && c.old.is_none() && c.new == Some(Value::Bool(false))
+        };
+        diff.changes.retain(|c| !(c.name == "port" && c.old.is_none()) && !off_before_recorded(c));
+        for c in diff.changes.iter_mut().filter(|c| c.name == "auth_token" && c.known && c.new.is_none()) {
+            c.replaces = true;
+        }
         diff
     }
 
@@ -266,6 +311,9 @@ impl Kind for ReplicationGroupKind {
             .set_cache_subnet_group_name(want.subnet_group_name.clone())
             .set_security_group_ids(want.security_group_ids.clone())
             .set_cache_parameter_group_name(want.parameter_group_name.clone())
+            .set_auth_token(want.auth_token.clone())
+            .set_transit_encryption_enabled(want.transit_encryption)
+            .set_at_rest_encryption_enabled(want.at_rest_encryption)
             .set_tags(Some(create_tags(urn, want.tags.as_ref())))
             .send()
             .await
@@ -349,6 +397,17 @@ impl Kind for ReplicationGroupKind {
                 .map_err(modified)?;
             wait_available(aws, id, |g| !turn_on || failover_on(g)).await?;
         }
+        // 5. A new AUTH token: rotated, so clients with the old one keep working until
+        //    they have the new one (AWS accepts both until the next rotation).
+        if let Some(token) = changed(&old.auth_token, &want.auth_token) {
+            modify()
+                .auth_token(token)
+                .auth_token_update_strategy(aws_sdk_elasticache::types::AuthTokenUpdateStrategyType::Rotate)
+                .send()
+                .await
+                .map_err(modified)?;
+            wait_available(aws, id, |_| true).await?;
+        }
         retag(aws, urn, current.arn().unwrap_or_default(), old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
@@ -362,7 +421,9 @@ impl Kind for ReplicationGroupKind {
         .await
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+        // What AWS does not show (the token) is what the create was sent.
+        let sent = ReplicationGroupInputs::from_props(created_with).unwrap_or_default();
         let mut found = Vec::new();
         let mut marker = None;
         loop {
@@ -378,7 +439,7 @@ impl Kind for ReplicationGroupKind {
                 let Some(arn) = g.arn() else { continue };
                 let tags = list_tags(aws, arn).await?;
                 if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
-                    found.push(observe(aws, urn, g, tags, &ReplicationGroupInputs::default()).await?);
+                    found.push(observe(aws, urn, g, tags, &sent).await?);
                 }
             }
             match page.marker() {
