@@ -130,3 +130,63 @@ fn config_set_checks_the_programs_type_and_the_stack_gets_its_own_file() {
     let err = runtime.block_on(plain.try_run_with(["prog", "config", "list"])).unwrap_err().to_string();
     assert!(err.contains("build its command line with Cli::configured"), "{err}");
 }
+
+#[derive(serde::Deserialize)]
+#[serde(default)]
+struct WithToken {
+    web_max: u32,
+    token: Option<cairn::Secret<String>>,
+}
+
+impl Default for WithToken {
+    fn default() -> Self {
+        WithToken { web_max: 4, token: None }
+    }
+}
+
+/// `config set --secret` seals a value with the key from CAIRN_PASSPHRASE; the file
+/// holds it sealed, a plaintext where the program expects a secret is refused, and a
+/// verb run without the key, or with another, stops before the program runs.
+#[test]
+fn config_set_secret_seals_with_the_passphrase_and_a_missing_or_wrong_key_is_refused() {
+    let (state_dir, config_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let state = format!("file://{}", state_dir.path().display());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let keyed = Arc::new(Mutex::new(Vec::new()));
+    let run = |args: &[&str]| {
+        let keyed = keyed.clone();
+        let cli = Cli::configured(config_dir.path(), move |name: &str, config: WithToken| {
+            keyed.lock().unwrap().push(config.token.map(|t| t.open().unwrap()));
+            Stack::<u32>::new(name)
+        });
+        runtime.block_on(cli.try_run_with(["prog", "--state", &state].iter().chain(args)))
+    };
+    let file = config_dir.path().join("Cairn.dev.toml");
+    std::env::remove_var("CAIRN_SECRETS_KEY_FILE");
+
+    std::env::remove_var("CAIRN_PASSPHRASE");
+    let err = run(&["config", "set", "--secret", "token", "hunter2-token"]).unwrap_err().to_string();
+    assert!(err.contains("no key to open them: set CAIRN_PASSPHRASE"), "{err}");
+    assert!(!file.exists(), "nothing was written");
+
+    std::env::set_var("CAIRN_PASSPHRASE", "pass-one");
+    run(&["config", "set", "--secret", "token", "hunter2-token"]).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("secure = ") && text.contains("[cairn.secrets]") && !text.contains("hunter2"), "{text}");
+    let err = run(&["config", "set", "token", "plain-token"]).unwrap_err().to_string();
+    assert!(err.contains("config set --secret"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text, "the refused value was not written");
+    run(&["preview"]).unwrap();
+    assert_eq!(keyed.lock().unwrap().as_slice(), [Some("hunter2-token".to_owned())]);
+
+    std::env::set_var("CAIRN_PASSPHRASE", "pass-two");
+    let err = run(&["preview"]).unwrap_err().to_string();
+    assert!(err.contains("not the one stack 'dev''s secrets were sealed with"), "{err}");
+    let err = run(&["config", "set", "--secret", "token", "other-token"]).unwrap_err().to_string();
+    assert!(err.contains("not the one stack 'dev''s secrets were sealed with"), "{err}");
+    std::env::remove_var("CAIRN_PASSPHRASE");
+    let err = run(&["preview"]).unwrap_err().to_string();
+    assert!(err.contains("stack 'dev' has secrets"), "{err}");
+    assert_eq!(keyed.lock().unwrap().len(), 1, "the program never ran without its key");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}

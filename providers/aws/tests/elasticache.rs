@@ -463,6 +463,74 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
 }
 
 // ---------------------------------------------------------------------------------
+// The AUTH token: a secret, over TLS.
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Guarded {
+    token: Option<cairn_sdk::Secret<String>>,
+}
+
+fn guarded(stack: &str, provider: cairn_aws::Provider, keyring: std::sync::Arc<cairn_sdk::Keyring>) -> Stack<Guarded> {
+    Stack::<Guarded>::new(stack).provider(provider).secrets(keyring).program(|cx, g| {
+        let mut group = ReplicationGroup::new("sessions")
+            .node_type("cache.t3.micro")
+            .transit_encryption(true)
+            .at_rest_encryption(true)
+            .timeouts(short_delete());
+        if let Some(token) = &g.token {
+            group = group.auth_token(token);
+        }
+        cx.add(group);
+        Ok(())
+    })
+}
+
+#[tokio::test]
+async fn an_auth_token_is_sent_over_tls_kept_sealed_rotated_in_place_and_its_removal_replaces() {
+    let (provider, ec) = aws().await;
+    let keyring = cairn_sdk::Keyring::from_key(&[11; 64]).unwrap();
+    let token = |t: &str| Some(cairn_sdk::Secret::seal(&keyring, &t.to_owned()));
+    let stack = guarded("ec-auth", provider, keyring.clone());
+    let mut session = stack.in_memory_session().await.unwrap();
+    let first = Guarded { token: token("first-auth-token-0123") };
+    let report = session.up(&first).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let id = id_of(&report.state, REPLICATION_GROUP, "sessions");
+    let g = replication_group(&ec, &id).await.unwrap();
+    assert_eq!((g.auth_token_enabled(), g.transit_encryption_enabled(), g.at_rest_encryption_enabled()), (Some(true), Some(true), Some(true)));
+    let stored = serde_json::to_string(&report.state).unwrap();
+    assert!(!stored.contains("first-auth-token"), "the token is sealed in state: {stored}");
+    assert!(!stack.preview(&first, &report.state).unwrap().has_changes(), "a sealed token compares equal");
+    assert!(drift_of(&stack.preview_refresh(&report.state).await.unwrap()).is_empty(), "AWS shows no token; Cairn keeps its own");
+
+    // A new token is rotated on the same group, its values shown as [secret].
+    let second = Guarded { token: token("second-auth-token-4567") };
+    let plan = session.preview(&second).unwrap();
+    let change = plan.changed().next().unwrap();
+    assert_eq!((change.action, change.diffs.iter().map(|d| (d.name.as_str(), d.old.clone(), d.new.clone())).collect::<Vec<_>>()), (Action::Update, vec![("auth_token", Some(json!("[secret]")), Some(json!("[secret]")))]));
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert_eq!(id_of(&report.state, REPLICATION_GROUP, "sessions"), id);
+
+    // Without a token the group must be replaced: AWS cannot drop AUTH in place.
+    let plan = session.preview(&Guarded { token: None }).unwrap();
+    assert_eq!(plan.changed().next().map(|c| (c.action, c.replace_reasons.clone())), Some((Action::Replace, vec!["auth_token".to_owned()])));
+}
+
+#[tokio::test]
+async fn an_auth_token_without_tls_or_of_a_bad_shape_is_refused_before_any_call_without_quoting_it() {
+    let (provider, _) = aws().await;
+    let stack = Stack::<()>::new("ec-auth-bad").provider(provider).secrets(cairn_sdk::Keyring::from_key(&[12; 64]).unwrap()).program(|cx, _| {
+        cx.add(ReplicationGroup::new("sessions").node_type("cache.t3.micro").auth_token("short@token"));
+        Ok(())
+    });
+    let err = stack.preview(&(), &stack.new_state()).unwrap_err().to_string();
+    assert!(err.contains("'transit_encryption'") && err.contains("add .transit_encryption(true)"), "{err}");
+    assert!(err.contains("property 'auth_token' = \"[secret]\" is invalid"), "{err}");
+    assert!(err.contains("16 to 128 printable ASCII characters") && !err.contains("short@token"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------
 // Refresh of what ElastiCache does not report.
 
 /// A cache cluster and a replication group with every placement input set: the ones

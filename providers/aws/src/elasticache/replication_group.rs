@@ -138,7 +138,8 @@ fn check_auth_token(decl: &Decl, out: &mut Vec<CheckFailure>) {
     if let Some(token) = token.as_str() {
         let allowed = |c: char| c.is_ascii_graphic() && !matches!(c, '@' | '"' | '/');
         if !(16..=128).contains(&token.len()) || !token.chars().all(allowed) {
-            out.push(CheckFailure::new("auth_token", None, "be 16 to 128 printable ASCII characters other than @, \" and /"));
+            // The engine shows a secret's value as [secret] in the error.
+            out.push(CheckFailure::new("auth_token", Some(&Value::from(token)), "be 16 to 128 printable ASCII characters other than @, \" and /"));
         }
     }
 }
