@@ -199,6 +199,11 @@ pub async fn apply(
                 urn: change.urn.clone(),
             });
         }
+        for (property, prop) in &change.inputs {
+            if let Some(source) = crate::secret::locked_in(prop) {
+                return Err(Error::SecretLocked { urn: change.urn.clone(), property: property.clone(), source });
+            }
+        }
     }
 
     providers.ready(plan.changed().map(|c| &*c.ty)).await?;

@@ -74,6 +74,16 @@ pub enum Error {
         /// What is missing and how to set it (usually of kind [`ErrorKind::Unconfigured`](crate::ErrorKind::Unconfigured)).
         source: crate::ProviderError,
     },
+    /// An input to apply is a secret whose key is not loaded: nothing was called.
+    #[error("{urn}: input '{property}' cannot be opened: {source}. Nothing was called, and state was left as it was")]
+    SecretLocked {
+        /// The resource.
+        urn: Urn,
+        /// The input.
+        property: String,
+        /// Why.
+        source: crate::secret::SecretError,
+    },
     /// The state belongs to another stack.
     #[error("the state given is stack '{found}', not '{expected}'; pass this stack's own state")]
     WrongStack {

@@ -216,6 +216,31 @@ pub fn open(value: &Value) -> Result<Value, SecretError> {
     }
 }
 
+/// Why a sealed value inside `value` cannot be opened, if one cannot: its key is not
+/// loaded.
+pub fn locked(value: &Value) -> Option<SecretError> {
+    match value {
+        v if is_sealed(v) => {
+            let (id, _) = sealed_body(v)?;
+            keyring(id).is_none().then(|| SecretError::NoKey { key_id: id.to_owned() })
+        }
+        Value::Array(items) => items.iter().find_map(locked),
+        Value::Object(map) => map.values().find_map(locked),
+        _ => None,
+    }
+}
+
+/// [`locked`] of every literal in `prop`.
+pub(crate) fn locked_in(prop: &Prop) -> Option<SecretError> {
+    match prop {
+        Prop::Value(v) => locked(v),
+        Prop::Output(_) => None,
+        Prop::List(items) => items.iter().find_map(locked_in),
+        Prop::Object(fields) => fields.iter().find_map(|(_, p)| locked_in(p)),
+        Prop::Apply(a) => a.args.iter().find_map(locked_in),
+    }
+}
+
 /// `value` with every sealed value inside opened, and the keyring of the first one (to
 /// seal what is computed from it); `None` when nothing inside was sealed.
 pub fn open_all(value: &Value) -> Result<(Value, Option<Arc<Keyring>>), SecretError> {

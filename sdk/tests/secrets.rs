@@ -15,7 +15,7 @@ fn orders(state: &StackState) -> &cairn_sdk::ResourceState {
 }
 
 #[tokio::test]
-async fn a_secret_input_is_sealed_in_state_journal_and_plans_and_the_provider_gets_the_plaintext() {
+async fn a_secret_input_is_sealed_in_state_and_plans_and_the_provider_gets_the_plaintext() {
     let fake = provider();
     let stack = shop_stack(&fake);
     let store = std::sync::Arc::new(cairn_state::MemoryStore::new());
@@ -127,4 +127,20 @@ async fn what_a_program_computes_from_a_secret_is_sealed_too_and_opens_to_the_co
     let cloud = fake.resources().into_iter().find(|r| r.urn.name() == "cache").unwrap();
     assert_eq!(cloud.inputs.get("auth_token"), Some(&json!("hunter22")));
     assert!(!session.preview(&Configured { password: Some(Secret::seal(&key, &"hunter22".to_owned())) }).unwrap().has_changes());
+}
+
+#[tokio::test]
+async fn a_plan_holding_a_secret_whose_key_is_not_loaded_is_refused_before_any_call() {
+    let fake = provider();
+    // A sealed value of a key this process never loaded (made elsewhere, say).
+    let foreign: Secret<String> = serde_json::from_value(json!({ secret::SEALED_KEY: "00ff00ff00ff:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" })).unwrap();
+    let stack = Stack::<()>::new("dev").provider(fake.clone()).program(move |cx: &mut Cx, _: &()| -> ProgramResult {
+        cx.add(Queue::new("orders").auth_token(&foreign));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let err = session.up(&()).await.unwrap_err();
+    assert!(matches!(err, Error::SecretLocked { ref property, .. } if property == "auth_token"), "{err}");
+    assert!(err.to_string().contains("00ff00ff00ff") && err.to_string().contains("CAIRN_PASSPHRASE"), "{err}");
+    assert!(fake.calls().is_empty(), "no call was made");
 }
