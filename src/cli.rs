@@ -779,7 +779,10 @@ impl<S: UserState> Ctx<S> {
             print!("{}", graph.to_dot());
         } else {
             for (urn, deps) in graph.resources() {
-                println!("{urn}");
+                match graph.parent_of(urn) {
+                    Some(parent) => println!("{urn}  (in {} '{}')", parent.ty(), parent.name()),
+                    None => println!("{urn}"),
+                }
                 for d in deps {
                     println!("    <- {d}");
                 }

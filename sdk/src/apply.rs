@@ -983,5 +983,6 @@ fn stored(change: &Change) -> StoredOptions {
         protect: change.options.protect,
         retain_on_delete: change.options.retain_on_delete,
         delete_timeout_ms: change.options.timeouts.delete.map(|d| d.as_millis() as u64),
+        parent: change.options.parent.clone(),
     }
 }

@@ -27,9 +27,31 @@ pub struct Cx {
     exports: Vec<(String, Prop)>,
     /// The outputs of the stacks this one references, as last loaded.
     references: std::sync::Arc<crate::reference::Loaded>,
-    /// What the program asked of them that cannot be given.
+    /// What the program asked of them that cannot be given, and the components that
+    /// failed.
     errors: Vec<crate::error::ValidationError>,
+    /// The components declared, in order.
+    components: Vec<Component>,
+    /// The component being declared, if any: the parent of what is added now.
+    parent: Option<Urn>,
 }
+
+/// A component: a group of resources declared together ([`Cx::component`]). It has a
+/// URN, and may be inside another component.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Component {
+    /// Its URN: the stack, its type (`aws:Network`) and its name.
+    pub urn: Urn,
+    /// The component it is inside, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Urn>,
+}
+
+/// A component's body failed: the failure is reported with the render's other
+/// problems (see [`Cx::component`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("component {0} failed (its error is reported with the program's other problems)")]
+pub struct ComponentFailed(pub Urn);
 
 /// What a render declared: see [`Cx::into_parts`].
 pub(crate) struct Parts {
@@ -38,6 +60,7 @@ pub(crate) struct Parts {
     pub(crate) declared: Declared,
     pub(crate) exports: Vec<(String, Prop)>,
     pub(crate) errors: Vec<crate::error::ValidationError>,
+    pub(crate) components: Vec<Component>,
 }
 
 /// What a stack's last render declared, for the next one to reuse.
@@ -67,6 +90,8 @@ impl Cx {
             exports: Vec::new(),
             references: Default::default(),
             errors: Vec::new(),
+            components: Vec::new(),
+            parent: None,
         }
     }
 
@@ -78,10 +103,53 @@ impl Cx {
     /// Declares a resource and returns its typed handle, whose outputs feed other
     /// resources' inputs.
     pub fn add<R: Resource>(&mut self, resource: R) -> R::Ref {
-        let decl = resource.into_decl();
+        let mut decl = resource.into_decl();
+        if let Some(parent) = &self.parent {
+            decl.options_mut().parent.get_or_insert_with(|| parent.clone());
+        }
         let urn = self.urn_of(&decl);
         self.decls.push(Node { urn: urn.clone(), decl, deps: Vec::new() });
         R::Ref::from(Handle::new(urn))
+    }
+
+    /// Declares component `name` of type `ty` (`aws:Network`): the resources `body`
+    /// adds belong to it, and plans and the graph show them grouped under it. Their URNs
+    /// are their own, as if declared outside it, so grouping existing resources into a
+    /// component changes nothing in the cloud. Components nest.
+    ///
+    /// A body that fails does not stop the render at once: its error is collected with
+    /// the program's other problems (invalid properties, dangling references, other
+    /// components' errors) and all are reported together, naming the component. The
+    /// `Err` returned can be passed on with `?`.
+    ///
+    /// ```
+    /// # use cairn_sdk::Cx;
+    /// fn site(cx: &mut Cx, name: &str, pages: u32) -> Result<(), cairn_sdk::cx::ComponentFailed> {
+    ///     cx.component("demo:Site", name, |cx| {
+    ///         if pages == 0 {
+    ///             return Err("a site needs at least one page".into());
+    ///         }
+    ///         // cx.add(...) the site's resources.
+    ///         let _ = cx;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn component<T>(
+        &mut self,
+        ty: &str,
+        name: &str,
+        body: impl FnOnce(&mut Cx) -> Result<T, crate::BoxError>,
+    ) -> Result<T, ComponentFailed> {
+        let urn = Urn::new(&self.stack, ty, name);
+        self.components.push(Component { urn: urn.clone(), parent: self.parent.clone() });
+        let outer = self.parent.replace(urn.clone());
+        let result = body(self);
+        self.parent = outer;
+        result.map_err(|e| {
+            self.errors.push(crate::error::ValidationError::Component { urn: urn.clone(), message: e.to_string() });
+            ComponentFailed(urn)
+        })
     }
 
     /// Exports a stack output: a value `outputs` prints and other stacks read through a
@@ -166,7 +234,14 @@ impl Cx {
         let distinct = self.reused && self.previous.distinct;
         let mut urns = self.previous.urns;
         urns.truncate(self.decls.len());
-        Parts { nodes: self.decls, distinct, declared: Declared { urns, distinct: false }, exports: self.exports, errors: self.errors }
+        Parts {
+            nodes: self.decls,
+            distinct,
+            declared: Declared { urns, distinct: false },
+            exports: self.exports,
+            errors: self.errors,
+            components: self.components,
+        }
     }
 }
 

@@ -234,6 +234,13 @@ pub enum ValidationError {
         /// The stack.
         stack: String,
     },
+    /// A component's body failed.
+    Component {
+        /// The component.
+        urn: Urn,
+        /// Its error.
+        message: String,
+    },
     /// A stack reference cannot be read as the program asks.
     Reference {
         /// The referenced stack.
@@ -327,6 +334,7 @@ impl fmt::Display for ValidationError {
                 "{}: '{property}' is a secret and stack '{stack}' has no secrets key to seal it; set CAIRN_PASSPHRASE (or CAIRN_SECRETS_KEY_FILE) for a program run with `Cli::configured`, or give the stack a key with `Stack::secrets`",
                 who(urn)
             ),
+            ValidationError::Component { urn, message } => write!(f, "component {}: {message}", who(urn)),
             ValidationError::Export { name, reason } => write!(f, "stack output '{name}' {reason}"),
             ValidationError::Reference { stack, output, reason } => write!(f, "the program reads output '{output}' of stack '{stack}', but {reason}"),
             ValidationError::Dangling { urn, property, target } => write!(

@@ -16,6 +16,7 @@ use crate::error::{ValidationError, ValidationErrors};
 use crate::input::Prop;
 use crate::resource::Decl;
 use crate::schema::PropertyKind;
+use crate::cx::Component;
 use crate::secret::Keyring;
 
 /// A validated resource graph. Nodes keep declaration order; [`Graph::resources`] and
@@ -30,6 +31,8 @@ pub struct Graph {
     pub(crate) order: Vec<usize>,
     /// The stack outputs the program exports, by name, in the order exported.
     pub(crate) exports: Vec<(String, Prop)>,
+    /// The components the program declares, in order.
+    pub(crate) components: Vec<Component>,
 }
 
 #[derive(Debug)]
@@ -150,7 +153,7 @@ impl Graph {
         if !errors.is_empty() {
             return Err(ValidationErrors(errors));
         }
-        Ok(Graph { nodes, index, order, exports: Vec::new() })
+        Ok(Graph { nodes, index, order, exports: Vec::new(), components: Vec::new() })
     }
 
     /// The graph with the stack outputs `exports`, once checked: each name once, each
@@ -208,13 +211,16 @@ impl Graph {
         })
     }
 
-    /// The graph in Graphviz DOT, an edge from each dependency to its dependent.
+    /// The component resource `urn` belongs to, if any.
+    pub fn parent_of(&self, urn: &Urn) -> Option<&Urn> {
+        self.find(urn).and_then(|i| self.nodes[i].decl.options().parent.as_ref())
+    }
+
+    /// The graph in Graphviz DOT, an edge from each dependency to its dependent; each
+    /// component a cluster around its resources.
     pub fn to_dot(&self) -> String {
         let mut out = String::from("digraph cairn {\n  rankdir=LR;\n  node [shape=box];\n");
-        for &i in &self.order {
-            let n = &self.nodes[i];
-            let _ = writeln!(out, "  \"{}\" [label=\"{}\\n{}\"];", n.urn, n.urn.ty(), n.urn.name());
-        }
+        self.dot_group(None, 1, &mut out);
         for &i in &self.order {
             let n = &self.nodes[i];
             for &d in &n.deps {
@@ -223,6 +229,23 @@ impl Graph {
         }
         out.push_str("}\n");
         out
+    }
+
+    /// The nodes and the clusters of components inside `group` (`None`: the top).
+    fn dot_group(&self, group: Option<&Urn>, depth: usize, out: &mut String) {
+        let pad = "  ".repeat(depth);
+        for &i in &self.order {
+            let n = &self.nodes[i];
+            if n.decl.options().parent.as_ref() == group {
+                let _ = writeln!(out, "{pad}\"{}\" [label=\"{}\\n{}\"];", n.urn, n.urn.ty(), n.urn.name());
+            }
+        }
+        for c in self.components.iter().filter(|c| c.parent.as_ref() == group && Some(&c.urn) != group) {
+            let _ = writeln!(out, "{pad}subgraph \"cluster_{}\" {{", c.urn);
+            let _ = writeln!(out, "{pad}  label=\"{} {}\";", c.urn.ty(), c.urn.name());
+            self.dot_group(Some(&c.urn), depth + 1, out);
+            let _ = writeln!(out, "{pad}}}");
+        }
     }
 }
 
@@ -272,6 +295,26 @@ fn check_properties(urn: &Urn, decl: &Decl, errors: &mut Vec<ValidationError>) {
 }
 
 impl Graph {
+    /// The graph with the program's `components`; two of one URN are refused.
+    pub(crate) fn with_components(mut self, components: Vec<Component>) -> Result<Graph, ValidationErrors> {
+        let mut errors = Vec::new();
+        for (i, c) in components.iter().enumerate() {
+            if components[..i].iter().any(|o| o.urn == c.urn) && !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn } if *urn == c.urn)) {
+                errors.push(ValidationError::Duplicate { urn: c.urn.clone() });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ValidationErrors(errors));
+        }
+        self.components = components;
+        Ok(self)
+    }
+
+    /// The components the program declares, in the order declared.
+    pub fn components(&self) -> &[Component] {
+        &self.components
+    }
+
     /// Seals, with `keyring`, every input the schema marks secret that the program set
     /// in plaintext: a literal now, a computed value when it is computed. An error for
     /// each when there is no key.

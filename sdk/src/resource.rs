@@ -35,6 +35,11 @@ pub struct ResourceOptions {
     /// Limits on how long each provider operation may take.
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
+    /// The component it belongs to ([`Cx::component`](crate::Cx::component) sets it):
+    /// plans and the graph show it in its component's group. Its URN does not depend on
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Urn>,
 }
 
 /// Per-operation time limits. An operation that runs over fails the step.
@@ -65,6 +70,7 @@ static NO_OPTIONS: ResourceOptions = ResourceOptions {
     retain_on_delete: false,
     delete_before_replace: false,
     timeouts: Timeouts { create: None, update: None, delete: None },
+    parent: None,
 };
 
 mod opt_secs {

@@ -300,15 +300,30 @@ where
                 .unwrap_or_else(|panic| Err(format!("the program panicked: {panic}").into())),
             None => Ok(()),
         };
-        let crate::cx::Parts { nodes, distinct, mut declared, exports, errors: reference_errors } = cx.into_parts();
+        let crate::cx::Parts { nodes, distinct, mut declared, exports, errors: collected, components } = cx.into_parts();
+        // A failed component stops the program where it passes the error on; what was
+        // declared until then is validated, and every problem reported at once.
+        let component_failed = |e: &crate::BoxError| e.is::<crate::cx::ComponentFailed>() && !collected.is_empty();
         let graph = match ran {
-            Ok(()) if !reference_errors.is_empty() => Err(Error::from(crate::error::ValidationErrors(reference_errors))),
-            Ok(()) => Graph::from_declared(nodes, distinct)
-                .and_then(|g| g.with_exports(exports))
-                .and_then(|mut g| g.seal_secret_inputs(&self.name, self.keyring.as_ref()).map(|()| g))
-                .map_err(Error::from),
+            Ok(()) => Ok(()),
+            Err(e) if component_failed(&e) => Ok(()),
             Err(e) => Err(Error::program(&self.name, e)),
-        };
+        }
+        .and_then(|()| {
+            let built = Graph::from_declared(nodes, distinct)
+                .and_then(|g| g.with_components(components))
+                .and_then(|g| g.with_exports(exports))
+                .and_then(|mut g| g.seal_secret_inputs(&self.name, self.keyring.as_ref()).map(|()| g));
+            match built {
+                Ok(_) if !collected.is_empty() => Err(Error::from(crate::error::ValidationErrors(collected))),
+                Ok(g) => Ok(g),
+                Err(crate::error::ValidationErrors(mut found)) => {
+                    let mut all = collected;
+                    all.append(&mut found);
+                    Err(Error::from(crate::error::ValidationErrors(all)))
+                }
+            }
+        });
         // The URNs of a graph differ from one another: a render that declares them
         // again need not check.
         declared.distinct = graph.is_ok();

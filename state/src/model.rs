@@ -107,6 +107,10 @@ pub struct StoredOptions {
     /// stopped declaring it (or `destroy`) is bounded by it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_timeout_ms: Option<u64>,
+    /// The component the resource belongs to, so a plan that deletes it shows it in
+    /// its group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Urn>,
 }
 
 impl StoredOptions {

@@ -1,9 +1,10 @@
 //! The `Network` component: a VPC with public and private subnets across zones, an
 //! internet gateway, NAT and route tables, declared in one call.
 //!
-//! Components are how users share modules: a plain function (or builder) that declares
-//! resources through `cx` and hands back their outputs. Nothing about them is special
-//! to the engine, which sees the resources they declare, named after the component.
+//! Components are how users share modules: a function (or builder) that declares
+//! resources through `cx.component(..)` and hands back their outputs. The engine knows
+//! the component (`aws:Network`) only to group its resources in plans and the graph and
+//! to name it in errors; the resources keep URNs of their own, named after it.
 
 use cairn_sdk::{BoxError, Cx, Output, ResourceExt};
 
@@ -123,23 +124,30 @@ impl Network {
     /// The `n`th /24 of the VPC's block.
     fn slice(&self, vpc: ipnet::Ipv4Net, n: usize) -> Result<String, BoxError> {
         vpc.subnets(24)
-            .map_err(|e| format!("network {}: {e}", self.name))?
+            .map_err(|e| e.to_string())?
             .nth(n)
             .map(|s| s.to_string())
-            .ok_or_else(|| format!("network {}: its block {vpc} has no room for subnet {n}; use a /16 to /20 block", self.name).into())
+            .ok_or_else(|| format!("its block {vpc} has no room for subnet {n}; use a /16 to /20 block").into())
     }
 
-    /// Declares the network's resources in `cx` and returns their outputs. Fails, with
-    /// a message naming the network and the fix, for an unusable block or zone list.
+    /// Declares the network in `cx`, a component (`aws:Network`) holding its resources,
+    /// and returns their outputs. An unusable block or zone list fails the render with
+    /// the program's other problems, naming the network and the fix.
     pub fn declare(self, cx: &mut Cx) -> Result<NetworkRef, BoxError> {
+        let name = self.name.clone();
+        Ok(cx.component("aws:Network", &name, |cx| self.declare_in(cx))?)
+    }
+
+    /// The component's body: its resources, declared inside it.
+    fn declare_in(self, cx: &mut Cx) -> Result<NetworkRef, BoxError> {
         let block: ipnet::Ipv4Net = self.cidr.parse().map_err(|_| {
-            format!("network {}: cidr_block '{}' is not an IPv4 block; use one such as 10.0.0.0/16", self.name, self.cidr)
+            format!("cidr_block '{}' is not an IPv4 block; use one such as 10.0.0.0/16", self.cidr)
         })?;
         if !(16..=20).contains(&block.prefix_len()) {
-            return Err(format!("network {}: cidr_block {block} must be a /16 to /20, to hold two /24 subnets per zone", self.name).into());
+            return Err(format!("cidr_block {block} must be a /16 to /20, to hold two /24 subnets per zone").into());
         }
         if self.zones.is_empty() || self.zones.len() > 8 {
-            return Err(format!("network {}: give 1 to 8 zones, not {}", self.name, self.zones.len()).into());
+            return Err(format!("give 1 to 8 zones, not {}", self.zones.len()).into());
         }
         let half = 1usize << (24 - block.prefix_len() - 1);
         let tags = self.tags.clone();
@@ -229,7 +237,7 @@ mod tests {
     #[test]
     fn an_unusable_block_or_zone_list_is_refused_with_the_fix() {
         let e = declared(Network::new("shop").cidr_block("10.0.0.0/8")).unwrap_err();
-        assert!(e.contains("network shop: cidr_block 10.0.0.0/8 must be a /16 to /20"), "{e}");
+        assert!(e.contains("component aws:Network 'shop': cidr_block 10.0.0.0/8 must be a /16 to /20"), "{e}");
         let e = declared(Network::new("shop").cidr_block("ten")).unwrap_err();
         assert!(e.contains("is not an IPv4 block"), "{e}");
         let e = declared(Network::new("shop").zones(Vec::<String>::new())).unwrap_err();

@@ -172,6 +172,10 @@ pub struct Plan {
     /// known only after apply). Changed outputs alone make a plan worth applying.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_diffs: Vec<PropertyDiff>,
+    /// The components the program declares; a change's `options.parent` names the one
+    /// it belongs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<crate::cx::Component>,
 }
 
 impl Plan {
@@ -532,6 +536,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     delete: old.options.delete_timeout_ms.map(std::time::Duration::from_millis),
                     ..Default::default()
                 },
+                parent: old.options.parent.clone(),
                 ..ResourceOptions::default()
             },
             delete_before_replace: false,
@@ -554,6 +559,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         summary,
         outputs: graph.exports.clone(),
         output_diffs,
+        components: graph.components.clone(),
     })
 }
 

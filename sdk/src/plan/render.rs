@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use cairn_state::Urn;
+
 use super::{Action, Change, Plan};
 use crate::provider::PropertyDiff;
 
@@ -57,8 +59,14 @@ impl Plan {
             return out;
         }
         out.push('\n');
-        for change in self.changed() {
-            render_change(&mut out, change, options);
+        for item in grouped(self) {
+            match item {
+                (depth, Item::Change(change)) => render_change(&mut out, change, options, depth),
+                (depth, Item::Component(urn)) => {
+                    // Where a change's mark would be, none: the component itself has no action.
+                    let _ = writeln!(out, "{}      {} {}", "  ".repeat(depth), urn.ty(), urn.name());
+                }
+            }
         }
         if !self.output_diffs.is_empty() {
             if self.summary.changes() > 0 {
@@ -101,8 +109,56 @@ fn paint(out: &mut String, options: RenderOptions, action: Action, text: &str) {
     }
 }
 
-fn render_change(out: &mut String, change: &Change, options: RenderOptions) {
-    let mut head = format!("  {} {} {}", mark(change), change.ty, change.urn.name());
+/// A line of the plan: a changed resource, or the header of the component a group of
+/// them belongs to.
+enum Item<'a> {
+    Change(&'a Change),
+    Component(&'a Urn),
+}
+
+/// The changes in plan order, each component's shown together under its header where
+/// its first change is, components inside components indented further; with their
+/// depths.
+fn grouped(plan: &Plan) -> Vec<(usize, Item<'_>)> {
+    let parent_of = |urn: &Urn| plan.components.iter().find(|c| &c.urn == urn).and_then(|c| c.parent.as_ref());
+    // The members of each group (`None`: the top), in order of first appearance.
+    let mut members: Vec<(Option<&Urn>, Vec<Item<'_>>)> = vec![(None, Vec::new())];
+    fn place<'a>(members: &mut Vec<(Option<&'a Urn>, Vec<Item<'a>>)>, parent: Option<&'a Urn>, item: Item<'a>, parent_of: &dyn Fn(&Urn) -> Option<&'a Urn>) {
+        if let Some(p) = parent {
+            if !members.iter().any(|(g, _)| *g == Some(p)) {
+                members.push((Some(p), Vec::new()));
+                // Guard against a component that names itself as its parent.
+                let up = parent_of(p).filter(|&q| q != p);
+                place(members, up, Item::Component(p), parent_of);
+            }
+        }
+        let group = members.iter_mut().find(|(g, _)| *g == parent).expect("the group was made above");
+        group.1.push(item);
+    }
+    for change in plan.changed() {
+        place(&mut members, change.options.parent.as_ref(), Item::Change(change), &parent_of);
+    }
+    let mut out = Vec::new();
+    fn walk<'a>(members: &mut Vec<(Option<&'a Urn>, Vec<Item<'a>>)>, group: Option<&'a Urn>, depth: usize, out: &mut Vec<(usize, Item<'a>)>) {
+        let Some(i) = members.iter().position(|(g, _)| *g == group) else { return };
+        let items = std::mem::take(&mut members[i].1);
+        for item in items {
+            match item {
+                Item::Component(urn) => {
+                    out.push((depth, Item::Component(urn)));
+                    walk(members, Some(urn), depth + 1, out);
+                }
+                change => out.push((depth, change)),
+            }
+        }
+    }
+    walk(&mut members, None, 0, &mut out);
+    out
+}
+
+fn render_change(out: &mut String, change: &Change, options: RenderOptions, depth: usize) {
+    let indent = "  ".repeat(depth);
+    let mut head = format!("{indent}  {} {} {}", mark(change), change.ty, change.urn.name());
     let notes = notes(change);
     if !notes.is_empty() {
         let _ = write!(head, "  ({})", notes.join("; "));
@@ -112,7 +168,7 @@ fn render_change(out: &mut String, change: &Change, options: RenderOptions) {
     if !options.diff {
         return;
     }
-    render_diffs(out, &change.diffs, change.action, "      ");
+    render_diffs(out, &change.diffs, change.action, &format!("{indent}      "));
 }
 
 /// One line per property: `name: value` for a create, else `~ name: old => new`.
