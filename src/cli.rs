@@ -85,7 +85,11 @@ impl VerbContext {
     pub fn output_str(&self, name: &str) -> Result<&str, CliError> {
         self.output(name)?
             .as_str()
-            .ok_or_else(|| CliError::Refused(format!("output '{name}' of stack '{}' is not a string: {}", self.stack, self.state.outputs[name])))
+            .ok_or_else(|| CliError::Output {
+                stack: self.stack.clone(),
+                name: name.to_owned(),
+                reason: format!("output '{name}' of stack '{}' is not a string: {}", self.stack, cairn_sdk::secret::redact(&self.state.outputs[name])),
+            })
     }
 }
 
@@ -95,7 +99,7 @@ fn missing_output(stack: &str, state: &StackState, name: &str) -> CliError {
     } else {
         format!("it has: {}", state.outputs.keys().cloned().collect::<Vec<_>>().join(", "))
     };
-    CliError::Refused(format!("stack '{stack}' has no output '{name}'; {has}"))
+    CliError::Output { stack: stack.to_owned(), name: name.to_owned(), reason: format!("stack '{stack}' has no output '{name}'; {has}") }
 }
 
 #[derive(Parser, Debug)]
@@ -308,11 +312,61 @@ pub enum CliError {
     /// A document could not be written as JSON.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
-    /// What the command asked for cannot be done as asked (a bad value, an event
-    /// rejected, a change refused without `--yes`, ...): the message says what and how
-    /// to go on.
+    /// An argument, flag, command or key the program cannot use as given: the message
+    /// says which, and what it takes.
     #[error("{0}")]
-    Refused(String),
+    Usage(String),
+    /// A change asked for without `--yes` where there is no terminal to ask.
+    #[error("refusing to {what} without --yes: there is no terminal to ask; review with `preview`, then run again with --yes")]
+    NeedsYes {
+        /// What would have been done.
+        what: String,
+    },
+    /// An event its handlers, guards or the event policy refused: nothing was recorded.
+    #[error("event {kind}: {reason}")]
+    EventRefused {
+        /// The event's kind.
+        kind: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stack has no such output, or not of the type asked.
+    #[error("{reason}")]
+    Output {
+        /// The stack.
+        stack: String,
+        /// The output asked for.
+        name: String,
+        /// What is wrong, naming both, and what there is.
+        reason: String,
+    },
+    /// A file given to the command (a saved plan, an exported state) cannot be used.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why, and what to give instead.
+        reason: String,
+    },
+    /// `watch` lost a stack's lease: another process leads it now, and this one stopped
+    /// writing.
+    #[error("stack '{stack}': this process lost its lease (it could not renew it in time, or another process took the stack over, or `state unlock --force` cleared it) and stopped, writing nothing more. Events not yet recorded stay with their sources for the new leader. Restart it (with --standby to stand by)")]
+    LeaseLost {
+        /// The stack.
+        stack: String,
+    },
+    /// A stack's reconciler panicked outside the handlers and the program (whose
+    /// panics are contained): a bug of Cairn's.
+    #[error("the reconciler of stack '{stack}' panicked: {message}")]
+    ReconcilerPanicked {
+        /// The stack.
+        stack: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// A verb of the program's own failed ([`Cli::verb`]).
+    #[error("{0}")]
+    Verb(Box<dyn std::error::Error + Send + Sync>),
     /// `watch` stopped because a stack failed (its lease lost, its lock held elsewhere
     /// without `--standby`); each failure was printed as it happened.
     #[error("watch stopped: {failed} of its stacks failed")]
@@ -322,17 +376,6 @@ pub enum CliError {
     },
 }
 
-impl From<String> for CliError {
-    fn from(message: String) -> Self {
-        CliError::Refused(message)
-    }
-}
-
-impl From<&str> for CliError {
-    fn from(message: &str) -> Self {
-        CliError::Refused(message.to_owned())
-    }
-}
 
 pub(crate) type Outcome_ = Result<ExitCode, CliError>;
 
@@ -518,7 +561,7 @@ impl<S: UserState> Cli<S> {
         let build = |name: &str| {
             let stack = (self.factory)(name)?.progress(LiveProgress::new(terminal));
             if stack.name() != name {
-                return Err(CliError::Refused(format!("the stack factory built stack '{}' for --stack {name}; build it with the name it is given", stack.name())));
+                return Err(CliError::Usage(format!("the stack factory built stack '{}' for --stack {name}; build it with the name it is given", stack.name())));
             }
             Ok(stack)
         };
@@ -529,7 +572,7 @@ impl<S: UserState> Cli<S> {
                 (false, false) => stacks,
             };
             if names.is_empty() {
-                return Err(CliError::Refused(format!("--all-stacks: no stack has state in {location}; deploy one with `up` first")));
+                return Err(CliError::Usage(format!("--all-stacks: no stack has state in {location}; deploy one with `up` first")));
             }
             let stacks = names.iter().map(|n| build(n)).collect::<Result<Vec<_>, _>>()?;
             let plan = crate::watch::Plan { stacks, store, listen, standby, sources: self.sources, options: self.reconciler, http: self.http };
@@ -539,7 +582,7 @@ impl<S: UserState> Cli<S> {
             let Some(verb) = self.verbs.iter().find(|v| v.name == name) else {
                 let mut known: Vec<String> = Args::command().get_subcommands().map(|c| c.get_name().to_owned()).collect();
                 known.extend(self.verbs.iter().map(|v| v.name.clone()));
-                return Err(CliError::Refused(format!("unknown command '{name}'; the commands are: {} (see --help)", known.join(", "))));
+                return Err(CliError::Usage(format!("unknown command '{name}'; the commands are: {} (see --help)", known.join(", "))));
             };
             let state = store.load(&args.stack).await?.unwrap_or_else(|| StackState::new(&args.stack));
             return (verb.run)(VerbContext { stack: args.stack, args: rest, state }).await;
@@ -626,7 +669,7 @@ impl<S: UserState> Ctx<S> {
             return Ok(true);
         }
         if !self.terminal.input {
-            return Err(CliError::Refused(format!("refusing to {what} without --yes: there is no terminal to ask; review with `preview`, then run again with --yes")));
+            return Err(CliError::NeedsYes { what: what.to_owned() });
         }
         print!("Do you want to {what}? [y/N] ");
         let _ = std::io::stdout().flush();
@@ -640,7 +683,7 @@ impl<S: UserState> Ctx<S> {
         let s = self.stack.user_state(&state)?;
         let plan = self.stack.preview(&s, &state)?;
         if let Some(path) = out {
-            std::fs::write(&path, plan.to_json()).map_err(|e| format!("writing the plan to {path}: {e}"))?;
+            std::fs::write(&path, plan.to_json()).map_err(|e| CliError::File { path: path.clone(), reason: format!("the plan could not be written: {e}") })?;
             eprintln!("Plan saved to {path}; apply it with `up --plan {path}`.");
         }
         if json {
@@ -673,15 +716,16 @@ impl<S: UserState> Ctx<S> {
         }
         let mut plan = match &plan_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("reading the plan {path}: {e}"))?;
-                let plan = Plan::from_json(&text).map_err(|e| format!("{path} is not a plan saved by `preview --out`: {e}"))?;
+                let bad = |reason: String| CliError::File { path: path.clone(), reason };
+                let text = std::fs::read_to_string(path).map_err(|e| bad(format!("the plan could not be read: {e}")))?;
+                let plan = Plan::from_json(&text).map_err(|e| bad(format!("not a plan saved by `preview --out`: {e}")))?;
                 plan.check_base(session.state())?;
                 plan
             }
             None => session.preview(&session.user_state()?)?,
         };
         if !target.is_empty() {
-            let urns = target.iter().map(|t| Urn::parse(t).map_err(|e| format!("--target: {e}"))).collect::<Result<Vec<Urn>, String>>()?;
+            let urns = target.iter().map(|t| Urn::parse(t).map_err(|e| CliError::Usage(format!("--target: {e}")))).collect::<Result<Vec<Urn>, _>>()?;
             plan.target(&urns)?;
         }
         print!("{}", plan.render(self.terminal.render(true)));
@@ -729,20 +773,21 @@ impl<S: UserState> Ctx<S> {
     }
 
     async fn emit(&self, kind: String, payload: &str, dry_run: bool, yes: bool) -> Outcome_ {
-        let payload: Value = serde_json::from_str(payload).map_err(|e| format!("--payload is not JSON ({e}); pass an object such as '{{\"requests_per_second\": 2600}}'"))?;
+        let payload: Value = serde_json::from_str(payload)
+            .map_err(|e| CliError::Usage(format!("--payload is not JSON ({e}); pass an object such as '{{\"requests_per_second\": 2600}}'")))?;
         let event = Event::new(kind, payload).with_source("cli");
         // What it would do, from the state as stored: changes nothing.
         let state = self.load().await?;
         let mut s = self.stack.user_state(&state)?;
         let before = serde_json::to_value(&s)?;
         if let Err(rejection) = self.stack.handle_event_async(&event, &mut s).await {
-            return Err(CliError::Refused(format!("event {} was rejected: {rejection}", event.kind)));
+            return Err(CliError::EventRefused { kind: event.kind, reason: format!("rejected: {rejection}") });
         }
         let plan = self.stack.preview(&s, &state)?;
         print_state_change(&before, &serde_json::to_value(&s)?);
         print!("{}", plan.render(self.terminal.render(true)));
         if let Err(why) = self.stack.policy().evaluate(&plan) {
-            return Err(CliError::Refused(format!("event {}: the event policy refuses its plan: {why}", event.kind)));
+            return Err(CliError::EventRefused { kind: event.kind, reason: format!("the event policy refuses its plan: {why}") });
         }
         if dry_run {
             println!("Dry run: nothing recorded or changed.");
@@ -755,12 +800,13 @@ impl<S: UserState> Ctx<S> {
         self.stack.ready().await?;
         let session = self.lock("emit").await?;
         let (mut reconciler, _events) = Reconciler::new(readable(session).await?, ReconcilerOptions::default())?;
+        let kind = event.kind.clone();
         let outcome = reconciler.process(vec![event]).await;
         let report = reconciler.last_report().cloned();
         reconciler.into_session().close().await?;
         match outcome?.pop() {
             Some(Outcome::Accepted) => {}
-            Some(Outcome::Rejected(r)) => return Err(CliError::Refused(format!("the event was rejected: {r}"))),
+            Some(Outcome::Rejected(r)) => return Err(CliError::EventRefused { kind, reason: format!("rejected: {r}") }),
             Some(Outcome::Duplicate) | None => println!("The event was already processed."),
         }
         match report {
@@ -796,7 +842,7 @@ impl<S: UserState> Ctx<S> {
         let stack = self.stack.name();
         for value in state.outputs.values_mut() {
             *value = match show_secrets {
-                true => cairn_sdk::secret::open_all(value).map_err(|e| format!("outputs --show-secrets: {e}"))?.0,
+                true => cairn_sdk::secret::open_all(value).map_err(|e| CliError::Usage(format!("outputs --show-secrets: {e}")))?.0,
                 false => cairn_sdk::secret::redact(value),
             };
         }
@@ -830,8 +876,8 @@ impl<S: UserState> Ctx<S> {
             StateVerb::Show { urn } => {
                 let state = self.load().await?;
                 let r = state
-                    .resource(&Urn::parse(&urn).map_err(|e| format!("state show: {e}"))?)
-                    .ok_or_else(|| format!("no resource {urn} in stack '{}'; `state list` shows the URNs", self.stack.name()))?;
+                    .resource(&Urn::parse(&urn).map_err(|e| CliError::Usage(format!("state show: {e}")))?)
+                    .ok_or_else(|| CliError::Usage(format!("no resource {urn} in stack '{}'; `state list` shows the URNs", self.stack.name())))?;
                 let mut r = r.clone();
                 for props in [&mut r.inputs, &mut r.outputs] {
                     *props = props.iter().map(|(k, v)| (k.to_owned(), cairn_sdk::secret::redact(v))).collect();
@@ -860,20 +906,24 @@ impl<S: UserState> Ctx<S> {
     }
 
     async fn import(&self, file: &str, force: bool) -> Outcome_ {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
-        let mut imported: StackState = serde_json::from_str(&text).map_err(|e| format!("{file} is not a state exported by `state export`: {e}"))?;
+        let bad = |reason: String| CliError::File { path: file.to_owned(), reason };
+        let text = std::fs::read_to_string(file).map_err(|e| bad(format!("it could not be read: {e}")))?;
+        let mut imported: StackState = serde_json::from_str(&text).map_err(|e| bad(format!("not a state exported by `state export`: {e}")))?;
         if imported.stack != self.stack.name() {
-            return Err(CliError::Refused(format!("{file} holds stack '{}', not '{}'; pass --stack {}", imported.stack, self.stack.name(), imported.stack)));
+            return Err(bad(format!("it holds stack '{}', not '{}'; pass --stack {}", imported.stack, self.stack.name(), imported.stack)));
         }
         imported.pending.clear();
         let count = imported.resources.len();
         self.locked(&self.stack, "state import", async |session| {
             let current = session.state();
             if imported.lineage != current.lineage && !current.resources.is_empty() && !force {
-                return Err(CliError::Refused(format!(
-                    "{file} has lineage {}, the stored state {}: it is another history of this stack; pass --force to replace it anyway",
-                    imported.lineage, current.lineage
-                )));
+                return Err(CliError::File {
+                    path: file.to_owned(),
+                    reason: format!(
+                        "it has lineage {}, the stored state {}: it is another history of this stack; pass --force to replace it anyway",
+                        imported.lineage, current.lineage
+                    ),
+                });
             }
             Ok(session.import(imported).await?)
         })
@@ -1062,7 +1112,7 @@ impl Progress for LiveProgress {
 fn config_verb(setup: Option<&ConfigSetup>, stack: &str, verb: ConfigVerb) -> Outcome_ {
     use crate::config;
     let setup = setup.ok_or_else(|| {
-        CliError::Refused("this program reads no per-stack configuration: build its command line with Cli::configured(dir, factory)".to_owned())
+        CliError::Usage("this program reads no per-stack configuration: build its command line with Cli::configured(dir, factory)".to_owned())
     })?;
     let path = config::path(&setup.dir, stack);
     let mut table = config::read(&setup.dir, stack)?;
@@ -1079,7 +1129,7 @@ fn config_verb(setup: Option<&ConfigSetup>, stack: &str, verb: ConfigVerb) -> Ou
             match table.as_table() {
                 Some(t) if t.is_empty() && !json => println!("Stack '{stack}' has no configuration ({} does not exist or is empty).", path.display()),
                 _ if json => println!("{}", serde_json::to_string_pretty(&table)?),
-                _ => print!("{}", toml::to_string(&table).map_err(|e| format!("{}: {e}", path.display()))?),
+                _ => print!("{}", toml::to_string(&table).map_err(|e| CliError::File { path: path.display().to_string(), reason: e.to_string() })?),
             }
         }
         ConfigVerb::Get { key, show_secrets } => match config::get(&table, &key) {
@@ -1089,7 +1139,7 @@ fn config_verb(setup: Option<&ConfigSetup>, stack: &str, verb: ConfigVerb) -> Ou
             },
             None => {
                 let keys: Vec<&String> = table.keys().collect();
-                return Err(CliError::Refused(format!("{} has no key '{key}'; its keys: {keys:?}", path.display())));
+                return Err(CliError::Usage(format!("{} has no key '{key}'; its keys: {keys:?}", path.display())));
             }
         },
         ConfigVerb::Set { key, value, secret } => {
@@ -1098,7 +1148,7 @@ fn config_verb(setup: Option<&ConfigSetup>, stack: &str, verb: ConfigVerb) -> Ou
                 let keyring = config::keyring_for_new_secret(&setup.dir, stack, &mut table)?;
                 value = config::seal(&keyring, &value);
             }
-            config::set(&mut table, &key, value.clone()).map_err(|e| format!("config set: {e}"))?;
+            config::set(&mut table, &key, value.clone()).map_err(|e| CliError::Usage(format!("config set: {e}")))?;
             let value = config::reveal(&value, false)?;
             // Checked before it is written: a file the program cannot read stops every verb.
             (setup.check)(&setup.dir, stack, table.clone())?;

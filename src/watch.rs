@@ -49,12 +49,12 @@ struct Watched<S> {
 }
 
 pub(crate) async fn run<S: UserState>(plan: Plan<S>) -> Result<ExitCode, CliError> {
-    let listener = tokio::net::TcpListener::bind(&plan.listen).await.map_err(|e| format!("cannot listen on {}: {e}; pick another address with --listen", plan.listen))?;
+    let listener = tokio::net::TcpListener::bind(&plan.listen).await.map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}; pick another address with --listen", plan.listen)))?;
     // Before any lock is taken: an error from here on must not leave one behind.
     let addr = listener.local_addr()?;
     let webhook = match std::env::var("CAIRN_WEBHOOK_SECRET") {
         Ok(secret) if secret.trim().is_empty() => {
-            return Err(CliError::Refused("CAIRN_WEBHOOK_SECRET is set but empty; set it to a long random secret, or unset it to turn the webhook off".to_owned()))
+            return Err(CliError::Usage("CAIRN_WEBHOOK_SECRET is set but empty; set it to a long random secret, or unset it to turn the webhook off".to_owned()))
         }
         Ok(secret) => Some(crate::serve::WebhookConfig::new(secret.into_bytes())),
         _ => {
@@ -252,7 +252,7 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
         let running = tokio::spawn(reconciler.run(shutdown));
         until.await;
         let _ = tx.send(());
-        running.await.map_err(|e| format!("the reconciler of stack '{name}' panicked: {e}"))?
+        running.await.map_err(|e| CliError::ReconcilerPanicked { stack: name.to_string(), message: e.to_string() })?
     } else {
         // The reconciler gets a thread of its own, so an event's render, diff and apply
         // never wait behind the HTTP server or the sources.
@@ -287,9 +287,7 @@ async fn lead<S: UserState>(shared: Arc<Shared>, w: Watched<S>, mut stop: watch:
     };
     if *lost_rx.borrow_and_update() || finished.as_ref().is_err_and(lease_error) {
         // Its lock is another process's now, or will be: nothing to close or release.
-        return Err(CliError::Refused(format!(
-            "stack '{name}': this process lost its lease (it could not renew it in time, or another process took the stack over, or `state unlock --force` cleared it) and stopped, writing nothing more. Events not yet recorded stay with their sources for the new leader. Restart it (with --standby to stand by)"
-        )));
+        return Err(CliError::LeaseLost { stack: name.to_string() });
     }
     let session = finished?;
     session.close().await?;

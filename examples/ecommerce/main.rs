@@ -47,8 +47,8 @@ async fn web_capacity(cx: VerbContext) -> Result<ExitCode, CliError> {
         .auto_scaling_group_names(group)
         .send()
         .await
-        .map_err(|e| CliError::Refused(format!("describing the web group {group}: {}", aws_sdk_autoscaling::error::DisplayErrorContext(e))))?;
-    let g = out.auto_scaling_groups().first().ok_or_else(|| CliError::Refused(format!("AWS has no group {group}")))?;
+        .map_err(|e| CliError::Verb(format!("describing the web group {group}: {}", aws_sdk_autoscaling::error::DisplayErrorContext(e)).into()))?;
+    let g = out.auto_scaling_groups().first().ok_or_else(|| CliError::Verb(format!("AWS has no group {group}").into()))?;
     println!("web group {group}: desired capacity {} ({} instances) as AWS reports it", g.desired_capacity().unwrap_or(0), g.instances().len());
     Ok(ExitCode::SUCCESS)
 }

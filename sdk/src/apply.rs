@@ -925,7 +925,7 @@ async fn journaled(
     pending: PendingOperation,
     call: CallFuture,
 ) -> Result<StepEffect, Failure> {
-    if let Err(e) = journal.record(JournalRecord::Begin { base, step, op: pending }).await {
+    if let Err(e) = journal.record(JournalRecord::Begin { base, step, op: pending.clone() }).await {
         return Err(ProviderError::failed(format!("not started: the journal could not record it: {e}")).into());
     }
     let result = call.await;
@@ -947,7 +947,7 @@ async fn journaled(
         // If this write fails the step stays pending in the journal; the snapshot
         // written at the end of the apply records the truth, and a crash before it
         // is settled by a look-up, as for any pending step.
-        let _ = journal.record(JournalRecord::End { base, step, effect }).await;
+        let _ = journal.record(JournalRecord::End { base, step, effect: effect.after(&pending) }).await;
     }
     result
 }

@@ -57,6 +57,19 @@ pub enum StepEffect {
         /// The new resource.
         resource: ResourceState,
     },
+    /// A create finished: the resource is what its begin record says (URN,
+    /// dependencies, options, the inputs it was sent) with this id and these outputs.
+    /// Written in place of `Upsert` or `Replaced` after a create, so the journal does not
+    /// repeat the begin record.
+    Created {
+        /// Its id.
+        id: String,
+        /// Its outputs.
+        outputs: Props,
+        /// It replaces the previous copy, which becomes an old copy to delete.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replaced: bool,
+    },
     /// The resource with this id is gone (deleted or forgotten).
     Removed {
         /// The resource.
@@ -109,6 +122,47 @@ pub enum JournalRecord {
         /// What changed.
         effect: StepEffect,
     },
+}
+
+impl StepEffect {
+    /// The effect as a journal records it after `begun`: a create's resource as
+    /// [`StepEffect::Created`] when the begin record holds the rest of it.
+    pub fn after(self, begun: &PendingOperation) -> StepEffect {
+        let creates = matches!(begun.kind, StepOp::Create | StepOp::CreateReplacement);
+        match self {
+            StepEffect::Upsert { resource } | StepEffect::Replaced { resource } if creates && begun.describes(&resource) => {
+                let replaced = begun.kind == StepOp::CreateReplacement;
+                StepEffect::Created { id: resource.id, outputs: resource.outputs, replaced }
+            }
+            other => other,
+        }
+    }
+}
+
+impl PendingOperation {
+    /// Whether `resource` is this operation's resource, all but its id and outputs.
+    fn describes(&self, r: &ResourceState) -> bool {
+        r.urn == self.urn
+            && r.ty == self.urn.ty()
+            && r.inputs == self.inputs
+            && r.dependencies == self.dependencies
+            && r.options == self.options
+            && !r.pending_delete
+    }
+
+    /// The resource a finished create of this operation made.
+    fn created(&self, id: String, outputs: Props) -> ResourceState {
+        ResourceState {
+            urn: self.urn.clone(),
+            ty: self.urn.ty().to_owned(),
+            id,
+            inputs: self.inputs.clone(),
+            outputs,
+            dependencies: self.dependencies.clone(),
+            options: self.options.clone(),
+            pending_delete: false,
+        }
+    }
 }
 
 impl JournalRecord {
@@ -167,7 +221,21 @@ pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = J
             }
             JournalRecord::Begin { step, op, .. } => open.push((step, op)),
             JournalRecord::End { step, effect, .. } => {
-                open.retain(|(s, _)| *s != step);
+                let begun = open.iter().position(|(s, _)| *s == step).map(|i| open.remove(i).1);
+                let effect = match (effect, begun) {
+                    (StepEffect::Created { id, outputs, replaced }, Some(op)) => {
+                        let resource = op.created(id, outputs);
+                        if replaced {
+                            StepEffect::Replaced { resource }
+                        } else {
+                            StepEffect::Upsert { resource }
+                        }
+                    }
+                    // Its begin record is lost: nothing to rebuild it from. The next
+                    // look-up of the stack's resources finds it (its cloud tags).
+                    (StepEffect::Created { .. }, None) => StepEffect::Nothing,
+                    (effect, _) => effect,
+                };
                 apply_effect(state, effect);
             }
         }
@@ -191,7 +259,8 @@ pub fn apply_effect(state: &mut crate::StackState, effect: StepEffect) {
             state.resources.push(resource);
         }
         StepEffect::Removed { urn, id } => state.resources.retain(|r| !(r.urn == urn && r.id == id)),
-        StepEffect::Nothing => {}
+        // Rebuilt from its begin record by `replay`, which has it.
+        StepEffect::Created { .. } | StepEffect::Nothing => {}
     }
 }
 
@@ -224,5 +293,36 @@ mod tests {
         assert_eq!(state.serial, 6);
         assert_eq!(state.user_state, json!({ "capacity": 7 }));
         assert!(state.processed_events.iter().eq(["a", "b", "c"]));
+    }
+
+    #[test]
+    fn a_creates_end_record_names_only_what_its_begin_does_not_and_replays_whole() {
+        let urn = Urn::new("dev", "test:q:Queue", "orders");
+        let inputs: Props = [("name".to_owned(), json!("orders-1"))].into_iter().collect();
+        let outputs: Props = [("arn".to_owned(), json!("arn:orders"))].into_iter().collect();
+        let begun = PendingOperation {
+            kind: StepOp::CreateReplacement,
+            urn: urn.clone(),
+            id: None,
+            dependencies: vec![Urn::new("dev", "test:q:Queue", "dlq")],
+            options: crate::StoredOptions { protect: true, ..Default::default() },
+            inputs: inputs.clone(),
+        };
+        let made = begun.created("q-2".into(), outputs.clone());
+        let effect = StepEffect::Replaced { resource: made.clone() }.after(&begun);
+        assert_eq!(effect, StepEffect::Created { id: "q-2".into(), outputs, replaced: true });
+        // Read back with other inputs than it was sent: recorded whole.
+        let read: Props = [("name".to_owned(), json!("other"))].into_iter().collect();
+        let other = StepEffect::Upsert { resource: ResourceState { inputs: read, ..made.clone() } };
+        assert_eq!(other.clone().after(&begun), other);
+
+        let old = ResourceState { id: "q-1".into(), ..made.clone() };
+        let mut state = StackState { resources: vec![old.clone()], ..StackState::new("dev") };
+        replay(
+            &mut state,
+            [JournalRecord::Begin { base: 0, step: (1, 0), op: begun }, JournalRecord::End { base: 0, step: (1, 0), effect }],
+        );
+        assert_eq!(state.resources, [ResourceState { pending_delete: true, ..old }, made]);
+        assert!(state.pending.is_empty());
     }
 }
