@@ -960,3 +960,37 @@ async fn three_replicas_fail_over_when_the_leader_is_killed_and_apply_every_even
     summary(&format!("REPLICAS failover_ms={} lease_ms=2000 events={} generation={}", failover.as_millis(), ids.len(), generation + 1));
     assert!(failover < Duration::from_millis(2000 + 1000), "failover took {failover:?}, more than the lease + 1 s");
 }
+
+/// The calls each verb makes, counted by operation by a proxy of its own, kept as a
+/// snapshot: a change that makes more calls (or fewer) shows as a diff to review. The
+/// ecommerce stack: the first `up`, an `up` with nothing to do, a refresh, and an event
+/// that scales the web group.
+#[tokio::test]
+async fn the_calls_each_verb_makes_are_counted_by_operation() {
+    let moto = cairn_testkit::moto();
+    moto.configure_env();
+    std::env::set_var("CAIRN_AWS_WAIT_TIMEOUT", "3");
+    let counting = FaultProxy::start(moto.endpoint());
+    let aws = cairn_aws::Provider::new(&sdk_config(&counting.endpoint(), true).await);
+    let stack = shop::stack("counted", aws, shop::ShopConfig::default());
+    let mut session = stack.in_memory_session().await.unwrap();
+    let counts = |what: &str| {
+        let stats = counting.stats();
+        counting.reset_stats();
+        let lines: Vec<String> = stats.by_operation.iter().map(|(op, n)| format!("{n:>3}  {op}")).collect();
+        format!("{what}: {} calls\n{}\n", stats.calls, lines.join("\n"))
+    };
+
+    let shop = Shop::default();
+    let report = session.up(&shop).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let mut text = counts("up, first");
+    assert_eq!(session.up(&shop).await.unwrap().summary.changes(), 0);
+    text += &counts("up, nothing to do");
+    session.refresh().await.unwrap();
+    text += &counts("refresh");
+    let spike = Shop { web_capacity: 6, ..shop.clone() };
+    assert_eq!(session.up(&spike).await.unwrap().summary.update, 1);
+    text += &counts("up, web capacity 2 -> 6");
+    insta::assert_snapshot!("calls_per_verb", text);
+}

@@ -173,6 +173,9 @@ pub struct ProxyStats {
     pub calls: u64,
     /// The mutating calls among them.
     pub mutating_calls: u64,
+    /// Every call by operation: the AWS action (`CreateVpc`), or for a REST call its
+    /// method and the first two segments of its path (`POST /2013-04-01/hostedzone`).
+    pub by_operation: BTreeMap<String, u64>,
     /// How many faults of each kind were injected (kinds never injected are absent).
     pub faults: BTreeMap<Fault, u64>,
     /// The faulted calls, in the order they arrived.
@@ -535,6 +538,7 @@ impl Shared {
     fn decide(&self, call: &Call) -> Verdict {
         let mut state = self.state();
         state.stats.calls += 1;
+        *state.stats.by_operation.entry(call.operation.clone()).or_default() += 1;
         let latency = state.plan.latency;
         if !call.mutating {
             return Verdict::Run { latency, fault: None };
@@ -753,6 +757,8 @@ enum Protocol {
 #[derive(Debug)]
 struct Call {
     action: String,
+    /// What [`ProxyStats::by_operation`] counts it as.
+    operation: String,
     mutating: bool,
     protocol: Protocol,
 }
@@ -761,7 +767,12 @@ impl Call {
     fn classify(parts: &Parts, body: &[u8]) -> Call {
         let cbor = parts.headers.get("smithy-protocol").is_some_and(|p| p.as_bytes() == b"rpc-v2-cbor");
         if let Some((_, operation)) = parts.uri.path().rsplit_once("/operation/").filter(|_| cbor) {
-            return Call { action: operation.to_owned(), mutating: is_mutating_action(operation), protocol: Protocol::RpcV2Cbor };
+            return Call {
+                action: operation.to_owned(),
+                operation: operation.to_owned(),
+                mutating: is_mutating_action(operation),
+                protocol: Protocol::RpcV2Cbor,
+            };
         }
         if let Some(target) = parts.headers.get("x-amz-target").and_then(|t| t.to_str().ok()) {
             // `AmazonSQS.CreateQueue`: the service, a dot, the action.
@@ -774,6 +785,7 @@ impl Call {
                 .unwrap_or(HeaderValue::from_static("application/x-amz-json-1.0"));
             return Call {
                 action: action.to_string(),
+                operation: action.to_string(),
                 mutating: is_mutating_action(action),
                 protocol: Protocol::AwsJson { content_type, sqs: service == "AmazonSQS" },
             };
@@ -789,11 +801,13 @@ impl Call {
         let param = |name: &str| form_value(form, name).or_else(|| form_value(query, name));
         if let Some(action) = param("Action") {
             let protocol = if param("Version") == Some("2016-11-15") { Protocol::Ec2Query } else { Protocol::AwsQuery };
-            return Call { action: action.to_string(), mutating: is_mutating_action(action), protocol };
+            return Call { action: action.to_string(), operation: action.to_string(), mutating: is_mutating_action(action), protocol };
         }
 
+        let path: Vec<&str> = parts.uri.path().split('/').filter(|s| !s.is_empty()).take(2).collect();
         Call {
             action: parts.method.to_string(),
+            operation: format!("{} /{}", parts.method, path.join("/")),
             mutating: matches!(parts.method, Method::PUT | Method::POST | Method::DELETE),
             protocol: Protocol::RestXml,
         }
