@@ -310,9 +310,13 @@ macro_rules! with_target {
     }};
 }
 
-/// Brings the table's routes and associations to `desired`, from what AWS has now.
-async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &RouteTableInputs) -> Result<(), ProviderError> {
-    let rt = describe(aws, id).await?.ok_or_else(|| ProviderError::not_found(format!("{id} is gone")))?;
+/// Brings the table's routes and associations to `desired`, from `current` (what AWS
+/// just answered) or else from what AWS has now.
+async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &RouteTableInputs, current: Option<AwsRouteTable>) -> Result<(), ProviderError> {
+    let rt = match current {
+        Some(rt) => rt,
+        None => describe(aws, id).await?.ok_or_else(|| ProviderError::not_found(format!("{id} is gone")))?,
+    };
     let have = routes(&rt);
     let want: BTreeMap<String, RouteEntry> = canonical(desired.routes.as_deref()).into_iter().map(|r| (r.destination.clone(), r)).collect();
     // New and changed routes first, so traffic that keeps a route is never dropped.
@@ -414,9 +418,27 @@ impl Kind for RouteTableKind {
             .await
             .map_err(|e| aws_error("creating the route table", e, hint))?;
         let id = out.route_table().and_then(|r| r.route_table_id()).unwrap_or_default().to_owned();
+        // The answer is the new table, tags included: routes and associations start
+        // from it, and once they are made the table is what was asked, with nothing left
+        // to read back.
+        let created = out.route_table().cloned();
         finish(&id, async {
-            sync(aws, urn, &id, &want).await?;
-            self.read_created(aws, urn, &id, inputs).await
+            sync(aws, urn, &id, &want, created.clone()).await?;
+            Ok(match created {
+                Some(rt) => {
+                    let mut observed = observe(urn, &id, &rt);
+                    let routes = canonical(want.routes.as_deref());
+                    let subnets = canonical(want.subnet_ids.as_deref());
+                    let made = RouteTableInputs {
+                        routes: (!routes.is_empty()).then_some(routes),
+                        subnet_ids: (!subnets.is_empty()).then_some(subnets),
+                        ..RouteTableInputs::from_props(&observed.inputs)?
+                    };
+                    observed.inputs = made.to_props();
+                    observed
+                }
+                None => self.read_created(aws, urn, &id, inputs).await?,
+            })
         })
         .await
     }
@@ -427,7 +449,7 @@ impl Kind for RouteTableKind {
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         let (old, want) = (RouteTableInputs::from_props(old)?, RouteTableInputs::from_props(new)?);
-        sync(aws, urn, id, &want).await?;
+        sync(aws, urn, id, &want, None).await?;
         retag(&aws.ec2, urn, id, old.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }

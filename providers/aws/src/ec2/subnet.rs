@@ -95,6 +95,19 @@ async fn set_public_ips(aws: &Clients, id: &str, on: bool) -> Result<(), Provide
     Ok(())
 }
 
+/// The subnet as AWS describes it.
+fn observe(urn: &Urn, id: &str, s: &aws_sdk_ec2::types::Subnet) -> Observed {
+    let zone = s.availability_zone().unwrap_or_default();
+    let inputs = SubnetInputs {
+        vpc_id: s.vpc_id().map(str::to_owned),
+        cidr_block: s.cidr_block().map(str::to_owned),
+        availability_zone: Some(zone.to_owned()),
+        map_public_ip_on_launch: Some(s.map_public_ip_on_launch().unwrap_or(false)),
+        tags: observed_tags(urn, s.tags()),
+    };
+    Observed::new(id, inputs.to_props(), [("id", Value::from(id)), ("availability_zone", Value::from(zone))])
+}
+
 #[async_trait]
 impl Kind for SubnetKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
@@ -130,7 +143,18 @@ impl Kind for SubnetKind {
             if want.map_public_ip_on_launch == Some(true) {
                 set_public_ips(aws, &id, true).await?;
             }
-            self.read_created(aws, urn, &id, inputs).await
+            // The answer is the new subnet, its zone and tags included; the one change
+            // made since is known. Nothing is left to read back.
+            match out.subnet() {
+                Some(s) => {
+                    let mut observed = observe(urn, &id, s);
+                    if want.map_public_ip_on_launch == Some(true) {
+                        observed.inputs.insert("map_public_ip_on_launch", Value::Bool(true));
+                    }
+                    Ok(observed)
+                }
+                None => self.read_created(aws, urn, &id, inputs).await,
+            }
         })
         .await
     }
@@ -139,16 +163,7 @@ impl Kind for SubnetKind {
         let Some(out) = or_missing(aws.ec2.describe_subnets().subnet_ids(id).send().await, MISSING, "reading the subnet", hint)? else {
             return Ok(None);
         };
-        let Some(s) = out.subnets().first() else { return Ok(None) };
-        let zone = s.availability_zone().unwrap_or_default();
-        let inputs = SubnetInputs {
-            vpc_id: s.vpc_id().map(str::to_owned),
-            cidr_block: s.cidr_block().map(str::to_owned),
-            availability_zone: Some(zone.to_owned()),
-            map_public_ip_on_launch: Some(s.map_public_ip_on_launch().unwrap_or(false)),
-            tags: observed_tags(urn, s.tags()),
-        };
-        Ok(Some(Observed::new(id, inputs.to_props(), [("id", Value::from(id)), ("availability_zone", Value::from(zone))])))
+        Ok(out.subnets().first().map(|s| observe(urn, id, s)))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
