@@ -202,3 +202,13 @@ pub(crate) fn set_diff(req: &DiffRequest<'_>, sets: &[&str]) -> DiffResult {
     diff.changes.retain(|c| !(c.known && sets.contains(&c.name.as_str()) && canonical_set(c.old.as_ref()) == canonical_set(c.new.as_ref())));
     diff
 }
+
+/// A failure unless input `key`, where set, is one of `allowed`.
+pub(crate) fn one_of(decl: &cairn_sdk::Decl, key: &str, allowed: &[&str], out: &mut Vec<cairn_sdk::CheckFailure>) {
+    if let Some(v) = decl.value(key) {
+        if !v.as_str().is_some_and(|s| allowed.contains(&s)) {
+            let list = allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+            out.push(cairn_sdk::CheckFailure::new(key, Some(v), format!("be one of {list}")));
+        }
+    }
+}

@@ -467,6 +467,8 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
 
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct Guarded {
+    /// `auth_token_update`, when set.
+    update: Option<String>,
     token: Option<cairn_sdk::Secret<String>>,
 }
 
@@ -480,6 +482,9 @@ fn guarded(stack: &str, provider: cairn_aws::Provider, keyring: std::sync::Arc<c
         if let Some(token) = &g.token {
             group = group.auth_token(token);
         }
+        if let Some(update) = &g.update {
+            group = group.auth_token_update(update);
+        }
         cx.add(group);
         Ok(())
     })
@@ -492,7 +497,7 @@ async fn an_auth_token_is_sent_over_tls_kept_sealed_rotated_in_place_and_its_rem
     let token = |t: &str| Some(cairn_sdk::Secret::seal(&keyring, &t.to_owned()));
     let stack = guarded("ec-auth", provider, keyring.clone());
     let mut session = stack.in_memory_session().await.unwrap();
-    let first = Guarded { token: token("first-auth-token-0123") };
+    let first = Guarded { token: token("first-auth-token-0123"), update: None };
     let report = session.up(&first).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let id = id_of(&report.state, REPLICATION_GROUP, "sessions");
@@ -504,7 +509,7 @@ async fn an_auth_token_is_sent_over_tls_kept_sealed_rotated_in_place_and_its_rem
     assert!(drift_of(&stack.preview_refresh(&report.state).await.unwrap()).is_empty(), "AWS shows no token; Cairn keeps its own");
 
     // A new token is rotated on the same group, its values shown as [secret].
-    let second = Guarded { token: token("second-auth-token-4567") };
+    let second = Guarded { token: token("second-auth-token-4567"), update: None };
     let plan = session.preview(&second).unwrap();
     let change = plan.changed().next().unwrap();
     assert_eq!((change.action, change.diffs.iter().map(|d| (d.name.as_str(), d.old.clone(), d.new.clone())).collect::<Vec<_>>()), (Action::Update, vec![("auth_token", Some(json!("[secret]")), Some(json!("[secret]")))]));
@@ -512,8 +517,15 @@ async fn an_auth_token_is_sent_over_tls_kept_sealed_rotated_in_place_and_its_rem
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     assert_eq!(id_of(&report.state, REPLICATION_GROUP, "sessions"), id);
 
+    // A leaked token is set out at once (SET, not ROTATE), on the same group.
+    let third = Guarded { token: token("third-auth-token-89ab"), update: Some("set".to_owned()) };
+    let report = session.up(&third).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert_eq!((report.summary.update, id_of(&report.state, REPLICATION_GROUP, "sessions")), (1, id.clone()));
+    assert!(!session.preview(&third).unwrap().has_changes());
+
     // Without a token the group must be replaced: AWS cannot drop AUTH in place.
-    let plan = session.preview(&Guarded { token: None }).unwrap();
+    let plan = session.preview(&Guarded { token: None, update: None }).unwrap();
     assert_eq!(plan.changed().next().map(|c| (c.action, c.replace_reasons.clone())), Some((Action::Replace, vec!["auth_token".to_owned()])));
 }
 
@@ -521,13 +533,14 @@ async fn an_auth_token_is_sent_over_tls_kept_sealed_rotated_in_place_and_its_rem
 async fn an_auth_token_without_tls_or_of_a_bad_shape_is_refused_before_any_call_without_quoting_it() {
     let (provider, _) = aws().await;
     let stack = Stack::<()>::new("ec-auth-bad").provider(provider).secrets(cairn_sdk::Keyring::from_key(&[12; 64]).unwrap()).program(|cx, _| {
-        cx.add(ReplicationGroup::new("sessions").node_type("cache.t3.micro").auth_token("short@token"));
+        cx.add(ReplicationGroup::new("sessions").node_type("cache.t3.micro").auth_token("short@token").auth_token_update("swap"));
         Ok(())
     });
     let err = stack.preview(&(), &stack.new_state()).unwrap_err().to_string();
     assert!(err.contains("'transit_encryption'") && err.contains("add .transit_encryption(true)"), "{err}");
     assert!(err.contains("property 'auth_token' = \"[secret]\" is invalid"), "{err}");
     assert!(err.contains("16 to 128 printable ASCII characters") && !err.contains("short@token"), "{err}");
+    assert!(err.contains("'auth_token_update' = \"swap\"") && err.contains("be one of \"rotate\", \"set\""), "{err}");
 }
 
 // ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ use cairn_sdk::{CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError,
 use serde_json::Value;
 
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{Clients, Kind};
+use crate::kind::{one_of, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -132,15 +132,6 @@ const AUTO_SUFFIX: usize = 8;
 /// The most actions of each kind, and dimensions, AWS accepts.
 const MAX_ACTIONS: usize = 5;
 const MAX_DIMENSIONS: usize = 30;
-
-fn one_of(decl: &Decl, key: &str, allowed: &[&str], out: &mut Vec<CheckFailure>) {
-    if let Some(v) = decl.value(key) {
-        if !v.as_str().is_some_and(|s| allowed.contains(&s)) {
-            let list = allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-            out.push(CheckFailure::new(key, Some(v), format!("be one of {list}")));
-        }
-    }
-}
 
 /// A string of `lo` to `hi` characters.
 fn text(decl: &Decl, key: &str, lo: usize, hi: usize, out: &mut Vec<CheckFailure>) {

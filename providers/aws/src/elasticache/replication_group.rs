@@ -62,9 +62,14 @@ cairn_sdk::resource! {
         /// The Redis AUTH token clients must give, 16 to 128 printable characters without
         /// `@`, `"` or `/`; needs `transit_encryption`. A secret: sealed in plans and state,
         /// usually a [`Secret`](cairn_sdk::Secret) from the stack's configuration. A new
-        /// token is rotated in place (AWS accepts both until the next rotation); removing
-        /// it forces replacement.
+        /// token is changed in place as `auth_token_update` says; removing it forces
+        /// replacement.
         auth_token: String = secret(),
+        /// How a new `auth_token` replaces the old: `"rotate"` (the default; AWS accepts
+        /// both until the next change, so clients move over without an outage) or
+        /// `"set"` (only the new one is accepted at once: for a leaked token, or to end a
+        /// rotation once clients have the new one). Changing it alone calls nothing.
+        auth_token_update: String = default(Default::Str("rotate")),
         /// Encrypt traffic to and between the nodes (TLS). Off when unset (forces
         /// replacement).
         transit_encryption: bool = default(Default::Bool(false)).forces_replacement(),
@@ -122,6 +127,7 @@ fn validate(decl: &Decl, out: &mut Vec<CheckFailure>) {
     check_port(decl, out);
     check_strings(decl, "security_group_ids", "security group ids", out);
     check_auth_token(decl, out);
+    crate::kind::one_of(decl, "auth_token_update", &["rotate", "set"], out);
 }
 
 /// The AUTH token's rules, where its plaintext is known (a sealed token is checked when
@@ -254,6 +260,8 @@ async fn observe(
             .or_else(|| recorded.parameter_group_name.clone()),
         // AWS never shows the token, only whether there is one.
         auth_token: recorded.auth_token.clone().filter(|_| g.auth_token_enabled() == Some(true)),
+        // How Cairn changes it: its own setting.
+        auth_token_update: recorded.auth_token_update.clone(),
         transit_encryption: Some(g.transit_encryption_enabled().unwrap_or(false)),
         at_rest_encryption: Some(g.at_rest_encryption_enabled().unwrap_or(false)),
         tags: tags::observed(urn, tags),
@@ -399,11 +407,13 @@ impl Kind for ReplicationGroupKind {
             wait_available(aws, id, |g| !turn_on || failover_on(g)).await?;
         }
         // 5. A new AUTH token: rotated, so clients with the old one keep working until
-        //    they have the new one (AWS accepts both until the next rotation).
+        //    they have the new one, or set, so only the new one works.
         if let Some(token) = changed(&old.auth_token, &want.auth_token) {
+            use aws_sdk_elasticache::types::AuthTokenUpdateStrategyType as Strategy;
+            let strategy = if want.auth_token_update.as_deref() == Some("set") { Strategy::Set } else { Strategy::Rotate };
             modify()
                 .auth_token(token)
-                .auth_token_update_strategy(aws_sdk_elasticache::types::AuthTokenUpdateStrategyType::Rotate)
+                .auth_token_update_strategy(strategy)
                 .send()
                 .await
                 .map_err(modified)?;
