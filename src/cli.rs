@@ -1011,11 +1011,15 @@ fn finish_report(report: &cairn_sdk::ApplyReport) -> Outcome_ {
             _ => {}
         }
     }
+    for (name, error) in &report.output_errors {
+        eprintln!("stack output `{name}` not computed (it keeps its last value): {error}");
+    }
+    let failed = failures.len() + report.output_errors.len();
     let mut summary = report.summary;
     // Resources the apply did not touch: the rest of the new state.
     summary.same = report.state.resources.len().saturating_sub(summary.create + summary.update + summary.replace);
-    println!("{}", summary_line(&summary, report.elapsed, failures.len()));
-    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!("{}", summary_line(&summary, report.elapsed, failed));
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn summary_line(s: &Summary, elapsed: Duration, failed: usize) -> String {

@@ -134,12 +134,14 @@ pub struct ApplyReport {
     pub summary: Summary,
     /// Wall time of the whole apply.
     pub elapsed: Duration,
+    /// Each stack output whose function failed, and why; it keeps the value it had.
+    pub output_errors: BTreeMap<String, String>,
 }
 
 impl ApplyReport {
-    /// Whether every step succeeded.
+    /// Whether every step succeeded and every stack output was computed.
     pub fn succeeded(&self) -> bool {
-        self.failures().next().is_none()
+        self.failures().next().is_none() && self.output_errors.is_empty()
     }
 
     /// The failed and skipped steps.
@@ -199,12 +201,8 @@ pub async fn apply(
                 urn: change.urn.clone(),
             });
         }
-        for (property, prop) in &change.inputs {
-            if let Some(source) = crate::secret::locked_in(prop) {
-                return Err(Error::SecretLocked { urn: change.urn.clone(), property: property.clone(), source });
-            }
-        }
     }
+    check_secrets_open(plan, state)?;
 
     providers.ready(plan.changed().map(|c| &*c.ty)).await?;
     let steps = build_steps(plan, state)?;
@@ -218,6 +216,33 @@ pub async fn apply(
     }
     run.execute(options.parallelism.max(1)).await;
     Ok(run.into_report(started))
+}
+
+/// Refuses `plan` if a secret it would give a provider cannot be opened: one of a new
+/// input, or one state holds for a resource it updates, replaces or deletes. A secret
+/// sealed with a key not loaded (a wrong passphrase) is found here, naming the
+/// resource and the property, before any call.
+pub(crate) fn check_secrets_open(plan: &Plan, state: &StackState) -> Result<()> {
+    let mut touched = std::collections::HashSet::new();
+    for change in plan.changed() {
+        for (property, prop) in &change.inputs {
+            if let Some(source) = crate::secret::locked_in(prop) {
+                return Err(Error::SecretLocked { urn: change.urn.clone(), property: property.clone(), source });
+            }
+        }
+        touched.insert(&change.urn);
+    }
+    if touched.is_empty() {
+        return Ok(());
+    }
+    for resource in state.resources.iter().filter(|r| touched.contains(&r.urn)) {
+        for (property, value) in resource.inputs.iter().chain(resource.outputs.iter()) {
+            if let Some(source) = crate::secret::locked(value) {
+                return Err(Error::SecretLocked { urn: resource.urn.clone(), property: property.to_owned(), source });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Per change of `plan`, its entry in `live` (the live resources of state), if any.
@@ -866,24 +891,36 @@ impl<'a> Run<'a> {
             ..self.state.clone_without_resources()
         };
         state.sort_resources();
-        state.outputs = stack_outputs(self.plan, &state, &self.state.outputs);
-        ApplyReport { steps: self.reports, state, summary: self.summary, elapsed: started.elapsed() }
+        let (outputs, output_errors) = stack_outputs(self.plan, &state, &self.state.outputs);
+        state.outputs = outputs;
+        ApplyReport { steps: self.reports, state, summary: self.summary, elapsed: started.elapsed(), output_errors }
     }
 }
 
-/// The values of the stack outputs `plan` exports, from what `state` now holds; one
-/// not known (a step it depends on failed) keeps the value it had `before`.
-fn stack_outputs(plan: &Plan, state: &StackState, before: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
-    plan.outputs
-        .iter()
-        .filter_map(|(name, prop)| {
-            let value = prop.resolve(&mut |r| {
-                let resource = state.resource(&r.urn)?;
-                resource.outputs.get(&r.property).or_else(|| resource.inputs.get(&r.property)).cloned()
-            });
-            value.or_else(|| before.get(name).cloned()).map(|v| (name.clone(), v))
-        })
-        .collect()
+/// The values of the stack outputs `plan` exports, from what `state` now holds, and
+/// why each whose function failed did. One not known (a step it depends on failed) or
+/// failed keeps the value it had `before`.
+fn stack_outputs(
+    plan: &Plan,
+    state: &StackState,
+    before: &BTreeMap<String, Value>,
+) -> (BTreeMap<String, Value>, BTreeMap<String, String>) {
+    let mut values = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    for (name, prop) in &plan.outputs {
+        let value = prop.try_resolve(&mut |r| {
+            let resource = state.resource(&r.urn)?;
+            resource.outputs.get(&r.property).or_else(|| resource.inputs.get(&r.property)).cloned()
+        });
+        let value = value.unwrap_or_else(|error| {
+            errors.insert(name.clone(), error);
+            None
+        });
+        if let Some(v) = value.or_else(|| before.get(name).cloned()) {
+            values.insert(name.clone(), v);
+        }
+    }
+    (values, errors)
 }
 
 enum Started {

@@ -74,12 +74,13 @@ pub enum Error {
         /// What is missing and how to set it (usually of kind [`ErrorKind::Unconfigured`](crate::ErrorKind::Unconfigured)).
         source: crate::ProviderError,
     },
-    /// An input to apply is a secret whose key is not loaded: nothing was called.
-    #[error("{urn}: input '{property}' cannot be opened: {source}. Nothing was called, and state was left as it was")]
+    /// A secret the plan would give a provider (a new input, or one state holds for the
+    /// resource) is sealed with a key that is not loaded: nothing was called.
+    #[error("{urn}: '{property}' holds a secret that cannot be opened: {source}. Nothing was called, and state was left as it was")]
     SecretLocked {
         /// The resource.
         urn: Urn,
-        /// The input.
+        /// The input or output.
         property: String,
         /// Why.
         source: crate::secret::SecretError,

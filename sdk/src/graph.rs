@@ -236,7 +236,10 @@ impl Graph {
         let pad = "  ".repeat(depth);
         for &i in &self.order {
             let n = &self.nodes[i];
-            if n.decl.options().parent.as_ref() == group {
+            let parent = n.decl.options().parent.as_ref();
+            // At the top too: a node whose parent is no declared component.
+            let top = group.is_none() && parent.is_some_and(|p| !self.components.iter().any(|c| &c.urn == p));
+            if parent == group || top {
                 let _ = writeln!(out, "{pad}\"{}\" [label=\"{}\\n{}\"];", n.urn, n.urn.ty(), n.urn.name());
             }
         }
@@ -336,7 +339,10 @@ impl Graph {
                 };
                 *prop = match std::mem::replace(prop, Prop::Value(serde_json::Value::Null)) {
                     Prop::Value(v) => Prop::Value(keyring.seal(&v)),
-                    computed => {
+                    mut computed => {
+                        // Its literal parts too, so a plan saved before it is computed
+                        // holds no part of the plaintext.
+                        seal_literals(&mut computed, keyring);
                         let keyring = keyring.clone();
                         Prop::Apply(crate::input::Apply::new("secret", vec![computed], move |args| Ok(keyring.seal(&args[0]))))
                     }
@@ -348,6 +354,17 @@ impl Graph {
         } else {
             Err(ValidationErrors(errors))
         }
+    }
+}
+
+/// Seals every literal inside `prop` (a function of the program opens them again).
+fn seal_literals(prop: &mut Prop, keyring: &Keyring) {
+    match prop {
+        Prop::Value(v) if !v.is_null() => *v = keyring.seal(v),
+        Prop::Value(_) | Prop::Output(_) => {}
+        Prop::List(items) => items.iter_mut().for_each(|p| seal_literals(p, keyring)),
+        Prop::Object(fields) => fields.iter_mut().for_each(|(_, p)| seal_literals(p, keyring)),
+        Prop::Apply(apply) => apply.args.iter_mut().for_each(|p| seal_literals(p, keyring)),
     }
 }
 

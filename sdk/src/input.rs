@@ -94,7 +94,9 @@ impl Apply {
         let args = if sealed_by.is_some() { &opened[..] } else { args };
         // Its message may quote a secret it was given: then it is not shown.
         let hidden = |message: String| if sealed_by.is_some() { "(not shown: the function was given a secret)".to_owned() } else { message };
-        let result = match crate::panic::catch(|| function(args)) {
+        let run = || function(args);
+        let caught = if sealed_by.is_some() { crate::panic::catch_quietly(run) } else { crate::panic::catch(run) };
+        let result = match caught {
             Ok(result) => result.map_err(|e| format!("`{}` failed: {}", self.label, hidden(e)))?,
             Err(panic) => return Err(format!("`{}` panicked: {}", self.label, hidden(panic))),
         };

@@ -387,7 +387,9 @@ impl<T> Part for &Secret<T> {
 /// provider is given and how what it answers is sealed again.
 struct Opened {
     props: Props,
-    sealed: Vec<(String, Arc<Keyring>)>,
+    /// Each prop that held a secret: its name, the key, and the value as given (sealed
+    /// whole or holding sealed parts).
+    sealed: Vec<(String, Arc<Keyring>, Value)>,
 }
 
 fn open_props(props: &Props) -> Result<Opened, SecretError> {
@@ -396,10 +398,10 @@ fn open_props(props: &Props) -> Result<Opened, SecretError> {
     }
     let mut sealed = Vec::new();
     let mut opened = Props::new();
-    for (name, value) in props.iter() {
-        let (value, by) = open_all(value)?;
+    for (name, given) in props.iter() {
+        let (value, by) = open_all(given)?;
         if let Some(keyring) = by {
-            sealed.push((name.to_owned(), keyring));
+            sealed.push((name.to_owned(), keyring, given.clone()));
         }
         opened.insert(name, value);
     }
@@ -408,13 +410,20 @@ fn open_props(props: &Props) -> Result<Opened, SecretError> {
 
 /// Seals again, in what a provider answers, each input that was given sealed, and each
 /// output of its name or equal to its plaintext (a provider echoes inputs as outputs):
-/// the cloud's view of a secret is as secret as the program's.
+/// the cloud's view of a secret is as secret as the program's. An input read back equal
+/// to what it was given gets back its given form, so a secret nested in a list or an
+/// object stays nested and shows no drift; one read back different is sealed whole.
 fn reseal(mut observed: Observed, given: &[&Opened]) -> Observed {
-    for (name, keyring) in given.iter().flat_map(|g| &g.sealed) {
-        if let Some(value) = observed.inputs.get(name).filter(|v| !v.is_null()) {
-            let sealed = keyring.seal(value);
-            observed.inputs.insert(name.as_str(), sealed);
+    for opened in given {
+        for (name, keyring, as_given) in &opened.sealed {
+            if let Some(value) = observed.inputs.get(name).filter(|v| !v.is_null()) {
+                let sealed =
+                    if opened.props.get(name) == Some(value) { as_given.clone() } else { keyring.seal(value) };
+                observed.inputs.insert(name.as_str(), sealed);
+            }
         }
+    }
+    for (name, keyring, _) in given.iter().flat_map(|g| &g.sealed) {
         let plaintexts: Vec<&Value> = given.iter().filter_map(|g| g.props.get(name)).collect();
         let echoes: Vec<String> = observed
             .outputs

@@ -301,12 +301,13 @@ where
             None => Ok(()),
         };
         let crate::cx::Parts { nodes, distinct, mut declared, exports, errors: collected, components } = cx.into_parts();
-        // A failed component stops the program where it passes the error on; what was
-        // declared until then is validated, and every problem reported at once.
-        let component_failed = |e: &crate::BoxError| e.is::<crate::cx::ComponentFailed>() && !collected.is_empty();
+        // A failed component stops the program where it passes the error on (as it is,
+        // or wrapped in an error of the program's own); what was declared until then is
+        // validated, and every problem reported at once.
+        let component_failed = collected.iter().any(|c| matches!(c, crate::ValidationError::Component { .. }));
         let graph = match ran {
             Ok(()) => Ok(()),
-            Err(e) if component_failed(&e) => Ok(()),
+            Err(_) if component_failed => Ok(()),
             Err(e) => Err(Error::program(&self.name, e)),
         }
         .and_then(|()| {
@@ -362,6 +363,7 @@ where
         let graph = self.render(s)?;
         let user_state = serde_json::to_value(s).map_err(|source| Error::UserState { action: "written", source })?;
         let plan = plan(&graph, state, &self.providers, user_state)?;
+        crate::apply::check_secrets_open(&plan, state)?;
         Ok((plan, graph))
     }
 
@@ -369,7 +371,9 @@ where
     pub fn preview_destroy(&self, state: &StackState) -> Result<Plan> {
         self.check_state(state)?;
         let graph = Graph::build(&self.name, Vec::new())?;
-        plan(&graph, state, &self.providers, state.user_state.clone())
+        let plan = plan(&graph, state, &self.providers, state.user_state.clone())?;
+        crate::apply::check_secrets_open(&plan, state)?;
+        Ok(plan)
     }
 
     /// Reads every resource of `state` back from the cloud and reports drift, changing

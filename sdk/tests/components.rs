@@ -111,6 +111,45 @@ async fn a_failed_component_is_reported_with_every_other_problem_and_nothing_is_
 }
 
 #[test]
+fn a_failed_component_is_reported_when_the_program_wraps_its_error_in_its_own() {
+    let stack = Stack::<Vec<String>>::new("dev").program(|cx, z: &Vec<String>| {
+        let zones: Vec<&str> = z.iter().map(String::as_str).collect();
+        // As `anyhow`'s `.context(..)` would.
+        site(cx, "shop", &zones).map_err(|e| format!("building the site: {e}"))?;
+        Ok(())
+    });
+    let err = stack.render(&Vec::new()).unwrap_err();
+    let Error::Invalid(errors) = &err else { panic!("{err}") };
+    assert!(errors.0.iter().any(|e| matches!(e, ValidationError::Component { message, .. } if message == "give at least one zone")), "{err}");
+}
+
+#[tokio::test]
+async fn a_saved_plan_whose_components_are_each_others_parents_still_shows_every_change() {
+    let fake = provider();
+    let plan = stack(&fake).in_memory_session().await.unwrap().preview(&zones(&["a"])).unwrap();
+    let mut json = serde_json::to_value(&plan).unwrap();
+    // Edited by hand: the site's parent is its own queues component.
+    json["components"][0]["parent"] = json["components"][1]["urn"].clone();
+    let edited: cairn_sdk::Plan = serde_json::from_value(json).unwrap();
+    let shown = edited.render(RenderOptions::default());
+    for name in ["shop-dlq", "shop-orders", "shop-a", "audit"] {
+        assert!(shown.contains(name), "{name} is not shown: {shown}");
+    }
+}
+
+#[test]
+fn the_graph_draws_a_resource_whose_parent_is_no_declared_component() {
+    let stack = Stack::<()>::new("dev").program(|cx, _| {
+        let mut q = Queue::new("orphan");
+        cairn_sdk::Resource::decl_mut(&mut q).options_mut().parent = Some(Urn::new("dev", "test:Site", "elsewhere"));
+        cx.add(q);
+        Ok(())
+    });
+    let dot = stack.render(&()).unwrap().to_dot();
+    assert!(dot.contains("\"urn:cairn:dev::test:queue:Queue::orphan\" [label="), "{dot}");
+}
+
+#[test]
 fn two_components_of_one_name_and_type_are_refused() {
     let stack = Stack::<()>::new("dev").program(|cx, _| {
         cx.component("test:Site", "shop", |_| Ok(()))?;

@@ -144,3 +144,74 @@ async fn a_plan_holding_a_secret_whose_key_is_not_loaded_is_refused_before_any_c
     assert!(err.to_string().contains("00ff00ff00ff") && err.to_string().contains("CAIRN_PASSPHRASE"), "{err}");
     assert!(fake.calls().is_empty(), "no call was made");
 }
+
+#[tokio::test]
+async fn a_secret_inside_a_list_stays_where_it_was_after_a_refresh_and_shows_no_drift() {
+    let fake = provider();
+    let key = keyring();
+    let hidden = Secret::seal(&key, &"subnet-hidden".to_owned());
+    let stack = Stack::<()>::new("dev")
+        .provider(fake.clone())
+        .secrets(key.clone())
+        .program(move |cx: &mut Cx, _: &()| -> ProgramResult {
+            let subnets = json!(["subnet-open", hidden.sealed()]);
+            let mut web = Group::new("web").image("ami-1");
+            cairn_sdk::Resource::decl_mut(&mut web).set::<Value>("subnets", subnets);
+            cx.add(web);
+            Ok(())
+        });
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&()).await.unwrap().succeeded());
+    let cloud = fake.resources().into_iter().find(|r| r.urn.name() == "web").unwrap();
+    assert_eq!(cloud.inputs.get("subnets"), Some(&json!(["subnet-open", "subnet-hidden"])));
+
+    let refreshed = session.refresh().await.unwrap();
+    let web = refreshed.state.resources.iter().find(|r| r.urn.name() == "web").unwrap();
+    let subnets = web.inputs.get("subnets").unwrap();
+    assert_eq!(subnets[0], json!("subnet-open"), "only the secret is sealed: {subnets}");
+    assert!(secret::is_sealed(&subnets[1]), "{subnets}");
+    let plan = session.preview(&()).unwrap();
+    assert!(!plan.has_changes(), "{}", plan.render(RenderOptions::diff()));
+}
+
+#[tokio::test]
+async fn the_literal_parts_of_a_computed_secret_input_are_sealed_in_the_saved_plan() {
+    let fake = provider();
+    let plain = String::from("plain-part-7c1d");
+    let stack = Stack::<()>::new("dev")
+        .provider(fake.clone())
+        .secrets(keyring())
+        .program(move |cx: &mut Cx, _: &()| -> ProgramResult {
+            let dlq = cx.add(Queue::new("dlq"));
+            cx.add(Queue::new("orders").auth_token(interpolate!("{}@{}", plain.as_str(), dlq.arn())));
+            Ok(())
+        });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let plan = session.preview(&()).unwrap();
+    let saved = serde_json::to_string(&plan).unwrap();
+    assert!(!saved.contains("plain-part-7c1d"), "a part of the secret is in the saved plan: {saved}");
+    assert!(session.apply(&plan).await.unwrap().succeeded());
+    let cloud = fake.resources().into_iter().find(|r| r.urn.name() == "orders").unwrap();
+    assert_eq!(cloud.inputs.get("auth_token"), Some(&json!("plain-part-7c1d@arn:test:dlq")));
+}
+
+#[tokio::test]
+async fn a_state_secret_sealed_with_a_key_not_loaded_stops_the_plan_before_any_call() {
+    let fake = provider();
+    let stack = token_stack(&fake, "first-token");
+    let mut state = stack.in_memory_session().await.unwrap().up(&()).await.unwrap().state;
+    // As state reads when the key it was sealed with is not the one loaded (a wrong
+    // passphrase): its secret names another key.
+    let foreign = json!({ secret::SEALED_KEY: "00ff00ff00ff:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" });
+    let orders = state.resources.iter_mut().find(|r| r.urn.name() == "orders").unwrap();
+    orders.inputs.insert("auth_token", foreign);
+    let calls = fake.calls().len();
+
+    for err in [stack.preview(&(), &state).unwrap_err(), stack.preview_destroy(&state).unwrap_err()] {
+        assert!(matches!(err, Error::SecretLocked { ref urn, ref property, .. } if urn.name() == "orders" && property == "auth_token"), "{err}");
+        assert!(err.to_string().contains("00ff00ff00ff"), "{err}");
+    }
+    let mut session = session_at(&stack, &state).await;
+    assert!(matches!(session.up(&()).await, Err(Error::SecretLocked { .. })));
+    assert_eq!(fake.calls().len(), calls, "no call was made");
+}

@@ -153,6 +153,13 @@ fn grouped(plan: &Plan) -> Vec<(usize, Item<'_>)> {
         }
     }
     walk(&mut members, None, 0, &mut out);
+    // Groups the top does not reach (components that are each other's parents, as only
+    // a hand-edited plan can say) are shown at the top, so no change is hidden.
+    while let Some(i) = members.iter().position(|(g, items)| g.is_some() && !items.is_empty()) {
+        let group = members[i].0;
+        out.push((0, Item::Component(group.expect("not the top"))));
+        walk(&mut members, group, 1, &mut out);
+    }
     out
 }
 
