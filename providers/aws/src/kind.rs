@@ -161,6 +161,25 @@ pub(crate) async fn read_each(kind: &dyn Kind, aws: &Clients, urn: &Urn, ids: Ve
     Ok(found)
 }
 
+/// Every item of a listing AWS answers a page at a time. `page` fetches the page after
+/// `token` (`None` for the first) and answers its items and the next token; no token, or
+/// an empty one (some services answer that), ends the listing.
+pub(crate) async fn paginate<T, F>(mut page: impl FnMut(Option<String>) -> F) -> Result<Vec<T>, ProviderError>
+where
+    F: std::future::Future<Output = Result<(Vec<T>, Option<String>), ProviderError>>,
+{
+    let mut items = Vec::new();
+    let mut token = None;
+    loop {
+        let (more, next) = page(token).await?;
+        items.extend(more);
+        match next {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => return Ok(items),
+        }
+    }
+}
+
 /// Runs the rest of a create once AWS has given the resource `id` (attributes,
 /// attachments, rules, waits, the read-back): whatever fails from here on, the resource
 /// exists, so the error carries its id ([`ProviderError::Incomplete`]) and the engine

@@ -24,7 +24,7 @@ use cairn_sdk::{CheckFailure, Decl, Observed, Prop, Props, ProviderError, Tags, 
 use serde_json::Value;
 
 use crate::error::{aws_error, code, missing, no_hint, or_missing};
-use crate::kind::{client_token, finish, Clients, Kind};
+use crate::kind::{client_token, finish, paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 use crate::wait::{self, Poll};
 
@@ -345,10 +345,8 @@ impl Kind for CertificateKind {
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let domain = CertificateInputs::from_props(created_with).ok().and_then(|w| w.domain_name);
-        let statuses: Vec<CertificateStatus> = CertificateStatus::values().iter().map(|s| CertificateStatus::from(*s)).collect();
-        let mut found = Vec::new();
-        let mut token = None;
-        loop {
+        let statuses: &Vec<CertificateStatus> = &CertificateStatus::values().iter().map(|s| CertificateStatus::from(*s)).collect();
+        let summaries = paginate(|token| async move {
             let page = aws
                 .acm
                 .list_certificates()
@@ -357,23 +355,22 @@ impl Kind for CertificateKind {
                 .send()
                 .await
                 .map_err(|e| aws_error("looking up certificates", e, no_hint))?;
-            for summary in page.certificate_summary_list() {
-                let Some(arn) = summary.certificate_arn() else { continue };
-                if domain.as_deref().zip(summary.domain_name()).is_some_and(|(want, has)| !want.eq_ignore_ascii_case(has)) {
-                    continue;
-                }
-                let tags = match aws.acm.list_tags_for_certificate().certificate_arn(arn).send().await {
-                    Ok(out) => out.tags().to_vec(),
-                    Err(e) if missing(&e, MISSING) => continue,
-                    Err(e) => return Err(aws_error("reading a certificate's tags", e, no_hint)),
-                };
-                if tags::is_tagged(urn, tags.iter().map(|t| (t.key(), t.value().unwrap_or_default()))) {
-                    found.extend(self.read(aws, urn, arn, created_with).await?);
-                }
+            Ok((page.certificate_summary_list().to_vec(), page.next_token().map(str::to_owned)))
+        })
+        .await?;
+        let mut found = Vec::new();
+        for summary in &summaries {
+            let Some(arn) = summary.certificate_arn() else { continue };
+            if domain.as_deref().zip(summary.domain_name()).is_some_and(|(want, has)| !want.eq_ignore_ascii_case(has)) {
+                continue;
             }
-            match page.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => break,
+            let tags = match aws.acm.list_tags_for_certificate().certificate_arn(arn).send().await {
+                Ok(out) => out.tags().to_vec(),
+                Err(e) if missing(&e, MISSING) => continue,
+                Err(e) => return Err(aws_error("reading a certificate's tags", e, no_hint)),
+            };
+            if tags::is_tagged(urn, tags.iter().map(|t| (t.key(), t.value().unwrap_or_default()))) {
+                found.extend(self.read(aws, urn, arn, created_with).await?);
             }
         }
         Ok(found)

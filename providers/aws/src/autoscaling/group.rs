@@ -32,7 +32,7 @@ use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
 use crate::error::{aws_error, missing, no_hint};
-use crate::kind::{canonical, set_diff, Clients, Kind};
+use crate::kind::{canonical, paginate, set_diff, Clients, Kind};
 use crate::tags::{self, Retag};
 use crate::wait;
 
@@ -450,9 +450,7 @@ impl Kind for GroupKind {
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
-        let mut found = Vec::new();
-        let mut token = None;
-        loop {
+        let groups = paginate(|token| async move {
             let page = aws
                 .autoscaling
                 .describe_auto_scaling_groups()
@@ -461,21 +459,15 @@ impl Kind for GroupKind {
                 .send()
                 .await
                 .map_err(|e| aws_error("looking up groups", e, no_hint))?;
-            // A group being deleted is on its way out, not a copy to adopt.
-            found.extend(
-                page.auto_scaling_groups()
-                    .iter()
-                    .filter(|g| {
-                        g.status() != Some(DELETING) && tags::is_tagged(urn, g.tags().iter().filter_map(|t| Some((t.key()?, t.value()?))))
-                    })
-                    .map(|g| observe(urn, g)),
-            );
-            match page.next_token() {
-                Some(t) => token = Some(t.to_owned()),
-                None => break,
-            }
-        }
-        Ok(found)
+            Ok((page.auto_scaling_groups().to_vec(), page.next_token().map(str::to_owned)))
+        })
+        .await?;
+        // A group being deleted is on its way out, not a copy to adopt.
+        Ok(groups
+            .iter()
+            .filter(|g| g.status() != Some(DELETING) && tags::is_tagged(urn, g.tags().iter().filter_map(|t| Some((t.key()?, t.value()?)))))
+            .map(|g| observe(urn, g))
+            .collect())
     }
 }
 

@@ -23,7 +23,7 @@ use cairn_sdk::{CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError,
 use serde_json::Value;
 
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{one_of, Clients, Kind};
+use crate::kind::{one_of, paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -427,10 +427,8 @@ impl Kind for MetricAlarmKind {
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         // The name it was created with narrows the listing; without it, every alarm.
-        let prefix = MetricAlarmInputs::from_props(created_with).ok().and_then(|i| i.name);
-        let mut found = Vec::new();
-        let mut token = None;
-        loop {
+        let prefix = &MetricAlarmInputs::from_props(created_with).ok().and_then(|i| i.name);
+        let alarms = paginate(|token| async move {
             let page = aws
                 .cloudwatch
                 .describe_alarms()
@@ -440,16 +438,15 @@ impl Kind for MetricAlarmKind {
                 .send()
                 .await
                 .map_err(|e| aws_error("looking up alarms (DescribeAlarms)", e, no_hint))?;
-            for alarm in page.metric_alarms() {
-                let Some(arn) = alarm.alarm_arn() else { continue };
-                let Some(tags) = list_tags(aws, arn).await? else { continue };
-                if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
-                    found.push(observe(urn, alarm, tags));
-                }
-            }
-            match page.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => break,
+            Ok((page.metric_alarms().to_vec(), page.next_token().map(str::to_owned)))
+        })
+        .await?;
+        let mut found = Vec::new();
+        for alarm in &alarms {
+            let Some(arn) = alarm.alarm_arn() else { continue };
+            let Some(tags) = list_tags(aws, arn).await? else { continue };
+            if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
+                found.push(observe(urn, alarm, tags));
             }
         }
         Ok(found)

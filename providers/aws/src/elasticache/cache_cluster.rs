@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::{changed, check_id, check_port, check_strings, create_tags, list_tags, node_hint, retag, IdRules, Nodes, BOUND};
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{finish, Clients, Kind};
+use crate::kind::{finish, paginate, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
 
@@ -270,9 +270,7 @@ impl Kind for CacheClusterKind {
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
-        let mut found = Vec::new();
-        let mut marker = None;
-        loop {
+        let clusters = paginate(|marker| async move {
             let page = aws
                 .elasticache
                 .describe_cache_clusters()
@@ -281,18 +279,17 @@ impl Kind for CacheClusterKind {
                 .send()
                 .await
                 .map_err(|e| aws_error("looking up cache clusters", e, no_hint))?;
-            // Members of replication groups are the groups' own; a cluster being deleted
-            // is on its way out, not a copy to adopt.
-            for c in page.cache_clusters().iter().filter(|c| c.replication_group_id().is_none() && status(c) != "deleting") {
-                let Some(arn) = c.arn() else { continue };
-                let tags = list_tags(aws, arn).await?;
-                if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
-                    found.push(observe(urn, c, tags, &CacheClusterInputs::default()));
-                }
-            }
-            match page.marker() {
-                Some(m) if !m.is_empty() => marker = Some(m.to_owned()),
-                _ => break,
+            Ok((page.cache_clusters().to_vec(), page.marker().map(str::to_owned)))
+        })
+        .await?;
+        let mut found = Vec::new();
+        // Members of replication groups are the groups' own; a cluster being deleted is on
+        // its way out, not a copy to adopt.
+        for c in clusters.iter().filter(|c| c.replication_group_id().is_none() && status(c) != "deleting") {
+            let Some(arn) = c.arn() else { continue };
+            let tags = list_tags(aws, arn).await?;
+            if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
+                found.push(observe(urn, c, tags, &CacheClusterInputs::default()));
             }
         }
         Ok(found)

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::cache_cluster::{check_node_type, CLUSTER_ID, MISSING as CLUSTER_MISSING};
 use super::{changed, check_id, check_port, check_strings, create_tags, list_tags, node_hint, retag, Nodes, BOUND, DESCRIPTION};
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{finish, Clients, Kind};
+use crate::kind::{finish, paginate, Clients, Kind};
 use crate::tags;
 use crate::wait::{self, Poll};
 
@@ -435,9 +435,7 @@ impl Kind for ReplicationGroupKind {
     async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         // What AWS does not show (the token) is what the create was sent.
         let sent = ReplicationGroupInputs::from_props(created_with).unwrap_or_default();
-        let mut found = Vec::new();
-        let mut marker = None;
-        loop {
+        let groups = paginate(|marker| async move {
             let page = aws
                 .elasticache
                 .describe_replication_groups()
@@ -445,17 +443,16 @@ impl Kind for ReplicationGroupKind {
                 .send()
                 .await
                 .map_err(|e| aws_error("looking up replication groups", e, no_hint))?;
-            // A group being deleted is on its way out, not a copy to adopt.
-            for g in page.replication_groups().iter().filter(|g| status(g) != "deleting") {
-                let Some(arn) = g.arn() else { continue };
-                let tags = list_tags(aws, arn).await?;
-                if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
-                    found.push(observe(aws, urn, g, tags, &sent).await?);
-                }
-            }
-            match page.marker() {
-                Some(m) if !m.is_empty() => marker = Some(m.to_owned()),
-                _ => break,
+            Ok((page.replication_groups().to_vec(), page.marker().map(str::to_owned)))
+        })
+        .await?;
+        let mut found = Vec::new();
+        // A group being deleted is on its way out, not a copy to adopt.
+        for g in groups.iter().filter(|g| status(g) != "deleting") {
+            let Some(arn) = g.arn() else { continue };
+            let tags = list_tags(aws, arn).await?;
+            if tags::is_tagged(urn, tags.iter().map(|(k, v)| (k, v))) {
+                found.push(observe(aws, urn, g, tags, &sent).await?);
             }
         }
         Ok(found)

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{check_id, check_strings, create_tags, is_tagged, observed_tags, retag, IdRules, DESCRIPTION};
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{Clients, Kind};
+use crate::kind::{paginate, Clients, Kind};
 
 cairn_sdk::resource! {
     /// A cache subnet group: `SubnetGroup::new("cache").subnet_ids([a.id(), b.id()])`.
@@ -166,9 +166,7 @@ impl Kind for SubnetGroupKind {
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
-        let mut found = Vec::new();
-        let mut marker = None;
-        loop {
+        let groups = paginate(|marker| async move {
             let page = aws
                 .elasticache
                 .describe_cache_subnet_groups()
@@ -176,15 +174,14 @@ impl Kind for SubnetGroupKind {
                 .send()
                 .await
                 .map_err(|e| aws_error("looking up subnet groups", e, no_hint))?;
-            for g in page.cache_subnet_groups() {
-                let Some(arn) = g.arn() else { continue };
-                if is_tagged(aws, urn, arn).await? {
-                    found.push(observe(aws, urn, g).await?);
-                }
-            }
-            match page.marker() {
-                Some(m) if !m.is_empty() => marker = Some(m.to_owned()),
-                _ => break,
+            Ok((page.cache_subnet_groups().to_vec(), page.marker().map(str::to_owned)))
+        })
+        .await?;
+        let mut found = Vec::new();
+        for g in &groups {
+            let Some(arn) = g.arn() else { continue };
+            if is_tagged(aws, urn, arn).await? {
+                found.push(observe(aws, urn, g).await?);
             }
         }
         Ok(found)

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{change_error, check_arn, check_one_of, check_port, create_tags, observed_tags, retag, tagged_with};
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{read_each, Clients, Kind};
+use crate::kind::{paginate, read_each, Clients, Kind};
 
 cairn_sdk::resource! {
     /// A listener that forwards to one target group:
@@ -277,18 +277,14 @@ impl Kind for ListenerKind {
     /// A listener carries Cairn's tags, but is listed only per load balancer: the one its
     /// create was sent for.
     async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
-        let Some(balancer) = ListenerInputs::from_props(created_with)?.load_balancer_arn else { return Ok(Vec::new()) };
-        let mut arns = Vec::new();
-        let mut marker = None;
-        loop {
-            let got = aws.elbv2.describe_listeners().load_balancer_arn(&balancer).set_marker(marker).send().await;
-            let Some(page) = or_missing(got, &["LoadBalancerNotFound"], "looking up listeners", no_hint)? else { return Ok(Vec::new()) };
-            arns.extend(page.listeners().iter().filter_map(|l| l.listener_arn()).map(str::to_owned));
-            match page.next_marker() {
-                Some(m) if !m.is_empty() => marker = Some(m.to_owned()),
-                _ => break,
-            }
-        }
+        let Some(balancer) = &ListenerInputs::from_props(created_with)?.load_balancer_arn else { return Ok(Vec::new()) };
+        let arns = paginate(|marker| async move {
+            let got = aws.elbv2.describe_listeners().load_balancer_arn(balancer).set_marker(marker).send().await;
+            // With its load balancer gone, so are its listeners.
+            let Some(page) = or_missing(got, &["LoadBalancerNotFound"], "looking up listeners", no_hint)? else { return Ok((Vec::new(), None)) };
+            Ok((page.listeners().iter().filter_map(|l| l.listener_arn()).map(str::to_owned).collect(), page.next_marker().map(str::to_owned)))
+        })
+        .await?;
         let ids = tagged_with(aws, urn, &arns).await?;
         read_each(self, aws, urn, ids).await
     }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{check_bus, check_name, json_or_text, split_id, DEFAULT_BUS, MISSING};
 use crate::error::{aws_error, missing, no_hint, or_missing};
-use crate::kind::{Clients, Kind};
+use crate::kind::{paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -261,22 +261,19 @@ impl Kind for RuleKind {
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let want = RuleInputs::from_props(created_with)?;
-        let bus = bus(&want);
+        let (bus, prefix) = (bus(&want), &want.name);
+        let rules = paginate(|token| async move {
+            let page = aws.eventbridge.list_rules().event_bus_name(bus).set_name_prefix(prefix.clone()).set_next_token(token).send().await;
+            let Some(page) = or_missing(page, MISSING, "listing the rules of the event bus", no_hint)? else { return Ok((Vec::new(), None)) };
+            Ok((page.rules().to_vec(), page.next_token().map(str::to_owned)))
+        })
+        .await?;
         let mut found = Vec::new();
-        let mut token = None;
-        loop {
-            let page = aws.eventbridge.list_rules().event_bus_name(bus).set_name_prefix(want.name.clone()).set_next_token(token).send().await;
-            let Some(page) = or_missing(page, MISSING, "listing the rules of the event bus", no_hint)? else { break };
-            for rule in page.rules() {
-                let (Some(name), Some(arn)) = (rule.name(), rule.arn()) else { continue };
-                let Some(theirs) = tags_of(aws, arn).await? else { continue };
-                if tags::is_tagged(urn, pairs(&theirs)) {
-                    found.extend(self.read(aws, urn, &format!("{bus}|{name}"), &Props::new()).await?);
-                }
-            }
-            match page.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => break,
+        for rule in &rules {
+            let (Some(name), Some(arn)) = (rule.name(), rule.arn()) else { continue };
+            let Some(theirs) = tags_of(aws, arn).await? else { continue };
+            if tags::is_tagged(urn, pairs(&theirs)) {
+                found.extend(self.read(aws, urn, &format!("{bus}|{name}"), &Props::new()).await?);
             }
         }
         Ok(found)

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{bare_zone_id, caller_mark, caller_reference, canonical_name, check_dns_name, normal_name, normalized_diff};
 use crate::error::{aws_error, missing, no_hint, or_missing};
-use crate::kind::{finish, Clients, Kind};
+use crate::kind::{finish, paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -177,9 +177,7 @@ impl Kind for ZoneKind {
     async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let name = ZoneInputs::from_props(created_with).ok().and_then(|w| w.name).map(|n| canonical_name(&n));
         let mark = caller_mark(urn);
-        let mut found = Vec::new();
-        let mut marker = None;
-        loop {
+        let zones = paginate(|marker| async move {
             let page = aws
                 .route53
                 .list_hosted_zones()
@@ -187,28 +185,27 @@ impl Kind for ZoneKind {
                 .send()
                 .await
                 .map_err(|e| aws_error("looking up hosted zones", e, no_hint))?;
-            for zone in page.hosted_zones() {
-                if name.as_ref().is_some_and(|n| *n != canonical_name(zone.name())) {
-                    continue;
-                }
-                let id = bare_zone_id(zone.id());
-                // The caller reference finds a zone whose create stopped before its tags.
-                let ours = zone.caller_reference().starts_with(&mark)
-                    || match aws.route53.list_tags_for_resource().resource_type(TagResourceType::Hostedzone).resource_id(id).send().await {
-                        Ok(out) => {
-                            let tags = out.resource_tag_set().map(|s| s.tags()).unwrap_or_default();
-                            tags::is_tagged(urn, tags.iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default()))))
-                        }
-                        Err(e) if missing(&e, MISSING) => false,
-                        Err(e) => return Err(aws_error("reading a hosted zone's tags", e, no_hint)),
-                    };
-                if ours {
-                    found.extend(self.read(aws, urn, id, created_with).await?);
-                }
+            Ok((page.hosted_zones().to_vec(), page.next_marker().filter(|_| page.is_truncated()).map(str::to_owned)))
+        })
+        .await?;
+        let mut found = Vec::new();
+        for zone in &zones {
+            if name.as_ref().is_some_and(|n| *n != canonical_name(zone.name())) {
+                continue;
             }
-            match page.next_marker() {
-                Some(m) if page.is_truncated() => marker = Some(m.to_owned()),
-                _ => break,
+            let id = bare_zone_id(zone.id());
+            // The caller reference finds a zone whose create stopped before its tags.
+            let ours = zone.caller_reference().starts_with(&mark)
+                || match aws.route53.list_tags_for_resource().resource_type(TagResourceType::Hostedzone).resource_id(id).send().await {
+                    Ok(out) => {
+                        let tags = out.resource_tag_set().map(|s| s.tags()).unwrap_or_default();
+                        tags::is_tagged(urn, tags.iter().filter_map(|t| Some((t.key()?, t.value().unwrap_or_default()))))
+                    }
+                    Err(e) if missing(&e, MISSING) => false,
+                    Err(e) => return Err(aws_error("reading a hosted zone's tags", e, no_hint)),
+                };
+            if ours {
+                found.extend(self.read(aws, urn, id, created_with).await?);
             }
         }
         Ok(found)

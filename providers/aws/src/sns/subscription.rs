@@ -24,7 +24,7 @@ use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
 use crate::error::{aws_error, missing, no_hint, or_missing};
-use crate::kind::{Clients, Kind};
+use crate::kind::{paginate, Clients, Kind};
 
 cairn_sdk::resource! {
     /// A subscription of an endpoint to a topic:
@@ -177,22 +177,13 @@ fn key(want: &SubscriptionInputs) -> (&str, &str, &str) {
 /// The ARNs of the subscriptions of `topic` by `protocol` to `endpoint` (an unconfirmed
 /// one shows as [`PENDING`]); none when the topic is gone.
 async fn subscribed(aws: &Clients, topic: &str, protocol: &str, endpoint: &str, want: &SubscriptionInputs) -> Result<Vec<String>, ProviderError> {
-    let mut arns = Vec::new();
-    let mut token = None;
-    loop {
+    paginate(|token| async move {
         let got = aws.sns.list_subscriptions_by_topic().topic_arn(topic).set_next_token(token).send().await;
-        let Some(page) = or_missing(got, MISSING, "listing the topic's subscriptions", |c| hint(c, want))? else { break };
-        for s in page.subscriptions() {
-            if s.protocol() == Some(protocol) && s.endpoint() == Some(endpoint) {
-                arns.extend(s.subscription_arn().map(str::to_owned));
-            }
-        }
-        match page.next_token() {
-            Some(t) => token = Some(t.to_owned()),
-            None => break,
-        }
-    }
-    Ok(arns)
+        let Some(page) = or_missing(got, MISSING, "listing the topic's subscriptions", |c| hint(c, want))? else { return Ok((Vec::new(), None)) };
+        let arns = page.subscriptions().iter().filter(|s| s.protocol() == Some(protocol) && s.endpoint() == Some(endpoint));
+        Ok((arns.filter_map(|s| s.subscription_arn()).map(str::to_owned).collect(), page.next_token().map(str::to_owned)))
+    })
+    .await
 }
 
 /// The attributes a subscribe sends.

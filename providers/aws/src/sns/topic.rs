@@ -22,7 +22,7 @@ use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::{json, Value};
 
 use crate::error::{aws_error, missing, no_hint, or_missing};
-use crate::kind::{Clients, Kind};
+use crate::kind::{paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -294,23 +294,20 @@ impl Kind for TopicKind {
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
-        let mut found = Vec::new();
-        let mut token = None;
-        loop {
+        let arns = paginate(|token| async move {
             let page = aws.sns.list_topics().set_next_token(token).send().await.map_err(|e| aws_error("listing topics", e, no_hint))?;
-            for arn in page.topics().iter().filter_map(|t| t.topic_arn()) {
-                let tags = match aws.sns.list_tags_for_resource().resource_arn(arn).send().await {
-                    Ok(out) => out.tags().to_vec(),
-                    Err(e) if missing(&e, MISSING) => continue,
-                    Err(e) => return Err(aws_error("reading a topic's tags", e, no_hint)),
-                };
-                if tags::is_tagged(urn, tags.iter().map(|t| (t.key(), t.value()))) {
-                    found.extend(self.read(aws, urn, arn, &Props::new()).await?);
-                }
-            }
-            match page.next_token() {
-                Some(t) => token = Some(t.to_owned()),
-                None => break,
+            Ok((page.topics().iter().filter_map(|t| t.topic_arn()).map(str::to_owned).collect(), page.next_token().map(str::to_owned)))
+        })
+        .await?;
+        let mut found = Vec::new();
+        for arn in &arns {
+            let tags = match aws.sns.list_tags_for_resource().resource_arn(arn).send().await {
+                Ok(out) => out.tags().to_vec(),
+                Err(e) if missing(&e, MISSING) => continue,
+                Err(e) => return Err(aws_error("reading a topic's tags", e, no_hint)),
+            };
+            if tags::is_tagged(urn, tags.iter().map(|t| (t.key(), t.value()))) {
+                found.extend(self.read(aws, urn, arn, &Props::new()).await?);
             }
         }
         Ok(found)

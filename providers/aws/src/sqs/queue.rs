@@ -13,7 +13,7 @@ use cairn_sdk::{CheckFailure, Decl, Input, Observed, Props, ProviderError, Tags,
 use serde_json::{json, Value};
 
 use crate::error::{aws_error, missing, no_hint, or_missing};
-use crate::kind::{Clients, Kind};
+use crate::kind::{paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -230,9 +230,7 @@ impl Kind for QueueKind {
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
-        let mut found = Vec::new();
-        let mut token = None;
-        loop {
+        let urls = paginate(|token| async move {
             let page = aws
                 .sqs
                 .list_queues()
@@ -241,19 +239,18 @@ impl Kind for QueueKind {
                 .send()
                 .await
                 .map_err(|e| aws_error("listing queues", e, no_hint))?;
-            for url in page.queue_urls() {
-                let tags = match aws.sqs.list_queue_tags().queue_url(url).send().await {
-                    Ok(out) => out.tags().cloned().unwrap_or_default(),
-                    Err(e) if missing(&e, MISSING) => continue,
-                    Err(e) => return Err(aws_error("reading a queue's tags", e, no_hint)),
-                };
-                if tags::is_tagged(urn, tags.iter()) {
-                    found.extend(self.read(aws, urn, url, &Props::new()).await?);
-                }
-            }
-            match page.next_token() {
-                Some(t) => token = Some(t.to_owned()),
-                None => break,
+            Ok((page.queue_urls().to_vec(), page.next_token().map(str::to_owned)))
+        })
+        .await?;
+        let mut found = Vec::new();
+        for url in &urls {
+            let tags = match aws.sqs.list_queue_tags().queue_url(url).send().await {
+                Ok(out) => out.tags().cloned().unwrap_or_default(),
+                Err(e) if missing(&e, MISSING) => continue,
+                Err(e) => return Err(aws_error("reading a queue's tags", e, no_hint)),
+            };
+            if tags::is_tagged(urn, tags.iter()) {
+                found.extend(self.read(aws, urn, url, &Props::new()).await?);
             }
         }
         Ok(found)
