@@ -766,6 +766,11 @@ fn main() {
         });
         return;
     }
+    // The apply figures alone: `CAIRN_BENCH_ONLY=apply cargo bench -p cairn-sdk --bench engine`.
+    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("apply") {
+        apply_benches(&runtime());
+        return;
+    }
     // The event figures alone: `CAIRN_BENCH_ONLY=events cargo bench -p cairn-sdk`.
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("events") {
         event_benches(&runtime());
@@ -783,22 +788,7 @@ fn main() {
 
     bench("state_bytes_ratio_10k", state_bytes_ratio(&rt), "x");
 
-    describe(BenchState::Layered { levels: LEVELS, width: WIDTH });
-    let floor = timer_floor(&rt);
-    let critical_path = LATENCY * LEVELS as u32;
-    eprintln!(
-        "  timer floor: {LEVELS} sleeps of {LATENCY:?} in a row take {:.1} ms, ratio {:.3}",
-        ms(floor),
-        floor.as_secs_f64() / critical_path.as_secs_f64()
-    );
-    let unlimited = time_apply(&rt, usize::MAX);
-    bench("apply_critical_path_ratio", unlimited.as_secs_f64() / critical_path.as_secs_f64(), "x");
-
-    const PARALLELISM: usize = 16;
-    let bound = critical_path.max(LATENCY * (LEVELS * WIDTH) as u32 / PARALLELISM as u32);
-    let p16 = time_apply(&rt, PARALLELISM);
-    bench("apply_p16_ratio", p16.as_secs_f64() / bound.as_secs_f64(), "x");
-
+    apply_benches(&rt);
     event_benches(&rt);
 
     bench("failover_ms", failover(&rt), "ms");
@@ -807,6 +797,25 @@ fn main() {
     let exe = std::env::current_exe().expect("the benchmark's own path");
     let status = std::process::Command::new(exe).env("CAIRN_BENCH_ONLY", "stacks").status().expect("the stacks benchmark runs");
     assert!(status.success(), "the stacks benchmark failed: {status}");
+}
+
+/// The apply's critical path and its throughput at a parallelism limit.
+fn apply_benches(rt: &tokio::runtime::Runtime) {
+    describe(BenchState::Layered { levels: LEVELS, width: WIDTH });
+    let floor = timer_floor(rt);
+    let critical_path = LATENCY * LEVELS as u32;
+    eprintln!(
+        "  timer floor: {LEVELS} sleeps of {LATENCY:?} in a row take {:.1} ms, ratio {:.3}",
+        ms(floor),
+        floor.as_secs_f64() / critical_path.as_secs_f64()
+    );
+    let unlimited = time_apply(rt, usize::MAX);
+    bench("apply_critical_path_ratio", unlimited.as_secs_f64() / critical_path.as_secs_f64(), "x");
+
+    const PARALLELISM: usize = 16;
+    let bound = critical_path.max(LATENCY * (LEVELS * WIDTH) as u32 / PARALLELISM as u32);
+    let p16 = time_apply(rt, PARALLELISM);
+    bench("apply_p16_ratio", p16.as_secs_f64() / bound.as_secs_f64(), "x");
 }
 
 fn event_benches(rt: &tokio::runtime::Runtime) {
