@@ -6,6 +6,9 @@ use cairn_sdk::{Action, DynamicResource, Provider as _, Stack, StackState, Urn};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+mod common;
+use common::rule_lines;
+
 async fn ec2() -> (cairn_aws::Provider, aws_sdk_ec2::Client) {
     cairn_testkit::moto().configure_env();
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -20,22 +23,6 @@ fn id_of(state: &StackState, ty: &str, name: &str) -> String {
 
 async fn group(ec2: &aws_sdk_ec2::Client, id: &str) -> Option<AwsGroup> {
     ec2.describe_security_groups().group_ids(id).send().await.ok()?.security_groups().first().cloned()
-}
-
-/// A group's rules as AWS lists them, one line per peer, sorted: `tcp 443-443 0.0.0.0/0`.
-fn lines(perms: &[IpPermission]) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in perms {
-        let ports = match (p.from_port(), p.to_port()) {
-            (Some(f), Some(t)) => format!("{f}-{t}"),
-            _ => "all".to_owned(),
-        };
-        let proto = p.ip_protocol().unwrap_or_default();
-        out.extend(p.ip_ranges().iter().map(|r| format!("{proto} {ports} {}", r.cidr_ip().unwrap_or_default())));
-        out.extend(p.user_id_group_pairs().iter().map(|g| format!("{proto} {ports} {}", g.group_id().unwrap_or_default())));
-    }
-    out.sort();
-    out
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -84,16 +71,16 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
     let (web, db) = (id_of(&state, SG, "web"), id_of(&state, SG, "db"));
     let g = group(&ec2, &web).await.unwrap();
     assert_eq!(
-        lines(g.ip_permissions()),
+        rule_lines(g.ip_permissions()),
         ["icmp -1--1 10.20.0.0/16", "tcp 22-22 10.20.0.0/16", &format!("tcp 22-22 {web}"), "tcp 443-443 0.0.0.0/0", "tcp 80-80 0.0.0.0/0"]
     );
-    assert_eq!(lines(g.ip_permissions_egress()), ["-1 all 0.0.0.0/0"], "allow-all egress, as declared");
+    assert_eq!(rule_lines(g.ip_permissions_egress()), ["-1 all 0.0.0.0/0"], "allow-all egress, as declared");
     assert_eq!(g.description(), Some("Managed by Cairn"));
     assert!(g.group_name().unwrap().starts_with("web-"), "auto-named: {:?}", g.group_name());
     assert!(g.tags().iter().any(|t| t.key() == Some("tier") && t.value() == Some("web")));
     assert!(g.tags().iter().any(|t| t.key() == Some("cairn:urn") && t.value() == Some("urn:cairn:ec2-sg-lifecycle::aws:ec2:SecurityGroup::web")));
     let d = group(&ec2, &db).await.unwrap();
-    assert_eq!(lines(d.ip_permissions()), [format!("tcp 5432-5432 {web}")]);
+    assert_eq!(rule_lines(d.ip_permissions()), [format!("tcp 5432-5432 {web}")]);
     assert!(d.ip_permissions_egress().is_empty(), "AWS's default egress rule is revoked when none is declared");
     assert!(!stack.preview(&Fw::default(), &state).unwrap().has_changes(), "a second up changes nothing");
     assert!(stack.preview_refresh(&state).await.unwrap().drift.is_empty(), "read back as declared");
@@ -118,10 +105,10 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
     assert_eq!(id_of(&state, SG, "web"), web, "same group");
     let g = group(&ec2, &web).await.unwrap();
     assert_eq!(
-        lines(g.ip_permissions()),
+        rule_lines(g.ip_permissions()),
         ["icmp -1--1 10.20.0.0/16", "tcp 22-22 10.20.0.0/16", &format!("tcp 22-22 {web}"), "tcp 443-443 0.0.0.0/0", "tcp 8443-8443 0.0.0.0/0"]
     );
-    assert_eq!(lines(g.ip_permissions_egress()), ["-1 all 0.0.0.0/0"]);
+    assert_eq!(rule_lines(g.ip_permissions_egress()), ["-1 all 0.0.0.0/0"]);
     assert!(!stack.preview(&moved, &state).unwrap().has_changes());
 
     // The description forces a replacement; the group that refers to it follows in place.
@@ -138,8 +125,8 @@ async fn a_security_group_is_created_changed_in_place_replaced_and_destroyed() {
     assert!(group(&ec2, &web).await.is_none(), "the old group is deleted");
     let g = group(&ec2, &new_web).await.unwrap();
     assert_eq!(g.description(), Some("Web servers"));
-    assert!(lines(g.ip_permissions()).contains(&format!("tcp 22-22 {new_web}")), "self rules follow the new group");
-    assert_eq!(lines(group(&ec2, &db).await.unwrap().ip_permissions()), [format!("tcp 5432-5432 {new_web}")]);
+    assert!(rule_lines(g.ip_permissions()).contains(&format!("tcp 22-22 {new_web}")), "self rules follow the new group");
+    assert_eq!(rule_lines(group(&ec2, &db).await.unwrap().ip_permissions()), [format!("tcp 5432-5432 {new_web}")]);
     assert_eq!(id_of(&state, SG, "db"), db);
 
     // Destroyed: nothing tagged with the stack remains.
@@ -176,8 +163,8 @@ async fn rules_changed_outside_cairn_are_set_right_by_the_next_update() {
     let report = session.up(&8081).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let g = group(&ec2, &app).await.unwrap();
-    assert_eq!(lines(g.ip_permissions()), ["tcp 8081-8081 10.0.0.0/8"], "the hand-made rule is revoked");
-    assert_eq!(lines(g.ip_permissions_egress()), ["tcp 443-443 0.0.0.0/0"], "egress exactly as declared");
+    assert_eq!(rule_lines(g.ip_permissions()), ["tcp 8081-8081 10.0.0.0/8"], "the hand-made rule is revoked");
+    assert_eq!(rule_lines(g.ip_permissions_egress()), ["tcp 443-443 0.0.0.0/0"], "egress exactly as declared");
     assert!(session.destroy().await.unwrap().succeeded());
 }
 
@@ -196,7 +183,7 @@ async fn a_group_left_to_the_default_vpc_gives_its_vpc_id_to_others() {
     let g = group(&ec2, &id_of(&report.state, SG, "plain")).await.unwrap();
     let subnet = ec2.describe_subnets().subnet_ids(id_of(&report.state, "aws:ec2:Subnet", "beside")).send().await.unwrap();
     assert_eq!(subnet.subnets()[0].vpc_id(), g.vpc_id(), "the subnet went into the group's (default) VPC");
-    assert_eq!(lines(g.ip_permissions()), ["udp 53-53 172.31.0.0/16"]);
+    assert_eq!(rule_lines(g.ip_permissions()), ["udp 53-53 172.31.0.0/16"]);
     assert!(!stack.preview(&(), &report.state).unwrap().has_changes());
     assert!(session.destroy().await.unwrap().succeeded());
     assert!(group(&ec2, &id_of(&report.state, SG, "plain")).await.is_none());

@@ -18,6 +18,9 @@ use cairn_sdk::{Action, ApplyReport, Provider as _, ResourceExt, Stack, StackSta
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+mod common;
+use common::drift_of;
+
 const SUBNET_GROUP: &str = "aws:elasticache:SubnetGroup";
 const CLUSTER: &str = "aws:elasticache:CacheCluster";
 const REPLICATION_GROUP: &str = "aws:elasticache:ReplicationGroup";
@@ -77,19 +80,6 @@ fn failed(error: &str) -> Option<String> {
 /// A step's error as the user sees it; `None` if it did not fail.
 fn shown(status: &StepStatus) -> Option<String> {
     status.error().map(ToString::to_string)
-}
-
-/// The drift a refresh found, as `(resource, property, recorded, found)`.
-fn drift_of(report: &cairn_sdk::RefreshReport) -> Vec<(String, String, Value, Value)> {
-    let drift = serde_json::to_value(&report.drift).unwrap();
-    let mut out = Vec::new();
-    for d in drift.as_array().unwrap() {
-        let urn = Urn::parse(d["urn"].as_str().unwrap()).unwrap();
-        for p in d["diffs"].as_array().unwrap() {
-            out.push((urn.name().to_owned(), p["name"].as_str().unwrap().to_owned(), p["old"].clone(), p["new"].clone()));
-        }
-    }
-    out
 }
 
 fn short_delete() -> Timeouts {

@@ -9,13 +9,16 @@
 //! `DeleteCacheSubnetGroup`, so a stack with a cache cannot be destroyed cleanly there.
 //! `tests/ecommerce_e2e.rs` covers what a destroy leaves when the cache is in the stack.
 
-use aws_sdk_ec2::types::{Filter, IpPermission, NatGatewayState, RouteTable as AwsRouteTable};
+use aws_sdk_ec2::types::{Filter, NatGatewayState, RouteTable as AwsRouteTable};
 use aws_sdk_sqs::types::QueueAttributeName;
 use cairn_aws::autoscaling::Group;
 use cairn_aws::ec2::{LaunchTemplate, Rule, SecurityGroup};
 use cairn_aws::sqs::Queue;
 use cairn_aws::{Nat, Network};
 use cairn_sdk::{Stack, StackState, Urn};
+
+mod common;
+use common::rule_lines;
 
 const STACK: &str = "full-stack";
 const ZONES: [&str; 2] = ["us-east-1a", "us-east-1b"];
@@ -86,22 +89,6 @@ fn counts(state: &StackState) -> Vec<(String, usize)> {
         *counts.entry(r.ty.clone()).or_insert(0) += 1;
     }
     counts.into_iter().collect()
-}
-
-/// A group's rules, one line per peer, sorted: `tcp 443-443 0.0.0.0/0`.
-fn rules(perms: &[IpPermission]) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in perms {
-        let ports = match (p.from_port(), p.to_port()) {
-            (Some(f), Some(t)) => format!("{f}-{t}"),
-            _ => "all".to_owned(),
-        };
-        let proto = p.ip_protocol().unwrap_or_default();
-        out.extend(p.ip_ranges().iter().map(|r| format!("{proto} {ports} {}", r.cidr_ip().unwrap_or_default())));
-        out.extend(p.user_id_group_pairs().iter().map(|g| format!("{proto} {ports} {}", g.group_id().unwrap_or_default())));
-    }
-    out.sort();
-    out
 }
 
 /// A table's routes other than `local` (`destination -> target`) and its subnets, sorted.
@@ -258,8 +245,8 @@ async fn the_shop_without_its_cache_is_created_left_alone_and_destroyed_without_
     let described = ec2.describe_security_groups().group_ids(&web_sg).send().await.unwrap();
     let g = &described.security_groups()[0];
     assert_eq!(g.vpc_id(), Some(vpc.as_str()));
-    assert_eq!(rules(g.ip_permissions()), ["tcp 443-443 0.0.0.0/0", "tcp 80-80 0.0.0.0/0"]);
-    assert_eq!(rules(g.ip_permissions_egress()), ["-1 all 0.0.0.0/0"]);
+    assert_eq!(rule_lines(g.ip_permissions()), ["tcp 443-443 0.0.0.0/0", "tcp 80-80 0.0.0.0/0"]);
+    assert_eq!(rule_lines(g.ip_permissions_egress()), ["-1 all 0.0.0.0/0"]);
 
     // The launch template starts instances of the image, in the web group.
     let template = id_of(&state, "aws:ec2:LaunchTemplate", "web");

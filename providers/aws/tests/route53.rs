@@ -13,6 +13,9 @@ use cairn_sdk::{Action, Provider as _, Stack, StackState, StepOp, Urn};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+mod common;
+use common::drift_of;
+
 const ZONE: &str = "aws:route53:Zone";
 const RECORD: &str = "aws:route53:Record";
 
@@ -37,19 +40,6 @@ fn id_of(state: &StackState, ty: &str, name: &str) -> String {
 
 fn outputs(state: &StackState, ty: &str, name: &str) -> Value {
     serde_json::to_value(&resource(state, ty, name).outputs).unwrap()
-}
-
-/// The drift a refresh found, as `(resource, property, recorded, found)`.
-fn drift_of(report: &cairn_sdk::RefreshReport) -> Vec<(String, String, Value, Value)> {
-    let drift = serde_json::to_value(&report.drift).unwrap();
-    let mut out = Vec::new();
-    for d in drift.as_array().unwrap() {
-        let urn = Urn::parse(d["urn"].as_str().unwrap()).unwrap();
-        for p in d["diffs"].as_array().unwrap() {
-            out.push((urn.name().to_owned(), p["name"].as_str().unwrap().to_owned(), p["old"].clone(), p["new"].clone()));
-        }
-    }
-    out
 }
 
 /// Whether hosted zone `id` exists, by GetHostedZone.

@@ -1,0 +1,37 @@
+//! Helpers more than one test binary needs. Each binary includes this module with
+//! `mod common;` and uses only some of it.
+#![allow(dead_code)]
+
+use aws_sdk_ec2::types::IpPermission;
+use cairn_sdk::Urn;
+use serde_json::Value;
+
+/// A security group's rules as AWS lists them, one line per peer, sorted:
+/// `tcp 443-443 0.0.0.0/0`.
+pub fn rule_lines(perms: &[IpPermission]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in perms {
+        let ports = match (p.from_port(), p.to_port()) {
+            (Some(f), Some(t)) => format!("{f}-{t}"),
+            _ => "all".to_owned(),
+        };
+        let proto = p.ip_protocol().unwrap_or_default();
+        out.extend(p.ip_ranges().iter().map(|r| format!("{proto} {ports} {}", r.cidr_ip().unwrap_or_default())));
+        out.extend(p.user_id_group_pairs().iter().map(|g| format!("{proto} {ports} {}", g.group_id().unwrap_or_default())));
+    }
+    out.sort();
+    out
+}
+
+/// The drift a refresh found, as `(resource, property, recorded, found)`.
+pub fn drift_of(report: &cairn_sdk::RefreshReport) -> Vec<(String, String, Value, Value)> {
+    let drift = serde_json::to_value(&report.drift).unwrap();
+    let mut out = Vec::new();
+    for d in drift.as_array().unwrap() {
+        let urn = Urn::parse(d["urn"].as_str().unwrap()).unwrap();
+        for p in d["diffs"].as_array().unwrap() {
+            out.push((urn.name().to_owned(), p["name"].as_str().unwrap().to_owned(), p["old"].clone(), p["new"].clone()));
+        }
+    }
+    out
+}
