@@ -91,20 +91,43 @@ struct Sizes {
 
 /// `config set` checks a change against the program's config type before writing it;
 /// a file that does not fit stops a verb with an error naming the file and the key.
+/// A program built with `Cli::configured` on a state and a config directory of its own.
+struct Configured {
+    state: tempfile::TempDir,
+    config: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Configured {
+    fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Configured { state: tempfile::tempdir().unwrap(), config: tempfile::tempdir().unwrap(), runtime }
+    }
+
+    /// Runs `args`; the program's stack factory calls `seen` with the stack's name and
+    /// its configuration.
+    fn run<C>(&self, args: &[&str], seen: impl Fn(&str, C) + Send + Sync + 'static) -> Result<ExitCode, CliError>
+    where
+        C: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let cli = Cli::configured(self.config.path(), move |name: &str, config: C| {
+            seen(name, config);
+            Stack::<u32>::new(name)
+        });
+        let state = format!("file://{}", self.state.path().display());
+        self.runtime.block_on(cli.try_run_with(["prog", "--state", &state].iter().chain(args)))
+    }
+}
+
 #[test]
 fn config_set_checks_the_programs_type_and_the_stack_gets_its_own_file() {
-    let (state_dir, config_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let state = format!("file://{}", state_dir.path().display());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let program = Configured::new();
     let given = Arc::new(Mutex::new(Vec::new()));
     let run = |args: &[&str]| {
         let given = given.clone();
-        let cli = Cli::configured(config_dir.path(), move |name: &str, sizes: Sizes| {
-            given.lock().unwrap().push((name.to_owned(), sizes.web_max));
-            Stack::<u32>::new(name)
-        });
-        runtime.block_on(cli.try_run_with(["prog", "--state", &state].iter().chain(args)))
+        program.run(args, move |name: &str, sizes: Sizes| given.lock().unwrap().push((name.to_owned(), sizes.web_max)))
     };
+    let (config_dir, runtime) = (&program.config, &program.runtime);
     let file = config_dir.path().join("Cairn.prod.toml");
 
     // No file: the required key is named, with the fix.
@@ -149,19 +172,13 @@ impl Default for WithToken {
 /// verb run without the key, or with another, stops before the program runs.
 #[test]
 fn config_set_secret_seals_with_the_passphrase_and_a_missing_or_wrong_key_is_refused() {
-    let (state_dir, config_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let state = format!("file://{}", state_dir.path().display());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let program = Configured::new();
     let keyed = Arc::new(Mutex::new(Vec::new()));
     let run = |args: &[&str]| {
         let keyed = keyed.clone();
-        let cli = Cli::configured(config_dir.path(), move |name: &str, config: WithToken| {
-            keyed.lock().unwrap().push(config.token.map(|t| t.open().unwrap()));
-            Stack::<u32>::new(name)
-        });
-        runtime.block_on(cli.try_run_with(["prog", "--state", &state].iter().chain(args)))
+        program.run(args, move |_: &str, config: WithToken| keyed.lock().unwrap().push(config.token.map(|t| t.open().unwrap())))
     };
-    let file = config_dir.path().join("Cairn.dev.toml");
+    let file = program.config.path().join("Cairn.dev.toml");
     std::env::remove_var("CAIRN_SECRETS_KEY_FILE");
 
     std::env::remove_var("CAIRN_PASSPHRASE");

@@ -79,10 +79,7 @@ impl Graph {
         let mut duplicate = duplicates.iter().copied().peekable();
         for (i, node) in nodes.iter_mut().enumerate() {
             if duplicate.next_if_eq(&i).is_some() {
-                let urn = &node.urn;
-                if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if u == urn)) {
-                    errors.push(ValidationError::Duplicate { urn: urn.clone() });
-                }
+                duplicate_once(&mut errors, &node.urn);
                 continue;
             }
             apply_defaults(&mut node.decl);
@@ -252,6 +249,13 @@ impl Graph {
     }
 }
 
+/// Reports `urn` as declared more than once, once however many times it is.
+fn duplicate_once(errors: &mut Vec<ValidationError>, urn: &Urn) {
+    if !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn: u } if u == urn)) {
+        errors.push(ValidationError::Duplicate { urn: urn.clone() });
+    }
+}
+
 /// The index of each node by URN, for nodes whose URNs are distinct.
 fn index_of(nodes: &[Node]) -> HashMap<Urn, usize> {
     nodes.iter().enumerate().map(|(i, node)| (node.urn.clone(), i)).collect()
@@ -302,8 +306,8 @@ impl Graph {
     pub(crate) fn with_components(mut self, components: Vec<Component>) -> Result<Graph, ValidationErrors> {
         let mut errors = Vec::new();
         for (i, c) in components.iter().enumerate() {
-            if components[..i].iter().any(|o| o.urn == c.urn) && !errors.iter().any(|e| matches!(e, ValidationError::Duplicate { urn } if *urn == c.urn)) {
-                errors.push(ValidationError::Duplicate { urn: c.urn.clone() });
+            if components[..i].iter().any(|o| o.urn == c.urn) {
+                duplicate_once(&mut errors, &c.urn);
             }
         }
         if !errors.is_empty() {

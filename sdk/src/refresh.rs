@@ -112,16 +112,9 @@ pub async fn refresh(
                     (Some(ty), Some(provider)) => provider_drift(provider.as_ref(), &r.urn, ty, &r.inputs, &obs.inputs),
                     _ => input_drift(&r.inputs, &obs.inputs),
                 };
-                // Without the type's schema, nothing is known not to be secret.
                 match ty {
                     Some(ty) => crate::plan::redact_secrets(&mut diffs, Some(ty)),
-                    None => {
-                        for d in &mut diffs {
-                            d.secret = true;
-                            d.old = d.old.as_ref().map(|_| serde_json::Value::from(crate::secret::REDACTED));
-                            d.new = d.new.as_ref().map(|_| serde_json::Value::from(crate::secret::REDACTED));
-                        }
-                    }
+                    None => crate::plan::redact_all(&mut diffs),
                 }
                 if !diffs.is_empty() {
                     drift.push(Drift::Changed { urn: r.urn.clone(), diffs });

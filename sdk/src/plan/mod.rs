@@ -585,6 +585,16 @@ fn output_diffs<'a>(graph: &'a Graph, state: &StackState, statuses: &[Option<Nod
     diffs
 }
 
+/// Every value of `diffs` shown as `[secret]`: for a type whose schema is not known,
+/// nothing is known not to be secret.
+pub(crate) fn redact_all(diffs: &mut [PropertyDiff]) {
+    for d in diffs.iter_mut() {
+        d.secret = true;
+        d.old = d.old.as_ref().map(|_| Value::from(crate::secret::REDACTED));
+        d.new = d.new.as_ref().map(|_| Value::from(crate::secret::REDACTED));
+    }
+}
+
 /// Plans are shown and logged: secret values never appear in their diffs. A property
 /// the schema marks secret is `[secret]` whole; a sealed value anywhere is `[secret]`.
 pub(crate) fn redact_secrets(diffs: &mut [PropertyDiff], ty: Option<&crate::schema::ResourceType>) {
