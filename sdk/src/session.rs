@@ -47,6 +47,9 @@ pub struct Session<S> {
     broken: Option<String>,
     /// Event records in the journal since the last snapshot.
     journaled_events: usize,
+    /// The stack's journal, opened on first use and kept: opening it (the store checks
+    /// the lock, and the file store its torn tail) is not paid again by each event.
+    journal: Option<Arc<dyn cairn_state::Journal>>,
     /// Dropped with the session: tells the thread of a spawned reconciler that its
     /// runtime, which drives tasks the session's clients started, may stop.
     runtime_hold: Option<tokio::sync::oneshot::Sender<()>>,
@@ -82,6 +85,7 @@ where
                 recovered,
                 broken: None,
                 journaled_events: 0,
+                journal: None,
                 runtime_hold: None,
                 unlock_on_panic,
                 renewer,
@@ -169,7 +173,7 @@ where
             }
             None => plan,
         };
-        let journal = self.store.journal(&self.lock).await?;
+        let journal = self.journal().await?;
         // Steps that failed uncertainly stay pending in the new state: a timed-out create
         // may still land, so they are settled when the next operation starts.
         self.usable()?;
@@ -277,8 +281,8 @@ where
             return Ok(());
         }
         let record = JournalRecord::Events { base: self.state.serial, user_state, ids: ids.to_vec() };
-        let written = match self.store.journal(&self.lock).await {
-            Ok(journal) => journal.record(record.clone()).await,
+        let written = match self.journal().await {
+            Ok(journal) => journal.record(record.clone()).await.map_err(crate::Error::from),
             Err(e) => Err(e),
         };
         if let Err(e) = written {
@@ -293,6 +297,16 @@ where
             self.fold_events().await?;
         }
         Ok(())
+    }
+
+    /// The stack's journal, opened once per session.
+    async fn journal(&mut self) -> Result<Arc<dyn cairn_state::Journal>> {
+        if let Some(journal) = &self.journal {
+            return Ok(journal.clone());
+        }
+        let journal = self.store.journal(&self.lock).await?;
+        self.journal = Some(journal.clone());
+        Ok(journal)
     }
 
     /// Replaces the stack's state with `state` (`state import`): it takes the stored

@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -544,15 +544,37 @@ fn read_lock(path: &Path) -> Result<Option<LockInfo>, StateError> {
 
 type Pending = (Vec<u8>, oneshot::Sender<Result<(), StateError>>);
 
-/// The journal file, written by one thread that batches whatever records are waiting
-/// into one write and one fsync (group commit): parallel steps share the cost of
-/// durability instead of queueing for it. Each batch is fenced: written only while the
+/// The journal file. Whatever records are waiting are written with one write and one
+/// fsync (group commit): parallel steps share the cost of durability instead of queueing
+/// for it. The caller that finds no write under way leads it, on the blocking pool, and
+/// takes every record that arrives meanwhile; so no thread is kept per open journal (a
+/// session keeps its journal open). Each batch is fenced: written only while the
 /// stack's lock is still its writer's.
 #[derive(Debug)]
 struct FileJournal {
-    tx: mpsc::Sender<Pending>,
+    writer: Arc<JournalWriter>,
     path: PathBuf,
     lock: Lock,
+}
+
+#[derive(Debug)]
+struct JournalWriter {
+    queue: std::sync::Mutex<Queue>,
+    file: File,
+    guard: File,
+    dir: PathBuf,
+    path: PathBuf,
+    fence: Lock,
+    written: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: Vec<Pending>,
+    /// A batch is being written: its leader takes what waits when it is done.
+    writing: bool,
+    /// Why the journal takes no more records (a failed write could not be taken back).
+    stopped: Option<String>,
 }
 
 /// Whether `file` ends with an incomplete line: it is not empty and its last byte is
@@ -574,9 +596,9 @@ impl FileJournal {
         let existed = path.exists();
         let mut file = private_file().create(true).read(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
         // A crash mid-append leaves a torn last line, which loading ignores; cut it off
-        // so the next record does not land after it and turn it into corruption. The
-        // journal is opened for every apply and every batch of events: its last byte
-        // tells whether the tail is whole, and only a torn one is read, cut and synced.
+        // so the next record does not land after it and turn it into corruption. Its
+        // last byte tells whether the tail is whole; only a torn one is read, cut and
+        // synced.
         if ends_torn(&mut file).map_err(StateError::io("reading", &path))? {
             let bytes = fs::read(&path).map_err(StateError::io("reading", &path))?;
             let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -586,61 +608,113 @@ impl FileJournal {
             fsync_dir(&dir)?;
         }
         let guard = Guard::open(&dir)?;
-        let (tx, rx) = mpsc::channel::<Pending>();
-        let writer = path.clone();
-        let fence = lock.clone();
-        std::thread::Builder::new()
-            .name("cairn-journal".into())
-            .spawn(move || {
-                let io_error = |e: &io::Error| StateError::io("writing", &writer)(io::Error::new(e.kind(), e.to_string()));
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    let mut buf = Vec::with_capacity(batch.iter().map(|(b, _)| b.len()).sum());
-                    for (bytes, _) in &batch {
-                        buf.extend_from_slice(bytes);
-                    }
-                    // Fenced: a takeover (an exclusive lock of the guard) waits for this
-                    // write, and this write sees a takeover that came first.
-                    let fenced = Guard::wait(&dir, || guard.try_lock_shared()).and_then(|()| {
-                        read_lock(&dir.join(LOCK)).and_then(|held| crate::store::check_stored(&fence, held.as_ref()))
-                    });
-                    if let Err(e) = fenced {
-                        let _ = guard.unlock();
-                        // Each waiting record gets the error: the lock's own, or the I/O one.
-                        let message = e.to_string();
-                        let mut first = Some(e);
-                        for (_, ack) in batch {
-                            let e = first.take().unwrap_or_else(|| if fence.is_lost() { fence.lost_error() } else { io_error(&io::Error::other(message.clone())) });
-                            let _ = ack.send(Err(e));
-                        }
-                        continue;
-                    }
-                    let before = file.metadata().map(|m| m.len());
-                    let result = file.write_all(&buf).and_then(|()| file.sync_data());
-                    let _ = guard.unlock();
-                    match &result {
-                        Ok(()) => {
-                            written.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                        }
-                        // Take back a partial batch, so later records start on a clean line;
-                        // if even that fails, stop: every later record will fail too.
-                        Err(_) => {
-                            if before.and_then(|len| file.set_len(len)).is_err() {
-                                for (_, ack) in batch {
-                                    let _ = ack.send(Err(io_error(&io::Error::other("the journal could not be repaired after a failed write"))));
-                                }
-                                return;
-                            }
-                        }
-                    }
-                    for (_, ack) in batch {
-                        let _ = ack.send(result.as_ref().map(|_| ()).map_err(io_error));
-                    }
+        let writer = JournalWriter {
+            queue: std::sync::Mutex::new(Queue::default()),
+            file,
+            guard,
+            dir,
+            path: path.clone(),
+            fence: lock.clone(),
+            written,
+        };
+        Ok(FileJournal { writer: Arc::new(writer), path, lock })
+    }
+}
+
+impl JournalWriter {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn io_error(&self, e: &io::Error) -> StateError {
+        StateError::io("writing", &self.path)(io::Error::new(e.kind(), e.to_string()))
+    }
+
+    /// Writes batches until none waits. Run by the leader, on the blocking pool.
+    fn write_waiting(&self) {
+        /// If the leader panics, the journal stops, and the records waiting are told.
+        struct Leading<'a>(&'a JournalWriter);
+        impl Drop for Leading<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut queue = self.0.queue();
+                    queue.writing = false;
+                    queue.stopped = Some("the journal writer panicked".to_owned());
+                    queue.waiting.clear();
                 }
-            })
-            .map_err(StateError::io("starting the journal writer for", &path))?;
-        Ok(FileJournal { tx, path, lock })
+            }
+        }
+        let _leading = Leading(self);
+        loop {
+            let batch = {
+                let mut queue = self.queue();
+                if queue.waiting.is_empty() {
+                    queue.writing = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            if let Err(stopped) = self.write_batch(batch) {
+                let mut queue = self.queue();
+                queue.writing = false;
+                for (_, ack) in queue.waiting.drain(..) {
+                    let _ = ack.send(Err(self.io_error(&io::Error::other(stopped.clone()))));
+                }
+                queue.stopped = Some(stopped);
+                return;
+            }
+        }
+    }
+
+    /// Writes and syncs one batch and answers each of its records; an error when the
+    /// journal can take no more.
+    fn write_batch(&self, batch: Vec<Pending>) -> Result<(), String> {
+        let mut buf = Vec::with_capacity(batch.iter().map(|(b, _)| b.len()).sum());
+        for (bytes, _) in &batch {
+            buf.extend_from_slice(bytes);
+        }
+        let guard = &self.guard;
+        // Fenced: a takeover (an exclusive lock of the guard) waits for this write, and
+        // this write sees a takeover that came first.
+        let fenced = Guard::wait(&self.dir, || guard.try_lock_shared())
+            .and_then(|()| read_lock(&self.dir.join(LOCK)).and_then(|held| crate::store::check_stored(&self.fence, held.as_ref())));
+        if let Err(e) = fenced {
+            let _ = guard.unlock();
+            // Each waiting record gets the error: the lock's own, or the I/O one.
+            let message = e.to_string();
+            let mut first = Some(e);
+            for (_, ack) in batch {
+                let e = first
+                    .take()
+                    .unwrap_or_else(|| if self.fence.is_lost() { self.fence.lost_error() } else { self.io_error(&io::Error::other(message.clone())) });
+                let _ = ack.send(Err(e));
+            }
+            return Ok(());
+        }
+        let mut file = &self.file;
+        let before = file.metadata().map(|m| m.len());
+        let result = file.write_all(&buf).and_then(|()| file.sync_data());
+        let _ = guard.unlock();
+        match &result {
+            Ok(()) => {
+                self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+            // Take back a partial batch, so later records start on a clean line; if even
+            // that fails, stop: every later record would fail too.
+            Err(_) => {
+                if before.and_then(|len| file.set_len(len)).is_err() {
+                    let stopped = "the journal could not be repaired after a failed write".to_owned();
+                    for (_, ack) in batch {
+                        let _ = ack.send(Err(self.io_error(&io::Error::other(stopped.clone()))));
+                    }
+                    return Err(stopped);
+                }
+            }
+        }
+        for (_, ack) in batch {
+            let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| self.io_error(e)));
+        }
+        Ok(())
     }
 }
 
@@ -652,8 +726,18 @@ impl Journal for FileJournal {
         let mut bytes = serde_json::to_vec(&record).expect("journal records serialize");
         bytes.push(b'\n');
         let (ack, done) = oneshot::channel();
-        let gone = || StateError::io("writing", &self.path)(io::Error::other("the journal writer stopped"));
-        self.tx.send((bytes, ack)).map_err(|_| gone())?;
-        done.await.map_err(|_| gone())?
+        let lead = {
+            let mut queue = self.writer.queue();
+            if let Some(stopped) = &queue.stopped {
+                return Err(self.writer.io_error(&io::Error::other(stopped.clone())));
+            }
+            queue.waiting.push((bytes, ack));
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if lead {
+            let writer = self.writer.clone();
+            tokio::task::spawn_blocking(move || writer.write_waiting());
+        }
+        done.await.map_err(|_| StateError::io("writing", &self.path)(io::Error::other("the journal writer stopped")))?
     }
 }
