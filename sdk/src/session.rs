@@ -178,6 +178,10 @@ where
         // may still land, so they are settled when the next operation starts.
         self.usable()?;
         let report = apply(plan, &self.state, self.stack.providers(), self.stack.apply_options(), journal).await?;
+        if !report.succeeded() {
+            // A journal that failed stays failed: the next apply opens it again.
+            self.journal = None;
+        }
         self.commit(report.state.clone()).await?;
         Ok(report)
     }
@@ -219,6 +223,9 @@ where
     async fn commit(&mut self, state: StackState) -> Result<()> {
         self.state = state;
         self.journaled_events = 0;
+        if !self.store.journal_outlives_commit() {
+            self.journal = None;
+        }
         if let Err(e) = self.store.commit(&self.lock, &self.state).await {
             self.broken = Some(e.to_string());
             return Err(e.into());
@@ -288,6 +295,7 @@ where
         if let Err(e) = written {
             // Whether the record landed is unknown: reopening the stack replays the
             // journal and finds out.
+            self.journal = None;
             self.broken = Some(e.to_string());
             return Err(e.into());
         }

@@ -230,6 +230,11 @@ fn write_atomic(path: &Path, bytes: &[u8], backup: Option<&Path>) -> Result<(), 
 
 #[async_trait]
 impl Store for FileStore {
+    fn journal_outlives_commit(&self) -> bool {
+        // The file is emptied in place, and each record checks the lock.
+        true
+    }
+
     fn location(&self) -> String {
         format!("file://{}", self.root.display())
     }
@@ -621,6 +626,29 @@ impl FileJournal {
     }
 }
 
+/// The lead of a journal's writes, moved into the task that writes. If that task panics,
+/// the journal stops; if it never runs (the runtime is shutting down), the lead is given
+/// up. Either way the records waiting are told, and none waits for ever.
+struct Lead(Arc<JournalWriter>);
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let writer = &self.0;
+        let mut queue = writer.queue();
+        if !queue.writing {
+            return; // The writes finished: nothing waits.
+        }
+        queue.writing = false;
+        let why = if std::thread::panicking() { "the journal writer panicked" } else { "the journal writer stopped" };
+        if std::thread::panicking() {
+            queue.stopped = Some(why.to_owned());
+        }
+        for (_, ack) in queue.waiting.drain(..) {
+            let _ = ack.send(Err(writer.io_error(&io::Error::other(why))));
+        }
+    }
+}
+
 impl JournalWriter {
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -632,19 +660,6 @@ impl JournalWriter {
 
     /// Writes batches until none waits. Run by the leader, on the blocking pool.
     fn write_waiting(&self) {
-        /// If the leader panics, the journal stops, and the records waiting are told.
-        struct Leading<'a>(&'a JournalWriter);
-        impl Drop for Leading<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    let mut queue = self.0.queue();
-                    queue.writing = false;
-                    queue.stopped = Some("the journal writer panicked".to_owned());
-                    queue.waiting.clear();
-                }
-            }
-        }
-        let _leading = Leading(self);
         loop {
             let batch = {
                 let mut queue = self.queue();
@@ -735,8 +750,11 @@ impl Journal for FileJournal {
             !std::mem::replace(&mut queue.writing, true)
         };
         if lead {
-            let writer = self.writer.clone();
-            tokio::task::spawn_blocking(move || writer.write_waiting());
+            let lead = Lead(self.writer.clone());
+            tokio::task::spawn_blocking(move || {
+                let lead = lead; // The whole lead, dropped when the writes end.
+                lead.0.write_waiting();
+            });
         }
         done.await.map_err(|_| StateError::io("writing", &self.path)(io::Error::other("the journal writer stopped")))?
     }

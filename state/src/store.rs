@@ -219,6 +219,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The journal of the locked stack, for an apply to record its steps.
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError>;
 
+    /// Whether a journal stays right to write to after a [`Store::commit`] (which
+    /// empties the journal): then a session keeps it open. `false` unless a store says
+    /// so; S3's is reopened, as it numbers its records from what it finds when opened.
+    fn journal_outlives_commit(&self) -> bool {
+        false
+    }
+
     /// Writes `state` as the new snapshot and clears the journal. Refuses (with
     /// [`StateError::Conflict`]) if the stored snapshot is not the one `state` follows.
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError>;
