@@ -202,7 +202,7 @@ pub async fn apply(
             });
         }
     }
-    check_secrets_open(plan, state)?;
+    check_secrets_open(plan, state, true)?;
 
     providers.ready(plan.changed().map(|c| &*c.ty)).await?;
     let steps = build_steps(plan, state)?;
@@ -218,20 +218,22 @@ pub async fn apply(
     Ok(run.into_report(started))
 }
 
-/// Refuses `plan` if a secret it would give a provider cannot be opened: one of a new
-/// input, or one state holds for a resource it updates, replaces or deletes. A secret
-/// sealed with a key not loaded (a wrong passphrase) is found here, naming the
-/// resource and the property, before any call.
-pub(crate) fn check_secrets_open(plan: &Plan, state: &StackState) -> Result<()> {
-    let mut touched = std::collections::HashSet::new();
-    for change in plan.changed() {
-        for (property, prop) in &change.inputs {
-            if let Some(source) = crate::secret::locked_in(prop) {
-                return Err(Error::SecretLocked { urn: change.urn.clone(), property: property.clone(), source });
+/// Refuses `plan` if a secret it would give a provider cannot be opened: one state
+/// holds for a resource it updates, replaces or deletes, and with `new_inputs`, one of
+/// the inputs to apply. A secret sealed with a key not loaded (a wrong passphrase) is
+/// found here, naming the resource and the property, before any call. A preview checks
+/// state's side only: the plan's own inputs are walked once, by the apply.
+pub(crate) fn check_secrets_open(plan: &Plan, state: &StackState, new_inputs: bool) -> Result<()> {
+    if new_inputs {
+        for change in plan.changed() {
+            for (property, prop) in &change.inputs {
+                if let Some(source) = crate::secret::locked_in(prop) {
+                    return Err(Error::SecretLocked { urn: change.urn.clone(), property: property.clone(), source });
+                }
             }
         }
-        touched.insert(&change.urn);
     }
+    let touched: std::collections::HashSet<&Urn> = plan.changed().filter(|c| c.action != Action::Create).map(|c| &c.urn).collect();
     if touched.is_empty() {
         return Ok(());
     }

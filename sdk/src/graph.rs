@@ -361,11 +361,21 @@ impl Graph {
     }
 }
 
-/// Seals every literal inside `prop` (a function of the program opens them again).
+/// Seals every literal inside `prop` (a function of the program opens them again); in
+/// a literal that already holds sealed parts, the parts around them.
 fn seal_literals(prop: &mut Prop, keyring: &Keyring) {
+    fn seal_around(value: &mut serde_json::Value, keyring: &Keyring) {
+        use serde_json::Value;
+        match value {
+            v if crate::secret::is_sealed(v) || v.is_null() => {}
+            Value::Array(items) if items.iter().any(crate::secret::contains_sealed) => items.iter_mut().for_each(|v| seal_around(v, keyring)),
+            Value::Object(map) if map.values().any(crate::secret::contains_sealed) => map.values_mut().for_each(|v| seal_around(v, keyring)),
+            v => *v = keyring.seal(v),
+        }
+    }
     match prop {
-        Prop::Value(v) if !v.is_null() => *v = keyring.seal(v),
-        Prop::Value(_) | Prop::Output(_) => {}
+        Prop::Value(v) => seal_around(v, keyring),
+        Prop::Output(_) => {}
         Prop::List(items) => items.iter_mut().for_each(|p| seal_literals(p, keyring)),
         Prop::Object(fields) => fields.iter_mut().for_each(|(_, p)| seal_literals(p, keyring)),
         Prop::Apply(apply) => apply.args.iter_mut().for_each(|p| seal_literals(p, keyring)),
@@ -503,4 +513,26 @@ fn find_cycles(nodes: &[Node]) -> Vec<ValidationError> {
         errors.push(ValidationError::Cycle { path: path.into_iter().map(|i| nodes[i].urn.clone()).collect() });
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_literal_holding_a_secret_has_the_parts_around_it_sealed_and_opens_whole() {
+        let keyring = Keyring::from_key(&[9; 64]).unwrap();
+        let inner = keyring.seal(&json!("inner-secret"));
+        let mut prop = Prop::Value(json!(["plain-part", inner, null]));
+        seal_literals(&mut prop, &keyring);
+        let Prop::Value(sealed) = &prop else { panic!("{prop:?}") };
+        assert!(!sealed.to_string().contains("plain-part"), "{sealed}");
+        assert_eq!(sealed[1], inner, "a sealed part is not sealed again");
+        let (opened, by) = crate::secret::open_all(sealed).unwrap();
+        assert_eq!((opened, by.is_some()), (json!(["plain-part", "inner-secret", null]), true));
+        // A value sealed whole around a sealed part opens whole too.
+        let (opened, _) = crate::secret::open_all(&keyring.seal(&json!({"a": inner}))).unwrap();
+        assert_eq!(opened, json!({"a": "inner-secret"}));
+    }
 }

@@ -249,7 +249,8 @@ pub fn open_all(value: &Value) -> Result<(Value, Option<Arc<Keyring>>), SecretEr
             let keyring = keyring(id).ok_or_else(|| SecretError::NoKey { key_id: id.to_owned() })?;
             let opened = keyring.open(body)?;
             first.get_or_insert(keyring);
-            return Ok(opened);
+            // What was sealed may hold sealed parts itself.
+            return if contains_sealed(&opened) { walk(&opened, first) } else { Ok(opened) };
         }
         Ok(match value {
             Value::Array(items) => Value::Array(items.iter().map(|v| walk(v, first)).collect::<Result<_, _>>()?),

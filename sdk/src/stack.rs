@@ -302,12 +302,22 @@ where
         };
         let crate::cx::Parts { nodes, distinct, mut declared, exports, errors: collected, components } = cx.into_parts();
         // A failed component stops the program where it passes the error on (as it is,
-        // or wrapped in an error of the program's own); what was declared until then is
-        // validated, and every problem reported at once.
-        let component_failed = collected.iter().any(|c| matches!(c, crate::ValidationError::Component { .. }));
+        // or wrapped in an error of the program's own that keeps it as its source); what
+        // was declared until then is validated, and every problem reported at once. Any
+        // other error of the program is its own, and reported as it is.
+        let component_failed = |e: &crate::BoxError| {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+            std::iter::from_fn(|| {
+                let this = cause?;
+                cause = this.source();
+                Some(this)
+            })
+            .any(|c| c.is::<crate::cx::ComponentFailed>())
+                && !collected.is_empty()
+        };
         let graph = match ran {
             Ok(()) => Ok(()),
-            Err(_) if component_failed => Ok(()),
+            Err(e) if component_failed(&e) => Ok(()),
             Err(e) => Err(Error::program(&self.name, e)),
         }
         .and_then(|()| {
@@ -363,7 +373,7 @@ where
         let graph = self.render(s)?;
         let user_state = serde_json::to_value(s).map_err(|source| Error::UserState { action: "written", source })?;
         let plan = plan(&graph, state, &self.providers, user_state)?;
-        crate::apply::check_secrets_open(&plan, state)?;
+        crate::apply::check_secrets_open(&plan, state, false)?;
         Ok((plan, graph))
     }
 
@@ -372,7 +382,7 @@ where
         self.check_state(state)?;
         let graph = Graph::build(&self.name, Vec::new())?;
         let plan = plan(&graph, state, &self.providers, state.user_state.clone())?;
-        crate::apply::check_secrets_open(&plan, state)?;
+        crate::apply::check_secrets_open(&plan, state, false)?;
         Ok(plan)
     }
 

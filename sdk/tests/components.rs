@@ -110,17 +110,43 @@ async fn a_failed_component_is_reported_with_every_other_problem_and_nothing_is_
     assert!(fake.calls().is_empty());
 }
 
+/// A program's own error around a component's.
+#[derive(Debug)]
+struct Wrapped(ComponentFailed);
+
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("building the site")
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 #[test]
 fn a_failed_component_is_reported_when_the_program_wraps_its_error_in_its_own() {
     let stack = Stack::<Vec<String>>::new("dev").program(|cx, z: &Vec<String>| {
         let zones: Vec<&str> = z.iter().map(String::as_str).collect();
-        // As `anyhow`'s `.context(..)` would.
-        site(cx, "shop", &zones).map_err(|e| format!("building the site: {e}"))?;
+        // As `anyhow`'s `.context(..)` would: its own message, the component's as source.
+        site(cx, "shop", &zones).map_err(|e| Wrapped(e))?;
         Ok(())
     });
     let err = stack.render(&Vec::new()).unwrap_err();
     let Error::Invalid(errors) = &err else { panic!("{err}") };
     assert!(errors.0.iter().any(|e| matches!(e, ValidationError::Component { message, .. } if message == "give at least one zone")), "{err}");
+}
+
+#[test]
+fn another_error_of_the_program_after_a_component_failed_is_reported_as_it_is() {
+    let stack = Stack::<Vec<String>>::new("dev").program(|cx, _: &Vec<String>| {
+        let _handled = site(cx, "shop", &[]);
+        Err("the catalogue is unreachable".into())
+    });
+    let err = stack.render(&Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("the catalogue is unreachable"), "{err}");
 }
 
 #[tokio::test]

@@ -47,6 +47,10 @@ where
                     .map(|f| StepFailure { urn: f.urn.to_string(), status: serde_json::to_value(&f.status).unwrap_or(Value::Null) })
                     .collect(),
                 ms,
+                // Stack outputs whose function failed: the apply failed on them alone.
+                error: (!report.output_errors.is_empty()).then(|| {
+                    report.output_errors.iter().map(|(name, why)| format!("stack output `{name}`: {why}")).collect::<Vec<_>>().join("; ")
+                }),
                 ..record(if report.succeeded() { ApplyResult::Succeeded } else { ApplyResult::Failed })
             },
             Converge::Refused(why) => ApplyRecord { reason: Some(why.to_string()), ..record(ApplyResult::Refused) },
