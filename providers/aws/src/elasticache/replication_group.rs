@@ -67,8 +67,9 @@ cairn_sdk::resource! {
         auth_token: String = secret(),
         /// How a new `auth_token` replaces the old: `"rotate"` (the default; AWS accepts
         /// both until the next change, so clients move over without an outage) or
-        /// `"set"` (only the new one is accepted at once: for a leaked token, or to end a
-        /// rotation once clients have the new one). Changing it alone calls nothing.
+        /// `"set"` (only the new one is accepted at once: for a leaked token). Changed
+        /// to `"set"` with the token kept, it ends a rotation: only the current token
+        /// is accepted from then on.
         auth_token_update: String = default(Default::Str("rotate")),
         /// Encrypt traffic to and between the nodes (TLS). Off when unset (forces
         /// replacement).
@@ -290,11 +291,12 @@ impl Kind for ReplicationGroupKind {
     /// the cache cluster's).
     ///
     /// Nor are the encryption options missing from a state recorded before Cairn had
-    /// them, when they stay off. Removing the AUTH token forces replacement.
+    /// them, when they stay off, nor `auth_token_update` when it is the default. Removing the AUTH token forces replacement.
     fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
         let mut diff = schema_diff(req);
         let off_before_recorded = |c: &cairn_sdk::PropertyDiff| {
             matches!(c.name.as_str(), "transit_encryption" | "at_rest_encryption") && c.old.is_none() && c.new == Some(Value::Bool(false))
+                || c.name == "auth_token_update" && c.old.is_none() && c.new == Some(Value::from("rotate"))
         };
         diff.changes.retain(|c| !(c.name == "port" && c.old.is_none()) && !off_before_recorded(c));
         for c in diff.changes.iter_mut().filter(|c| c.name == "auth_token" && c.known && c.new.is_none()) {
@@ -408,9 +410,11 @@ impl Kind for ReplicationGroupKind {
         }
         // 5. A new AUTH token: rotated, so clients with the old one keep working until
         //    they have the new one, or set, so only the new one works.
-        if let Some(token) = changed(&old.auth_token, &want.auth_token) {
+        let set = want.auth_token_update.as_deref() == Some("set");
+        let ends_rotation = set && old.auth_token_update.as_deref() != Some("set") && old.auth_token == want.auth_token;
+        if let Some(token) = changed(&old.auth_token, &want.auth_token).or_else(|| want.auth_token.clone().filter(|_| ends_rotation)) {
             use aws_sdk_elasticache::types::AuthTokenUpdateStrategyType as Strategy;
-            let strategy = if want.auth_token_update.as_deref() == Some("set") { Strategy::Set } else { Strategy::Rotate };
+            let strategy = if set { Strategy::Set } else { Strategy::Rotate };
             modify()
                 .auth_token(token)
                 .auth_token_update_strategy(strategy)
