@@ -87,7 +87,11 @@ async fn run() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = cairn::state::open(&format!("file://{}", dir.path().display())).await.expect("the file store");
         let aws = cairn_aws::Provider::new(&sdk_config(&proxy.endpoint()).await);
-        let stack = shop::stack(&format!("e2e{run}"), aws, shop::ShopConfig::default());
+        // Cairn.dev.toml's shop, its cache's AUTH token included, as the script makes it.
+        let keyring = cairn::Keyring::from_key(&[7; 64]).expect("a key");
+        let token = cairn::Secret::seal(&keyring, &"dev-sessions-token-2f6c1a9e".to_owned());
+        let config = shop::ShopConfig { redis_auth_token: Some(token), ..shop::ShopConfig::default() };
+        let stack = shop::stack(&format!("e2e{run}"), aws, config).secrets(keyring);
         proxy.reset_stats();
         let started = Instant::now();
         let mut session = stack.lock(store, "bench").await.expect("the stack locks");

@@ -771,6 +771,11 @@ fn main() {
         apply_benches(&runtime());
         return;
     }
+    // The 10k plans alone: `CAIRN_BENCH_ONLY=plan_10k cargo bench -p cairn-sdk --bench engine`.
+    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("plan_10k") {
+        plan_10k(&runtime());
+        return;
+    }
     // The event figures alone: `CAIRN_BENCH_ONLY=events cargo bench -p cairn-sdk`.
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("events") {
         event_benches(&runtime());
