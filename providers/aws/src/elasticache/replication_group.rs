@@ -291,7 +291,8 @@ impl Kind for ReplicationGroupKind {
     /// the cache cluster's).
     ///
     /// Nor are the encryption options missing from a state recorded before Cairn had
-    /// them, when they stay off, nor `auth_token_update` when it is the default. Removing the AUTH token forces replacement.
+    /// them, when they stay off, nor `auth_token_update` when it is the default.
+    /// Removing the AUTH token forces replacement.
     fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
         let mut diff = schema_diff(req);
         let off_before_recorded = |c: &cairn_sdk::PropertyDiff| {
