@@ -473,9 +473,19 @@ impl Kind for SecurityGroupKind {
             .map_err(|e| aws_error("creating the security group", e, |c| hint(c, &want)))?;
         let id = out.group_id().unwrap_or_default().to_owned();
         finish(&id, async {
-            // From the rules AWS gave the new group (allow-all egress) to the declared ones.
-            let current = self.read_created(aws, urn, &id, inputs).await?;
-            sync_rules(aws, &id, &SecurityGroupInputs::from_props(&current.inputs)?, &want).await?;
+            // From the rule AWS gives every new group, all traffic out to 0.0.0.0/0, to the
+            // declared ones, without reading it first. A VPC with IPv6 also gets one to
+            // ::/0: the read after shows it, and one more sync takes it away.
+            let all_out = RuleEntry { protocol: "-1".to_owned(), cidr: Some("0.0.0.0/0".to_owned()), ..RuleEntry::default() };
+            let fresh = SecurityGroupInputs { egress: Some(vec![all_out]), ..SecurityGroupInputs::default() };
+            sync_rules(aws, &id, &fresh, &want).await?;
+            let read = self.read_created(aws, urn, &id, inputs).await?;
+            let got = SecurityGroupInputs::from_props(&read.inputs)?;
+            let same = |a: &Option<Vec<RuleEntry>>, b: &Option<Vec<RuleEntry>>| canonical(a.as_deref()) == canonical(b.as_deref());
+            if same(&got.ingress, &want.ingress) && same(&got.egress, &want.egress) {
+                return Ok(read);
+            }
+            sync_rules(aws, &id, &got, &want).await?;
             self.read_created(aws, urn, &id, inputs).await
         })
         .await
