@@ -306,14 +306,8 @@ where
         // was declared until then is validated, and every problem reported at once. Any
         // other error of the program is its own, and reported as it is.
         let component_failed = |e: &crate::BoxError| {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
-            std::iter::from_fn(|| {
-                let this = cause?;
-                cause = this.source();
-                Some(this)
-            })
-            .any(|c| c.is::<crate::cx::ComponentFailed>())
-                && !collected.is_empty()
+            let first: &(dyn std::error::Error + 'static) = &**e;
+            std::iter::successors(Some(first), |c| c.source()).any(|c| c.is::<crate::cx::ComponentFailed>()) && !collected.is_empty()
         };
         let graph = match ran {
             Ok(()) => Ok(()),

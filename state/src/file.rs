@@ -558,8 +558,6 @@ type Pending = (Vec<u8>, oneshot::Sender<Result<(), StateError>>);
 #[derive(Debug)]
 struct FileJournal {
     writer: Arc<JournalWriter>,
-    path: PathBuf,
-    lock: Lock,
 }
 
 #[derive(Debug)]
@@ -618,17 +616,18 @@ impl FileJournal {
             file,
             guard,
             dir,
-            path: path.clone(),
-            fence: lock.clone(),
+            path,
+            fence: lock,
             written,
         };
-        Ok(FileJournal { writer: Arc::new(writer), path, lock })
+        Ok(FileJournal { writer: Arc::new(writer) })
     }
 }
 
-/// The lead of a journal's writes, moved into the task that writes. If that task panics,
-/// the journal stops; if it never runs (the runtime is shutting down), the lead is given
-/// up. Either way the records waiting are told, and none waits for ever.
+/// The lead of a journal's writes, moved into the task that writes. When the writes end
+/// otherwise than with nothing left to write (the journal stopped, the task panicked, or
+/// it never ran because the runtime is shutting down), the lead is given up here and the
+/// records waiting are told why: none waits for ever.
 struct Lead(Arc<JournalWriter>);
 
 impl Drop for Lead {
@@ -639,12 +638,12 @@ impl Drop for Lead {
             return; // The writes finished: nothing waits.
         }
         queue.writing = false;
-        let why = if std::thread::panicking() { "the journal writer panicked" } else { "the journal writer stopped" };
         if std::thread::panicking() {
-            queue.stopped = Some(why.to_owned());
+            queue.stopped = Some("the journal writer panicked".to_owned());
         }
+        let why = queue.stopped.clone().unwrap_or_else(|| "the journal writer stopped".to_owned());
         for (_, ack) in queue.waiting.drain(..) {
-            let _ = ack.send(Err(writer.io_error(&io::Error::other(why))));
+            let _ = ack.send(Err(writer.stopped_error(&why)));
         }
     }
 }
@@ -658,7 +657,12 @@ impl JournalWriter {
         StateError::io("writing", &self.path)(io::Error::new(e.kind(), e.to_string()))
     }
 
-    /// Writes batches until none waits. Run by the leader, on the blocking pool.
+    fn stopped_error(&self, why: &str) -> StateError {
+        self.io_error(&io::Error::other(why))
+    }
+
+    /// Writes batches until none waits, or the journal stops (then [`Lead`] answers the
+    /// records still waiting). Run by the leader, on the blocking pool.
     fn write_waiting(&self) {
         loop {
             let batch = {
@@ -670,12 +674,7 @@ impl JournalWriter {
                 std::mem::take(&mut queue.waiting)
             };
             if let Err(stopped) = self.write_batch(batch) {
-                let mut queue = self.queue();
-                queue.writing = false;
-                for (_, ack) in queue.waiting.drain(..) {
-                    let _ = ack.send(Err(self.io_error(&io::Error::other(stopped.clone()))));
-                }
-                queue.stopped = Some(stopped);
+                self.queue().stopped = Some(stopped);
                 return;
             }
         }
@@ -699,9 +698,7 @@ impl JournalWriter {
             let message = e.to_string();
             let mut first = Some(e);
             for (_, ack) in batch {
-                let e = first
-                    .take()
-                    .unwrap_or_else(|| if self.fence.is_lost() { self.fence.lost_error() } else { self.io_error(&io::Error::other(message.clone())) });
+                let e = first.take().unwrap_or_else(|| if self.fence.is_lost() { self.fence.lost_error() } else { self.stopped_error(&message) });
                 let _ = ack.send(Err(e));
             }
             return Ok(());
@@ -720,7 +717,7 @@ impl JournalWriter {
                 if before.and_then(|len| file.set_len(len)).is_err() {
                     let stopped = "the journal could not be repaired after a failed write".to_owned();
                     for (_, ack) in batch {
-                        let _ = ack.send(Err(self.io_error(&io::Error::other(stopped.clone()))));
+                        let _ = ack.send(Err(self.stopped_error(&stopped)));
                     }
                     return Err(stopped);
                 }
@@ -737,14 +734,14 @@ impl JournalWriter {
 impl Journal for FileJournal {
     async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
         // The lease's clock here; the writer checks the stored lock under the guard.
-        self.lock.check()?;
+        self.writer.fence.check()?;
         let mut bytes = serde_json::to_vec(&record).expect("journal records serialize");
         bytes.push(b'\n');
         let (ack, done) = oneshot::channel();
         let lead = {
             let mut queue = self.writer.queue();
             if let Some(stopped) = &queue.stopped {
-                return Err(self.writer.io_error(&io::Error::other(stopped.clone())));
+                return Err(self.writer.stopped_error(stopped));
             }
             queue.waiting.push((bytes, ack));
             !std::mem::replace(&mut queue.writing, true)
@@ -756,6 +753,6 @@ impl Journal for FileJournal {
                 lead.0.write_waiting();
             });
         }
-        done.await.map_err(|_| StateError::io("writing", &self.path)(io::Error::other("the journal writer stopped")))?
+        done.await.map_err(|_| self.writer.stopped_error("the journal writer stopped"))?
     }
 }
