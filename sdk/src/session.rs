@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cairn_state::{JournalRecord, Lock, StackState, Store};
+use cairn_state::{Durable, JournalRecord, Lock, StackState, Store};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -50,6 +50,8 @@ pub struct Session<S> {
     /// The stack's journal, opened on first use and kept: opening it (the store checks
     /// the lock, and the file store its torn tail) is not paid again by each event.
     journal: Option<Arc<dyn cairn_state::Journal>>,
+    /// An event record was staged in the journal and may not be durable yet.
+    staged: bool,
     /// Dropped with the session: tells the thread of a spawned reconciler that its
     /// runtime, which drives tasks the session's clients started, may stop.
     runtime_hold: Option<tokio::sync::oneshot::Sender<()>>,
@@ -86,6 +88,7 @@ where
                 broken: None,
                 journaled_events: 0,
                 journal: None,
+                staged: false,
                 runtime_hold: None,
                 unlock_on_panic,
                 renewer,
@@ -177,7 +180,11 @@ where
         // Steps that failed uncertainly stay pending in the new state: a timed-out create
         // may still land, so they are settled when the next operation starts.
         self.usable()?;
-        let report = apply(plan, &self.state, self.stack.providers(), self.stack.apply_options(), journal).await?;
+        let applied = apply(plan, &self.state, self.stack.providers(), self.stack.apply_options(), journal).await;
+        // Events staged before the apply are durable before it is reported or committed;
+        // its first step's record has usually carried them already.
+        self.flush().await?;
+        let report = applied?;
         if !report.succeeded() {
             // A journal that failed stays failed: the next apply opens it again.
             self.journal = None;
@@ -223,6 +230,7 @@ where
     async fn commit(&mut self, state: StackState) -> Result<()> {
         self.state = state;
         self.journaled_events = 0;
+        self.flush().await?;
         if !self.store.journal_outlives_commit() {
             self.journal = None;
         }
@@ -303,6 +311,61 @@ where
         self.journaled_events += 1;
         if self.journaled_events >= EVENT_RECORDS_PER_SNAPSHOT {
             self.fold_events().await?;
+        }
+        Ok(())
+    }
+
+    /// As [`Session::record_events`], but the record shares the sync of the journal's
+    /// next write (an event's apply's first step) instead of paying for one of its own.
+    /// The events may be acknowledged only once the returned [`Durable`] resolves. The
+    /// session makes it durable at the latest at its next apply, commit, [`Session::flush`]
+    /// or close. If it cannot be written, the session is broken, as when `record_events`
+    /// fails, and the events, never acknowledged, are delivered again.
+    pub async fn stage_events(&mut self, user_state: serde_json::Value, ids: &[String]) -> Result<Durable> {
+        let now = || -> Durable { Box::pin(std::future::ready(Ok(()))) };
+        self.usable()?;
+        if ids.is_empty() && user_state == self.state.user_state {
+            return Ok(now());
+        }
+        if self.journaled_events + 1 >= EVENT_RECORDS_PER_SNAPSHOT {
+            // Folded into a snapshot at once: nothing to share.
+            self.record_events(user_state, ids).await?;
+            return Ok(now());
+        }
+        let record = JournalRecord::Events { base: self.state.serial, user_state, ids: ids.to_vec() };
+        let staged = match self.journal().await {
+            Ok(journal) => journal.stage(record.clone()).await.map_err(crate::Error::from),
+            Err(e) => Err(e),
+        };
+        let durable = match staged {
+            Ok(durable) => durable,
+            Err(e) => {
+                self.journal = None;
+                self.broken = Some(e.to_string());
+                return Err(e.into());
+            }
+        };
+        cairn_state::replay(&mut self.state, [record]);
+        self.journaled_events += 1;
+        self.staged = true;
+        Ok(durable)
+    }
+
+    /// Makes a record staged by [`Session::stage_events`] durable now; at once if there
+    /// is none. A failure breaks the session.
+    pub async fn flush(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.staged) {
+            return Ok(());
+        }
+        self.usable()?;
+        let Some(journal) = &self.journal else {
+            let cause = "the journal holding a staged event record was closed".to_owned();
+            return Err(crate::Error::SessionBroken { stack: self.state.stack.clone(), cause });
+        };
+        if let Err(e) = journal.flush().await {
+            self.journal = None;
+            self.broken = Some(e.to_string());
+            return Err(e.into());
         }
         Ok(())
     }

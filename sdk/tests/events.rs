@@ -537,6 +537,74 @@ async fn a_plan_saved_after_a_session_that_only_recorded_events_applies() {
     session.close().await.unwrap();
 }
 
+/// On the file store, an event whose user state needs an apply shares that apply's
+/// first fsync: its record is written with the first step's begin, so it is on disk
+/// before any provider call, and the event is acknowledged once it is. An event that
+/// changes nothing to apply is written at once.
+#[tokio::test]
+async fn an_events_record_is_durable_with_its_applys_first_step_before_any_call_or_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("dev/journal.jsonl");
+    // What the journal held when the provider was asked to change the web group.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let p = TestProvider::new("test").with_outputs({
+        let (journal, seen) = (journal.clone(), seen.clone());
+        move |urn, _| {
+            if urn.name() == "web" {
+                seen.lock().unwrap().push(std::fs::read_to_string(&journal).unwrap_or_default());
+            }
+            let mut outputs = cairn_sdk::Props::new();
+            outputs.insert("arn", json!(format!("arn:test:{}", urn.name())));
+            outputs.insert("version", json!(1));
+            outputs
+        }
+    });
+    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(dir.path()));
+    let stack = events_stack(&p);
+    let session = deployed_on(&stack, &store).await;
+    seen.lock().unwrap().clear();
+    let run = start(session, ReconcilerOptions::default());
+    assert_eq!(run.events.send(spike(3000).with_id("spike-1")).await.unwrap(), Outcome::Accepted);
+    assert_eq!(run.events.send(spike(3000).with_id("spike-2")).await.unwrap(), Outcome::Accepted, "same S: nothing to apply");
+    let session = run.finish().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one update of web: {seen:?}");
+    let lines: Vec<&str> = seen[0].lines().collect();
+    assert!(lines.len() >= 2 && lines[0].contains("\"spike-1\"") && lines[1].contains("\"begin\""), "{lines:#?}");
+    session.close().await.unwrap();
+    let stored = store.load("dev").await.unwrap().unwrap();
+    assert!(stored.processed_events.iter().eq(["spike-1", "spike-2"]));
+    assert_eq!(desired(&stored), 6);
+}
+
+/// A staged event record is durable only once written: flushed, it is; dropped with its
+/// session (a crash) before any write, it never was, so its events were never
+/// acknowledged and their sources deliver them again.
+#[tokio::test]
+async fn a_staged_event_record_is_acknowledged_only_once_written() {
+    let OnFiles { dir, store, stack, mut session } = deployed_on_files().await;
+    let journal = dir.path().join("dev/journal.jsonl");
+    let mut s = session.state().user_state.clone();
+    s["capacity"] = json!(5);
+    let durable = session.stage_events(s.clone(), &["flushed".to_owned()]).await.unwrap();
+    assert!(!std::fs::read_to_string(&journal).unwrap().contains("flushed"), "staged, not yet written");
+    session.flush().await.unwrap();
+    durable.await.unwrap();
+    assert!(std::fs::read_to_string(&journal).unwrap().contains("flushed"));
+
+    session.close().await.unwrap();
+    // Staged by a session that has written nothing yet, so no write under way takes it.
+    let mut session = stack.lock(store.clone(), "watch").await.unwrap();
+    s["capacity"] = json!(6);
+    let durable = session.stage_events(s, &["lost".to_owned()]).await.unwrap();
+    drop(session); // a crash: no flush, no close
+    let err = durable.await.unwrap_err();
+    assert!(err.to_string().contains("closed before the record was written"), "{err}");
+    let stored = store.load("dev").await.unwrap().unwrap();
+    assert!(stored.processed_events.iter().eq(["flushed"]));
+    assert_eq!(stored.user_state["capacity"], json!(5));
+}
+
 /// Events that never lead to an apply (duplicates, rejections) still must not grow the
 /// journal without end: every 1,000 records it is folded into a snapshot.
 #[tokio::test]

@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::error::LockedError;
-use crate::journal::{replay, Journal, JournalRecord};
+use crate::journal::{replay, Durable, Journal, JournalRecord};
 use crate::store::{LockInfo, Store};
 use crate::Lock;
 use crate::{StackState, StateError, FORMAT_VERSION};
@@ -547,14 +547,28 @@ fn read_lock(path: &Path) -> Result<Option<LockInfo>, StateError> {
     }
 }
 
-type Pending = (Vec<u8>, oneshot::Sender<Result<(), StateError>>);
+/// A record waiting to be written, and who waits for it.
+struct Pending {
+    /// The line; empty for a flush's marker, which writes nothing.
+    bytes: Vec<u8>,
+    ack: oneshot::Sender<Result<(), StateError>>,
+    /// Staged: the records after it depend on it, so if it fails the journal stops.
+    staged: bool,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("bytes", &self.bytes.len()).field("staged", &self.staged).finish()
+    }
+}
 
 /// The journal file. Whatever records are waiting are written with one write and one
 /// fsync (group commit): parallel steps share the cost of durability instead of queueing
 /// for it. The caller that finds no write under way leads it, on the blocking pool, and
 /// takes every record that arrives meanwhile; so no thread is kept per open journal (a
-/// session keeps its journal open). Each batch is fenced: written only while the
-/// stack's lock is still its writer's.
+/// session keeps its journal open). A staged record waits for the next record, or a
+/// flush, to lead its batch. Each batch is fenced: written only while the stack's lock
+/// is still its writer's.
 #[derive(Debug)]
 struct FileJournal {
     writer: Arc<JournalWriter>,
@@ -642,8 +656,8 @@ impl Drop for Lead {
             queue.stopped = Some("the journal writer panicked".to_owned());
         }
         let why = queue.stopped.clone().unwrap_or_else(|| "the journal writer stopped".to_owned());
-        for (_, ack) in queue.waiting.drain(..) {
-            let _ = ack.send(Err(writer.stopped_error(&why)));
+        for pending in queue.waiting.drain(..) {
+            let _ = pending.ack.send(Err(writer.stopped_error(&why)));
         }
     }
 }
@@ -683,10 +697,18 @@ impl JournalWriter {
     /// Writes and syncs one batch and answers each of its records; an error when the
     /// journal can take no more.
     fn write_batch(&self, batch: Vec<Pending>) -> Result<(), String> {
-        let mut buf = Vec::with_capacity(batch.iter().map(|(b, _)| b.len()).sum());
-        for (bytes, _) in &batch {
-            buf.extend_from_slice(bytes);
+        let mut buf = Vec::with_capacity(batch.iter().map(|p| p.bytes.len()).sum());
+        for pending in &batch {
+            buf.extend_from_slice(&pending.bytes);
         }
+        if buf.is_empty() {
+            // Flush markers alone: what they wait for was written before them.
+            for pending in batch {
+                let _ = pending.ack.send(Ok(()));
+            }
+            return Ok(());
+        }
+        let staged = batch.iter().any(|p| p.staged);
         let guard = &self.guard;
         // Fenced: a takeover (an exclusive lock of the guard) waits for this write, and
         // this write sees a takeover that came first.
@@ -697,11 +719,11 @@ impl JournalWriter {
             // Each waiting record gets the error: the lock's own, or the I/O one.
             let message = e.to_string();
             let mut first = Some(e);
-            for (_, ack) in batch {
+            for pending in batch {
                 let e = first.take().unwrap_or_else(|| if self.fence.is_lost() { self.fence.lost_error() } else { self.stopped_error(&message) });
-                let _ = ack.send(Err(e));
+                let _ = pending.ack.send(Err(e));
             }
-            return Ok(());
+            return if staged { Err(format!("a staged record was not written: {message}")) } else { Ok(()) };
         }
         let mut file = &self.file;
         let before = file.metadata().map(|m| m.len());
@@ -716,35 +738,38 @@ impl JournalWriter {
             Err(_) => {
                 if before.and_then(|len| file.set_len(len)).is_err() {
                     let stopped = "the journal could not be repaired after a failed write".to_owned();
-                    for (_, ack) in batch {
-                        let _ = ack.send(Err(self.stopped_error(&stopped)));
+                    for pending in batch {
+                        let _ = pending.ack.send(Err(self.stopped_error(&stopped)));
                     }
                     return Err(stopped);
                 }
             }
         }
-        for (_, ack) in batch {
-            let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| self.io_error(e)));
+        for pending in batch {
+            let _ = pending.ack.send(result.as_ref().map(|_| ()).map_err(|e| self.io_error(e)));
         }
-        Ok(())
+        match result {
+            Err(e) if staged => Err(format!("a staged record was not written: {e}")),
+            _ => Ok(()),
+        }
     }
 }
 
-#[async_trait]
-impl Journal for FileJournal {
-    async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
-        // The lease's clock here; the writer checks the stored lock under the guard.
-        self.writer.fence.check()?;
-        let mut bytes = serde_json::to_vec(&record).expect("journal records serialize");
-        bytes.push(b'\n');
+impl FileJournal {
+    /// Queues `bytes`; leads the writes if `lead` and none is under way. `None` when
+    /// there is nothing to wait for (a flush with nothing queued).
+    fn enqueue(&self, bytes: Vec<u8>, lead: bool, staged: bool) -> Result<Option<oneshot::Receiver<Result<(), StateError>>>, StateError> {
         let (ack, done) = oneshot::channel();
         let lead = {
             let mut queue = self.writer.queue();
             if let Some(stopped) = &queue.stopped {
                 return Err(self.writer.stopped_error(stopped));
             }
-            queue.waiting.push((bytes, ack));
-            !std::mem::replace(&mut queue.writing, true)
+            if bytes.is_empty() && queue.waiting.is_empty() && !queue.writing {
+                return Ok(None);
+            }
+            queue.waiting.push(Pending { bytes, ack, staged });
+            lead && !std::mem::replace(&mut queue.writing, true)
         };
         if lead {
             let lead = Lead(self.writer.clone());
@@ -753,6 +778,46 @@ impl Journal for FileJournal {
                 lead.0.write_waiting();
             });
         }
-        done.await.map_err(|_| self.writer.stopped_error("the journal writer stopped"))?
+        Ok(Some(done))
+    }
+
+    fn line(&self, record: &JournalRecord) -> Result<Vec<u8>, StateError> {
+        // The lease's clock here; the writer checks the stored lock under the guard.
+        self.writer.fence.check()?;
+        let mut bytes = serde_json::to_vec(record).expect("journal records serialize");
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+}
+
+/// Waits for a queued record's answer. A record dropped unanswered was never written:
+/// its journal (at `path`) was closed first. Holds no reference to the journal, so that a
+/// staged record's waiter does not keep it open.
+async fn written(path: &Path, done: Option<oneshot::Receiver<Result<(), StateError>>>) -> Result<(), StateError> {
+    match done {
+        None => Ok(()),
+        Some(done) => {
+            let closed = || StateError::io("writing", path)(io::Error::other("the journal was closed before the record was written"));
+            done.await.map_err(|_| closed())?
+        }
+    }
+}
+
+#[async_trait]
+impl Journal for FileJournal {
+    async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
+        let done = self.enqueue(self.line(&record)?, true, false)?;
+        written(&self.writer.path, done).await
+    }
+
+    async fn stage(&self, record: JournalRecord) -> Result<Durable, StateError> {
+        let done = self.enqueue(self.line(&record)?, false, true)?;
+        let path = self.writer.path.clone();
+        Ok(Box::pin(async move { written(&path, done).await }))
+    }
+
+    async fn flush(&self) -> Result<(), StateError> {
+        let done = self.enqueue(Vec::new(), true, false)?;
+        written(&self.writer.path, done).await
     }
 }

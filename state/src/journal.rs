@@ -177,11 +177,30 @@ impl JournalRecord {
     }
 }
 
+/// When a staged record is durable: resolves once it is (written with a later record,
+/// or by [`Journal::flush`]), or with why it never will be.
+pub type Durable = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StateError>> + Send>>;
+
 /// Where an apply records its steps. A record is durable when `record` returns.
 #[async_trait]
 pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Appends a record durably.
     async fn record(&self, record: JournalRecord) -> Result<(), StateError>;
+
+    /// Appends a record that becomes durable together with the next one written (one
+    /// sync for both), or at [`Journal::flush`]. Nothing that relies on it may be
+    /// acknowledged before the returned [`Durable`] resolves; records written after it
+    /// are durable only with it, so a journal whose staged record fails takes no more.
+    /// The default writes it at once.
+    async fn stage(&self, record: JournalRecord) -> Result<Durable, StateError> {
+        self.record(record).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
+
+    /// Makes every staged record durable; returns at once when none waits.
+    async fn flush(&self) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// A journal that keeps nothing: for in-memory stacks and tests.

@@ -170,6 +170,43 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
     assert_eq!(store.load("dev").await.unwrap().unwrap(), next);
 }
 
+/// A staged record is written with the next record, in one write and one sync, or at a
+/// flush; until then it is not on disk. If its batch cannot be written (here: another
+/// holder took the lock), it fails with the records after it, which depend on it.
+#[tokio::test]
+async fn a_staged_record_is_written_with_the_next_record_or_a_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let lock = store.lock("dev", "watch").await.unwrap();
+    store.commit(&lock, &StackState::new("dev")).await.unwrap();
+    let path = tmp.path().join("dev/journal.jsonl");
+    let events = |base: u64, capacity: u32, id: &str| JournalRecord::Events { base, user_state: json!({"capacity": capacity}), ids: vec![id.to_owned()] };
+    let journal = store.journal(&lock).await.unwrap();
+
+    let durable = journal.stage(events(0, 2, "a")).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap().len(), 0, "staged, not written");
+    journal.record(JournalRecord::UserState { base: 1, value: json!({"capacity": 3}) }).await.unwrap();
+    durable.await.unwrap();
+    let durable = journal.stage(events(1, 4, "b")).await.unwrap();
+    journal.flush().await.unwrap();
+    durable.await.unwrap();
+    journal.flush().await.unwrap(); // nothing waits: returns at once
+    let loaded = store.load("dev").await.unwrap().unwrap();
+    assert_eq!((loaded.serial, loaded.user_state.clone()), (2, json!({"capacity": 4})));
+    assert!(loaded.processed_events.iter().eq(["a", "b"]));
+
+    // Another holder's lock: the batch of the staged record and the next one is refused.
+    let path_lock = tmp.path().join("dev/lock.json");
+    let mut other: serde_json::Value = serde_json::from_slice(&std::fs::read(&path_lock).unwrap()).unwrap();
+    other["token"] = json!("someone-else");
+    std::fs::write(&path_lock, serde_json::to_vec(&other).unwrap()).unwrap();
+    let durable = journal.stage(events(2, 5, "c")).await.unwrap();
+    assert!(journal.record(JournalRecord::UserState { base: 3, value: json!(1) }).await.is_err());
+    assert!(durable.await.is_err());
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(!after.contains("\"c\""), "{after}");
+}
+
 #[tokio::test]
 async fn a_corrupt_line_inside_the_journal_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -33,6 +33,9 @@ where
             Err(e @ (Error::SessionBroken { .. } | Error::State(_))) => return Err(e),
             Err(e) => Converge::Failed(e.to_string()),
         };
+        // The events intake staged are durable before their audit entries, also when no
+        // apply wrote a record after them (nothing to change, refused, failed early).
+        self.session.flush().await?;
         let elapsed = started.elapsed();
         let now = Instant::now();
         let record = ApplyRecord::new;

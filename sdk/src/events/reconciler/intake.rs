@@ -2,6 +2,8 @@
 //! event when it breaks it), then the new user state and the ids recorded, and every
 //! event acknowledged.
 
+use std::task::{Context, Poll, Waker};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -63,11 +65,19 @@ where
                 Err(_) => s = self.attribute(&stack, start, &mut entries).await,
             }
         }
-        // Durable before any acknowledgement: a crash from here on redelivers, and the
-        // recorded ids make the redelivery a duplicate.
+        // Durable before any acknowledgement: a crash before then redelivers, and the
+        // recorded ids make a later redelivery a duplicate. When S changed, its apply
+        // follows at once, and the record shares the sync of the apply's first journal
+        // record (converge flushes it if there is none): the events are acknowledged
+        // once that is durable, and no provider call comes before it.
         let value = to_value(&s);
         let changed = value != self.session.state().user_state;
-        self.session.record_events(value, &ids).await?;
+        let durable = if changed {
+            Some(self.session.stage_events(value, &ids).await?)
+        } else {
+            self.session.record_events(value, &ids).await?;
+            None
+        };
         // Recording changed only S and the ids, not resources: the plan still holds
         // for the new serial (a plan that does not is dropped and made again).
         self.planned = planned.and_then(|(mut plan, graph)| plan.rebase(self.session.state()).ok().map(|()| (plan, graph)));
@@ -81,6 +91,7 @@ where
             self.backoff = self.options.backoff.initial;
         }
         self.metrics.pending_add(-(acks.len() as i64));
+        let mut answers = Vec::with_capacity(acks.len());
         for (entry, ack) in entries.iter().zip(acks) {
             match &entry.outcome {
                 Outcome::Accepted => {}
@@ -88,8 +99,28 @@ where
                 Outcome::Rejected(_) => self.metrics.rejected(&entry.event.kind),
             }
             if let Some(ack) = ack {
-                let _ = ack.send(entry.outcome.clone());
+                answers.push((ack, entry.outcome.clone()));
             }
+        }
+        let answer = move || {
+            for (ack, outcome) in answers {
+                let _ = ack.send(outcome);
+            }
+        };
+        match durable {
+            None => answer(),
+            // A store whose journal wrote the record at once: no task to wait for it.
+            Some(mut durable) => match poll_once(&mut durable) {
+                Poll::Ready(Ok(())) => answer(),
+                // Never written (the session broke): the senders see the events
+                // unrecorded, and their sources deliver them again.
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => drop(tokio::spawn(async move {
+                    if durable.await.is_ok() {
+                        answer();
+                    }
+                })),
+            },
         }
         // Accepted events wait for the apply they cause; without one pending (their S
         // changed nothing), they are done now, as unchanged.
@@ -135,4 +166,9 @@ where
         }
         s
     }
+}
+
+/// Polls `durable` once, without waiting.
+fn poll_once(durable: &mut cairn_state::Durable) -> Poll<std::result::Result<(), cairn_state::StateError>> {
+    durable.as_mut().poll(&mut Context::from_waker(Waker::noop()))
 }
