@@ -305,7 +305,7 @@ where
             // journal and finds out.
             self.journal = None;
             self.broken = Some(e.to_string());
-            return Err(e.into());
+            return Err(e);
         }
         cairn_state::replay(&mut self.state, [record]);
         self.journaled_events += 1;
@@ -342,7 +342,7 @@ where
             Err(e) => {
                 self.journal = None;
                 self.broken = Some(e.to_string());
-                return Err(e.into());
+                return Err(e);
             }
         };
         cairn_state::replay(&mut self.state, [record]);

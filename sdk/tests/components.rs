@@ -131,7 +131,7 @@ fn a_failed_component_is_reported_when_the_program_wraps_its_error_in_its_own() 
     let stack = Stack::<Vec<String>>::new("dev").program(|cx, z: &Vec<String>| {
         let zones: Vec<&str> = z.iter().map(String::as_str).collect();
         // As `anyhow`'s `.context(..)` would: its own message, the component's as source.
-        site(cx, "shop", &zones).map_err(|e| Wrapped(e))?;
+        site(cx, "shop", &zones).map_err(Wrapped)?;
         Ok(())
     });
     let err = stack.render(&Vec::new()).unwrap_err();

@@ -571,10 +571,19 @@ async fn an_events_record_is_durable_with_its_applys_first_step_before_any_call_
     assert_eq!(seen.len(), 1, "one update of web: {seen:?}");
     let lines: Vec<&str> = seen[0].lines().collect();
     assert!(lines.len() >= 2 && lines[0].contains("\"spike-1\"") && lines[1].contains("\"begin\""), "{lines:#?}");
-    session.close().await.unwrap();
+
+    // A batch's rejected event is audited too, once the record naming it is durable.
+    let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    let too_big = Event::new("capacity.set", json!({ "capacity": 20 })).with_id("too-big");
+    let outcomes = reconciler.process(vec![spike(4000).with_id("spike-3"), too_big]).await.unwrap();
+    assert!(matches!(outcomes[..], [Outcome::Accepted, Outcome::Rejected(_)]), "{outcomes:?}");
+    let history = store.history("dev").await.unwrap();
+    let outcome_of = |id: &str| history.iter().rev().find(|e| e["event"]["id"] == id).map(|e| e["outcome"].clone());
+    assert_eq!((outcome_of("spike-3"), outcome_of("too-big")), (Some(json!("accepted")), Some(json!("rejected"))));
+    reconciler.into_session().close().await.unwrap();
     let stored = store.load("dev").await.unwrap().unwrap();
-    assert!(stored.processed_events.iter().eq(["spike-1", "spike-2"]));
-    assert_eq!(desired(&stored), 6);
+    assert!(stored.processed_events.iter().eq(["spike-1", "spike-2", "spike-3", "too-big"]));
+    assert_eq!(desired(&stored), 8);
 }
 
 /// A staged event record is durable only once written: flushed, it is; dropped with its

@@ -36,6 +36,8 @@ where
         // The events intake staged are durable before their audit entries, also when no
         // apply wrote a record after them (nothing to change, refused, failed early).
         self.session.flush().await?;
+        let earlier = std::mem::take(&mut self.unaudited);
+        self.audit(&earlier).await?;
         let elapsed = started.elapsed();
         let now = Instant::now();
         let record = ApplyRecord::new;

@@ -107,6 +107,7 @@ where
                 let _ = ack.send(outcome);
             }
         };
+        let mut written = true;
         match durable {
             None => answer(),
             // A store whose journal wrote the record at once: no task to wait for it.
@@ -115,11 +116,14 @@ where
                 // Never written (the session broke): the senders see the events
                 // unrecorded, and their sources deliver them again.
                 Poll::Ready(Err(_)) => {}
-                Poll::Pending => drop(tokio::spawn(async move {
-                    if durable.await.is_ok() {
-                        answer();
-                    }
-                })),
+                Poll::Pending => {
+                    written = false;
+                    drop(tokio::spawn(async move {
+                        if durable.await.is_ok() {
+                            answer();
+                        }
+                    }));
+                }
             },
         }
         // Accepted events wait for the apply they cause; without one pending (their S
@@ -130,7 +134,12 @@ where
         let now = now_ms();
         let unchanged = |e: &Entry| (e.outcome == Outcome::Accepted).then(|| ApplyRecord::new(ApplyResult::Unchanged));
         let done: Vec<AuditEntry> = done.iter().map(|e| audit_entry(e, now, unchanged(e))).collect();
-        self.audit(&done).await?;
+        if written {
+            self.audit(&done).await?;
+        } else {
+            // Audited once their record is durable: by converge, which follows.
+            self.unaudited.extend(done);
+        }
         self.update_status(None);
         Ok(())
     }

@@ -88,6 +88,9 @@ pub struct Reconciler<S> {
     retry_at: Option<Instant>,
     backoff: Duration,
     unapplied: Vec<Entry>,
+    /// Audit entries of events done at intake (rejected, duplicates) whose record was
+    /// staged: written once it is durable, by the converge that follows.
+    unaudited: Vec<AuditEntry>,
     last_report: Option<ApplyReport>,
     /// The plan intake made for the current user state, reused by the apply that
     /// follows it so an event costs one render and diff, not two; and the graph it was
@@ -150,6 +153,7 @@ where
             retry_at: None,
             backoff,
             unapplied: Vec::new(),
+            unaudited: Vec::new(),
             last_report: None,
             planned: None,
         };
