@@ -255,6 +255,8 @@ where
     pub async fn settle(&mut self) -> Result<&[Recovery]> {
         self.usable()?;
         if !self.state.pending.is_empty() {
+            // Settling reads the cloud: what was staged is durable first.
+            self.flush().await?;
             let (settled, recovered) = resolve_pending(&self.state, self.stack.providers()).await?;
             self.recovered.extend(recovered);
             self.commit(settled).await?;
@@ -301,11 +303,7 @@ where
             Err(e) => Err(e),
         };
         if let Err(e) = written {
-            // Whether the record landed is unknown: reopening the stack replays the
-            // journal and finds out.
-            self.journal = None;
-            self.broken = Some(e.to_string());
-            return Err(e);
+            return Err(self.journal_failed(e));
         }
         cairn_state::replay(&mut self.state, [record]);
         self.journaled_events += 1;
@@ -337,14 +335,7 @@ where
             Ok(journal) => journal.stage(record.clone()).await.map_err(crate::Error::from),
             Err(e) => Err(e),
         };
-        let durable = match staged {
-            Ok(durable) => durable,
-            Err(e) => {
-                self.journal = None;
-                self.broken = Some(e.to_string());
-                return Err(e);
-            }
-        };
+        let durable = staged.map_err(|e| self.journal_failed(e))?;
         cairn_state::replay(&mut self.state, [record]);
         self.journaled_events += 1;
         self.staged = true;
@@ -352,22 +343,30 @@ where
     }
 
     /// Makes a record staged by [`Session::stage_events`] durable now; at once if there
-    /// is none. A failure breaks the session.
+    /// is none. A failure breaks the session; a broken session's flush fails, as it may
+    /// have lost what was staged.
     pub async fn flush(&mut self) -> Result<()> {
+        self.usable()?;
         if !std::mem::take(&mut self.staged) {
             return Ok(());
         }
-        self.usable()?;
-        let Some(journal) = &self.journal else {
-            let cause = "the journal holding a staged event record was closed".to_owned();
-            return Err(crate::Error::SessionBroken { stack: self.state.stack.clone(), cause });
+        let flushed = match &self.journal {
+            Some(journal) => journal.flush().await.map_err(crate::Error::from),
+            None => Err(crate::Error::SessionBroken {
+                stack: self.state.stack.clone(),
+                cause: "the journal holding a staged event record was closed".to_owned(),
+            }),
         };
-        if let Err(e) = journal.flush().await {
-            self.journal = None;
-            self.broken = Some(e.to_string());
-            return Err(e.into());
-        }
-        Ok(())
+        flushed.map_err(|e| self.journal_failed(e))
+    }
+
+    /// Breaks the session after a journal write whose outcome is unknown (reopening the
+    /// stack replays the journal and finds out), and gives the error back.
+    pub(crate) fn journal_failed(&mut self, e: crate::Error) -> crate::Error {
+        self.journal = None;
+        self.staged = false;
+        self.broken = Some(e.to_string());
+        e
     }
 
     /// The stack's journal, opened once per session.

@@ -537,10 +537,11 @@ async fn a_plan_saved_after_a_session_that_only_recorded_events_applies() {
     session.close().await.unwrap();
 }
 
-/// On the file store, an event whose user state needs an apply shares that apply's
-/// first fsync: its record is written with the first step's begin, so it is on disk
-/// before any provider call, and the event is acknowledged once it is. An event that
-/// changes nothing to apply is written at once.
+/// On the file store, an event whose user state needs an apply has its record staged,
+/// to share that apply's first fsync (the benchmark measures the saving): it must still
+/// be on disk, before the step's begin, when the provider is asked to change anything.
+/// An event that changes nothing to apply is written at once, and a batch's rejected
+/// event is audited.
 #[tokio::test]
 async fn an_events_record_is_durable_with_its_applys_first_step_before_any_call_or_acknowledgement() {
     let dir = tempfile::tempdir().unwrap();
@@ -584,6 +585,28 @@ async fn an_events_record_is_durable_with_its_applys_first_step_before_any_call_
     let stored = store.load("dev").await.unwrap().unwrap();
     assert!(stored.processed_events.iter().eq(["spike-1", "spike-2", "spike-3", "too-big"]));
     assert_eq!(desired(&stored), 8);
+}
+
+/// An event whose record cannot be written (here another holder took the lock after the
+/// reconciler started) is never acknowledged: its sender sees it unrecorded, so its
+/// source delivers it again, and the reconciler stops with the error, having changed
+/// nothing.
+#[tokio::test]
+async fn an_event_whose_record_cannot_be_written_is_never_acknowledged() {
+    let OnFiles { dir, store, stack: _, session } = deployed_on_files().await;
+    let before = store.load("dev").await.unwrap().unwrap();
+    let run = start(session, ReconcilerOptions::default());
+    let lock = dir.path().join("dev/lock.json");
+    let mut other: serde_json::Value = serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+    other["token"] = json!("someone-else");
+    std::fs::write(&lock, serde_json::to_vec(&other).unwrap()).unwrap();
+
+    assert_eq!(run.events.send(spike(3000).with_id("unrecorded")).await, Err(EventsClosed));
+    let err = run.task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("lock"), "{err}");
+    let stored = store.load("dev").await.unwrap().unwrap();
+    assert!(!stored.processed_events.iter().any(|id| id == "unrecorded"));
+    assert_eq!((stored.serial, desired(&stored)), (before.serial, desired(&before)));
 }
 
 /// A staged event record is durable only once written: flushed, it is; dropped with its

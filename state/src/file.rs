@@ -640,22 +640,27 @@ impl FileJournal {
 
 /// The lead of a journal's writes, moved into the task that writes. When the writes end
 /// otherwise than with nothing left to write (the journal stopped, the task panicked, or
-/// it never ran because the runtime is shutting down), the lead is given up here and the
-/// records waiting are told why: none waits for ever.
-struct Lead(Arc<JournalWriter>);
+/// it never ran because the runtime is shutting down), the lead is given up here, the
+/// records waiting are told why (none waits for ever), and the journal stops: a record
+/// written after one of them, which may be staged, could describe a version that is not
+/// on disk.
+struct Lead {
+    writer: Arc<JournalWriter>,
+    /// The writes ended with nothing left to write, and gave up the lead themselves: a
+    /// new lead may already be writing, and nothing is to be done here.
+    finished: bool,
+}
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        let writer = &self.0;
+        if self.finished {
+            return;
+        }
+        let writer = &self.writer;
         let mut queue = writer.queue();
-        if !queue.writing {
-            return; // The writes finished: nothing waits.
-        }
         queue.writing = false;
-        if std::thread::panicking() {
-            queue.stopped = Some("the journal writer panicked".to_owned());
-        }
-        let why = queue.stopped.clone().unwrap_or_else(|| "the journal writer stopped".to_owned());
+        let why = if std::thread::panicking() { "the journal writer panicked" } else { "the journal writer stopped" };
+        let why = queue.stopped.get_or_insert_with(|| why.to_owned()).clone();
         for pending in queue.waiting.drain(..) {
             let _ = pending.ack.send(Err(writer.stopped_error(&why)));
         }
@@ -675,21 +680,22 @@ impl JournalWriter {
         self.io_error(&io::Error::other(why))
     }
 
-    /// Writes batches until none waits, or the journal stops (then [`Lead`] answers the
-    /// records still waiting). Run by the leader, on the blocking pool.
-    fn write_waiting(&self) {
+    /// Writes batches until none waits, then gives up the lead and returns true; or
+    /// until the journal stops, and returns false (then [`Lead`] answers the records
+    /// still waiting). Run by the leader, on the blocking pool.
+    fn write_waiting(&self) -> bool {
         loop {
             let batch = {
                 let mut queue = self.queue();
                 if queue.waiting.is_empty() {
                     queue.writing = false;
-                    return;
+                    return true;
                 }
                 std::mem::take(&mut queue.waiting)
             };
             if let Err(stopped) = self.write_batch(batch) {
                 self.queue().stopped = Some(stopped);
-                return;
+                return false;
             }
         }
     }
@@ -772,10 +778,10 @@ impl FileJournal {
             lead && !std::mem::replace(&mut queue.writing, true)
         };
         if lead {
-            let lead = Lead(self.writer.clone());
+            let lead = Lead { writer: self.writer.clone(), finished: false };
             tokio::task::spawn_blocking(move || {
-                let lead = lead; // The whole lead, dropped when the writes end.
-                lead.0.write_waiting();
+                let mut lead = lead; // The whole lead, dropped when the writes end.
+                lead.finished = lead.writer.write_waiting();
             });
         }
         Ok(Some(done))

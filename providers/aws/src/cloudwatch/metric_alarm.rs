@@ -23,7 +23,7 @@ use cairn_sdk::{CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError,
 use serde_json::Value;
 
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{one_of, paginate, Clients, Kind};
+use crate::kind::{finish, one_of, paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -367,13 +367,19 @@ impl Kind for MetricAlarmKind {
                 "an alarm named {name} already exists; choose another name, or leave the name unset and Cairn will pick a unique one"
             )));
         }
-        let tags = tags::wanted(urn, want.tags.as_ref()).into_iter().map(|(k, v)| tag(k, v)).collect();
+        let tags: Vec<(String, String)> = tags::wanted(urn, want.tags.as_ref()).into_iter().collect();
         put(&aws.once.cloudwatch, &want)
-            .set_tags(Some(tags))
+            .set_tags(Some(tags.iter().map(|(k, v)| tag(k, v)).collect()))
             .send()
             .await
             .map_err(|e| aws_error("creating the alarm (PutMetricAlarm)", e, |c| hint(c, &want)))?;
-        self.read_created(aws, urn, name, inputs).await
+        // Read back for what AWS computes (the ARN, the state); the tags are the ones the
+        // call just set, not read again.
+        finish(name, async {
+            let alarm = describe(aws, name).await?.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))?;
+            Ok(observe(urn, &alarm, tags))
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{check_bus, check_name, json_or_text, split_id, DEFAULT_BUS, MISSING};
 use crate::error::{aws_error, missing, no_hint, or_missing};
-use crate::kind::{paginate, Clients, Kind};
+use crate::kind::{finish, paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -168,6 +168,33 @@ fn tag_list(pairs: impl IntoIterator<Item = (String, String)>) -> Result<Vec<Tag
         .collect()
 }
 
+/// The rule with id `bus|name` as it is, `None` when it is gone; with `tags` when they
+/// are known (just set by its create), read otherwise.
+async fn read_rule(aws: &Clients, urn: &Urn, id: &str, tags: Option<Vec<Tag>>) -> Result<Option<Observed>, ProviderError> {
+    let [bus, name] = split_id(id, "rule")?;
+    let got = aws.eventbridge.describe_rule().name(name).event_bus_name(bus).send().await;
+    let Some(rule) = or_missing(got, MISSING, "reading the rule", no_hint)? else { return Ok(None) };
+    let arn = rule.arn().unwrap_or_default();
+    let found = match tags {
+        Some(tags) => tags,
+        None => match tags_of(aws, arn).await? {
+            Some(found) => found,
+            None => return Ok(None),
+        },
+    };
+    let inputs = RuleInputs {
+        name: Some(name.to_owned()),
+        // As it was given (a name or an ARN): AWS answers with the name.
+        event_bus_name: Some(bus.to_owned()),
+        description: rule.description().filter(|d| !d.is_empty()).map(str::to_owned),
+        event_pattern: rule.event_pattern().filter(|p| !p.is_empty()).map(json_or_text),
+        schedule_expression: rule.schedule_expression().filter(|s| !s.is_empty()).map(str::to_owned),
+        enabled: Some(rule.state() != Some(&RuleState::Disabled)),
+        tags: tags::observed(urn, pairs(&found)),
+    };
+    Ok(Some(Observed::new(id, inputs.to_props(), [("arn", Value::from(arn))])))
+}
+
 #[async_trait]
 impl Kind for RuleKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
@@ -183,31 +210,22 @@ impl Kind for RuleKind {
                 )));
             }
         }
+        let tags = tag_list(tags::wanted(urn, want.tags.as_ref()))?;
         put_rule(&aws.once.eventbridge, &want)
-            .set_tags(Some(tag_list(tags::wanted(urn, want.tags.as_ref()))?))
+            .set_tags(Some(tags.clone()))
             .send()
             .await
             .map_err(|e| aws_error("creating the rule (PutRule)", e, |c| hint(c, &want)))?;
-        self.read_created(aws, urn, &format!("{bus}|{name}"), inputs).await
+        // Read back; the tags are the ones the call just set, not read again.
+        let id = format!("{bus}|{name}");
+        finish(&id, async {
+            read_rule(aws, urn, &id, Some(tags)).await?.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        let [bus, name] = split_id(id, "rule")?;
-        let got = aws.eventbridge.describe_rule().name(name).event_bus_name(bus).send().await;
-        let Some(rule) = or_missing(got, MISSING, "reading the rule", no_hint)? else { return Ok(None) };
-        let arn = rule.arn().unwrap_or_default();
-        let Some(found) = tags_of(aws, arn).await? else { return Ok(None) };
-        let inputs = RuleInputs {
-            name: Some(name.to_owned()),
-            // As it was given (a name or an ARN): AWS answers with the name.
-            event_bus_name: Some(bus.to_owned()),
-            description: rule.description().filter(|d| !d.is_empty()).map(str::to_owned),
-            event_pattern: rule.event_pattern().filter(|p| !p.is_empty()).map(json_or_text),
-            schedule_expression: rule.schedule_expression().filter(|s| !s.is_empty()).map(str::to_owned),
-            enabled: Some(rule.state() != Some(&RuleState::Disabled)),
-            tags: tags::observed(urn, pairs(&found)),
-        };
-        Ok(Some(Observed::new(id, inputs.to_props(), [("arn", Value::from(arn))])))
+        read_rule(aws, urn, id, None).await
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {

@@ -213,12 +213,13 @@ impl Kind for LogGroupKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let want = LogGroupInputs::from_props(inputs)?;
         let name = want.name.as_deref().unwrap_or_default();
+        let tags = tags::wanted(urn, want.tags.as_ref());
         aws.once
             .logs
             .create_log_group()
             .log_group_name(name)
             .set_kms_key_id(want.kms_key_id.clone())
-            .set_tags(Some(tags::wanted(urn, want.tags.as_ref()).into_iter().collect()))
+            .set_tags(Some(tags.clone().into_iter().collect()))
             .send()
             .await
             .map_err(|e| aws_error("creating the log group (CreateLogGroup)", e, |c| hint(c, &want)))?;
@@ -226,7 +227,10 @@ impl Kind for LogGroupKind {
             if want.retention_in_days.is_some() {
                 set_retention(aws, name, want.retention_in_days, &want).await?;
             }
-            self.read_created(aws, urn, name, inputs).await
+            // Read back for what AWS computes (the ARN, the creation time); the tags are
+            // the ones the call just set, not read again.
+            let group = describe(aws, name).await?.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))?;
+            Ok(observe(urn, &group, tags.into_iter().collect()))
         })
         .await
     }

@@ -30,6 +30,8 @@ where
         let started = Instant::now();
         let outcome = match self.try_converge().await {
             Ok(c) => c,
+            // As for the apply's own events, their audit entries are not written: the
+            // stack must be reopened.
             Err(e @ (Error::SessionBroken { .. } | Error::State(_))) => return Err(e),
             Err(e) => Converge::Failed(e.to_string()),
         };

@@ -113,9 +113,9 @@ where
             // A store whose journal wrote the record at once: no task to wait for it.
             Some(mut durable) => match poll_once(&mut durable) {
                 Poll::Ready(Ok(())) => answer(),
-                // Never written (the session broke): the senders see the events
+                // Never written: the session is broken, the senders see the events
                 // unrecorded, and their sources deliver them again.
-                Poll::Ready(Err(_)) => {}
+                Poll::Ready(Err(e)) => return Err(self.session.journal_failed(e.into())),
                 Poll::Pending => {
                     written = false;
                     drop(tokio::spawn(async move {
