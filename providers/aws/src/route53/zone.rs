@@ -135,8 +135,13 @@ impl Kind for ZoneKind {
         let id = out.hosted_zone().map(|z| bare_zone_id(z.id())).unwrap_or_default().to_owned();
         finish(&id, async {
             // CreateHostedZone takes no tags: they follow at once.
-            change_tags(aws, &id, tags::wanted(urn, want.tags.as_ref()).into_iter().collect(), Vec::new()).await?;
-            self.read_created(aws, urn, &id, inputs).await
+            let tags: Vec<(String, String)> = tags::wanted(urn, want.tags.as_ref()).into_iter().collect();
+            change_tags(aws, &id, tags.clone(), Vec::new()).await?;
+            // Its answer holds the zone and its name servers, and the tags are the ones
+            // just set: nothing to read back (on the way to the zone's records).
+            let zone = out.hosted_zone().ok_or_else(|| ProviderError::uncertain("the create's answer had no zone"))?;
+            let name_servers = out.delegation_set().map(|d| d.name_servers().to_vec()).unwrap_or_default();
+            Ok(observe(urn, zone, &tags, name_servers, inputs))
         })
         .await
     }
