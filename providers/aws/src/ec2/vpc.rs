@@ -80,15 +80,10 @@ async fn set_dns(aws: &Clients, id: &str, attr: VpcAttributeName, on: bool) -> R
     Ok(())
 }
 
+/// One of the VPC's DNS settings; `None` also when the VPC is gone (its own read says so).
 async fn get_dns(aws: &Clients, id: &str, attr: VpcAttributeName) -> Result<Option<bool>, ProviderError> {
-    let out = aws
-        .ec2
-        .describe_vpc_attribute()
-        .vpc_id(id)
-        .attribute(attr.clone())
-        .send()
-        .await
-        .map_err(|e| aws_error("reading the VPC's DNS settings", e, hint))?;
+    let got = aws.ec2.describe_vpc_attribute().vpc_id(id).attribute(attr.clone()).send().await;
+    let Some(out) = or_missing(got, MISSING, "reading the VPC's DNS settings", hint)? else { return Ok(None) };
     Ok(match attr {
         VpcAttributeName::EnableDnsHostnames => out.enable_dns_hostnames().and_then(|a| a.value()),
         _ => out.enable_dns_support().and_then(|a| a.value()),
@@ -99,12 +94,13 @@ async fn get_dns(aws: &Clients, id: &str, attr: VpcAttributeName) -> Result<Opti
 impl Kind for VpcKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let want = VpcInputs::from_props(inputs)?;
+        let tags = tag_spec(Ec2Type::Vpc, urn, want.tags.as_ref());
         let out = aws
             .once
             .ec2
             .create_vpc()
             .set_cidr_block(want.cidr_block.clone())
-            .tag_specifications(tag_spec(Ec2Type::Vpc, urn, want.tags.as_ref()))
+            .tag_specifications(tags.clone())
             .send()
             .await
             .map_err(|e| aws_error("creating the VPC", e, hint))?;
@@ -117,22 +113,29 @@ impl Kind for VpcKind {
             if want.enable_dns_hostnames == Some(true) {
                 set_dns(aws, &id, VpcAttributeName::EnableDnsHostnames, true).await?;
             }
-            self.read_created(aws, urn, &id, inputs).await
+            // Nothing to read back: the answer holds the CIDR block, and the DNS settings
+            // and tags are the ones just set. The VPC heads every branch of a network, so
+            // this is three calls off the start of each.
+            let inputs = VpcInputs {
+                cidr_block: out.vpc().and_then(|v| v.cidr_block()).map(str::to_owned).or(want.cidr_block.clone()),
+                enable_dns_support: Some(want.enable_dns_support.unwrap_or(true)),
+                enable_dns_hostnames: Some(want.enable_dns_hostnames.unwrap_or(false)),
+                tags: observed_tags(urn, tags.tags()),
+            };
+            Ok(Observed::new(&id, inputs.to_props(), [("id", Value::from(id.as_str()))]))
         })
         .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        let Some(out) = or_missing(aws.ec2.describe_vpcs().vpc_ids(id).send().await, MISSING, "reading the VPC", hint)? else {
-            return Ok(None);
-        };
-        let Some(vpc) = out.vpcs().first() else { return Ok(None) };
-        let inputs = VpcInputs {
-            cidr_block: vpc.cidr_block().map(str::to_owned),
-            enable_dns_support: get_dns(aws, id, VpcAttributeName::EnableDnsSupport).await?,
-            enable_dns_hostnames: get_dns(aws, id, VpcAttributeName::EnableDnsHostnames).await?,
-            tags: observed_tags(urn, vpc.tags()),
-        };
+        // The VPC and its two DNS attributes at once: three calls, one call's time.
+        let (got, enable_dns_support, enable_dns_hostnames) = tokio::try_join!(
+            async { or_missing(aws.ec2.describe_vpcs().vpc_ids(id).send().await, MISSING, "reading the VPC", hint) },
+            get_dns(aws, id, VpcAttributeName::EnableDnsSupport),
+            get_dns(aws, id, VpcAttributeName::EnableDnsHostnames),
+        )?;
+        let Some(vpc) = got.as_ref().and_then(|out| out.vpcs().first()) else { return Ok(None) };
+        let inputs = VpcInputs { cidr_block: vpc.cidr_block().map(str::to_owned), enable_dns_support, enable_dns_hostnames, tags: observed_tags(urn, vpc.tags()) };
         Ok(Some(Observed::new(id, inputs.to_props(), [("id", Value::from(id))])))
     }
 
