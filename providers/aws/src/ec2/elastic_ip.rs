@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{observed_tags, retag, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, or_missing};
-use crate::kind::{read_each, Clients, Kind};
+use crate::kind::{finish, read_each, Clients, Kind};
 
 cairn_sdk::resource! {
     /// An Elastic IP address in a VPC: `ElasticIp::new("nat")`, for
@@ -75,17 +75,29 @@ fn hint(code: &str) -> Option<String> {
 impl Kind for ElasticIpKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let want = ElasticIpInputs::from_props(inputs)?;
+        let tags = tag_spec(Ec2Type::ElasticIp, urn, want.tags.as_ref());
         let out = aws
             .once
             .ec2
             .allocate_address()
             .domain(DomainType::Vpc)
-            .tag_specifications(tag_spec(Ec2Type::ElasticIp, urn, want.tags.as_ref()))
+            .tag_specifications(tags.clone())
             .send()
             .await
             .map_err(|e| aws_error("allocating the Elastic IP", e, hint))?;
         let id = out.allocation_id().unwrap_or_default().to_owned();
-        self.read_created(aws, urn, &id, inputs).await
+        // Nothing to read back: the answer holds the address and its domain, and the tags
+        // are the ones just set. The address is on the way to the NAT gateway.
+        finish(&id, async {
+            let inputs = ElasticIpInputs {
+                domain: Some(out.domain().map_or("vpc", |d| d.as_str()).to_owned()),
+                tags: observed_tags(urn, tags.tags()),
+            };
+            let public_ip = out.public_ip().ok_or_else(|| ProviderError::uncertain("the answer did not say the address"))?;
+            let outputs = [("id", Value::from(id.as_str())), ("allocation_id", Value::from(id.as_str())), ("public_ip", Value::from(public_ip))];
+            Ok(Observed::new(&id, inputs.to_props(), outputs))
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
