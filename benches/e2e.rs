@@ -100,6 +100,9 @@ async fn run() {
         assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
         let made = proxy.stats().calls;
         eprintln!("e2e: up {run}: {} ms, {made} calls, {} resources", elapsed.as_millis(), report.state.resources.len());
+        if run == runs - 1 {
+            eprintln!("e2e: its critical path (each step's calls, after the dependency that ended last): {}", critical_path(&report));
+        }
         ups.push(elapsed.as_secs_f64() * 1e3);
         calls.push(made as f64);
         deployed = Some((session, dir));
@@ -228,4 +231,31 @@ async fn event_to_converged(session: cairn::Session<shop::Shop>, proxy: &FaultPr
         floor.push(elapsed.as_secs_f64() * 1e3);
     }
     (times, floor)
+}
+
+/// The chain of steps that decided the up's time, from the steps' own times and the
+/// dependencies state records: each step starts when its last dependency ends.
+fn critical_path(report: &cairn::ApplyReport) -> String {
+    use std::collections::HashMap;
+    let took: HashMap<&cairn::Urn, f64> = report.steps.iter().map(|s| (&s.urn, s.elapsed.as_secs_f64() * 1e3)).collect();
+    let deps: HashMap<&cairn::Urn, &[cairn::Urn]> = report.state.resources.iter().map(|r| (&r.urn, r.dependencies.as_slice())).collect();
+    // Steps in the order they were reported come after their dependencies' steps.
+    let mut ends: HashMap<&cairn::Urn, (f64, Option<&cairn::Urn>)> = HashMap::new();
+    for step in &report.steps {
+        let last = deps.get(&step.urn).into_iter().flat_map(|d| d.iter()).filter_map(|d| ends.get(d).map(|e| (e.0, d))).max_by(|a, b| a.0.total_cmp(&b.0));
+        let start = last.map_or(0.0, |(t, _)| t);
+        ends.insert(&step.urn, (start + took[&step.urn], last.map(|(_, d)| d)));
+    }
+    let Some((mut at, _)) = ends.iter().max_by(|a, b| a.1 .0.total_cmp(&b.1 .0)).map(|(u, e)| (*u, e.0)) else { return String::new() };
+    let mut chain = Vec::new();
+    loop {
+        let ty = at.ty().rsplit(':').next().unwrap_or_default();
+        chain.push(format!("{ty} {} {:.0} ms", at.name(), took[at]));
+        match ends[at].1 {
+            Some(d) => at = d,
+            None => break,
+        }
+    }
+    chain.reverse();
+    chain.join(" -> ")
 }

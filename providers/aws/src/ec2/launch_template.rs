@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{canonical, check_ids, client_token, declared_items, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter};
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{read_each, Clients, Kind};
+use crate::kind::{finish, read_each, Clients, Kind};
 
 cairn_sdk::resource! {
     /// A launch template:
@@ -150,6 +150,15 @@ fn hint(code: &str, want: &LaunchTemplateInputs) -> Option<String> {
     }
 }
 
+/// A template's outputs: its id and version numbers.
+fn outputs(id: &str, t: &AwsLaunchTemplate) -> [(&'static str, Value); 3] {
+    [
+        ("id", Value::from(id)),
+        ("latest_version", Value::from(t.latest_version_number().unwrap_or(1))),
+        ("default_version", Value::from(t.default_version_number().unwrap_or(1))),
+    ]
+}
+
 /// The launch data the inputs describe, in full: a new version does not inherit any.
 fn data(want: &LaunchTemplateInputs) -> RequestLaunchTemplateData {
     let groups = canonical(want.security_group_ids.as_deref());
@@ -183,6 +192,7 @@ impl Kind for LaunchTemplateKind {
 
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let want = LaunchTemplateInputs::from_props(inputs)?;
+        let tags = tag_spec(Ec2Type::LaunchTemplate, urn, want.tags.as_ref());
         let out = aws
             .once
             .ec2
@@ -190,20 +200,37 @@ impl Kind for LaunchTemplateKind {
             .client_token(client_token(urn))
             .launch_template_name(want.name.as_deref().unwrap_or_default())
             .launch_template_data(data(&want))
-            .tag_specifications(tag_spec(Ec2Type::LaunchTemplate, urn, want.tags.as_ref()))
+            .tag_specifications(tags.clone())
             .send()
             .await
             .map_err(|e| aws_error("creating the launch template", e, |c| hint(c, &want)))?;
         let id = out.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_owned();
-        self.read_created(aws, urn, &id, inputs).await
+        // Nothing to read back: the answer holds the template and its versions, its one
+        // version holds the data just sent, and the tags are the ones just set. The
+        // template is on the way to the Auto Scaling group.
+        finish(&id, async {
+            let t = out.launch_template().ok_or_else(|| ProviderError::uncertain("the create's answer had no template"))?;
+            let groups = canonical(want.security_group_ids.as_deref());
+            let inputs = LaunchTemplateInputs {
+                name: Some(t.launch_template_name().map_or_else(|| want.name.clone().unwrap_or_default(), str::to_owned)),
+                image_id: want.image_id.clone(),
+                instance_type: want.instance_type.clone(),
+                user_data: want.user_data.clone(),
+                tags: observed_tags(urn, tags.tags()),
+                security_group_ids: (!groups.is_empty()).then_some(groups),
+            };
+            Ok(Observed::new(&id, inputs.to_props(), outputs(&id, t)))
+        })
+        .await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
-        let Some(t) = describe(aws, id).await? else { return Ok(None) };
-        let versions = aws.ec2.describe_launch_template_versions().launch_template_id(id).versions("$Default").send().await;
-        let Some(versions) = or_missing(versions, MISSING, "reading the launch template's default version", no_hint)? else {
-            return Ok(None);
-        };
+        // The template and its default version's data at once: two calls, one call's time.
+        let (t, versions) = tokio::try_join!(describe(aws, id), async {
+            let versions = aws.ec2.describe_launch_template_versions().launch_template_id(id).versions("$Default").send().await;
+            or_missing(versions, MISSING, "reading the launch template's default version", no_hint)
+        })?;
+        let (Some(t), Some(versions)) = (t, versions) else { return Ok(None) };
         let d = versions.launch_template_versions().first().and_then(|v| v.launch_template_data());
         let groups = canonical(d.map(|d| d.security_group_ids()));
         let user_data = d
@@ -223,12 +250,7 @@ impl Kind for LaunchTemplateKind {
             tags: observed_tags(urn, t.tags()),
             security_group_ids: (!groups.is_empty()).then_some(groups),
         };
-        let outputs = [
-            ("id", Value::from(id)),
-            ("latest_version", Value::from(t.latest_version_number().unwrap_or(1))),
-            ("default_version", Value::from(t.default_version_number().unwrap_or(1))),
-        ];
-        Ok(Some(Observed::new(id, inputs.to_props(), outputs)))
+        Ok(Some(Observed::new(id, inputs.to_props(), outputs(id, &t))))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
