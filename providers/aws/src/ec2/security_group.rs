@@ -475,13 +475,30 @@ impl Kind for SecurityGroupKind {
         finish(&id, async {
             // From the rule AWS gives every new group, all traffic out to 0.0.0.0/0, to the
             // declared ones, without reading it first. A VPC with IPv6 also gets one to
-            // ::/0: the read after shows it, and one more sync takes it away.
+            // ::/0: the read shows it, and one more sync takes it away.
             let all_out = RuleEntry { protocol: "-1".to_owned(), cidr: Some("0.0.0.0/0".to_owned()), ..RuleEntry::default() };
             let fresh = SecurityGroupInputs { egress: Some(vec![all_out]), ..SecurityGroupInputs::default() };
-            sync_rules(aws, &id, &fresh, &want).await?;
+            let same = |a: &Option<Vec<RuleEntry>>, b: &Option<Vec<RuleEntry>>| canonical(a.as_deref()) == canonical(b.as_deref());
+            // The group is read while the sync runs, not after it: one call's time fewer
+            // on the way to whatever references the group. A read that found the rule
+            // AWS gives and no other egress (or already the declared rules) shows the
+            // group the sync started from, so it now has the declared rules.
+            let (synced, first) = tokio::join!(sync_rules(aws, &id, &fresh, &want), self.read(aws, urn, &id, inputs));
+            synced?;
+            if let Some(mut first) = first? {
+                let got = SecurityGroupInputs::from_props(&first.inputs)?;
+                let declared = same(&got.ingress, &want.ingress) && same(&got.egress, &want.egress);
+                if declared || same(&got.egress, &fresh.egress) {
+                    let some = |rules: Vec<RuleEntry>| (!rules.is_empty()).then_some(rules);
+                    let rules = SecurityGroupInputs { ingress: some(canonical(want.ingress.as_deref())), egress: some(canonical(want.egress.as_deref())), ..got };
+                    first.inputs = rules.to_props();
+                    return Ok(first);
+                }
+            }
+            // Otherwise (a rule AWS added, such as ::/0 in an IPv6 VPC, or a read that came
+            // in the middle of the sync): read it again and set it right.
             let read = self.read_created(aws, urn, &id, inputs).await?;
             let got = SecurityGroupInputs::from_props(&read.inputs)?;
-            let same = |a: &Option<Vec<RuleEntry>>, b: &Option<Vec<RuleEntry>>| canonical(a.as_deref()) == canonical(b.as_deref());
             if same(&got.ingress, &want.ingress) && same(&got.egress, &want.egress) {
                 return Ok(read);
             }
