@@ -182,11 +182,11 @@ fn pending(g: &Group) -> bool {
 /// Waits until the group is `available` with no change pending and `settled` true of it
 /// (the change just asked for is visible): right after a change AWS may still say
 /// `available` for a moment. A status it cannot recover from fails.
-async fn wait_available(aws: &Clients, id: &str, settled: impl Fn(&Group) -> bool) -> Result<(), ProviderError> {
+async fn wait_available(aws: &Clients, id: &str, settled: impl Fn(&Group) -> bool) -> Result<Group, ProviderError> {
     wait::until("available", BOUND, || async {
         match describe(aws, id).await? {
             None => Err(ProviderError::not_found(format!("replication group {id} disappeared while Cairn waited for it"))),
-            Some(g) if status(&g) == "available" && !pending(&g) && settled(&g) => Ok(Poll::Done(())),
+            Some(g) if status(&g) == "available" && !pending(&g) && settled(&g) => Ok(Poll::Done(g)),
             Some(g) if BROKEN.contains(&status(&g)) => Err(ProviderError::failed(format!(
                 "replication group {id} is '{}' and will not become available; check node_type, subnet_group_name, security_group_ids and parameter_group_name, then delete it (or run destroy) and run again",
                 status(&g)
@@ -331,8 +331,12 @@ impl Kind for ReplicationGroupKind {
             .await
             .map_err(|e| aws_error("creating the replication group", e, |c| hint(c, &want)))?;
         finish(id, async {
-            wait_available(aws, id, |_| true).await?;
-            self.read_created(aws, urn, id, inputs).await
+            // The wait's last look is the group as it now is, and the tags are the ones
+            // just set: only its primary is read (for its security groups). The group
+            // is at the end of the longest branch of the shop's first up.
+            let g = wait_available(aws, id, |_| true).await?;
+            let tags = tags::wanted(urn, want.tags.as_ref()).into_iter().collect();
+            observe(aws, urn, &g, tags, &want).await
         })
         .await
     }
