@@ -480,23 +480,26 @@ impl Kind for SecurityGroupKind {
             let fresh = SecurityGroupInputs { egress: Some(vec![all_out]), ..SecurityGroupInputs::default() };
             let same = |a: &Option<Vec<RuleEntry>>, b: &Option<Vec<RuleEntry>>| canonical(a.as_deref()) == canonical(b.as_deref());
             // The group is read while the sync runs, not after it: one call's time fewer
-            // on the way to whatever references the group. A read that found the rule
-            // AWS gives and no other egress (or already the declared rules) shows the
-            // group the sync started from, so it now has the declared rules.
+            // on the way to whatever references the group. The sync only adds declared
+            // rules and takes away the one AWS gives, so if every rule the read found is
+            // one of those (whenever it came, before, during or after the sync), the
+            // group now has exactly the declared rules.
             let (synced, first) = tokio::join!(sync_rules(aws, &id, &fresh, &want), self.read(aws, urn, &id, inputs));
             synced?;
             if let Some(mut first) = first? {
                 let got = SecurityGroupInputs::from_props(&first.inputs)?;
-                let declared = same(&got.ingress, &want.ingress) && same(&got.egress, &want.egress);
-                if declared || same(&got.egress, &fresh.egress) {
+                let within = |seen: &Option<Vec<RuleEntry>>, allowed: &[&Option<Vec<RuleEntry>>]| {
+                    seen.iter().flatten().all(|rule| allowed.iter().any(|a| a.iter().flatten().any(|r| r == rule)))
+                };
+                if within(&got.ingress, &[&want.ingress]) && within(&got.egress, &[&want.egress, &fresh.egress]) {
                     let some = |rules: Vec<RuleEntry>| (!rules.is_empty()).then_some(rules);
                     let rules = SecurityGroupInputs { ingress: some(canonical(want.ingress.as_deref())), egress: some(canonical(want.egress.as_deref())), ..got };
                     first.inputs = rules.to_props();
                     return Ok(first);
                 }
             }
-            // Otherwise (a rule AWS added, such as ::/0 in an IPv6 VPC, or a read that came
-            // in the middle of the sync): read it again and set it right.
+            // Otherwise (a rule AWS added, such as ::/0 in an IPv6 VPC): read it again after
+            // the sync and set it right.
             let read = self.read_created(aws, urn, &id, inputs).await?;
             let got = SecurityGroupInputs::from_props(&read.inputs)?;
             if same(&got.ingress, &want.ingress) && same(&got.egress, &want.egress) {

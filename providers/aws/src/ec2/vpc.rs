@@ -80,14 +80,15 @@ async fn set_dns(aws: &Clients, id: &str, attr: VpcAttributeName, on: bool) -> R
     Ok(())
 }
 
-/// One of the VPC's DNS settings; `None` also when the VPC is gone (its own read says so).
-async fn get_dns(aws: &Clients, id: &str, attr: VpcAttributeName) -> Result<Option<bool>, ProviderError> {
+/// One of the VPC's DNS settings (`None` if AWS gave no value); `None` outside when the
+/// VPC was not found.
+async fn get_dns(aws: &Clients, id: &str, attr: VpcAttributeName) -> Result<Option<Option<bool>>, ProviderError> {
     let got = aws.ec2.describe_vpc_attribute().vpc_id(id).attribute(attr.clone()).send().await;
     let Some(out) = or_missing(got, MISSING, "reading the VPC's DNS settings", hint)? else { return Ok(None) };
-    Ok(match attr {
+    Ok(Some(match attr {
         VpcAttributeName::EnableDnsHostnames => out.enable_dns_hostnames().and_then(|a| a.value()),
         _ => out.enable_dns_support().and_then(|a| a.value()),
-    })
+    }))
 }
 
 #[async_trait]
@@ -129,12 +130,17 @@ impl Kind for VpcKind {
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         // The VPC and its two DNS attributes at once: three calls, one call's time.
-        let (got, enable_dns_support, enable_dns_hostnames) = tokio::try_join!(
+        let (got, support, hostnames) = tokio::try_join!(
             async { or_missing(aws.ec2.describe_vpcs().vpc_ids(id).send().await, MISSING, "reading the VPC", hint) },
             get_dns(aws, id, VpcAttributeName::EnableDnsSupport),
             get_dns(aws, id, VpcAttributeName::EnableDnsHostnames),
         )?;
         let Some(vpc) = got.as_ref().and_then(|out| out.vpcs().first()) else { return Ok(None) };
+        // The VPC is there, so a setting said to be missing is AWS not caught up yet (a
+        // look-up right after an interrupted create): an error, not a setting unset.
+        let (Some(enable_dns_support), Some(enable_dns_hostnames)) = (support, hostnames) else {
+            return Err(ProviderError::failed(format!("VPC {id} was found but not its DNS settings; AWS may not have caught up yet, run again")));
+        };
         let inputs = VpcInputs { cidr_block: vpc.cidr_block().map(str::to_owned), enable_dns_support, enable_dns_hostnames, tags: observed_tags(urn, vpc.tags()) };
         Ok(Some(Observed::new(id, inputs.to_props(), [("id", Value::from(id))])))
     }

@@ -202,7 +202,8 @@ impl Kind for RuleKind {
         let (bus, name) = (bus(&want), want.name.as_deref().unwrap_or_default());
         // PutRule on an existing name replaces that rule: never take over someone else's.
         let existing = aws.eventbridge.describe_rule().name(name).event_bus_name(bus).send().await;
-        if let Some(rule) = or_missing(existing, MISSING, "checking whether the rule exists", no_hint)? {
+        let existing = or_missing(existing, MISSING, "checking whether the rule exists", no_hint)?;
+        if let Some(rule) = &existing {
             let theirs = tags_of(aws, rule.arn().unwrap_or_default()).await?.unwrap_or_default();
             if !tags::is_tagged(urn, pairs(&theirs)) {
                 return Err(ProviderError::failed(format!(
@@ -216,10 +217,13 @@ impl Kind for RuleKind {
             .send()
             .await
             .map_err(|e| aws_error("creating the rule (PutRule)", e, |c| hint(c, &want)))?;
-        // Read back; the tags are the ones the call just set, not read again.
+        // Read back; the tags are the ones the call just set, not read again, unless the
+        // rule was there already (left by an interrupted create), whose tags PutRule
+        // does not change.
         let id = format!("{bus}|{name}");
+        let tags = existing.is_none().then_some(tags);
         finish(&id, async {
-            read_rule(aws, urn, &id, Some(tags)).await?.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))
+            read_rule(aws, urn, &id, tags).await?.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))
         })
         .await
     }
