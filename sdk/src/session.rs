@@ -297,16 +297,7 @@ where
         if ids.is_empty() && user_state == self.state.user_state {
             return Ok(());
         }
-        let record = JournalRecord::Events { base: self.state.serial, user_state, ids: ids.to_vec() };
-        let written = match self.journal().await {
-            Ok(journal) => journal.record(record.clone()).await.map_err(crate::Error::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            return Err(self.journal_failed(e));
-        }
-        cairn_state::replay(&mut self.state, [record]);
-        self.journaled_events += 1;
+        self.journal_events(user_state, ids, false).await?;
         if self.journaled_events >= EVENT_RECORDS_PER_SNAPSHOT {
             self.fold_events().await?;
         }
@@ -320,25 +311,29 @@ where
     /// or close. If it cannot be written, the session is broken, as when `record_events`
     /// fails, and the events, never acknowledged, are delivered again.
     pub async fn stage_events(&mut self, user_state: serde_json::Value, ids: &[String]) -> Result<Durable> {
-        let now = || -> Durable { Box::pin(std::future::ready(Ok(()))) };
         self.usable()?;
-        if ids.is_empty() && user_state == self.state.user_state {
-            return Ok(now());
-        }
-        if self.journaled_events + 1 >= EVENT_RECORDS_PER_SNAPSHOT {
-            // Folded into a snapshot at once: nothing to share.
+        let unchanged = ids.is_empty() && user_state == self.state.user_state;
+        if unchanged || self.journaled_events + 1 >= EVENT_RECORDS_PER_SNAPSHOT {
+            // Nothing to write, or folded into a snapshot at once: nothing to share.
             self.record_events(user_state, ids).await?;
-            return Ok(now());
+            return Ok(cairn_state::already_durable());
         }
+        Ok(self.journal_events(user_state, ids, true).await?.unwrap_or_else(cairn_state::already_durable))
+    }
+
+    /// Writes one event record (or stages it) and moves the state on with it. The
+    /// [`Durable`] of a staged record.
+    async fn journal_events(&mut self, user_state: serde_json::Value, ids: &[String], stage: bool) -> Result<Option<Durable>> {
         let record = JournalRecord::Events { base: self.state.serial, user_state, ids: ids.to_vec() };
-        let staged = match self.journal().await {
-            Ok(journal) => journal.stage(record.clone()).await.map_err(crate::Error::from),
-            Err(e) => Err(e),
+        let written = match self.journal().await {
+            Ok(journal) if stage => journal.stage(record.clone()).await.map(Some),
+            Ok(journal) => journal.record(record.clone()).await.map(|()| None),
+            Err(e) => return Err(self.journal_failed(e)),
         };
-        let durable = staged.map_err(|e| self.journal_failed(e))?;
+        let durable = written.map_err(|e| self.journal_failed(e.into()))?;
         cairn_state::replay(&mut self.state, [record]);
         self.journaled_events += 1;
-        self.staged = true;
+        self.staged |= stage;
         Ok(durable)
     }
 

@@ -181,6 +181,11 @@ impl JournalRecord {
 /// or by [`Journal::flush`]), or with why it never will be.
 pub type Durable = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StateError>> + Send>>;
 
+/// A [`Durable`] for a record that already is.
+pub fn already_durable() -> Durable {
+    Box::pin(std::future::ready(Ok(())))
+}
+
 /// Where an apply records its steps. A record is durable when `record` returns.
 #[async_trait]
 pub trait Journal: Send + Sync + std::fmt::Debug {
@@ -194,7 +199,7 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// The default writes it at once.
     async fn stage(&self, record: JournalRecord) -> Result<Durable, StateError> {
         self.record(record).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+        Ok(already_durable())
     }
 
     /// Makes every staged record durable; returns at once when none waits.

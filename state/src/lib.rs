@@ -27,7 +27,7 @@ mod urn;
 
 pub use error::{LockedError, StateError};
 pub use file::FileStore;
-pub use journal::{apply_effect, replay, Durable, Journal, JournalRecord, NoJournal, StepOp, PendingOperation, StepEffect};
+pub use journal::{already_durable, apply_effect, replay, Durable, Journal, JournalRecord, NoJournal, StepOp, PendingOperation, StepEffect};
 pub use lease::{lease_from_env, Lease, Lock, DEFAULT_LEASE, LEASE_ENV};
 pub use location::{location, open, DEFAULT_LOCATION, STATE_ENV};
 pub use memory::MemoryStore;
