@@ -119,12 +119,7 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
     /// Reads back what a create made. It exists: a failure here is
     /// [`ProviderError::Incomplete`], so the resource is recorded and read again later.
     async fn read_created(&self, aws: &Clients, urn: &Urn, id: &str, inputs: &Props) -> Result<Observed, ProviderError> {
-        finish(id, async {
-            self.read(aws, urn, id, inputs)
-                .await?
-                .ok_or_else(|| ProviderError::uncertain("created, but not found right after"))
-        })
-        .await
+        finish(id, async { found_after_create(self.read(aws, urn, id, inputs).await?) }).await
     }
 
     /// Reads back what an update changed; gone means someone deleted it meanwhile.
@@ -133,6 +128,12 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
             .await?
             .ok_or_else(|| ProviderError::not_found(format!("{id} is gone")))
     }
+}
+
+/// What a read right after a create found: not finding it is uncertain (AWS may not
+/// have caught up), so the resource is looked up again later.
+pub(crate) fn found_after_create<T>(found: Option<T>) -> Result<T, ProviderError> {
+    found.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))
 }
 
 /// A token for one create call, for the services that take one (EC2's client token,

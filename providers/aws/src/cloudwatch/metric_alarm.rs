@@ -23,7 +23,7 @@ use cairn_sdk::{CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError,
 use serde_json::Value;
 
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{finish, one_of, paginate, Clients, Kind};
+use crate::kind::{finish, found_after_create, one_of, paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -376,7 +376,7 @@ impl Kind for MetricAlarmKind {
         // Read back for what AWS computes (the ARN, the state); the tags are the ones the
         // call just set, not read again.
         finish(name, async {
-            let alarm = describe(aws, name).await?.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))?;
+            let alarm = found_after_create(describe(aws, name).await?)?;
             Ok(observe(urn, &alarm, tags))
         })
         .await

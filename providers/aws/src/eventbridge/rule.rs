@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{check_bus, check_name, json_or_text, split_id, DEFAULT_BUS, MISSING};
 use crate::error::{aws_error, missing, no_hint, or_missing};
-use crate::kind::{finish, paginate, Clients, Kind};
+use crate::kind::{finish, found_after_create, paginate, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -222,10 +222,7 @@ impl Kind for RuleKind {
         // does not change.
         let id = format!("{bus}|{name}");
         let tags = existing.is_none().then_some(tags);
-        finish(&id, async {
-            read_rule(aws, urn, &id, tags).await?.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))
-        })
-        .await
+        finish(&id, async { found_after_create(read_rule(aws, urn, &id, tags).await?) }).await
     }
 
     async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {

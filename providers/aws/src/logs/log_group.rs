@@ -15,7 +15,7 @@ use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
 use crate::error::{aws_error, no_hint, or_missing};
-use crate::kind::{finish, Clients, Kind};
+use crate::kind::{finish, found_after_create, Clients, Kind};
 use crate::tags::{self, Retag};
 
 cairn_sdk::resource! {
@@ -229,7 +229,7 @@ impl Kind for LogGroupKind {
             }
             // Read back for what AWS computes (the ARN, the creation time); the tags are
             // the ones the call just set, not read again.
-            let group = describe(aws, name).await?.ok_or_else(|| ProviderError::uncertain("created, but not found right after"))?;
+            let group = found_after_create(describe(aws, name).await?)?;
             Ok(observe(urn, &group, tags.into_iter().collect()))
         })
         .await
