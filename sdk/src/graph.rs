@@ -348,7 +348,7 @@ impl Graph {
                         // holds no part of the plaintext.
                         seal_literals(&mut computed, keyring);
                         let keyring = keyring.clone();
-                        Prop::Apply(crate::input::Apply::new("secret", vec![computed], move |args| Ok(keyring.seal(&args[0]))))
+                        Prop::Apply(Box::new(crate::input::Apply::new("secret", vec![computed], move |args| Ok(keyring.seal(&args[0])))))
                     }
                 };
             }

@@ -38,8 +38,9 @@ pub enum Prop {
     List(Vec<Prop>),
     /// An object with at least one reference in it, keys sorted.
     Object(Vec<(String, Prop)>),
-    /// A value the program computes from others once they are known.
-    Apply(Apply),
+    /// A value the program computes from others once they are known. Boxed: it is the
+    /// rare kind and the largest, and a graph holds hundreds of thousands of props.
+    Apply(Box<Apply>),
 }
 
 /// What a program's function computes an [`Output`] from: its arguments, resolved,
@@ -282,10 +283,10 @@ impl<T: DeserializeOwned> Output<T> {
     /// `bucket.arn().map(|arn| format!("{arn}/*"))`. `f` must be a pure function: it runs
     /// when a plan is made and again when it is applied.
     pub fn map<U: Serialize>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> Output<U> {
-        Output::from_prop(Prop::Apply(Apply::new("map", vec![self.prop], move |args| {
+        Output::from_prop(Prop::Apply(Box::new(Apply::new("map", vec![self.prop], move |args| {
             let value = serde_json::from_value(args[0].clone()).map_err(|e| format!("its value {} is not the output's type: {e}", args[0]))?;
             serde_json::to_value(f(value)).map_err(|e| e.to_string())
-        })))
+        }))))
     }
 
     /// This value and `other`'s together, known when both are: `a.zip(b).map(|(a, b)| ..)`.
@@ -366,7 +367,7 @@ impl Part for &String {
 pub fn interpolate(template: &'static str, parts: Vec<Prop>) -> Output<String> {
     let pieces = split_template(template);
     assert_eq!(pieces.len(), parts.len() + 1, "interpolate!(\"{template}\"): one `{{}}` per argument");
-    Output::from_prop(Prop::Apply(Apply::new(format!("interpolate {template:?}"), parts, move |values| {
+    Output::from_prop(Prop::Apply(Box::new(Apply::new(format!("interpolate {template:?}"), parts, move |values| {
         let mut out = String::new();
         for (piece, value) in pieces.iter().zip(values.iter().map(Some).chain([None])) {
             out.push_str(piece);
@@ -377,7 +378,7 @@ pub fn interpolate(template: &'static str, parts: Vec<Prop>) -> Output<String> {
             }
         }
         Ok(Value::String(out))
-    })))
+    }))))
 }
 
 /// The literal pieces between `template`'s placeholders.
