@@ -108,7 +108,7 @@ impl Cx {
             decl.options_mut().parent.get_or_insert_with(|| parent.clone());
         }
         let urn = self.urn_of(&decl);
-        self.decls.push(Node { urn: urn.clone(), decl, deps: Vec::new() });
+        self.decls.push(Node { urn: urn.clone(), decl });
         R::Ref::from(Handle::new(urn))
     }
 

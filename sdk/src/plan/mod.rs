@@ -453,7 +453,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         }
 
         if change.action == Action::Replace {
-            let dep_replaced_first = node.deps.iter().any(|&d| {
+            let dep_replaced_first = graph.deps.of(i).any(|d| {
                 statuses[d].as_ref().is_some_and(|s| s.action == Action::Replace && s.delete_before_replace)
             });
             let explicit_name = ty.inputs().any(|p| {
@@ -492,12 +492,12 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         // An unchanged resource's dependencies are carried only if they changed.
         let deps_changed = || {
             old.is_none_or(|o| {
-                o.dependencies.len() != node.deps.len()
-                    || node.deps.iter().any(|&d| !o.dependencies.contains(&graph.nodes[d].urn))
+                o.dependencies.len() != graph.deps.of(i).len()
+                    || graph.deps.of(i).any(|d| !o.dependencies.contains(&graph.nodes[d].urn))
             })
         };
         if change.action != Action::Same || deps_changed() {
-            change.dependencies = Some(node.deps.iter().map(|&d| graph.nodes[d].urn.clone()).collect());
+            change.dependencies = Some(graph.deps.of(i).map(|d| graph.nodes[d].urn.clone()).collect());
         }
         summary.add(change.action);
         let planned = if change.action == Action::Same {
