@@ -240,8 +240,8 @@ fn built_state(stack: &Stack<BenchState>, shape: BenchState) -> StackState {
             inputs.insert("parent", Value::from(ids[p].as_str()));
             dependencies.push(urns[p].clone());
         }
-        // TestProvider outputs echo the inputs plus the id.
-        let mut outputs = inputs.clone();
+        // TestProvider's outputs are the id alone (with no `with_outputs`).
+        let mut outputs = Props::new();
         outputs.insert("id", Value::from(id.as_str()));
         state.resources.push(ResourceState {
             urn: urn.clone(),

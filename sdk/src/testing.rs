@@ -121,8 +121,9 @@ impl Inner {
 ///
 /// Clones share everything, so keep one clone to inspect after giving another to the
 /// stack. Ids are `<name>-<n>`, `n` counting the creates of that URN, so they are the
-/// same on every run. Outputs echo the inputs plus `id`, and whatever
-/// [`TestProvider::with_outputs`] adds.
+/// same on every run. Its outputs are `id` and whatever [`TestProvider::with_outputs`]
+/// adds; like Cairn's AWS provider it does not repeat the inputs among them, and a
+/// reference to an input of a resource resolves to the input, as it does there.
 #[derive(Clone, Default)]
 pub struct TestProvider {
     package: String,
@@ -348,7 +349,7 @@ impl TestProvider {
     }
 
     fn observe(inner: &Inner, r: &FakeResource) -> Observed {
-        let mut outputs = r.inputs.clone();
+        let mut outputs = Props::new();
         if let Some(f) = &inner.outputs {
             for (k, v) in f(&r.urn, &r.inputs).iter() {
                 outputs.insert(k, v.clone());

@@ -16,7 +16,17 @@ fn orders(state: &StackState) -> &cairn_sdk::ResourceState {
 
 #[tokio::test]
 async fn a_secret_input_is_sealed_in_state_and_plans_and_the_provider_gets_the_plaintext() {
-    let fake = provider();
+    // The common provider's outputs, and the token echoed under its own name and another.
+    let fake = provider().with_outputs(|urn, inputs| {
+        let mut p = cairn_sdk::Props::new();
+        p.insert("arn", Value::from(format!("arn:test:{}", urn.name())));
+        p.insert("version", Value::from(1));
+        if let Some(token) = inputs.get("auth_token") {
+            p.insert("auth_token", token.clone());
+            p.insert("token_copy", token.clone());
+        }
+        p
+    });
     let stack = shop_stack(&fake);
     let store = std::sync::Arc::new(cairn_state::MemoryStore::new());
     let mut session = stack.lock(store.clone(), "test").await.unwrap();
@@ -35,6 +45,10 @@ async fn a_secret_input_is_sealed_in_state_and_plans_and_the_provider_gets_the_p
     let token = orders(&stored).inputs.get("auth_token").unwrap();
     assert!(secret::is_sealed(token), "{token}");
     assert_eq!(secret::open(token).unwrap(), "s3cr3t");
+    for echoed in ["auth_token", "token_copy"] {
+        let output = orders(&stored).outputs.get(echoed).unwrap();
+        assert!(secret::is_sealed(output), "output {echoed}: {output}");
+    }
     let everything = format!("{saved}{}", serde_json::to_string(&stored).unwrap());
     assert!(!everything.contains("s3cr3t"), "the plaintext is kept somewhere: {everything}");
     // The plan shows it redacted.
