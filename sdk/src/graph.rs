@@ -26,7 +26,7 @@ use crate::secret::Keyring;
 pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     /// The nodes' indices by URN, built when first needed: see [`Graph::from_declared`].
-    index: OnceLock<HashMap<Urn, usize>>,
+    index: Index,
     /// What each node depends on.
     pub(crate) deps: Deps,
     /// Node indices in topological order.
@@ -76,6 +76,38 @@ impl Deps {
     }
 }
 
+/// The nodes' indices, found by URN. Each map is built the first time it is needed.
+#[derive(Debug, Default)]
+struct Index {
+    /// By the address of the node's URN. A reference made from a handle holds the very
+    /// URN its declaration does, so most lookups hash a pointer rather than a URN's
+    /// forty-odd bytes, and compare nothing.
+    by_address: OnceLock<HashMap<usize, u32>>,
+    /// By the URN's text, for references that name a resource some other way (by name,
+    /// from another render, from a saved plan).
+    by_urn: OnceLock<HashMap<Urn, usize>>,
+}
+
+impl Index {
+    /// The index of the node with this URN, among `nodes`, whose URNs are distinct.
+    fn find(&self, nodes: &[Node], urn: &Urn) -> Option<usize> {
+        let by_address = self.by_address.get_or_init(|| {
+            nodes.iter().enumerate().map(|(i, node)| (address(&node.urn), i as u32)).collect()
+        });
+        // The address is taken only while `nodes` holds the URN, so no other URN can
+        // have it: equal addresses are the same URN.
+        match by_address.get(&address(urn)) {
+            Some(&i) => Some(i as usize),
+            None => self.by_urn.get_or_init(|| index_of(nodes)).get(urn).copied(),
+        }
+    }
+}
+
+/// Where a URN's text is: shared by every clone of it.
+fn address(urn: &Urn) -> usize {
+    urn.as_str().as_ptr() as usize
+}
+
 impl Graph {
     /// Builds and validates the graph of `decls` for `stack`.
     pub fn build(stack: &str, decls: Vec<Decl>) -> Result<Graph, ValidationErrors> {
@@ -94,7 +126,7 @@ impl Graph {
     /// other, planned against state in its own order, never hashes a URN.
     pub(crate) fn from_declared(mut nodes: Vec<Node>, distinct: bool) -> Result<Graph, ValidationErrors> {
         let mut errors = Vec::new();
-        let index = OnceLock::new();
+        let index = Index::default();
         // Positions of declarations whose URN was declared before: reported, then left
         // out of the graph.
         let mut duplicates: Vec<usize> = Vec::new();
@@ -107,7 +139,7 @@ impl Graph {
                     std::collections::hash_map::Entry::Vacant(slot) => _ = slot.insert(i - duplicates.len()),
                 }
             }
-            let _ = index.set(by_urn);
+            let _ = index.by_urn.set(by_urn);
         }
         let mut duplicate = duplicates.iter().copied().peekable();
         for (i, node) in nodes.iter_mut().enumerate() {
@@ -138,14 +170,13 @@ impl Graph {
                 if matches!(prop, Prop::Value(_)) {
                     continue;
                 }
-                let index = index.get_or_init(|| index_of(&nodes));
-                prop.for_each_ref(&mut |r| match index.get(&r.urn) {
+                prop.for_each_ref(&mut |r| match index.find(&nodes, &r.urn) {
                     None => errors.push(ValidationError::Dangling {
                         urn: node.urn.clone(),
                         property: property.to_string(),
                         target: r.urn.clone(),
                     }),
-                    Some(&t) => {
+                    Some(t) => {
                         let target_ty = nodes[t].decl.ty;
                         if target_ty.property(&r.property).is_none() {
                             errors.push(ValidationError::UnknownOutput {
@@ -160,8 +191,8 @@ impl Graph {
                 });
             }
             for target in &node.decl.options().depends_on {
-                match index.get_or_init(|| index_of(&nodes)).get(target) {
-                    Some(&t) => deps.push(t),
+                match index.find(&nodes, target) {
+                    Some(t) => deps.push(t),
                     None => errors.push(ValidationError::Dangling {
                         urn: node.urn.clone(),
                         property: "depends_on".to_owned(),
@@ -221,7 +252,7 @@ impl Graph {
 
     /// The index of the node with this URN.
     pub(crate) fn find(&self, urn: &Urn) -> Option<usize> {
-        self.index.get_or_init(|| index_of(&self.nodes)).get(urn).copied()
+        self.index.find(&self.nodes, urn)
     }
 
     /// How many resources the graph holds.
