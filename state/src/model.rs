@@ -24,6 +24,7 @@ pub struct StackState {
     /// The user's state `S`, as JSON. `null` before the first `up`.
     pub user_state: Value,
     /// The managed resources, dependencies before dependents.
+    #[serde(deserialize_with = "read_resources")]
     pub resources: Vec<ResourceState>,
     /// Steps that began but never recorded their end (the process died). The next
     /// operation resolves them before planning.
@@ -61,6 +62,14 @@ impl PartialEq for StackState {
             && *processed_events == other.processed_events
             && *outputs == other.outputs
     }
+}
+
+/// Reads the resources with the URNs they repeat shared, and no spare capacity: a
+/// stack's resources are most of its memory.
+fn read_resources<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ResourceState>, D::Error> {
+    let mut resources: Vec<ResourceState> = crate::urn::sharing_urns(|| Vec::deserialize(d))?;
+    resources.shrink_to_fit();
+    Ok(resources)
 }
 
 /// How many processed event ids a stack remembers.
@@ -288,6 +297,16 @@ mod tests {
         s.resources = vec![entry("a", &["b"], false), entry("c", &[], false), entry("a", &["b"], true), entry("b", &[], false)];
         s.sort_resources();
         assert_eq!(order(&s), ["c-0", "b-0", "a-0", "a-1"]);
+    }
+
+    #[test]
+    fn a_read_state_shares_each_resources_urn_with_its_dependents() {
+        let mut s = StackState::new("dev");
+        s.resources = vec![entry("b", &[], false), entry("a", &["b"], false)];
+        let read: StackState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(read, s);
+        assert_eq!(read.resources[0].urn.as_str().as_ptr(), read.resources[1].dependencies[0].as_str().as_ptr());
+        assert_eq!(read.resources.capacity(), 2, "no spare capacity");
     }
 
     #[test]

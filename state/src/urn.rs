@@ -2,6 +2,8 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
+use rustc_hash::FxHashSet;
+use serde::de::Visitor;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The identity of a resource: `urn:cairn:<stack>::<type>::<name>`.
@@ -38,9 +40,58 @@ impl Serialize for Urn {
 
 impl<'de> Deserialize<'de> for Urn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Urn::parse(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(UrnVisitor)
     }
+}
+
+/// Reads a URN straight into its shared allocation (no `String` in between), or, while
+/// a state is read, into the allocation of the same URN read before.
+struct UrnVisitor;
+
+impl Visitor<'_> for UrnVisitor {
+    type Value = Urn;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Cairn URN")
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Urn, E> {
+        check(s).map_err(E::custom)?;
+        Ok(READ.with_borrow_mut(|read| match read {
+            Some(read) => match read.get(s) {
+                Some(urn) => Urn(urn.clone()),
+                None => {
+                    let urn: Arc<str> = Arc::from(s);
+                    read.insert(urn.clone());
+                    Urn(urn)
+                }
+            },
+            None => Urn(Arc::from(s)),
+        }))
+    }
+}
+
+thread_local! {
+    /// While [`sharing_urns`] runs: the URNs read so far.
+    static READ: RefCell<Option<FxHashSet<Arc<str>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `read` (a deserialization) so that the URNs it reads more than once share one
+/// allocation. A state names each resource again in its dependents' dependencies (and
+/// in pending operations and parents): read alone, a 100,000-resource state held about
+/// 180,000 extra copies. Shared, they also compare equal by address.
+pub(crate) fn sharing_urns<T>(read: impl FnOnce() -> T) -> T {
+    /// Ends the sharing however `read` ends, a panic included.
+    struct Done(bool);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if self.0 {
+                READ.set(None);
+            }
+        }
+    }
+    // A nested read (a state inside something being read) joins the outer one.
+    let outermost = READ.with_borrow_mut(|r| r.is_none() && r.replace(FxHashSet::default()).is_none());
+    let _done = Done(outermost);
+    read()
 }
 
 /// A string that is not a well-formed Cairn URN.
@@ -87,10 +138,7 @@ impl Urn {
 
     /// Parses a URN, checking its shape.
     pub fn parse(s: &str) -> Result<Self, UrnError> {
-        let rest = s.strip_prefix(PREFIX).ok_or_else(|| UrnError(s.to_owned()))?;
-        if rest.splitn(3, "::").count() != 3 {
-            return Err(UrnError(s.to_owned()));
-        }
+        check(s)?;
         Ok(Urn(s.into()))
     }
 
@@ -136,6 +184,14 @@ impl fmt::Debug for Urn {
     }
 }
 
+/// Whether `s` has a URN's shape.
+fn check(s: &str) -> Result<(), UrnError> {
+    match s.strip_prefix(PREFIX) {
+        Some(rest) if rest.splitn(3, "::").count() == 3 => Ok(()),
+        _ => Err(UrnError(s.to_owned())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +220,19 @@ mod tests {
     fn malformed_urns_are_refused() {
         assert!(Urn::parse("arn:aws:sqs:x").is_err());
         assert!(Urn::parse("urn:cairn:dev::only-type").is_err());
+        assert!(serde_json::from_str::<Urn>(r#""urn:cairn:dev::only-type""#).is_err());
+    }
+
+    #[test]
+    fn a_state_read_shares_each_urn_it_repeats_and_one_read_alone_does_not() {
+        let text = r#"["urn:cairn:dev::t::a", "urn:cairn:dev::t::a", "urn:cairn:dev::t::b"]"#;
+        let shared: Vec<Urn> = sharing_urns(|| serde_json::from_str(text)).unwrap();
+        assert!(Arc::ptr_eq(&shared[0].0, &shared[1].0));
+        assert_eq!(shared[2].as_str(), "urn:cairn:dev::t::b");
+        // The sharing ends with the read.
+        let alone: Vec<Urn> = serde_json::from_str(text).unwrap();
+        assert_eq!(alone[0], alone[1]);
+        assert!(!Arc::ptr_eq(&alone[0].0, &alone[1].0));
+        assert!(!Arc::ptr_eq(&alone[0].0, &shared[0].0));
     }
 }
