@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_state::Urn;
@@ -99,8 +100,9 @@ pub struct Decl {
     pub(crate) props: Vec<(Cow<'static, str>, Prop)>,
     /// `None` until an option is set. Most declarations set none, and a `Decl` is moved
     /// several times on its way into the graph (each builder call takes it by value):
-    /// boxed, the options cost 8 bytes of it rather than over 100.
-    options: Option<Box<ResourceOptions>>,
+    /// behind a pointer, the options cost 8 bytes of it rather than over 100. Shared,
+    /// the plan's change for the resource holds them without a copy.
+    options: Option<Arc<ResourceOptions>>,
 }
 
 impl Decl {
@@ -174,9 +176,15 @@ impl Decl {
         self.options.as_deref().unwrap_or(&NO_OPTIONS)
     }
 
+    /// The options, shared: a plan's change holds them without a copy.
+    pub(crate) fn shared_options(&self) -> Arc<ResourceOptions> {
+        static NONE: std::sync::LazyLock<Arc<ResourceOptions>> = std::sync::LazyLock::new(Arc::default);
+        self.options.clone().unwrap_or_else(|| NONE.clone())
+    }
+
     /// The options, to change.
     pub fn options_mut(&mut self) -> &mut ResourceOptions {
-        self.options.get_or_insert_with(Box::default)
+        Arc::make_mut(self.options.get_or_insert_with(Arc::default))
     }
 }
 
