@@ -256,23 +256,28 @@ fn built_state(stack: &Stack<BenchState>, shape: BenchState) -> StackState {
         urns.push(urn);
         ids.push(id);
     }
+    // An apply writes state in its plan's order, which is the graph's.
+    let graph = stack.render(&shape).expect("a valid graph");
+    let position: std::collections::HashMap<&Urn, usize> = graph.resources().enumerate().map(|(i, (urn, _))| (urn, i)).collect();
+    state.resources.sort_by_key(|r| position[&r.urn]);
+    drop(position);
+    drop(graph);
     state
 }
 
-/// Asserts that [`built_state`] matches what `up` really stores, up to the order of
-/// resources and of their dependencies (which no plan depends on).
+/// Asserts that [`built_state`] matches what `up` really stores, resources in the same
+/// order, up to the order of each one's dependencies (which no plan depends on).
 fn check_built_state(real: &StackState, built: &StackState) {
     fn canonical(state: &StackState) -> Vec<ResourceState> {
         let mut resources = state.resources.clone();
         for r in &mut resources {
             r.dependencies.sort();
         }
-        resources.sort_by(|a, b| a.urn.cmp(&b.urn));
         resources
     }
     assert_eq!(real.serial, built.serial);
     assert_eq!(real.user_state, built.user_state);
-    assert!(canonical(real) == canonical(built), "the hand-built state differs from what up stores");
+    assert!(canonical(real) == canonical(built), "the hand-built state differs from what up stores (or is in another order)");
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -328,6 +333,15 @@ impl CpuTicks {
 /// The process's peak resident set size (VmHWM), in MiB.
 fn peak_rss_mb() -> f64 {
     proc_status_mb("VmHWM:")
+}
+
+/// Starts counting the peak RSS again from the current RSS (Linux's `clear_refs`).
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("/proc/self/clear_refs (Linux only)");
+}
+
+fn file_mb(path: &std::path::Path) -> f64 {
+    std::fs::metadata(path).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0)
 }
 
 /// The process's resident set size now (VmRSS), in MiB.
@@ -424,15 +438,30 @@ fn phase_breakdown(stack: &Stack<BenchState>, shape: BenchState, state: &StackSt
     );
 }
 
-/// Plans 100k unchanged resources. Runs first and drops everything, so the process's
-/// peak RSS afterwards is this workload's.
+/// Plans 100k unchanged resources, as a `preview` process does: the state read from
+/// its file (a snapshot in the file store's format), then the previews. Runs first, and
+/// the peak RSS is counted from the read on, so it is this workload's alone.
 fn plan_100k() {
     let shape = BenchState::Mixed { n: 100_000 };
     describe(shape);
     let stack = stack(TestProvider::new("bench"));
     let t = Instant::now();
-    let state = built_state(&stack, shape);
-    eprintln!("100k: state built in {:.0} ms, RSS {:.0} MiB (peak {:.0} MiB)", ms(t.elapsed()), rss_mb(), peak_rss_mb());
+    let snapshot = std::env::temp_dir().join(format!("cairn-bench-100k-{}.json", std::process::id()));
+    {
+        let state = built_state(&stack, shape);
+        let file = std::io::BufWriter::new(std::fs::File::create(&snapshot).expect("a temporary file"));
+        serde_json::to_writer(file, &state).expect("the state is written");
+    }
+    eprintln!("100k: state built and written in {:.0} ms ({:.0} MiB)", ms(t.elapsed()), file_mb(&snapshot));
+    reset_peak_rss();
+    let t = Instant::now();
+    // As the file store reads a snapshot.
+    let state: StackState = {
+        let bytes = std::fs::read(&snapshot).expect("the state is read");
+        serde_json::from_slice(&bytes).expect("the state parses")
+    };
+    let _ = std::fs::remove_file(&snapshot);
+    eprintln!("100k: state read in {:.0} ms, RSS {:.0} MiB (peak {:.0} MiB)", ms(t.elapsed()), rss_mb(), peak_rss_mb());
     let nochange = time_preview(&stack, shape, &state, 3, |plan| {
         assert!(!plan.has_changes(), "a no-change plan must report no changes: {:?}", plan.summary);
         assert_eq!(plan.summary.same, 100_000);
