@@ -233,7 +233,7 @@ pub(crate) fn check_secrets_open(plan: &Plan, state: &StackState, new_inputs: bo
             }
         }
     }
-    let touched: std::collections::HashSet<&Urn> = plan.changed().filter(|c| c.action != Action::Create).map(|c| &c.urn).collect();
+    let touched: HashSet<&Urn> = plan.changed().filter(|c| c.action != Action::Create).map(|c| &c.urn).collect();
     if touched.is_empty() {
         return Ok(());
     }
