@@ -440,8 +440,9 @@ fn phase_breakdown(stack: &Stack<BenchState>, shape: BenchState, state: &StackSt
 
 /// Plans 100k unchanged resources, as a `preview` process does: the state read from
 /// its file (a snapshot in the file store's format), then the previews. Runs first, and
-/// the peak RSS is counted from the read on, so it is this workload's alone.
-fn plan_100k() {
+/// the peak RSS is counted from the read on, so it is this workload's alone. Returns
+/// the no-change plan's median time, in ms.
+fn plan_100k() -> f64 {
     let shape = BenchState::Mixed { n: 100_000 };
     describe(shape);
     let stack = stack(TestProvider::new("bench"));
@@ -467,12 +468,14 @@ fn plan_100k() {
         assert_eq!(plan.summary.same, 100_000);
     });
     bench("plan_nochange_100k_ms", nochange, "ms");
-    bench("plan_100k_peak_rss_mb", peak_rss_mb(), "MB");
+    bench("plan_100k_peak_rss_mb", peak_rss_mb(), "MiB");
     phase_breakdown(&stack, shape, &state);
+    nochange
 }
 
 /// Plans 10k resources against the state a real `up` left, and against no state.
-fn plan_10k(rt: &tokio::runtime::Runtime) {
+/// Returns the no-change plan's median time, in ms.
+fn plan_10k(rt: &tokio::runtime::Runtime) -> f64 {
     let shape = BenchState::Mixed { n: 10_000 };
     describe(shape);
     let stack = stack(TestProvider::new("bench"));
@@ -499,6 +502,7 @@ fn plan_10k(rt: &tokio::runtime::Runtime) {
     bench("plan_create_10k_ms", create, "ms");
     phase_breakdown(&stack, shape, &state);
     phase_breakdown(&stack, shape, &empty);
+    nochange
 }
 
 const LATENCY: Duration = Duration::from_millis(20);
@@ -672,7 +676,7 @@ fn storm(rt: &tokio::runtime::Runtime) -> (u64, usize) {
         }
         drop(events);
         let session = task.await.expect("the reconciler task").expect("the reconciler");
-        eprintln!("  storm: 10,000 events recorded in {:.0} ms, peak RSS {:.0} MB", ms(t.elapsed()), peak_rss_mb());
+        eprintln!("  storm: 10,000 events recorded in {:.0} ms, peak RSS {:.0} MiB", ms(t.elapsed()), peak_rss_mb());
         let history = store.history("events").await.expect("the audit log");
         assert_eq!(history.iter().filter(|e| e["outcome"] == "accepted").count(), recorded);
         session.close().await.expect("unlock");
@@ -719,7 +723,7 @@ fn failover(rt: &tokio::runtime::Runtime) -> f64 {
 
 /// 1,000 stacks of 10 resources each, watched in one process as `watch --stacks` does:
 /// a lease (renewed in the background) and an idle reconciler task each, on the file
-/// store. The growth of the process's RSS they cost, in MB.
+/// store. The growth of the process's RSS they cost, in MiB.
 fn idle_stacks(rt: &tokio::runtime::Runtime) -> f64 {
     const STACKS: usize = 1000;
     let dir = scratch_dir("stacks");
@@ -750,7 +754,7 @@ fn idle_stacks(rt: &tokio::runtime::Runtime) -> f64 {
         running
     });
     let grown = rss_mb() - before;
-    eprintln!("  {STACKS} idle stacks: set up in {:.1} s; RSS {before:.0} -> {:.0} MB", t.elapsed().as_secs_f64(), rss_mb());
+    eprintln!("  {STACKS} idle stacks: set up in {:.1} s; RSS {before:.0} -> {:.0} MiB", t.elapsed().as_secs_f64(), rss_mb());
     rt.block_on(async {
         for (events, stop, task) in running {
             drop(events);
@@ -765,13 +769,13 @@ fn idle_stacks(rt: &tokio::runtime::Runtime) -> f64 {
 fn main() {
     // Leases alone: `CAIRN_BENCH_ONLY=leases cargo bench -p cairn-sdk --bench engine`.
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("stacks") {
-        bench("stacks_per_process_1k_rss_mb", idle_stacks(&runtime()), "MB");
+        bench("stacks_per_process_1k_rss_mb", idle_stacks(&runtime()), "MiB");
         return;
     }
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("leases") {
         let rt = runtime();
         bench("failover_ms", failover(&rt), "ms");
-        bench("stacks_per_process_1k_rss_mb", idle_stacks(&rt), "MB");
+        bench("stacks_per_process_1k_rss_mb", idle_stacks(&rt), "MiB");
         return;
     }
     // One render and diff of the 1,000-resource stack, the bulk of an event's latency:
@@ -805,6 +809,8 @@ fn main() {
         plan_10k(&runtime());
         return;
     }
+    // The plan figures alone: `CAIRN_BENCH_ONLY=plan cargo bench -p cairn-sdk --bench engine`.
+    let plans_only = std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("plan");
     // The event figures alone: `CAIRN_BENCH_ONLY=events cargo bench -p cairn-sdk`.
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("events") {
         event_benches(&runtime());
@@ -812,13 +818,18 @@ fn main() {
     }
     // Order matters: the 100k plan runs before anything else is allocated, so the peak
     // RSS it reports is its own.
-    plan_100k();
+    let nochange_100k = plan_100k();
     // For profiling the big plan alone: `CAIRN_BENCH_ONLY=plan_100k perf record ...`.
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("plan_100k") {
         return;
     }
     let rt = runtime();
-    plan_10k(&rt);
+    let nochange_10k = plan_10k(&rt);
+    // Ten times the resources: 10x would be linear.
+    bench("plan_growth_10k_to_100k", nochange_100k / nochange_10k, "x");
+    if plans_only {
+        return;
+    }
 
     bench("state_bytes_ratio_10k", state_bytes_ratio(&rt), "x");
 
