@@ -451,16 +451,68 @@ fn topological_order(nodes: &[Node], deps: &Deps) -> Result<Vec<usize>, Vec<Vali
         Some(depth) => depth,
         None => depths(nodes, deps)?,
     };
-    let mut order: Vec<usize> = (0..nodes.len()).collect();
-    // By depth, then type and name (the URN's varying parts, cheaper to compare).
-    order.sort_unstable_by(|&a, &b| {
-        let (x, y) = (&nodes[a].decl, &nodes[b].decl);
-        depth[a]
-            .cmp(&depth[b])
-            .then_with(|| if std::ptr::eq(x.ty, y.ty) { std::cmp::Ordering::Equal } else { x.ty.token.cmp(y.ty.token) })
-            .then_with(|| x.name.cmp(&y.name))
+    // By depth, then type and name (the URN's varying parts). The sort compares small
+    // keys side by side in one array: the depth, the type's rank and the name's first
+    // eight bytes decide nearly every comparison without reading a node, which at 100k
+    // nodes would be a cache miss each (a third of the graph's build, measured).
+    let rank = type_ranks(nodes);
+    let mut keys: Vec<OrderKey> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| OrderKey {
+            depth: depth[i],
+            ty: rank[&(node.decl.ty as *const _)],
+            name: name_prefix(&node.decl.name),
+            node: i as u32,
+        })
+        .collect();
+    keys.sort_unstable_by(|a, b| {
+        (a.depth, a.ty, a.name)
+            .cmp(&(b.depth, b.ty, b.name))
+            .then_with(|| nodes[a.node as usize].decl.name.cmp(&nodes[b.node as usize].decl.name))
     });
-    Ok(order)
+    // Collected afresh: reusing the keys' allocation would keep three times the room.
+    Ok(keys.iter().map(|k| k.node as usize).collect())
+}
+
+/// A node's place in the topological order, compared field by field.
+struct OrderKey {
+    depth: u32,
+    ty: u32,
+    /// The name's first eight bytes, zero-padded: ordered as the names are, except
+    /// that equal prefixes leave the rest to compare.
+    name: u64,
+    node: u32,
+}
+
+/// Each declared type's rank among the types' tokens (equal tokens rank equal).
+fn type_ranks(nodes: &[Node]) -> HashMap<*const crate::schema::ResourceType, u32> {
+    let mut types: Vec<&'static crate::schema::ResourceType> = Vec::new();
+    let mut seen: HashMap<*const crate::schema::ResourceType, u32> = HashMap::default();
+    for node in nodes {
+        seen.entry(node.decl.ty).or_insert_with(|| {
+            types.push(node.decl.ty);
+            0
+        });
+    }
+    types.sort_unstable_by_key(|ty| ty.token);
+    let mut rank = 0;
+    for (i, ty) in types.iter().enumerate() {
+        if i > 0 && types[i - 1].token != ty.token {
+            rank += 1;
+        }
+        seen.insert(*ty, rank);
+    }
+    seen
+}
+
+/// The first eight bytes of `name` as a big-endian number, zero-padded, so that
+/// numbers order as the names' beginnings do.
+fn name_prefix(name: &str) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = name.len().min(8);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// Each node's depth (the longest path to it from a root) when every node depends only
@@ -581,7 +633,30 @@ fn find_cycles(nodes: &[Node], deps: &Deps) -> Vec<ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::{Property, ResourceType};
     use serde_json::json;
+
+    static B: ResourceType = ResourceType::new("test:index:B", &[Property::input("x")]);
+    static A: ResourceType = ResourceType::new("test:index:A", &[Property::input("x")]);
+    /// Another type with A's token (a second declaration of it): ranked as A.
+    static A_AGAIN: ResourceType = ResourceType::new("test:index:A", &[Property::input("x")]);
+
+    #[test]
+    fn resources_of_one_depth_are_ordered_by_type_then_name_whatever_their_first_eight_bytes() {
+        let names = ["subnet-private-b", "subnet-private-a", "subnet-p", "subnet-pr", "b", "ab", "", "subnet-q"];
+        let mut decls = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            decls.push(Decl::new(&B, *name));
+            decls.push(Decl::new(if i % 2 == 0 { &A } else { &A_AGAIN }, format!("{name}x")));
+        }
+        let graph = Graph::build("dev", decls).unwrap();
+        let got: Vec<(&str, &str)> = graph.order.iter().map(|&i| (graph.nodes[i].decl.ty.token, graph.nodes[i].decl.name.as_str())).collect();
+        let mut want = got.clone();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(got[0], ("test:index:A", "abx"));
+        assert_eq!(got[got.len() - 1], ("test:index:B", "subnet-q"));
+    }
 
     #[test]
     fn a_literal_holding_a_secret_has_the_parts_around_it_sealed_and_opens_whole() {
