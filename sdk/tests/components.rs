@@ -26,6 +26,8 @@ fn site(cx: &mut Cx, name: &str, zones: &[&str]) -> Result<(), ComponentFailed> 
     })
 }
 
+// A program takes `&S`, and this stack's `S` is `Vec<String>`.
+#[allow(clippy::ptr_arg)]
 fn program(cx: &mut Cx, zones: &Vec<String>) -> ProgramResult {
     let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
     site(cx, "shop", &zones)?;

@@ -299,7 +299,8 @@ impl Kind for ReplicationGroupKind {
             matches!(c.name.as_str(), "transit_encryption" | "at_rest_encryption") && c.old.is_none() && c.new == Some(Value::Bool(false))
                 || c.name == "auth_token_update" && c.old.is_none() && c.new == Some(Value::from("rotate"))
         };
-        diff.changes.retain(|c| !(c.name == "port" && c.old.is_none()) && !off_before_recorded(c));
+        let port_unrecorded = |c: &cairn_sdk::PropertyDiff| c.name == "port" && c.old.is_none();
+        diff.changes.retain(|c| !port_unrecorded(c) && !off_before_recorded(c));
         for c in diff.changes.iter_mut().filter(|c| c.name == "auth_token" && c.known && c.new.is_none()) {
             c.replaces = true;
         }
