@@ -876,10 +876,17 @@ impl<'a> Run<'a> {
                 (Some(new), _) => entries.push(new),
                 // Deleted first (delete-before-replace), then the create failed.
                 (None, Some(_)) if self.deleted[ci] => {}
+                // Field by field: `..old.clone()` would copy the dependencies and
+                // options only to drop them, for each unchanged resource of every apply.
                 (None, Some(old)) if c.action == Action::Same => entries.push(ResourceState {
+                    urn: old.urn.clone(),
+                    ty: old.ty.clone(),
+                    id: old.id.clone(),
+                    inputs: old.inputs.clone(),
+                    outputs: old.outputs.clone(),
                     dependencies: c.dependencies.clone().unwrap_or_else(|| old.dependencies.clone()),
                     options: stored(c),
-                    ..old.clone()
+                    pending_delete: old.pending_delete,
                 }),
                 (None, Some(old)) => entries.push(old.clone()),
                 (None, None) => {}

@@ -192,11 +192,13 @@ impl StackState {
 /// order given. Entries sharing a URN (a resource and its old copies) stay together.
 fn sort_by_dependencies(entries: Vec<ResourceState>) -> Vec<ResourceState> {
     use std::cmp::Reverse;
-    use std::collections::{BinaryHeap, HashMap};
+    use std::collections::BinaryHeap;
+
+    use rustc_hash::FxHashMap as HashMap;
 
     let n = entries.len();
     // Each entry's group: the position of the first entry with its URN.
-    let mut first_of: HashMap<&Urn, usize> = HashMap::with_capacity(n);
+    let mut first_of: HashMap<&Urn, usize> = HashMap::with_capacity_and_hasher(n, Default::default());
     let group: Vec<usize> = entries.iter().enumerate().map(|(i, e)| *first_of.entry(&e.urn).or_insert(i)).collect();
     // The usual case: an apply writes the entries in its plan's order, which already is
     // one. Then each group is contiguous and each dependency's group comes first.
