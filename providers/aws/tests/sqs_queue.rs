@@ -114,6 +114,33 @@ async fn queues_are_created_updated_in_place_replaced_and_destroyed() {
 }
 
 #[tokio::test]
+async fn a_fifo_queue_named_by_the_program_is_unchanged_after_up_and_refresh() {
+    let (provider, sqs) = aws().await;
+    let stack = Stack::<()>::new("sqs-fifo-named").provider(provider).program(|cx, _| {
+        cx.add(Queue::new("audit").name("sqs-fifo-named-audit.fifo").fifo(true));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let url = url_of(&report.state, "audit");
+    assert!(url.ends_with("/sqs-fifo-named-audit.fifo"), "{url}");
+    assert_eq!(attribute(&sqs, &url, Attr::FifoQueue).await.as_deref(), Some("true"));
+    // The name reads back as the program gave it: no replacement planned, before or
+    // after a refresh.
+    let unchanged = |plan: cairn_sdk::Plan| {
+        let changed: Vec<_> = plan.changed().map(|c| (c.action, c.replace_reasons.clone())).collect();
+        assert!(changed.is_empty(), "{changed:?}");
+    };
+    unchanged(session.preview(&()).unwrap());
+    let refreshed = session.refresh().await.unwrap();
+    assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
+    unchanged(session.preview(&()).unwrap());
+    assert!(session.destroy().await.unwrap().succeeded());
+    assert!(!exists(&sqs, &url).await);
+}
+
+#[tokio::test]
 async fn drift_made_outside_cairn_is_reported_and_corrected() {
     let (provider, sqs) = aws().await;
     let stack = shop("sqs-drift", provider);

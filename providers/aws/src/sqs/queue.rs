@@ -179,14 +179,14 @@ impl Kind for QueueKind {
         self.read_created(aws, urn, &url, inputs).await
     }
 
-    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, _recorded: &Props) -> Result<Option<Observed>, ProviderError> {
+    async fn read(&self, aws: &Clients, urn: &Urn, id: &str, recorded: &Props) -> Result<Option<Observed>, ProviderError> {
         let got = aws.sqs.get_queue_attributes().queue_url(id).attribute_names(Attr::All).send().await;
         let Some(out) = or_missing(got, MISSING, "reading the queue", no_hint)? else { return Ok(None) };
         let attrs = out.attributes().cloned().unwrap_or_default();
         let got = aws.sqs.list_queue_tags().queue_url(id).send().await;
         let Some(out) = or_missing(got, MISSING, "reading the queue's tags", no_hint)? else { return Ok(None) };
         let tags = out.tags().cloned().unwrap_or_default();
-        Ok(Some(observe(urn, id, &attrs, &tags)))
+        Ok(Some(observe(urn, id, &attrs, &tags, recorded_name(recorded))))
     }
 
     async fn update(&self, aws: &Clients, urn: &Urn, id: &str, old: &Props, new: &Props) -> Result<Observed, ProviderError> {
@@ -229,7 +229,7 @@ impl Kind for QueueKind {
         Ok(())
     }
 
-    async fn lookup(&self, aws: &Clients, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+    async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let urls = paginate(|token| async move {
             let page = aws
                 .sqs
@@ -250,18 +250,28 @@ impl Kind for QueueKind {
                 Err(e) => return Err(aws_error("reading a queue's tags", e, no_hint)),
             };
             if tags::is_tagged(urn, tags.iter()) {
-                found.extend(self.read(aws, urn, url, &Props::new()).await?);
+                found.extend(self.read(aws, urn, url, created_with).await?);
             }
         }
         Ok(found)
     }
 }
 
-/// The queue as the inputs and outputs Cairn records.
-fn observe(urn: &Urn, url: &str, attrs: &HashMap<Attr, String>, tags: &HashMap<String, String>) -> Observed {
+/// The name the queue's inputs hold, if they hold one.
+fn recorded_name(recorded: &Props) -> Option<&str> {
+    recorded.get("name").and_then(Value::as_str)
+}
+
+/// The queue as the inputs and outputs Cairn records. The name is the queue's own,
+/// except for a generated FIFO name, recorded without the `.fifo` Cairn added to it: a
+/// name the program gave ends in `.fifo` itself, and reads back as given.
+fn observe(urn: &Urn, url: &str, attrs: &HashMap<Attr, String>, tags: &HashMap<String, String>, recorded: Option<&str>) -> Observed {
     let fifo = attrs.get(&Attr::FifoQueue).is_some_and(|v| v == "true");
     let physical = url.rsplit('/').next().unwrap_or_default();
-    let name = if fifo { physical.strip_suffix(".fifo").unwrap_or(physical) } else { physical };
+    let name = match recorded {
+        Some(r) if physical.strip_suffix(".fifo") == Some(r) => r,
+        _ => physical,
+    };
     let int = |a: &Attr| attrs.get(a).and_then(|v| v.parse::<u32>().ok());
     let policy = attrs.get(&Attr::RedrivePolicy).and_then(|p| serde_json::from_str::<Value>(p).ok());
     let policy = |key: &str| policy.as_ref().and_then(|p| p.get(key));
@@ -280,4 +290,26 @@ fn observe(urn: &Urn, url: &str, attrs: &HashMap<Attr, String>, tags: &HashMap<S
     };
     let arn = attrs.get(&Attr::QueueArn).cloned().unwrap_or_default();
     Observed::new(url, inputs.to_props(), [("url", Value::from(url)), ("arn", Value::from(arn))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_name(url: &str, recorded: Option<&str>) -> Option<String> {
+        let urn = Urn::new("dev", "aws:sqs:Queue", "jobs");
+        let attrs = HashMap::from([(Attr::FifoQueue, "true".to_owned())]);
+        QueueInputs::from_props(&observe(&urn, url, &attrs, &HashMap::new(), recorded).inputs).unwrap().name
+    }
+
+    #[test]
+    fn a_fifo_queue_reads_back_with_the_name_it_was_recorded_with() {
+        let base = "https://sqs.us-east-1.amazonaws.com/123456789012";
+        // Generated: Cairn added the suffix, so the recorded name has none.
+        assert_eq!(read_name(&format!("{base}/jobs-1234567.fifo"), Some("jobs-1234567")).as_deref(), Some("jobs-1234567"));
+        // Given: the program's name ends in .fifo (validation requires it), and stays so.
+        assert_eq!(read_name(&format!("{base}/jobs.fifo"), Some("jobs.fifo")).as_deref(), Some("jobs.fifo"));
+        // Nothing recorded (an import): the queue's own name.
+        assert_eq!(read_name(&format!("{base}/jobs.fifo"), None).as_deref(), Some("jobs.fifo"));
+    }
 }
