@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::QueueAttributeName as Attr;
+use cairn_sdk::provider::{schema_diff, DiffRequest, DiffResult};
 use cairn_sdk::schema::Default;
 use cairn_sdk::{CheckFailure, Decl, Input, Observed, Props, ProviderError, Tags, Urn};
 use serde_json::{json, Value};
@@ -159,6 +160,15 @@ fn hint(code: &str, want: &QueueInputs) -> Option<String> {
 
 #[async_trait]
 impl Kind for QueueKind {
+    /// The schema's diff, except that a FIFO name recorded without its `.fifo` is the
+    /// same name: a refresh before Cairn read given FIFO names back whole recorded them
+    /// so, and replacing the queue for it would lose its messages.
+    fn diff(&self, req: &DiffRequest<'_>) -> DiffResult {
+        let mut diff = schema_diff(req);
+        diff.changes.retain(|c| !(c.name == "name" && same_fifo_name(c.old.as_ref(), c.new.as_ref())));
+        diff
+    }
+
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let want = QueueInputs::from_props(inputs)?;
         let mut attrs = attributes(&want, false);
@@ -257,6 +267,14 @@ impl Kind for QueueKind {
     }
 }
 
+/// Whether `old` is `new` without the `.fifo` it must end in.
+fn same_fifo_name(old: Option<&Value>, new: Option<&Value>) -> bool {
+    match (old.and_then(Value::as_str), new.and_then(Value::as_str)) {
+        (Some(old), Some(new)) => new.strip_suffix(".fifo") == Some(old),
+        _ => false,
+    }
+}
+
 /// The name the queue's inputs hold, if they hold one.
 fn recorded_name(recorded: &Props) -> Option<&str> {
     recorded.get("name").and_then(Value::as_str)
@@ -311,5 +329,24 @@ mod tests {
         assert_eq!(read_name(&format!("{base}/jobs.fifo"), Some("jobs.fifo")).as_deref(), Some("jobs.fifo"));
         // Nothing recorded (an import): the queue's own name.
         assert_eq!(read_name(&format!("{base}/jobs.fifo"), None).as_deref(), Some("jobs.fifo"));
+    }
+
+    #[test]
+    fn a_given_fifo_name_recorded_without_its_suffix_plans_no_replacement() {
+        let urn = Urn::new("dev", "aws:sqs:Queue", "jobs");
+        let diff = |old: &str, new: &str| {
+            let old = Props::from_value(json!({"name": old, "fifo": true})).unwrap();
+            let (name, fifo) = (Value::from(new), Value::Bool(true));
+            let new = [
+                ("fifo", cairn_sdk::Planned::Known(std::borrow::Cow::Borrowed(&fifo))),
+                ("name", cairn_sdk::Planned::Known(std::borrow::Cow::Borrowed(&name))),
+            ];
+            QueueKind.diff(&DiffRequest { urn: &urn, ty: &QUEUE, old: &old, new: &new }).changes
+        };
+        // As an earlier refresh recorded it: the same queue.
+        assert!(diff("jobs", "jobs.fifo").is_empty());
+        // A real rename still replaces.
+        let changes = diff("work.fifo", "jobs.fifo");
+        assert_eq!(changes.iter().map(|c| (c.name.as_str(), c.replaces)).collect::<Vec<_>>(), [("name", true)]);
     }
 }
