@@ -447,7 +447,9 @@ fn plan_100k() -> f64 {
     describe(shape);
     let stack = stack(TestProvider::new("bench"));
     let t = Instant::now();
-    let snapshot = std::env::temp_dir().join(format!("cairn-bench-100k-{}.json", std::process::id()));
+    let dir = scratch_dir("plan-100k");
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let snapshot = dir.join("state.json");
     {
         let state = built_state(&stack, shape);
         let file = std::io::BufWriter::new(std::fs::File::create(&snapshot).expect("a temporary file"));
@@ -461,7 +463,7 @@ fn plan_100k() -> f64 {
         let bytes = std::fs::read(&snapshot).expect("the state is read");
         serde_json::from_slice(&bytes).expect("the state parses")
     };
-    let _ = std::fs::remove_file(&snapshot);
+    let _ = std::fs::remove_dir_all(&dir);
     eprintln!("100k: state read in {:.0} ms, RSS {:.0} MiB (peak {:.0} MiB)", ms(t.elapsed()), rss_mb(), peak_rss_mb());
     let nochange = time_preview(&stack, shape, &state, 3, |plan| {
         assert!(!plan.has_changes(), "a no-change plan must report no changes: {:?}", plan.summary);

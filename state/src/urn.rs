@@ -75,9 +75,9 @@ thread_local! {
 }
 
 /// Runs `read` (a deserialization) so that the URNs it reads more than once share one
-/// allocation. A state names each resource again in its dependents' dependencies (and
-/// in pending operations and parents): read alone, a 100,000-resource state held about
-/// 180,000 extra copies. Shared, they also compare equal by address.
+/// allocation. A state's resources name each resource again in their dependencies and
+/// their children's parents: read alone, a 100,000-resource state held about 180,000
+/// extra copies. Shared, they also compare equal by address.
 pub(crate) fn sharing_urns<T>(read: impl FnOnce() -> T) -> T {
     /// Ends the sharing however `read` ends, a panic included.
     struct Done(bool);
