@@ -555,6 +555,51 @@ async fn chaos_no_duplicate_no_orphan_every_stack_converges() {
     assert_eq!((duplicates, orphans, unconverged), (0, 0, 0), "see the trial lines above");
 }
 
+/// A FIFO queue the program names, created while every mutating call's answer is lost
+/// after the call took effect: the create is settled by looking the queue up, which
+/// reads it back under the name as given (ending in `.fifo`). A clean `up` then has
+/// nothing to do, and the cloud holds exactly the one queue state records.
+#[tokio::test]
+async fn a_named_fifo_queue_whose_create_answer_is_lost_is_found_under_its_own_name() {
+    let proxy = proxy();
+    let _turn = TURN.lock().await;
+    const STACK: &str = "faults-fifo-named";
+    const NAME: &str = "faults-fifo-named-audit.fifo";
+    let stack = |provider| {
+        cairn::Stack::<()>::new(STACK).provider(provider).program(|cx, _| {
+            cx.add(cairn_aws::sqs::Queue::new("audit").name(NAME).fifo(true));
+            Ok(())
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn::state::open(&format!("file://{}", dir.path().display())).await.unwrap();
+
+    proxy.reset_stats();
+    proxy.set_plan(FaultPlan::always(Fault::LostAnswer));
+    let faulty = stack(cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), false).await));
+    let mut session = faulty.lock(store.clone(), "up").await.unwrap();
+    let under_faults = session.up(&()).await;
+    session.close().await.unwrap();
+    let lost = proxy.stats().faults_of(Fault::LostAnswer);
+    proxy.set_plan(FaultPlan::none());
+    assert!(lost >= 1, "the create's answer was not lost: {under_faults:?}");
+
+    let clean = stack(cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), true).await));
+    let mut session = clean.lock(store.clone(), "up").await.unwrap();
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let plan = session.preview(&()).unwrap();
+    let changed: Vec<_> = plan.changed().map(|c| (c.urn.to_string(), c.action, c.replace_reasons.clone())).collect();
+    assert!(changed.is_empty(), "nothing left to do: {changed:?}");
+    let state = session.state().clone();
+    assert_eq!(state.resources.len(), 1);
+    assert_eq!(state.resources[0].inputs.get("name"), Some(&serde_json::Value::from(NAME)));
+    assert!(state.resources[0].id.ends_with(&format!("/{NAME}")), "{}", state.resources[0].id);
+    assert_eq!(compare(&state).await, Comparison::default());
+    assert!(session.destroy().await.unwrap().succeeded());
+    session.close().await.unwrap();
+}
+
 // --- kill -9 -------------------------------------------------------------------------
 
 /// `target/<profile>/examples/ecommerce`, next to this test's own `deps/` directory.
