@@ -543,11 +543,69 @@ fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
                 provider.max_concurrency(),
                 calls.iter().copied().fold(0.0, f64::max),
             );
+            if parallelism == usize::MAX {
+                let gaps = start_gaps_us(&plan, &report, &provider);
+                eprintln!(
+                    "    a call's start after its last dependency's end: p50 {:.0} us, p90 {:.0} us, max {:.0} us",
+                    percentile(&gaps, 50),
+                    percentile(&gaps, 90),
+                    percentile(&gaps, 100)
+                );
+            }
             wall
         })
         .collect();
     times.sort();
     times[times.len() / 2]
+}
+
+/// Per step with dependencies, in microseconds: how long after its last dependency's
+/// call ended its own call began (each call's start as the provider recorded it, its end
+/// that start plus the step's elapsed time). With no limit on parallelism this is the
+/// scheduler's whole share of the critical path: the rest is the calls themselves.
+fn start_gaps_us(plan: &Plan, report: &cairn_sdk::ApplyReport, provider: &TestProvider) -> Vec<f64> {
+    use std::collections::HashMap;
+    let started: HashMap<Urn, tokio::time::Instant> = provider.calls().into_iter().filter(|c| c.op == Op::Create).map(|c| (c.urn, c.at)).collect();
+    let ended: HashMap<&Urn, tokio::time::Instant> = report.steps.iter().map(|s| (&s.urn, started[&s.urn] + s.elapsed)).collect();
+    plan.changes
+        .iter()
+        .filter_map(|c| {
+            let last = c.dependencies.as_deref()?.iter().map(|d| ended[d]).max()?;
+            Some(started[&c.urn].saturating_duration_since(last).as_secs_f64() * 1e6)
+        })
+        .collect()
+}
+
+/// The `p`th percentile of `xs` (0 to 100), by rank.
+fn percentile(xs: &[f64], p: usize) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs[(xs.len() - 1) * p / 100]
+}
+
+/// The engine's own time per step: the median wall time of applying the layered DAG
+/// with no latency at all, over its 1,000 steps, in microseconds. On the critical path,
+/// the steps of one level end at about the same time and the apply takes each ending
+/// (and starts what it unblocks) one after another: about `WIDTH` times this per level.
+fn apply_step_us(rt: &tokio::runtime::Runtime, runs: usize) -> f64 {
+    let shape = BenchState::Layered { levels: LEVELS, width: WIDTH };
+    let options = cairn_sdk::ApplyOptions { parallelism: usize::MAX, progress: None };
+    let journal: Arc<dyn cairn_state::Journal> = Arc::new(cairn_state::NoJournal);
+    let times = (0..runs)
+        .map(|_| {
+            // A provider of its own each time, as in `time_apply`: its fake cloud empty.
+            let stack = stack(TestProvider::new("bench"));
+            let state = stack.new_state();
+            let plan = stack.preview(&shape, &state).expect("the preview succeeds");
+            let t = Instant::now();
+            let report = rt.block_on(cairn_sdk::apply::apply(&plan, &state, stack.providers(), &options, journal.clone())).expect("the apply runs");
+            let wall = t.elapsed();
+            assert!(report.succeeded() && report.summary.create == LEVELS * WIDTH, "apply: {:?}", report.summary);
+            drop(report);
+            wall.as_secs_f64() * 1e6 / (LEVELS * WIDTH) as f64
+        })
+        .collect();
+    median(times)
 }
 
 /// Bytes the file store writes while an `up` creates 10k resources (lock, snapshots,
@@ -801,6 +859,11 @@ fn main() {
         });
         return;
     }
+    // The apply's own time per step, many times over, for profiling.
+    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("apply_steps") {
+        eprintln!("apply with no latency: {:.1} us a step (median of 300)", apply_step_us(&runtime(), 300));
+        return;
+    }
     // The apply figures alone: `CAIRN_BENCH_ONLY=apply cargo bench -p cairn-sdk --bench engine`.
     if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("apply") {
         apply_benches(&runtime());
@@ -856,6 +919,7 @@ fn apply_benches(rt: &tokio::runtime::Runtime) {
         ms(floor),
         floor.as_secs_f64() / critical_path.as_secs_f64()
     );
+    eprintln!("  apply with no latency: {:.1} us a step (median of 5)", apply_step_us(rt, 5));
     let unlimited = time_apply(rt, usize::MAX);
     bench("apply_critical_path_ratio", unlimited.as_secs_f64() / critical_path.as_secs_f64(), "x");
 

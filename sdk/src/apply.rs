@@ -592,7 +592,7 @@ impl<'a> Run<'a> {
                     v
                 })
                 .map_err(|e| format!("input '{k}' could not be computed: {e}"))?
-                .map(|v| (k.clone(), v))
+                .map(|v| (k.as_str(), v))
                 .ok_or_else(|| match missing {
                     Some(r) => format!(
                         "input '{k}' refers to '{}' of {} '{}', which its provider did not return",

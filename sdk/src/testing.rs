@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use cairn_state::{Props, StackState, Urn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use crate::plan::RenderOptions;
@@ -76,7 +77,7 @@ struct Failure {
 struct Inner {
     calls: Vec<Call>,
     latency: Duration,
-    latency_for: HashMap<String, Duration>,
+    latency_for: FxHashMap<String, Duration>,
     failures: Vec<Failure>,
     /// Operations that take effect but whose answer is "lost": `(name, op)`, once each.
     lost: Vec<(String, Op)>,
@@ -88,7 +89,7 @@ struct Inner {
     /// What [`Provider::ready`] answers, when not ready.
     not_ready: Option<String>,
     cloud: BTreeMap<String, FakeResource>,
-    created: HashMap<Urn, u32>,
+    created: FxHashMap<Urn, u32>,
     outputs: Option<OutputsFn>,
     in_flight: usize,
     max_in_flight: usize,

@@ -219,6 +219,13 @@ impl FromIterator<(String, Value)> for Props {
     }
 }
 
+/// From borrowed names: no `String` is made for a name that is already shared.
+impl<'a> FromIterator<(&'a str, Value)> for Props {
+    fn from_iter<I: IntoIterator<Item = (&'a str, Value)>>(iter: I) -> Self {
+        Props::from_entries(iter.into_iter().map(|(k, v)| (Key::new(k), v)).collect())
+    }
+}
+
 impl Props {
     /// The map of `v`'s entries, in any order.
     fn from_entries(mut v: Vec<(Key, Value)>) -> Self {
