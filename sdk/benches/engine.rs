@@ -826,87 +826,78 @@ fn idle_stacks(rt: &tokio::runtime::Runtime) -> f64 {
     grown
 }
 
+/// The parts a full run is made of, in order, each run in a process of its own.
+const PARTS: [&str; 6] = ["plan", "state", "apply", "events", "failover", "stacks"];
+
 fn main() {
-    // Leases alone: `CAIRN_BENCH_ONLY=leases cargo bench -p cairn-sdk --bench engine`.
-    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("stacks") {
-        bench("stacks_per_process_1k_rss_mb", idle_stacks(&runtime()), "MiB");
-        return;
-    }
-    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("leases") {
-        let rt = runtime();
-        bench("failover_ms", failover(&rt), "ms");
-        bench("stacks_per_process_1k_rss_mb", idle_stacks(&rt), "MiB");
-        return;
-    }
-    // One render and diff of the 1,000-resource stack, the bulk of an event's latency:
-    // `CAIRN_BENCH_ONLY=preview cargo bench -p cairn-sdk --bench engine`, for profiling.
-    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("preview") {
-        runtime().block_on(async {
-            let provider = TestProvider::new("bench");
-            let stack = flat_stack(provider.clone());
-            let store = Arc::new(MemoryStore::new());
-            let mut session = stack.lock(store, "bench").await.expect("the lock");
-            assert!(session.up(&Flat { n: 1000, bump: 0 }).await.expect("the first up").succeeded());
-            let mut xs = Vec::new();
-            for i in 0..3000 {
-                let t = Instant::now();
-                let plan = session.preview(&Flat { n: 1000, bump: i }).unwrap();
-                std::hint::black_box(plan);
-                xs.push(t.elapsed().as_secs_f64() * 1e6);
+    // `CAIRN_BENCH_ONLY=<part> cargo bench -p cairn-sdk --bench engine` runs one part.
+    match std::env::var("CAIRN_BENCH_ONLY").ok().as_deref() {
+        // Each part in a fresh process: what one part allocated and freed (the 100k
+        // plan leaves a heap of small free blocks behind) must not slow the next, and
+        // the peak RSS and RSS growth figures must be their part's own.
+        None => {
+            let exe = std::env::current_exe().expect("the benchmark's own path");
+            for part in PARTS {
+                let status = std::process::Command::new(&exe).env("CAIRN_BENCH_ONLY", part).status().expect("the benchmark runs");
+                assert!(status.success(), "the {part} part of the benchmark failed: {status}");
             }
-            xs.sort_by(f64::total_cmp);
-            eprintln!("preview: p50 {:.0} p90 {:.0} p99 {:.0} max {:.0} us", xs[1500], xs[2700], xs[2970], xs[2999]);
-        });
-        return;
+        }
+        Some("plan") => {
+            // The 100k plan first, before anything else is allocated, so its peak RSS
+            // is its own.
+            let nochange_100k = plan_100k();
+            let nochange_10k = plan_10k(&runtime());
+            // Ten times the resources: 10x would be linear.
+            bench("plan_growth_10k_to_100k", nochange_100k / nochange_10k, "x");
+        }
+        // The big plan alone, for profiling: `CAIRN_BENCH_ONLY=plan_100k perf record ...`.
+        Some("plan_100k") => {
+            plan_100k();
+        }
+        Some("plan_10k") => {
+            plan_10k(&runtime());
+        }
+        Some("state") => bench("state_bytes_ratio_10k", state_bytes_ratio(&runtime()), "x"),
+        Some("apply") => apply_benches(&runtime()),
+        // The apply's own time per step, many times over, for profiling.
+        Some("apply_steps") => eprintln!("apply with no latency: {:.1} us a step (median of 300)", apply_step_us(&runtime(), 300)),
+        Some("events") => event_benches(&runtime()),
+        // One render and diff of the 1,000-resource stack, the bulk of an event's
+        // latency, many times over, for profiling.
+        Some("preview") => preview_1k(),
+        Some("failover") => bench("failover_ms", failover(&runtime()), "ms"),
+        // RSS growth needs a process that has not yet allocated (and kept) much.
+        Some("stacks") => bench("stacks_per_process_1k_rss_mb", idle_stacks(&runtime()), "MiB"),
+        Some("leases") => {
+            let rt = runtime();
+            bench("failover_ms", failover(&rt), "ms");
+            bench("stacks_per_process_1k_rss_mb", idle_stacks(&rt), "MiB");
+        }
+        Some(other) => panic!(
+            "CAIRN_BENCH_ONLY={other} is no part of this benchmark: use one of {}, or plan_100k, plan_10k, apply_steps, preview, leases",
+            PARTS.join(", ")
+        ),
     }
-    // The apply's own time per step, many times over, for profiling.
-    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("apply_steps") {
-        eprintln!("apply with no latency: {:.1} us a step (median of 300)", apply_step_us(&runtime(), 300));
-        return;
-    }
-    // The apply figures alone: `CAIRN_BENCH_ONLY=apply cargo bench -p cairn-sdk --bench engine`.
-    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("apply") {
-        apply_benches(&runtime());
-        return;
-    }
-    // The 10k plans alone: `CAIRN_BENCH_ONLY=plan_10k cargo bench -p cairn-sdk --bench engine`.
-    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("plan_10k") {
-        plan_10k(&runtime());
-        return;
-    }
-    // The plan figures alone: `CAIRN_BENCH_ONLY=plan cargo bench -p cairn-sdk --bench engine`.
-    let plans_only = std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("plan");
-    // The event figures alone: `CAIRN_BENCH_ONLY=events cargo bench -p cairn-sdk`.
-    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("events") {
-        event_benches(&runtime());
-        return;
-    }
-    // Order matters: the 100k plan runs before anything else is allocated, so the peak
-    // RSS it reports is its own.
-    let nochange_100k = plan_100k();
-    // For profiling the big plan alone: `CAIRN_BENCH_ONLY=plan_100k perf record ...`.
-    if std::env::var("CAIRN_BENCH_ONLY").as_deref() == Ok("plan_100k") {
-        return;
-    }
-    let rt = runtime();
-    let nochange_10k = plan_10k(&rt);
-    // Ten times the resources: 10x would be linear.
-    bench("plan_growth_10k_to_100k", nochange_100k / nochange_10k, "x");
-    if plans_only {
-        return;
-    }
+}
 
-    bench("state_bytes_ratio_10k", state_bytes_ratio(&rt), "x");
-
-    apply_benches(&rt);
-    event_benches(&rt);
-
-    bench("failover_ms", failover(&rt), "ms");
-    // RSS growth needs a process that has not yet allocated (and kept) hundreds of MB:
-    // after the storm the allocator reuses what it holds and RSS would not move.
-    let exe = std::env::current_exe().expect("the benchmark's own path");
-    let status = std::process::Command::new(exe).env("CAIRN_BENCH_ONLY", "stacks").status().expect("the stacks benchmark runs");
-    assert!(status.success(), "the stacks benchmark failed: {status}");
+/// 3,000 previews of the 1,000-resource event stack: their p50, p90, p99 and maximum.
+fn preview_1k() {
+    runtime().block_on(async {
+        let provider = TestProvider::new("bench");
+        let stack = flat_stack(provider.clone());
+        let store = Arc::new(MemoryStore::new());
+        let mut session = stack.lock(store, "bench").await.expect("the lock");
+        assert!(session.up(&Flat { n: 1000, bump: 0 }).await.expect("the first up").succeeded());
+        let mut xs = Vec::new();
+        for i in 0..3000 {
+            let t = Instant::now();
+            let plan = session.preview(&Flat { n: 1000, bump: i }).expect("the preview succeeds");
+            std::hint::black_box(plan);
+            xs.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        xs.sort_by(f64::total_cmp);
+        eprintln!("preview: p50 {:.0} p90 {:.0} p99 {:.0} max {:.0} us", xs[1500], xs[2700], xs[2970], xs[2999]);
+    });
 }
 
 /// The apply's critical path and its throughput at a parallelism limit.
