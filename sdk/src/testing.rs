@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_state::{Props, StackState, Urn};
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use crate::plan::RenderOptions;
