@@ -514,24 +514,12 @@ const WIDTH: usize = 100;
 /// Median wall time of applying the 10 x 100 layered DAG from empty state, with every
 /// provider call taking [`LATENCY`], at `parallelism`.
 fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
-    let shape = BenchState::Layered { levels: LEVELS, width: WIDTH };
     let mut times: Vec<Duration> = (0..3)
         .map(|_| {
             // The latency is exact (an OS sleep), so the ratio measures the scheduler,
             // not tokio's timer rounding each 20 ms sleep up to the next tick.
             let provider = TestProvider::new("bench").with_latency(LATENCY).with_precise_latency();
-            let stack = stack(provider.clone()).parallelism(parallelism);
-            let state = stack.new_state();
-            let plan = stack.preview(&shape, &state).expect("the preview succeeds");
-            // The engine's apply alone, with no journal: the figure is the scheduler's.
-            let options = cairn_sdk::ApplyOptions { parallelism, progress: None };
-            let journal = std::sync::Arc::new(cairn_state::NoJournal);
-            let t = Instant::now();
-            let report = rt.block_on(cairn_sdk::apply::apply(&plan, &state, stack.providers(), &options, journal)).expect("the apply runs");
-            let wall = t.elapsed();
-            assert!(report.succeeded(), "apply failed: {:?}", report.failures().next());
-            assert_eq!(report.summary.create, LEVELS * WIDTH);
-            assert_eq!(provider.calls_of(Op::Create).len(), LEVELS * WIDTH);
+            let (plan, report, wall) = apply_layered(rt, &provider, parallelism);
             // A provider call that takes longer than LATENCY is the timer's doing, not
             // the scheduler's: telling them apart says where a ratio above 1 comes from.
             let calls: Vec<f64> = report.steps.iter().map(|s| ms(s.elapsed)).collect();
@@ -588,24 +576,33 @@ fn percentile(xs: &[f64], p: usize) -> f64 {
 /// the steps of one level end at about the same time and the apply takes each ending
 /// (and starts what it unblocks) one after another: about `WIDTH` times this per level.
 fn apply_step_us(rt: &tokio::runtime::Runtime, runs: usize) -> f64 {
-    let shape = BenchState::Layered { levels: LEVELS, width: WIDTH };
-    let options = cairn_sdk::ApplyOptions { parallelism: usize::MAX, progress: None };
-    let journal: Arc<dyn cairn_state::Journal> = Arc::new(cairn_state::NoJournal);
     let times = (0..runs)
         .map(|_| {
             // A provider of its own each time, as in `time_apply`: its fake cloud empty.
-            let stack = stack(TestProvider::new("bench"));
-            let state = stack.new_state();
-            let plan = stack.preview(&shape, &state).expect("the preview succeeds");
-            let t = Instant::now();
-            let report = rt.block_on(cairn_sdk::apply::apply(&plan, &state, stack.providers(), &options, journal.clone())).expect("the apply runs");
-            let wall = t.elapsed();
-            assert!(report.succeeded() && report.summary.create == LEVELS * WIDTH, "apply: {:?}", report.summary);
-            drop(report);
+            let (_, _, wall) = apply_layered(rt, &TestProvider::new("bench"), usize::MAX);
             wall.as_secs_f64() * 1e6 / (LEVELS * WIDTH) as f64
         })
         .collect();
     median(times)
+}
+
+/// Applies the 10 x 100 layered DAG from empty state through `provider` at
+/// `parallelism`, with no journal (the engine's apply alone), and checks that every
+/// resource was created with one call. The plan, the report and the apply's wall time.
+fn apply_layered(rt: &tokio::runtime::Runtime, provider: &TestProvider, parallelism: usize) -> (Plan, cairn_sdk::ApplyReport, Duration) {
+    let shape = BenchState::Layered { levels: LEVELS, width: WIDTH };
+    let stack = stack(provider.clone()).parallelism(parallelism);
+    let state = stack.new_state();
+    let plan = stack.preview(&shape, &state).expect("the preview succeeds");
+    let options = cairn_sdk::ApplyOptions { parallelism, progress: None };
+    let journal = Arc::new(cairn_state::NoJournal);
+    let t = Instant::now();
+    let report = rt.block_on(cairn_sdk::apply::apply(&plan, &state, stack.providers(), &options, journal)).expect("the apply runs");
+    let wall = t.elapsed();
+    assert!(report.succeeded(), "apply failed: {:?}", report.failures().next());
+    assert_eq!(report.summary.create, LEVELS * WIDTH);
+    assert_eq!(provider.calls_of(Op::Create).len(), LEVELS * WIDTH);
+    (plan, report, wall)
 }
 
 /// Bytes the file store writes while an `up` creates 10k resources (lock, snapshots,
@@ -868,13 +865,8 @@ fn main() {
         Some("failover") => bench("failover_ms", failover(&runtime()), "ms"),
         // RSS growth needs a process that has not yet allocated (and kept) much.
         Some("stacks") => bench("stacks_per_process_1k_rss_mb", idle_stacks(&runtime()), "MiB"),
-        Some("leases") => {
-            let rt = runtime();
-            bench("failover_ms", failover(&rt), "ms");
-            bench("stacks_per_process_1k_rss_mb", idle_stacks(&rt), "MiB");
-        }
         Some(other) => panic!(
-            "CAIRN_BENCH_ONLY={other} is no part of this benchmark: use one of {}, or plan_100k, plan_10k, apply_steps, preview, leases",
+            "CAIRN_BENCH_ONLY={other} is no part of this benchmark: use one of {}, or plan_100k, plan_10k, apply_steps, preview",
             PARTS.join(", ")
         ),
     }
