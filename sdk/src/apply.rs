@@ -421,8 +421,9 @@ struct Run<'a> {
     /// Per change: a replacement that turned out not to be needed once values were known.
     downgraded: Vec<bool>,
     /// Per step: what its begin record said, to keep it pending if its call fails
-    /// uncertainly, and the operation it really performed.
-    begun: Vec<Option<(PendingOperation, StepOp)>>,
+    /// uncertainly, and the operation it really performed. Shared with the step's task,
+    /// which records it: a panicking task returns nothing.
+    begun: Vec<Option<(Arc<PendingOperation>, StepOp)>>,
     /// Changes whose old resource is gone (deleted or forgotten).
     deleted: Vec<bool>,
     skipped: Vec<bool>,
@@ -541,6 +542,7 @@ impl<'a> Run<'a> {
                         if let Some(p) = &self.progress {
                             p.started(&pending.urn, op);
                         }
+                        let pending = Arc::new(pending);
                         self.begun[s] = Some((pending.clone(), op));
                         let journal = self.journal.clone();
                         let (base, step) = (self.state.serial, (self.op_id, s as u32));
@@ -780,7 +782,7 @@ impl<'a> Run<'a> {
             Err(f) => {
                 // The cloud may have done it: it stays pending, exactly as begun.
                 if let (true, Some((pending, _))) = (f.error.is_uncertain(), &self.begun[s]) {
-                    self.uncertain.push(pending.clone());
+                    self.uncertain.push(PendingOperation::clone(pending));
                 }
                 Err(f.error)
             }
@@ -968,15 +970,15 @@ async fn journaled(
     journal: Arc<dyn Journal>,
     base: u64,
     step: (u64, u32),
-    pending: PendingOperation,
+    pending: Arc<PendingOperation>,
     call: CallFuture,
 ) -> Result<StepEffect, Failure> {
-    if let Err(e) = journal.record(JournalRecord::Begin { base, step, op: pending.clone() }).await {
+    if let Err(e) = journal.record(JournalRecord::Begin { base, step, op: PendingOperation::clone(&pending) }).await {
         return Err(ProviderError::failed(format!("not started: the journal could not record it: {e}")).into());
     }
     let result = call.await;
-    let effect = match &result {
-        Ok(effect) => Some(effect.clone()),
+    let end = match &result {
+        Ok(effect) => Some(effect.after(&pending)),
         Err(Failure { created: Some((effect, read_back)), .. }) => {
             // The resource exists but is unfinished: that it must be read back is a step
             // of its own, begun and never ended, as a crash would leave it. Written
@@ -984,16 +986,16 @@ async fn journaled(
             // a look-up, never recorded as finished.
             let read_step = (step.0, step.1 | 1 << 31);
             let begun = journal.record(JournalRecord::Begin { base, step: read_step, op: read_back.clone() }).await;
-            begun.is_ok().then(|| effect.clone())
+            begun.is_ok().then(|| effect.after(&pending))
         }
         Err(f) if !f.error.is_uncertain() => Some(StepEffect::Nothing),
         Err(_) => None,
     };
-    if let Some(effect) = effect {
+    if let Some(effect) = end {
         // If this write fails the step stays pending in the journal; the snapshot
         // written at the end of the apply records the truth, and a crash before it
         // is settled by a look-up, as for any pending step.
-        let _ = journal.record(JournalRecord::End { base, step, effect: effect.after(&pending) }).await;
+        let _ = journal.record(JournalRecord::End { base, step, effect }).await;
     }
     result
 }

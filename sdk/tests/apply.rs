@@ -581,3 +581,51 @@ async fn a_saved_plan_edited_by_hand_is_refused_before_any_call_never_a_panic() 
     }
     session.close().await.unwrap();
 }
+
+/// A provider whose create panics after it may have reached the cloud.
+#[derive(Debug)]
+struct PanicsOnCreate;
+
+#[async_trait::async_trait]
+impl cairn_sdk::Provider for PanicsOnCreate {
+    fn package(&self) -> &str {
+        "test"
+    }
+    async fn create(&self, urn: &Urn, _: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        panic!("a bug in the provider while creating {}", urn.name())
+    }
+    async fn read(&self, _: &Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<Option<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        Ok(None)
+    }
+    async fn update(&self, _: &Urn, id: &str, _: &cairn_sdk::Props, new: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        Ok(cairn_sdk::Observed { id: id.into(), inputs: new.clone(), outputs: Default::default() })
+    }
+    async fn delete(&self, _: &Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<(), cairn_sdk::ProviderError> {
+        Ok(())
+    }
+    async fn lookup(&self, _: &Urn, _: &cairn_sdk::Props) -> Result<Vec<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A provider that panics mid-create has a bug, and the call may have reached the cloud:
+/// the step fails as uncertain, stays pending exactly as begun (its inputs and
+/// dependencies), what depends on it is skipped, and planning waits until it is settled.
+#[tokio::test]
+async fn a_provider_that_panics_leaves_its_step_pending_as_begun() {
+    let stack = Stack::<()>::new("dev").provider(PanicsOnCreate).program(|cx, _| {
+        let first = cx.add(thing("first"));
+        cx.add(thing("second").depends_on(&first));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
+    let status = |name: &str| &report.steps.iter().find(|s| s.urn.name() == name).expect("a step per resource").status;
+    assert!(matches!(status("first"), StepStatus::Failed { error } if error.is_uncertain() && error.message().contains("the provider panicked")));
+    assert!(matches!(status("second"), StepStatus::Skipped { .. }), "{:?}", report.steps);
+    assert!(report.state.resources.is_empty());
+    let [pending] = &report.state.pending[..] else { panic!("one step pending: {:?}", report.state.pending) };
+    assert_eq!(pending.urn, Urn::new("dev", "test:misc:Thing", "first"));
+    assert_eq!(pending.inputs.get("size"), Some(&serde_json::json!(1)));
+    assert!(matches!(stack.preview(&(), &report.state), Err(Error::PendingOperations { count: 1, .. })));
+}

@@ -126,15 +126,16 @@ pub enum JournalRecord {
 
 impl StepEffect {
     /// The effect as a journal records it after `begun`: a create's resource as
-    /// [`StepEffect::Created`] when the begin record holds the rest of it.
-    pub fn after(self, begun: &PendingOperation) -> StepEffect {
+    /// [`StepEffect::Created`] when the begin record holds the rest of it. Only what the
+    /// record holds is copied.
+    pub fn after(&self, begun: &PendingOperation) -> StepEffect {
         let creates = matches!(begun.kind, StepOp::Create | StepOp::CreateReplacement);
         match self {
-            StepEffect::Upsert { resource } | StepEffect::Replaced { resource } if creates && begun.describes(&resource) => {
+            StepEffect::Upsert { resource } | StepEffect::Replaced { resource } if creates && begun.describes(resource) => {
                 let replaced = begun.kind == StepOp::CreateReplacement;
-                StepEffect::Created { id: resource.id, outputs: resource.outputs, replaced }
+                StepEffect::Created { id: resource.id.clone(), outputs: resource.outputs.clone(), replaced }
             }
-            other => other,
+            other => other.clone(),
         }
     }
 }
@@ -338,7 +339,7 @@ mod tests {
         // Read back with other inputs than it was sent: recorded whole.
         let read: Props = [("name".to_owned(), json!("other"))].into_iter().collect();
         let other = StepEffect::Upsert { resource: ResourceState { inputs: read, ..made.clone() } };
-        assert_eq!(other.clone().after(&begun), other);
+        assert_eq!(other.after(&begun), other);
 
         let old = ResourceState { id: "q-1".into(), ..made.clone() };
         let mut state = StackState { resources: vec![old.clone()], ..StackState::new("dev") };
