@@ -357,3 +357,65 @@ async fn a_provider_that_is_not_ready_stops_everything_before_any_call() {
     assert!(cloud.calls().is_empty(), "{:?}", cloud.calls());
     assert_eq!(store.load("dev").await.unwrap(), before);
 }
+
+/// A stack of `n` queues that the `grow` event adds one to.
+fn growing_stack() -> Stack<u32> {
+    Stack::<u32>::new("dev")
+        .provider(provider())
+        .program(|cx, n| {
+            for i in 0..*n {
+                cx.add(Queue::new(&format!("orders-{i}")));
+            }
+            Ok(())
+        })
+        .on_event("grow", |_: &cairn_sdk::events::Event, n: &mut u32| {
+            *n += 1;
+            Ok(())
+        })
+}
+
+/// The one audit entry of `history`: the event `id`, accepted, whose apply failed with
+/// an error that says `why`.
+fn assert_accepted_and_failed(history: &[serde_json::Value], id: &str, why: &str) {
+    let [entry] = history else { panic!("one entry: {history:?}") };
+    assert_eq!(entry["event"]["id"], id);
+    assert_eq!(entry["outcome"], "accepted");
+    assert_eq!(entry["s_after"], 1);
+    assert_eq!(entry["apply"]["result"], "failed");
+    assert!(entry["apply"]["error"].as_str().is_some_and(|e| e.contains(why)), "{entry}");
+}
+
+/// An event was recorded and acknowledged, and its apply ran, but the commit after it
+/// failed: the reconciler stops (the stack must be reopened), and the event's audit
+/// entry is still written, with the apply failed and why.
+#[tokio::test]
+async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
+    use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
+    let stack = growing_stack();
+    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
+    let session = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
+    let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    let err = reconciler.process(vec![Event::new("grow", serde_json::json!({})).with_id("grow-1")]).await.unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+
+    assert_accepted_and_failed(&store.history("dev").await.unwrap(), "grow-1", "disk full");
+}
+
+/// The same on the file store, where the event's record is staged and becomes durable
+/// with the apply's first journal record: the entry is written once that is known.
+#[tokio::test]
+async fn an_event_staged_on_disk_whose_commit_failed_keeps_its_audit_entry() {
+    use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(cairn_state::FileStore::new(tmp.path()));
+    let session = growing_stack().lock(store.clone(), "watch").await.unwrap();
+    // A directory where the snapshot was: the commit after the apply cannot replace it.
+    let snapshot = store.stack_dir("dev").join("state.json");
+    std::fs::remove_file(&snapshot).unwrap();
+    std::fs::create_dir(&snapshot).unwrap();
+    let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    let err = reconciler.process(vec![Event::new("grow", serde_json::json!({})).with_id("grow-1")]).await.unwrap_err();
+    assert!(err.to_string().contains("state.json"), "{err}");
+    assert_accepted_and_failed(&store.history("dev").await.unwrap(), "grow-1", "state.json");
+}

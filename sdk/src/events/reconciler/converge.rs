@@ -30,15 +30,15 @@ where
         let started = Instant::now();
         let outcome = match self.try_converge().await {
             Ok(c) => c,
-            // As for the apply's own events, their audit entries are not written: the
-            // stack must be reopened.
+            // The stack must be reopened: the reconciler stops, writing the entries of
+            // the events recorded so far on its way out.
             Err(e @ (Error::SessionBroken { .. } | Error::State(_))) => return Err(e),
             Err(e) => Converge::Failed(e.to_string()),
         };
         // The events intake staged are durable before their audit entries, also when no
         // apply wrote a record after them (nothing to change, refused, failed early).
         self.session.flush().await?;
-        let earlier = std::mem::take(&mut self.unaudited);
+        let earlier: Vec<AuditEntry> = std::mem::take(&mut self.unaudited).into_iter().map(|(entry, _)| entry).collect();
         self.audit(&earlier).await?;
         let elapsed = started.elapsed();
         let now = Instant::now();

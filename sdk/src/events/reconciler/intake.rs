@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::queue::{Delivery, Outcome};
-use super::{audit_entry, to_value, Entry, Reconciler};
+use super::{audit_entry, to_value, Entry, Reconciler, Recorded};
 use crate::events::now_ms;
 use crate::error::Result;
 use crate::events::audit::{ApplyRecord, ApplyResult, AuditEntry};
@@ -33,6 +33,7 @@ where
         let mut entries = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
+        let recorded = Recorded::default();
         for d in batch {
             self.metrics.received(&d.event.kind);
             let queued = d.received.elapsed();
@@ -50,7 +51,7 @@ where
                 }
             };
             let after = if outcome == Outcome::Accepted { to_value(&s) } else { before.clone() };
-            entries.push(Entry { event: d.event, outcome, before, after, queued, handled: began.elapsed() });
+            entries.push(Entry { event: d.event, outcome, before, after, queued, handled: began.elapsed(), recorded: recorded.clone() });
         }
         let mut planned = None;
         if entries.iter().any(|e| e.outcome == Outcome::Accepted) {
@@ -103,6 +104,7 @@ where
             }
         }
         let answer = move || {
+            recorded.set();
             for (ack, outcome) in answers {
                 let _ = ack.send(outcome);
             }
@@ -133,12 +135,12 @@ where
         self.unapplied.extend(accepted);
         let now = now_ms();
         let unchanged = |e: &Entry| (e.outcome == Outcome::Accepted).then(|| ApplyRecord::new(ApplyResult::Unchanged));
-        let done: Vec<AuditEntry> = done.iter().map(|e| audit_entry(e, now, unchanged(e))).collect();
         if written {
+            let done: Vec<AuditEntry> = done.iter().map(|e| audit_entry(e, now, unchanged(e))).collect();
             self.audit(&done).await?;
         } else {
             // Audited once their record is durable: by converge, which follows.
-            self.unaudited.extend(done);
+            self.unaudited.extend(done.iter().map(|e| (audit_entry(e, now, unchanged(e)), e.recorded.clone())));
         }
         self.update_status(None);
         Ok(())

@@ -12,6 +12,7 @@ mod queue;
 mod timing;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use tokio::time::{sleep_until, Instant};
 pub use queue::{inbox, Events, EventsClosed, Inbox, Outcome, Receipt};
 pub use timing::{Backoff, Debounce, ReconcilerOptions};
 
-use super::audit::{ApplyRecord, AuditEntry, AuditedEvent, Timings};
+use super::audit::{ApplyRecord, ApplyResult, AuditEntry, AuditedEvent, Timings};
 use super::metrics::{Metrics, Status};
 use super::Event;
 use crate::apply::ApplyReport;
@@ -64,6 +65,25 @@ struct Entry {
     after: Value,
     queued: Duration,
     handled: Duration,
+    /// Whether its batch's record is durable.
+    recorded: Recorded,
+}
+
+/// Whether a batch's record is known to be durable, shared by its entries: set when
+/// the record is written, or when a staged one turns out durable (just before its
+/// senders are told). Entries of a batch never known to be recorded get no audit entry
+/// if the reconciler stops: their senders deliver them again.
+#[derive(Clone, Debug, Default)]
+struct Recorded(Arc<AtomicBool>);
+
+impl Recorded {
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// One per stack: takes events from its [`Events`] senders, runs their handlers, records
@@ -90,7 +110,7 @@ pub struct Reconciler<S> {
     unapplied: Vec<Entry>,
     /// Audit entries of events done at intake (rejected, duplicates) whose record was
     /// staged: written once it is durable, by the converge that follows.
-    unaudited: Vec<AuditEntry>,
+    unaudited: Vec<(AuditEntry, Recorded)>,
     last_report: Option<ApplyReport>,
     /// The plan intake made for the current user state, reused by the apply that
     /// follows it so an event costs one render and diff, not two; and the graph it was
@@ -186,7 +206,8 @@ where
     /// sources to deliver again. Returns the session, still locked: close it.
     ///
     /// Fails only when state can no longer be written (the lock was lost, the store
-    /// refused a commit): the stack must be reopened.
+    /// refused a commit): the stack must be reopened. The events recorded by then still
+    /// get their audit entries, their apply failed with that error.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<Session<S>> {
         tokio::pin!(shutdown);
         loop {
@@ -215,10 +236,12 @@ where
                     self.held.push_back(d);
                 }
                 let ready = self.take_ready(Instant::now());
-                self.intake(ready).await?;
+                let taken = self.intake(ready).await;
+                self.stop_on(taken).await?;
             }
             if self.dirty && self.retry_at.is_none_or(|t| t <= Instant::now()) {
-                self.converge().await?;
+                let converged = self.converge().await;
+                self.stop_on(converged).await?;
             }
         }
         // Accepted events still waiting for an apply (a failed one's retry was not yet
@@ -285,15 +308,33 @@ where
                 Delivery { event, received: Instant::now(), ack: Some(ack) }
             })
             .collect();
-        self.intake(batch).await?;
+        let taken = self.intake(batch).await;
+        self.stop_on(taken).await?;
         if self.dirty {
-            self.converge().await?;
+            let converged = self.converge().await;
+            self.stop_on(converged).await?;
         }
         let mut outcomes = Vec::with_capacity(receipts.len());
         for rx in receipts {
             outcomes.push(rx.await.map_err(|_| Error::Program { stack: self.session.state().stack.clone(), message: "an event was not recorded".to_owned() })?);
         }
         Ok(outcomes)
+    }
+
+    /// Gives `result` back. If it is an error (the reconciler stops: the stack must be
+    /// reopened), the events recorded so far but not yet audited get their entries
+    /// first, their apply failed with that error, so the audit log keeps every event
+    /// that was recorded. Best effort: if the store cannot write them either, the
+    /// error returned is still the first one.
+    async fn stop_on(&mut self, result: Result<()>) -> Result<()> {
+        let Err(error) = result else { return Ok(()) };
+        let failed = ApplyRecord { error: Some(error.to_string()), ..ApplyRecord::new(ApplyResult::Failed) };
+        let stamp = super::now_ms();
+        let mut entries: Vec<AuditEntry> =
+            std::mem::take(&mut self.unaudited).into_iter().filter(|(_, recorded)| recorded.is_set()).map(|(entry, _)| entry).collect();
+        entries.extend(self.unapplied.drain(..).filter(|e| e.recorded.is_set()).map(|e| audit_entry(&e, stamp, Some(failed.clone()))));
+        let _ = self.audit(&entries).await;
+        Err(error)
     }
 
     /// Gives the session back (still locked).
