@@ -419,3 +419,29 @@ async fn an_event_staged_on_disk_whose_commit_failed_keeps_its_audit_entry() {
     assert!(err.to_string().contains("state.json"), "{err}");
     assert_accepted_and_failed(&store.history("dev").await.unwrap(), "grow-1", "state.json");
 }
+
+/// A batch whose staged record never reaches the disk (the stack's lock was taken away
+/// before the write that would carry it): its senders are not told it was recorded, so
+/// none of its events is counted as rejected nor written to the audit log; their sources
+/// deliver them again.
+#[tokio::test]
+async fn a_batch_whose_record_never_became_durable_is_neither_counted_nor_audited() {
+    use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(cairn_state::FileStore::new(tmp.path()));
+    let session = growing_stack().lock(store.clone(), "watch").await.unwrap();
+    let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    let metrics = reconciler.metrics();
+    // A first event opens the session's journal, which it keeps open.
+    reconciler.process(vec![Event::new("grow", serde_json::json!({})).with_id("grow-1")]).await.unwrap();
+    let audited = store.history("dev").await.unwrap();
+    assert_eq!(audited.len(), 1);
+    // Another process takes the stack: the journal's next write is fenced off.
+    cairn_state::FileStore::new(tmp.path()).force_unlock("dev").await.unwrap();
+    let batch = vec![Event::new("grow", serde_json::json!({})).with_id("grow-2"), Event::new("nobody.handles", serde_json::json!({})).with_id("odd-1")];
+    let err = reconciler.process(batch).await.unwrap_err();
+    assert!(err.to_string().contains("no longer holds the lock"), "{err}");
+    assert_eq!(metrics.received_of("nobody.handles"), 1);
+    assert!(!metrics.render().contains("cairn_events_rejected_total{kind=\"nobody.handles\"}"), "{}", metrics.render());
+    assert_eq!(store.history("dev").await.unwrap(), audited);
+}

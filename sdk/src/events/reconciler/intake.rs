@@ -93,18 +93,24 @@ where
         }
         self.metrics.pending_add(-(acks.len() as i64));
         let mut answers = Vec::with_capacity(acks.len());
+        // Outcomes are counted once they are recorded, as their senders are told.
+        let mut rejected = Vec::new();
+        let mut duplicates = Vec::new();
         for (entry, ack) in entries.iter().zip(acks) {
             match &entry.outcome {
                 Outcome::Accepted => {}
-                Outcome::Duplicate => self.metrics.deduplicated(&entry.event.kind),
-                Outcome::Rejected(_) => self.metrics.rejected(&entry.event.kind),
+                Outcome::Duplicate => duplicates.push(entry.event.kind.clone()),
+                Outcome::Rejected(_) => rejected.push(entry.event.kind.clone()),
             }
             if let Some(ack) = ack {
                 answers.push((ack, entry.outcome.clone()));
             }
         }
+        let metrics = self.metrics.clone();
         let answer = move || {
             recorded.set();
+            rejected.iter().for_each(|kind| metrics.rejected(kind));
+            duplicates.iter().for_each(|kind| metrics.deduplicated(kind));
             for (ack, outcome) in answers {
                 let _ = ack.send(outcome);
             }
