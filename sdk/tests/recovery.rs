@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cairn_sdk::schema::{Property, ResourceType};
+use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
 use cairn_sdk::recover::resolve_pending;
+use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{DynamicResource, Error, Recovery, ResourceExt, Stack, StackState, StepOp, StepStatus, Urn};
 use cairn_state::{Journal, JournalRecord, Lock, LockInfo, MemoryStore, PendingOperation, StateError, Store};
 use common::*;
@@ -368,7 +369,7 @@ fn growing_stack() -> Stack<u32> {
             }
             Ok(())
         })
-        .on_event("grow", |_: &cairn_sdk::events::Event, n: &mut u32| {
+        .on_event("grow", |_: &Event, n: &mut u32| {
             *n += 1;
             Ok(())
         })
@@ -390,7 +391,6 @@ fn assert_accepted_and_failed(history: &[serde_json::Value], id: &str, why: &str
 /// entry is still written, with the apply failed and why.
 #[tokio::test]
 async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
-    use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
     let stack = growing_stack();
     let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
     let session = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
@@ -398,7 +398,6 @@ async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
     store.fail.store(true, Ordering::SeqCst);
     let err = reconciler.process(vec![Event::new("grow", serde_json::json!({})).with_id("grow-1")]).await.unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");
-
     assert_accepted_and_failed(&store.history("dev").await.unwrap(), "grow-1", "disk full");
 }
 
@@ -406,7 +405,6 @@ async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
 /// with the apply's first journal record: the entry is written once that is known.
 #[tokio::test]
 async fn an_event_staged_on_disk_whose_commit_failed_keeps_its_audit_entry() {
-    use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(cairn_state::FileStore::new(tmp.path()));
     let session = growing_stack().lock(store.clone(), "watch").await.unwrap();
@@ -426,7 +424,6 @@ async fn an_event_staged_on_disk_whose_commit_failed_keeps_its_audit_entry() {
 /// deliver them again.
 #[tokio::test]
 async fn a_batch_whose_record_never_became_durable_is_neither_counted_nor_audited() {
-    use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(cairn_state::FileStore::new(tmp.path()));
     let session = growing_stack().lock(store.clone(), "watch").await.unwrap();
