@@ -375,6 +375,11 @@ fn growing_stack() -> Stack<u32> {
         })
 }
 
+/// A `grow` event with id `id`.
+fn grow(id: &str) -> Event {
+    Event::new("grow", serde_json::json!({})).with_id(id)
+}
+
 /// The one audit entry of `history`: the event `id`, accepted, whose apply failed with
 /// an error that says `why`.
 fn assert_accepted_and_failed(history: &[serde_json::Value], id: &str, why: &str) {
@@ -384,6 +389,15 @@ fn assert_accepted_and_failed(history: &[serde_json::Value], id: &str, why: &str
     assert_eq!(entry["s_after"], 1);
     assert_eq!(entry["apply"]["result"], "failed");
     assert!(entry["apply"]["error"].as_str().is_some_and(|e| e.contains(why)), "{entry}");
+}
+
+/// A reconciler of [`growing_stack`] on a file store in a directory of its own.
+async fn reconciler_on_disk() -> (tempfile::TempDir, Arc<cairn_state::FileStore>, Reconciler<u32>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(cairn_state::FileStore::new(tmp.path()));
+    let session = growing_stack().lock(store.clone(), "watch").await.unwrap();
+    let (reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    (tmp, store, reconciler)
 }
 
 /// An event was recorded and acknowledged, and its apply ran, but the commit after it
@@ -396,7 +410,7 @@ async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
     let session = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
     let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
     store.fail.store(true, Ordering::SeqCst);
-    let err = reconciler.process(vec![Event::new("grow", serde_json::json!({})).with_id("grow-1")]).await.unwrap_err();
+    let err = reconciler.process(vec![grow("grow-1")]).await.unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");
     assert_accepted_and_failed(&store.history("dev").await.unwrap(), "grow-1", "disk full");
 }
@@ -405,15 +419,12 @@ async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
 /// with the apply's first journal record: the entry is written once that is known.
 #[tokio::test]
 async fn an_event_staged_on_disk_whose_commit_failed_keeps_its_audit_entry() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(cairn_state::FileStore::new(tmp.path()));
-    let session = growing_stack().lock(store.clone(), "watch").await.unwrap();
+    let (_tmp, store, mut reconciler) = reconciler_on_disk().await;
     // A directory where the snapshot was: the commit after the apply cannot replace it.
     let snapshot = store.stack_dir("dev").join("state.json");
     std::fs::remove_file(&snapshot).unwrap();
     std::fs::create_dir(&snapshot).unwrap();
-    let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
-    let err = reconciler.process(vec![Event::new("grow", serde_json::json!({})).with_id("grow-1")]).await.unwrap_err();
+    let err = reconciler.process(vec![grow("grow-1")]).await.unwrap_err();
     assert!(err.to_string().contains("state.json"), "{err}");
     assert_accepted_and_failed(&store.history("dev").await.unwrap(), "grow-1", "state.json");
 }
@@ -424,18 +435,15 @@ async fn an_event_staged_on_disk_whose_commit_failed_keeps_its_audit_entry() {
 /// deliver them again.
 #[tokio::test]
 async fn a_batch_whose_record_never_became_durable_is_neither_counted_nor_audited() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(cairn_state::FileStore::new(tmp.path()));
-    let session = growing_stack().lock(store.clone(), "watch").await.unwrap();
-    let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    let (tmp, store, mut reconciler) = reconciler_on_disk().await;
     let metrics = reconciler.metrics();
     // A first event opens the session's journal, which it keeps open.
-    reconciler.process(vec![Event::new("grow", serde_json::json!({})).with_id("grow-1")]).await.unwrap();
+    reconciler.process(vec![grow("grow-1")]).await.unwrap();
     let audited = store.history("dev").await.unwrap();
     assert_eq!(audited.len(), 1);
     // Another process takes the stack: the journal's next write is fenced off.
     cairn_state::FileStore::new(tmp.path()).force_unlock("dev").await.unwrap();
-    let batch = vec![Event::new("grow", serde_json::json!({})).with_id("grow-2"), Event::new("nobody.handles", serde_json::json!({})).with_id("odd-1")];
+    let batch = vec![grow("grow-2"), Event::new("nobody.handles", serde_json::json!({})).with_id("odd-1")];
     let err = reconciler.process(batch).await.unwrap_err();
     assert!(err.to_string().contains("no longer holds the lock"), "{err}");
     assert_eq!(metrics.received_of("nobody.handles"), 1);
