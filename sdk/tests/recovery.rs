@@ -380,11 +380,15 @@ fn grow(id: &str) -> Event {
     Event::new("grow", serde_json::json!({})).with_id(id)
 }
 
-/// The one audit entry of `history`: the event `id`, accepted, whose apply failed with
-/// an error that says `why`.
-fn assert_accepted_and_failed(history: &[serde_json::Value], id: &str, why: &str) {
-    let [entry] = history else { panic!("one entry: {history:?}") };
-    assert_eq!(entry["event"]["id"], id);
+/// Hands the reconciler the event `grow-1`, whose commit fails with an error that says
+/// `why`: the reconciler stops with it, and the store's audit log then holds one entry,
+/// the event accepted and its apply failed with that error.
+async fn assert_stops_and_audits(reconciler: &mut Reconciler<u32>, store: &dyn Store, why: &str) {
+    let err = reconciler.process(vec![grow("grow-1")]).await.unwrap_err();
+    assert!(err.to_string().contains(why), "{err}");
+    let history = store.history("dev").await.unwrap();
+    let [entry] = &history[..] else { panic!("one entry: {history:?}") };
+    assert_eq!(entry["event"]["id"], "grow-1");
     assert_eq!(entry["outcome"], "accepted");
     assert_eq!(entry["s_after"], 1);
     assert_eq!(entry["apply"]["result"], "failed");
@@ -410,9 +414,7 @@ async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
     let session = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
     let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
     store.fail.store(true, Ordering::SeqCst);
-    let err = reconciler.process(vec![grow("grow-1")]).await.unwrap_err();
-    assert!(err.to_string().contains("disk full"), "{err}");
-    assert_accepted_and_failed(&store.history("dev").await.unwrap(), "grow-1", "disk full");
+    assert_stops_and_audits(&mut reconciler, &store, "disk full").await;
 }
 
 /// The same on the file store, where the event's record is staged and becomes durable
@@ -424,9 +426,7 @@ async fn an_event_staged_on_disk_whose_commit_failed_keeps_its_audit_entry() {
     let snapshot = store.stack_dir("dev").join("state.json");
     std::fs::remove_file(&snapshot).unwrap();
     std::fs::create_dir(&snapshot).unwrap();
-    let err = reconciler.process(vec![grow("grow-1")]).await.unwrap_err();
-    assert!(err.to_string().contains("state.json"), "{err}");
-    assert_accepted_and_failed(&store.history("dev").await.unwrap(), "grow-1", "state.json");
+    assert_stops_and_audits(&mut reconciler, &*store, "state.json").await;
 }
 
 /// A batch whose staged record never reaches the disk (the stack's lock was taken away
