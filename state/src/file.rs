@@ -3,7 +3,8 @@
 //! ```text
 //! .cairn/<stack>/state.json       the last snapshot
 //! .cairn/<stack>/state.json.bak   the snapshot before it
-//! .cairn/<stack>/journal.jsonl    step records since the snapshot, one JSON per line
+//! .cairn/<stack>/journal.jsonl    step records since the snapshot, one JSON per line,
+//!                                 then zeros (room for the next records)
 //! .cairn/<stack>/lock.json        present while an operation holds the stack: its lease
 //! .cairn/<stack>/lock.guard       an empty file, locked by the OS while the lock is read
 //!                                 and written (exclusively) or a write is fenced (shared)
@@ -18,7 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,8 +40,13 @@ const AUDIT: &str = "audit.jsonl";
 const GUARD: &str = "lock.guard";
 /// The longest a store waits for another process's OS lock on `lock.guard`.
 const GUARD_WAIT: Duration = Duration::from_secs(10);
+/// The zeros kept after the journal's last record: room for an event's apply of about
+/// ten steps. A batch written over them changes no file size, so its fsync needs no
+/// commit of the file system's own journal: on the development machine's ext4, 120
+/// against 175 µs at p50, and 180 against 230–1,000 µs at p99. Past them, the file grows.
+const JOURNAL_SLACK: u64 = 16 * 1024;
 
-/// State in local files: a snapshot plus an append-only journal per stack.
+/// State in local files: a snapshot plus a journal per stack, written record after record.
 ///
 /// Every step of an apply appends a begin and an end record, fsynced, so writing N
 /// resources costs O(N) bytes; the snapshot is rewritten once, when the operation
@@ -169,6 +175,8 @@ pub(crate) fn read_journal(path: &Path) -> Result<Vec<JournalRecord>, StateError
 }
 
 pub(crate) fn read_records(path: &Path, text: &str) -> Result<Vec<JournalRecord>, StateError> {
+    // The file store's journal has zeros after its records; JSON never holds one.
+    let text = text.split('\0').next().unwrap_or_default();
     let complete = match text.rfind('\n') {
         Some(i) => &text[..=i],
         None => "",
@@ -433,13 +441,7 @@ impl Store for FileStore {
             written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             // The journal's records are in the snapshot now (and carry the old serial,
             // so replaying them by mistake would skip them).
-            let journal = dir.join(JOURNAL);
-            match OpenOptions::new().write(true).open(&journal) {
-                Ok(f) => f.set_len(0).and_then(|()| f.sync_all()).map_err(StateError::io("truncating", &journal))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StateError::io("opening", &journal)(e)),
-            }
-            Ok(())
+            empty_journal(&dir.join(JOURNAL), &written)
         })
         .await
     }
@@ -569,6 +571,10 @@ impl std::fmt::Debug for Pending {
 /// session keeps its journal open). A staged record waits for the next record, or a
 /// flush, to lead its batch. Each batch is fenced: written only while the stack's lock
 /// is still its writer's.
+///
+/// Records are written where the last one ended, over the zeros that follow it
+/// ([`JOURNAL_SLACK`]); past them, the file grows. A commit empties the journal through
+/// the writers open on it ([`empty_journal`]), which then write from its start again.
 #[derive(Debug)]
 struct FileJournal {
     writer: Arc<JournalWriter>,
@@ -576,13 +582,70 @@ struct FileJournal {
 
 #[derive(Debug)]
 struct JournalWriter {
-    queue: std::sync::Mutex<Queue>,
+    queue: Mutex<Queue>,
     file: File,
+    /// Held while a batch is written, or the journal emptied.
+    cursor: Mutex<Cursor>,
     guard: File,
     dir: PathBuf,
     path: PathBuf,
     fence: Lock,
     written: Arc<AtomicU64>,
+}
+
+/// Where a journal's records end, and where its file ends (the zeros after them).
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    end: u64,
+    len: u64,
+}
+
+/// The journal writers open in this process, by the journal's canonical path, so that a
+/// commit, from whichever store value, moves each back to the start of the file it
+/// empties.
+static WRITERS: Mutex<Vec<(PathBuf, Weak<JournalWriter>)>> = Mutex::new(Vec::new());
+
+fn writers() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Weak<JournalWriter>)>> {
+    WRITERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Empties the journal at `path`, whose records are in the snapshot now. Through the
+/// writers this process has open on it, its file keeps its zeros: the records are
+/// overwritten with zeros or, after a large apply, the file is cut and padded again;
+/// either way the writers go on from the start. With none open, the file is cut.
+fn empty_journal(path: &Path, written: &AtomicU64) -> Result<(), StateError> {
+    let open: Vec<Arc<JournalWriter>> = match fs::canonicalize(path) {
+        Ok(canonical) => writers().iter().filter(|(p, _)| *p == canonical).filter_map(|(_, w)| w.upgrade()).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StateError::io("opening", path)(e)),
+    };
+    let Some(first) = open.first() else {
+        let file = OpenOptions::new().write(true).open(path).map_err(StateError::io("opening", path))?;
+        return file.set_len(0).and_then(|()| file.sync_all()).map_err(StateError::io("truncating", path));
+    };
+    let mut cursors: Vec<_> = open.iter().map(|w| w.cursor()).collect();
+    let end = cursors.iter().map(|c| c.end).max().unwrap_or(0);
+    let len = cursors.iter().map(|c| c.len).min().unwrap_or(0);
+    let file = &first.file;
+    let emptied = if end <= JOURNAL_SLACK && len >= JOURNAL_SLACK {
+        // Overwritten: the file keeps its size, and the zeros after the records.
+        write_zeros(file, 0, end).and_then(|()| file.sync_data()).map(|()| (end, len))
+    } else {
+        file.set_len(0).and_then(|()| write_zeros(file, 0, JOURNAL_SLACK)).and_then(|()| file.sync_all()).map(|()| (JOURNAL_SLACK, JOURNAL_SLACK))
+    };
+    let (zeros, len) = emptied.map_err(StateError::io("emptying", path))?;
+    written.fetch_add(zeros, Ordering::Relaxed);
+    for cursor in &mut cursors {
+        **cursor = Cursor { end: 0, len };
+    }
+    Ok(())
+}
+
+/// Writes `count` zero bytes into `file` from `at`.
+fn write_zeros(mut file: &File, at: u64, count: u64) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(at))?;
+    io::copy(&mut io::repeat(0).take(count), &mut file).map(drop)
 }
 
 #[derive(Debug, Default)]
@@ -594,47 +657,51 @@ struct Queue {
     stopped: Option<String>,
 }
 
-/// Whether `file` ends with an incomplete line: it is not empty and its last byte is
-/// not a newline.
-fn ends_torn(file: &mut File) -> io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    if file.metadata()?.len() == 0 {
-        return Ok(false);
-    }
-    file.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
-}
-
 impl FileJournal {
     fn open(dir: PathBuf, lock: Lock, written: Arc<AtomicU64>) -> Result<Self, StateError> {
+        use std::io::Read;
         let path = dir.join(JOURNAL);
         let existed = path.exists();
-        let mut file = private_file().create(true).read(true).append(true).open(&path).map_err(StateError::io("opening", &path))?;
-        // A crash mid-append leaves a torn last line, which loading ignores; cut it off
-        // so the next record does not land after it and turn it into corruption. Its
-        // last byte tells whether the tail is whole; only a torn one is read, cut and
-        // synced.
-        if ends_torn(&mut file).map_err(StateError::io("reading", &path))? {
-            let bytes = fs::read(&path).map_err(StateError::io("reading", &path))?;
-            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            file.set_len(complete as u64).and_then(|()| file.sync_all()).map_err(StateError::io("repairing", &path))?;
+        let mut file = private_file().create(true).read(true).write(true).open(&path).map_err(StateError::io("opening", &path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(StateError::io("reading", &path))?;
+        // The records end at the first zero, and their last line is whole. A crash
+        // mid-write leaves a torn last line, which loading ignores, and may leave parts
+        // of its batch after zeros: both are cut off, so that the next record does not
+        // land before them and turn them into corruption.
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        let end = bytes[..end].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let mut len = bytes.len();
+        if bytes[end..].iter().any(|&b| b != 0) {
+            file.set_len(end as u64).and_then(|()| file.sync_all()).map_err(StateError::io("repairing", &path))?;
+            len = end;
+        }
+        let mut cursor = Cursor { end: end as u64, len: len as u64 };
+        if cursor.len < cursor.end + JOURNAL_SLACK {
+            let zeros = cursor.end + JOURNAL_SLACK - cursor.len;
+            write_zeros(&file, cursor.len, zeros).and_then(|()| file.sync_data()).map_err(StateError::io("writing", &path))?;
+            written.fetch_add(zeros, Ordering::Relaxed);
+            cursor.len += zeros;
         }
         if !existed {
             fsync_dir(&dir)?;
         }
+        let canonical = fs::canonicalize(&path).map_err(StateError::io("opening", &path))?;
         let guard = Guard::open(&dir)?;
-        let writer = JournalWriter {
-            queue: std::sync::Mutex::new(Queue::default()),
+        let writer = Arc::new(JournalWriter {
+            queue: Mutex::new(Queue::default()),
             file,
+            cursor: Mutex::new(cursor),
             guard,
             dir,
             path,
             fence: lock,
             written,
-        };
-        Ok(FileJournal { writer: Arc::new(writer) })
+        });
+        let mut open = writers();
+        open.retain(|(_, w)| w.strong_count() > 0);
+        open.push((canonical, Arc::downgrade(&writer)));
+        Ok(FileJournal { writer })
     }
 }
 
@@ -670,6 +737,10 @@ impl Drop for Lead {
 impl JournalWriter {
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cursor(&self) -> std::sync::MutexGuard<'_, Cursor> {
+        self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn io_error(&self, e: &io::Error) -> StateError {
@@ -731,24 +802,42 @@ impl JournalWriter {
             }
             return if staged { Err(format!("a staged record was not written: {message}")) } else { Ok(()) };
         }
-        let mut file = &self.file;
-        let before = file.metadata().map(|m| m.len());
-        let result = file.write_all(&buf).and_then(|()| file.sync_data());
+        let mut cursor = self.cursor();
+        // Cut by a commit that did not find this writer (one that reached the file by
+        // another path): go on from where the file ends.
+        if let Ok(len) = self.file.metadata().map(|m| m.len()) {
+            if len < cursor.end {
+                *cursor = Cursor { end: len, len };
+            }
+        }
+        let at = cursor.end;
+        let result = {
+            use std::io::{Seek, SeekFrom};
+            let mut file = &self.file;
+            file.seek(SeekFrom::Start(at)).and_then(|_| file.write_all(&buf)).and_then(|()| file.sync_data())
+        };
+        // A partial batch is taken back with the zeros after it, so that later records
+        // start on a clean line; before the guard is let go, after which the file may be
+        // another holder's.
+        let taken_back = match &result {
+            Ok(()) => Ok(()),
+            Err(_) => self.file.set_len(at),
+        };
         let _ = guard.unlock();
-        match &result {
-            Ok(()) => {
+        match (&result, taken_back) {
+            (Ok(()), _) => {
+                cursor.end += buf.len() as u64;
+                cursor.len = cursor.len.max(cursor.end);
                 self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
             }
-            // Take back a partial batch, so later records start on a clean line; if even
-            // that fails, stop: every later record would fail too.
-            Err(_) => {
-                if before.and_then(|len| file.set_len(len)).is_err() {
-                    let stopped = "the journal could not be repaired after a failed write".to_owned();
-                    for pending in batch {
-                        let _ = pending.ack.send(Err(self.stopped_error(&stopped)));
-                    }
-                    return Err(stopped);
+            (Err(_), Ok(())) => cursor.len = at,
+            // If even that fails, stop: every later record would fail too.
+            (Err(_), Err(_)) => {
+                let stopped = "the journal could not be repaired after a failed write".to_owned();
+                for pending in batch {
+                    let _ = pending.ack.send(Err(self.stopped_error(&stopped)));
                 }
+                return Err(stopped);
             }
         }
         for pending in batch {

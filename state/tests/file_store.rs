@@ -23,6 +23,12 @@ fn resource(name: &str, id: &str, deps: &[&str]) -> ResourceState {
     }
 }
 
+/// The journal's records: its text up to the zeros that follow them.
+fn records(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split('\0').next().unwrap().to_owned()
+}
+
 /// The error's message with the temporary directory replaced, for stable snapshots.
 fn message(e: StateError, dir: &Path) -> String {
     e.to_string().replace(&dir.display().to_string(), "<dir>")
@@ -146,11 +152,10 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
     journal.record(JournalRecord::End { base: 0, step: (7, 0), effect: StepEffect::Upsert { resource: resource("b", "b-1", &[]) } }).await.unwrap();
     // A record for an older snapshot (left by a compaction that crashed) is ignored.
     journal.record(JournalRecord::End { base: 99, step: (1, 1), effect: StepEffect::Upsert { resource: resource("ghost", "g-1", &[]) } }).await.unwrap();
-    // A torn last line: the crash came in the middle of writing it.
+    // A torn last line, before the zeros: the crash came in the middle of writing it.
     let path = tmp.path().join("dev/journal.jsonl");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("{\"record\":\"end\",\"base\":0,\"st");
-    std::fs::write(&path, text).unwrap();
+    let torn = records(&path) + "{\"record\":\"end\",\"base\":0,\"st";
+    overwrite(&path, 0, torn.as_bytes());
 
     let loaded = store.load("dev").await.unwrap().unwrap();
     // Appending after a torn line must not corrupt the journal.
@@ -166,8 +171,82 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
     // Committing folds the journal into the snapshot and empties it.
     let next = StackState { serial: 1, pending: vec![], ..loaded };
     store.commit(&lock, &next).await.unwrap();
-    assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+    assert_eq!(records(&path), "");
     assert_eq!(store.load("dev").await.unwrap().unwrap(), next);
+}
+
+/// Writes `bytes` into the file at `path` from `at`, keeping the rest.
+fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
+/// The journal keeps zeros after its records, so that a record overwrites them and its
+/// sync changes no file size. A commit empties it and keeps them: the next record
+/// lands at its start, in a file of the same size, from whichever store value the
+/// commit came.
+#[tokio::test]
+async fn records_overwrite_the_zeros_after_them_and_a_commit_keeps_the_zeros() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let lock = store.lock("dev", "up").await.unwrap();
+    store.commit(&lock, &StackState::new("dev")).await.unwrap();
+    let path = tmp.path().join("dev/journal.jsonl");
+    let journal = store.journal(&lock).await.unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size >= 4096, "zeros wait for the records: {size} bytes");
+    assert_eq!(records(&path), "");
+
+    journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 2}) }).await.unwrap();
+    journal.record(JournalRecord::UserState { base: 0, value: json!({"capacity": 3}) }).await.unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size, "written over the zeros");
+    assert_eq!(records(&path).lines().count(), 2);
+    let loaded = store.load("dev").await.unwrap().unwrap();
+    assert_eq!(loaded.user_state, json!({"capacity": 3}));
+
+    // Committed through another value of the store, in another spelling of its path.
+    let other = FileStore::new(tmp.path().join("dev/.."));
+    let next = StackState { serial: 1, ..loaded };
+    other.commit(&lock, &next).await.unwrap();
+    assert_eq!(records(&path), "", "emptied");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size, "its zeros kept");
+    journal.record(JournalRecord::UserState { base: 1, value: json!({"capacity": 5}) }).await.unwrap();
+    assert!(records(&path).starts_with("{\"record\":\"user_state\",\"base\":1"), "{}", records(&path));
+    assert_eq!(store.load("dev").await.unwrap().unwrap().user_state, json!({"capacity": 5}));
+}
+
+/// A crash in the middle of a batch can leave any of its blocks on disk: a torn line
+/// before the zeros, and parts of the batch after some. Loading reads the records before
+/// the first zero; opening the journal cuts the rest off, so that later records do not
+/// run into it.
+#[tokio::test]
+async fn parts_of_a_torn_batch_after_zeros_are_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let lock = store.lock("dev", "up").await.unwrap();
+    store.commit(&lock, &StackState::new("dev")).await.unwrap();
+    let path = tmp.path().join("dev/journal.jsonl");
+    let journal = store.journal(&lock).await.unwrap();
+    journal.record(JournalRecord::UserState { base: 0, value: json!(1) }).await.unwrap();
+    drop(journal);
+    let end = records(&path).len() as u64;
+    overwrite(&path, end, b"{\"record\":\"user_st");
+    overwrite(&path, end + 600, b"ate\",\"base\":0,\"value\":2}\n");
+    assert_eq!(store.load("dev").await.unwrap().unwrap().user_state, json!(1));
+
+    let journal = store.journal(&lock).await.unwrap();
+    assert_eq!(records(&path).len() as u64, end, "the torn line is cut");
+    // A record that ends inside where the torn batch's last part was: had that part
+    // been kept, its rest would follow as a line of its own, and corrupt the journal.
+    let line = |value: serde_json::Value| serde_json::to_vec(&JournalRecord::UserState { base: 0, value }).unwrap().len() + 1;
+    let long = "x".repeat(610 - line(json!("")));
+    assert_eq!(line(json!(long)), 610);
+    journal.record(JournalRecord::UserState { base: 0, value: json!(long) }).await.unwrap();
+    journal.record(JournalRecord::UserState { base: 0, value: json!(3) }).await.unwrap();
+    assert_eq!(store.load("dev").await.unwrap().unwrap().user_state, json!(3));
+    assert_eq!(records(&path).lines().count(), 3);
 }
 
 /// A staged record is written with the next record, in one write and one sync, or at a
@@ -184,7 +263,7 @@ async fn a_staged_record_is_written_with_the_next_record_or_a_flush() {
     let journal = store.journal(&lock).await.unwrap();
 
     let durable = journal.stage(events(0, 2, "a")).await.unwrap();
-    assert_eq!(std::fs::read(&path).unwrap().len(), 0, "staged, not written");
+    assert_eq!(records(&path), "", "staged, not written");
     journal.record(JournalRecord::UserState { base: 1, value: json!({"capacity": 3}) }).await.unwrap();
     durable.await.unwrap();
     let durable = journal.stage(events(1, 4, "b")).await.unwrap();
