@@ -1,12 +1,13 @@
 //! The local-file store: refusals, the journal, locks and commits.
 
 use std::path::Path;
+use std::sync::Arc;
 
 mod common;
 
 use cairn_state::{
-    FileStore, JournalRecord, StepOp, PendingOperation, Props, ResourceState, StackState, StateError, StepEffect, Store,
-    StoredOptions, Urn,
+    FileStore, Journal, JournalRecord, Lock, PendingOperation, Props, ResourceState, StackState, StateError, StepEffect, StepOp,
+    Store, StoredOptions, Urn,
 };
 use serde_json::json;
 
@@ -175,6 +176,26 @@ async fn the_journal_replays_over_the_snapshot_and_leaves_unfinished_steps_pendi
     assert_eq!(store.load("dev").await.unwrap().unwrap(), next);
 }
 
+/// Stack `dev` in a file store in a temporary directory (kept while `tmp` lives),
+/// committed empty, locked, and its journal (at `path`) open.
+struct Journaled {
+    tmp: tempfile::TempDir,
+    store: FileStore,
+    lock: Lock,
+    path: std::path::PathBuf,
+    journal: Arc<dyn Journal>,
+}
+
+async fn journaled() -> Journaled {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(tmp.path());
+    let lock = store.lock("dev", "up").await.unwrap();
+    store.commit(&lock, &StackState::new("dev")).await.unwrap();
+    let path = tmp.path().join("dev/journal.jsonl");
+    let journal = store.journal(&lock).await.unwrap();
+    Journaled { tmp, store, lock, path, journal }
+}
+
 /// Writes `bytes` into the file at `path` from `at`, keeping the rest.
 fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
     use std::io::{Seek, SeekFrom, Write};
@@ -189,12 +210,7 @@ fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
 /// commit came.
 #[tokio::test]
 async fn records_overwrite_the_zeros_after_them_and_a_commit_keeps_the_zeros() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = FileStore::new(tmp.path());
-    let lock = store.lock("dev", "up").await.unwrap();
-    store.commit(&lock, &StackState::new("dev")).await.unwrap();
-    let path = tmp.path().join("dev/journal.jsonl");
-    let journal = store.journal(&lock).await.unwrap();
+    let Journaled { tmp, store, lock, path, journal } = journaled().await;
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size >= 4096, "zeros wait for the records: {size} bytes");
     assert_eq!(records(&path), "");
@@ -223,12 +239,7 @@ async fn records_overwrite_the_zeros_after_them_and_a_commit_keeps_the_zeros() {
 /// run into it.
 #[tokio::test]
 async fn parts_of_a_torn_batch_after_zeros_are_cut_off() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = FileStore::new(tmp.path());
-    let lock = store.lock("dev", "up").await.unwrap();
-    store.commit(&lock, &StackState::new("dev")).await.unwrap();
-    let path = tmp.path().join("dev/journal.jsonl");
-    let journal = store.journal(&lock).await.unwrap();
+    let Journaled { tmp: _tmp, store, lock, path, journal } = journaled().await;
     journal.record(JournalRecord::UserState { base: 0, value: json!(1) }).await.unwrap();
     drop(journal);
     let end = records(&path).len() as u64;
@@ -254,13 +265,8 @@ async fn parts_of_a_torn_batch_after_zeros_are_cut_off() {
 /// holder took the lock), it fails with the records after it, which depend on it.
 #[tokio::test]
 async fn a_staged_record_is_written_with_the_next_record_or_a_flush() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = FileStore::new(tmp.path());
-    let lock = store.lock("dev", "watch").await.unwrap();
-    store.commit(&lock, &StackState::new("dev")).await.unwrap();
-    let path = tmp.path().join("dev/journal.jsonl");
+    let Journaled { tmp, store, lock: _lock, path, journal } = journaled().await;
     let events = |base: u64, capacity: u32, id: &str| JournalRecord::Events { base, user_state: json!({"capacity": capacity}), ids: vec![id.to_owned()] };
-    let journal = store.journal(&lock).await.unwrap();
 
     let durable = journal.stage(events(0, 2, "a")).await.unwrap();
     assert_eq!(records(&path), "", "staged, not written");
