@@ -69,8 +69,8 @@ struct OnFiles {
 /// The records of the file store's journal at `path`: its text before the zeros that
 /// follow them.
 fn journal_records(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.split('\0').next().unwrap_or_default().to_owned()
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split('\0').next().unwrap().to_owned()
 }
 
 async fn deployed_on_files() -> OnFiles {

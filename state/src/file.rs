@@ -166,17 +166,26 @@ pub(crate) fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<StackState, St
 /// being written, before it was acknowledged: it is ignored. Any other bad line is
 /// corruption.
 pub(crate) fn read_journal(path: &Path) -> Result<Vec<JournalRecord>, StateError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StateError::io("reading", path)(e)),
     };
-    read_records(path, &text)
+    // The records end at the first zero (JSON never holds one); what follows may be
+    // any part of a torn batch, and is not read, not even as text.
+    let end = records_end(&bytes);
+    let text = std::str::from_utf8(&bytes[..end]).map_err(|e| StateError::io("reading", path)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    read_records(path, text)
+}
+
+/// Where the whole records of a file journal's `bytes` end: after the last newline
+/// before the first zero.
+fn records_end(bytes: &[u8]) -> usize {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    bytes[..end].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
 }
 
 pub(crate) fn read_records(path: &Path, text: &str) -> Result<Vec<JournalRecord>, StateError> {
-    // The file store's journal has zeros after its records; JSON never holds one.
-    let text = text.split('\0').next().unwrap_or_default();
     let complete = match text.rfind('\n') {
         Some(i) => &text[..=i],
         None => "",
@@ -573,8 +582,10 @@ impl std::fmt::Debug for Pending {
 /// is still its writer's.
 ///
 /// Records are written where the last one ended, over the zeros that follow it
-/// ([`JOURNAL_SLACK`]); past them, the file grows. A commit empties the journal through
-/// the writers open on it ([`empty_journal`]), which then write from its start again.
+/// ([`JOURNAL_SLACK`]); past them, the file grows. The writers open on one file share
+/// where its records end ([`JournalFile`]), check it before each batch, and read it again
+/// from the file if it does not hold. A commit empties the journal ([`empty_journal`]);
+/// the next batch is written at its start.
 #[derive(Debug)]
 struct FileJournal {
     writer: Arc<JournalWriter>,
@@ -583,9 +594,7 @@ struct FileJournal {
 #[derive(Debug)]
 struct JournalWriter {
     queue: Mutex<Queue>,
-    file: File,
-    /// Held while a batch is written, or the journal emptied.
-    cursor: Mutex<Cursor>,
+    file: Arc<JournalFile>,
     guard: File,
     dir: PathBuf,
     path: PathBuf,
@@ -593,51 +602,114 @@ struct JournalWriter {
     written: Arc<AtomicU64>,
 }
 
-/// Where a journal's records end, and where its file ends (the zeros after them).
-#[derive(Debug, Clone, Copy)]
-struct Cursor {
-    end: u64,
-    len: u64,
+/// A journal file as this process has it open: one per file, shared by the writers
+/// open on it, so that their batches follow one another (as appends did) and a commit
+/// finds where they write.
+#[derive(Debug)]
+struct JournalFile {
+    file: File,
+    /// Where the records end, when known; held while a batch is written or the journal
+    /// emptied.
+    end: Mutex<Option<u64>>,
 }
 
-/// The journal writers open in this process, by the journal's canonical path, so that a
-/// commit, from whichever store value, moves each back to the start of the file it
-/// empties.
-static WRITERS: Mutex<Vec<(PathBuf, Weak<JournalWriter>)>> = Mutex::new(Vec::new());
+/// The journal files open in this process, by canonical path.
+static JOURNAL_FILES: Mutex<Vec<(PathBuf, Weak<JournalFile>)>> = Mutex::new(Vec::new());
 
-fn writers() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Weak<JournalWriter>)>> {
-    WRITERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn journal_files() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Weak<JournalFile>)>> {
+    JOURNAL_FILES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Empties the journal at `path`, whose records are in the snapshot now. Through the
-/// writers this process has open on it, its file keeps its zeros: the records are
-/// overwritten with zeros or, after a large apply, the file is cut and padded again;
-/// either way the writers go on from the start. With none open, the file is cut.
-fn empty_journal(path: &Path, written: &AtomicU64) -> Result<(), StateError> {
-    let open: Vec<Arc<JournalWriter>> = match fs::canonicalize(path) {
-        Ok(canonical) => writers().iter().filter(|(p, _)| *p == canonical).filter_map(|(_, w)| w.upgrade()).collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StateError::io("opening", path)(e)),
-    };
-    let Some(first) = open.first() else {
-        let file = OpenOptions::new().write(true).open(path).map_err(StateError::io("opening", path))?;
-        return file.set_len(0).and_then(|()| file.sync_all()).map_err(StateError::io("truncating", path));
-    };
-    let mut cursors: Vec<_> = open.iter().map(|w| w.cursor()).collect();
-    let end = cursors.iter().map(|c| c.end).max().unwrap_or(0);
-    let len = cursors.iter().map(|c| c.len).min().unwrap_or(0);
-    let file = &first.file;
-    let emptied = if end <= JOURNAL_SLACK && len >= JOURNAL_SLACK {
-        // Overwritten: the file keeps its size, and the zeros after the records.
-        write_zeros(file, 0, end).and_then(|()| file.sync_data()).map(|()| (end, len))
-    } else {
-        file.set_len(0).and_then(|()| write_zeros(file, 0, JOURNAL_SLACK)).and_then(|()| file.sync_all()).map(|()| (JOURNAL_SLACK, JOURNAL_SLACK))
-    };
-    let (zeros, len) = emptied.map_err(StateError::io("emptying", path))?;
-    written.fetch_add(zeros, Ordering::Relaxed);
-    for cursor in &mut cursors {
-        **cursor = Cursor { end: 0, len };
+impl JournalFile {
+    /// The journal file at `path` (created if missing), shared with the writers this
+    /// process has open on it.
+    fn open(path: &Path) -> Result<Arc<JournalFile>, StateError> {
+        let file = private_file().create(true).read(true).write(true).open(path).map_err(StateError::io("opening", path))?;
+        let canonical = fs::canonicalize(path).map_err(StateError::io("opening", path))?;
+        let mut files = journal_files();
+        files.retain(|(_, f)| f.strong_count() > 0);
+        if let Some(shared) = files.iter().find(|(p, _)| *p == canonical).and_then(|(_, f)| f.upgrade()) {
+            return Ok(shared);
+        }
+        let shared = Arc::new(JournalFile { file, end: Mutex::new(None) });
+        files.push((canonical, Arc::downgrade(&shared)));
+        Ok(shared)
     }
+
+    /// The open journal file at `path`, if this process has one.
+    fn find(path: &Path) -> Option<Arc<JournalFile>> {
+        let canonical = fs::canonicalize(path).ok()?;
+        journal_files().iter().find(|(p, _)| *p == canonical).and_then(|(_, f)| f.upgrade())
+    }
+
+    fn end(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.end.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where the records end, read from the file. A crash mid-write leaves a torn last
+    /// line, which loading ignores, and may leave parts of its batch after zeros: both
+    /// are cut off, so that the next record does not land before them and turn them
+    /// into corruption. Then zeros are kept after the records again.
+    fn scan(&self, written: &AtomicU64) -> io::Result<u64> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = &self.file;
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_end(&mut bytes)?;
+        let end = records_end(&bytes) as u64;
+        let mut len = bytes.len() as u64;
+        if bytes[end as usize..].iter().any(|&b| b != 0) {
+            self.file.set_len(end).and_then(|()| self.file.sync_all())?;
+            len = end;
+        }
+        if len < end + JOURNAL_SLACK {
+            write_zeros(&self.file, len, end + JOURNAL_SLACK - len).and_then(|()| self.file.sync_data())?;
+            written.fetch_add(end + JOURNAL_SLACK - len, Ordering::Relaxed);
+        }
+        Ok(end)
+    }
+
+    /// Whether the records end at `end`: after a newline (or at the start), with a zero
+    /// or the end of the file next. Anything else means the file was written or cut by
+    /// someone who did not share this cursor (a store that reached it by another path).
+    fn ends_at(&self, end: u64) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = &self.file;
+        let mut around = [0u8; 2];
+        let (from, wanted) = if end == 0 { (0, 1) } else { (end - 1, 2) };
+        let Ok(read) = file.seek(SeekFrom::Start(from)).and_then(|_| file.read(&mut around[..wanted])) else { return false };
+        let around = &around[..read];
+        let (before, at) = if end == 0 { (Some(&b'\n'), around.first()) } else { (around.first(), around.get(1)) };
+        before == Some(&b'\n') && at.is_none_or(|&b| b == 0)
+    }
+}
+
+/// Empties the journal at `path`, whose records are in the snapshot now. When this
+/// process has the file open, it keeps its zeros: the records are overwritten with zeros
+/// or, after a large apply, the file is cut and padded again, and its writers go on from
+/// the start. Otherwise the file is cut.
+fn empty_journal(path: &Path, written: &AtomicU64) -> Result<(), StateError> {
+    let Some(shared) = JournalFile::find(path) else {
+        return match OpenOptions::new().write(true).open(path) {
+            Ok(f) => f.set_len(0).and_then(|()| f.sync_all()).map_err(StateError::io("truncating", path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StateError::io("opening", path)(e)),
+        };
+    };
+    let mut end = shared.end();
+    let file = &shared.file;
+    let len = file.metadata().map_err(StateError::io("reading", path))?.len();
+    // Records known to end within the zeros kept are overwritten, and the file keeps its
+    // size and the zeros after them; otherwise the file is cut and padded again. Until
+    // that succeeds, where the records end is unknown, and the next batch reads it.
+    let zeros = match end.take() {
+        Some(used) if used <= JOURNAL_SLACK && len >= JOURNAL_SLACK && shared.ends_at(used) => {
+            write_zeros(file, 0, used).and_then(|()| file.sync_data()).map(|()| used)
+        }
+        _ => file.set_len(0).and_then(|()| write_zeros(file, 0, JOURNAL_SLACK)).and_then(|()| file.sync_all()).map(|()| JOURNAL_SLACK),
+    };
+    written.fetch_add(zeros.map_err(StateError::io("emptying", path))?, Ordering::Relaxed);
+    *end = Some(0);
     Ok(())
 }
 
@@ -659,49 +731,21 @@ struct Queue {
 
 impl FileJournal {
     fn open(dir: PathBuf, lock: Lock, written: Arc<AtomicU64>) -> Result<Self, StateError> {
-        use std::io::Read;
         let path = dir.join(JOURNAL);
         let existed = path.exists();
-        let mut file = private_file().create(true).read(true).write(true).open(&path).map_err(StateError::io("opening", &path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(StateError::io("reading", &path))?;
-        // The records end at the first zero, and their last line is whole. A crash
-        // mid-write leaves a torn last line, which loading ignores, and may leave parts
-        // of its batch after zeros: both are cut off, so that the next record does not
-        // land before them and turn them into corruption.
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        let end = bytes[..end].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let mut len = bytes.len();
-        if bytes[end..].iter().any(|&b| b != 0) {
-            file.set_len(end as u64).and_then(|()| file.sync_all()).map_err(StateError::io("repairing", &path))?;
-            len = end;
-        }
-        let mut cursor = Cursor { end: end as u64, len: len as u64 };
-        if cursor.len < cursor.end + JOURNAL_SLACK {
-            let zeros = cursor.end + JOURNAL_SLACK - cursor.len;
-            write_zeros(&file, cursor.len, zeros).and_then(|()| file.sync_data()).map_err(StateError::io("writing", &path))?;
-            written.fetch_add(zeros, Ordering::Relaxed);
-            cursor.len += zeros;
+        let file = JournalFile::open(&path)?;
+        // Found again, also when this process had it open: another may have written it
+        // since. Held while scanning: no batch is written meanwhile.
+        {
+            let mut end = file.end();
+            *end = Some(file.scan(&written).map_err(StateError::io("repairing", &path))?);
         }
         if !existed {
             fsync_dir(&dir)?;
         }
-        let canonical = fs::canonicalize(&path).map_err(StateError::io("opening", &path))?;
         let guard = Guard::open(&dir)?;
-        let writer = Arc::new(JournalWriter {
-            queue: Mutex::new(Queue::default()),
-            file,
-            cursor: Mutex::new(cursor),
-            guard,
-            dir,
-            path,
-            fence: lock,
-            written,
-        });
-        let mut open = writers();
-        open.retain(|(_, w)| w.strong_count() > 0);
-        open.push((canonical, Arc::downgrade(&writer)));
-        Ok(FileJournal { writer })
+        let writer = JournalWriter { queue: Mutex::new(Queue::default()), file, guard, dir, path, fence: lock, written };
+        Ok(FileJournal { writer: Arc::new(writer) })
     }
 }
 
@@ -737,10 +781,6 @@ impl Drop for Lead {
 impl JournalWriter {
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn cursor(&self) -> std::sync::MutexGuard<'_, Cursor> {
-        self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn io_error(&self, e: &io::Error) -> StateError {
@@ -802,43 +842,41 @@ impl JournalWriter {
             }
             return if staged { Err(format!("a staged record was not written: {message}")) } else { Ok(()) };
         }
-        let mut cursor = self.cursor();
-        // Cut by a commit that did not find this writer (one that reached the file by
-        // another path): go on from where the file ends.
-        if let Ok(len) = self.file.metadata().map(|m| m.len()) {
-            if len < cursor.end {
-                *cursor = Cursor { end: len, len };
-            }
-        }
-        let at = cursor.end;
-        let result = {
+        let shared = &self.file;
+        let mut end = shared.end();
+        let at = match *end {
+            Some(at) if shared.ends_at(at) => Ok(at),
+            _ => shared.scan(&self.written),
+        };
+        // Unknown until the batch is written or taken back.
+        *end = None;
+        let mut left_torn = false;
+        let result = at.and_then(|at| {
             use std::io::{Seek, SeekFrom};
-            let mut file = &self.file;
-            file.seek(SeekFrom::Start(at)).and_then(|_| file.write_all(&buf)).and_then(|()| file.sync_data())
-        };
-        // A partial batch is taken back with the zeros after it, so that later records
-        // start on a clean line; before the guard is let go, after which the file may be
-        // another holder's.
-        let taken_back = match &result {
-            Ok(()) => Ok(()),
-            Err(_) => self.file.set_len(at),
-        };
+            let mut file = &shared.file;
+            let result = file.seek(SeekFrom::Start(at)).and_then(|_| file.write_all(&buf)).and_then(|()| file.sync_data());
+            // A partial batch is taken back with the zeros after it, so that later
+            // records start on a clean line; before the guard is let go, after which the
+            // file may be another holder's.
+            *end = match &result {
+                Ok(()) => Some(at + buf.len() as u64),
+                Err(_) => shared.file.set_len(at).ok().map(|()| at),
+            };
+            left_torn = end.is_none();
+            result
+        });
+        drop(end);
         let _ = guard.unlock();
-        match (&result, taken_back) {
-            (Ok(()), _) => {
-                cursor.end += buf.len() as u64;
-                cursor.len = cursor.len.max(cursor.end);
-                self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        // If even that fails, stop: every later record would fail too.
+        if left_torn {
+            let stopped = "the journal could not be repaired after a failed write".to_owned();
+            for pending in batch {
+                let _ = pending.ack.send(Err(self.stopped_error(&stopped)));
             }
-            (Err(_), Ok(())) => cursor.len = at,
-            // If even that fails, stop: every later record would fail too.
-            (Err(_), Err(_)) => {
-                let stopped = "the journal could not be repaired after a failed write".to_owned();
-                for pending in batch {
-                    let _ = pending.ack.send(Err(self.stopped_error(&stopped)));
-                }
-                return Err(stopped);
-            }
+            return Err(stopped);
+        }
+        if result.is_ok() {
+            self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
         for pending in batch {
             let _ = pending.ack.send(result.as_ref().map(|_| ()).map_err(|e| self.io_error(e)));
