@@ -627,7 +627,9 @@ impl JournalFile {
         let file = private_file().create(true).read(true).write(true).open(path).map_err(StateError::io("opening", path))?;
         let canonical = fs::canonicalize(path).map_err(StateError::io("opening", path))?;
         let mut files = journal_files();
-        files.retain(|(_, f)| f.strong_count() > 0);
+        // One the path no longer leads to (removed and made again) is left to its
+        // writers; the path's file gets a view of its own.
+        files.retain(|(p, f)| f.upgrade().is_some_and(|f| *p != canonical || same_file(&f.file, &file)));
         if let Some(shared) = files.iter().find(|(p, _)| *p == canonical).and_then(|(_, f)| f.upgrade()) {
             return Ok(shared);
         }
@@ -682,6 +684,22 @@ impl JournalFile {
         let (before, at) = if end == 0 { (Some(&b'\n'), around.first()) } else { (around.first(), around.get(1)) };
         before == Some(&b'\n') && at.is_none_or(|&b| b == 0)
     }
+}
+
+/// Whether `a` and `b` are the same file (not just at the same path).
+#[cfg(unix)]
+fn same_file(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Whether `a` and `b` are the same file: elsewhere, taken to be so at the same path.
+#[cfg(not(unix))]
+fn same_file(_: &File, _: &File) -> bool {
+    true
 }
 
 /// Empties the journal at `path`, whose records are in the snapshot now. When this

@@ -271,11 +271,27 @@ async fn two_writers_on_one_journal_do_not_write_over_each_other() {
     journal.record(state(1)).await.unwrap();
     other.record(state(2)).await.unwrap();
     journal.record(state(3)).await.unwrap();
-    let (a, b) = tokio::join!(journal.record(state(4)), other.record(state(5)));
-    a.unwrap();
-    b.unwrap();
-    assert_eq!(records(&path).lines().count(), 5, "{}", records(&path));
+    // Each pair's two batches are led from two threads of the blocking pool at once.
+    for n in 0..20 {
+        let (a, b) = tokio::join!(journal.record(state(10 + n)), other.record(state(100 + n)));
+        a.unwrap();
+        b.unwrap();
+    }
+    assert_eq!(records(&path).lines().count(), 43, "{}", records(&path));
     store.load("dev").await.unwrap().unwrap();
+}
+
+/// A journal removed and made again while a writer is open on it is a new file: a
+/// writer opened then writes to it, where loading reads.
+#[tokio::test]
+async fn a_journal_made_again_at_its_path_gets_a_writer_of_its_own() {
+    let Journaled { tmp: _tmp, store, lock, path, journal } = journaled().await;
+    journal.record(JournalRecord::UserState { base: 0, value: json!(1) }).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let again = store.journal(&lock).await.unwrap();
+    again.record(JournalRecord::UserState { base: 0, value: json!(2) }).await.unwrap();
+    assert_eq!(store.load("dev").await.unwrap().unwrap().user_state, json!(2));
+    drop(journal);
 }
 
 /// A journal emptied or cut by someone who does not share its writer's view (here, by
