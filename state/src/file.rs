@@ -673,7 +673,7 @@ impl JournalFile {
 
     /// Whether the records end at `end`: after a newline (or at the start), with a zero
     /// or the end of the file next. Anything else means the file was written or cut by
-    /// someone who did not share this cursor (a store that reached it by another path).
+    /// someone who did not share this view (a store that reached it by another path).
     fn ends_at(&self, end: u64) -> bool {
         use std::io::{Read, Seek, SeekFrom};
         let mut file = &self.file;
@@ -681,8 +681,9 @@ impl JournalFile {
         let (from, wanted) = if end == 0 { (0, 1) } else { (end - 1, 2) };
         let Ok(read) = file.seek(SeekFrom::Start(from)).and_then(|_| file.read(&mut around[..wanted])) else { return false };
         let around = &around[..read];
-        let (before, at) = if end == 0 { (Some(&b'\n'), around.first()) } else { (around.first(), around.get(1)) };
-        before == Some(&b'\n') && at.is_none_or(|&b| b == 0)
+        let after_a_line = end == 0 || around.first() == Some(&b'\n');
+        let next = if end == 0 { around.first() } else { around.get(1) };
+        after_a_line && next.is_none_or(|&b| b == 0)
     }
 }
 
