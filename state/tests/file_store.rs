@@ -1,6 +1,6 @@
 //! The local-file store: refusals, the journal, locks and commits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod common;
@@ -183,7 +183,7 @@ struct Journaled {
     tmp: tempfile::TempDir,
     store: FileStore,
     lock: Lock,
-    path: std::path::PathBuf,
+    path: PathBuf,
     journal: Arc<dyn Journal>,
 }
 
