@@ -16,6 +16,9 @@
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -23,13 +26,14 @@ use std::sync::Arc;
 use cairn_state::{
     Journal, JournalRecord, StepOp, PendingOperation, Props, ResourceState, StackState, StepEffect, StoredOptions, Urn,
 };
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 use crate::input::Prop;
+use crate::panic::CatchUnwind;
 use crate::plan::{Action, Change, Plan, Summary};
 use crate::provider::{ErrorKind, Observed, ProviderError, ProviderOp, Providers};
 
@@ -421,8 +425,8 @@ struct Run<'a> {
     /// Per change: a replacement that turned out not to be needed once values were known.
     downgraded: Vec<bool>,
     /// Per step: what its begin record said, to keep it pending if its call fails
-    /// uncertainly, and the operation it really performed. Shared with the step's task,
-    /// which records it: a panicking task returns nothing.
+    /// uncertainly, and the operation it really performed. Shared with the step's call,
+    /// which records it: a panicking call returns nothing.
     begun: Vec<Option<(Arc<PendingOperation>, StepOp)>>,
     /// Changes whose old resource is gone (deleted or forgotten).
     deleted: Vec<bool>,
@@ -525,10 +529,14 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Runs the steps: each call as soon as its last dependency is done, up to `limit`
+    /// at once. The calls are polled here, on the apply's own task, rather than spawned:
+    /// a call that ends wakes this task alone, and the steps it unblocks begin in the
+    /// same poll, with no hop to another thread and back. A provider's calls wait on the
+    /// network, not the CPU; the HTTP connections they use run as tasks of their own.
     async fn execute(&mut self, limit: usize) {
         let mut ready: VecDeque<usize> = (0..self.steps.len()).filter(|&s| self.waiting[s] == 0).collect();
-        let mut running: JoinSet<(Duration, Result<StepEffect, Failure>)> = JoinSet::new();
-        let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::default();
+        let mut running = FuturesUnordered::new();
         loop {
             while running.len() < limit {
                 let Some(s) = ready.pop_front() else { break };
@@ -546,27 +554,24 @@ impl<'a> Run<'a> {
                         self.begun[s] = Some((pending.clone(), op));
                         let journal = self.journal.clone();
                         let (base, step) = (self.state.serial, (self.op_id, s as u32));
-                        let handle = running.spawn(async move {
-                            let t = Instant::now();
-                            let result = journaled(journal, base, step, pending, call).await;
-                            (t.elapsed(), result)
-                        });
-                        task_step.insert(handle.id(), s);
+                        let t = Instant::now();
+                        let mut call = CatchUnwind(Box::pin(journaled(journal, base, step, pending, call)));
+                        // Polled once now, so that its request goes out before this task
+                        // turns to the other calls the same wake-up ended; then it joins
+                        // them, and is polled again there with the set's own waker.
+                        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await {
+                            Poll::Ready(result) => self.finish_call(s, t.elapsed(), result, &mut ready),
+                            Poll::Pending => running.push(async move {
+                                let result = call.await;
+                                (s, t.elapsed(), result)
+                            }),
+                        }
                     }
                     Started::Finished(status) => self.finish(s, Duration::ZERO, Ok(status), &mut ready),
                     Started::Refused(error) => self.finish(s, Duration::ZERO, Err(error), &mut ready),
                 }
             }
-            let Some(joined) = running.join_next_with_id().await else { break };
-            let (s, elapsed, result) = match joined {
-                Ok((id, (elapsed, r))) => (task_step[&id], elapsed, r),
-                // A provider that panics has a bug; its step fails like any other.
-                Err(e) => (
-                    task_step[&e.id()],
-                    Duration::ZERO,
-                    Err(ProviderError::uncertain(format!("the provider panicked: {e}")).into()),
-                ),
-            };
+            let Some((s, elapsed, result)) = running.next().await else { break };
             self.finish_call(s, elapsed, result, &mut ready);
         }
     }
@@ -758,13 +763,20 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Takes the end of step `s`'s call: its outcome, or the message of its panic.
     fn finish_call(
         &mut self,
         s: usize,
         elapsed: Duration,
-        result: Result<StepEffect, Failure>,
+        result: std::result::Result<Result<StepEffect, Failure>, String>,
         ready: &mut VecDeque<usize>,
     ) {
+        // A provider that panics has a bug; its step fails like any other, as uncertain:
+        // the call may have taken effect.
+        let result = match result {
+            Ok(outcome) => outcome,
+            Err(panic) => Err(ProviderError::uncertain(format!("the provider panicked: {panic}")).into()),
+        };
         let status = match result {
             Ok(StepEffect::Upsert { resource } | StepEffect::Replaced { resource }) => {
                 self.new.insert(resource.urn.clone(), resource);

@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_sdk::schema::{Property, ResourceType};
@@ -58,6 +59,45 @@ async fn a_step_starts_as_soon_as_its_own_dependencies_finish() {
     assert_eq!(t.elapsed(), Duration::from_millis(100));
     let calls = fake.calls();
     assert!(pos(&calls, Op::Create, "fast") < pos(&calls, Op::Create, "next"));
+}
+
+/// Notes, as each step's end is reported, how many creates the provider has been asked
+/// for by then.
+#[derive(Debug, Clone)]
+struct CreatesSeen {
+    fake: TestProvider,
+    log: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+impl cairn_sdk::Progress for CreatesSeen {
+    fn finished(&self, step: &cairn_sdk::StepReport) {
+        self.log.lock().unwrap().push((step.urn.name().to_owned(), self.fake.calls_of(Op::Create).len()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steps_call_goes_out_before_the_other_ends_that_came_with_its_dependencys() {
+    // Eight calls end at the same instant; `next` waits on the first of them only. Its
+    // request goes out as soon as that end is taken, not after the other seven are.
+    let fake = TestProvider::new("test").with_latency(Duration::from_millis(10));
+    let seen = CreatesSeen { fake: fake.clone(), log: Arc::default() };
+    let stack = Stack::<()>::new("dev").provider(fake.clone()).progress(seen.clone()).program(|cx, _| {
+        let first = cx.add(thing("a0"));
+        for i in 1..8 {
+            cx.add(thing(&format!("a{i}")));
+        }
+        cx.add(thing("next").depends_on(&first));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&()).await.unwrap().succeeded());
+    let log = seen.log.lock().unwrap().clone();
+    let first = log.iter().position(|(name, _)| name == "a0").expect("a0 is reported");
+    let after: Vec<&(String, usize)> = log[first + 1..].iter().filter(|(name, _)| name.starts_with('a')).collect();
+    assert!(!after.is_empty(), "some end came after a0's in the same wake-up, or the test shows nothing: {log:?}");
+    for (name, creates) in after {
+        assert_eq!(*creates, 9, "when {name}'s end was taken, next's create had gone out: {log:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
