@@ -4,9 +4,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use cairn_state::{Props, StackState, Urn};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
-use tokio::task::JoinSet;
 
+use crate::panic::CatchUnwind;
 use crate::provider::{DiffRequest, Observed, Planned, PropertyDiff, Provider, ProviderError, ProviderOp, Providers};
 use crate::schema::{PropertyKind, ResourceType};
 
@@ -69,8 +70,9 @@ pub async fn refresh(
     schema: &dyn Fn(&Urn) -> Option<&'static ResourceType>,
 ) -> RefreshReport {
     let mut results: HashMap<usize, Result<Option<Observed>, ProviderError>> = HashMap::new();
-    let mut running = JoinSet::new();
-    let mut task_resource: HashMap<tokio::task::Id, usize> = HashMap::new();
+    // The reads are polled on this task, like an apply's calls: each borrows its
+    // resource from state.
+    let mut running = FuturesUnordered::new();
     let mut next = 0;
     let limit = parallelism.max(1);
     loop {
@@ -78,26 +80,16 @@ pub async fn refresh(
             let i = next;
             next += 1;
             let r = &state.resources[i];
-            let Some(provider) = providers.for_token(&r.ty).cloned() else {
+            let Some(provider) = providers.for_token(&r.ty) else {
                 let error = ProviderError::failed(format!("no provider is registered for type {}", r.ty));
                 results.insert(i, Err(error.at(&r.urn, ProviderOp::Read)));
                 continue;
             };
-            let (urn, id, inputs, outputs) = (r.urn.clone(), r.id.clone(), r.inputs.clone(), r.outputs.clone());
-            let handle = running.spawn(async move { provider.read(&urn, &id, &inputs, &outputs).await.map_err(|e| e.at(&urn, ProviderOp::Read)) });
-            task_resource.insert(handle.id(), i);
+            running.push(async move { (i, CatchUnwind(provider.read(&r.urn, &r.id, &r.inputs, &r.outputs)).await) });
         }
-        match running.join_next_with_id().await {
-            Some(Ok((id, r))) => {
-                results.insert(task_resource[&id], r);
-            }
-            Some(Err(e)) => {
-                let i = task_resource[&e.id()];
-                let error = ProviderError::uncertain(format!("the provider panicked: {e}"));
-                results.insert(i, Err(error.at(&state.resources[i].urn, ProviderOp::Read)));
-            }
-            None => break,
-        }
+        let Some((i, read)) = running.next().await else { break };
+        let read = read.unwrap_or_else(|panic| Err(ProviderError::uncertain(format!("the provider panicked: {panic}"))));
+        results.insert(i, read.map_err(|e| e.at(&state.resources[i].urn, ProviderOp::Read)));
     }
 
     let mut drift = Vec::new();

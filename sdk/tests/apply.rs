@@ -669,3 +669,53 @@ async fn a_provider_that_panics_leaves_its_step_pending_as_begun() {
     assert_eq!(pending.inputs.get("size"), Some(&serde_json::json!(1)));
     assert!(matches!(stack.preview(&(), &report.state), Err(Error::PendingOperations { count: 1, .. })));
 }
+
+/// Creates anything; panics when reading resource `.0`.
+#[derive(Debug)]
+struct PanicsReading(&'static str);
+
+#[async_trait::async_trait]
+impl cairn_sdk::Provider for PanicsReading {
+    fn package(&self) -> &str {
+        "test"
+    }
+    async fn create(&self, urn: &Urn, inputs: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        Ok(cairn_sdk::Observed { id: urn.name().into(), inputs: inputs.clone(), outputs: Default::default() })
+    }
+    async fn read(&self, urn: &Urn, id: &str, inputs: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<Option<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        if urn.name() == self.0 {
+            panic!("a bug in the provider while reading {}", self.0);
+        }
+        Ok(Some(cairn_sdk::Observed { id: id.into(), inputs: inputs.clone(), outputs: Default::default() }))
+    }
+    async fn update(&self, _: &Urn, id: &str, _: &cairn_sdk::Props, new: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        Ok(cairn_sdk::Observed { id: id.into(), inputs: new.clone(), outputs: Default::default() })
+    }
+    async fn delete(&self, _: &Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<(), cairn_sdk::ProviderError> {
+        Ok(())
+    }
+    async fn lookup(&self, _: &Urn, _: &cairn_sdk::Props) -> Result<Vec<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A read that panics is that resource's refresh error, uncertain and named; the other
+/// resources are read, and state keeps what it had for the one not read.
+#[tokio::test]
+async fn a_provider_that_panics_while_reading_fails_that_resource_alone() {
+    let stack = Stack::<()>::new("dev").provider(PanicsReading("b")).program(|cx, _| {
+        for name in ["a", "b", "c"] {
+            cx.add(thing(name));
+        }
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let up = session.up(&()).await.unwrap();
+    assert!(up.succeeded());
+    let refreshed = session.refresh().await.unwrap();
+    let [error] = &refreshed.errors[..] else { panic!("one error: {:?}", refreshed.errors) };
+    assert_eq!((error.urn().map(|u| u.name()), error.op()), (Some("b"), Some(ProviderOp::Read)));
+    assert!(error.is_uncertain() && error.message().contains("the provider panicked: a bug in the provider while reading b"), "{error}");
+    assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
+    assert_eq!(refreshed.state.resources, up.state.resources);
+}
