@@ -445,55 +445,73 @@ fn take_first<T>(v: &mut Vec<T>, matches: impl Fn(&T) -> bool) -> Option<T> {
 
 /// Sleeps `d` of real time with about a tenth of a millisecond of precision: one
 /// thread keeps every pending deadline in a heap and wakes each sleeper on time,
-/// rather than tokio's timer (1 ms ticks, rounding up) or a thread per sleeper.
+/// rather than tokio's timer (1 ms ticks, rounding up) or a thread per sleeper. A new
+/// sleeper wakes that thread only when its deadline comes first, so calls that start
+/// while others sleep cost the caller no switch to the timer thread and back.
 async fn precise_sleep(d: Duration) {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    use std::sync::mpsc;
-    use std::sync::OnceLock;
+    use std::sync::{Condvar, OnceLock};
     use std::time::Instant;
 
-    type Sleeper = (Instant, u64, tokio::sync::oneshot::Sender<()>);
-    static TIMER: OnceLock<Mutex<mpsc::Sender<Sleeper>>> = OnceLock::new();
+    #[derive(Default)]
+    struct Sleepers {
+        deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+        wakers: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+        next_id: u64,
+    }
+    static TIMER: OnceLock<Arc<(Mutex<Sleepers>, Condvar)>> = OnceLock::new();
     let timer = TIMER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Sleeper>();
+        let timer = Arc::new((Mutex::new(Sleepers::default()), Condvar::new()));
+        let shared = timer.clone();
         std::thread::Builder::new()
             .name("cairn-test-timer".into())
             .spawn(move || {
-                let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
-                let mut wakers: HashMap<u64, tokio::sync::oneshot::Sender<()>> = HashMap::new();
+                let (sleepers, changed) = &*shared;
+                let mut s = sleepers.lock().unwrap_or_else(|e| e.into_inner());
+                let mut due = Vec::new();
                 loop {
                     let now = Instant::now();
-                    while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-                        let Reverse((_, id)) = heap.pop().expect("peeked");
-                        if let Some(w) = wakers.remove(&id) {
+                    while let Some(&Reverse((_, id))) = s.deadlines.peek().filter(|Reverse((at, _))| *at <= now) {
+                        s.deadlines.pop();
+                        due.extend(s.wakers.remove(&id));
+                    }
+                    if !due.is_empty() {
+                        // Woken outside the lock: a sleeper woken may start another.
+                        drop(s);
+                        for w in due.drain(..) {
                             let _ = w.send(());
                         }
+                        s = sleepers.lock().unwrap_or_else(|e| e.into_inner());
+                        continue;
                     }
-                    let next = match heap.peek() {
-                        Some(Reverse((at, _))) => rx.recv_timeout(at.saturating_duration_since(now)),
-                        None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                    };
-                    match next {
-                        Ok((at, id, w)) => {
-                            heap.push(Reverse((at, id)));
-                            wakers.insert(id, w);
+                    s = match s.deadlines.peek() {
+                        Some(Reverse((at, _))) => {
+                            let wait = at.saturating_duration_since(now);
+                            changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0
                         }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                    }
+                        None => changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+                    };
                 }
             })
             .expect("the test timer thread starts");
-        Mutex::new(tx)
+        timer
     });
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let sent = timer.lock().unwrap_or_else(|e| e.into_inner()).send((Instant::now() + d, id, tx));
-    if sent.is_ok() {
-        let _ = rx.await;
+    {
+        let (sleepers, changed) = &**timer;
+        let mut s = sleepers.lock().unwrap_or_else(|e| e.into_inner());
+        let at = Instant::now() + d;
+        let first = s.deadlines.peek().is_none_or(|Reverse((next, _))| at < *next);
+        let id = s.next_id;
+        s.next_id += 1;
+        s.deadlines.push(Reverse((at, id)));
+        s.wakers.insert(id, tx);
+        if first {
+            changed.notify_one();
+        }
     }
+    let _ = rx.await;
 }
 
 /// The plan of `stack` for user state `s` against `state`, rendered with property
