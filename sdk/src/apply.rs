@@ -469,7 +469,7 @@ impl<'a> Run<'a> {
             old,
             live,
             by_urn,
-            new: HashMap::default(),
+            new: HashMap::with_capacity_and_hasher(steps.len(), Default::default()),
             changing: steps
                 .iter()
                 .filter(|s| matches!(s.op, StepOp::Create | StepOp::Update | StepOp::CreateReplacement))
