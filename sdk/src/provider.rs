@@ -335,8 +335,11 @@ pub struct DiffRequest<'a> {
     pub new: &'a [(&'a str, Planned<'a>)],
 }
 
-/// A cloud provider. Implementations talk to a real API; the engine calls them from many
-/// tasks at once.
+/// A cloud provider. Implementations talk to a real API. The engine runs many calls at
+/// once: an apply polls its steps' calls together on its own task, and several stacks
+/// may apply at the same time. So a call must wait, not block its thread: blocking work
+/// belongs in `tokio::task::spawn_blocking`, or it holds up every other call of the
+/// apply.
 ///
 /// `check` and `diff` are local and synchronous: they must not make network calls,
 /// because preview runs them and must not touch the cloud.
