@@ -53,8 +53,8 @@ impl Default for ApplyOptions {
     }
 }
 
-/// Observes an apply's steps as they start and finish. Called from the scheduler: keep
-/// it quick.
+/// Observes an apply's steps as they start and finish. Called on the apply's task, which
+/// also polls every call in flight: keep it quick.
 pub trait Progress: Send + Sync + std::fmt::Debug {
     /// A step is about to call its provider.
     fn started(&self, _urn: &Urn, _op: StepOp) {}
@@ -543,6 +543,10 @@ impl<'a> Run<'a> {
                 if self.skipped[s] {
                     continue;
                 }
+                // Steps that end without waiting (no call, a memory journal and a provider
+                // that answers at once) never yield on their own: each takes from tokio's
+                // budget, so a long run of them still lets the runtime's other tasks in.
+                tokio::task::coop::consume_budget().await;
                 match self.start(s) {
                     Started::Call(pending, call) => {
                         // A downgraded replacement updates in place: report what is done.
@@ -556,9 +560,11 @@ impl<'a> Run<'a> {
                         let (base, step) = (self.state.serial, (self.op_id, s as u32));
                         let t = Instant::now();
                         let mut call = CatchUnwind(Box::pin(journaled(journal, base, step, pending, call)));
-                        // Polled once now, so that its request goes out before this task
-                        // turns to the other calls the same wake-up ended; then it joins
-                        // them, and is polled again there with the set's own waker.
+                        // Polled once now, so that it is under way (its begin record on
+                        // its way to the journal; with a journal that answers at once,
+                        // its request sent) before this task turns to the other calls the
+                        // same wake-up ended. Then it joins them, and is polled again
+                        // there with the set's own waker.
                         match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await {
                             Poll::Ready(result) => self.finish_call(s, t.elapsed(), result, &mut ready),
                             Poll::Pending => running.push(async move {

@@ -79,6 +79,8 @@ impl cairn_sdk::Progress for CreatesSeen {
 async fn a_steps_call_goes_out_before_the_other_ends_that_came_with_its_dependencys() {
     // Eight calls end at the same instant; `next` waits on the first of them only. Its
     // request goes out as soon as that end is taken, not after the other seven are.
+    // tokio fires the timers of one instant in the order they were set, so a0's end
+    // comes first; were it last, the check below that some end came after it fails.
     let fake = TestProvider::new("test").with_latency(Duration::from_millis(10));
     let seen = CreatesSeen { fake: fake.clone(), log: Arc::default() };
     let stack = Stack::<()>::new("dev").provider(fake.clone()).progress(seen.clone()).program(|cx, _| {
@@ -98,6 +100,36 @@ async fn a_steps_call_goes_out_before_the_other_ends_that_came_with_its_dependen
     for (name, creates) in after {
         assert_eq!(*creates, 9, "when {name}'s end was taken, next's create had gone out: {log:?}");
     }
+}
+
+/// On a one-thread runtime (the reconciler's), an apply whose calls all end at once
+/// still lets the runtime's other tasks run while it goes on: a lease renewal does not
+/// wait for the whole apply.
+#[tokio::test]
+async fn an_apply_whose_calls_never_wait_still_lets_other_tasks_run() {
+    let fake = TestProvider::new("test");
+    let stack = Stack::<()>::new("dev").provider(fake.clone()).parallelism(usize::MAX).program(|cx, _| {
+        for i in 0..1000 {
+            cx.add(thing(&format!("t{i:04}")));
+        }
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let other = tokio::spawn({
+        let fake = fake.clone();
+        // Looks again each time it runs until the apply has begun.
+        async move {
+            loop {
+                match fake.calls_of(Op::Create).len() {
+                    0 => tokio::task::yield_now().await,
+                    n => return n,
+                }
+            }
+        }
+    });
+    assert!(session.up(&()).await.unwrap().succeeded());
+    let creates_when_it_ran = other.await.unwrap();
+    assert!(creates_when_it_ran < 1000, "the other task ran again only after the apply's {creates_when_it_ran} creates");
 }
 
 #[tokio::test(start_paused = true)]
@@ -622,9 +654,11 @@ async fn a_saved_plan_edited_by_hand_is_refused_before_any_call_never_a_panic() 
     session.close().await.unwrap();
 }
 
-/// A provider whose create panics after it may have reached the cloud.
+/// A provider whose create panics after it may have reached the cloud: at once, or with
+/// `.0` after waiting once (so the panic comes from a call the apply polls among the
+/// others, not from its first poll).
 #[derive(Debug)]
-struct PanicsOnCreate;
+struct PanicsOnCreate(bool);
 
 #[async_trait::async_trait]
 impl cairn_sdk::Provider for PanicsOnCreate {
@@ -632,6 +666,9 @@ impl cairn_sdk::Provider for PanicsOnCreate {
         "test"
     }
     async fn create(&self, urn: &Urn, _: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        if self.0 {
+            tokio::task::yield_now().await;
+        }
         panic!("a bug in the provider while creating {}", urn.name())
     }
     async fn read(&self, _: &Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<Option<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
@@ -653,7 +690,12 @@ impl cairn_sdk::Provider for PanicsOnCreate {
 /// dependencies), what depends on it is skipped, and planning waits until it is settled.
 #[tokio::test]
 async fn a_provider_that_panics_leaves_its_step_pending_as_begun() {
-    let stack = Stack::<()>::new("dev").provider(PanicsOnCreate).program(|cx, _| {
+    a_panic_leaves_its_step_pending(PanicsOnCreate(false)).await;
+    a_panic_leaves_its_step_pending(PanicsOnCreate(true)).await;
+}
+
+async fn a_panic_leaves_its_step_pending(provider: PanicsOnCreate) {
+    let stack = Stack::<()>::new("dev").provider(provider).program(|cx, _| {
         let first = cx.add(thing("first"));
         cx.add(thing("second").depends_on(&first));
         Ok(())
