@@ -654,25 +654,40 @@ async fn a_saved_plan_edited_by_hand_is_refused_before_any_call_never_a_panic() 
     session.close().await.unwrap();
 }
 
-/// A provider whose create panics after it may have reached the cloud: at once, or with
-/// `.0` after waiting once (so the panic comes from a call the apply polls among the
-/// others, not from its first poll).
+/// A provider with a bug: `op` on resource `name` panics, after the call may have
+/// reached the cloud. At once, or with `after_waiting` after waiting once, so that the
+/// panic comes from a call the apply polls among the others, not from its first poll.
+/// Everything else succeeds.
 #[derive(Debug)]
-struct PanicsOnCreate(bool);
+struct PanicsIn {
+    op: Op,
+    name: &'static str,
+    after_waiting: bool,
+}
+
+impl PanicsIn {
+    async fn call(&self, op: Op, urn: &Urn) {
+        if op == self.op && urn.name() == self.name {
+            if self.after_waiting {
+                tokio::task::yield_now().await;
+            }
+            panic!("a bug in the provider while {} {}", if op == Op::Read { "reading" } else { "creating" }, self.name);
+        }
+    }
+}
 
 #[async_trait::async_trait]
-impl cairn_sdk::Provider for PanicsOnCreate {
+impl cairn_sdk::Provider for PanicsIn {
     fn package(&self) -> &str {
         "test"
     }
-    async fn create(&self, urn: &Urn, _: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
-        if self.0 {
-            tokio::task::yield_now().await;
-        }
-        panic!("a bug in the provider while creating {}", urn.name())
+    async fn create(&self, urn: &Urn, inputs: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        self.call(Op::Create, urn).await;
+        Ok(cairn_sdk::Observed { id: urn.name().into(), inputs: inputs.clone(), outputs: Default::default() })
     }
-    async fn read(&self, _: &Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<Option<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
-        Ok(None)
+    async fn read(&self, urn: &Urn, id: &str, inputs: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<Option<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        self.call(Op::Read, urn).await;
+        Ok(Some(cairn_sdk::Observed { id: id.into(), inputs: inputs.clone(), outputs: Default::default() }))
     }
     async fn update(&self, _: &Urn, id: &str, _: &cairn_sdk::Props, new: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
         Ok(cairn_sdk::Observed { id: id.into(), inputs: new.clone(), outputs: Default::default() })
@@ -690,11 +705,12 @@ impl cairn_sdk::Provider for PanicsOnCreate {
 /// dependencies), what depends on it is skipped, and planning waits until it is settled.
 #[tokio::test]
 async fn a_provider_that_panics_leaves_its_step_pending_as_begun() {
-    a_panic_leaves_its_step_pending(PanicsOnCreate(false)).await;
-    a_panic_leaves_its_step_pending(PanicsOnCreate(true)).await;
+    for after_waiting in [false, true] {
+        a_panic_leaves_its_step_pending(PanicsIn { op: Op::Create, name: "first", after_waiting }).await;
+    }
 }
 
-async fn a_panic_leaves_its_step_pending(provider: PanicsOnCreate) {
+async fn a_panic_leaves_its_step_pending(provider: PanicsIn) {
     let stack = Stack::<()>::new("dev").provider(provider).program(|cx, _| {
         let first = cx.add(thing("first"));
         cx.add(thing("second").depends_on(&first));
@@ -712,40 +728,11 @@ async fn a_panic_leaves_its_step_pending(provider: PanicsOnCreate) {
     assert!(matches!(stack.preview(&(), &report.state), Err(Error::PendingOperations { count: 1, .. })));
 }
 
-/// Creates anything; panics when reading resource `.0`.
-#[derive(Debug)]
-struct PanicsReading(&'static str);
-
-#[async_trait::async_trait]
-impl cairn_sdk::Provider for PanicsReading {
-    fn package(&self) -> &str {
-        "test"
-    }
-    async fn create(&self, urn: &Urn, inputs: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
-        Ok(cairn_sdk::Observed { id: urn.name().into(), inputs: inputs.clone(), outputs: Default::default() })
-    }
-    async fn read(&self, urn: &Urn, id: &str, inputs: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<Option<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
-        if urn.name() == self.0 {
-            panic!("a bug in the provider while reading {}", self.0);
-        }
-        Ok(Some(cairn_sdk::Observed { id: id.into(), inputs: inputs.clone(), outputs: Default::default() }))
-    }
-    async fn update(&self, _: &Urn, id: &str, _: &cairn_sdk::Props, new: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
-        Ok(cairn_sdk::Observed { id: id.into(), inputs: new.clone(), outputs: Default::default() })
-    }
-    async fn delete(&self, _: &Urn, _: &str, _: &cairn_sdk::Props, _: &cairn_sdk::Props) -> Result<(), cairn_sdk::ProviderError> {
-        Ok(())
-    }
-    async fn lookup(&self, _: &Urn, _: &cairn_sdk::Props) -> Result<Vec<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
-        Ok(Vec::new())
-    }
-}
-
 /// A read that panics is that resource's refresh error, uncertain and named; the other
 /// resources are read, and state keeps what it had for the one not read.
 #[tokio::test]
 async fn a_provider_that_panics_while_reading_fails_that_resource_alone() {
-    let stack = Stack::<()>::new("dev").provider(PanicsReading("b")).program(|cx, _| {
+    let stack = Stack::<()>::new("dev").provider(PanicsIn { op: Op::Read, name: "b", after_waiting: false }).program(|cx, _| {
         for name in ["a", "b", "c"] {
             cx.add(thing(name));
         }
