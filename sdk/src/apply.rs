@@ -16,9 +16,6 @@
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -27,6 +24,7 @@ use cairn_state::{
     Journal, JournalRecord, StepOp, PendingOperation, Props, ResourceState, StackState, StepEffect, StoredOptions, Urn,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -563,11 +561,11 @@ impl<'a> Run<'a> {
                         // Polled once now, so that it is under way (its begin record on
                         // its way to the journal; with a journal that answers at once,
                         // its request sent) before this task turns to the other calls the
-                        // same wake-up ended. Then it joins them, and is polled again
-                        // there with the set's own waker.
-                        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await {
-                            Poll::Ready(result) => self.finish_call(s, t.elapsed(), result, &mut ready),
-                            Poll::Pending => running.push(async move {
+                        // same wake-up ended. Then it joins them: the set polls what it is
+                        // given at once, with its own waker.
+                        match (&mut call).now_or_never() {
+                            Some(result) => self.finish_call(s, t.elapsed(), result, &mut ready),
+                            None => running.push(async move {
                                 let result = call.await;
                                 (s, t.elapsed(), result)
                             }),
