@@ -20,9 +20,12 @@
 //! - while it waits for that, its visibility timeout is extended, so a long apply does
 //!   not make SQS hand it out again;
 //! - if the reconciler stops first, the message is made visible again at once and is
-//!   redelivered; a message whose effect was recorded but whose deletion was lost (a
-//!   crash in between) comes back with the same SQS `MessageId`, hence the same event
-//!   id, and the reconciler skips it as a duplicate.
+//!   redelivered; so is any message the long poll under way at the stop takes (SQS
+//!   cannot take a poll back, so it runs on to its answer, unless the process exits
+//!   first: then what it took comes back when its visibility timeout ends);
+//! - a message whose effect was recorded but whose deletion was lost (a crash in
+//!   between) comes back with the same SQS `MessageId`, hence the same event id, and
+//!   the reconciler skips it as a duplicate.
 //!
 //! Message bodies understood (see [`event_from_message`]): EventBridge events (a rule
 //! with the queue as target), CloudWatch alarm state changes (through EventBridge, or
@@ -48,6 +51,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use cairn_sdk::events::{Envelope, Event, Events, Receipt, Source};
 use cairn_sdk::{BoxError, StackState, Urn};
 use serde_json::{Map, Value};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::error::code;
@@ -279,6 +283,7 @@ impl Source for SqsSource {
 }
 
 /// A running source.
+#[derive(Clone)]
 struct Poller {
     receiver: Client,
     settler: Client,
@@ -308,8 +313,7 @@ impl Poller {
             };
             let mut closed = false;
             for message in messages {
-                let Some(handle) = message.receipt_handle().map(str::to_owned) else { continue };
-                let pending = Pending { client: self.settler.clone(), url: self.url.clone(), handle };
+                let Some(pending) = self.pending(&message) else { continue };
                 if closed {
                     pending.release().await;
                     continue;
@@ -342,7 +346,28 @@ impl Poller {
     }
 
     /// One long poll (the SDK retries it).
+    ///
+    /// A long poll cannot be taken back: dropped, it would still take the messages
+    /// that arrive (those the source releases as it stops included) and hide them for
+    /// the visibility timeout, its answer lost. So the poll runs on a task of its own,
+    /// and if the source has stopped waiting by the time it answers, the task releases
+    /// what it took.
     async fn receive(&self) -> Result<Vec<Message>, SqsSourceError> {
+        let (answer, answered) = oneshot::channel();
+        let poller = self.clone();
+        tokio::spawn(async move {
+            if let Err(Ok(messages)) = answer.send(poller.long_poll().await) {
+                for message in &messages {
+                    if let Some(pending) = poller.pending(message) {
+                        pending.release().await;
+                    }
+                }
+            }
+        });
+        answered.await.expect("the long poll's task answers unless it panicked")
+    }
+
+    async fn long_poll(&self) -> Result<Vec<Message>, SqsSourceError> {
         let call = self
             .receiver
             .receive_message()
@@ -359,6 +384,12 @@ impl Poller {
             message: describe(&e),
             source: Box::new(e),
         })
+    }
+
+    /// A received message's handle, to delete it or release it.
+    fn pending(&self, message: &Message) -> Option<Pending> {
+        let handle = message.receipt_handle()?.to_owned();
+        Some(Pending { client: self.settler.clone(), url: self.url.clone(), handle })
     }
 }
 
