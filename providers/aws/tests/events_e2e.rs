@@ -340,7 +340,7 @@ async fn a_message_stays_hidden_until_recorded_and_comes_back_if_the_reconciler_
     // A reconciler that takes events but is never run, so records nothing.
     let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
     let metrics = reconciler.metrics();
-    let source = SqsSource::url(&url).client(aws.sqs.clone()).visibility_extension(Duration::from_secs(2));
+    let source = SqsSource::url(&url).client(aws.sqs.clone()).visibility_extension(Duration::from_secs(3));
     let source = tokio::spawn(async move { source.run(&state, events).await.map_err(|e| e.to_string()) });
     let body = json!({"kind": "traffic.spike", "payload": {"requests_per_second": 4000}}).to_string();
     aws.sqs.send_message().queue_url(&url).message_body(body).send().await.unwrap();
@@ -348,7 +348,7 @@ async fn a_message_stays_hidden_until_recorded_and_comes_back_if_the_reconciler_
 
     // Twice its visibility timeout: renewed while unrecorded, it stays hidden and is not
     // delivered (so submitted) again.
-    let watch_until = Instant::now() + Duration::from_secs(4);
+    let watch_until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < watch_until {
         assert_eq!(messages(&aws.sqs, &url).await, (0, 1), "hidden and not deleted while unrecorded");
         assert_eq!(metrics.pending(), 1, "submitted once: not redelivered while unrecorded");
@@ -360,11 +360,11 @@ async fn a_message_stays_hidden_until_recorded_and_comes_back_if_the_reconciler_
     let session = reconciler.into_session();
     let ran = timeout(Duration::from_secs(30), source).await.expect("the source stops with the reconciler").unwrap();
     assert_eq!(ran, Ok(()));
-    eventually("the message to be visible again", Duration::from_secs(1), || async { messages(&aws.sqs, &url).await == (1, 0) }).await;
+    eventually("the message to be visible again", Duration::from_secs(5), || async { messages(&aws.sqs, &url).await == (1, 0) }).await;
     // The source's long poll was still under way, and takes the message as soon as it
     // sees it visible (moto looks once a second). Abandoned, it would hide the message
-    // for 2 s more; the source releases what it takes instead.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // for 3 s more; the source releases what it takes instead.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(messages(&aws.sqs, &url).await, (1, 0), "still visible: what the last long poll took was released");
     assert!(store.history(STACK).await.unwrap().is_empty(), "nothing was recorded");
     session.close().await.unwrap();
