@@ -246,9 +246,10 @@ impl S3Store {
         Ok(out.e_tag().map(str::to_owned))
     }
 
-    /// Runs the write `write` for the holder of `lock`, abandoning it (the request is
-    /// dropped, so S3 never completes it) once the holder must stop writing: a write
-    /// that landed later could follow a takeover.
+    /// Runs the write `write` for the holder of `lock`, abandoning it once the holder
+    /// must stop writing: a write that landed later could follow a takeover. Dropped
+    /// before S3 has the whole request, it never lands; one S3 already has whole may
+    /// still finish, in the fifth of a lease left before anyone may take over.
     async fn before_lease_ends<T>(&self, lock: &Lock, write: impl std::future::Future<Output = Result<T, StateError>>) -> Result<T, StateError> {
         lock.check()?;
         match tokio::time::timeout(lock.writable_for(), write).await {

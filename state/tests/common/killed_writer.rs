@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cairn_state::{JournalRecord, Props, ResourceState, StackState, StepEffect, Store, StoredOptions, Urn};
+use cairn_state::{JournalRecord, Props, ResourceState, StackState, StateError, StepEffect, Store, StoredOptions, Urn};
 use serde_json::json;
 
 const CHILD: &str = "CAIRN_TEST_KILLED_WRITER";
@@ -87,20 +87,39 @@ pub async fn kill_and_check(store: &dyn Store, test: &str, env: &[(&str, String)
         child.kill().unwrap(); // SIGKILL: no unlock, no flush.
         child.wait().unwrap();
 
-        let state = store.load("dev").await.expect("the state loads after a kill").expect("it exists");
-        let g = state.user_state.as_u64().unwrap();
-        assert!(g >= last, "the state went back: generation {g} after commit {last} was reported");
-        let sizes: Vec<u64> = state.resources.iter().map(|r| r.inputs.get("size").and_then(|v| v.as_u64()).unwrap()).collect();
-        assert_eq!(state.resources.len(), RESOURCES, "{sizes:?}");
-        assert!(sizes.iter().all(|&n| n == g || n + 1 == g), "generation {g}: {sizes:?}");
-        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "the records replayed are a prefix: {sizes:?}");
+        let state = loads_whole(store, last).await;
 
         // The next writer breaks the dead one's lock, as `state unlock` does, and goes on.
         store.force_unlock("dev").await.unwrap();
         let lock = store.lock("dev", "up").await.unwrap();
         let next = StackState { serial: state.serial + 1, ..state };
-        store.commit(&lock, &next).await.unwrap();
+        let next = match store.commit(&lock, &next).await {
+            Ok(()) => next,
+            // The dead writer's commit was on its way when it was killed, and the local
+            // S3 carried it out after the load above (a server finishes a request it has
+            // whole): refused, as a commit over a state not read must be. Read again.
+            Err(StateError::Conflict { .. }) => {
+                let state = loads_whole(store, last).await;
+                let next = StackState { serial: state.serial + 1, ..state };
+                store.commit(&lock, &next).await.expect("a commit over the state just read");
+                next
+            }
+            Err(e) => panic!("the next writer's commit: {e}"),
+        };
         assert_eq!(store.load("dev").await.unwrap().unwrap(), next);
         store.unlock(lock).await.unwrap();
     }
+}
+
+/// Loads the state a killed writer left, and checks it is whole: no older than `last`,
+/// the commit reported, and that commit with a prefix of the next one's records.
+async fn loads_whole(store: &dyn Store, last: u64) -> StackState {
+    let state = store.load("dev").await.expect("the state loads after a kill").expect("it exists");
+    let g = state.user_state.as_u64().unwrap();
+    assert!(g >= last, "the state went back: generation {g} after commit {last} was reported");
+    let sizes: Vec<u64> = state.resources.iter().map(|r| r.inputs.get("size").and_then(|v| v.as_u64()).unwrap()).collect();
+    assert_eq!(state.resources.len(), RESOURCES, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n == g || n + 1 == g), "generation {g}: {sizes:?}");
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "the records replayed are a prefix: {sizes:?}");
+    state
 }
