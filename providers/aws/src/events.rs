@@ -20,9 +20,10 @@
 //! - while it waits for that, its visibility timeout is extended, so a long apply does
 //!   not make SQS hand it out again;
 //! - if the reconciler stops first, the message is made visible again at once and is
-//!   redelivered; so is any message the long poll under way at the stop takes (SQS
-//!   cannot take a poll back, so it runs on to its answer, unless the process exits
-//!   first: then what it took comes back when its visibility timeout ends);
+//!   redelivered. SQS cannot take back the long poll under way, which takes such a
+//!   message as soon as it sees it: the source waits up to 2 s for that poll's answer
+//!   and releases what it took. A message the poll takes later (after that wait, or
+//!   after the process exited) comes back when its visibility timeout ends;
 //! - a message whose effect was recorded but whose deletion was lost (a crash in
 //!   between) comes back with the same SQS `MessageId`, hence the same event id, and
 //!   the reconciler skips it as a duplicate.
@@ -72,6 +73,9 @@ const BATCH: i32 = 10;
 const DEFAULT_EXTENSION: Duration = Duration::from_secs(60);
 /// SQS's longest visibility timeout.
 const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+/// How long a stopping source waits for its last long poll to take back the messages
+/// it released (SQS answers at once; the local AWS looks once a second).
+const RETAKE_WAIT: Duration = Duration::from_secs(2);
 /// Messages awaiting their receipt before the source stops receiving more.
 const MAX_IN_FLIGHT: usize = 100;
 /// The longest wait between two tries of a failing call.
@@ -294,28 +298,35 @@ struct Poller {
 
 impl Poller {
     async fn run(&self, events: Events) -> Result<(), SqsSourceError> {
-        let mut in_flight: JoinSet<()> = JoinSet::new();
-        let result = loop {
-            while in_flight.try_join_next().is_some() {}
+        let mut in_flight: JoinSet<Settled> = JoinSet::new();
+        // Messages made visible again because the reconciler stopped first.
+        let mut released = 0;
+        let released_by = |settled: Option<Result<Settled, _>>| usize::from(matches!(settled, Some(Ok(Settled::Released))));
+        let (result, mut poll) = loop {
+            while let Some(settled) = in_flight.try_join_next() {
+                released += released_by(Some(settled));
+            }
             if in_flight.len() >= MAX_IN_FLIGHT {
                 // Their receipts resolve when the reconciler records them or stops.
-                in_flight.join_next().await;
+                released += released_by(in_flight.join_next().await);
                 continue;
             }
+            let mut answer = self.start_receive();
             let received = tokio::select! {
                 biased;
-                () = events.closed() => break Ok(()),
-                received = self.receive() => received,
+                () = events.closed() => break (Ok(()), Some(answer)),
+                received = &mut answer => received.expect("the long poll's task answers unless it panicked"),
             };
             let messages = match received {
                 Ok(messages) => messages,
-                Err(e) => break Err(e),
+                Err(e) => break (Err(e), None),
             };
             let mut closed = false;
             for message in messages {
                 let Some(pending) = self.pending(&message) else { continue };
                 if closed {
                     pending.release().await;
+                    released += 1;
                     continue;
                 }
                 match events.submit(self.event_of(&message)).await {
@@ -325,14 +336,34 @@ impl Poller {
                     Err(_) => {
                         closed = true;
                         pending.release().await;
+                        released += 1;
                     }
                 }
             }
             if closed {
-                break Ok(());
+                break (Ok(()), None);
             }
         };
-        while in_flight.join_next().await.is_some() {}
+        while let Some(settled) = in_flight.join_next().await {
+            released += released_by(Some(settled));
+        }
+        // The long poll under way when the reconciler stopped takes the messages just
+        // released as soon as it sees them (SQS answers then; the local AWS looks once
+        // a second): wait that long for its answer, and release them again. Otherwise
+        // what it has answered already is released here, and what it answers later by
+        // its task, if the process lives that long.
+        if let Some(answer) = &mut poll {
+            if released > 0 {
+                if let Ok(Ok(Ok(messages))) = tokio::time::timeout(RETAKE_WAIT, &mut *answer).await {
+                    self.release(&messages).await;
+                    return result;
+                }
+            }
+            answer.close();
+            if let Ok(Ok(messages)) = answer.try_recv() {
+                self.release(&messages).await;
+            }
+        }
         result
     }
 
@@ -345,26 +376,31 @@ impl Poller {
         event_from_message(&self.queue_name, message.message_id().unwrap_or_default(), message.body().unwrap_or_default(), sent_ms)
     }
 
-    /// One long poll (the SDK retries it).
+    /// Starts one long poll (the SDK retries it), for its answer.
     ///
     /// A long poll cannot be taken back: dropped, it would still take the messages
     /// that arrive (those the source releases as it stops included) and hide them for
     /// the visibility timeout, its answer lost. So the poll runs on a task of its own,
     /// and if the source has stopped waiting by the time it answers, the task releases
     /// what it took.
-    async fn receive(&self) -> Result<Vec<Message>, SqsSourceError> {
+    fn start_receive(&self) -> oneshot::Receiver<Result<Vec<Message>, SqsSourceError>> {
         let (answer, answered) = oneshot::channel();
         let poller = self.clone();
         tokio::spawn(async move {
             if let Err(Ok(messages)) = answer.send(poller.long_poll().await) {
-                for message in &messages {
-                    if let Some(pending) = poller.pending(message) {
-                        pending.release().await;
-                    }
-                }
+                poller.release(&messages).await;
             }
         });
-        answered.await.expect("the long poll's task answers unless it panicked")
+        answered
+    }
+
+    /// Makes received messages visible again at once.
+    async fn release(&self, messages: &[Message]) {
+        for message in messages {
+            if let Some(pending) = self.pending(message) {
+                pending.release().await;
+            }
+        }
     }
 
     async fn long_poll(&self) -> Result<Vec<Message>, SqsSourceError> {
@@ -393,6 +429,14 @@ impl Poller {
     }
 }
 
+/// How a message handed to the reconciler was settled.
+enum Settled {
+    /// Recorded, so deleted.
+    Deleted,
+    /// Made visible again: the reconciler stopped before recording it.
+    Released,
+}
+
 /// A received message not yet deleted.
 struct Pending {
     client: Client,
@@ -403,7 +447,7 @@ struct Pending {
 impl Pending {
     /// Waits for `receipt`, keeping the message invisible meanwhile; then deletes it if
     /// it was recorded, or makes it visible again if the reconciler stopped first.
-    async fn acknowledge(self, receipt: Receipt, extension: Duration) {
+    async fn acknowledge(self, receipt: Receipt, extension: Duration) -> Settled {
         let recorded = receipt.recorded();
         tokio::pin!(recorded);
         let every = (extension / 3).max(Duration::from_millis(500));
@@ -423,8 +467,14 @@ impl Pending {
         match outcome {
             // Best effort: a message whose deletion fails is delivered again, and
             // recognised as a duplicate.
-            Ok(_) => drop(self.client.delete_message().queue_url(&self.url).receipt_handle(&self.handle).send().await),
-            Err(_) => self.release().await,
+            Ok(_) => {
+                drop(self.client.delete_message().queue_url(&self.url).receipt_handle(&self.handle).send().await);
+                Settled::Deleted
+            }
+            Err(_) => {
+                self.release().await;
+                Settled::Released
+            }
         }
     }
 

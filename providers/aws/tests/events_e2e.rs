@@ -341,7 +341,12 @@ async fn a_message_stays_hidden_until_recorded_and_comes_back_if_the_reconciler_
     let (reconciler, events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
     let metrics = reconciler.metrics();
     let source = SqsSource::url(&url).client(aws.sqs.clone()).visibility_extension(Duration::from_secs(3));
-    let source = tokio::spawn(async move { source.run(&state, events).await.map_err(|e| e.to_string()) });
+    // On a runtime of its own, dropped once the source returns, as a `watch` process
+    // exits once its sources have stopped: nothing of the source runs on after that.
+    let source = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(source.run(&state, events)).map_err(|e| e.to_string())
+    });
     let body = json!({"kind": "traffic.spike", "payload": {"requests_per_second": 4000}}).to_string();
     aws.sqs.send_message().queue_url(&url).message_body(body).send().await.unwrap();
     eventually("the source to receive the message", Duration::from_secs(30), || async { messages(&aws.sqs, &url).await == (0, 1) }).await;
@@ -356,16 +361,16 @@ async fn a_message_stays_hidden_until_recorded_and_comes_back_if_the_reconciler_
     }
 
     // The reconciler stops without recording it: the source makes the message visible
-    // again at once, for redelivery, and stops.
+    // again, for redelivery, and stops. Its last long poll, still under way, takes the
+    // message as soon as it sees it (moto looks once a second), so the source waits
+    // for that poll's answer and releases the message again before it returns.
+    // Abandoned, the poll would hide the message for 3 s more, after the exit.
     let session = reconciler.into_session();
     let ran = timeout(Duration::from_secs(30), source).await.expect("the source stops with the reconciler").unwrap();
     assert_eq!(ran, Ok(()));
-    eventually("the message to be visible again", Duration::from_secs(5), || async { messages(&aws.sqs, &url).await == (1, 0) }).await;
-    // The source's long poll was still under way, and takes the message as soon as it
-    // sees it visible (moto looks once a second). Abandoned, it would hide the message
-    // for 3 s more; the source releases what it takes instead.
+    assert_eq!(messages(&aws.sqs, &url).await, (1, 0), "visible again once the source has stopped");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(messages(&aws.sqs, &url).await, (1, 0), "still visible: what the last long poll took was released");
+    assert_eq!(messages(&aws.sqs, &url).await, (1, 0), "still visible: no poll of the source took it since");
     assert!(store.history(STACK).await.unwrap().is_empty(), "nothing was recorded");
     session.close().await.unwrap();
 }
