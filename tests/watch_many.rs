@@ -42,7 +42,8 @@ fn many_stacks_in_one_process_and_a_standby_process_that_takes_them_all_over() {
     drop(first);
     second.wait_until("the standby leads every stack", |s| s.iter().all(|s| s["role"] == "leader"));
     let failover = died.elapsed();
-    // About the lease: its rest, then each stack's wait of up to 250 ms before it tries.
+    // About the lease: its rest, then the standby's look (every 0.5 s at most) and
+    // each stack's hold-back before it tries (up to 250 ms, more per stack it leads).
     assert!(failover < Duration::from_millis(1000 + 2000), "took {failover:?}: more than the lease + 2 s");
 
     // Someone breaks the lock of one stack and takes it: the process that led it finds

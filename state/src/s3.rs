@@ -249,7 +249,9 @@ impl S3Store {
     /// Runs the write `write` for the holder of `lock`, abandoning it once the holder
     /// must stop writing: a write that landed later could follow a takeover. Dropped
     /// before S3 has the whole request, it never lands; one S3 already has whole may
-    /// still finish, in the fifth of a lease left before anyone may take over.
+    /// still finish. A late journal record is refused by the key the next holder
+    /// claims first; a late commit and the next holder's commit are each conditional
+    /// on the snapshot they read (`If-Match`), so the second to arrive is refused.
     async fn before_lease_ends<T>(&self, lock: &Lock, write: impl std::future::Future<Output = Result<T, StateError>>) -> Result<T, StateError> {
         lock.check()?;
         match tokio::time::timeout(lock.writable_for(), write).await {
