@@ -134,13 +134,7 @@ async fn tagged(aws: &Aws, stack: &str) -> Tagged {
         .await
         .unwrap();
     let asg_filter = aws_sdk_autoscaling::types::Filter::builder().name("tag:cairn:stack").values(stack).build();
-    let mut queues = 0;
-    for url in aws.sqs.list_queues().max_results(1000).send().await.unwrap().queue_urls() {
-        let tags = aws.sqs.list_queue_tags().queue_url(url).send().await.unwrap();
-        if tags.tags().is_some_and(|t| t.get("cairn:stack").map(String::as_str) == Some(stack)) {
-            queues += 1;
-        }
-    }
+    let queues = common::queues_tagged(&aws.sqs, stack).await.len();
     Tagged {
         vpcs: ec2.describe_vpcs().filters(f()).send().await.unwrap().vpcs().len(),
         subnets: ec2.describe_subnets().filters(f()).send().await.unwrap().subnets().len(),

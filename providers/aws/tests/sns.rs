@@ -33,8 +33,16 @@ async fn topic(sns: &aws_sdk_sns::Client, arn: &str) -> Option<HashMap<String, S
 }
 
 async fn topic_tags(sns: &aws_sdk_sns::Client, arn: &str) -> HashMap<String, String> {
-    let out = sns.list_tags_for_resource().resource_arn(arn).send().await.unwrap();
-    out.tags().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect()
+    existing_topic_tags(sns, arn).await.unwrap_or_else(|| panic!("topic {arn} does not exist"))
+}
+
+/// The topic's tags, `None` when it does not exist.
+async fn existing_topic_tags(sns: &aws_sdk_sns::Client, arn: &str) -> Option<HashMap<String, String>> {
+    match sns.list_tags_for_resource().resource_arn(arn).send().await {
+        Ok(out) => Some(out.tags().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect()),
+        Err(e) if matches!(code(&e), Some("NotFound" | "ResourceNotFound")) => None,
+        Err(e) => panic!("reading the tags of topic {arn}: {e:?}"),
+    }
 }
 
 /// The subscription's attributes, `None` when it does not exist.
@@ -53,7 +61,10 @@ async fn topics_of(sns: &aws_sdk_sns::Client, stack: &str) -> Vec<String> {
     loop {
         let page = sns.list_topics().set_next_token(token).send().await.unwrap();
         for arn in page.topics().iter().filter_map(|t| t.topic_arn()) {
-            if topic_tags(sns, arn).await.get("cairn:stack").map(String::as_str) == Some(stack) {
+            // A topic deleted since the listing (by a test running beside this one) is
+            // not one of them.
+            let tags = existing_topic_tags(sns, arn).await.unwrap_or_default();
+            if tags.get("cairn:stack").map(String::as_str) == Some(stack) {
                 arns.push(arn.to_owned());
             }
         }

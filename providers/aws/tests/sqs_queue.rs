@@ -5,6 +5,9 @@ use cairn_aws::sqs::Queue;
 use cairn_sdk::{Action, Provider as _, Stack, Urn};
 use serde::{Deserialize, Serialize};
 
+mod common;
+use common::queues_tagged;
+
 async fn aws() -> (cairn_aws::Provider, aws_sdk_sqs::Client) {
     cairn_testkit::moto().configure_env();
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -18,19 +21,6 @@ async fn attribute(sqs: &aws_sdk_sqs::Client, url: &str, attr: Attr) -> Option<S
 
 async fn exists(sqs: &aws_sdk_sqs::Client, url: &str) -> bool {
     sqs.get_queue_attributes().queue_url(url).attribute_names(Attr::All).send().await.is_ok()
-}
-
-/// The URLs of the queues tagged with `stack`.
-async fn queues_of(sqs: &aws_sdk_sqs::Client, stack: &str) -> Vec<String> {
-    let mut urls = Vec::new();
-    for url in sqs.list_queues().max_results(1000).send().await.unwrap().queue_urls() {
-        let tags = sqs.list_queue_tags().queue_url(url).send().await.unwrap();
-        if tags.tags().is_some_and(|t| t.get("cairn:stack").map(String::as_str) == Some(stack)) {
-            urls.push(url.clone());
-        }
-    }
-    urls.sort();
-    urls
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -110,7 +100,7 @@ async fn queues_are_created_updated_in_place_replaced_and_destroyed() {
     // Destroy leaves nothing tagged with the stack.
     let report = session.destroy().await.unwrap();
     assert!(report.succeeded());
-    assert!(queues_of(&sqs, "sqs-lifecycle").await.is_empty());
+    assert!(queues_tagged(&sqs, "sqs-lifecycle").await.is_empty());
 }
 
 #[tokio::test]

@@ -35,3 +35,23 @@ pub fn drift_of(report: &cairn_sdk::RefreshReport) -> Vec<(String, String, Value
     }
     out
 }
+
+/// The URLs of the queues tagged `cairn:stack` = `stack`, sorted. A queue deleted
+/// between the listing and the reading of its tags (by a test running beside this
+/// one) is not one of them.
+pub async fn queues_tagged(sqs: &aws_sdk_sqs::Client, stack: &str) -> Vec<String> {
+    use aws_sdk_sqs::error::ProvideErrorMetadata as _;
+    let mut urls = Vec::new();
+    for url in sqs.list_queues().max_results(1000).send().await.unwrap().queue_urls() {
+        let tags = match sqs.list_queue_tags().queue_url(url).send().await {
+            Ok(out) => out,
+            Err(e) if matches!(e.code(), Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist")) => continue,
+            Err(e) => panic!("reading the tags of queue {url}: {e:?}"),
+        };
+        if tags.tags().is_some_and(|t| t.get("cairn:stack").map(String::as_str) == Some(stack)) {
+            urls.push(url.clone());
+        }
+    }
+    urls.sort();
+    urls
+}
