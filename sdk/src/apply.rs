@@ -779,7 +779,7 @@ impl<'a> Run<'a> {
         // the call may have taken effect.
         let result = match result {
             Ok(outcome) => outcome,
-            Err(panic) => Err(ProviderError::uncertain(format!("the provider panicked: {panic}")).into()),
+            Err(panic) => Err(ProviderError::panicked(&panic).into()),
         };
         let status = match result {
             Ok(StepEffect::Upsert { resource } | StepEffect::Replaced { resource }) => {

@@ -119,6 +119,12 @@ impl ProviderError {
         Self::new(ErrorKind::Uncertain, message)
     }
 
+    /// A call that panicked, with the panic's message: a bug in the provider. Uncertain,
+    /// as the call may have taken effect.
+    pub(crate) fn panicked(message: &str) -> Self {
+        Self::uncertain(format!("the provider panicked: {message}"))
+    }
+
     /// The resource does not exist.
     pub fn not_found(message: impl fmt::Display) -> Self {
         Self::new(ErrorKind::NotFound, message)

@@ -88,7 +88,7 @@ pub async fn refresh(
             running.push(async move { (i, CatchUnwind(provider.read(&r.urn, &r.id, &r.inputs, &r.outputs)).await) });
         }
         let Some((i, read)) = running.next().await else { break };
-        let read = read.unwrap_or_else(|panic| Err(ProviderError::uncertain(format!("the provider panicked: {panic}"))));
+        let read = read.unwrap_or_else(|panic| Err(ProviderError::panicked(&panic)));
         results.insert(i, read.map_err(|e| e.at(&state.resources[i].urn, ProviderOp::Read)));
     }
 

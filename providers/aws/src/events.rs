@@ -299,7 +299,8 @@ struct Poller {
 impl Poller {
     async fn run(&self, events: Events) -> Result<(), SqsSourceError> {
         let mut in_flight: JoinSet<Settled> = JoinSet::new();
-        // Messages made visible again because the reconciler stopped first.
+        // Messages handed to the reconciler and made visible again because it stopped
+        // before recording them.
         let mut released = 0;
         let released_by = |settled: Option<Result<Settled, _>>| usize::from(matches!(settled, Some(Ok(Settled::Released))));
         let (result, mut poll) = loop {
@@ -326,7 +327,6 @@ impl Poller {
                 let Some(pending) = self.pending(&message) else { continue };
                 if closed {
                     pending.release().await;
-                    released += 1;
                     continue;
                 }
                 match events.submit(self.event_of(&message)).await {
@@ -336,7 +336,6 @@ impl Poller {
                     Err(_) => {
                         closed = true;
                         pending.release().await;
-                        released += 1;
                     }
                 }
             }

@@ -92,14 +92,14 @@ pub async fn kill_and_check(store: &dyn Store, test: &str, env: &[(&str, String)
         // The next writer breaks the dead one's lock, as `state unlock` does, and goes on.
         store.force_unlock("dev").await.unwrap();
         let lock = store.lock("dev", "up").await.unwrap();
-        let next = StackState { serial: state.serial + 1, ..state.clone() };
+        let read = state.serial;
+        let next = StackState { serial: read + 1, ..state };
         let next = match store.commit(&lock, &next).await {
             Ok(()) => next,
             // The dead writer's commit was on its way when it was killed, and the local
             // S3 carried it out after the load above (a server finishes a request it has
             // whole): refused, as a commit over a state not read must be. Read again.
             Err(StateError::Conflict { .. }) => {
-                let read = state.serial;
                 let state = loads_whole(store, last).await;
                 assert!(state.serial > read, "refused, but no later commit landed: serial {} after {read}", state.serial);
                 let next = StackState { serial: state.serial + 1, ..state };
