@@ -78,6 +78,8 @@ struct Inner {
     calls: Vec<Call>,
     latency: Duration,
     latency_for: FxHashMap<String, Duration>,
+    /// How long the answer of a create, update or delete takes once it took effect.
+    answer_latency: Duration,
     failures: Vec<Failure>,
     /// Operations that take effect but whose answer is "lost": `(name, op)`, once each.
     lost: Vec<(String, Op)>,
@@ -199,6 +201,16 @@ impl TestProvider {
         self
     }
 
+    /// The answer of each create, update and delete arrives `latency` after the call
+    /// took effect, on top of [`with_latency`](Self::with_latency), which passes before
+    /// it does. A process killed in between leaves a resource its state has no answer
+    /// for: for testing that recovery adopts it rather than creating it again.
+    #[must_use]
+    pub fn with_answer_latency(self, latency: Duration) -> Self {
+        self.lock().answer_latency = latency;
+        self
+    }
+
     /// Calls about resource `name` take `latency`.
     #[must_use]
     pub fn latency_for(self, name: &str, latency: Duration) -> Self {
@@ -258,7 +270,12 @@ impl TestProvider {
         self
     }
 
-    fn answer<T>(&self, op: Op, urn: &Urn, value: T) -> Result<T, ProviderError> {
+    async fn answer<T>(&self, op: Op, urn: &Urn, value: T) -> Result<T, ProviderError> {
+        let (latency, precise) = {
+            let inner = self.lock();
+            (inner.answer_latency, inner.precise)
+        };
+        wait(latency, precise).await;
         let mut inner = self.lock();
         match inner.lost.iter().position(|(n, o)| n == urn.name() && *o == op) {
             Some(i) => {
@@ -328,13 +345,7 @@ impl TestProvider {
             inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
             (inner.latency_for.get(urn.name()).copied().unwrap_or(inner.latency), inner.precise)
         };
-        if !latency.is_zero() {
-            if precise {
-                precise_sleep(latency).await;
-            } else {
-                tokio::time::sleep(latency).await;
-            }
-        }
+        wait(latency, precise).await;
         let mut inner = self.lock();
         inner.in_flight -= 1;
         let hit = inner.failures.iter_mut().find(|f| f.name == urn.name() && f.op == op && f.remaining != Some(0));
@@ -373,24 +384,26 @@ impl Provider for TestProvider {
 
     async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         self.enter(Op::Create, urn).await?;
-        let mut inner = self.lock();
-        let doubled = take_first(&mut inner.doubled, |n| n == urn.name()).is_some();
-        let missing = take_first(&mut inner.incomplete, |(n, _)| n == urn.name()).map(|(_, p)| p);
-        let mut observed = None;
-        for _ in 0..if doubled { 2 } else { 1 } {
-            let n = inner.created.entry(urn.clone()).or_insert(0);
-            *n += 1;
-            let id = format!("{}-{}", urn.name(), n);
-            let mut inputs = inputs.clone();
-            if let Some(p) = &missing {
-                inputs.remove(p);
+        let (observed, doubled, missing) = {
+            let mut inner = self.lock();
+            let doubled = take_first(&mut inner.doubled, |n| n == urn.name()).is_some();
+            let missing = take_first(&mut inner.incomplete, |(n, _)| n == urn.name()).map(|(_, p)| p);
+            let mut observed = None;
+            for _ in 0..if doubled { 2 } else { 1 } {
+                let n = inner.created.entry(urn.clone()).or_insert(0);
+                *n += 1;
+                let id = format!("{}-{}", urn.name(), n);
+                let mut inputs = inputs.clone();
+                if let Some(p) = &missing {
+                    inputs.remove(p);
+                }
+                let r = FakeResource { urn: urn.clone(), id: id.clone(), inputs };
+                observed = Some(Self::observe(&inner, &r));
+                inner.cloud.insert(id.clone(), r);
+                inner.persist(&id);
             }
-            let r = FakeResource { urn: urn.clone(), id: id.clone(), inputs };
-            observed = Some(Self::observe(&inner, &r));
-            inner.cloud.insert(id.clone(), r);
-            inner.persist(&id);
-        }
-        drop(inner);
+            (observed, doubled, missing)
+        };
         let observed = observed.expect("created at least once");
         if doubled {
             return Err(ProviderError::uncertain(format!("create of {} was sent twice and its answer lost", urn.name())));
@@ -398,7 +411,7 @@ impl Provider for TestProvider {
         if let Some(p) = missing {
             return Err(ProviderError::failed(format!("setting {p} failed")).after_create(&observed.id));
         }
-        self.answer(Op::Create, urn, observed)
+        self.answer(Op::Create, urn, observed).await
     }
 
     async fn read(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<Option<Observed>, ProviderError> {
@@ -409,31 +422,45 @@ impl Provider for TestProvider {
 
     async fn update(&self, urn: &Urn, id: &str, _old: &Props, new: &Props) -> Result<Observed, ProviderError> {
         self.enter(Op::Update, urn).await?;
-        let mut inner = self.lock();
-        let Some(r) = inner.cloud.get_mut(id) else {
-            return Err(ProviderError::not_found(format!("{urn} ({id})")));
+        let observed = {
+            let mut inner = self.lock();
+            let Some(r) = inner.cloud.get_mut(id) else {
+                return Err(ProviderError::not_found(format!("{urn} ({id})")));
+            };
+            r.inputs = new.clone();
+            let r = r.clone();
+            inner.persist(id);
+            Self::observe(&inner, &r)
         };
-        r.inputs = new.clone();
-        let r = r.clone();
-        inner.persist(id);
-        let observed = Self::observe(&inner, &r);
-        drop(inner);
-        self.answer(Op::Update, urn, observed)
+        self.answer(Op::Update, urn, observed).await
     }
 
     async fn delete(&self, urn: &Urn, id: &str, _inputs: &Props, _outputs: &Props) -> Result<(), ProviderError> {
         self.enter(Op::Delete, urn).await?;
-        let mut inner = self.lock();
-        inner.cloud.remove(id);
-        inner.persist(id);
-        drop(inner);
-        self.answer(Op::Delete, urn, ())
+        {
+            let mut inner = self.lock();
+            inner.cloud.remove(id);
+            inner.persist(id);
+        }
+        self.answer(Op::Delete, urn, ()).await
     }
 
     async fn lookup(&self, urn: &Urn, _created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         self.enter(Op::Lookup, urn).await?;
         let inner = self.lock();
         Ok(inner.cloud.values().filter(|r| &r.urn == urn).map(|r| Self::observe(&inner, r)).collect())
+    }
+}
+
+/// Waits out a call's latency: on tokio's clock, or of real time when `precise`.
+async fn wait(latency: Duration, precise: bool) {
+    if latency.is_zero() {
+        return;
+    }
+    if precise {
+        precise_sleep(latency).await;
+    } else {
+        tokio::time::sleep(latency).await;
     }
 }
 

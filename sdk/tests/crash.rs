@@ -71,10 +71,12 @@ fn spawn_child(test: &str, dir: &Path) -> std::process::Child {
 #[test]
 fn killed_at_any_point_an_apply_recovers_without_duplicates() {
     if let Ok(dir) = std::env::var(CHILD_DIR) {
-        // The child: apply the whole stack with some latency per call.
+        // The child: apply the whole stack with some latency per call, part of it after
+        // the call took effect, so that kills land there too (the resource exists, its
+        // answer is not recorded) however fast the disk records answers.
         let dir = Path::new(&dir);
         runtime().block_on(async {
-            let cloud = TestProvider::persistent("crash", dir.join("cloud")).unwrap().with_latency(Duration::from_millis(2));
+            let cloud = TestProvider::persistent("crash", dir.join("cloud")).unwrap().with_latency(Duration::from_millis(2)).with_answer_latency(Duration::from_millis(1));
             let stack = stack(&cloud).progress(Announce);
             let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.join("state")));
             let mut session = stack.lock(store, "up").await.unwrap();
