@@ -222,8 +222,8 @@ impl Lock {
     }
 
     /// How much longer this holder may write without renewing: zero once it must stop.
-    /// A write sent to a remote store is abandoned when this runs out, so that it cannot
-    /// land after someone may have taken over.
+    /// A write sent to a remote store is abandoned when this runs out: unless the store
+    /// already had the whole request, it cannot land after someone may have taken over.
     pub fn writable_for(&self) -> Duration {
         let until = *self.clock.writable_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let monotonic = until.saturating_duration_since(Instant::now());

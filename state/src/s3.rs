@@ -1,7 +1,9 @@
 //! State in S3 (feature `s3`): `s3://bucket/prefix`.
 //!
 //! ```text
-//! <prefix>/<stack>/state.json            the snapshot, replaced only with If-Match on its ETag
+//! <prefix>/<stack>/state.json            the snapshot, replaced only with If-Match on its ETag;
+//!                                        written again by each new lock holder, so that an
+//!                                        old holder's commit on its way is refused
 //! <prefix>/<stack>/state.json.bak        the snapshot before it
 //! <prefix>/<stack>/lock.json             the lease: created with If-None-Match: *, renewed and
 //!                                        taken over with If-Match on its ETag, so one writer wins
@@ -250,8 +252,8 @@ impl S3Store {
     /// must stop writing: a write that landed later could follow a takeover. Dropped
     /// before S3 has the whole request, it never lands; one S3 already has whole may
     /// still finish. A late journal record is refused by the key the next holder
-    /// claims first; a late commit and the next holder's commit are each conditional
-    /// on the snapshot they read (`If-Match`), so the second to arrive is refused.
+    /// claims first; a late commit, conditional on the snapshot it read (`If-Match`),
+    /// is refused once the next holder has claimed the snapshot (`claim_snapshot`).
     async fn before_lease_ends<T>(&self, lock: &Lock, write: impl std::future::Future<Output = Result<T, StateError>>) -> Result<T, StateError> {
         lock.check()?;
         match tokio::time::timeout(lock.writable_for(), write).await {
@@ -303,6 +305,44 @@ impl S3Store {
         Err(self.remote("fencing", &self.key(stack, "journal/"), "eight record keys in a row were taken by another writer".into()))
     }
 
+    /// Writes the snapshot again, marked with the new holder's lock token, so that its
+    /// ETag changes: an old holder's commit still on its way is conditional on the ETag
+    /// it read (`If-Match`) and is refused from now on, before this holder writes a
+    /// record. Without it, such a commit could land after this holder's first records,
+    /// which, written against the snapshot read at the takeover, a later load would skip.
+    /// A commit that lands first is simply what this holder then loads.
+    async fn claim_snapshot(&self, stack: &str, lock: &Lock) -> Result<(), StateError> {
+        let key = self.key(stack, "state.json");
+        for _ in 0..4 {
+            let Some((bytes, etag)) = self.get(&key).await? else { return Ok(()) };
+            let Some(etag) = etag else {
+                return Err(self.remote("claiming", &key, "the store gave no ETag for the snapshot, so an old holder's commit cannot be fenced".into()));
+            };
+            parse_snapshot_header(&self.path(&key), &bytes)?;
+            let mut doc: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt { path: self.path(&key), detail: e.to_string() })?;
+            doc.insert("claimed_by".to_owned(), serde_json::Value::from(lock.info.token.clone()));
+            let bytes = serde_json::to_vec(&doc).expect("a parsed snapshot serializes");
+            let len = bytes.len() as u64;
+            let put = self.client.put_object().bucket(&self.bucket).key(&key).if_match(etag).body(ByteStream::from(bytes));
+            match self.before_lease_ends(lock, async { Ok(put.send().await) }).await? {
+                Ok(out) => {
+                    self.written.fetch_add(len, Ordering::Relaxed);
+                    if let Some(etag) = out.e_tag() {
+                        self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.to_owned(), etag.to_owned());
+                    }
+                    return Ok(());
+                }
+                Err(e) => match classify(e) {
+                    // An old holder's commit landed since the read: claim that one.
+                    S3Failure::PreconditionFailed | S3Failure::NotFound => continue,
+                    S3Failure::Other(m) => return Err(self.remote("claiming", &key, m)),
+                },
+            }
+        }
+        Err(self.remote("claiming", &key, "the snapshot changed under each of four attempts to claim it".into()))
+    }
+
     /// Keys that sort in write order across processes: time, then a counter.
     fn ordered_name(counter: &AtomicU64) -> String {
         let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
@@ -322,8 +362,8 @@ struct S3Journal {
 #[async_trait]
 impl Journal for S3Journal {
     /// Fenced: nothing is sent once the lease may have run out (by this process's
-    /// clocks) or was found lost, and a write not done by then is abandoned (so it
-    /// cannot land later); no record replaces another (each key is created with
+    /// clocks) or was found lost, and a write not done by then is abandoned; no record
+    /// replaces another (each key is created with
     /// If-None-Match). A process that takes the lock creates the next key first (an
     /// empty object, which loading skips), so an old holder's next record is refused
     /// and it stops. A refused key is taken as a loss only if the lock is no longer this
@@ -406,8 +446,12 @@ impl Store for S3Store {
         self.set_lock_etag(&info.token, etag.as_deref());
         let lock = Lock::new(stack, info, self.lease, taken);
         // Always, not only on a takeover: after `state unlock --force` the old holder
-        // may still be writing, and its next record must be refused.
-        if let Err(e) = self.fence(stack).await {
+        // may still be writing, and its next record and its next commit must be refused.
+        let fenced = match self.fence(stack).await {
+            Ok(()) => self.claim_snapshot(stack, &lock).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = fenced {
             let _ = self.unlock(lock).await;
             return Err(e);
         }

@@ -177,6 +177,45 @@ async fn a_journal_record_never_overwrites_another_writers() {
     assert_eq!(store.load("dev").await.unwrap().unwrap().user_state, json!("new"));
 }
 
+/// An old holder's commit still on its way when the stack is taken over (S3 already
+/// had the whole request, or the lock was broken by force) lands only before the new
+/// holder writes anything: taking the lock writes the snapshot again, so the commit,
+/// conditional on the ETag it read, is refused after. Before that, it would land over
+/// the new holder's first records, which a load would then skip as written against an
+/// older snapshot.
+#[tokio::test]
+async fn an_old_holders_commit_still_on_its_way_cannot_land_after_a_takeover() {
+    let (bucket, key) = ("late-commit", "stacks/dev/state.json");
+    let store = store(bucket).await;
+    let old = store.lock("dev", "watch").await.unwrap();
+    store.commit(&old, &StackState::new("dev")).await.unwrap();
+    let events = |base, user_state, id: &str| JournalRecord::Events { base, user_state, ids: vec![id.to_owned()] };
+    store.journal(&old).await.unwrap().record(events(0, json!("old"), "e1")).await.unwrap();
+    // The old holder's next commit, made and sent against the snapshot it read.
+    let read = store.client().get_object().bucket(bucket).key(key).send().await.unwrap();
+    let read_etag = read.e_tag().unwrap().to_owned();
+    let mut late = store.load("dev").await.unwrap().unwrap();
+    late.serial += 1;
+
+    cairn_state::unlock_stale(&store, "dev", true).await.unwrap();
+    let new = store.lock("dev", "watch").await.unwrap();
+    let loaded = store.load("dev").await.unwrap().unwrap();
+    assert_eq!((loaded.serial, &loaded.user_state), (1, &json!("old")));
+    store.journal(&new).await.unwrap().record(events(1, json!("new"), "e2")).await.unwrap();
+
+    // The late commit arrives now.
+    let body = aws_sdk_s3::primitives::ByteStream::from(serde_json::to_vec(&late).unwrap());
+    let landed = store.client().put_object().bucket(bucket).key(key).if_match(read_etag).body(body).send().await;
+    let refused = landed.expect_err("the old holder's commit is refused").raw_response().map(|r| r.status().as_u16());
+    assert_eq!(refused, Some(412));
+    let after = store.load("dev").await.unwrap().unwrap();
+    assert_eq!((after.serial, &after.user_state), (2, &json!("new")), "the new holder's record is loaded");
+    assert_eq!(after.processed_events, ["e1", "e2"]);
+    // The new holder's commit follows the snapshot it claimed.
+    store.commit(&new, &after).await.unwrap();
+    store.unlock(new).await.unwrap();
+}
+
 /// A renewal whose ETag is stale though the lock is still its holder's (the SDK sent
 /// the previous write again after it had landed; here another client of the same
 /// holder renewed) is not taken for a loss: the holder keeps its lease.
