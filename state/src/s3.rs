@@ -313,23 +313,27 @@ impl S3Store {
     /// A commit that lands first is simply what this holder then loads.
     async fn claim_snapshot(&self, stack: &str, lock: &Lock) -> Result<(), StateError> {
         let key = self.key(stack, "state.json");
+        let mark = claim_mark(&lock.info.token);
         for _ in 0..4 {
             let Some((bytes, etag)) = self.get(&key).await? else { return Ok(()) };
             let Some(etag) = etag else {
                 return Err(self.remote("claiming", &key, "the store gave no ETag for the snapshot, so an old holder's commit cannot be fenced".into()));
             };
+            let remember = |etag: &str| self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.to_owned(), etag.to_owned());
+            // Claimed already: the SDK sent the claim again after it had landed.
+            if bytes.starts_with(&mark) {
+                remember(&etag);
+                return Ok(());
+            }
             parse_snapshot_header(&self.path(&key), &bytes)?;
-            let mut doc: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt { path: self.path(&key), detail: e.to_string() })?;
-            doc.insert("claimed_by".to_owned(), serde_json::Value::from(lock.info.token.clone()));
-            let bytes = serde_json::to_vec(&doc).expect("a parsed snapshot serializes");
-            let len = bytes.len() as u64;
-            let put = self.client.put_object().bucket(&self.bucket).key(&key).if_match(etag).body(ByteStream::from(bytes));
+            let claimed = claimed(&mark, &bytes).ok_or_else(|| StateError::Corrupt { path: self.path(&key), detail: "the snapshot is not a JSON object".into() })?;
+            let len = claimed.len() as u64;
+            let put = self.client.put_object().bucket(&self.bucket).key(&key).if_match(etag).body(ByteStream::from(claimed));
             match self.before_lease_ends(lock, async { Ok(put.send().await) }).await? {
                 Ok(out) => {
                     self.written.fetch_add(len, Ordering::Relaxed);
                     if let Some(etag) = out.e_tag() {
-                        self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.to_owned(), etag.to_owned());
+                        remember(etag);
                     }
                     return Ok(());
                 }
@@ -348,6 +352,30 @@ impl S3Store {
         let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
         format!("{micros:020}-{:010}-{:08x}", counter.fetch_add(1, Ordering::Relaxed), std::process::id())
     }
+}
+
+/// How a claimed snapshot starts: `{"claimed_by":"<token>",`.
+fn claim_mark(token: &str) -> Vec<u8> {
+    let mut mark = br#"{"claimed_by":"#.to_vec();
+    mark.extend(serde_json::to_vec(token).expect("a string serializes"));
+    mark.push(b',');
+    mark
+}
+
+/// The snapshot `bytes` (a non-empty JSON object) marked with `mark` in place of any
+/// earlier claim's: spliced, not parsed, since a snapshot can be tens of megabytes.
+/// `None` if the bytes do not start an object.
+fn claimed(mark: &[u8], bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut rest = bytes.strip_prefix(b"{")?;
+    if let Some(earlier) = rest.strip_prefix(br#""claimed_by":""#) {
+        // Tokens hold no quote or backslash: the mark ends at the next quote.
+        let end = earlier.iter().position(|&b| b == b'"')?;
+        rest = earlier[end + 1..].strip_prefix(b",")?;
+    }
+    let mut out = Vec::with_capacity(mark.len() + rest.len());
+    out.extend_from_slice(mark);
+    out.extend_from_slice(rest);
+    Some(out)
 }
 
 #[derive(Debug)]
@@ -590,34 +618,44 @@ impl Store for S3Store {
         crate::store::check_held(lock, self.lock_holder(&lock.stack).await?.as_ref())?;
         let stack = &lock.stack;
         let key = self.key(stack, "state.json");
+        // No lost update: replace exactly the snapshot this process last saw (read by its
+        // load, or written by its last commit or its claim).
+        let expected = self.etags.lock().unwrap_or_else(|e| e.into_inner()).get(stack).cloned();
         let current = self.get(&key).await?;
-        if let Some((bytes, _)) = &current {
+        let conflict = || StateError::Conflict { stack: stack.clone(), detail: "the snapshot's ETag changed (If-Match failed)".into() };
+        if let Some((bytes, etag)) = &current {
             // Never replace a snapshot that is not JSON of a format we know, nor one this
             // state does not follow.
             let stored = parse_snapshot_header(&self.path(&key), bytes)?;
             crate::store::check_follows(stack, (&stored.lineage, stored.serial), state)?;
+            // The backup is taken only of the snapshot this commit replaces.
             let copy = format!("{}/{key}", self.bucket);
-            self.client
+            let backed_up = self
+                .client
                 .copy_object()
                 .bucket(&self.bucket)
                 .key(self.key(stack, "state.json.bak"))
                 .copy_source(copy)
+                .set_copy_source_if_match(expected.clone().or_else(|| etag.clone()))
                 .send()
-                .await
-                .map_err(|e| self.remote("backing up", &key, format!("{:?}", e.into_service_error())))?;
+                .await;
+            if let Err(e) = backed_up {
+                return Err(match classify(e) {
+                    // The snapshot changed, or was deleted, since this holder read it.
+                    S3Failure::PreconditionFailed | S3Failure::NotFound => conflict(),
+                    S3Failure::Other(m) => self.remote("backing up", &key, m),
+                });
+            }
         }
         // The records this snapshot takes in: listed before it is written, so that only
         // they are cleared after (a record written after the listing is not in it).
         let records = self.list(&self.key(stack, "journal/")).await?;
-        let expected = self.etags.lock().unwrap_or_else(|e| e.into_inner()).get(stack).cloned();
         let bytes = serde_json::to_vec(state).expect("state serializes");
         let len = bytes.len() as u64;
         let put = self.client.put_object().bucket(&self.bucket).key(&key).body(ByteStream::from(bytes));
-        // No lost update: replace exactly the snapshot this process last saw.
-        let put = match (&current, expected) {
-            (None, _) => put.if_none_match("*"),
-            (Some(_), Some(etag)) => put.if_match(etag),
-            (Some((_, etag)), None) => put.set_if_match(etag.clone()),
+        let put = match &current {
+            None => put.if_none_match("*"),
+            Some((_, etag)) => put.set_if_match(expected.or_else(|| etag.clone())),
         };
         let sent = self.before_lease_ends(lock, async { Ok(put.send().await) }).await?;
         match sent {
@@ -629,16 +667,21 @@ impl Store for S3Store {
             }
             Err(e) => {
                 return Err(match classify(e) {
-                    S3Failure::PreconditionFailed => {
-                        StateError::Conflict { stack: stack.clone(), detail: "the snapshot's ETag changed (If-Match failed)".into() }
-                    }
+                    S3Failure::PreconditionFailed => conflict(),
                     S3Failure::NotFound => self.remote("writing", &key, "the bucket does not exist".into()),
                     S3Failure::Other(m) => self.remote("writing", &key, m),
                 })
             }
         }
-        // Those records are in the snapshot now.
-        self.delete_all(records).await
+        // Those records are in the snapshot now. Cleared only while the lock is still this
+        // holder's: a holder whose commit landed just before a takeover (its lock broken
+        // by force) must not clear the key the new holder claimed after the listing, or
+        // its next record could take that key. Left, they are behind the snapshot's
+        // serial, skipped by loads and cleared by the next commit.
+        if self.lock_holder(stack).await?.is_some_and(|held| held.token == lock.info.token) {
+            self.delete_all(records).await?;
+        }
+        Ok(())
     }
 
     async fn audit(&self, stack: &str, entries: &[serde_json::Value]) -> Result<(), StateError> {
@@ -666,5 +709,25 @@ impl Store for S3Store {
 
     fn bytes_written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{claim_mark, claimed};
+
+    fn claim(token: &str, bytes: &str) -> Option<String> {
+        claimed(&claim_mark(token), bytes.as_bytes()).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn a_claim_marks_the_snapshot_once_replacing_an_earlier_claim() {
+        let first = claim("t1", r#"{"version":1,"serial":3}"#).unwrap();
+        assert_eq!(first, r#"{"claimed_by":"t1","version":1,"serial":3}"#);
+        assert_eq!(claim("t2", &first).unwrap(), r#"{"claimed_by":"t2","version":1,"serial":3}"#);
+        // Written by hand, pretty: still an object that parses.
+        let pretty = claim("t3", "{\n  \"version\": 1\n}").unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&pretty).unwrap(), serde_json::json!({"claimed_by": "t3", "version": 1}));
+        assert_eq!(claim("t4", r#"[{"version":1}]"#), None);
     }
 }

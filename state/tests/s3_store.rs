@@ -212,8 +212,18 @@ async fn an_old_holders_commit_still_on_its_way_cannot_land_after_a_takeover() {
     assert_eq!((after.serial, &after.user_state), (2, &json!("new")), "the new holder's record is loaded");
     assert_eq!(after.processed_events, ["e1", "e2"]);
     // The new holder's commit follows the snapshot it claimed.
-    store.commit(&new, &after).await.unwrap();
+    store.commit(&new, &StackState { serial: 3, ..after }).await.unwrap();
     store.unlock(new).await.unwrap();
+    // Each next holder claims it in turn, with nothing committed between: one mark, the
+    // last holder's.
+    let again = store.lock("dev", "up").await.unwrap();
+    store.unlock(again).await.unwrap();
+    let next = store.lock("dev", "up").await.unwrap();
+    let got = store.client().get_object().bucket(bucket).key(key).send().await.unwrap();
+    let text = String::from_utf8(got.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+    assert!(text.starts_with(&format!("{{\"claimed_by\":\"{}\",", next.info.token)) && text.matches("claimed_by").count() == 1, "{text}");
+    assert_eq!(store.load("dev").await.unwrap().unwrap().serial, 3);
+    store.unlock(next).await.unwrap();
 }
 
 /// A renewal whose ETag is stale though the lock is still its holder's (the SDK sent
