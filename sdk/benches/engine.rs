@@ -518,8 +518,9 @@ const WIDTH: usize = 100;
 fn time_apply(rt: &tokio::runtime::Runtime, parallelism: usize) -> Duration {
     let mut times: Vec<Duration> = (0..3)
         .map(|_| {
-            // The latency is exact (an OS sleep), so the ratio measures the scheduler,
-            // not tokio's timer rounding each 20 ms sleep up to the next tick.
+            // The latency is exact (the test provider's own timer), so the ratio measures
+            // the scheduler, not tokio's timer rounding each 20 ms sleep up to the next
+            // tick, nor the OS waking a sleeping thread late.
             let provider = TestProvider::new("bench").with_latency(LATENCY).with_precise_latency();
             let (plan, report, wall) = apply_layered(rt, &provider, parallelism);
             // A provider call that takes longer than LATENCY is the timer's doing, not

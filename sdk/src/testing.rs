@@ -188,13 +188,15 @@ impl TestProvider {
         self
     }
 
-    /// Latency is slept on a blocking thread, accurate to about a tenth of a
-    /// millisecond, instead of on tokio's timer, which rounds every sleep up to the next
-    /// millisecond tick. For benchmarks that time the engine against a known latency.
+    /// Latency is waited out by a timer thread of its own, accurate to about a tenth of
+    /// a millisecond, instead of on tokio's timer, which rounds every sleep up to the
+    /// next millisecond tick. For benchmarks that time the engine against a known
+    /// latency.
     ///
     /// # Warning
     /// Precise latency is real time: it ignores `tokio::time::pause()`, so tests on
-    /// virtual time must not use it.
+    /// virtual time must not use it. The timer thread keeps a core busy (yielding) for
+    /// the last half millisecond before each call's end.
     #[must_use]
     pub fn with_precise_latency(self) -> Self {
         self.lock().precise = true;
@@ -470,16 +472,22 @@ fn take_first<T>(v: &mut Vec<T>, matches: impl Fn(&T) -> bool) -> Option<T> {
     Some(v.remove(i))
 }
 
-/// Sleeps `d` of real time with about a tenth of a millisecond of precision: one
-/// thread keeps every pending deadline in a heap and wakes each sleeper on time,
-/// rather than tokio's timer (1 ms ticks, rounding up) or a thread per sleeper. A new
-/// sleeper wakes that thread only when its deadline comes first, so calls that start
-/// while others sleep cost the caller no switch to the timer thread and back.
+/// Sleeps `d` of real time to within about a tenth of a millisecond: one thread keeps
+/// every pending deadline in a heap and wakes each sleeper on time, rather than tokio's
+/// timer (1 ms ticks, rounding up) or a thread per sleeper. The OS wakes a sleeping
+/// thread a quarter of a millisecond late or more on a VM, so the timer thread sleeps
+/// until half a millisecond before the first deadline and yields in a loop from there.
+/// A new sleeper wakes that thread only when its deadline comes first, so calls that
+/// start while others sleep cost the caller no switch to the timer thread and back.
 async fn precise_sleep(d: Duration) {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     use std::sync::{Condvar, OnceLock};
     use std::time::Instant;
+
+    /// How long before a deadline the timer thread stops sleeping and starts yielding:
+    /// more than the OS's usual lateness in waking it.
+    const SPIN: Duration = Duration::from_micros(500);
 
     #[derive(Default)]
     struct Sleepers {
@@ -513,8 +521,15 @@ async fn precise_sleep(d: Duration) {
                         continue;
                     }
                     s = match s.deadlines.peek() {
+                        // Close: yield until it comes (a sleeper that registers meanwhile
+                        // takes the lock between two looks).
+                        Some(Reverse((at, _))) if at.saturating_duration_since(now) <= SPIN => {
+                            drop(s);
+                            std::thread::yield_now();
+                            sleepers.lock().unwrap_or_else(|e| e.into_inner())
+                        }
                         Some(Reverse((at, _))) => {
-                            let wait = at.saturating_duration_since(now);
+                            let wait = at.saturating_duration_since(now) - SPIN;
                             changed.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0
                         }
                         None => changed.wait(s).unwrap_or_else(|e| e.into_inner()),
