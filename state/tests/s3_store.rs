@@ -241,3 +241,44 @@ async fn a_renewal_refused_on_a_stale_etag_of_its_own_lock_keeps_the_lease() {
     store.unlock(lock).await.unwrap();
     assert!(store.lock_holder("dev").await.unwrap().is_none());
 }
+
+/// The snapshot's claim whose answer is lost (S3 wrote it, the connection closed before
+/// the reply): the SDK sends it again, S3 refuses that on the ETag the first one
+/// changed, and the claim reads the snapshot back, finds its own mark and is done. The
+/// lock is taken, the snapshot marked once, and an old holder's commit still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_is_lost_still_fences_the_old_holder() {
+    let (bucket, key) = ("claim-lost", "stacks/dev/state.json");
+    let direct = store(bucket).await;
+    let old = direct.lock("dev", "watch").await.unwrap();
+    direct.commit(&old, &StackState::new("dev")).await.unwrap();
+    let read_etag = direct.client().get_object().bucket(bucket).key(key).send().await.unwrap().e_tag().unwrap().to_owned();
+    cairn_state::unlock_stale(&direct, "dev", true).await.unwrap();
+
+    let proxy = cairn_testkit::FaultProxy::start(cairn_testkit::moto().endpoint());
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
+    let client = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
+    let proxied = S3Store::new(client, bucket, "stacks");
+    // Taking the lock writes the lock object, then the fence's journal key, then the
+    // claim: the third write.
+    let mut claim = proxy.hold_nth_mutating(3);
+    let locking = tokio::spawn(async move { proxied.lock("dev", "watch").await.map(|lock| (proxied, lock)) });
+    let released = tokio::task::spawn_blocking(move || {
+        assert_eq!(claim.wait(std::time::Duration::from_secs(30)).as_deref(), Some("PUT"), "the claim reached the proxy");
+        claim.release(cairn_testkit::Release::Forward)
+    });
+    assert_eq!(released.await.unwrap(), Some(200), "the claim took effect");
+    let (proxied, new) = locking.await.unwrap().expect("the lock is taken though the claim's answer was lost");
+
+    let got = direct.client().get_object().bucket(bucket).key(key).send().await.unwrap();
+    let text = String::from_utf8(got.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+    assert!(text.starts_with(&format!("{{\"claimed_by\":\"{}\",", new.info.token)) && text.matches("claimed_by").count() == 1, "{text}");
+    let late = serde_json::to_vec(&StackState { serial: 1, ..StackState::new("dev") }).unwrap();
+    let landed = direct.client().put_object().bucket(bucket).key(key).if_match(read_etag).body(late.into()).send().await;
+    assert_eq!(landed.expect_err("the old holder's commit is refused").raw_response().map(|r| r.status().as_u16()), Some(412));
+    // The new holder commits on the snapshot its claim left.
+    let loaded = proxied.load("dev").await.unwrap().unwrap();
+    proxied.commit(&new, &StackState { serial: 1, ..loaded }).await.unwrap();
+    proxied.unlock(new).await.unwrap();
+    assert_eq!(direct.load("dev").await.unwrap().unwrap().serial, 1);
+}
