@@ -332,14 +332,21 @@ impl S3Store {
             match self.before_lease_ends(lock, async { Ok(put.send().await) }).await? {
                 Ok(out) => {
                     self.written.fetch_add(len, Ordering::Relaxed);
-                    if let Some(etag) = out.e_tag() {
-                        remember(etag);
+                    match out.e_tag() {
+                        Some(etag) => _ = remember(etag),
+                        // The next commit reads the ETag afresh.
+                        None => _ = self.etags.lock().unwrap_or_else(|e| e.into_inner()).remove(stack),
                     }
                     return Ok(());
                 }
                 Err(e) => match classify(e) {
-                    // An old holder's commit landed since the read: claim that one.
-                    S3Failure::PreconditionFailed | S3Failure::NotFound => continue,
+                    // An old holder's commit landed since the read: claim that one, while
+                    // the lock is still this holder's (broken by force, a newer holder's
+                    // claim is not to be written over).
+                    S3Failure::PreconditionFailed | S3Failure::NotFound => {
+                        crate::store::check_held(lock, self.lock_holder(stack).await?.as_ref())?;
+                        continue;
+                    }
                     S3Failure::Other(m) => return Err(self.remote("claiming", &key, m)),
                 },
             }
@@ -366,7 +373,7 @@ fn claim_mark(token: &str) -> Vec<u8> {
 /// earlier claim's: spliced, not parsed, since a snapshot can be tens of megabytes.
 /// `None` if the bytes do not start an object.
 fn claimed(mark: &[u8], bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut rest = bytes.strip_prefix(b"{")?;
+    let mut rest = bytes.trim_ascii_start().strip_prefix(b"{")?;
     if let Some(earlier) = rest.strip_prefix(br#""claimed_by":""#) {
         // Tokens hold no quote or backslash: the mark ends at the next quote.
         let end = earlier.iter().position(|&b| b == b'"')?;
@@ -615,12 +622,14 @@ impl Store for S3Store {
     }
 
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
-        crate::store::check_held(lock, self.lock_holder(&lock.stack).await?.as_ref())?;
         let stack = &lock.stack;
-        let key = self.key(stack, "state.json");
         // No lost update: replace exactly the snapshot this process last saw (read by its
-        // load, or written by its last commit or its claim).
+        // load, or written by its last commit or its claim). Taken before the holder is
+        // checked: should a new holder in this process claim the snapshot meanwhile, this
+        // commit still carries the ETag from before the claim, and is refused.
         let expected = self.etags.lock().unwrap_or_else(|e| e.into_inner()).get(stack).cloned();
+        crate::store::check_held(lock, self.lock_holder(stack).await?.as_ref())?;
+        let key = self.key(stack, "state.json");
         let current = self.get(&key).await?;
         let conflict = || StateError::Conflict { stack: stack.clone(), detail: "the snapshot's ETag changed (If-Match failed)".into() };
         if let Some((bytes, etag)) = &current {
@@ -677,9 +686,10 @@ impl Store for S3Store {
         // holder's: a holder whose commit landed just before a takeover (its lock broken
         // by force) must not clear the key the new holder claimed after the listing, or
         // its next record could take that key. Left, they are behind the snapshot's
-        // serial, skipped by loads and cleared by the next commit.
-        if self.lock_holder(stack).await?.is_some_and(|held| held.token == lock.info.token) {
-            self.delete_all(records).await?;
+        // serial, skipped by loads and cleared by the next commit. So this clean-up is
+        // best effort: the commit has landed, and failing it now would break the session.
+        if self.lock_holder(stack).await.is_ok_and(|held| held.is_some_and(|held| held.token == lock.info.token)) {
+            let _ = self.delete_all(records).await;
         }
         Ok(())
     }
@@ -726,7 +736,7 @@ mod tests {
         assert_eq!(first, r#"{"claimed_by":"t1","version":1,"serial":3}"#);
         assert_eq!(claim("t2", &first).unwrap(), r#"{"claimed_by":"t2","version":1,"serial":3}"#);
         // Written by hand, pretty: still an object that parses.
-        let pretty = claim("t3", "{\n  \"version\": 1\n}").unwrap();
+        let pretty = claim("t3", " \n{\n  \"version\": 1\n}").unwrap();
         assert_eq!(serde_json::from_str::<serde_json::Value>(&pretty).unwrap(), serde_json::json!({"claimed_by": "t3", "version": 1}));
         assert_eq!(claim("t4", r#"[{"version":1}]"#), None);
     }

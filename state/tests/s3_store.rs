@@ -219,8 +219,7 @@ async fn an_old_holders_commit_still_on_its_way_cannot_land_after_a_takeover() {
     let again = store.lock("dev", "up").await.unwrap();
     store.unlock(again).await.unwrap();
     let next = store.lock("dev", "up").await.unwrap();
-    let got = store.client().get_object().bucket(bucket).key(key).send().await.unwrap();
-    let text = String::from_utf8(got.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+    let text = object_text(store.client(), bucket, key).await;
     assert!(text.starts_with(&format!("{{\"claimed_by\":\"{}\",", next.info.token)) && text.matches("claimed_by").count() == 1, "{text}");
     assert_eq!(store.load("dev").await.unwrap().unwrap().serial, 3);
     store.unlock(next).await.unwrap();
@@ -242,6 +241,31 @@ async fn a_renewal_refused_on_a_stale_etag_of_its_own_lock_keeps_the_lease() {
     assert!(store.lock_holder("dev").await.unwrap().is_none());
 }
 
+/// The text of object `key`.
+async fn object_text(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> String {
+    let got = client.get_object().bucket(bucket).key(key).send().await.unwrap();
+    String::from_utf8(got.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
+}
+
+/// A store of `bucket` whose calls go through a fault proxy in front of the local AWS.
+async fn through_proxy(bucket: &str) -> (cairn_testkit::FaultProxy, S3Store) {
+    let proxy = cairn_testkit::FaultProxy::start(cairn_testkit::moto().endpoint());
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
+    let client = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
+    (proxy, S3Store::new(client, bucket, "stacks"))
+}
+
+/// The held write, once it reached the proxy: a write to S3 is a `PUT`. Taking a free
+/// lock writes the lock object, then the fence's journal key, then the claim: the third.
+async fn arrived(mut held: cairn_testkit::Holder) -> cairn_testkit::Holder {
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(held.wait(std::time::Duration::from_secs(30)).as_deref(), Some("PUT"), "the write reached the proxy");
+        held
+    })
+    .await
+    .unwrap()
+}
+
 /// The snapshot's claim whose answer is lost (S3 wrote it, the connection closed before
 /// the reply): the SDK sends it again, S3 refuses that on the ETag the first one
 /// changed, and the claim reads the snapshot back, finds its own mark and is done. The
@@ -255,23 +279,20 @@ async fn a_claim_whose_answer_is_lost_still_fences_the_old_holder() {
     let read_etag = direct.client().get_object().bucket(bucket).key(key).send().await.unwrap().e_tag().unwrap().to_owned();
     cairn_state::unlock_stale(&direct, "dev", true).await.unwrap();
 
-    let proxy = cairn_testkit::FaultProxy::start(cairn_testkit::moto().endpoint());
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
-    let client = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
-    let proxied = S3Store::new(client, bucket, "stacks");
-    // Taking the lock writes the lock object, then the fence's journal key, then the
-    // claim: the third write.
-    let mut claim = proxy.hold_nth_mutating(3);
+    let (proxy, proxied) = through_proxy(bucket).await;
+    let claim = proxy.hold_nth_mutating(3);
     let locking = tokio::spawn(async move { proxied.lock("dev", "watch").await.map(|lock| (proxied, lock)) });
-    let released = tokio::task::spawn_blocking(move || {
-        assert_eq!(claim.wait(std::time::Duration::from_secs(30)).as_deref(), Some("PUT"), "the claim reached the proxy");
-        claim.release(cairn_testkit::Release::Forward)
-    });
+    let claim = arrived(claim).await;
+    // It is the claim: the lock and the fence's journal key are written, the mark is not.
+    assert!(direct.lock_holder("dev").await.unwrap().is_some());
+    let fenced = direct.client().list_objects_v2().bucket(bucket).prefix("stacks/dev/journal/").send().await.unwrap();
+    assert_eq!(fenced.key_count(), Some(1), "{fenced:?}");
+    assert!(!object_text(direct.client(), bucket, key).await.starts_with("{\"claimed_by\""));
+    let released = tokio::task::spawn_blocking(move || claim.release(cairn_testkit::Release::Forward));
     assert_eq!(released.await.unwrap(), Some(200), "the claim took effect");
     let (proxied, new) = locking.await.unwrap().expect("the lock is taken though the claim's answer was lost");
 
-    let got = direct.client().get_object().bucket(bucket).key(key).send().await.unwrap();
-    let text = String::from_utf8(got.body.collect().await.unwrap().into_bytes().to_vec()).unwrap();
+    let text = object_text(direct.client(), bucket, key).await;
     assert!(text.starts_with(&format!("{{\"claimed_by\":\"{}\",", new.info.token)) && text.matches("claimed_by").count() == 1, "{text}");
     let late = serde_json::to_vec(&StackState { serial: 1, ..StackState::new("dev") }).unwrap();
     let landed = direct.client().put_object().bucket(bucket).key(key).if_match(read_etag).body(late.into()).send().await;
@@ -281,4 +302,35 @@ async fn a_claim_whose_answer_is_lost_still_fences_the_old_holder() {
     proxied.commit(&new, &StackState { serial: 1, ..loaded }).await.unwrap();
     proxied.unlock(new).await.unwrap();
     assert_eq!(direct.load("dev").await.unwrap().unwrap().serial, 1);
+}
+
+/// A holder whose lock is broken by force while its claim is on its way: the newer
+/// holder claims the snapshot first, so the older claim is refused on the ETag, and the
+/// older holder, finding the lock no longer its own, gives up rather than claim over the
+/// newer holder's mark (which would leave the newer holder unable to commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_refused_after_the_lock_was_broken_does_not_write_over_the_newer_claim() {
+    let (bucket, key) = ("claim-broken", "stacks/dev/state.json");
+    let direct = store(bucket).await;
+    let first = direct.lock("dev", "watch").await.unwrap();
+    direct.commit(&first, &StackState::new("dev")).await.unwrap();
+    direct.unlock(first).await.unwrap();
+
+    let (proxy, proxied) = through_proxy(bucket).await;
+    let claim = proxy.hold_nth_mutating(3);
+    let locking = tokio::spawn(async move { proxied.lock("dev", "up").await });
+    let claim = arrived(claim).await;
+    // Meanwhile its lock is broken, and another process takes the stack and claims it.
+    cairn_state::unlock_stale(&direct, "dev", true).await.unwrap();
+    let newer = direct.lock("dev", "up").await.unwrap();
+    let released = tokio::task::spawn_blocking(move || claim.release(cairn_testkit::Release::Forward));
+    assert_eq!(released.await.unwrap(), Some(412), "the older claim is refused");
+    locking.await.unwrap().expect_err("the older holder's lock is not taken");
+
+    let text = object_text(direct.client(), bucket, key).await;
+    assert!(text.starts_with(&format!("{{\"claimed_by\":\"{}\",", newer.info.token)), "{text}");
+    let loaded = direct.load("dev").await.unwrap().unwrap();
+    direct.commit(&newer, &StackState { serial: 1, ..loaded }).await.expect("the newer holder commits on its claim");
+    assert_eq!(direct.lock_holder("dev").await.unwrap().unwrap().token, newer.info.token);
+    direct.unlock(newer).await.unwrap();
 }
