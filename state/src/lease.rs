@@ -307,12 +307,13 @@ mod tests {
     #[test]
     fn a_holder_stops_writing_a_fifth_before_the_end_it_wrote_by_the_wall_clock() {
         // As after a suspend: the monotonic clock says the lease is fresh, the wall
-        // clock that its end has nearly come.
-        let lease = Duration::from_secs(10);
-        let info = LockInfo { expires_ms: now_ms() + 1_500, ..LockInfo::here("watch", lease) };
+        // clock that its end has nearly come. A minute's lease stops 12 s before its end;
+        // the margins leave a slow test host seconds to spare.
+        let lease = Duration::from_secs(60);
+        let info = LockInfo { expires_ms: now_ms() + 6_000, ..LockInfo::here("watch", lease) };
         let lock = Lock::new("dev", info, lease, Instant::now());
         assert!(matches!(lock.check(), Err(StateError::LeaseExpired { .. })));
-        let info = LockInfo { expires_ms: now_ms() + 2_500, ..LockInfo::here("watch", lease) };
+        let info = LockInfo { expires_ms: now_ms() + 30_000, ..LockInfo::here("watch", lease) };
         assert!(Lock::new("dev", info, lease, Instant::now()).check().is_ok());
     }
 }
