@@ -101,6 +101,20 @@ impl S3Store {
         };
     }
 
+    /// The ETag of the snapshot of `stack` this process last read or wrote.
+    fn snapshot_etag(&self, stack: &str) -> Option<String> {
+        self.etags.lock().unwrap_or_else(|e| e.into_inner()).get(stack).cloned()
+    }
+
+    /// Remembers the snapshot's ETag; `None` forgets it, so the next commit reads it afresh.
+    fn set_snapshot_etag(&self, stack: &str, etag: Option<&str>) {
+        let mut etags = self.etags.lock().unwrap_or_else(|e| e.into_inner());
+        match etag {
+            Some(etag) => etags.insert(stack.to_owned(), etag.to_owned()),
+            None => etags.remove(stack),
+        };
+    }
+
     /// A store configured from the standard AWS chain (environment, profile, ...).
     /// `AWS_ENDPOINT_URL` is honoured; with an endpoint set, path-style addressing is
     /// used, which local emulators need.
@@ -319,10 +333,9 @@ impl S3Store {
             let Some(etag) = etag else {
                 return Err(self.remote("claiming", &key, "the store gave no ETag for the snapshot, so an old holder's commit cannot be fenced".into()));
             };
-            let remember = |etag: &str| self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.to_owned(), etag.to_owned());
             // Claimed already: the SDK sent the claim again after it had landed.
             if bytes.starts_with(&mark) {
-                remember(&etag);
+                self.set_snapshot_etag(stack, Some(&etag));
                 return Ok(());
             }
             parse_snapshot_header(&self.path(&key), &bytes)?;
@@ -332,11 +345,7 @@ impl S3Store {
             match self.before_lease_ends(lock, async { Ok(put.send().await) }).await? {
                 Ok(out) => {
                     self.written.fetch_add(len, Ordering::Relaxed);
-                    match out.e_tag() {
-                        Some(etag) => _ = remember(etag),
-                        // The next commit reads the ETag afresh.
-                        None => _ = self.etags.lock().unwrap_or_else(|e| e.into_inner()).remove(stack),
-                    }
+                    self.set_snapshot_etag(stack, out.e_tag());
                     return Ok(());
                 }
                 Err(e) => match classify(e) {
@@ -430,7 +439,7 @@ impl Store for S3Store {
         let Some((bytes, etag)) = self.get(&key).await? else { return Ok(None) };
         let mut state = parse_snapshot(&self.path(&key), &bytes)?;
         if let Some(etag) = etag {
-            self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.to_owned(), etag);
+            self.set_snapshot_etag(stack, Some(&etag));
         }
         let mut lines = String::new();
         for bytes in self.get_all(self.list(&self.key(stack, "journal/")).await?).await?.into_iter().flatten() {
@@ -627,7 +636,7 @@ impl Store for S3Store {
         // load, or written by its last commit or its claim). Taken before the holder is
         // checked: should a new holder in this process claim the snapshot meanwhile, this
         // commit still carries the ETag from before the claim, and is refused.
-        let expected = self.etags.lock().unwrap_or_else(|e| e.into_inner()).get(stack).cloned();
+        let expected = self.snapshot_etag(stack);
         crate::store::check_held(lock, self.lock_holder(stack).await?.as_ref())?;
         let key = self.key(stack, "state.json");
         let current = self.get(&key).await?;
@@ -671,7 +680,7 @@ impl Store for S3Store {
             Ok(out) => {
                 self.written.fetch_add(len, Ordering::Relaxed);
                 if let Some(etag) = out.e_tag() {
-                    self.etags.lock().unwrap_or_else(|e| e.into_inner()).insert(stack.clone(), etag.to_owned());
+                    self.set_snapshot_etag(stack, Some(etag));
                 }
             }
             Err(e) => {
