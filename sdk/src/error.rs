@@ -119,6 +119,21 @@ pub enum Error {
         /// Why the write failed.
         cause: String,
     },
+    /// An operation of the session was cancelled before it ended: its future was
+    /// dropped (by a `select!`, a timeout, an aborted task). What it did is in the
+    /// journal; the session's next operation ([`Session::settle`](crate::Session::settle),
+    /// `up`, `destroy`, `refresh`, `apply`) reads it back before anything else.
+    #[error(
+        "stack '{stack}': the session's last {operation} was cancelled before it ended; \
+         what it did is in the journal: call Session::settle (or run `up` or `refresh`), \
+         which reads it back, then plan again"
+    )]
+    Interrupted {
+        /// The stack.
+        stack: String,
+        /// What was cancelled: `apply`, `state write` or `event record`.
+        operation: &'static str,
+    },
     /// A reconciler started with [`Reconciler::spawn`](crate::events::Reconciler::spawn)
     /// could not start its thread, or its thread panicked. Events it had not recorded
     /// are delivered again by their sources. Its session was not closed: after a panic

@@ -25,6 +25,12 @@ use crate::stack::Stack;
 /// process may take the stack over then, as after a crash. When a panic unwinds through
 /// it, the lock is released on the way out (waiting at most 10 s for the store).
 ///
+/// An operation may be cancelled by dropping its future (a `tokio::select!` on Ctrl-C,
+/// a `tokio::time::timeout`): what it did is in the journal, and the session's next
+/// operation reads it back before anything else, settling a call it cut off as a crash
+/// recovery would. Until then [`Session::preview`] fails with
+/// [`Error::Interrupted`](crate::Error::Interrupted).
+///
 /// ```no_run
 /// # async fn run(stack: cairn_sdk::Stack<u32>) -> cairn_sdk::Result<()> {
 /// let store = cairn_state::open(cairn_state::DEFAULT_LOCATION).await?;
@@ -45,6 +51,11 @@ pub struct Session<S> {
     /// session refuses further changes until the stack is reopened (which replays the
     /// journal, where every step is).
     broken: Option<String>,
+    /// Set while an operation that changes the state runs (an apply, a state write, an
+    /// event record), cleared when it ends: still set, its future was dropped before it
+    /// ended (a `select!`, a timeout, an aborted task), and `state` may lack what it did.
+    /// The next operation loads the state again first ([`Session::resume`]).
+    unfinished: Option<&'static str>,
     /// Event records in the journal since the last snapshot.
     journaled_events: usize,
     /// The stack's journal, opened on first use and kept: opening it (the store checks
@@ -86,6 +97,7 @@ where
                 state,
                 recovered,
                 broken: None,
+                unfinished: None,
                 journaled_events: 0,
                 journal: None,
                 staged: false,
@@ -153,21 +165,32 @@ where
 
     /// Plans the changes for user state `s`.
     pub fn preview(&self, s: &S) -> Result<Plan> {
+        self.finished()?;
         self.stack.preview(s, &self.state)
     }
 
     pub(crate) fn preview_with_graph(&self, s: &S) -> Result<(Plan, crate::Graph)> {
+        self.finished()?;
         self.stack.preview_with_graph(s, &self.state)
     }
 
     /// Plans the deletion of everything.
     pub fn preview_destroy(&self) -> Result<Plan> {
+        self.finished()?;
         self.stack.preview_destroy(&self.state)
     }
 
     /// Applies `plan`, journaling each step, and commits the new state, also when steps
     /// failed (the report says which).
     pub async fn apply(&mut self, plan: &Plan) -> Result<ApplyReport> {
+        self.resume().await?;
+        let outer = self.unfinished.replace("apply");
+        let applied = self.apply_resumed(plan).await;
+        self.unfinished = outer;
+        applied
+    }
+
+    async fn apply_resumed(&mut self, plan: &Plan) -> Result<ApplyReport> {
         let restored;
         let plan = match self.with_functions(plan)? {
             Some(p) => {
@@ -228,6 +251,13 @@ where
     /// takes the state first: what the cloud now holds must never be planned from the
     /// old state, even if the write fails.
     async fn commit(&mut self, state: StackState) -> Result<()> {
+        let outer = self.unfinished.replace("state write");
+        let committed = self.commit_marked(state).await;
+        self.unfinished = outer;
+        committed
+    }
+
+    async fn commit_marked(&mut self, state: StackState) -> Result<()> {
         self.state = state;
         self.journaled_events = 0;
         self.flush().await?;
@@ -238,6 +268,38 @@ where
             self.broken = Some(e.to_string());
             return Err(e.into());
         }
+        Ok(())
+    }
+
+    /// Refuses to plan from a state that a cancelled operation may have left behind.
+    fn finished(&self) -> Result<()> {
+        match self.unfinished {
+            None => Ok(()),
+            Some(operation) => Err(crate::Error::Interrupted { stack: self.state.stack.clone(), operation }),
+        }
+    }
+
+    /// After an operation whose future was dropped before it ended, loads the state
+    /// again as opening the stack does: the journal has every step the operation began
+    /// (steps left without an answer are settled through the providers) and every event
+    /// it recorded. Until this succeeds the session plans nothing; a failure (the store
+    /// unreachable) is tried again by the next operation.
+    async fn resume(&mut self) -> Result<()> {
+        if self.unfinished.is_none() {
+            return Ok(());
+        }
+        self.usable()?;
+        // What the dropped operation queued is written before the journal is read; the
+        // journal is opened again after the commit that loading may make.
+        if let Some(journal) = self.journal.take() {
+            journal.flush().await.map_err(|e| self.journal_failed(e.into()))?;
+        }
+        self.staged = false;
+        let (state, recovered) = Self::load_locked(&self.stack, &*self.store, &self.lock).await?;
+        self.state = state;
+        self.recovered.extend(recovered);
+        self.journaled_events = 0;
+        self.unfinished = None;
         Ok(())
     }
 
@@ -254,6 +316,7 @@ where
     /// operations.
     pub async fn settle(&mut self) -> Result<&[Recovery]> {
         self.usable()?;
+        self.resume().await?;
         if !self.state.pending.is_empty() {
             // Settling reads the cloud: what was staged is durable first.
             self.flush().await?;
@@ -294,6 +357,7 @@ where
     /// a snapshot.
     pub async fn record_events(&mut self, user_state: serde_json::Value, ids: &[String]) -> Result<()> {
         self.usable()?;
+        self.resume().await?;
         if ids.is_empty() && user_state == self.state.user_state {
             return Ok(());
         }
@@ -312,6 +376,7 @@ where
     /// fails, and the events, never acknowledged, are delivered again.
     pub async fn stage_events(&mut self, user_state: serde_json::Value, ids: &[String]) -> Result<Durable> {
         self.usable()?;
+        self.resume().await?;
         let unchanged = ids.is_empty() && user_state == self.state.user_state;
         if unchanged || self.journaled_events + 1 >= EVENT_RECORDS_PER_SNAPSHOT {
             // Nothing to write, or folded into a snapshot at once: nothing to share.
@@ -325,11 +390,15 @@ where
     /// [`Durable`] of a staged record.
     async fn journal_events(&mut self, user_state: serde_json::Value, ids: &[String], stage: bool) -> Result<Option<Durable>> {
         let record = JournalRecord::Events { base: self.state.serial, user_state, ids: ids.to_vec() };
-        let written = match self.journal().await {
-            Ok(journal) if stage => journal.stage(record.clone()).await.map(Some),
-            Ok(journal) => journal.record(record.clone()).await.map(|()| None),
+        let journal = match self.journal().await {
+            Ok(journal) => journal,
             Err(e) => return Err(self.journal_failed(e)),
         };
+        // Written but dropped before the replay below, the record would be on disk and
+        // not in `state`.
+        let outer = self.unfinished.replace("event record");
+        let written = if stage { journal.stage(record.clone()).await.map(Some) } else { journal.record(record.clone()).await.map(|()| None) };
+        self.unfinished = outer;
         let durable = written.map_err(|e| self.journal_failed(e.into()))?;
         cairn_state::replay(&mut self.state, [record]);
         self.journaled_events += 1;
@@ -378,6 +447,7 @@ where
     /// state's lineage and the next serial, so it follows what it replaces.
     pub async fn import(&mut self, mut state: StackState) -> Result<()> {
         self.usable()?;
+        self.resume().await?;
         self.stack.check_state(&state)?;
         state.lineage = self.state.lineage.clone();
         state.serial = self.state.serial + 1;
@@ -420,7 +490,13 @@ where
     /// session starts from one, not from a journal to replay), and releases the
     /// stack's lock, also if that write fails: the records stay in the journal.
     pub async fn close(mut self) -> Result<()> {
-        let folded = if self.journaled_events > 0 && self.broken.is_none() { self.fold_events().await } else { Ok(()) };
+        // After a cancelled operation `state` may lack what it did: the journal has it,
+        // and is left for the next session to replay.
+        let folded = if self.journaled_events > 0 && self.broken.is_none() && self.unfinished.is_none() {
+            self.fold_events().await
+        } else {
+            Ok(())
+        };
         self.unlock_on_panic.0 = None;
         // Stopped before the release: a renewal landing after it would lock the stack
         // again until the lease ran out.

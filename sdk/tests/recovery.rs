@@ -4,6 +4,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
@@ -449,4 +450,96 @@ async fn a_batch_whose_record_never_became_durable_is_neither_counted_nor_audite
     assert_eq!(metrics.received_of("nobody.handles"), 1);
     assert!(!metrics.render().contains("cairn_events_rejected_total{kind=\"nobody.handles\"}"), "{}", metrics.render());
     assert_eq!(store.history("dev").await.unwrap(), audited);
+}
+
+static LINK: ResourceType = ResourceType::new("test:misc:Link", &[Property::input("size")]);
+
+/// `n` resources in a chain, each depending on the one before.
+fn chain(provider: &TestProvider) -> Stack<u32> {
+    Stack::<u32>::new("dev").provider(provider.clone()).program(|cx, n: &u32| {
+        let mut previous = None;
+        for i in 0..*n {
+            let mut r = DynamicResource::new(&LINK, format!("r{i}")).set("size", 1u32);
+            if let Some(p) = &previous {
+                r = r.depends_on(p);
+            }
+            previous = Some(cx.add(r));
+        }
+        Ok(())
+    })
+}
+
+/// Runs `up` to `n` and drops it, as a `select!` or a timeout would, once the provider
+/// has carried out `effects` creates, the last of them not yet answered.
+async fn cancel_up_after(session: &mut cairn_sdk::Session<u32>, provider: &TestProvider, n: u32, effects: usize) {
+    tokio::select! {
+        finished = session.up(&n) => panic!("the up ended before it was cancelled: {:?}", finished.map(|r| r.summary)),
+        () = async {
+            while provider.resources().len() < effects {
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+        } => {}
+    }
+}
+
+/// The cloud holds exactly what `state` says: one resource per entry, none twice.
+fn assert_cloud_is(provider: &TestProvider, state: &StackState, n: usize) {
+    assert_eq!(state.resources.len(), n, "{:?}", state.resources);
+    let mut ids: Vec<_> = provider.resources().into_iter().map(|r| r.id).collect();
+    ids.sort();
+    let mut recorded: Vec<_> = state.resources.iter().map(|r| r.id.clone()).collect();
+    recorded.sort();
+    assert_eq!(ids, recorded, "the cloud holds what state does not say, or the reverse");
+}
+
+/// What a session recovered: one adoption, of `name`.
+fn assert_adopted_only(recovered: &[Recovery], name: &str) {
+    assert!(matches!(recovered, [Recovery::Adopted { urn, .. }] if urn.name() == name), "{recovered:?}");
+}
+
+/// An `up` whose future is dropped mid-apply (a `select!` on Ctrl-C, a timeout): the
+/// session's next operation takes in what the apply did from the journal, adopting the
+/// create that took effect without an answer, and creates nothing twice. Until then it
+/// plans nothing from the state it had.
+#[tokio::test(start_paused = true)]
+async fn an_up_cancelled_mid_apply_is_taken_in_by_the_next_operation() {
+    let provider = TestProvider::new("test").with_latency(Duration::from_millis(10)).with_answer_latency(Duration::from_millis(10));
+    let stack = chain(&provider);
+    let mut session = stack.in_memory_session().await.unwrap();
+    cancel_up_after(&mut session, &provider, 6, 3).await;
+
+    let err = session.preview(&6).unwrap_err();
+    assert!(matches!(err, Error::Interrupted { operation: "apply", .. }), "{err}");
+    assert!(err.to_string().contains("call Session::settle"), "{err}");
+
+    let report = session.up(&6).await.unwrap();
+    assert!(report.succeeded());
+    assert_adopted_only(session.recovered(), "r2");
+    assert_eq!(provider.calls_of(Op::Create).len(), 6, "{:?}", provider.calls_of(Op::Create));
+    assert_cloud_is(&provider, session.state(), 6);
+}
+
+/// The same on the file store, closed right after the cancel: the close does not
+/// write the session's state (which lacks the apply) over the journal, and the next
+/// session adopts what the apply left.
+#[tokio::test(start_paused = true)]
+async fn a_session_closed_after_a_cancelled_up_leaves_the_journal_to_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(tmp.path()));
+    let provider = TestProvider::new("test").with_latency(Duration::from_millis(10)).with_answer_latency(Duration::from_millis(10));
+    let stack = chain(&provider);
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    // An event recorded first, so that the close has event records it would fold.
+    session.record_events(serde_json::json!(6), &["e-1".to_owned()]).await.unwrap();
+    cancel_up_after(&mut session, &provider, 6, 3).await;
+    session.close().await.unwrap();
+
+    let mut session = stack.lock(store, "up").await.unwrap();
+    assert_adopted_only(session.recovered(), "r2");
+    assert_eq!(session.state().processed_events, ["e-1"]);
+    let report = session.up(&6).await.unwrap();
+    assert!(report.succeeded());
+    assert_eq!(provider.calls_of(Op::Create).len(), 6, "{:?}", provider.calls_of(Op::Create));
+    assert_cloud_is(&provider, session.state(), 6);
+    session.close().await.unwrap();
 }
