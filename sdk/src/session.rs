@@ -56,6 +56,10 @@ pub struct Session<S> {
     /// ended (a `select!`, a timeout, an aborted task), and `state` may lack what it did.
     /// The next operation loads the state again first ([`Session::resume`]).
     unfinished: Option<&'static str>,
+    /// The store's commit under way, on a task of its own: a commit, once started, runs
+    /// to its end even if its operation is cancelled, and the next operation waits for
+    /// it rather than writing beside it.
+    committing: Option<tokio::task::JoinHandle<std::result::Result<(), cairn_state::StateError>>>,
     /// Event records in the journal since the last snapshot.
     journaled_events: usize,
     /// The stack's journal, opened on first use and kept: opening it (the store checks
@@ -98,6 +102,7 @@ where
                 recovered,
                 broken: None,
                 unfinished: None,
+                committing: None,
                 journaled_events: 0,
                 journal: None,
                 staged: false,
@@ -264,11 +269,23 @@ where
         if !self.store.journal_outlives_commit() {
             self.journal = None;
         }
-        if let Err(e) = self.store.commit(&self.lock, &self.state).await {
-            self.broken = Some(e.to_string());
-            return Err(e.into());
+        let (store, lock, state) = (self.store.clone(), self.lock.clone(), self.state.clone());
+        let committing = self.committing.insert(tokio::spawn(async move { store.commit(&lock, &state).await }));
+        let committed = committing.await;
+        self.committing = None;
+        match committed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.broken = Some(e.to_string());
+                Err(e.into())
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                let cause = "the runtime shut down while the state was being written".to_owned();
+                self.broken = Some(cause.clone());
+                Err(crate::Error::SessionBroken { stack: self.state.stack.clone(), cause })
+            }
         }
-        Ok(())
     }
 
     /// Refuses to plan from a state that a cancelled operation may have left behind.
@@ -289,6 +306,11 @@ where
             return Ok(());
         }
         self.usable()?;
+        // A commit it started ends first: the load must not read the snapshot while it
+        // is being replaced, nor commit beside it. Its outcome is what the load finds.
+        if let Some(committing) = self.committing.take() {
+            let _ = committing.await;
+        }
         // What the dropped operation queued is written before the journal is read; the
         // journal is opened again after the commit that loading may make.
         if let Some(journal) = self.journal.take() {
@@ -497,6 +519,10 @@ where
         } else {
             Ok(())
         };
+        // A commit a cancelled operation started lands before the lock is let go.
+        if let Some(committing) = self.committing.take() {
+            let _ = committing.await;
+        }
         self.unlock_on_panic.0 = None;
         // Stopped before the release: a renewal landing after it would lock the stack
         // again until the lease ran out.

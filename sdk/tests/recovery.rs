@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +14,19 @@ use cairn_sdk::{DynamicResource, Error, Recovery, ResourceExt, Stack, StackState
 use cairn_state::{Journal, JournalRecord, Lock, LockInfo, MemoryStore, PendingOperation, StateError, Store};
 use common::*;
 
-/// A store whose next commit fails, once; and whose journal, while `fail_read_back` is
-/// set, refuses the record that an incomplete create needs reading back.
-#[derive(Debug, Clone)]
+/// A store whose next commit fails, once, while `fail` is set; whose commits, while
+/// `slow` is, take a second on a task of their own (as the file store's run on a
+/// blocking thread: to their end, even if the caller stops waiting), noting in
+/// `overlapped` if two were ever under way at once; and whose journal, while
+/// `fail_read_back` is set, refuses the record that an incomplete create needs reading
+/// back.
+#[derive(Debug, Clone, Default)]
 struct FailingCommit {
     inner: MemoryStore,
     fail: Arc<AtomicBool>,
+    slow: Arc<AtomicBool>,
+    committing: Arc<AtomicUsize>,
+    overlapped: Arc<AtomicBool>,
     fail_read_back: Arc<AtomicBool>,
 }
 
@@ -70,6 +77,19 @@ impl Store for FailingCommit {
         if self.fail.swap(false, Ordering::SeqCst) {
             return Err(StateError::Remote("disk full".into()));
         }
+        if self.slow.load(Ordering::SeqCst) {
+            let (store, lock, state) = (self.clone(), lock.clone(), state.clone());
+            let commit = async move {
+                if store.committing.fetch_add(1, Ordering::SeqCst) > 0 {
+                    store.overlapped.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let committed = store.inner.commit(&lock, &state).await;
+                store.committing.fetch_sub(1, Ordering::SeqCst);
+                committed
+            };
+            return tokio::spawn(commit).await.unwrap();
+        }
         self.inner.commit(lock, state).await
     }
     async fn audit(&self, stack: &str, entries: &[serde_json::Value]) -> Result<(), StateError> {
@@ -87,7 +107,7 @@ async fn a_failed_commit_never_leads_to_creating_resources_twice() {
         cx.add(Queue::new("orders"));
         Ok(())
     });
-    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
+    let store = FailingCommit::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.fail.store(true, Ordering::SeqCst);
     let err = session.up(&()).await.unwrap_err();
@@ -187,7 +207,7 @@ async fn a_plan_saved_before_an_apply_whose_commit_was_lost_is_refused() {
         }
         Ok(())
     });
-    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
+    let store = FailingCommit::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     assert!(session.up(&1).await.unwrap().succeeded());
     let saved = session.preview(&2).unwrap();
@@ -257,7 +277,7 @@ async fn an_incomplete_create_survives_a_lost_commit_through_the_journal() {
         cx.add(Queue::new("orders").dead_letter_arn(dlq.arn()));
         Ok(())
     });
-    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
+    let store = FailingCommit::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.fail.store(true, Ordering::SeqCst);
     assert!(session.up(&()).await.is_err(), "the commit fails; the steps are journaled");
@@ -311,7 +331,7 @@ async fn an_incomplete_create_whose_read_back_cannot_be_journaled_stays_a_pendin
         cx.add(Queue::new("orders").visibility_timeout(45));
         Ok(())
     });
-    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
+    let store = FailingCommit::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.fail_read_back.store(true, Ordering::SeqCst);
     store.fail.store(true, Ordering::SeqCst);
@@ -411,7 +431,7 @@ async fn reconciler_on_disk() -> (tempfile::TempDir, Arc<cairn_state::FileStore>
 #[tokio::test]
 async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
     let stack = growing_stack();
-    let store = FailingCommit { inner: MemoryStore::new(), fail: Arc::default(), fail_read_back: Arc::default() };
+    let store = FailingCommit::default();
     let session = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
     let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
     store.fail.store(true, Ordering::SeqCst);
@@ -542,4 +562,27 @@ async fn a_session_closed_after_a_cancelled_up_leaves_the_journal_to_the_next() 
     assert_eq!(provider.calls_of(Op::Create).len(), 6, "{:?}", provider.calls_of(Op::Create));
     assert_cloud_is(&provider, session.state(), 6);
     session.close().await.unwrap();
+}
+
+/// An `up` cancelled while its commit is under way, on a store whose commits run to
+/// their end regardless: the next operation waits for that commit before reading the
+/// state, rather than reading it half written and committing beside it.
+#[tokio::test(start_paused = true)]
+async fn the_next_operation_waits_for_the_commit_of_a_cancelled_up() {
+    let provider = TestProvider::new("test").with_latency(Duration::from_millis(10));
+    let stack = chain(&provider);
+    let store = FailingCommit::default();
+    let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
+    store.slow.store(true, Ordering::SeqCst);
+    // Every create is answered 10 ms after it is made; the commit then takes a second.
+    let cancelled = tokio::time::timeout(Duration::from_millis(500), session.up(&3)).await;
+    assert!(cancelled.is_err(), "the up ended before it was cancelled");
+    assert_eq!(provider.resources().len(), 3);
+    assert_eq!(store.committing.load(Ordering::SeqCst), 1, "cancelled while its commit was under way");
+
+    let report = session.up(&3).await.unwrap();
+    assert!(!store.overlapped.load(Ordering::SeqCst), "two commits were under way at once");
+    assert!(report.succeeded() && report.summary.changes() == 0, "{:?}", report.summary);
+    assert!(session.recovered().is_empty(), "{:?}", session.recovered());
+    assert_cloud_is(&provider, session.state(), 3);
 }

@@ -87,25 +87,14 @@ impl FileStore {
     }
 }
 
+/// Reads and checks a snapshot file; `None` if it does not exist.
+pub(crate) fn read_snapshot(path: &Path) -> Result<Option<StackState>, StateError> {
+    read_bytes(path)?.map(|bytes| parse_snapshot(path, &bytes)).transpose()
+}
+
 /// Reads and checks only what a commit compares of the snapshot file it replaces.
 fn read_snapshot_header(path: &Path) -> Result<Option<SnapshotHeader>, StateError> {
     read_bytes(path)?.map(|bytes| parse_snapshot_header(path, &bytes)).transpose()
-}
-
-/// How many times a load reads again a snapshot replaced while it was read.
-const LOAD_ATTEMPTS: usize = 20;
-
-/// The file at `path`, open, and what it holds.
-fn open_and_read(path: &Path) -> Result<Option<(File, Vec<u8>)>, StateError> {
-    use std::io::Read;
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StateError::io("reading", path)(e)),
-    };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(StateError::io("reading", path))?;
-    Ok(Some((file, bytes)))
 }
 
 fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
@@ -270,24 +259,11 @@ impl Store for FileStore {
     async fn load(&self, stack: &str) -> Result<Option<StackState>, StateError> {
         let dir = self.dir(stack)?;
         Self::blocking(move || {
-            let path = dir.join(SNAPSHOT);
-            // A commit puts a new snapshot in place, then empties the journal. A load
-            // that read the old snapshot and then the emptied journal would miss the
-            // records; it finds another file at the snapshot's path, and reads again.
-            for _ in 0..LOAD_ATTEMPTS {
-                let Some((file, bytes)) = open_and_read(&path)? else { return Ok(None) };
-                let records = read_journal(&dir.join(JOURNAL))?;
-                if !File::open(&path).is_ok_and(|now| same_file(&file, &now)) {
-                    continue;
-                }
-                let mut state = parse_snapshot(&path, &bytes)?;
-                replay(&mut state, records);
-                state.sort_resources();
-                return Ok(Some(state));
-            }
-            Err(StateError::io("reading", &path)(io::Error::other(format!(
-                "the snapshot was replaced {LOAD_ATTEMPTS} times while it was read; try again"
-            ))))
+            let Some(mut state) = read_snapshot(&dir.join(SNAPSHOT))? else { return Ok(None) };
+            let records = read_journal(&dir.join(JOURNAL))?;
+            replay(&mut state, records);
+            state.sort_resources();
+            Ok(Some(state))
         })
         .await
     }
