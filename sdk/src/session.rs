@@ -28,8 +28,9 @@ use crate::stack::Stack;
 /// An operation may be cancelled by dropping its future (a `tokio::select!` on Ctrl-C,
 /// a `tokio::time::timeout`): what it did is in the journal, and the session's next
 /// operation reads it back before anything else, settling a call it cut off as a crash
-/// recovery would. Until then [`Session::preview`] fails with
-/// [`Error::Interrupted`](crate::Error::Interrupted).
+/// recovery would. Until then [`Session::preview`] and [`Session::user_state`] fail with
+/// [`Error::Interrupted`](crate::Error::Interrupted), and [`Session::state`] may lack
+/// what the cancelled operation did.
 ///
 /// ```no_run
 /// # async fn run(stack: cairn_sdk::Stack<u32>) -> cairn_sdk::Result<()> {
@@ -128,9 +129,19 @@ where
             store.commit(lock, &state).await?;
             return Ok((state, Vec::new()));
         };
+        let (state, recovered, changed) = Self::settle_loaded(stack, state).await?;
+        if changed {
+            store.commit(lock, &state).await?;
+        }
+        Ok((state, recovered))
+    }
+
+    /// A loaded state as its lock holder takes it, and whether that must be written as
+    /// the snapshot.
+    async fn settle_loaded(stack: &Stack<S>, state: StackState) -> Result<(StackState, Vec<Recovery>, bool)> {
         stack.check_state(&state)?;
         if state.pending.is_empty() && !state.replayed {
-            return Ok((state, Vec::new()));
+            return Ok((state, Vec::new(), false));
         }
         // Operations left pending are settled. Journal records the snapshot lacks (a
         // process died before its commit) are written into a snapshot with a new serial
@@ -144,8 +155,7 @@ where
             resolve_pending(&state, stack.providers()).await?
         };
         settled.replayed = false;
-        store.commit(lock, &settled).await?;
-        Ok((settled, recovered))
+        Ok((settled, recovered, true))
     }
 }
 
@@ -165,6 +175,7 @@ where
 
     /// The user state recorded for the stack (`S::default()` before the first deploy).
     pub fn user_state(&self) -> Result<S> {
+        self.finished()?;
         self.stack.user_state(&self.state)
     }
 
@@ -270,22 +281,12 @@ where
             self.journal = None;
         }
         let (store, lock, state) = (self.store.clone(), self.lock.clone(), self.state.clone());
-        let committing = self.committing.insert(tokio::spawn(async move { store.commit(&lock, &state).await }));
-        let committed = committing.await;
-        self.committing = None;
-        match committed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                self.broken = Some(e.to_string());
-                Err(e.into())
-            }
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => {
-                let cause = "the runtime shut down while the state was being written".to_owned();
-                self.broken = Some(cause.clone());
-                Err(crate::Error::SessionBroken { stack: self.state.stack.clone(), cause })
-            }
+        self.committing = Some(tokio::spawn(async move { store.commit(&lock, &state).await }));
+        if let Some(Err(e)) = self.wait_for_commit().await {
+            self.broken = Some(e.to_string());
+            return Err(e.into());
         }
+        Ok(())
     }
 
     /// Refuses to plan from a state that a cancelled operation may have left behind.
@@ -299,8 +300,8 @@ where
     /// After an operation whose future was dropped before it ended, loads the state
     /// again as opening the stack does: the journal has every step the operation began
     /// (steps left without an answer are settled through the providers) and every event
-    /// it recorded. Until this succeeds the session plans nothing; a failure (the store
-    /// unreachable) is tried again by the next operation.
+    /// it recorded. Until this succeeds the session plans nothing; cancelled or failed
+    /// (the store unreachable), it is tried again by the next operation.
     async fn resume(&mut self) -> Result<()> {
         if self.unfinished.is_none() {
             return Ok(());
@@ -308,21 +309,39 @@ where
         self.usable()?;
         // A commit it started ends first: the load must not read the snapshot while it
         // is being replaced, nor commit beside it. Its outcome is what the load finds.
-        if let Some(committing) = self.committing.take() {
-            let _ = committing.await;
-        }
-        // What the dropped operation queued is written before the journal is read; the
-        // journal is opened again after the commit that loading may make.
-        if let Some(journal) = self.journal.take() {
+        // Each handle is let go only once it is done, in case this is cancelled too.
+        self.wait_for_commit().await;
+        // What the dropped operation queued is written before the journal is read.
+        if let Some(journal) = self.journal.clone() {
             journal.flush().await.map_err(|e| self.journal_failed(e.into()))?;
         }
         self.staged = false;
-        let (state, recovered) = Self::load_locked(&self.stack, &*self.store, &self.lock).await?;
-        self.state = state;
+        let stack = self.state.stack.clone();
+        let gone = || crate::Error::SessionBroken { stack: stack.clone(), cause: "its snapshot is no longer in the store".to_owned() };
+        let loaded = self.store.load(&stack).await?.ok_or_else(gone)?;
+        let (state, recovered, changed) = Self::settle_loaded(&self.stack, loaded).await?;
+        if changed {
+            // Through the session's own commit: tracked, should this be cancelled too.
+            self.commit(state).await?;
+        } else {
+            // Its event records since the last snapshot, if any, are still the journal's
+            // (and counted): only a commit folds them.
+            self.state = state;
+        }
         self.recovered.extend(recovered);
-        self.journaled_events = 0;
         self.unfinished = None;
         Ok(())
+    }
+
+    /// Waits for a commit that a cancelled operation left running; its outcome.
+    async fn wait_for_commit(&mut self) -> Option<std::result::Result<(), cairn_state::StateError>> {
+        let committing = self.committing.as_mut()?;
+        let outcome = committing.await;
+        self.committing = None;
+        Some(outcome.unwrap_or_else(|e| match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(cairn_state::StateError::Remote("the runtime shut down while the state was being written".to_owned())),
+        }))
     }
 
     fn usable(&self) -> Result<()> {
@@ -512,17 +531,19 @@ where
     /// session starts from one, not from a journal to replay), and releases the
     /// stack's lock, also if that write fails: the records stay in the journal.
     pub async fn close(mut self) -> Result<()> {
-        // After a cancelled operation `state` may lack what it did: the journal has it,
-        // and is left for the next session to replay.
-        let folded = if self.journaled_events > 0 && self.broken.is_none() && self.unfinished.is_none() {
-            self.fold_events().await
+        let folded = if self.unfinished.is_none() {
+            if self.journaled_events > 0 && self.broken.is_none() { self.fold_events().await } else { Ok(()) }
         } else {
-            Ok(())
+            // After a cancelled operation `state` may lack what it did: the journal has
+            // it, and is left for the next session to replay. What that operation started
+            // writing lands before the lock is let go.
+            let committed = self.wait_for_commit().await.unwrap_or(Ok(()));
+            let flushed = match &self.journal {
+                Some(journal) => journal.flush().await,
+                None => Ok(()),
+            };
+            committed.and(flushed).map_err(crate::Error::from)
         };
-        // A commit a cancelled operation started lands before the lock is let go.
-        if let Some(committing) = self.committing.take() {
-            let _ = committing.await;
-        }
         self.unlock_on_panic.0 = None;
         // Stopped before the release: a renewal landing after it would lock the stack
         // again until the lease ran out.

@@ -566,7 +566,8 @@ async fn a_session_closed_after_a_cancelled_up_leaves_the_journal_to_the_next() 
 
 /// An `up` cancelled while its commit is under way, on a store whose commits run to
 /// their end regardless: the next operation waits for that commit before reading the
-/// state, rather than reading it half written and committing beside it.
+/// state, rather than reading it half written and committing beside it; also when that
+/// operation is cancelled in turn while it waits.
 #[tokio::test(start_paused = true)]
 async fn the_next_operation_waits_for_the_commit_of_a_cancelled_up() {
     let provider = TestProvider::new("test").with_latency(Duration::from_millis(10));
@@ -579,10 +580,47 @@ async fn the_next_operation_waits_for_the_commit_of_a_cancelled_up() {
     assert!(cancelled.is_err(), "the up ended before it was cancelled");
     assert_eq!(provider.resources().len(), 3);
     assert_eq!(store.committing.load(Ordering::SeqCst), 1, "cancelled while its commit was under way");
+    let cancelled = tokio::time::timeout(Duration::from_millis(200), session.up(&3)).await;
+    assert!(cancelled.is_err(), "the next up did not wait for the commit");
 
     let report = session.up(&3).await.unwrap();
     assert!(!store.overlapped.load(Ordering::SeqCst), "two commits were under way at once");
     assert!(report.succeeded() && report.summary.changes() == 0, "{:?}", report.summary);
     assert!(session.recovered().is_empty(), "{:?}", session.recovered());
     assert_cloud_is(&provider, session.state(), 3);
+}
+
+/// An event record dropped on its way to the disk (its future cancelled once the journal
+/// had it): until an operation has read it back, the session does not give out the user
+/// state that lacks it (a reconciler started from it would apply the old one), and the
+/// close does not write that state over it.
+#[tokio::test]
+async fn an_event_record_cancelled_on_its_way_to_disk_is_read_back_before_the_state_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(cairn_state::FileStore::new(tmp.path()));
+    let stack = chain(&TestProvider::new("test"));
+    let mut session = stack.lock(store.clone(), "watch").await.unwrap();
+    // The first record opens the journal, so that the next one's first poll hands it over.
+    session.record_events(serde_json::json!(1), &["e-1".to_owned()]).await.unwrap();
+    {
+        let ids = ["e-2".to_owned()];
+        let record = session.record_events(serde_json::json!(2), &ids);
+        tokio::pin!(record);
+        tokio::select! {
+            biased;
+            _ = &mut record => panic!("the record was durable at its first poll"),
+            () = std::future::ready(()) => {}
+        }
+    }
+    let err = session.user_state().unwrap_err();
+    assert!(matches!(err, Error::Interrupted { operation: "event record", .. }), "{err}");
+
+    session.settle().await.unwrap();
+    assert_eq!(session.user_state().unwrap(), 2);
+    assert_eq!(session.state().processed_events, ["e-1", "e-2"]);
+    session.close().await.unwrap();
+    let session = stack.lock(store, "watch").await.unwrap();
+    assert_eq!(session.user_state().unwrap(), 2);
+    assert_eq!(session.state().processed_events, ["e-1", "e-2"]);
+    session.close().await.unwrap();
 }
