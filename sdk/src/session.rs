@@ -333,7 +333,8 @@ where
         Ok(())
     }
 
-    /// Waits for a commit that a cancelled operation left running; its outcome.
+    /// Waits for the commit under way (the one just started, or one that a cancelled
+    /// operation left running) and gives its outcome; `None` if there is none.
     async fn wait_for_commit(&mut self) -> Option<std::result::Result<(), cairn_state::StateError>> {
         let committing = self.committing.as_mut()?;
         let outcome = committing.await;

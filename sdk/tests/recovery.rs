@@ -21,7 +21,7 @@ use common::*;
 /// `fail_read_back` is set, refuses the record that an incomplete create needs reading
 /// back.
 #[derive(Debug, Clone, Default)]
-struct FailingCommit {
+struct FaultyStore {
     inner: MemoryStore,
     fail: Arc<AtomicBool>,
     slow: Arc<AtomicBool>,
@@ -44,7 +44,7 @@ impl Journal for FailingReadBack {
 }
 
 #[async_trait]
-impl Store for FailingCommit {
+impl Store for FaultyStore {
     fn location(&self) -> String {
         self.inner.location()
     }
@@ -107,7 +107,7 @@ async fn a_failed_commit_never_leads_to_creating_resources_twice() {
         cx.add(Queue::new("orders"));
         Ok(())
     });
-    let store = FailingCommit::default();
+    let store = FaultyStore::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.fail.store(true, Ordering::SeqCst);
     let err = session.up(&()).await.unwrap_err();
@@ -207,7 +207,7 @@ async fn a_plan_saved_before_an_apply_whose_commit_was_lost_is_refused() {
         }
         Ok(())
     });
-    let store = FailingCommit::default();
+    let store = FaultyStore::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     assert!(session.up(&1).await.unwrap().succeeded());
     let saved = session.preview(&2).unwrap();
@@ -277,7 +277,7 @@ async fn an_incomplete_create_survives_a_lost_commit_through_the_journal() {
         cx.add(Queue::new("orders").dead_letter_arn(dlq.arn()));
         Ok(())
     });
-    let store = FailingCommit::default();
+    let store = FaultyStore::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.fail.store(true, Ordering::SeqCst);
     assert!(session.up(&()).await.is_err(), "the commit fails; the steps are journaled");
@@ -331,7 +331,7 @@ async fn an_incomplete_create_whose_read_back_cannot_be_journaled_stays_a_pendin
         cx.add(Queue::new("orders").visibility_timeout(45));
         Ok(())
     });
-    let store = FailingCommit::default();
+    let store = FaultyStore::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.fail_read_back.store(true, Ordering::SeqCst);
     store.fail.store(true, Ordering::SeqCst);
@@ -431,7 +431,7 @@ async fn reconciler_on_disk() -> (tempfile::TempDir, Arc<cairn_state::FileStore>
 #[tokio::test]
 async fn an_event_whose_apply_could_not_be_committed_keeps_its_audit_entry() {
     let stack = growing_stack();
-    let store = FailingCommit::default();
+    let store = FaultyStore::default();
     let session = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
     let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
     store.fail.store(true, Ordering::SeqCst);
@@ -572,7 +572,7 @@ async fn a_session_closed_after_a_cancelled_up_leaves_the_journal_to_the_next() 
 async fn the_next_operation_waits_for_the_commit_of_a_cancelled_up() {
     let provider = TestProvider::new("test").with_latency(Duration::from_millis(10));
     let stack = chain(&provider);
-    let store = FailingCommit::default();
+    let store = FaultyStore::default();
     let mut session = stack.lock(Arc::new(store.clone()), "up").await.unwrap();
     store.slow.store(true, Ordering::SeqCst);
     // Every create is answered 10 ms after it is made; the commit then takes a second.
