@@ -94,7 +94,12 @@ where
         // may take longer than a lease.
         let mut renewer = Renewer::start(store.clone(), lock.clone());
         let mut unlock_on_panic = UnlockOnPanic(Some((store.clone(), lock.clone())));
-        match Self::load_locked(stack, &*store, &lock).await {
+        let mut release = ReleaseIfCancelled(Some((store.clone(), lock.clone())));
+        let loaded = Self::load_locked(stack, &*store, &lock).await;
+        if loaded.is_ok() {
+            release.0 = None;
+        }
+        match loaded {
             Ok((state, recovered)) => Ok(Session {
                 stack: stack.clone(),
                 store,
@@ -115,6 +120,7 @@ where
                 unlock_on_panic.0 = None;
                 renewer.stop().await;
                 let _ = store.unlock(lock).await;
+                release.0 = None;
                 Err(e)
             }
         }
@@ -602,6 +608,25 @@ impl Drop for Renewer {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
+        }
+    }
+}
+
+/// The lock [`Session::open`] took, released if its future is dropped before the
+/// session exists (a `timeout` around an open that settles slow operations): otherwise
+/// the stack would stay locked, by this very process, until the lease ran out. The
+/// release runs on a task, as a drop cannot wait; a panic is [`UnlockOnPanic`]'s.
+struct ReleaseIfCancelled(Option<(Arc<dyn Store>, Lock)>);
+
+impl Drop for ReleaseIfCancelled {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let (Some((store, lock)), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            drop(runtime.spawn(async move {
+                let _ = store.unlock(lock).await;
+            }));
         }
     }
 }

@@ -624,3 +624,25 @@ async fn an_event_record_cancelled_on_its_way_to_disk_is_read_back_before_the_st
     assert_eq!(session.state().processed_events, ["e-1", "e-2"]);
     session.close().await.unwrap();
 }
+
+/// Opening a stack settles what an interrupted apply left, through the providers, which
+/// may be slow: an open cancelled then (a `timeout` around `Stack::lock`) lets the lock
+/// go, rather than leaving the stack locked by this very process until its lease ends.
+#[tokio::test(start_paused = true)]
+async fn an_open_cancelled_while_it_settles_lets_the_lock_go() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let provider = TestProvider::new("test").with_latency(Duration::from_millis(10)).with_answer_latency(Duration::from_millis(10));
+    let stack = chain(&provider);
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    cancel_up_after(&mut session, &provider, 6, 3).await;
+    session.close().await.unwrap();
+
+    // The create left without an answer is looked up as the stack opens: 10 ms.
+    let cancelled = tokio::time::timeout(Duration::from_millis(1), stack.lock(store.clone(), "up")).await;
+    assert!(cancelled.is_err(), "the open did not wait for the look-up");
+    tokio::task::yield_now().await;
+    assert_eq!(store.lock_holder("dev").await.unwrap(), None);
+    let session = stack.lock(store, "up").await.unwrap();
+    assert_adopted_only(session.recovered(), "r2");
+    session.close().await.unwrap();
+}
