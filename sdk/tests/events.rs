@@ -993,3 +993,31 @@ async fn a_spawned_reconciler_whose_thread_panics_releases_the_lock() {
     assert_eq!(desired(session.state()), 6);
     session.close().await.unwrap();
 }
+
+/// An event whose `process` is cancelled in its async handler (a timeout around a slow
+/// one) was never recorded: delivered again, it is handled as new, not dropped as a
+/// duplicate of itself.
+#[tokio::test(start_paused = true)]
+async fn an_event_cut_off_in_its_async_handler_is_new_when_delivered_again() {
+    let p = provider();
+    let slow = std::sync::atomic::AtomicBool::new(true);
+    let stack = events_stack(&p).on_event_async("capacity.ask", move |_: &Event, s: &mut Shop| {
+        let slow = slow.swap(false, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            // Asking a metrics service that does not answer the first time.
+            if slow {
+                sleep(secs(60)).await;
+            }
+            s.capacity = 5;
+            Ok(())
+        })
+    });
+    let store = Arc::new(MemoryStore::new());
+    let (mut reconciler, _events) = Reconciler::new(deployed(&stack, &store).await, ReconcilerOptions::default()).unwrap();
+    let ask = Event::new("capacity.ask", json!({})).with_id("ask-1");
+    assert!(timeout(secs(1), reconciler.process(vec![ask.clone()])).await.is_err(), "the handler was not cut off");
+
+    assert_eq!(reconciler.process(vec![ask]).await.unwrap(), [Outcome::Accepted]);
+    assert_eq!(reconciler.user_state().capacity, 5);
+    assert!(reconciler.into_session().state().processed_events.iter().any(|id| id == "ask-1"));
+}

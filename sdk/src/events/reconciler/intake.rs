@@ -33,6 +33,10 @@ where
         let mut entries = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
+        // This batch's ids, taken into `seen` once recorded: an intake cancelled before
+        // then (an async handler cut off by a timeout around `process`) leaves the
+        // events new, for their redelivery.
+        let mut fresh = std::collections::HashSet::with_capacity(batch.len());
         let recorded = Recorded::default();
         for d in batch {
             self.metrics.received(&d.event.kind);
@@ -40,10 +44,9 @@ where
             acks.push(d.ack);
             let before = to_value(&s);
             let began = Instant::now();
-            let outcome = if self.seen.contains(&d.event.id) {
+            let outcome = if self.seen.contains(&d.event.id) || !fresh.insert(d.event.id.clone()) {
                 Outcome::Duplicate
             } else {
-                self.seen.insert(d.event.id.clone());
                 ids.push(d.event.id.clone());
                 match stack.handle_event_async(&d.event, &mut s).await {
                     Ok(()) => Outcome::Accepted,
@@ -79,6 +82,7 @@ where
             self.session.record_events(value, &ids).await?;
             None
         };
+        self.seen.extend(fresh);
         // Recording changed only S and the ids, not resources: the plan still holds
         // for the new serial (a plan that does not is dropped and made again).
         self.planned = planned.and_then(|(mut plan, graph)| plan.rebase(self.session.state()).ok().map(|()| (plan, graph)));
