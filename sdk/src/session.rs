@@ -538,6 +538,9 @@ where
     /// session starts from one, not from a journal to replay), and releases the
     /// stack's lock, also if that write fails: the records stay in the journal.
     pub async fn close(mut self) -> Result<()> {
+        // Cancelled on its way (a timeout around a slow fold), the lock is let go anyway:
+        // what was not folded is in the journal.
+        let mut release = ReleaseIfCancelled(Some((self.store.clone(), self.lock.clone())));
         let folded = if self.unfinished.is_none() {
             if self.journaled_events > 0 && self.broken.is_none() { self.fold_events().await } else { Ok(()) }
         } else {
@@ -555,7 +558,9 @@ where
         // Stopped before the release: a renewal landing after it would lock the stack
         // again until the lease ran out.
         self.renewer.stop().await;
-        self.store.unlock(self.lock).await?;
+        let unlocked = self.store.unlock(self.lock).await;
+        release.0 = None;
+        unlocked?;
         folded
     }
 
@@ -613,9 +618,10 @@ impl Drop for Renewer {
 }
 
 /// The lock [`Session::open`] took, released if its future is dropped before the
-/// session exists (a `timeout` around an open that settles slow operations): otherwise
-/// the stack would stay locked, by this very process, until the lease ran out. The
-/// release runs on a task, as a drop cannot wait; a panic is [`UnlockOnPanic`]'s.
+/// session exists (a `timeout` around an open that settles slow operations), or if
+/// [`Session::close`]'s is dropped before it let the lock go: otherwise the stack would
+/// stay locked, by this very process, until the lease ran out. The release runs on a
+/// task, as a drop cannot wait; a panic is [`UnlockOnPanic`]'s.
 struct ReleaseIfCancelled(Option<(Arc<dyn Store>, Lock)>);
 
 impl Drop for ReleaseIfCancelled {

@@ -646,3 +646,24 @@ async fn an_open_cancelled_while_it_settles_lets_the_lock_go() {
     assert_adopted_only(session.recovered(), "r2");
     session.close().await.unwrap();
 }
+
+/// A close cancelled while it folds the session's event records into a snapshot (a
+/// timeout around a slow store) lets the lock go all the same, and the records, still
+/// in the journal, are the next session's.
+#[tokio::test(start_paused = true)]
+async fn a_close_cancelled_while_it_writes_lets_the_lock_go_and_keeps_the_events() {
+    let store = FaultyStore::default();
+    let stack = chain(&TestProvider::new("test"));
+    let mut session = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
+    session.record_events(serde_json::json!(4), &["e-1".to_owned()]).await.unwrap();
+    store.slow.store(true, Ordering::SeqCst);
+    assert!(tokio::time::timeout(Duration::from_millis(100), session.close()).await.is_err(), "the close did not wait for the store");
+    tokio::task::yield_now().await;
+    assert_eq!(store.lock_holder("dev").await.unwrap(), None);
+
+    store.slow.store(false, Ordering::SeqCst);
+    let session = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
+    assert_eq!(session.user_state().unwrap(), 4);
+    assert_eq!(session.state().processed_events, ["e-1"]);
+    session.close().await.unwrap();
+}
