@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn_sdk::events::{Event, Reconciler, ReconcilerOptions};
+use cairn_sdk::events::{Event, Outcome, Reconciler, ReconcilerOptions};
 use cairn_sdk::recover::resolve_pending;
 use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::{DynamicResource, Error, Recovery, ResourceExt, Stack, StackState, StepOp, StepStatus, Urn};
@@ -19,7 +19,8 @@ use common::*;
 /// blocking thread: to their end, even if the caller stops waiting), noting in
 /// `overlapped` if two were ever under way at once; and whose journal, while
 /// `fail_read_back` is set, refuses the record that an incomplete create needs reading
-/// back.
+/// back, and, if `slow_answers` was set when it was opened, answers each record a
+/// second after writing it.
 #[derive(Debug, Clone, Default)]
 struct FaultyStore {
     inner: MemoryStore,
@@ -28,6 +29,7 @@ struct FaultyStore {
     committing: Arc<AtomicUsize>,
     overlapped: Arc<AtomicBool>,
     fail_read_back: Arc<AtomicBool>,
+    slow_answers: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -40,6 +42,19 @@ impl Journal for FailingReadBack {
             return Err(StateError::Remote("disk full".into()));
         }
         self.0.record(record).await
+    }
+}
+
+/// A journal that answers each record a second after it is written.
+#[derive(Debug)]
+struct SlowAnswers(Arc<dyn Journal>);
+
+#[async_trait]
+impl Journal for SlowAnswers {
+    async fn record(&self, record: JournalRecord) -> Result<(), StateError> {
+        self.0.record(record).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(())
     }
 }
 
@@ -71,7 +86,13 @@ impl Store for FaultyStore {
     }
     async fn journal(&self, lock: &Lock) -> Result<Arc<dyn Journal>, StateError> {
         let journal = self.inner.journal(lock).await?;
-        Ok(if self.fail_read_back.load(Ordering::SeqCst) { Arc::new(FailingReadBack(journal)) } else { journal })
+        Ok(if self.fail_read_back.load(Ordering::SeqCst) {
+            Arc::new(FailingReadBack(journal))
+        } else if self.slow_answers.load(Ordering::SeqCst) {
+            Arc::new(SlowAnswers(journal))
+        } else {
+            journal
+        })
     }
     async fn commit(&self, lock: &Lock, state: &StackState) -> Result<(), StateError> {
         if self.fail.swap(false, Ordering::SeqCst) {
@@ -666,4 +687,23 @@ async fn a_close_cancelled_while_it_writes_lets_the_lock_go_and_keeps_the_events
     assert_eq!(session.user_state().unwrap(), 4);
     assert_eq!(session.state().processed_events, ["e-1"]);
     session.close().await.unwrap();
+}
+
+/// A `process` cancelled after its events' record was written, before it was answered:
+/// the reconciler's next batch starts from the user state that record holds, so the
+/// cancelled events' effect is kept, not written over.
+#[tokio::test(start_paused = true)]
+async fn a_batch_after_one_cancelled_once_recorded_starts_from_what_was_recorded() {
+    let store = FaultyStore::default();
+    store.slow_answers.store(true, Ordering::SeqCst);
+    let session = growing_stack().lock(Arc::new(store.clone()), "watch").await.unwrap();
+    let (mut reconciler, _events) = Reconciler::new(session, ReconcilerOptions::default()).unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_millis(100), reconciler.process(vec![grow("grow-1")])).await;
+    assert!(cancelled.is_err(), "the record was answered before the cancel");
+
+    assert_eq!(reconciler.process(vec![grow("grow-2")]).await.unwrap(), [Outcome::Accepted]);
+    assert_eq!(*reconciler.user_state(), 2, "grow-1's record counts");
+    let session = reconciler.into_session();
+    assert_eq!(session.state().processed_events, ["grow-1", "grow-2"]);
+    assert_eq!(session.state().resources.len(), 2);
 }

@@ -6,6 +6,7 @@ use std::task::{Context, Poll, Waker};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use rustc_hash::FxHashSet;
 use tokio::time::Instant;
 
 use super::queue::{Delivery, Outcome};
@@ -27,6 +28,12 @@ where
         if batch.is_empty() {
             return Ok(());
         }
+        if std::mem::replace(&mut self.in_intake, true) {
+            // The last intake was cut off: the session reads back what it recorded.
+            self.session.settle().await?;
+            self.s = self.session.user_state()?;
+            self.seen = self.session.state().processed_events.iter().cloned().collect();
+        }
         let stack = self.session.stack().clone();
         let start = self.s.clone();
         let mut s = start.clone();
@@ -36,7 +43,7 @@ where
         // This batch's ids, taken into `seen` once recorded: an intake cancelled before
         // then (an async handler cut off by a timeout around `process`) leaves the
         // events new, for their redelivery.
-        let mut fresh = std::collections::HashSet::with_capacity(batch.len());
+        let mut fresh = FxHashSet::default();
         let recorded = Recorded::default();
         for d in batch {
             self.metrics.received(&d.event.kind);
@@ -153,6 +160,7 @@ where
             self.unaudited.extend(done.iter().map(|e| (audit_entry(e, now, unchanged(e)), e.recorded.clone())));
         }
         self.update_status(None);
+        self.in_intake = false;
         Ok(())
     }
 

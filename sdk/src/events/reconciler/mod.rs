@@ -116,6 +116,10 @@ pub struct Reconciler<S> {
     /// follows it so an event costs one render and diff, not two; and the graph it was
     /// made from, freed once the apply has made its calls rather than before.
     planned: Option<(Plan, Graph)>,
+    /// Set while an intake runs: still set at the next one, the last was cancelled (its
+    /// `process` dropped), perhaps after its record was written, so the user state and
+    /// the ids seen are taken again from the session first.
+    in_intake: bool,
 }
 
 impl<S> std::fmt::Debug for Reconciler<S>
@@ -176,6 +180,7 @@ where
             unaudited: Vec::new(),
             last_report: None,
             planned: None,
+            in_intake: false,
         };
         Ok(reconciler)
     }
