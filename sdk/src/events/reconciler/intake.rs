@@ -33,6 +33,8 @@ where
             self.session.settle().await?;
             self.s = self.session.user_state()?;
             self.seen = self.session.state().processed_events.iter().cloned().collect();
+            // Its S, if it was recorded, may not be applied yet.
+            self.dirty = true;
         }
         let stack = self.session.stack().clone();
         let start = self.s.clone();
