@@ -176,6 +176,10 @@ pub struct ProxyStats {
     /// Every call by operation: the AWS action (`CreateVpc`), or for a REST call its
     /// method and the first two segments of its path (`POST /2013-04-01/hostedzone`).
     pub by_operation: BTreeMap<String, u64>,
+    /// The calls among them that an AWS SDK sent again after a failed attempt (its
+    /// `amz-sdk-request` header says `attempt=2` or later), by operation: answers that
+    /// failed (a fault injected, or the service behind the proxy), not calls the code made.
+    pub retries_by_operation: BTreeMap<String, u64>,
     /// How many faults of each kind were injected (kinds never injected are absent).
     pub faults: BTreeMap<Fault, u64>,
     /// The faulted calls, in the order they arrived.
@@ -191,6 +195,12 @@ impl ProxyStats {
     /// How many faults were injected, all kinds together.
     pub fn total_faults(&self) -> u64 {
         self.faults.values().sum()
+    }
+
+    /// The calls by operation without the SDK's own retries: the calls the code made.
+    pub fn first_attempts_by_operation(&self) -> BTreeMap<String, u64> {
+        let retries = |op: &str| self.retries_by_operation.get(op).copied().unwrap_or(0);
+        self.by_operation.iter().map(|(op, n)| (op.clone(), n - retries(op))).filter(|(_, n)| *n > 0).collect()
     }
 }
 
@@ -539,6 +549,9 @@ impl Shared {
         let mut state = self.state();
         state.stats.calls += 1;
         *state.stats.by_operation.entry(call.operation.clone()).or_default() += 1;
+        if call.retry {
+            *state.stats.retries_by_operation.entry(call.operation.clone()).or_default() += 1;
+        }
         let latency = state.plan.latency;
         if !call.mutating {
             return Verdict::Run { latency, fault: None };
@@ -756,6 +769,8 @@ enum Protocol {
 
 #[derive(Debug)]
 struct Call {
+    /// An AWS SDK's second or later attempt at the same operation.
+    retry: bool,
     action: String,
     /// What [`ProxyStats::by_operation`] counts it as.
     operation: String,
@@ -763,11 +778,20 @@ struct Call {
     protocol: Protocol,
 }
 
+/// Whether the request is an AWS SDK's retry: its `amz-sdk-request` header reads
+/// `attempt=N; max=M` with N above 1.
+fn is_sdk_retry(parts: &Parts) -> bool {
+    let header = parts.headers.get("amz-sdk-request").and_then(|v| v.to_str().ok()).unwrap_or("");
+    header.split(';').filter_map(|field| field.trim().strip_prefix("attempt=")).any(|n| n.parse::<u32>().is_ok_and(|n| n > 1))
+}
+
 impl Call {
     fn classify(parts: &Parts, body: &[u8]) -> Call {
+        let retry = is_sdk_retry(parts);
         let cbor = parts.headers.get("smithy-protocol").is_some_and(|p| p.as_bytes() == b"rpc-v2-cbor");
         if let Some((_, operation)) = parts.uri.path().rsplit_once("/operation/").filter(|_| cbor) {
             return Call {
+                retry,
                 action: operation.to_owned(),
                 operation: operation.to_owned(),
                 mutating: is_mutating_action(operation),
@@ -784,6 +808,7 @@ impl Call {
                 .cloned()
                 .unwrap_or(HeaderValue::from_static("application/x-amz-json-1.0"));
             return Call {
+                retry,
                 action: action.to_string(),
                 operation: action.to_string(),
                 mutating: is_mutating_action(action),
@@ -801,11 +826,12 @@ impl Call {
         let param = |name: &str| form_value(form, name).or_else(|| form_value(query, name));
         if let Some(action) = param("Action") {
             let protocol = if param("Version") == Some("2016-11-15") { Protocol::Ec2Query } else { Protocol::AwsQuery };
-            return Call { action: action.to_string(), operation: action.to_string(), mutating: is_mutating_action(action), protocol };
+            return Call { retry, action: action.to_string(), operation: action.to_string(), mutating: is_mutating_action(action), protocol };
         }
 
         let path: Vec<&str> = parts.uri.path().split('/').filter(|s| !s.is_empty()).take(2).collect();
         Call {
+            retry,
             action: parts.method.to_string(),
             operation: format!("{} /{}", parts.method, path.join("/")),
             mutating: matches!(parts.method, Method::PUT | Method::POST | Method::DELETE),

@@ -162,3 +162,23 @@ async fn cloudwatch_cbor_errors_carry_their_codes() {
     assert!(alarms.metric_alarms().is_empty(), "{alarms:?}");
     assert_eq!(proxy.stats().faults_of(Fault::Status500), 1);
 }
+
+/// The SDK's own retries are told apart from the calls the code made: a create that
+/// fails with 500 three times, with the SDK retrying, counts as three requests of which
+/// two are retries, and as one call.
+#[tokio::test]
+async fn an_sdks_retries_are_counted_apart_from_the_calls_made() {
+    let proxy = FaultProxy::start(moto().endpoint());
+    let config = sdk_config(&proxy).await.into_builder().retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(std::time::Duration::from_millis(10))).build();
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    proxy.set_plan(FaultPlan::always(Fault::Status500));
+
+    ec2.create_vpc().cidr_block("10.247.0.0/16").send().await.expect_err("a 500 each attempt");
+    proxy.set_plan(FaultPlan::none());
+    assert_eq!(vpcs_with_cidr(&ec2, "10.247.0.0/16").await, 0);
+    let stats = proxy.stats();
+    assert_eq!(stats.by_operation["CreateVpc"], 3);
+    assert_eq!(stats.retries_by_operation["CreateVpc"], 2);
+    let calls = stats.first_attempts_by_operation();
+    assert_eq!((calls["CreateVpc"], calls["DescribeVpcs"]), (1, 1));
+}
