@@ -37,11 +37,12 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
-    /// The ETag of each stack's snapshot as last read or written here.
-    etags: Arc<Mutex<HashMap<String, String>>>,
+    /// The ETag of each stack's snapshot as last read or written here: a commit
+    /// replaces exactly that object. Forgotten, the next commit reads it afresh.
+    snapshot_etags: Etags,
     /// The ETag of each lock this store took, by its token, as last written: a renewal
     /// replaces exactly that object.
-    lock_etags: Arc<Mutex<HashMap<String, String>>>,
+    lock_etags: Etags,
     lease: std::time::Duration,
     written: Arc<AtomicU64>,
 }
@@ -68,6 +69,25 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E, aws_smithy
     }
 }
 
+/// ETags this store last read or wrote, by key, shared by the store's clones.
+#[derive(Clone, Debug, Default)]
+struct Etags(Arc<Mutex<HashMap<String, String>>>);
+
+impl Etags {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    /// Remembers `etag` for `key`; `None` forgets it.
+    fn set(&self, key: &str, etag: Option<&str>) {
+        let mut etags = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match etag {
+            Some(etag) => etags.insert(key.to_owned(), etag.to_owned()),
+            None => etags.remove(key),
+        };
+    }
+}
+
 impl S3Store {
     /// A store in `bucket` under `prefix`, with the given client.
     pub fn new(client: Client, bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
@@ -76,8 +96,8 @@ impl S3Store {
             client,
             bucket: bucket.into(),
             prefix,
-            etags: Arc::default(),
-            lock_etags: Arc::default(),
+            snapshot_etags: Etags::default(),
+            lock_etags: Etags::default(),
             lease: crate::DEFAULT_LEASE,
             written: Arc::default(),
         }
@@ -89,31 +109,6 @@ impl S3Store {
         self
     }
 
-    fn lock_etag(&self, token: &str) -> Option<String> {
-        self.lock_etags.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
-    }
-
-    fn set_lock_etag(&self, token: &str, etag: Option<&str>) {
-        let mut etags = self.lock_etags.lock().unwrap_or_else(|e| e.into_inner());
-        match etag {
-            Some(etag) => etags.insert(token.to_owned(), etag.to_owned()),
-            None => etags.remove(token),
-        };
-    }
-
-    /// The ETag of the snapshot of `stack` this process last read or wrote.
-    fn snapshot_etag(&self, stack: &str) -> Option<String> {
-        self.etags.lock().unwrap_or_else(|e| e.into_inner()).get(stack).cloned()
-    }
-
-    /// Remembers the snapshot's ETag; `None` forgets it, so the next commit reads it afresh.
-    fn set_snapshot_etag(&self, stack: &str, etag: Option<&str>) {
-        let mut etags = self.etags.lock().unwrap_or_else(|e| e.into_inner());
-        match etag {
-            Some(etag) => etags.insert(stack.to_owned(), etag.to_owned()),
-            None => etags.remove(stack),
-        };
-    }
 
     /// A store configured from the standard AWS chain (environment, profile, ...).
     /// `AWS_ENDPOINT_URL` is honoured; with an endpoint set, path-style addressing is
@@ -335,7 +330,7 @@ impl S3Store {
             };
             // Claimed already: the SDK sent the claim again after it had landed.
             if bytes.starts_with(&mark) {
-                self.set_snapshot_etag(stack, Some(&etag));
+                self.snapshot_etags.set(stack, Some(&etag));
                 return Ok(());
             }
             parse_snapshot_header(&self.path(&key), &bytes)?;
@@ -345,7 +340,7 @@ impl S3Store {
             match self.before_lease_ends(lock, async { Ok(put.send().await) }).await? {
                 Ok(out) => {
                     self.written.fetch_add(len, Ordering::Relaxed);
-                    self.set_snapshot_etag(stack, out.e_tag());
+                    self.snapshot_etags.set(stack, out.e_tag());
                     return Ok(());
                 }
                 Err(e) => match classify(e) {
@@ -439,7 +434,7 @@ impl Store for S3Store {
         let Some((bytes, etag)) = self.get(&key).await? else { return Ok(None) };
         let mut state = parse_snapshot(&self.path(&key), &bytes)?;
         if let Some(etag) = etag {
-            self.set_snapshot_etag(stack, Some(&etag));
+            self.snapshot_etags.set(stack, Some(&etag));
         }
         let mut lines = String::new();
         for bytes in self.get_all(self.list(&self.key(stack, "journal/")).await?).await?.into_iter().flatten() {
@@ -487,7 +482,7 @@ impl Store for S3Store {
                 S3Failure::Other(m) => return Err(self.remote("locking", &key, m)),
             },
         };
-        self.set_lock_etag(&info.token, etag.as_deref());
+        self.lock_etags.set(&info.token, etag.as_deref());
         let lock = Lock::new(stack, info, self.lease, taken);
         // Always, not only on a takeover: after `state unlock --force` the old holder
         // may still be writing, and its next record and its next commit must be refused.
@@ -506,7 +501,7 @@ impl Store for S3Store {
         let started = tokio::time::Instant::now();
         let key = self.key(&lock.stack, "lock.json");
         let lost = || {
-            self.set_lock_etag(&lock.info.token, None);
+            self.lock_etags.set(&lock.info.token, None);
             lock.mark_lost();
             lock.lost_error()
         };
@@ -516,7 +511,7 @@ impl Store for S3Store {
         // Twice at most: a renewal refused because the SDK sent it again after it had
         // landed finds the lock still its own, and goes on from the ETag it now has.
         for _ in 0..2 {
-            let etag = match self.lock_etag(&lock.info.token) {
+            let etag = match self.lock_etags.get(&lock.info.token) {
                 Some(etag) => etag,
                 None => match self.read_lock(&key).await? {
                     Some((held, Some(etag))) if held.token == lock.info.token => etag,
@@ -528,7 +523,7 @@ impl Store for S3Store {
             let put = self.client.put_object().bucket(&self.bucket).key(&key).if_match(etag).body(ByteStream::from(body));
             match put.send().await {
                 Ok(out) => {
-                    self.set_lock_etag(&lock.info.token, out.e_tag());
+                    self.lock_etags.set(&lock.info.token, out.e_tag());
                     lock.renewed(started, info.expires_ms);
                     return Ok(());
                 }
@@ -536,7 +531,7 @@ impl Store for S3Store {
                     // Replaced (taken over) or deleted (`state unlock`) since this
                     // process last wrote it, unless it is still this holder's.
                     S3Failure::PreconditionFailed | S3Failure::NotFound => match self.read_lock(&key).await? {
-                        Some((held, etag)) if held.token == lock.info.token => self.set_lock_etag(&lock.info.token, etag.as_deref()),
+                        Some((held, etag)) if held.token == lock.info.token => self.lock_etags.set(&lock.info.token, etag.as_deref()),
                         _ => return Err(lost()),
                     },
                     S3Failure::Other(m) => return Err(self.remote("renewing the lease at", &key, m)),
@@ -548,7 +543,7 @@ impl Store for S3Store {
 
     async fn unlock(&self, lock: Lock) -> Result<(), StateError> {
         let key = self.key(&lock.stack, "lock.json");
-        self.set_lock_etag(&lock.info.token, None);
+        self.lock_etags.set(&lock.info.token, None);
         // Only the lock just read, and only while it is this holder's: one broken and
         // taken by another process in between fails the delete's precondition and stays
         // theirs. A renewal of this holder's that lands in between fails it too: read
@@ -636,7 +631,7 @@ impl Store for S3Store {
         // load, or written by its last commit or its claim). Taken before the holder is
         // checked: should a new holder in this process claim the snapshot meanwhile, this
         // commit still carries the ETag from before the claim, and is refused.
-        let expected = self.snapshot_etag(stack);
+        let expected = self.snapshot_etags.get(stack);
         crate::store::check_held(lock, self.lock_holder(stack).await?.as_ref())?;
         let key = self.key(stack, "state.json");
         let current = self.get(&key).await?;
@@ -680,7 +675,7 @@ impl Store for S3Store {
             Ok(out) => {
                 self.written.fetch_add(len, Ordering::Relaxed);
                 if let Some(etag) = out.e_tag() {
-                    self.set_snapshot_etag(stack, Some(etag));
+                    self.snapshot_etags.set(stack, Some(etag));
                 }
             }
             Err(e) => {
