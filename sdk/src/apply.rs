@@ -337,6 +337,9 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
         }
     }
 
+    // Deleted resources that a create (a declaration renamed) waits for.
+    let taken_over: HashSet<&Urn> = plan.changes.iter().filter_map(|c| c.after_delete.as_ref()).collect();
+
     #[allow(clippy::needless_range_loop)] // `s` is also compared with each dependency
     for s in 0..steps.len() {
         let c = &plan.changes[steps[s].change];
@@ -347,6 +350,9 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
                 if c.action == Action::Replace && c.delete_before_replace {
                     deps.push(delete_old[&c.urn]);
                 }
+                if let Some(old) = &c.after_delete {
+                    deps.extend(dels.get(old).into_iter().flatten().copied());
+                }
             }
             StepOp::DeleteReplaced | StepOp::Delete => {
                 // Whatever referred to it in state goes (or moves off it) first.
@@ -355,8 +361,10 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
                         continue;
                     }
                     deps.extend(dels.get(dependent).into_iter().flatten().copied());
-                    let dbr = steps[s].op == StepOp::DeleteReplaced && c.delete_before_replace;
-                    if !dbr {
+                    // Deleted first, its dependents move to what comes next after it
+                    // is gone, rather than before.
+                    let first = steps[s].op == StepOp::DeleteReplaced && c.delete_before_replace || taken_over.contains(&c.urn);
+                    if !first {
                         deps.extend(fwd.get(dependent).copied());
                     }
                 }

@@ -129,6 +129,12 @@ pub struct Property {
     /// For an output: its value may change when the resource is updated in place, so
     /// dependents see it as "known after apply" during such an update.
     pub changes_on_update: bool,
+    /// With the type's other identity properties, it says which cloud object the
+    /// resource is, where the cloud has one object per value: a queue's one policy, a
+    /// load balancer's listener on a port, a DNS name's record of a type. A resource
+    /// created where the apply deletes one of its type with the same identity (a
+    /// declaration renamed) is created after that delete: see [`Change::after_delete`](crate::plan::Change::after_delete).
+    pub identity: bool,
 }
 
 impl Property {
@@ -142,6 +148,7 @@ impl Property {
             default: None,
             auto_name: false,
             changes_on_update: false,
+            identity: false,
         }
     }
 
@@ -200,6 +207,12 @@ impl Property {
     /// An output that may change on an in-place update.
     pub const fn changes_on_update(mut self) -> Self {
         self.changes_on_update = true;
+        self
+    }
+
+    /// Part of the resource's identity in the cloud (see [`Property::identity`](Property#structfield.identity)).
+    pub const fn identity(mut self) -> Self {
+        self.identity = true;
         self
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use cairn_sdk::schema::{Property, ResourceType};
 use cairn_sdk::testing::{Call, Op};
 use cairn_sdk::{
-    Action, DynamicResource, Error, ErrorKind, Handle, Plan, ProviderOp, ResourceExt, Stack, StackState, StepStatus, Timeouts, Urn,
+    Action, DynamicResource, Error, ErrorKind, Handle, Plan, ProviderOp, RenderOptions, ResourceExt, Stack, StackState, StepStatus, Timeouts,
+    Urn,
 };
 use common::*;
 use tokio::time::Instant;
@@ -273,6 +274,48 @@ async fn delete_before_replace_deletes_dependents_replaced_with_it_first() {
     assert!(report.succeeded(), "{:?}", report.steps);
     let calls: Vec<(Op, &str)> = fake.calls().iter().map(|c| (c.op, c.urn.name())).collect::<Vec<_>>().into_iter().map(|(o, n)| (o, leak(n))).collect();
     assert_eq!(calls, [(Op::Delete, "web-a"), (Op::Delete, "shop"), (Op::Create, "shop"), (Op::Create, "web-a")]);
+}
+
+/// Like a queue's one policy: the cloud has a single one per `queue`.
+static POLICY: ResourceType = ResourceType::new("test:misc:Policy", &[Property::input("queue").identity(), Property::input("doc")]);
+
+#[tokio::test(start_paused = true)]
+async fn a_renamed_declaration_of_the_same_cloud_object_is_created_once_the_old_one_is_deleted() {
+    let latency = Duration::from_millis(5);
+    let fake = provider().with_latency(latency);
+    // S: the policy's logical name, and its queue.
+    let stack = Stack::<(String, String)>::new("dev").provider(fake.clone()).program(|cx, (name, queue)| {
+        cx.add(DynamicResource::new(&POLICY, name).set("queue", queue.as_str()).set("doc", "allow"));
+        Ok(())
+    });
+    let at = |name: &str, queue: &str| (name.to_owned(), queue.to_owned());
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&at("events", "q-1")).await.unwrap().succeeded());
+
+    // Renamed: created in parallel, the delete would clear the policy just set.
+    let plan = session.preview(&at("events-policy", "q-1")).unwrap();
+    let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
+    assert_eq!(create.after_delete, Some(Urn::new("dev", "test:misc:Policy", "events")));
+    let shown = plan.render(RenderOptions::diff());
+    assert!(shown.contains("after deleting test:misc:Policy events: the same cloud object"), "{shown}");
+    let mut targeted = plan.clone();
+    targeted.target(std::slice::from_ref(&create.urn)).unwrap();
+    assert_eq!((targeted.summary.create, targeted.summary.delete), (1, 1), "a target keeps the delete its create waits for");
+    fake.clear_calls();
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    let calls = fake.calls();
+    let (delete, create) = (&calls[pos(&calls, Op::Delete, "events")], &calls[pos(&calls, Op::Create, "events-policy")]);
+    assert!(create.at >= delete.at + latency, "created while the old one was being deleted: {calls:?}");
+    assert_eq!(fake.resources().len(), 1);
+
+    // Another queue's policy is another object: nothing to wait for.
+    let plan = session.preview(&at("orders-policy", "q-2")).unwrap();
+    assert!(plan.changes.iter().all(|c| c.after_delete.is_none()), "{plan:?}");
+    fake.clear_calls();
+    assert!(session.apply(&plan).await.unwrap().succeeded());
+    let calls = fake.calls();
+    assert_eq!(calls[pos(&calls, Op::Create, "orders-policy")].at, calls[pos(&calls, Op::Delete, "events-policy")].at);
 }
 
 fn leak(s: &str) -> &'static str {

@@ -472,6 +472,38 @@ async fn queue_policies_are_set_changed_in_place_moved_and_cleared() {
 }
 
 #[tokio::test]
+async fn a_renamed_queue_policy_is_set_once_the_old_name_has_cleared_it() {
+    const STACK: &str = "eb-policy-renamed";
+    const RULE: &str = "arn:aws:events:us-east-1:123456789012:rule/eb-policy-renamed";
+    let aws = aws().await;
+    // S: the policy's logical name.
+    let stack = Stack::<String>::new(STACK).provider(aws.provider.clone()).program(|cx, name| {
+        let queue = cx.add(Queue::new("inbox"));
+        cx.add(QueuePolicy::new(name.as_str()).queue_url(queue.url()).allow_service(queue.arn(), "events.amazonaws.com", RULE));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&"events".to_owned()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let (url, arn) = (id_of(&report.state, QUEUE, "inbox"), prop_of(&report.state, QUEUE, "inbox", "arn"));
+    let expected = json!({"Version": "2012-10-17", "Statement": [statement(&arn, RULE)]});
+
+    // The queue has one policy, so the renamed declaration is the same one: set in
+    // parallel, the old name's delete could clear it after, and EventBridge could no
+    // longer deliver. It is set once that delete is done.
+    let plan = session.preview(&"events-policy".to_owned()).unwrap();
+    let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
+    assert_eq!(create.after_delete, Some(Urn::new(STACK, POLICY, "events")));
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert_eq!(queue_policy(&aws.sqs, &url).await, Some(expected));
+    assert_eq!(id_of(&report.state, POLICY, "events-policy"), url);
+    let refreshed = session.refresh().await.unwrap();
+    assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
+    assert!(session.destroy().await.unwrap().succeeded());
+}
+
+#[tokio::test]
 async fn a_queue_policy_set_outside_cairn_is_not_overwritten() {
     let aws = aws().await;
     let queue = aws.sqs.create_queue().queue_name("eb-policy-theirs").send().await.unwrap();

@@ -145,6 +145,14 @@ pub struct Change {
     /// the replacement turns out unnecessary at apply time, the old names are kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub generated_names: Vec<String>,
+    /// For a create: the resource the apply deletes first, because it is the same cloud
+    /// object, its identity properties ([`Property::identity`](crate::schema::Property#structfield.identity))
+    /// equal: a declaration renamed. Created alongside, the new one would be undone by
+    /// that delete (a queue's policy cleared) or refused by the cloud (a listener on a
+    /// port that has one). As for a delete-before-replace, there is a moment when
+    /// neither exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_delete: Option<Urn>,
 }
 
 fn is_default_options(o: &Arc<ResourceOptions>) -> bool {
@@ -208,7 +216,9 @@ impl Plan {
             if std::mem::replace(&mut keep[i], true) {
                 continue;
             }
-            for d in self.changes[i].dependencies.iter().flatten() {
+            // And the delete a create waits for (a declaration renamed): without it, the
+            // two would be the same cloud object at once.
+            for d in self.changes[i].dependencies.iter().flatten().chain(&self.changes[i].after_delete) {
                 if let Some(&j) = index.get(d) {
                     todo.push(j);
                 }
@@ -337,6 +347,8 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     let mut provider_of = ProviderOf::new(providers);
     // Reused for each resource; kept only for those that change.
     let mut scratch: Vec<(&str, Planned<'_>)> = Vec::new();
+    // Creates of types with identity properties, by position in `changes`.
+    let mut creates_with_identity: Vec<(usize, &'static crate::ResourceType)> = Vec::new();
 
     for &i in &graph.order {
         let node = &graph.nodes[i];
@@ -407,6 +419,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             delete_before_replace: false,
             pending_delete: false,
             generated_names: Vec::new(),
+            after_delete: None,
         };
 
         match old {
@@ -502,6 +515,9 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             change.dependencies = Some(graph.deps.of(i).map(|d| graph.nodes[d].urn.clone()).collect());
         }
         summary.add(change.action);
+        if change.action == Action::Create && ty.properties.iter().any(|p| p.identity) {
+            creates_with_identity.push((changes.len(), ty));
+        }
         let planned = if change.action == Action::Same {
             planned.clear();
             scratch = planned;
@@ -516,6 +532,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     // Deletes: what state has and the program no longer declares, plus old copies left
     // by replacements, dependents before their dependencies (state is stored in
     // dependency order, so reverse order is safe).
+    let deleted: Vec<&ResourceState> = deletes.iter().copied().filter(|r| !r.pending_delete).collect();
     for old in deletes.into_iter().rev() {
         if old.options.protect && !old.pending_delete {
             violations.push(ProtectViolation { urn: old.urn.clone(), action: "delete", reasons: Vec::new() });
@@ -544,7 +561,11 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             delete_before_replace: false,
             pending_delete: old.pending_delete,
             generated_names: Vec::new(),
+            after_delete: None,
         });
+    }
+    if !creates_with_identity.is_empty() && !deleted.is_empty() {
+        order_after_deletes(&mut changes, &creates_with_identity, &deleted);
     }
 
     if !violations.is_empty() {
@@ -563,6 +584,23 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         output_diffs,
         components: graph.components.clone(),
     })
+}
+
+/// Sets [`Change::after_delete`] on each create (at its position in `changes`, with
+/// its type) whose identity properties are known and equal those of a resource of its
+/// type that state has and the plan deletes.
+fn order_after_deletes(changes: &mut [Change], creates: &[(usize, &'static crate::ResourceType)], deleted: &[&ResourceState]) {
+    for &(at, ty) in creates {
+        let change = &changes[at];
+        let planned = |name: &str| change.diffs.iter().find(|d| d.name == name && d.known && !d.secret).and_then(|d| d.new.as_ref());
+        let same = |old: &ResourceState| {
+            old.ty == ty.token
+                && ty.properties.iter().filter(|p| p.identity).all(|p| planned(p.name).is_some_and(|v| old.inputs.get(p.name) == Some(v)))
+        };
+        if let Some(old) = deleted.iter().find(|old| same(old)) {
+            changes[at].after_delete = Some(old.urn.clone());
+        }
+    }
 }
 
 /// How the stack outputs change from what `state` records to what the graph exports.

@@ -29,9 +29,9 @@ cairn_sdk::resource! {
     inputs {
         /// The load balancer, by ARN: usually a load balancer's `arn()` output (forces
         /// replacement).
-        load_balancer_arn: String = required().forces_replacement(),
+        load_balancer_arn: String = required().forces_replacement().identity(),
         /// The port it listens on, unique on its load balancer. Changed in place.
-        port: u16 = required(),
+        port: u16 = required().identity(),
         /// `"HTTP"` (the default) or `"HTTPS"`. Changed in place.
         protocol: String = default(Default::Str(HTTP)),
         /// The certificate of an HTTPS listener, by ARN: usually an ACM certificate's

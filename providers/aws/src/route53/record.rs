@@ -43,14 +43,14 @@ cairn_sdk::resource! {
     inputs {
         /// The hosted zone it belongs to, such as a [`Zone`](super::Zone)'s `zone_id()`
         /// (forces replacement).
-        zone_id: String = required().forces_replacement(),
+        zone_id: String = required().forces_replacement().identity(),
         /// The domain name, within the zone's domain, such as `www.example.com`; `*` as
         /// the first label makes a wildcard. A trailing dot and letter case make no
         /// difference (forces replacement).
-        name: String = required().forces_replacement(),
+        name: String = required().forces_replacement().identity(),
         /// The record type: A, AAAA, CNAME, TXT, MX, NS, SRV, CAA or PTR (forces
         /// replacement).
-        record_type: String = required().forces_replacement(),
+        record_type: String = required().forces_replacement().identity(),
         /// Seconds resolvers may cache the answer; required with `records`, not allowed
         /// with an alias. Changed in place.
         ttl: u32,

@@ -5,7 +5,8 @@
 //! and changes it; deleting it clears the attribute. The queue forces a replacement; the
 //! policy changes in place. The policy is kept as a JSON value, so the order of its keys
 //! or its spacing is never a difference. A queue has one policy: Cairn will not
-//! overwrite one it did not set.
+//! overwrite one it did not set, and a declaration renamed is set only once the old
+//! name's delete has cleared it (`queue_url` is its identity).
 //!
 //! Its id is the queue URL.
 
@@ -31,7 +32,7 @@ cairn_sdk::resource! {
     }
     inputs {
         /// The queue's URL, such as `queue.url()` (forces replacement).
-        queue_url: String = required().forces_replacement(),
+        queue_url: String = required().forces_replacement().identity(),
         /// The policy document, a JSON object with `Version` and `Statement`; see
         /// [`QueuePolicy::allow_service`] for the common case. Changed in place.
         policy: Value = required(),
