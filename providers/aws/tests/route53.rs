@@ -412,6 +412,36 @@ async fn an_existing_record_set_is_adopted_when_identical_and_otherwise_left_alo
     r53.delete_hosted_zone().id(&zone).send().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_renamed_record_set_is_made_again_once_the_old_name_has_deleted_it() {
+    const STACK: &str = "r53-renamed";
+    let (provider, r53) = aws().await;
+    // S: the record's logical name.
+    let stack = Stack::<String>::new(STACK).provider(provider).program(|cx, name| {
+        let zone = cx.add(Zone::new("zone").name("renamed.cairn-r53.test"));
+        cx.add(Record::new(name.as_str()).zone_id(zone.zone_id()).name("www.renamed.cairn-r53.test").record_type("A").ttl(300).records(["192.0.2.7"]));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&"www".to_owned()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let zone = id_of(&report.state, ZONE, "zone");
+
+    // The renamed declaration is the same record set. Made alongside, it would adopt
+    // the set the old name then deletes, leaving the name without an address.
+    let plan = session.preview(&"website".to_owned()).unwrap();
+    let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
+    assert_eq!(create.after_delete, Some(Urn::new(STACK, RECORD, "www")));
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let set = set_of(&r53, &zone, "www.renamed.cairn-r53.test.", "A").await.expect("the record set exists");
+    assert_eq!(set.values, ["192.0.2.7"]);
+    assert_eq!(sets(&r53, &zone).await.len(), 1);
+    assert_eq!(id_of(&report.state, RECORD, "website"), format!("{zone}|www.renamed.cairn-r53.test|A"));
+    assert!(session.destroy().await.unwrap().succeeded());
+    assert!(!zone_exists(&r53, &zone).await);
+}
+
 #[test]
 fn bad_zones_and_record_sets_are_refused_before_any_call() {
     let stack = Stack::<()>::new("r53-checks").program(|cx, _| {
