@@ -318,6 +318,34 @@ async fn a_renamed_declaration_of_the_same_cloud_object_is_created_once_the_old_
     assert_eq!(calls[pos(&calls, Op::Create, "orders-policy")].at, calls[pos(&calls, Op::Delete, "events-policy")].at);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_resource_replaced_onto_a_renamed_declaration_goes_first_rather_than_waiting_in_a_loop() {
+    static WATCHER: ResourceType = ResourceType::new("test:misc:Watcher", &[Property::input("policy"), Property::input("version").forces_replacement()]);
+    let fake = provider().with_latency(Duration::from_millis(5));
+    // S: the policy's logical name, and the watcher's version.
+    let stack = Stack::<(String, u32)>::new("dev").provider(fake.clone()).program(|cx, (name, version)| {
+        let policy = cx.add(DynamicResource::new(&POLICY, name).set("queue", "q-1").set("doc", "allow"));
+        cx.add(DynamicResource::new(&WATCHER, "w").set("policy", policy.output::<String>("queue")).set("version", *version));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&("events".to_owned(), 1)).await.unwrap().succeeded());
+
+    // The watcher's old copy stands on the old policy, whose delete the new policy
+    // waits for, and its new copy stands on the new policy: created first, it would
+    // wait for itself. So its old copy goes first.
+    let plan = session.preview(&("events-policy".to_owned(), 2)).unwrap();
+    let watcher = plan.changes.iter().find(|c| c.urn.name() == "w").unwrap();
+    assert_eq!((watcher.action, watcher.delete_before_replace), (Action::Replace, true));
+    fake.clear_calls();
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    let calls = fake.calls();
+    let order = [pos(&calls, Op::Delete, "w"), pos(&calls, Op::Delete, "events"), pos(&calls, Op::Create, "events-policy"), pos(&calls, Op::Create, "w")];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
+    assert_eq!(fake.resources().len(), 2);
+}
+
 fn leak(s: &str) -> &'static str {
     Box::leak(s.to_owned().into_boxed_str())
 }

@@ -416,20 +416,21 @@ async fn an_existing_record_set_is_adopted_when_identical_and_otherwise_left_alo
 async fn a_renamed_record_set_is_made_again_once_the_old_name_has_deleted_it() {
     const STACK: &str = "r53-renamed";
     let (provider, r53) = aws().await;
-    // S: the record's logical name.
-    let stack = Stack::<String>::new(STACK).provider(provider).program(|cx, name| {
+    // S: the record's logical name, and its domain name as written.
+    let stack = Stack::<(String, String)>::new(STACK).provider(provider).program(|cx, (name, domain)| {
         let zone = cx.add(Zone::new("zone").name("renamed.cairn-r53.test"));
-        cx.add(Record::new(name.as_str()).zone_id(zone.zone_id()).name("www.renamed.cairn-r53.test").record_type("A").ttl(300).records(["192.0.2.7"]));
+        cx.add(Record::new(name.as_str()).zone_id(zone.zone_id()).name(domain.as_str()).record_type("A").ttl(300).records(["192.0.2.7"]));
         Ok(())
     });
     let mut session = stack.in_memory_session().await.unwrap();
-    let report = session.up(&"www".to_owned()).await.unwrap();
+    let report = session.up(&("www".to_owned(), "www.renamed.cairn-r53.test".to_owned())).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let zone = id_of(&report.state, ZONE, "zone");
 
-    // The renamed declaration is the same record set. Made alongside, it would adopt
-    // the set the old name then deletes, leaving the name without an address.
-    let plan = session.preview(&"website".to_owned()).unwrap();
+    // The renamed declaration is the same record set, its name written otherwise as DNS
+    // reads it alike. Made alongside, it would adopt the set the old name then deletes,
+    // leaving the name without an address.
+    let plan = session.preview(&("website".to_owned(), "WWW.renamed.cairn-r53.test.".to_owned())).unwrap();
     let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
     assert_eq!(create.after_delete, Some(Urn::new(STACK, RECORD, "www")));
     let report = session.apply(&plan).await.unwrap();

@@ -149,8 +149,8 @@ pub struct Change {
     /// object, its identity properties ([`Property::identity`](crate::schema::Property#structfield.identity))
     /// equal: a declaration renamed. Created alongside, the new one would be undone by
     /// that delete (a queue's policy cleared) or refused by the cloud (a listener on a
-    /// port that has one). As for a delete-before-replace, there is a moment when
-    /// neither exists.
+    /// port that has one). As for a delete-before-replace, neither exists in between,
+    /// and if the create fails, until an apply makes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_delete: Option<Urn>,
 }
@@ -307,6 +307,8 @@ struct NodeStatus<'a> {
     planned: Option<Vec<(&'a str, Planned<'a>)>>,
     /// The resource in state, if it exists.
     old: Option<&'a ResourceState>,
+    /// For a create: the resource it waits for the delete of ([`Change::after_delete`]).
+    after_delete: Option<&'a Urn>,
 }
 
 /// Diffs `graph` against `state`.
@@ -347,8 +349,6 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     let mut provider_of = ProviderOf::new(providers);
     // Reused for each resource; kept only for those that change.
     let mut scratch: Vec<(&str, Planned<'_>)> = Vec::new();
-    // Creates of types with identity properties, by position in `changes`.
-    let mut creates_with_identity: Vec<(usize, &'static crate::ResourceType)> = Vec::new();
 
     for &i in &graph.order {
         let node = &graph.nodes[i];
@@ -422,6 +422,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             after_delete: None,
         };
 
+        let mut after_delete = None;
         match old {
             None => {
                 change.action = Action::Create;
@@ -429,6 +430,10 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     .iter()
                     .map(|(k, p)| PropertyDiff::new(*k, None, p.value().cloned(), p.is_known(), false))
                     .collect();
+                if ty.properties.iter().any(|p| p.identity) {
+                    after_delete = same_object_deleted(&node.urn, ty, &planned, &deletes, &mut provider_of);
+                    change.after_delete = after_delete.map(|o| o.urn.clone());
+                }
             }
             Some(old) => {
                 let req = DiffRequest { urn: &node.urn, ty, old: &old.inputs, new: &planned };
@@ -468,8 +473,14 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         }
 
         if change.action == Action::Replace {
+            // A dependency created only once what this resource's old copy stands on is
+            // gone (a renamed declaration): the old copy goes first, or each would wait
+            // for the other.
+            let stands_on = |urn: &Urn| old.is_some_and(|o| o.dependencies.contains(urn));
             let dep_replaced_first = graph.deps.of(i).any(|d| {
-                statuses[d].as_ref().is_some_and(|s| s.action == Action::Replace && s.delete_before_replace)
+                statuses[d].as_ref().is_some_and(|s| {
+                    s.action == Action::Replace && s.delete_before_replace || s.after_delete.is_some_and(stands_on)
+                })
             });
             let explicit_name = ty.inputs().any(|p| {
                 p.auto_name && decl.get(p.name).is_some() && !change.diffs.iter().any(|d| d.name == p.name)
@@ -515,9 +526,6 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             change.dependencies = Some(graph.deps.of(i).map(|d| graph.nodes[d].urn.clone()).collect());
         }
         summary.add(change.action);
-        if change.action == Action::Create && ty.properties.iter().any(|p| p.identity) {
-            creates_with_identity.push((changes.len(), ty));
-        }
         let planned = if change.action == Action::Same {
             planned.clear();
             scratch = planned;
@@ -525,14 +533,19 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         } else {
             Some(planned)
         };
-        statuses[i] = Some(NodeStatus { action: change.action, delete_before_replace: change.delete_before_replace, planned, old });
+        statuses[i] = Some(NodeStatus {
+            action: change.action,
+            delete_before_replace: change.delete_before_replace,
+            planned,
+            old,
+            after_delete: after_delete.map(|o| &o.urn),
+        });
         changes.push(change);
     }
 
     // Deletes: what state has and the program no longer declares, plus old copies left
     // by replacements, dependents before their dependencies (state is stored in
     // dependency order, so reverse order is safe).
-    let deleted: Vec<&ResourceState> = deletes.iter().copied().filter(|r| !r.pending_delete).collect();
     for old in deletes.into_iter().rev() {
         if old.options.protect && !old.pending_delete {
             violations.push(ProtectViolation { urn: old.urn.clone(), action: "delete", reasons: Vec::new() });
@@ -564,9 +577,6 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             after_delete: None,
         });
     }
-    if !creates_with_identity.is_empty() && !deleted.is_empty() {
-        order_after_deletes(&mut changes, &creates_with_identity, &deleted);
-    }
 
     if !violations.is_empty() {
         return Err(Error::Protected(ProtectViolations(violations)));
@@ -586,21 +596,33 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     })
 }
 
-/// Sets [`Change::after_delete`] on each create (at its position in `changes`, with
-/// its type) whose identity properties are known and equal those of a resource of its
-/// type that state has and the plan deletes.
-fn order_after_deletes(changes: &mut [Change], creates: &[(usize, &'static crate::ResourceType)], deleted: &[&ResourceState]) {
-    for &(at, ty) in creates {
-        let change = &changes[at];
-        let planned = |name: &str| change.diffs.iter().find(|d| d.name == name && d.known && !d.secret).and_then(|d| d.new.as_ref());
-        let same = |old: &ResourceState| {
-            old.ty == ty.token
-                && ty.properties.iter().filter(|p| p.identity).all(|p| planned(p.name).is_some_and(|v| old.inputs.get(p.name) == Some(v)))
-        };
-        if let Some(old) = deleted.iter().find(|old| same(old)) {
-            changes[at].after_delete = Some(old.urn.clone());
-        }
+/// The resource of `ty` that state has and the plan deletes (not one it keeps, with
+/// `retain_on_delete`) which is the very cloud object a create of `urn` with `planned`
+/// inputs makes: no identity property differs, as the type's diff compares them (a
+/// DNS name's trailing dot is no difference), and all are known.
+fn same_object_deleted<'a>(
+    urn: &Urn,
+    ty: &'static crate::ResourceType,
+    planned: &[(&str, Planned<'_>)],
+    deletes: &[&'a ResourceState],
+    provider_of: &mut ProviderOf<'_>,
+) -> Option<&'a ResourceState> {
+    let identity = || ty.properties.iter().filter(|p| p.identity);
+    let known = identity().all(|p| planned.iter().any(|(k, v)| *k == p.name && v.is_known()));
+    if !known {
+        return None;
     }
+    deletes.iter().copied().find(|old| {
+        if old.ty != ty.token || old.pending_delete || old.options.retain_on_delete {
+            return false;
+        }
+        let req = DiffRequest { urn, ty, old: &old.inputs, new: planned };
+        let diff = match provider_of.get(ty) {
+            Some(p) => p.diff(&req),
+            None => schema_diff(&req),
+        };
+        identity().all(|p| old.inputs.get(p.name).is_some() && !diff.changes.iter().any(|d| d.name == p.name))
+    })
 }
 
 /// How the stack outputs change from what `state` records to what the graph exports.
