@@ -337,8 +337,11 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
         }
     }
 
-    // Deleted resources that a create (a declaration renamed) waits for.
-    let taken_over: HashSet<&Urn> = plan.changes.iter().filter_map(|c| c.after_delete.as_ref()).collect();
+    // Deleted resources that a create (a declaration renamed) waits for, with it.
+    let mut taken_over: HashMap<&Urn, &Urn> = HashMap::default();
+    if !dels.is_empty() {
+        taken_over.extend(plan.changes.iter().filter_map(|c| Some((c.after_delete.as_ref()?, &c.urn))));
+    }
 
     #[allow(clippy::needless_range_loop)] // `s` is also compared with each dependency
     for s in 0..steps.len() {
@@ -362,8 +365,11 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
                     }
                     deps.extend(dels.get(dependent).into_iter().flatten().copied());
                     // Deleted first, its dependents move to what comes next after it
-                    // is gone, rather than before.
-                    let first = steps[s].op == StepOp::DeleteReplaced && c.delete_before_replace || taken_over.contains(&c.urn);
+                    // is gone, rather than before: all of them for a delete-before-replace,
+                    // those that stand on the create that waits for this delete.
+                    let on_create = |create: &&Urn| plan_dependents.get(*create).is_some_and(|d| d.contains(dependent));
+                    let dbr = steps[s].op == StepOp::DeleteReplaced && c.delete_before_replace;
+                    let first = dbr || steps[s].op == StepOp::Delete && taken_over.get(&c.urn).is_some_and(on_create);
                     if !first {
                         deps.extend(fwd.get(dependent).copied());
                     }
@@ -403,7 +409,7 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
     }
     if seen != steps.len() {
         return Err(Error::BadPlan(
-            "its steps depend on each other in a loop (a delete-before-replace resource whose dependents are replaced create-before-delete); set delete_before_replace on those dependents too".into(),
+            "its steps depend on each other in a loop (a delete-before-replace resource, or a renamed declaration created after its old name's delete, whose dependents are replaced create-before-delete); set delete_before_replace on those dependents too".into(),
         ));
     }
     Ok(steps)

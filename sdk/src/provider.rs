@@ -331,7 +331,9 @@ pub struct DiffResult {
 /// The request to diff a resource's old inputs against its planned ones.
 #[derive(Debug)]
 pub struct DiffRequest<'a> {
-    /// The resource.
+    /// The resource. To tell whether a create is the object a delete removes, the
+    /// planner also diffs one resource's inputs against another's: a diff must not
+    /// depend on the URN for its answer.
     pub urn: &'a Urn,
     /// Its type.
     pub ty: &'static ResourceType,

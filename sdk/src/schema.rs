@@ -134,6 +134,8 @@ pub struct Property {
     /// load balancer's listener on a port, a DNS name's record of a type. A resource
     /// created where the apply deletes one of its type with the same identity (a
     /// declaration renamed) is created after that delete: see [`Change::after_delete`](crate::plan::Change::after_delete).
+    /// Only when every identity property is known at plan time and set on both, as the
+    /// type's diff compares them, and the old one is not retained.
     pub identity: bool,
 }
 

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cairn_state::{ResourceState, StackState, Urn};
+use cairn_state::{Props, ResourceState, StackState, Urn};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -146,8 +146,8 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub generated_names: Vec<String>,
     /// For a create: the resource the apply deletes first, because it is the same cloud
-    /// object, its identity properties ([`Property::identity`](crate::schema::Property#structfield.identity))
-    /// equal: a declaration renamed. Created alongside, the new one would be undone by
+    /// object, no identity property ([`Property::identity`](crate::schema::Property#structfield.identity))
+    /// differing as the type's diff compares them: a declaration renamed. Created alongside, the new one would be undone by
     /// that delete (a queue's policy cleared) or refused by the cloud (a listener on a
     /// port that has one). As for a delete-before-replace, neither exists in between,
     /// and if the create fails, until an apply makes it.
@@ -597,9 +597,10 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
 }
 
 /// The resource of `ty` that state has and the plan deletes (not one it keeps, with
-/// `retain_on_delete`) which is the very cloud object a create of `urn` with `planned`
-/// inputs makes: no identity property differs, as the type's diff compares them (a
-/// DNS name's trailing dot is no difference), and all are known.
+/// `retain_on_delete`, nor an old copy a replacement left) which is the very cloud
+/// object a create of `urn` with `planned` inputs makes: every identity property is
+/// known, set on both, and not a difference as the type's diff compares them (a DNS
+/// name's trailing dot is none). Only the identity properties are diffed.
 fn same_object_deleted<'a>(
     urn: &Urn,
     ty: &'static crate::ResourceType,
@@ -608,15 +609,17 @@ fn same_object_deleted<'a>(
     provider_of: &mut ProviderOf<'_>,
 ) -> Option<&'a ResourceState> {
     let identity = || ty.properties.iter().filter(|p| p.identity);
-    let known = identity().all(|p| planned.iter().any(|(k, v)| *k == p.name && v.is_known()));
-    if !known {
+    let is_identity = |name: &str| identity().any(|p| p.name == name);
+    let mine: Vec<(&str, Planned<'_>)> = planned.iter().filter(|(k, _)| is_identity(k)).cloned().collect();
+    if deletes.is_empty() || mine.len() != identity().count() || mine.iter().any(|(_, v)| !v.is_known()) {
         return None;
     }
     deletes.iter().copied().find(|old| {
         if old.ty != ty.token || old.pending_delete || old.options.retain_on_delete {
             return false;
         }
-        let req = DiffRequest { urn, ty, old: &old.inputs, new: planned };
+        let theirs: Props = old.inputs.iter().filter(|(k, _)| is_identity(k)).map(|(k, v)| (k, v.clone())).collect();
+        let req = DiffRequest { urn, ty, old: &theirs, new: &mine };
         let diff = match provider_of.get(ty) {
             Some(p) => p.diff(&req),
             None => schema_diff(&req),
