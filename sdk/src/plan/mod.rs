@@ -147,9 +147,9 @@ pub struct Change {
     pub generated_names: Vec<String>,
     /// For a create: the resource the apply deletes first, because it is the same cloud
     /// object, no identity property ([`Property::identity`](crate::schema::Property#structfield.identity))
-    /// differing as the type's diff compares them: a declaration renamed. Created alongside, the new one would be undone by
-    /// that delete (a queue's policy cleared) or refused by the cloud (a listener on a
-    /// port that has one). As for a delete-before-replace, neither exists in between,
+    /// differing as the type's diff compares them: a declaration renamed. Created
+    /// alongside, the new one would be undone by that delete (a queue's policy cleared)
+    /// or refused by the cloud (a listener on a port that has one). As for a delete-before-replace, neither exists in between,
     /// and if the create fails, until an apply makes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_delete: Option<Urn>,
@@ -608,10 +608,13 @@ fn same_object_deleted<'a>(
     deletes: &[&'a ResourceState],
     provider_of: &mut ProviderOf<'_>,
 ) -> Option<&'a ResourceState> {
+    if deletes.is_empty() {
+        return None;
+    }
     let identity = || ty.properties.iter().filter(|p| p.identity);
     let is_identity = |name: &str| identity().any(|p| p.name == name);
     let mine: Vec<(&str, Planned<'_>)> = planned.iter().filter(|(k, _)| is_identity(k)).cloned().collect();
-    if deletes.is_empty() || mine.len() != identity().count() || mine.iter().any(|(_, v)| !v.is_known()) {
+    if mine.len() != identity().count() || mine.iter().any(|(_, v)| !v.is_known()) {
         return None;
     }
     deletes.iter().copied().find(|old| {
