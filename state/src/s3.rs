@@ -109,7 +109,6 @@ impl S3Store {
         self
     }
 
-
     /// A store configured from the standard AWS chain (environment, profile, ...).
     /// `AWS_ENDPOINT_URL` is honoured; with an endpoint set, path-style addressing is
     /// used, which local emulators need.

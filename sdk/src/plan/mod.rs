@@ -149,8 +149,9 @@ pub struct Change {
     /// object, no identity property ([`Property::identity`](crate::schema::Property#structfield.identity))
     /// differing as the type's diff compares them: a declaration renamed. Created
     /// alongside, the new one would be undone by that delete (a queue's policy cleared)
-    /// or refused by the cloud (a listener on a port that has one). As for a delete-before-replace, neither exists in between,
-    /// and if the create fails, until an apply makes it.
+    /// or refused by the cloud (a listener on a port that has one). As for a
+    /// delete-before-replace, neither exists in between, and if the create fails, until
+    /// an apply makes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_delete: Option<Urn>,
 }
@@ -621,13 +622,17 @@ fn same_object_deleted<'a>(
         if old.ty != ty.token || old.pending_delete || old.options.retain_on_delete {
             return false;
         }
+        // Both sides hold the identity properties alone: any difference is one of them.
         let theirs: Props = old.inputs.iter().filter(|(k, _)| is_identity(k)).map(|(k, v)| (k, v.clone())).collect();
+        if theirs.len() != mine.len() {
+            return false;
+        }
         let req = DiffRequest { urn, ty, old: &theirs, new: &mine };
         let diff = match provider_of.get(ty) {
             Some(p) => p.diff(&req),
             None => schema_diff(&req),
         };
-        identity().all(|p| old.inputs.get(p.name).is_some() && !diff.changes.iter().any(|d| d.name == p.name))
+        diff.changes.is_empty()
     })
 }
 
