@@ -279,21 +279,28 @@ async fn delete_before_replace_deletes_dependents_replaced_with_it_first() {
 /// Like a queue's one policy: the cloud has a single one per `queue`.
 static POLICY: ResourceType = ResourceType::new("test:misc:Policy", &[Property::input("queue").identity(), Property::input("doc")]);
 
+/// One policy; S: its logical name, and its queue.
+fn policy_stack(fake: &TestProvider) -> Stack<(String, String)> {
+    Stack::<(String, String)>::new("dev").provider(fake.clone()).program(|cx, (name, queue)| {
+        cx.add(DynamicResource::new(&POLICY, name).set("queue", queue.as_str()).set("doc", "allow"));
+        Ok(())
+    })
+}
+
+fn policy_at(name: &str, queue: &str) -> (String, String) {
+    (name.to_owned(), queue.to_owned())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_renamed_declaration_of_the_same_cloud_object_is_created_once_the_old_one_is_deleted() {
     let latency = Duration::from_millis(5);
     let fake = provider().with_latency(latency);
-    // S: the policy's logical name, and its queue.
-    let stack = Stack::<(String, String)>::new("dev").provider(fake.clone()).program(|cx, (name, queue)| {
-        cx.add(DynamicResource::new(&POLICY, name).set("queue", queue.as_str()).set("doc", "allow"));
-        Ok(())
-    });
-    let at = |name: &str, queue: &str| (name.to_owned(), queue.to_owned());
+    let stack = policy_stack(&fake);
     let mut session = stack.in_memory_session().await.unwrap();
-    assert!(session.up(&at("events", "q-1")).await.unwrap().succeeded());
+    assert!(session.up(&policy_at("events", "q-1")).await.unwrap().succeeded());
 
     // Renamed: created in parallel, the delete would clear the policy just set.
-    let plan = session.preview(&at("events-policy", "q-1")).unwrap();
+    let plan = session.preview(&policy_at("events-policy", "q-1")).unwrap();
     let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
     assert_eq!(create.after_delete, Some(Urn::new("dev", "test:misc:Policy", "events")));
     let shown = plan.render(RenderOptions::diff());
@@ -310,7 +317,7 @@ async fn a_renamed_declaration_of_the_same_cloud_object_is_created_once_the_old_
     assert_eq!(fake.resources().len(), 1);
 
     // Another queue's policy is another object: nothing to wait for.
-    let plan = session.preview(&at("orders-policy", "q-2")).unwrap();
+    let plan = session.preview(&policy_at("orders-policy", "q-2")).unwrap();
     assert!(plan.changes.iter().all(|c| c.after_delete.is_none()), "{plan:?}");
     fake.clear_calls();
     assert!(session.apply(&plan).await.unwrap().succeeded());
@@ -344,6 +351,35 @@ async fn a_resource_replaced_onto_a_renamed_declaration_goes_first_rather_than_w
     let order = [pos(&calls, Op::Delete, "w"), pos(&calls, Op::Delete, "events"), pos(&calls, Op::Create, "events-policy"), pos(&calls, Op::Create, "w")];
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
     assert_eq!(fake.resources().len(), 2);
+}
+
+/// The old name's delete fails, then its answer is lost: the create that waits for it
+/// is not made, the cloud holds what state says each time, and the next `up` finishes.
+#[tokio::test(start_paused = true)]
+async fn a_renamed_declaration_whose_old_delete_fails_is_created_by_the_next_up() {
+    let fake = provider()
+        .with_latency(Duration::from_millis(5))
+        .fail_once("events", Op::Delete, "Throttling: rate exceeded")
+        .lose_response("events-policy", Op::Delete);
+    let stack = policy_stack(&fake);
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&policy_at("events", "q-1")).await.unwrap().succeeded());
+
+    let names = |state: &StackState| state.resources.iter().map(|r| r.urn.name().to_owned()).collect::<Vec<_>>();
+    // Refused, the old one is still there; with its answer lost, the delete took effect
+    // and is left pending, for the next operation to settle by a look-up.
+    for (from, to, left) in [("events", "events-policy", 1), ("events-policy", "orders-policy", 0)] {
+        let failed = session.up(&policy_at(to, "q-1")).await.unwrap();
+        assert!(!failed.succeeded(), "the delete of {from} fails");
+        assert!(fake.calls_of(Op::Create).iter().all(|c| c != to), "{to} was created while {from} could still exist");
+        session.settle().await.unwrap();
+        assert_eq!(names(session.state()), [from].into_iter().take(left).collect::<Vec<_>>());
+        assert_cloud_is(&fake, session.state(), left);
+        let report = session.up(&policy_at(to, "q-1")).await.unwrap();
+        assert!(report.succeeded(), "{:?}", report.steps);
+        assert_eq!(names(&report.state), [to]);
+        assert_cloud_is(&fake, &report.state, 1);
+    }
 }
 
 fn leak(s: &str) -> &'static str {

@@ -523,16 +523,6 @@ async fn cancel_up_after(session: &mut cairn_sdk::Session<u32>, provider: &TestP
     }
 }
 
-/// The cloud holds exactly what `state` says: one resource per entry, none twice.
-fn assert_cloud_is(provider: &TestProvider, state: &StackState, n: usize) {
-    assert_eq!(state.resources.len(), n, "{:?}", state.resources);
-    let mut ids: Vec<_> = provider.resources().into_iter().map(|r| r.id).collect();
-    ids.sort();
-    let mut recorded: Vec<_> = state.resources.iter().map(|r| r.id.clone()).collect();
-    recorded.sort();
-    assert_eq!(ids, recorded, "the cloud holds what state does not say, or the reverse");
-}
-
 /// What a session recovered: one adoption, of `name`.
 fn assert_adopted_only(recovered: &[Recovery], name: &str) {
     assert!(matches!(recovered, [Recovery::Adopted { urn, .. }] if urn.name() == name), "{recovered:?}");

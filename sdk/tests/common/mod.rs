@@ -217,3 +217,13 @@ pub async fn deployed(stack: &Stack<Shop>, shop: &Shop) -> StackState {
     assert!(report.succeeded(), "first up failed: {:?}", report.failures().collect::<Vec<_>>());
     report.state
 }
+
+/// The cloud holds exactly what `state` says: one resource per entry, none twice.
+pub fn assert_cloud_is(provider: &TestProvider, state: &StackState, n: usize) {
+    assert_eq!(state.resources.len(), n, "{:?}", state.resources);
+    let mut ids: Vec<_> = provider.resources().into_iter().map(|r| r.id).collect();
+    ids.sort();
+    let mut recorded: Vec<_> = state.resources.iter().map(|r| r.id.clone()).collect();
+    recorded.sort();
+    assert_eq!(ids, recorded, "the cloud holds what state does not say, or the reverse");
+}
