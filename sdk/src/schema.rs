@@ -124,7 +124,10 @@ pub struct Property {
     pub default: Option<Default>,
     /// A physical name: when unset, the engine names the resource `<logical>-<suffix>`,
     /// with a new suffix on each replacement, so a create-before-delete replacement
-    /// never collides with the copy it replaces.
+    /// never collides with the copy it replaces. Given by the program, it says which
+    /// cloud object the resource is, as an [`identity`](Property#structfield.identity)
+    /// property does: a declaration renamed with its name kept is created after the
+    /// old one's delete.
     pub auto_name: bool,
     /// For an output: its value may change when the resource is updated in place, so
     /// dependents see it as "known after apply" during such an update.
@@ -216,6 +219,12 @@ impl Property {
     pub const fn identity(mut self) -> Self {
         self.identity = true;
         self
+    }
+
+    /// Says which cloud object the resource is: an identity property, or a physical
+    /// name (one name, one object).
+    pub(crate) const fn names_object(&self) -> bool {
+        self.identity || self.auto_name
     }
 }
 

@@ -326,6 +326,45 @@ async fn a_renamed_declaration_of_the_same_cloud_object_is_created_once_the_old_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_renamed_declaration_keeping_its_physical_name_is_created_once_the_old_one_is_deleted() {
+    let latency = Duration::from_millis(5);
+    let fake = provider().with_latency(latency);
+    // S: the network's logical name, and the physical name given, if any.
+    let stack = Stack::<(String, Option<String>)>::new("dev").provider(fake.clone()).program(|cx, (logical, name)| {
+        let network = Network::new(logical.as_str()).cidr_block("10.0.0.0/16");
+        cx.add(match name {
+            Some(name) => network.name(name.as_str()),
+            None => network,
+        });
+        Ok(())
+    });
+    let at = |logical: &str, name: Option<&str>| (logical.to_owned(), name.map(str::to_owned));
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&at("main", Some("shop"))).await.unwrap().succeeded());
+
+    // One physical name, one object (AWS answers a create of an existing queue or topic
+    // with it): the renamed declaration is created once the old one is gone.
+    let plan = session.preview(&at("core", Some("shop"))).unwrap();
+    let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
+    assert_eq!(create.after_delete, Some(Urn::new("dev", "test:net:Network", "main")));
+    fake.clear_calls();
+    assert!(session.apply(&plan).await.unwrap().succeeded());
+    let calls = fake.calls();
+    assert!(calls[pos(&calls, Op::Create, "core")].at >= calls[pos(&calls, Op::Delete, "main")].at + latency, "{calls:?}");
+
+    // A name Cairn generates is made from the URN: a renamed declaration gets another,
+    // and nothing waits.
+    assert!(session.up(&at("core", None)).await.unwrap().succeeded());
+    let plan = session.preview(&at("edge", None)).unwrap();
+    assert!(plan.changes.iter().all(|c| c.after_delete.is_none()), "{plan:?}");
+    fake.clear_calls();
+    assert!(session.apply(&plan).await.unwrap().succeeded());
+    let calls = fake.calls();
+    assert_eq!(calls[pos(&calls, Op::Create, "edge")].at, calls[pos(&calls, Op::Delete, "core")].at);
+    assert_eq!(fake.resources().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_resource_replaced_onto_a_renamed_declaration_goes_first_rather_than_waiting_in_a_loop() {
     static WATCHER: ResourceType = ResourceType::new("test:misc:Watcher", &[Property::input("policy"), Property::input("version").forces_replacement()]);
     let fake = provider().with_latency(Duration::from_millis(5));

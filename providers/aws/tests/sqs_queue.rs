@@ -168,3 +168,34 @@ fn bad_queue_settings_are_refused_before_any_call() {
          - aws:sqs:Queue 'c': property 'name' = \"bad name!\" is invalid: it must be 1 to 80 letters, digits, '-' or '_' (a FIFO queue's ending in .fifo)"
     );
 }
+
+#[tokio::test]
+async fn a_renamed_declaration_keeping_its_queue_name_is_created_once_the_old_queue_is_gone() {
+    let (provider, sqs) = aws().await;
+    // S: the logical name of a queue whose physical name is given.
+    let stack = Stack::<String>::new("sqs-renamed").provider(provider).program(|cx, logical| {
+        cx.add(Queue::new(logical.as_str()).name("sqs-renamed-orders"));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&"orders".to_owned()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let old = url_of(&report.state, "orders");
+
+    // One name, one queue: AWS answers a create of an existing queue with that queue, so
+    // made alongside the old declaration's delete, the new one would be the queue that
+    // delete removes. It is created once the delete is done.
+    let plan = session.preview(&"inbox".to_owned()).unwrap();
+    let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
+    assert_eq!(create.after_delete, Some(Urn::new("sqs-renamed", "aws:sqs:Queue", "orders")));
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let new = url_of(&report.state, "inbox");
+    assert!(new.ends_with("/sqs-renamed-orders"), "{new}");
+    assert!(exists(&sqs, &new).await, "state has the queue {new}, and so does the cloud");
+    let refreshed = session.refresh().await.unwrap();
+    assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
+    assert_eq!(refreshed.state.resources.len(), 1);
+    assert!(session.destroy().await.unwrap().succeeded());
+    assert!(!exists(&sqs, &old).await && !exists(&sqs, &new).await);
+}

@@ -20,7 +20,7 @@ use crate::graph::Graph;
 use crate::input::{OutputRef, Prop};
 use crate::provider::{schema_diff, DiffRequest, Planned, PropertyDiff, ProviderOf, Providers};
 use crate::resource::ResourceOptions;
-use crate::schema::PropertyKind;
+use crate::schema::{Property, PropertyKind};
 
 pub use render::RenderOptions;
 
@@ -147,9 +147,10 @@ pub struct Change {
     pub generated_names: Vec<String>,
     /// For a create: the resource the apply deletes first, because it is the same cloud
     /// object, no identity property ([`Property::identity`](crate::schema::Property#structfield.identity))
-    /// differing as the type's diff compares them: a declaration renamed. Created
-    /// alongside, the new one would be undone by that delete (a queue's policy cleared)
-    /// or refused by the cloud (a listener on a port that has one). As for a
+    /// nor physical name differing as the type's diff compares them: a declaration
+    /// renamed. Created alongside, the new one would be undone by that delete (a queue's
+    /// policy cleared, a queue of the same name adopted, then deleted) or refused by the
+    /// cloud (a listener on a port that has one). As for a
     /// delete-before-replace, neither exists in between, and if the create fails, until
     /// an apply makes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,7 +432,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     .iter()
                     .map(|(k, p)| PropertyDiff::new(*k, None, p.value().cloned(), p.is_known(), false))
                     .collect();
-                if ty.properties.iter().any(|p| p.identity) {
+                if ty.properties.iter().any(Property::names_object) {
                     after_delete = same_object_deleted(&node.urn, ty, &planned, &deletes, &mut provider_of);
                     change.after_delete = after_delete.map(|o| o.urn.clone());
                 }
@@ -599,9 +600,10 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
 
 /// The resource of `ty` that state has and the plan deletes (not one it keeps, with
 /// `retain_on_delete`, nor an old copy a replacement left) which is the very cloud
-/// object a create of `urn` with `planned` inputs makes: every identity property is
-/// known, set on both, and not a difference as the type's diff compares them (a DNS
-/// name's trailing dot is none). Only the identity properties are diffed.
+/// object a create of `urn` with `planned` inputs makes: every identity property and
+/// physical name is known, set on both, and not a difference as the type's diff
+/// compares them (a DNS name's trailing dot is none). Only those properties are diffed.
+/// A generated name is made from the URN, so only a name the program gives matches.
 fn same_object_deleted<'a>(
     urn: &Urn,
     ty: &'static crate::ResourceType,
@@ -612,7 +614,7 @@ fn same_object_deleted<'a>(
     if deletes.is_empty() {
         return None;
     }
-    let identity = || ty.properties.iter().filter(|p| p.identity);
+    let identity = || ty.properties.iter().filter(|p| p.names_object());
     let is_identity = |name: &str| identity().any(|p| p.name == name);
     let mine: Vec<(&str, Planned<'_>)> = planned.iter().filter(|(k, _)| is_identity(k)).cloned().collect();
     if mine.len() != identity().count() || mine.iter().any(|(_, v)| !v.is_known()) {
