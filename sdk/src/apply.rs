@@ -368,8 +368,10 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
                     // is gone, rather than before: all of them for a delete-before-replace,
                     // those that stand on the create that waits for this delete.
                     let on_create = |create: &&Urn| plan_dependents.get(*create).is_some_and(|d| d.contains(dependent));
+                    // (An update that takes it over may have stood on it.)
                     let dbr = steps[s].op == StepOp::DeleteReplaced && c.delete_before_replace;
-                    let first = dbr || steps[s].op == StepOp::Delete && taken_over.get(&c.urn).is_some_and(on_create);
+                    let taker = |create: &&Urn| *create == *dependent || on_create(create);
+                    let first = dbr || steps[s].op == StepOp::Delete && taken_over.get(&c.urn).is_some_and(taker);
                     if !first {
                         deps.extend(fwd.get(dependent).copied());
                     }

@@ -135,8 +135,9 @@ pub struct Property {
     /// With the type's other identity properties, it says which cloud object the
     /// resource is, where the cloud has one object per value: a queue's one policy, a
     /// load balancer's listener on a port, a DNS name's record of a type. A resource
-    /// created where the apply deletes one of its type with the same identity (a
-    /// declaration renamed) is created after that delete: see [`Change::after_delete`](crate::plan::Change::after_delete).
+    /// created, updated or replaced onto the identity of one of its type the apply
+    /// deletes (a declaration renamed, a listener moved to a freed port) waits for that
+    /// delete: see [`Change::after_delete`](crate::plan::Change::after_delete).
     /// Only when every identity property is known at plan time and set on both, as the
     /// type's diff compares them, and the old one is not retained.
     pub identity: bool,

@@ -365,6 +365,72 @@ async fn a_renamed_declaration_keeping_its_physical_name_is_created_once_the_old
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_update_onto_what_the_plan_frees_waits_for_the_delete_even_standing_on_it() {
+    let latency = Duration::from_millis(5);
+    let fake = provider().with_latency(latency);
+    // Two policies, the second's document read from the first; then the first gone, and
+    // the second moved onto its queue.
+    let stack = Stack::<bool>::new("dev").provider(fake.clone()).program(|cx, moved| {
+        if *moved {
+            cx.add(DynamicResource::new(&POLICY, "second").set("queue", "q-1").set("doc", "allow"));
+        } else {
+            let first = cx.add(DynamicResource::new(&POLICY, "first").set("queue", "q-1").set("doc", "allow"));
+            cx.add(DynamicResource::new(&POLICY, "second").set("queue", "q-2").set("doc", first.output::<String>("doc")));
+        }
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&false).await.unwrap().succeeded());
+
+    // Updated alongside, the delete would clear the policy just moved there. The delete
+    // waited for its dependents, the mover among them, which waits for it: it does not.
+    let plan = session.preview(&true).unwrap();
+    let update = plan.changes.iter().find(|c| c.action == Action::Update).unwrap();
+    assert_eq!(update.after_delete, Some(Urn::new("dev", "test:misc:Policy", "first")));
+    let shown = plan.render(RenderOptions::diff());
+    assert!(shown.contains("after deleting test:misc:Policy first: the same cloud object"), "{shown}");
+    fake.clear_calls();
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    let calls = fake.calls();
+    assert!(calls[pos(&calls, Op::Update, "second")].at >= calls[pos(&calls, Op::Delete, "first")].at + latency, "{calls:?}");
+    assert_cloud_is(&fake, &report.state, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_onto_what_the_plan_frees_waits_for_the_delete_even_standing_on_it() {
+    static RECORD: ResourceType = ResourceType::new("test:misc:Record", &[Property::input("name").identity().forces_replacement(), Property::input("value")]);
+    let latency = Duration::from_millis(5);
+    let fake = provider().with_latency(latency);
+    // `www` and `api`, whose value is read from `www`; then `www` gone, and `api` renamed
+    // to its name, which replaces it.
+    let stack = Stack::<bool>::new("dev").provider(fake.clone()).program(|cx, moved| {
+        if *moved {
+            cx.add(DynamicResource::new(&RECORD, "api").set("name", "www.example.com").set("value", "10.0.0.2"));
+        } else {
+            let www = cx.add(DynamicResource::new(&RECORD, "www").set("name", "www.example.com").set("value", "10.0.0.1"));
+            cx.add(DynamicResource::new(&RECORD, "api").set("name", "api.example.com").set("value", www.output::<String>("value")));
+        }
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&false).await.unwrap().succeeded());
+
+    // The new copy waits for the delete; the old one stood on the deleted record, whose
+    // delete waits for it, so it goes first rather than after the new copy.
+    let plan = session.preview(&true).unwrap();
+    let replace = plan.changes.iter().find(|c| c.action == Action::Replace).unwrap();
+    assert_eq!(replace.after_delete, Some(Urn::new("dev", "test:misc:Record", "www")));
+    assert!(replace.delete_before_replace);
+    fake.clear_calls();
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    let calls = fake.calls();
+    assert!(calls[pos(&calls, Op::Create, "api")].at >= calls[pos(&calls, Op::Delete, "www")].at + latency, "{calls:?}");
+    assert_cloud_is(&fake, &report.state, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_resource_replaced_onto_a_renamed_declaration_goes_first_rather_than_waiting_in_a_loop() {
     static WATCHER: ResourceType = ResourceType::new("test:misc:Watcher", &[Property::input("policy"), Property::input("version").forces_replacement()]);
     let fake = provider().with_latency(Duration::from_millis(5));

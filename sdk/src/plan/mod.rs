@@ -145,12 +145,13 @@ pub struct Change {
     /// the replacement turns out unnecessary at apply time, the old names are kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub generated_names: Vec<String>,
-    /// For a create: the resource the apply deletes first, because it is the same cloud
-    /// object, no identity property ([`Property::identity`](crate::schema::Property#structfield.identity))
-    /// nor physical name differing as the type's diff compares them: a declaration
-    /// renamed. Created alongside, the new one would be undone by that delete (a queue's
-    /// policy cleared, a queue of the same name adopted, then deleted) or refused by the
-    /// cloud (a listener on a port that has one). As for a
+    /// For a create, an update or a replacement: the resource the apply deletes first,
+    /// because the new inputs make the same cloud object, no identity property
+    /// ([`Property::identity`](crate::schema::Property#structfield.identity)) nor physical
+    /// name differing as the type's diff compares them: a declaration renamed, or moved
+    /// onto what the plan frees. Made alongside, the new one would be undone by that
+    /// delete (a queue's policy cleared, a queue of the same name adopted, then deleted)
+    /// or refused by the cloud (a listener on a port that has one). As for a
     /// delete-before-replace, neither exists in between, and if the create fails, until
     /// an apply makes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,7 +310,7 @@ struct NodeStatus<'a> {
     planned: Option<Vec<(&'a str, Planned<'a>)>>,
     /// The resource in state, if it exists.
     old: Option<&'a ResourceState>,
-    /// For a create: the resource it waits for the delete of ([`Change::after_delete`]).
+    /// The resource it waits for the delete of ([`Change::after_delete`]).
     after_delete: Option<&'a Urn>,
 }
 
@@ -505,6 +506,18 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     change.generated_names.push(p.name.to_owned());
                     change.diffs.sort_by(|a, b| a.name.cmp(&b.name));
                 }
+            }
+        }
+        // An update or a replacement that moves the resource onto what the plan frees (a
+        // listener to the port of one deleted, a record renamed to a deleted one's name)
+        // waits for that delete too.
+        let moves = || change.diffs.iter().any(|d| ty.property(&d.name).is_some_and(Property::names_object));
+        if matches!(change.action, Action::Update | Action::Replace) && moves() {
+            after_delete = same_object_deleted(&node.urn, ty, &planned, &deletes, &mut provider_of);
+            change.after_delete = after_delete.map(|o| o.urn.clone());
+            // An old copy that stood on it goes first, as that delete waits for it.
+            if change.action == Action::Replace && after_delete.is_some_and(|a| old.is_some_and(|o| o.dependencies.contains(&a.urn))) {
+                change.delete_before_replace = true;
             }
         }
         redact_secrets(&mut change.diffs, Some(ty));

@@ -228,12 +228,10 @@ fn notes(change: &Change) -> Vec<String> {
             }
         }
         Action::Delete if change.pending_delete => notes.push("old copy left by a replacement".to_owned()),
-        Action::Create => {
-            if let Some(old) = &change.after_delete {
-                notes.push(format!("after deleting {} {}: the same cloud object", old.ty(), old.name()));
-            }
-        }
         _ => {}
+    }
+    if let Some(old) = &change.after_delete {
+        notes.push(format!("after deleting {} {}: the same cloud object", old.ty(), old.name()));
     }
     if change.options.retain_on_delete && matches!(change.action, Action::Delete | Action::Replace) {
         notes.push("retained: the old one is forgotten, not deleted".to_owned());
