@@ -362,32 +362,50 @@ async fn drift_made_outside_cairn_is_reported_and_corrected() {
 }
 
 #[tokio::test]
-async fn a_renamed_listener_is_created_once_the_old_one_has_left_its_port() {
+async fn a_listener_renamed_or_moved_onto_a_deleted_ones_port_waits_for_that_delete() {
     const STACK: &str = "elbv2-renamed";
     let aws = aws().await;
-    // S: the listener's logical name.
-    let stack = Stack::<String>::new(STACK).provider(aws.provider.clone()).program(|cx, name| {
+    // S: the listeners, by logical name and port.
+    let stack = Stack::<Vec<(String, u16)>>::new(STACK).provider(aws.provider.clone()).program(|cx, listeners| {
         let Net { vpc, subnets: [a, b, _], sg } = net(cx, 44);
         let lb = cx.add(LoadBalancer::new("web").subnet_ids([a.id(), b.id()]).security_group_ids([sg.id()]));
         let tg = cx.add(TargetGroup::new("app").port(8080u16).vpc_id(vpc.id()));
-        cx.add(Listener::new(name.as_str()).load_balancer_arn(lb.arn()).port(80u16).default_target_group_arn(tg.arn()));
+        for (name, port) in listeners {
+            cx.add(Listener::new(name.as_str()).load_balancer_arn(lb.arn()).port(*port).default_target_group_arn(tg.arn()));
+        }
         Ok(())
     });
+    let at = |listeners: &[(&str, u16)]| listeners.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect::<Vec<_>>();
     let mut session = stack.in_memory_session().await.unwrap();
-    let report = session.up(&"http".to_owned()).await.unwrap();
+    let report = session.up(&at(&[("http", 80)])).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
     let lb_arn = id_of(&report.state, LB, "web");
+    let ports = || async {
+        let listed = aws.elb.describe_listeners().load_balancer_arn(&lb_arn).send().await.unwrap();
+        let mut found: Vec<(String, Option<i32>)> = listed.listeners().iter().map(|l| (l.listener_arn().unwrap().to_owned(), l.port())).collect();
+        found.sort_by_key(|(_, port)| *port);
+        found
+    };
 
     // A load balancer has one listener per port: the renamed declaration waits for the
     // old one's delete rather than asking for a port that is taken.
-    let plan = session.preview(&"web-http".to_owned()).unwrap();
+    let plan = session.preview(&at(&[("web-http", 80)])).unwrap();
     let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
     assert_eq!(create.after_delete, Some(Urn::new(STACK, LISTENER, "http")));
     let report = session.apply(&plan).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
-    let listed = aws.elb.describe_listeners().load_balancer_arn(&lb_arn).send().await.unwrap();
-    let found: Vec<(&str, Option<i32>)> = listed.listeners().iter().map(|l| (l.listener_arn().unwrap(), l.port())).collect();
-    assert_eq!(found, [(id_of(&report.state, LISTENER, "web-http").as_str(), Some(80))]);
+    assert_eq!(ports().await, [(id_of(&report.state, LISTENER, "web-http"), Some(80))]);
+
+    // So does a listener moved in place to the port of one deleted.
+    let report = session.up(&at(&[("web-http", 80), ("alt", 8081)])).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let plan = session.preview(&at(&[("alt", 80)])).unwrap();
+    let update = plan.changes.iter().find(|c| c.action == Action::Update).unwrap();
+    assert_eq!(update.after_delete, Some(Urn::new(STACK, LISTENER, "web-http")));
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert_eq!(ports().await, [(id_of(&report.state, LISTENER, "alt"), Some(80))]);
+    assert!(session.refresh().await.unwrap().drift.is_empty());
 
     assert!(session.destroy().await.unwrap().succeeded());
     assert!(balancers_and_groups_of(&aws.elb, STACK).await.is_empty());
