@@ -25,7 +25,6 @@ use serde_json::Value;
 pub trait UserState: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static> UserState for T {}
 
-
 type StackFactory<S> = Box<dyn Fn(&str) -> Result<Stack<S>, CliError>>;
 
 /// Where a [`Cli::configured`] program's per-stack configuration lives, and how a
@@ -375,7 +374,6 @@ pub enum CliError {
         failed: usize,
     },
 }
-
 
 pub(crate) type Outcome_ = Result<ExitCode, CliError>;
 

@@ -493,7 +493,6 @@ where
         graph.map(|g| g.nodes.into_iter().map(|n| (n.urn, n.decl.ty)).collect()).unwrap_or_default()
     }
 
-
     pub(crate) fn check_state(&self, state: &StackState) -> Result<()> {
         cairn_state::check_stack_name(&self.name)?;
         if state.stack != self.name {

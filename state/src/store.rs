@@ -165,7 +165,6 @@ pub fn format_utc(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-
 /// Where stacks' state lives. Reads need no lock; every write needs the stack's [`Lock`].
 ///
 /// Implementations: [`FileStore`](crate::FileStore) (the default, `.cairn/`),

@@ -334,7 +334,6 @@ async fn retag(aws: &Clients, urn: &Urn, name: &str, old: Option<&Tags>, new: Op
     Ok(())
 }
 
-
 /// Attaches the target groups `want` names that the group lacks and detaches those it
 /// has but `want` does not: from the group as it is, not as state last saw it.
 async fn sync_target_groups(aws: &Clients, name: &str, want: &GroupInputs) -> Result<(), ProviderError> {
