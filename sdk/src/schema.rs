@@ -138,8 +138,9 @@ pub struct Property {
     /// created, updated or replaced onto the identity of one of its type the apply
     /// deletes (a declaration renamed, a listener moved to a freed port) waits for that
     /// delete: see [`Change::after_delete`](crate::plan::Change::after_delete).
-    /// Only when every identity property is known at plan time and set on both, as the
-    /// type's diff compares them, and the old one is not retained.
+    /// Only when every identity property is known at plan time and set on both (or left
+    /// to its default), as the type's diff compares them, and the old one is not
+    /// retained.
     pub identity: bool,
 }
 

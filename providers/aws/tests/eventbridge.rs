@@ -472,6 +472,48 @@ async fn queue_policies_are_set_changed_in_place_moved_and_cleared() {
 }
 
 #[tokio::test]
+async fn a_renamed_target_keeping_its_target_id_is_put_once_the_old_one_is_removed() {
+    const STACK: &str = "eb-target-renamed";
+    let aws = aws().await;
+    // S: the target's logical name, and whether its id within the rule is given.
+    let stack = Stack::<(String, bool)>::new(STACK).provider(aws.provider.clone()).program(|cx, (name, given)| {
+        let queue = cx.add(Queue::new("inbox"));
+        let rule = cx.add(Rule::new("orders").event_pattern(json!({"source": ["eb-target-renamed.orders"]})));
+        let target = Target::new(name.as_str()).rule(rule.name()).arn(queue.arn());
+        cx.add(if *given { target.target_id("to-inbox") } else { target });
+        Ok(())
+    });
+    let at = |name: &str, given: bool| (name.to_owned(), given);
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&at("to-queue", true)).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let (rule, arn) = (prop_of(&report.state, RULE, "orders", "name"), prop_of(&report.state, QUEUE, "inbox", "arn"));
+
+    // A rule has one target per id, and PutTargets overwrites: put alongside the old
+    // declaration's removal, the new target could be the one removed, and the rule
+    // would deliver nowhere while state says it delivers.
+    let plan = session.preview(&at("to-inbox", true)).unwrap();
+    let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
+    assert_eq!(create.after_delete, Some(Urn::new(STACK, TARGET, "to-queue")));
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let found = targets(&aws.eb, &rule).await.unwrap();
+    assert_eq!(found.iter().map(|t| (t.id(), t.arn())).collect::<Vec<_>>(), [("to-inbox", arn.as_str())]);
+    let refreshed = session.refresh().await.unwrap();
+    assert!(refreshed.drift.is_empty(), "{:?}", refreshed.drift);
+
+    // Left to default to the logical name, a renamed target's id is another: nothing
+    // waits.
+    assert!(session.up(&at("to-inbox", false)).await.unwrap().succeeded());
+    let plan = session.preview(&at("deliver", false)).unwrap();
+    assert!(plan.changes.iter().all(|c| c.after_delete.is_none()), "{plan:?}");
+    assert!(session.apply(&plan).await.unwrap().succeeded());
+    let found = targets(&aws.eb, &rule).await.unwrap();
+    assert_eq!(found.iter().map(|t| (t.id(), t.arn())).collect::<Vec<_>>(), [("deliver", arn.as_str())]);
+    assert!(session.destroy().await.unwrap().succeeded());
+}
+
+#[tokio::test]
 async fn a_renamed_queue_policy_is_set_once_the_old_name_has_cleared_it() {
     const STACK: &str = "eb-policy-renamed";
     const RULE: &str = "arn:aws:events:us-east-1:123456789012:rule/eb-policy-renamed";

@@ -614,8 +614,8 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
 /// The resource of `ty` that state has and the plan deletes (not one it keeps, with
 /// `retain_on_delete`, nor an old copy a replacement left) which is the very cloud
 /// object a create of `urn` with `planned` inputs makes: every identity property and
-/// physical name is known, set on both, and not a difference as the type's diff
-/// compares them (a DNS name's trailing dot is none). Only those properties are diffed.
+/// physical name is known, set on both (or left to its default), and not a difference
+/// as the type's diff compares them (a DNS name's trailing dot is none). Only those properties are diffed.
 /// A generated name is made from the URN, so only a name the program gives matches.
 fn same_object_deleted<'a>(
     urn: &Urn,
@@ -629,7 +629,13 @@ fn same_object_deleted<'a>(
     }
     let identity = || ty.properties.iter().filter(|p| p.names_object());
     let is_identity = |name: &str| identity().any(|p| p.name == name);
-    let mine: Vec<(&str, Planned<'_>)> = planned.iter().filter(|(k, _)| is_identity(k)).cloned().collect();
+    // An identity property left unset with a default is that default (a rule's bus).
+    let unset_defaults = |set: &dyn Fn(&str) -> bool| {
+        identity().filter(move |p| !set(p.name)).filter_map(|p| Some((p.name, p.default?.to_value()))).collect::<Vec<_>>()
+    };
+    let mut mine: Vec<(&str, Planned<'_>)> = planned.iter().filter(|(k, _)| is_identity(k)).cloned().collect();
+    let defaults = unset_defaults(&|name| mine.iter().any(|(k, _)| *k == name));
+    mine.extend(defaults.into_iter().map(|(k, v)| (k, Planned::Known(Cow::Owned(v)))));
     if mine.len() != identity().count() || mine.iter().any(|(_, v)| !v.is_known()) {
         return None;
     }
@@ -638,7 +644,10 @@ fn same_object_deleted<'a>(
             return false;
         }
         // Both sides hold the identity properties alone: any difference is one of them.
-        let theirs: Props = old.inputs.iter().filter(|(k, _)| is_identity(k)).map(|(k, v)| (k, v.clone())).collect();
+        let mut theirs: Props = old.inputs.iter().filter(|(k, _)| is_identity(k)).map(|(k, v)| (k, v.clone())).collect();
+        for (k, v) in unset_defaults(&|name| theirs.get(name).is_some()) {
+            theirs.insert(k, v);
+        }
         if theirs.len() != mine.len() {
             return false;
         }

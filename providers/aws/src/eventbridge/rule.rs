@@ -38,7 +38,7 @@ cairn_sdk::resource! {
         name: String = auto_name().forces_replacement(),
         /// The event bus, by name or ARN (default `default`, where AWS services send their
         /// events; forces replacement).
-        event_bus_name: String = default(Default::Str(DEFAULT_BUS)).forces_replacement(),
+        event_bus_name: String = default(Default::Str(DEFAULT_BUS)).forces_replacement().identity(),
         /// What the rule is for, up to 512 characters. Changed in place.
         description: String,
         /// The event pattern, a JSON object such as `{"source": ["aws.cloudwatch"]}`. Changed

@@ -31,12 +31,12 @@ cairn_sdk::resource! {
     }
     inputs {
         /// The rule's name, such as `rule.name()` (forces replacement).
-        rule: String = required().forces_replacement(),
+        rule: String = required().forces_replacement().identity(),
         /// The rule's event bus, by name or ARN (default `default`; forces replacement).
-        event_bus_name: String = default(Default::Str(DEFAULT_BUS)).forces_replacement(),
+        event_bus_name: String = default(Default::Str(DEFAULT_BUS)).forces_replacement().identity(),
         /// The target's id within the rule, 1 to 64 letters, digits, `.`, `-` or `_`; the
         /// logical name when unset (forces replacement).
-        target_id: String = computed().forces_replacement(),
+        target_id: String = computed().forces_replacement().identity(),
         /// The destination's ARN, such as `queue.arn()`. Changed in place.
         arn: String = required(),
         /// JSON text sent instead of the matched event. At most one of `input` and
