@@ -508,3 +508,33 @@ fn bad_topic_and_subscription_settings_are_refused_before_any_call() {
          - aws:sns:Subscription 'f': property 'endpoint' = \"https://sqs.example.com/q\" is invalid: it must be an SQS queue's ARN (arn:aws:sqs:...), such as a queue's arn() output, as the protocol is sqs"
     );
 }
+
+#[tokio::test]
+async fn a_renamed_subscription_is_made_once_the_old_one_is_unsubscribed() {
+    let (provider, sns, sqs) = aws().await;
+    // S: the subscription's logical name.
+    let stack = Stack::<String>::new("sns-renamed").provider(provider).program(|cx, name| {
+        let topic = cx.add(Topic::new("events"));
+        let inbox = cx.add(Queue::new("inbox"));
+        cx.add(Subscription::new(name.as_str()).topic_arn(topic.arn()).protocol("sqs").endpoint(inbox.arn()));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&"to-queue".to_owned()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let (topic_arn, inbox) = (id_of(&report.state, TOPIC, "events"), id_of(&report.state, QUEUE, "inbox"));
+
+    // A topic has one subscription per endpoint: made first, the new one would be
+    // refused as taken. It waits for the old one's unsubscribe.
+    let plan = session.preview(&"to-inbox".to_owned()).unwrap();
+    let create = plan.changes.iter().find(|c| c.action == Action::Create).unwrap();
+    assert_eq!(create.after_delete, Some(Urn::new("sns-renamed", SUBSCRIPTION, "to-queue")));
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let sub = id_of(&report.state, SUBSCRIPTION, "to-inbox");
+    let listed = sns.list_subscriptions_by_topic().topic_arn(&topic_arn).send().await.unwrap();
+    assert_eq!(listed.subscriptions().iter().filter_map(|s| s.subscription_arn()).collect::<Vec<_>>(), [sub.as_str()]);
+    publish(&sns, &topic_arn, "hello", "greeting").await;
+    assert_eq!(drain(&sqs, &inbox).await.len(), 1, "delivered once, by the one subscription");
+    assert!(session.destroy().await.unwrap().succeeded());
+}

@@ -39,14 +39,14 @@ cairn_sdk::resource! {
     }
     inputs {
         /// The topic's ARN, a literal or a topic's `arn()` (forces replacement).
-        topic_arn: String = required().forces_replacement(),
+        topic_arn: String = required().forces_replacement().identity(),
         /// How messages are delivered: `sqs`, `lambda`, `http`, `https`, `email`,
         /// `email-json`, `sms`, `application` or `firehose` (forces replacement).
-        protocol: String = required().forces_replacement(),
+        protocol: String = required().forces_replacement().identity(),
         /// Where to: a queue's, function's, platform endpoint's or delivery stream's ARN,
         /// a URL, an email address or a phone number, as the protocol needs (forces
         /// replacement).
-        endpoint: String = required().forces_replacement(),
+        endpoint: String = required().forces_replacement().identity(),
         /// Deliver the message body alone, without SNS's JSON envelope (default off;
         /// `sqs`, `http`, `https` and `firehose` only). Changed in place.
         raw_message_delivery: bool = default(Default::Bool(false)),
