@@ -298,6 +298,17 @@ pub enum ValidationError {
         /// The loop.
         path: Vec<Urn>,
     },
+    /// Two declarations of one type would be one cloud object: their identity
+    /// properties and physical names ([`Property::identity`](crate::schema::Property#structfield.identity))
+    /// hold the same values, such as a queue name given twice.
+    SameObject {
+        /// The later declaration.
+        urn: Urn,
+        /// The earlier one.
+        other: Urn,
+        /// The values they share, by property.
+        values: Vec<(&'static str, Value)>,
+    },
 }
 
 fn who(urn: &Urn) -> String {
@@ -367,6 +378,18 @@ impl fmt::Display for ValidationError {
                 who(&target.urn),
                 known.join(", ")
             ),
+            ValidationError::SameObject { urn, other, values } => {
+                let shown: Vec<String> = values.iter().map(|(k, v)| format!("{k} = {}", show_value(&Some(v.clone())))).collect();
+                let names: Vec<&str> = values.iter().map(|(k, _)| *k).collect();
+                write!(
+                    f,
+                    "{} and {} would be one cloud object ({}); give one of them another {}, or declare it once",
+                    who(urn),
+                    who(other),
+                    shown.join(", "),
+                    names.join(" or ")
+                )
+            }
             ValidationError::Cycle { path } => {
                 // The path follows the data (dependency first); read it as "depends on".
                 let names: Vec<String> = path.iter().rev().map(who).collect();

@@ -430,6 +430,35 @@ async fn a_replacement_onto_what_the_plan_frees_waits_for_the_delete_even_standi
     assert_cloud_is(&fake, &report.state, 1);
 }
 
+#[tokio::test]
+async fn a_second_declaration_of_a_live_object_is_refused_before_any_call() {
+    let fake = provider();
+    // S: the name the second queue is given, if any.
+    let stack = Stack::<Option<String>>::new("dev").provider(fake.clone()).program(|cx, second| {
+        cx.add(Queue::new("orders").name("shop-orders"));
+        if let Some(name) = second {
+            cx.add(Queue::new("jobs").name(name.as_str()));
+        }
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&None).await.unwrap().succeeded());
+    let before = session.state().clone();
+    fake.clear_calls();
+
+    // The queue exists, unchanged; the new declaration gives its name.
+    let err = session.up(&Some("shop-orders".to_owned())).await.unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the program declares an invalid graph (1 problem); nothing was changed:\n  \
+         - test:queue:Queue 'orders' and test:queue:Queue 'jobs' would be one cloud object (name = \"shop-orders\"); give one of them another name, or declare it once"
+    );
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    assert_eq!(session.state(), &before);
+    assert!(session.up(&Some("shop-jobs".to_owned())).await.unwrap().succeeded());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_resource_replaced_onto_a_renamed_declaration_goes_first_rather_than_waiting_in_a_loop() {
     static WATCHER: ResourceType = ResourceType::new("test:misc:Watcher", &[Property::input("policy"), Property::input("version").forces_replacement()]);

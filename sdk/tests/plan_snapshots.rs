@@ -106,6 +106,19 @@ fn error_duplicate_name() {
 }
 
 #[test]
+fn error_one_cloud_object_declared_twice() {
+    // Names the program gives: AWS would answer the second create with the first queue.
+    // Names Cairn generates differ.
+    insta::assert_snapshot!(plan_of(|cx, _| {
+        cx.add(Queue::new("orders").name("shop-orders"));
+        cx.add(Queue::new("jobs").name("shop-orders"));
+        cx.add(Queue::new("spare"));
+        cx.add(Queue::new("extra"));
+        Ok(())
+    }));
+}
+
+#[test]
 fn error_unknown_property() {
     insta::assert_snapshot!(plan_of(|cx, _| {
         cx.add(DynamicResource::new(&NETWORK, "shop").set("cidr_block", "10.0.0.0/16").set("cidr", "10.0.0.0/8"));

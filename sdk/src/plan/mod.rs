@@ -15,7 +15,7 @@ use cairn_state::{Props, ResourceState, StackState, Urn};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, ProtectViolation, ProtectViolations, Result};
+use crate::error::{Error, ProtectViolation, ProtectViolations, Result, ValidationError, ValidationErrors};
 use crate::graph::Graph;
 use crate::input::{OutputRef, Prop};
 use crate::provider::{schema_diff, DiffRequest, Planned, PropertyDiff, ProviderOf, Providers};
@@ -352,6 +352,9 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     let mut provider_of = ProviderOf::new(providers);
     // Reused for each resource; kept only for those that change.
     let mut scratch: Vec<(&str, Planned<'_>)> = Vec::new();
+    // Whether a resource is created or moved onto new identity values, which two
+    // declarations could then share.
+    let mut identity_set = false;
 
     for &i in &graph.order {
         let node = &graph.nodes[i];
@@ -434,6 +437,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     .map(|(k, p)| PropertyDiff::new(*k, None, p.value().cloned(), p.is_known(), false))
                     .collect();
                 if ty.properties.iter().any(Property::names_object) {
+                    identity_set = true;
                     after_delete = same_object_deleted(&node.urn, ty, &planned, &deletes, &mut provider_of);
                     change.after_delete = after_delete.map(|o| o.urn.clone());
                 }
@@ -513,6 +517,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         // waits for that delete too.
         let moves = || change.diffs.iter().any(|d| ty.property(&d.name).is_some_and(Property::names_object));
         if matches!(change.action, Action::Update | Action::Replace) && moves() {
+            identity_set = true;
             after_delete = same_object_deleted(&node.urn, ty, &planned, &deletes, &mut provider_of);
             change.after_delete = after_delete.map(|o| o.urn.clone());
             // An old copy that stood on it goes first, as that delete waits for it.
@@ -556,6 +561,13 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             after_delete: after_delete.map(|o| &o.urn),
         });
         changes.push(change);
+    }
+
+    if identity_set {
+        let problems = one_object_each(graph, &statuses);
+        if !problems.is_empty() {
+            return Err(Error::Invalid(ValidationErrors(problems)));
+        }
     }
 
     // Deletes: what state has and the program no longer declares, plus old copies left
@@ -658,6 +670,48 @@ fn same_object_deleted<'a>(
         };
         diff.changes.is_empty()
     })
+}
+
+/// Declarations of one type that would be one cloud object: every identity property
+/// and physical name known (or left to its default) and equal, such as a queue name
+/// given twice. Compared as planned, value for value: two values the type's diff calls
+/// the same (a DNS name in capitals and without its dot) are not found here, and are
+/// left to the cloud to refuse.
+fn one_object_each(graph: &Graph, statuses: &[Option<NodeStatus<'_>>]) -> Vec<ValidationError> {
+    let mut seen: HashMap<(&str, String), &Urn> = HashMap::new();
+    let mut problems = Vec::new();
+    'nodes: for &i in &graph.order {
+        let (ty, urn) = (graph.nodes[i].decl.ty, &graph.nodes[i].urn);
+        let Some(status) = &statuses[i] else { continue };
+        let mut values = Vec::new();
+        for p in ty.properties.iter().filter(|p| p.names_object()) {
+            let value = match &status.planned {
+                Some(planned) => match planned.iter().find(|(k, _)| *k == p.name) {
+                    Some((_, Planned::Known(v))) => Some(v.as_ref().clone()),
+                    Some(_) => continue 'nodes,
+                    None => None,
+                },
+                None => status.old.and_then(|o| o.inputs.get(p.name)).cloned(),
+            };
+            match value.or_else(|| p.default.map(crate::schema::Default::to_value)) {
+                Some(v) => values.push((p.name, v)),
+                None => continue 'nodes,
+            }
+        }
+        if values.is_empty() {
+            continue;
+        }
+        let key = serde_json::to_string(&values).expect("JSON values serialize");
+        match seen.entry((ty.token, key)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                problems.push(ValidationError::SameObject { urn: urn.clone(), other: (*e.get()).clone(), values })
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(urn);
+            }
+        }
+    }
+    problems
 }
 
 /// How the stack outputs change from what `state` records to what the graph exports.
