@@ -304,7 +304,7 @@ pub enum ValidationError {
     SameObject {
         /// The later declaration.
         urn: Urn,
-        /// The earlier one.
+        /// The earlier one, named first.
         other: Urn,
         /// The values they share, by property.
         values: Vec<(&'static str, Value)>,
@@ -384,8 +384,8 @@ impl fmt::Display for ValidationError {
                 write!(
                     f,
                     "{} and {} would be one cloud object ({}); give one of them another {}, or declare it once",
-                    who(urn),
                     who(other),
+                    who(urn),
                     shown.join(", "),
                     names.join(" or ")
                 )

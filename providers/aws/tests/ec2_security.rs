@@ -222,3 +222,21 @@ fn bad_rules_are_refused_before_any_call() {
          - aws:ec2:SecurityGroup 'raw': property 'ingress' = {\"cidr\":\"10.0.0.0/8\",\"from_port\":0,\"protocol\":\"-1\",\"to_port\":0} is invalid: it must have no from_port or to_port with protocol -1 (all traffic covers every port)"
     );
 }
+
+#[test]
+fn a_group_name_given_twice_is_refused_only_within_one_vpc() {
+    // S: the second group's VPC. A group's name is unique within its VPC only.
+    let stack = Stack::<String>::new("ec2-sg-twice").program(|cx, vpc| {
+        cx.add(SecurityGroup::new("web").name("web").vpc_id("vpc-0a"));
+        cx.add(SecurityGroup::new("web-copy").name("web").vpc_id(vpc.as_str()));
+        Ok(())
+    });
+    let plan = stack.preview(&"vpc-0b".to_owned(), &stack.new_state()).unwrap();
+    assert_eq!(plan.summary.create, 2);
+    let err = stack.preview(&"vpc-0a".to_owned(), &stack.new_state()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "the program declares an invalid graph (1 problem); nothing was changed:\n  \
+         - aws:ec2:SecurityGroup 'web' and aws:ec2:SecurityGroup 'web-copy' would be one cloud object (name = \"web\", vpc_id = \"vpc-0a\"); give one of them another name or vpc_id, or declare it once"
+    );
+}

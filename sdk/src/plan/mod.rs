@@ -680,8 +680,9 @@ fn same_object_deleted<'a>(
 fn one_object_each(graph: &Graph, statuses: &[Option<NodeStatus<'_>>]) -> Vec<ValidationError> {
     let mut seen: HashMap<(&str, String), &Urn> = HashMap::new();
     let mut problems = Vec::new();
-    'nodes: for &i in &graph.order {
-        let (ty, urn) = (graph.nodes[i].decl.ty, &graph.nodes[i].urn);
+    // In the order of declaration, so the earlier one is named first.
+    'nodes: for (i, node) in graph.nodes.iter().enumerate() {
+        let (ty, urn) = (node.decl.ty, &node.urn);
         let Some(status) = &statuses[i] else { continue };
         let mut values = Vec::new();
         for p in ty.properties.iter().filter(|p| p.names_object()) {

@@ -51,7 +51,7 @@ cairn_sdk::resource! {
         /// replacement: AWS cannot change a group's description).
         description: String = default(Default::Str("Managed by Cairn")).forces_replacement(),
         /// The VPC; the region's default VPC when unset (forces replacement).
-        vpc_id: String = computed().forces_replacement(),
+        vpc_id: String = computed().forces_replacement().identity(),
         /// Tags of your own (Cairn adds `Name`, `cairn:stack` and `cairn:urn`).
         tags: Tags,
     }
