@@ -24,6 +24,11 @@ use crate::reference::StackReference;
 use crate::session::Session;
 use crate::secret::Keyring;
 
+/// How long the store's own errors may last, in a row, before a standby waiting in
+/// [`Stack::lock_when_free`] gives up: four default leases, so a leader's death during
+/// a blip is still taken over by the standbys that outlived it.
+pub const STANDBY_STORE_ERRORS_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Any error a program may return with `?`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -441,7 +446,13 @@ where
     /// `hold_back` says first: replicas of many stacks hold back more the more stacks
     /// they already lead, so stacks spread over them. Resolves once the lease is this
     /// process's: within `poll` (plus the hold-back) of the old holder's lease running
-    /// out after it died. Any error other than the stack being locked ends the wait.
+    /// out after it died.
+    ///
+    /// An error of the store itself (a service error, an I/O error) once the lock has
+    /// been read as held is taken as passing, as a standby outlives a store's blips: it
+    /// is tried again every `poll`, and ends the wait only once such errors have lasted
+    /// [`STANDBY_STORE_ERRORS_FOR`] in a row. Any other error, and one on the first
+    /// attempt (a bucket that does not exist, access denied), ends it at once.
     pub async fn lock_when_free(
         &self,
         store: Arc<dyn Store>,
@@ -450,13 +461,25 @@ where
         hold_back: impl Fn() -> std::time::Duration,
         mut waiting: impl FnMut(&cairn_state::LockInfo),
     ) -> Result<Session<S>> {
+        use cairn_state::StateError;
+        // Once the lock was read, the store works: when its errors began, if they did.
+        let mut read_once = false;
+        let mut failing_since = None;
         loop {
             let wait = hold_back();
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             match self.lock(store.clone(), operation).await {
-                Err(crate::Error::State(cairn_state::StateError::Locked(locked))) => {
+                Err(e @ crate::Error::State(StateError::Remote(_) | StateError::Io { .. })) if read_once => {
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= STANDBY_STORE_ERRORS_FOR {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(poll).await;
+                }
+                Err(crate::Error::State(StateError::Locked(locked))) => {
+                    (read_once, failing_since) = (true, None);
                     waiting(&locked.holder);
                     let wait = match locked.holder.lease() {
                         // Just after it would expire, by this host's clock.

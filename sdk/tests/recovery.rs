@@ -30,6 +30,8 @@ struct FaultyStore {
     overlapped: Arc<AtomicBool>,
     fail_read_back: Arc<AtomicBool>,
     slow_answers: Arc<AtomicBool>,
+    /// Lock attempts to refuse with a service error, from now on.
+    fail_locks: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,9 @@ impl Store for FaultyStore {
         self.inner.load(stack).await
     }
     async fn lock(&self, stack: &str, operation: &str) -> Result<Lock, StateError> {
+        if self.fail_locks.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(StateError::Remote("service unavailable".into()));
+        }
         self.inner.lock(stack, operation).await
     }
     async fn renew(&self, lock: &Lock) -> Result<(), StateError> {
@@ -696,4 +701,45 @@ async fn a_batch_after_one_cancelled_once_recorded_starts_from_what_was_recorded
     let session = reconciler.into_session();
     assert_eq!(session.state().processed_events, ["grow-1", "grow-2"]);
     assert_eq!(session.state().resources.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_outlives_the_stores_errors_until_they_last() {
+    const POLL: Duration = Duration::from_millis(500);
+    let store = FaultyStore::default();
+    let stack = Stack::<()>::new("dev").provider(provider()).program(|_, _| Ok(()));
+    let standby = |stack: &Stack<()>, store: &FaultyStore| {
+        let (stack, store) = (stack.clone(), store.clone());
+        tokio::spawn(async move { stack.lock_when_free(Arc::new(store), "watch", POLL, || Duration::ZERO, |_| {}).await })
+    };
+
+    // An error at the first attempt says nothing works yet (a bucket that does not
+    // exist): the wait ends with it.
+    store.fail_locks.store(1, Ordering::SeqCst);
+    let err = standby(&stack, &store).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("service unavailable"), "{err}");
+
+    // Once it has read the lock as held, errors are a blip: 20 s of them, meanwhile the
+    // leader stops, and the standby takes the stack when they pass.
+    let leader = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
+    let waiting = standby(&stack, &store);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.fail_locks.store(40, Ordering::SeqCst);
+    leader.close().await.unwrap();
+    let session = waiting.await.unwrap().expect("the standby takes the stack once the store answers again");
+    assert_eq!(store.fail_locks.load(Ordering::SeqCst), 0, "it tried through every error");
+    session.close().await.unwrap();
+
+    // Errors that last end the wait, with the store's own error.
+    let leader = stack.lock(Arc::new(store.clone()), "watch").await.unwrap();
+    let waiting = standby(&stack, &store);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.fail_locks.store(usize::MAX, Ordering::SeqCst);
+    let began = tokio::time::Instant::now();
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("service unavailable"), "{err}");
+    assert!(began.elapsed() >= cairn_sdk::STANDBY_STORE_ERRORS_FOR, "{:?}", began.elapsed());
+    assert!(began.elapsed() < cairn_sdk::STANDBY_STORE_ERRORS_FOR + 2 * POLL, "{:?}", began.elapsed());
+    store.fail_locks.store(0, Ordering::SeqCst);
+    leader.close().await.unwrap();
 }
