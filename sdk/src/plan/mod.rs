@@ -219,8 +219,8 @@ impl Plan {
             if std::mem::replace(&mut keep[i], true) {
                 continue;
             }
-            // And the delete a create waits for (a declaration renamed): without it, the
-            // two would be the same cloud object at once.
+            // And the delete a create, update or replacement waits for (a declaration
+            // renamed): without it, the two would be the same cloud object at once.
             for d in self.changes[i].dependencies.iter().flatten().chain(&self.changes[i].after_delete) {
                 if let Some(&j) = index.get(d) {
                     todo.push(j);
@@ -352,9 +352,14 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     let mut provider_of = ProviderOf::new(providers);
     // Reused for each resource; kept only for those that change.
     let mut scratch: Vec<(&str, Planned<'_>)> = Vec::new();
-    // Whether a resource is created or moved onto new identity values, which two
-    // declarations could then share.
-    let mut identity_set = false;
+    // The resources created or moved onto new identity values, which two declarations
+    // could then share.
+    let mut identity_set: Vec<usize> = Vec::new();
+    // What a create or a move could be the same cloud object as, by type.
+    let mut deleted_of_type: HashMap<&str, Vec<&ResourceState>> = HashMap::new();
+    for old in deletes.iter().filter(|o| !o.pending_delete && !o.options.retain_on_delete) {
+        deleted_of_type.entry(old.ty.as_str()).or_default().push(old);
+    }
 
     for &i in &graph.order {
         let node = &graph.nodes[i];
@@ -437,8 +442,8 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
                     .map(|(k, p)| PropertyDiff::new(*k, None, p.value().cloned(), p.is_known(), false))
                     .collect();
                 if ty.properties.iter().any(Property::names_object) {
-                    identity_set = true;
-                    after_delete = same_object_deleted(&node.urn, ty, &planned, &deletes, &mut provider_of);
+                    identity_set.push(i);
+                    after_delete = same_object_deleted(&node.urn, decl, &planned, &deleted_of_type, &mut provider_of);
                     change.after_delete = after_delete.map(|o| o.urn.clone());
                 }
             }
@@ -517,8 +522,8 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         // waits for that delete too.
         let moves = || change.diffs.iter().any(|d| ty.property(&d.name).is_some_and(Property::names_object));
         if matches!(change.action, Action::Update | Action::Replace) && moves() {
-            identity_set = true;
-            after_delete = same_object_deleted(&node.urn, ty, &planned, &deletes, &mut provider_of);
+            identity_set.push(i);
+            after_delete = same_object_deleted(&node.urn, decl, &planned, &deleted_of_type, &mut provider_of);
             change.after_delete = after_delete.map(|o| o.urn.clone());
             // An old copy that stood on it goes first, as that delete waits for it.
             if change.action == Action::Replace && after_delete.is_some_and(|a| old.is_some_and(|o| o.dependencies.contains(&a.urn))) {
@@ -563,8 +568,8 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         changes.push(change);
     }
 
-    if identity_set {
-        let problems = one_object_each(graph, &statuses);
+    if !identity_set.is_empty() {
+        let problems = one_object_each(graph, &statuses, &identity_set);
         if !problems.is_empty() {
             return Err(Error::Invalid(ValidationErrors(problems)));
         }
@@ -631,12 +636,15 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
 /// A generated name is made from the URN, so only a name the program gives matches.
 fn same_object_deleted<'a>(
     urn: &Urn,
-    ty: &'static crate::ResourceType,
+    decl: &crate::resource::Decl,
     planned: &[(&str, Planned<'_>)],
-    deletes: &[&'a ResourceState],
+    deleted_of_type: &HashMap<&str, Vec<&'a ResourceState>>,
     provider_of: &mut ProviderOf<'_>,
 ) -> Option<&'a ResourceState> {
-    if deletes.is_empty() {
+    let ty = decl.ty;
+    let deletes = deleted_of_type.get(ty.token)?;
+    // A name Cairn generates is made from the URN: no other resource has it.
+    if ty.inputs().any(|p| p.auto_name && decl.get(p.name).is_none()) {
         return None;
     }
     let identity = || ty.properties.iter().filter(|p| p.names_object());
@@ -652,9 +660,6 @@ fn same_object_deleted<'a>(
         return None;
     }
     deletes.iter().copied().find(|old| {
-        if old.ty != ty.token || old.pending_delete || old.options.retain_on_delete {
-            return false;
-        }
         // Both sides hold the identity properties alone: any difference is one of them.
         let mut theirs: Props = old.inputs.iter().filter(|(k, _)| is_identity(k)).map(|(k, v)| (k, v.clone())).collect();
         for (k, v) in unset_defaults(&|name| theirs.get(name).is_some()) {
@@ -672,17 +677,26 @@ fn same_object_deleted<'a>(
     })
 }
 
-/// Declarations of one type that would be one cloud object: every identity property
-/// and physical name known (or left to its default) and equal, such as a queue name
-/// given twice. Compared as planned, value for value: two values the type's diff calls
+/// Declarations of one type that would be one cloud object, one of them created or
+/// `moved` onto its identity by this plan: every identity property and physical name
+/// known (or left to its default) and equal, such as a queue name given twice. Compared
+/// as planned, value for value: two values the type's diff calls
 /// the same (a DNS name in capitals and without its dot) are not found here, and are
 /// left to the cloud to refuse.
-fn one_object_each(graph: &Graph, statuses: &[Option<NodeStatus<'_>>]) -> Vec<ValidationError> {
-    let mut seen: HashMap<(&str, String), &Urn> = HashMap::new();
+fn one_object_each(graph: &Graph, statuses: &[Option<NodeStatus<'_>>], moved: &[usize]) -> Vec<ValidationError> {
+    let mut moved = moved.to_vec();
+    moved.sort_unstable();
+    let mut types: Vec<&str> = moved.iter().map(|&i| graph.nodes[i].decl.ty.token).collect();
+    types.sort_unstable();
+    types.dedup();
+    let mut seen: HashMap<(&str, String), usize> = HashMap::new();
     let mut problems = Vec::new();
     // In the order of declaration, so the earlier one is named first.
     'nodes: for (i, node) in graph.nodes.iter().enumerate() {
-        let (ty, urn) = (node.decl.ty, &node.urn);
+        let ty = node.decl.ty;
+        if types.binary_search(&ty.token).is_err() {
+            continue;
+        }
         let Some(status) = &statuses[i] else { continue };
         let mut values = Vec::new();
         for p in ty.properties.iter().filter(|p| p.names_object()) {
@@ -704,11 +718,14 @@ fn one_object_each(graph: &Graph, statuses: &[Option<NodeStatus<'_>>]) -> Vec<Va
         }
         let key = serde_json::to_string(&values).expect("JSON values serialize");
         match seen.entry((ty.token, key)) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                problems.push(ValidationError::SameObject { urn: urn.clone(), other: (*e.get()).clone(), values })
+            // Two the plan leaves where they were are not this plan's to refuse.
+            std::collections::hash_map::Entry::Occupied(e) if [i, *e.get()].iter().any(|j| moved.binary_search(j).is_ok()) => {
+                let other = graph.nodes[*e.get()].urn.clone();
+                problems.push(ValidationError::SameObject { urn: node.urn.clone(), other, values })
             }
+            std::collections::hash_map::Entry::Occupied(_) => {}
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(urn);
+                e.insert(i);
             }
         }
     }
