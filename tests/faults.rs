@@ -600,6 +600,55 @@ async fn a_named_fifo_queue_whose_create_answer_is_lost_is_found_under_its_own_n
     session.close().await.unwrap();
 }
 
+/// A queue renamed with the name it was given kept, while every mutating call's answer
+/// is lost after the call took effect: the old declaration's delete is uncertain, so the
+/// new one, the same queue, is not created (it would be answered with the old queue,
+/// which the delete may remove). The next `up` settles the delete, then creates it, and
+/// the cloud holds exactly the one queue state records.
+#[tokio::test]
+async fn a_renamed_queue_whose_old_delete_loses_its_answer_is_created_only_after_it() {
+    let proxy = proxy();
+    let _turn = TURN.lock().await;
+    const STACK: &str = "faults-renamed";
+    const NAME: &str = "faults-renamed-orders";
+    let stack = |provider| {
+        cairn::Stack::<String>::new(STACK).provider(provider).program(|cx, logical: &String| {
+            cx.add(cairn_aws::sqs::Queue::new(logical.as_str()).name(NAME));
+            Ok(())
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn::state::open(&format!("file://{}", dir.path().display())).await.unwrap();
+    let clean = stack(cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), true).await));
+    let mut session = clean.lock(store.clone(), "up").await.unwrap();
+    assert!(session.up(&"orders".to_owned()).await.unwrap().succeeded());
+    session.close().await.unwrap();
+
+    proxy.reset_stats();
+    proxy.set_plan(FaultPlan::always(Fault::LostAnswer));
+    let faulty = stack(cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), false).await));
+    let mut session = faulty.lock(store.clone(), "up").await.unwrap();
+    let under_faults = session.up(&"inbox".to_owned()).await;
+    session.close().await.unwrap();
+    let stats = proxy.stats();
+    proxy.set_plan(FaultPlan::none());
+    assert!(stats.faults_of(Fault::LostAnswer) >= 1, "the delete's answer was not lost: {under_faults:?}");
+    let calls = stats.first_attempts_by_operation();
+    assert!(calls.contains_key("DeleteQueue"), "{calls:?}");
+    assert!(!calls.contains_key("CreateQueue"), "created while the old queue might still exist: {calls:?}, {under_faults:?}");
+
+    let mut session = clean.lock(store.clone(), "up").await.unwrap();
+    let report = session.up(&"inbox".to_owned()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert!(!session.preview(&"inbox".to_owned()).unwrap().has_changes(), "nothing left to do");
+    let state = session.state().clone();
+    assert_eq!(state.resources.iter().map(|r| r.urn.name()).collect::<Vec<_>>(), ["inbox"]);
+    assert!(state.resources[0].id.ends_with(&format!("/{NAME}")), "{}", state.resources[0].id);
+    assert_eq!(compare(&state).await, Comparison::default());
+    assert!(session.destroy().await.unwrap().succeeded());
+    session.close().await.unwrap();
+}
+
 // --- kill -9 -------------------------------------------------------------------------
 
 /// `target/<profile>/examples/ecommerce`, next to this test's own `deps/` directory.
