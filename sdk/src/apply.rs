@@ -366,12 +366,11 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
                     deps.extend(dels.get(dependent).into_iter().flatten().copied());
                     // Deleted first, its dependents move to what comes next after it
                     // is gone, rather than before: all of them for a delete-before-replace,
-                    // those that stand on the create that waits for this delete.
-                    let on_create = |create: &&Urn| plan_dependents.get(*create).is_some_and(|d| d.contains(dependent));
-                    // (An update that takes it over may have stood on it.)
+                    // those that stand on the step that waits for this delete (a create,
+                    // update or replacement), and that step itself if it stood on it.
+                    let on_taker = |taker: &&Urn| *taker == *dependent || plan_dependents.get(*taker).is_some_and(|d| d.contains(dependent));
                     let dbr = steps[s].op == StepOp::DeleteReplaced && c.delete_before_replace;
-                    let taker = |create: &&Urn| *create == *dependent || on_create(create);
-                    let first = dbr || steps[s].op == StepOp::Delete && taken_over.get(&c.urn).is_some_and(taker);
+                    let first = dbr || steps[s].op == StepOp::Delete && taken_over.get(&c.urn).is_some_and(on_taker);
                     if !first {
                         deps.extend(fwd.get(dependent).copied());
                     }

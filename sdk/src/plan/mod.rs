@@ -628,12 +628,13 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     })
 }
 
-/// The resource of `ty` that state has and the plan deletes (not one it keeps, with
-/// `retain_on_delete`, nor an old copy a replacement left) which is the very cloud
-/// object a create of `urn` with `planned` inputs makes: every identity property and
-/// physical name is known, set on both (or left to its default), and not a difference
-/// as the type's diff compares them (a DNS name's trailing dot is none). Only those properties are diffed.
-/// A generated name is made from the URN, so only a name the program gives matches.
+/// The resource of `decl`'s type that state has and the plan deletes (not one it keeps,
+/// with `retain_on_delete`, nor an old copy a replacement left) which is the very cloud
+/// object that `urn` with `planned` inputs is: every identity property and physical
+/// name is known, set on both (or left to its default), and not a difference as the
+/// type's diff compares them (a DNS name's trailing dot is none). Only those properties
+/// are diffed. A generated name is made from the URN, so only a name the program gives
+/// matches.
 fn same_object_deleted<'a>(
     urn: &Urn,
     decl: &crate::resource::Decl,
@@ -680,9 +681,9 @@ fn same_object_deleted<'a>(
 /// Declarations of one type that would be one cloud object, one of them created or
 /// `moved` onto its identity by this plan: every identity property and physical name
 /// known (or left to its default) and equal, such as a queue name given twice. Compared
-/// as planned, value for value: two values the type's diff calls
-/// the same (a DNS name in capitals and without its dot) are not found here, and are
-/// left to the cloud to refuse.
+/// as planned, value for value: two values the type's diff calls the same (a DNS name
+/// in capitals and without its dot) are not found here, and are left to the cloud to
+/// refuse.
 fn one_object_each(graph: &Graph, statuses: &[Option<NodeStatus<'_>>], moved: &[usize]) -> Vec<ValidationError> {
     let mut moved = moved.to_vec();
     moved.sort_unstable();
