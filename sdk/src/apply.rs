@@ -337,7 +337,8 @@ fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
         }
     }
 
-    // Deleted resources that a create (a declaration renamed) waits for, with it.
+    // Deleted resources that a create, update or replacement waits for (the same cloud
+    // object: a declaration renamed), with the resource whose step waits.
     let mut taken_over: HashMap<&Urn, &Urn> = HashMap::default();
     if !dels.is_empty() {
         taken_over.extend(plan.changes.iter().filter_map(|c| Some((c.after_delete.as_ref()?, &c.urn))));

@@ -484,11 +484,12 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             }
         }
 
+        // Whether this resource's old copy stands on `urn`, as state recorded it.
+        let stands_on = |urn: &Urn| old.is_some_and(|o| o.dependencies.contains(urn));
         if change.action == Action::Replace {
             // A dependency created only once what this resource's old copy stands on is
             // gone (a renamed declaration): the old copy goes first, or each would wait
             // for the other.
-            let stands_on = |urn: &Urn| old.is_some_and(|o| o.dependencies.contains(urn));
             let dep_replaced_first = graph.deps.of(i).any(|d| {
                 statuses[d].as_ref().is_some_and(|s| {
                     s.action == Action::Replace && s.delete_before_replace || s.after_delete.is_some_and(stands_on)
@@ -526,7 +527,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             after_delete = same_object_deleted(&node.urn, decl, &planned, &deleted_of_type, &mut provider_of);
             change.after_delete = after_delete.map(|o| o.urn.clone());
             // An old copy that stood on it goes first, as that delete waits for it.
-            if change.action == Action::Replace && after_delete.is_some_and(|a| old.is_some_and(|o| o.dependencies.contains(&a.urn))) {
+            if change.action == Action::Replace && after_delete.is_some_and(|a| stands_on(&a.urn)) {
                 change.delete_before_replace = true;
             }
         }
@@ -648,27 +649,13 @@ fn same_object_deleted<'a>(
     if ty.inputs().any(|p| p.auto_name && decl.get(p.name).is_none()) {
         return None;
     }
-    let identity = || ty.properties.iter().filter(|p| p.names_object());
-    let is_identity = |name: &str| identity().any(|p| p.name == name);
-    // An identity property left unset with a default is that default (a rule's bus).
-    let unset_defaults = |set: &dyn Fn(&str) -> bool| {
-        identity().filter(move |p| !set(p.name)).filter_map(|p| Some((p.name, p.default?.to_value()))).collect::<Vec<_>>()
-    };
-    let mut mine: Vec<(&str, Planned<'_>)> = planned.iter().filter(|(k, _)| is_identity(k)).cloned().collect();
-    let defaults = unset_defaults(&|name| mine.iter().any(|(k, _)| *k == name));
-    mine.extend(defaults.into_iter().map(|(k, v)| (k, Planned::Known(Cow::Owned(v)))));
-    if mine.len() != identity().count() || mine.iter().any(|(_, v)| !v.is_known()) {
-        return None;
-    }
+    let mine = identity_values(ty, |name| planned.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))?;
     deletes.iter().copied().find(|old| {
         // Both sides hold the identity properties alone: any difference is one of them.
-        let mut theirs: Props = old.inputs.iter().filter(|(k, _)| is_identity(k)).map(|(k, v)| (k, v.clone())).collect();
-        for (k, v) in unset_defaults(&|name| theirs.get(name).is_some()) {
-            theirs.insert(k, v);
-        }
-        if theirs.len() != mine.len() {
+        let Some(theirs) = identity_values(ty, |name| old.inputs.get(name).map(|v| Planned::Known(Cow::Borrowed(v)))) else {
             return false;
-        }
+        };
+        let theirs: Props = theirs.into_iter().filter_map(|(k, v)| Some((k, v.value()?.clone()))).collect();
         let req = DiffRequest { urn, ty, old: &theirs, new: &mine };
         let diff = match provider_of.get(ty) {
             Some(p) => p.diff(&req),
@@ -676,6 +663,27 @@ fn same_object_deleted<'a>(
         };
         diff.changes.is_empty()
     })
+}
+
+/// The values of `ty`'s identity properties and physical names, in name order, `get`
+/// giving each (`None`: unset); one left unset is its default. `None` if the type has
+/// none, or if one is unset with no default or not known at plan time: then nothing
+/// says which cloud object the resource is.
+fn identity_values<'v>(
+    ty: &'static crate::ResourceType,
+    get: impl Fn(&str) -> Option<Planned<'v>>,
+) -> Option<Vec<(&'static str, Planned<'v>)>> {
+    let mut values = Vec::new();
+    for p in ty.properties.iter().filter(|p| p.names_object()) {
+        let value = get(p.name).or_else(|| p.default.map(|d| Planned::Known(Cow::Owned(d.to_value()))))?;
+        if !value.is_known() {
+            return None;
+        }
+        values.push((p.name, value));
+    }
+    // In name order, as a diff takes planned values.
+    values.sort_unstable_by_key(|(name, _)| *name);
+    (!values.is_empty()).then_some(values)
 }
 
 /// Declarations of one type that would be one cloud object, one of them created or
@@ -693,30 +701,19 @@ fn one_object_each(graph: &Graph, statuses: &[Option<NodeStatus<'_>>], moved: &[
     let mut seen: HashMap<(&str, String), usize> = HashMap::new();
     let mut problems = Vec::new();
     // In the order of declaration, so the earlier one is named first.
-    'nodes: for (i, node) in graph.nodes.iter().enumerate() {
+    for (i, node) in graph.nodes.iter().enumerate() {
         let ty = node.decl.ty;
         if types.binary_search(&ty.token).is_err() {
             continue;
         }
         let Some(status) = &statuses[i] else { continue };
-        let mut values = Vec::new();
-        for p in ty.properties.iter().filter(|p| p.names_object()) {
-            let value = match &status.planned {
-                Some(planned) => match planned.iter().find(|(k, _)| *k == p.name) {
-                    Some((_, Planned::Known(v))) => Some(v.as_ref().clone()),
-                    Some(_) => continue 'nodes,
-                    None => None,
-                },
-                None => status.old.and_then(|o| o.inputs.get(p.name)).cloned(),
-            };
-            match value.or_else(|| p.default.map(crate::schema::Default::to_value)) {
-                Some(v) => values.push((p.name, v)),
-                None => continue 'nodes,
-            }
-        }
-        if values.is_empty() {
-            continue;
-        }
+        // As planned; a resource left the same has its values in state.
+        let values = identity_values(ty, |name| match &status.planned {
+            Some(planned) => planned.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()),
+            None => status.old.and_then(|o| o.inputs.get(name)).map(|v| Planned::Known(Cow::Borrowed(v))),
+        });
+        let Some(values) = values else { continue };
+        let values: Vec<(&'static str, Value)> = values.into_iter().filter_map(|(k, v)| Some((k, v.value()?.clone()))).collect();
         let key = serde_json::to_string(&values).expect("JSON values serialize");
         match seen.entry((ty.token, key)) {
             // Two the plan leaves where they were are not this plan's to refuse.
