@@ -393,6 +393,18 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// How long a call this provider sent can still take effect after the process that
+    /// sent it died: the request may be on its way, or the service still at work on it.
+    /// When a crash interrupted operations, the engine settles them (see
+    /// [`crate::recover`]); where a look-up finds the call not done yet (a create not
+    /// there, a delete's resource still there, an update read back), it waits this long
+    /// and looks again before it concludes, so that a late call does not leave a second
+    /// copy of a resource, or a state that names one the cloud deleted. The default,
+    /// zero, suits a provider whose calls cannot outlive its process (an in-memory one).
+    fn landing_window(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Finds every resource tagged with this URN (`cairn:stack`, `cairn:urn`: the tags
     /// Cairn puts on everything it creates). Used to settle creates that were
     /// interrupted; during a replacement the old and the new copy both match.
@@ -500,6 +512,11 @@ impl Providers {
             }
             Ok(())
         }
+    }
+
+    /// The longest [`Provider::landing_window`] of the providers serving `tokens`.
+    pub fn landing_window<'t>(&self, tokens: impl IntoIterator<Item = &'t str>) -> std::time::Duration {
+        tokens.into_iter().filter_map(|token| self.for_token(token)).map(|p| p.landing_window()).max().unwrap_or_default()
     }
 
     /// Checks that every registered provider is ready ([`Provider::ready`]).

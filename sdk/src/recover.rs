@@ -7,6 +7,11 @@
 //! created twice by Cairn; if the cloud made two copies of one create (a request sent
 //! twice), one is adopted and the others are recorded as old copies, which the next
 //! apply deletes, and the recovery names them all.
+//!
+//! A call the dead process sent may still take effect after it died. Where the cloud
+//! does not show an interrupted call done, settling waits the provider's landing window
+//! ([`crate::Provider::landing_window`], 5 s for AWS) and looks again, so a create that
+//! lands late is adopted rather than made a second time.
 
 use cairn_state::{StepOp, PendingOperation, ResourceState, StackState, Urn};
 use serde::Serialize;
@@ -66,12 +71,40 @@ impl std::fmt::Display for Recovery {
 }
 
 /// Settles every pending operation of `state` through the providers; the result has
-/// none left and a new serial.
+/// none left and a new serial. For operations this process saw end with an uncertain
+/// outcome: each call has returned, so the cloud's answer now is its last word. For
+/// operations another process left behind, see [`resolve_interrupted`].
 pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>)> {
     providers.ready(state.pending.iter().map(|op| op.urn.ty())).await?;
+    settle_each(state, providers).await.map(|(settled, recoveries, _)| (settled, recoveries))
+}
+
+/// Settles the pending operations of a process that died (or lost its lock) during
+/// them, whose calls may still be on their way: as [`resolve_pending`], and where the
+/// cloud does not show a call done yet (a create not found, a delete's resource still
+/// there, an update), it waits the providers' [`landing_window`] and settles again, so
+/// that a late call is seen. The wait counts from now: the process's last call was
+/// sent before it lost the stack, however long it had retried.
+///
+/// [`landing_window`]: crate::Provider::landing_window
+pub async fn resolve_interrupted(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>)> {
+    providers.ready(state.pending.iter().map(|op| op.urn.ty())).await?;
+    let (settled, recoveries, undone) = settle_each(state, providers).await?;
+    let window = providers.landing_window(undone.iter().map(|urn| urn.ty()));
+    if window.is_zero() {
+        return Ok((settled, recoveries));
+    }
+    tokio::time::sleep(window).await;
+    settle_each(state, providers).await.map(|(settled, recoveries, _)| (settled, recoveries))
+}
+
+/// Settles each pending operation of `state` once; also answers the resources whose
+/// call the cloud does not show done (a late call may still change them).
+async fn settle_each(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>, Vec<Urn>)> {
     let mut next = state.clone();
     next.pending.clear();
     let mut recoveries = Vec::with_capacity(state.pending.len());
+    let mut undone = Vec::new();
     for op in &state.pending {
         let provider = providers.for_token(op.urn.ty()).ok_or_else(|| Error::NoProvider {
             package: op.urn.ty().split(':').next().unwrap_or_default().to_owned(),
@@ -126,7 +159,10 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                         }
                         recoveries.push(Recovery::Adopted { urn: op.urn.clone(), id, duplicates });
                     }
-                    None => recoveries.push(Recovery::Dropped { urn: op.urn.clone() }),
+                    None => {
+                        undone.push(op.urn.clone());
+                        recoveries.push(Recovery::Dropped { urn: op.urn.clone() });
+                    }
                 }
             }
             StepOp::Update | StepOp::Delete | StepOp::DeleteReplaced => {
@@ -142,6 +178,11 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
                     read = provider.lookup(&op.urn, &r.inputs).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().find(|o| &o.id == id);
                 }
                 let exists = read.is_some();
+                // An update read back may be from before it; a delete's resource may be
+                // about to go.
+                if exists {
+                    undone.push(op.urn.clone());
+                }
                 match read {
                     Some(obs) => {
                         let r = &mut next.resources[entry];
@@ -158,7 +199,7 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
     }
     next.serial += 1;
     next.sort_resources();
-    Ok((next, recoveries))
+    Ok((next, recoveries, undone))
 }
 
 /// Puts an adopted resource in state: a replacement's old copy becomes one to delete.

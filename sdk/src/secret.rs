@@ -494,6 +494,10 @@ impl Provider for Opening {
         self.0.ready().await
     }
 
+    fn landing_window(&self) -> std::time::Duration {
+        self.0.landing_window()
+    }
+
     async fn lookup(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         let given = Self::open(urn, ProviderOp::Lookup, created_with)?;
         Ok(self.0.lookup(urn, &given.props).await?.into_iter().map(|o| reseal(o, &[&given])).collect())

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::apply::{apply, ApplyReport};
 use crate::error::Result;
 use crate::plan::Plan;
-use crate::recover::{resolve_pending, Recovery};
+use crate::recover::{resolve_interrupted, resolve_pending, Recovery};
 use crate::refresh::RefreshReport;
 use crate::stack::Stack;
 
@@ -158,7 +158,7 @@ where
             next.serial += 1;
             (next, Vec::new())
         } else {
-            resolve_pending(&state, stack.providers()).await?
+            resolve_interrupted(&state, stack.providers()).await?
         };
         settled.replayed = false;
         Ok((settled, recovered, true))

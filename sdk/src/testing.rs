@@ -99,6 +99,7 @@ struct Inner {
     dir: Option<PathBuf>,
     /// Sleep latencies on an OS thread (exact to ~0.1 ms) instead of tokio's timer.
     precise: bool,
+    landing_window: Duration,
 }
 
 impl Inner {
@@ -210,6 +211,13 @@ impl TestProvider {
     #[must_use]
     pub fn with_answer_latency(self, latency: Duration) -> Self {
         self.lock().answer_latency = latency;
+        self
+    }
+
+    /// What [`Provider::landing_window`] answers (zero unless set): for tests of
+    /// settling a crash whose calls land late, made by calling the provider directly.
+    pub fn with_landing_window(self, window: Duration) -> Self {
+        self.lock().landing_window = window;
         self
     }
 
@@ -382,6 +390,10 @@ impl Provider for TestProvider {
 
     async fn ready(&self) -> Result<(), ProviderError> {
         self.lock().not_ready.clone().map_or(Ok(()), |message| Err(ProviderError::unconfigured(message)))
+    }
+
+    fn landing_window(&self) -> Duration {
+        self.lock().landing_window
     }
 
     async fn create(&self, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {

@@ -200,6 +200,47 @@ async fn an_adopted_resource_keeps_its_options_and_dependencies() {
     assert_eq!(cloud.resources().len(), 2, "adopted, not created again");
 }
 
+/// A create the dead process sent can land after it died. Opening the stack does not
+/// find it at first; it looks again after the provider's landing window, and adopts it
+/// instead of making a second copy that state would never know.
+#[tokio::test(start_paused = true)]
+async fn a_create_that_lands_after_its_process_died_is_adopted_not_made_again() {
+    use cairn_sdk::Provider as _;
+    let window = Duration::from_secs(5);
+    let cloud = provider().with_landing_window(window).lose_response("orders", Op::Create);
+    let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
+        cx.add(Queue::new("orders"));
+        Ok(())
+    });
+    let store = Arc::new(MemoryStore::new());
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    assert_eq!(session.up(&()).await.unwrap().state.pending.len(), 1);
+    drop(session); // the process dies, its create pending and its lock held
+
+    // Its call had not reached the cloud yet: it does 2 s later.
+    let [sent] = &cloud.resources()[..] else { panic!("one create") };
+    cloud.remove(&sent.id);
+    let urn = Urn::new("dev", "test:queue:Queue", "orders");
+    let late = tokio::spawn({
+        let (cloud, urn, inputs) = (cloud.clone(), urn.clone(), sent.inputs.clone());
+        async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cloud.create(&urn, &inputs).await.unwrap().id
+        }
+    });
+    store.force_unlock("dev").await.unwrap();
+    let opened = tokio::time::Instant::now();
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    assert!(opened.elapsed() >= window, "settling waited out the window");
+    let late = late.await.unwrap();
+    assert_eq!(session.recovered(), [Recovery::Adopted { urn: urn.clone(), id: late.clone(), duplicates: Vec::new() }]);
+
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded() && report.steps.is_empty(), "nothing to create: {:?}", report.steps);
+    assert_eq!(cloud.resources().iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [late]);
+    session.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_update_whose_answer_was_lost_is_read_back() {
     let cloud = provider();

@@ -96,7 +96,13 @@ pub struct Provider {
     credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     /// Whether the region and credentials are there, found out once per provider.
     ready: Arc<tokio::sync::OnceCell<Result<(), String>>>,
+    landing_window: std::time::Duration,
 }
+
+/// How long an AWS call can still take effect after the process that sent it died
+/// ([`Provider::with_landing_window`]). AWS answers control-plane calls in tens to
+/// hundreds of milliseconds, and a call has taken effect by the time it is answered.
+pub const LANDING_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Provider {
     /// A provider configured from the standard AWS chain, with the SDK's standard
@@ -145,7 +151,17 @@ impl Provider {
             region: config.region().cloned(),
             credentials: config.credentials_provider(),
             ready: Arc::default(),
+            landing_window: LANDING_WINDOW,
         }
+    }
+
+    /// How long a call this provider sent can still take effect after its process died
+    /// ([`cairn_sdk::Provider::landing_window`]); [`LANDING_WINDOW`] unless set. Settling
+    /// a crash's interrupted operations waits this long where a look-up does not find a
+    /// call done. Longer for an endpoint that can sit on a call for longer.
+    pub fn with_landing_window(mut self, window: std::time::Duration) -> Self {
+        self.landing_window = window;
+        self
     }
 
     /// What [`cairn_sdk::Provider::ready`] finds: a region, and credentials the
@@ -185,6 +201,10 @@ impl cairn_sdk::Provider for Provider {
 
     async fn ready(&self) -> Result<(), ProviderError> {
         self.ready.get_or_init(|| self.check_ready()).await.clone().map_err(ProviderError::unconfigured)
+    }
+
+    fn landing_window(&self) -> std::time::Duration {
+        self.landing_window
     }
 
     /// Checks what every kind shares: no user tag in Cairn's own `cairn:` namespace,
