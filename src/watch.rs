@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use cairn_sdk::events::{inbox, Events, Inbox, Reconciler, ReconcilerOptions, Role, Source, Status};
-use cairn_sdk::{Session, Stack};
+use cairn_sdk::{Session, Stack, Standby, STANDBY_STORE_ERRORS_FOR};
 use cairn_state::Store;
 use tokio::sync::watch;
 
@@ -300,22 +300,40 @@ async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<M
         return Ok(stack.lock(shared.store.clone(), "watch").await?);
     }
     let mut told = None;
+    // Whether the store's errors were reported and have not passed yet.
+    let mut failing = false;
     let session = stack
-        .lock_when_free(shared.store.clone(), "watch", STANDBY_POLL, || shared.hold_back(stack.name()), |holder| {
-            let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
-            s.role = Role::Standby;
-            s.lock_holder = serde_json::to_value(holder).ok();
-            if told.as_deref() != Some(holder.token.as_str()) {
-                println!(
-                    "standby for stack '{}': {}@{} (pid {}) leads it; {}",
-                    stack.name(),
-                    holder.user,
-                    holder.host,
-                    holder.pid,
-                    holder.lease().describe(holder.pid)
-                );
-                told = Some(holder.token.clone());
+        .lock_when_free(shared.store.clone(), "watch", STANDBY_POLL, || shared.hold_back(stack.name()), |found| match found {
+            Standby::Held(holder) => {
+                let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
+                s.role = Role::Standby;
+                s.lock_holder = serde_json::to_value(holder).ok();
+                if std::mem::take(&mut failing) {
+                    println!("standby for stack '{}': the state store answers again", stack.name());
+                }
+                if told.as_deref() != Some(holder.token.as_str()) {
+                    println!(
+                        "standby for stack '{}': {}@{} (pid {}) leads it; {}",
+                        stack.name(),
+                        holder.user,
+                        holder.host,
+                        holder.pid,
+                        holder.lease().describe(holder.pid)
+                    );
+                    told = Some(holder.token.clone());
+                }
             }
+            Standby::StoreFailing { error, .. } if !failing => {
+                failing = true;
+                eprintln!(
+                    "standby for stack '{}': the state store failed ({error}); trying again every {:.1} s, and giving up \
+                     once its errors have lasted {} s in a row",
+                    stack.name(),
+                    STANDBY_POLL.as_secs_f64(),
+                    STANDBY_STORE_ERRORS_FOR.as_secs()
+                );
+            }
+            _ => {}
         })
         .await?;
     Ok(session)

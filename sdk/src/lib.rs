@@ -42,7 +42,7 @@ pub use session::Session;
 pub use resource::{Decl, DynamicResource, Handle, Resource, ResourceExt, ResourceOptions, Timeouts};
 pub use schema::{CheckFailure, Property, PropertyKind, ResourceType};
 pub use secret::{Keyring, Secret};
-pub use stack::{BoxError, ProgramResult, Stack, STANDBY_STORE_ERRORS_FOR};
+pub use stack::{BoxError, ProgramResult, Stack, Standby, STANDBY_STORE_ERRORS_FOR};
 
 /// The attribute for implementing the crate's async traits ([`Provider`],
 /// [`events::Source`]): `#[cairn_sdk::async_trait]`, so a user needs no `async-trait`

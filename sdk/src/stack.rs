@@ -29,6 +29,23 @@ use crate::secret::Keyring;
 /// a blip is still taken over by the standbys that outlived it.
 pub const STANDBY_STORE_ERRORS_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What a standby waiting in [`Stack::lock_when_free`] found on one look at the lock.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Standby<'a> {
+    /// Another process holds the stack.
+    Held(&'a cairn_state::LockInfo),
+    /// The store failed (a service or I/O error) after it had answered before: the
+    /// standby tries again at its next poll, and gives up once such errors have lasted
+    /// [`STANDBY_STORE_ERRORS_FOR`] in a row.
+    StoreFailing {
+        /// The store's error.
+        error: &'a Error,
+        /// How long its errors have lasted in a row (zero at the first).
+        failing_for: std::time::Duration,
+    },
+}
+
 /// Any error a program may return with `?`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -441,8 +458,9 @@ where
 
     /// [`Stack::lock`], waiting while another process holds the stack: a standby
     /// replica. It tries again when the holder's lease would expire, and at least every
-    /// `poll` (a lease renewed meanwhile is waited for again); `waiting` is told the
-    /// holder each time it is found locked. Each attempt is held back by what
+    /// `poll` (a lease renewed meanwhile is waited for again); `waiting` is told what
+    /// each look found: the holder ([`Standby::Held`]), or the store failing
+    /// ([`Standby::StoreFailing`]). Each attempt is held back by what
     /// `hold_back` says first: replicas of many stacks hold back more the more stacks
     /// they already lead, so stacks spread over them. Resolves once the lease is this
     /// process's: within `poll` (plus the hold-back) of the old holder's lease running
@@ -459,7 +477,7 @@ where
         operation: &str,
         poll: std::time::Duration,
         hold_back: impl Fn() -> std::time::Duration,
-        mut waiting: impl FnMut(&cairn_state::LockInfo),
+        mut waiting: impl FnMut(Standby<'_>),
     ) -> Result<Session<S>> {
         use cairn_state::StateError;
         // Once the lock was read, the store works: when its errors began, if they did.
@@ -476,11 +494,12 @@ where
                     if since.elapsed() >= STANDBY_STORE_ERRORS_FOR {
                         return Err(e);
                     }
+                    waiting(Standby::StoreFailing { error: &e, failing_for: since.elapsed() });
                     tokio::time::sleep(poll).await;
                 }
                 Err(crate::Error::State(StateError::Locked(locked))) => {
                     (read_once, failing_since) = (true, None);
-                    waiting(&locked.holder);
+                    waiting(Standby::Held(&locked.holder));
                     let wait = match locked.holder.lease() {
                         // Just after it would expire, by this host's clock.
                         cairn_state::Lease::Live { remaining, .. } => (remaining + std::time::Duration::from_millis(5)).min(poll),

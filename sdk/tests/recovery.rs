@@ -749,9 +749,21 @@ async fn a_standby_outlives_the_stores_errors_until_they_last() {
     const POLL: Duration = Duration::from_millis(500);
     let store = FaultyStore::default();
     let stack = Stack::<()>::new("dev").provider(provider()).program(|_, _| Ok(()));
+    // What the standby is told at each look: `held`, or how long the store has failed.
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
     let standby = |stack: &Stack<()>, store: &FaultyStore| {
-        let (stack, store) = (stack.clone(), store.clone());
-        tokio::spawn(async move { stack.lock_when_free(Arc::new(store), "watch", POLL, || Duration::ZERO, |_| {}).await })
+        let (stack, store, told) = (stack.clone(), store.clone(), told.clone());
+        tokio::spawn(async move {
+            stack
+                .lock_when_free(Arc::new(store), "watch", POLL, || Duration::ZERO, |found| {
+                    told.lock().unwrap().push(match found {
+                        cairn_sdk::Standby::Held(_) => "held".to_owned(),
+                        cairn_sdk::Standby::StoreFailing { failing_for, .. } => format!("failing {:.1}", failing_for.as_secs_f64()),
+                        _ => "other".to_owned(),
+                    })
+                })
+                .await
+        })
     };
 
     // An error at the first attempt says nothing works yet (a bucket that does not
@@ -769,6 +781,10 @@ async fn a_standby_outlives_the_stores_errors_until_they_last() {
     leader.close().await.unwrap();
     let session = waiting.await.unwrap().expect("the standby takes the stack once the store answers again");
     assert_eq!(store.fail_locks.load(Ordering::SeqCst), 0, "it tried through every error");
+    let told = std::mem::take(&mut *told.lock().unwrap());
+    assert_eq!(told[..2], ["held", "failing 0.0"], "{told:?}");
+    assert_eq!(told.len(), 41, "each failed look is told, with how long the errors have lasted: {told:?}");
+    assert_eq!(told.last().unwrap(), "failing 19.5");
     session.close().await.unwrap();
 
     // Errors that last end the wait, with the store's own error.
