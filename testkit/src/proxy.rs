@@ -473,6 +473,22 @@ pub fn is_mutating_action(action: &str) -> bool {
         "Restore",
         "Reset",
         "Cancel",
+        "Request",
+        "Subscribe",
+        "Unsubscribe",
+        "Publish",
+        "Confirm",
+        "Run",
+        "Execute",
+        "Suspend",
+        "Resume",
+        "Renew",
+        "Resend",
+        "Increase",
+        "Decrease",
+        "Complete",
+        "Enter",
+        "Exit",
     ];
     MUTATING_VERBS.iter().any(|verb| {
         action.strip_prefix(verb).is_some_and(|rest| rest.chars().next().is_none_or(|c| c.is_ascii_uppercase()))
@@ -1051,11 +1067,10 @@ mod tests {
 
     #[test]
     fn mutating_actions_are_told_by_their_verb() {
-        for action in ["CreateVpc", "DeleteQueue", "TagResource", "SendMessage", "PurgeQueue", "RunInstancesX"] {
-            let expected = action != "RunInstancesX";
-            assert_eq!(is_mutating_action(action), expected, "{action}");
+        for action in ["CreateVpc", "DeleteQueue", "TagResource", "SendMessage", "PurgeQueue", "RequestCertificate", "Subscribe", "Unsubscribe", "Publish"] {
+            assert!(is_mutating_action(action), "{action}");
         }
-        for action in ["DescribeVpcs", "GetQueueUrl", "ListQueues", "ReceiveMessage", "Tagline", "Settings"] {
+        for action in ["DescribeVpcs", "GetQueueUrl", "ListQueues", "ReceiveMessage", "Tagline", "Settings", "Requestor", "Runway"] {
             assert!(!is_mutating_action(action), "{action}");
         }
     }
