@@ -649,6 +649,71 @@ async fn a_renamed_queue_whose_old_delete_loses_its_answer_is_created_only_after
     session.close().await.unwrap();
 }
 
+/// A create sent by a process that died reaches the cloud only after the next process
+/// began settling it (a request still on its way, a service slow to act on it). The
+/// settling does not find it at first; it looks again after the provider's landing
+/// window and adopts it, so the next `up` makes no second copy. A certificate is the
+/// case a kill -9 run once hit: ACM makes a new one for every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_lands_after_its_process_died_is_adopted_not_made_twice() {
+    let proxy = proxy();
+    let _turn = TURN.lock().await;
+    proxy.set_plan(FaultPlan::none());
+    let provider = cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), true).await);
+    let stack = cairn::Stack::<()>::new("faults-late").provider(provider).program(|cx, _| {
+        cx.add(cairn_aws::acm::Certificate::new("site").domain_name("late.example.com"));
+        Ok(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn::state::open(&format!("file://{}", dir.path().display())).await.unwrap();
+
+    // The process dies while its RequestCertificate is on its way.
+    let mut holder = proxy.hold_nth_mutating(1);
+    let dying = tokio::spawn({
+        let (stack, store) = (stack.clone(), store.clone());
+        async move {
+            let mut session = stack.lock(store, "up").await.unwrap();
+            let _ = session.up(&()).await;
+        }
+    });
+    let (holder, held) = tokio::task::spawn_blocking(move || {
+        let held = holder.wait(Duration::from_secs(60));
+        (holder, held)
+    })
+    .await
+    .unwrap();
+    assert_eq!(held.as_deref(), Some("RequestCertificate"));
+    dying.abort(); // no close, no unlock: as after a kill
+    assert!(dying.await.unwrap_err().is_cancelled());
+    store.force_unlock("faults-late").await.unwrap();
+
+    // The next process settles the create; the request lands after its first look.
+    let looks = || proxy.stats().by_operation.get("ListCertificates").copied().unwrap_or(0);
+    let before = looks();
+    let recovering = tokio::spawn({
+        let (stack, store) = (stack.clone(), store.clone());
+        async move { stack.lock(store, "up").await }
+    });
+    let waited = std::time::Instant::now();
+    while looks() == before {
+        assert!(waited.elapsed() < Duration::from_secs(60), "the settling never looked the certificate up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || holder.release(Release::Forward)).await.unwrap();
+    assert_eq!(status, Some(200), "the late request was made");
+    let mut session = recovering.await.unwrap().unwrap();
+    assert!(
+        matches!(session.recovered(), [cairn::Recovery::Adopted { duplicates, .. }] if duplicates.is_empty()),
+        "{:?}",
+        session.recovered()
+    );
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded() && report.steps.is_empty(), "{:?}", report.steps);
+    assert_eq!(compare(session.state()).await, Comparison::default());
+    assert!(session.destroy().await.unwrap().succeeded());
+    session.close().await.unwrap();
+}
+
 // --- kill -9 -------------------------------------------------------------------------
 
 /// `target/<profile>/examples/ecommerce`, next to this test's own `deps/` directory.
