@@ -288,6 +288,11 @@ fn provider_op(op: StepOp) -> ProviderOp {
     }
 }
 
+/// Whether `plan`'s steps would wait for each other in a loop.
+pub(crate) fn steps_loop(plan: &Plan, state: &StackState) -> bool {
+    build_steps(plan, state).is_err()
+}
+
 /// Turns changes into steps and their dependencies.
 fn build_steps(plan: &Plan, state: &StackState) -> Result<Vec<Step>> {
     let mut steps: Vec<Step> = Vec::new();

@@ -487,6 +487,58 @@ async fn a_resource_replaced_onto_a_renamed_declaration_goes_first_rather_than_w
     assert_eq!(fake.resources().len(), 2);
 }
 
+/// A name a replacement gives up (its resource renamed create-before-delete), taken by
+/// another declaration in the same plan: the taker waits for the old copy's delete,
+/// though it comes first in the order. Where that wait would close a loop (the
+/// replacement reads the taker, so the old copy's delete waits for it), the two run
+/// side by side, as before.
+#[tokio::test(start_paused = true)]
+async fn a_name_a_replacement_gives_up_is_taken_once_its_old_copy_is_deleted() {
+    static BUCKET: ResourceType =
+        ResourceType::new("test:misc:Bucket", &[Property::input("name").auto_name().forces_replacement(), Property::input("note")]);
+    let latency = Duration::from_millis(5);
+    let fake = provider().with_latency(latency);
+    // S: main's name; whether `edge`, declared first, takes the name "shop"; whether
+    // main's note reads edge's.
+    let stack = Stack::<(String, bool, bool)>::new("dev").provider(fake.clone()).program(|cx, (name, edge, reads)| {
+        let edge = edge.then(|| cx.add(DynamicResource::new(&BUCKET, "edge").set("name", "shop").set("note", "edge")));
+        let main = DynamicResource::new(&BUCKET, "main").set("name", name.as_str());
+        cx.add(match &edge {
+            Some(edge) if *reads => main.set("note", edge.output::<String>("note")),
+            _ => main.set("note", "main"),
+        });
+        Ok(())
+    });
+    let at = |name: &str, edge, reads| (name.to_owned(), edge, reads);
+
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&at("shop", false, false)).await.unwrap().succeeded());
+    let plan = session.preview(&at("shop-v2", true, false)).unwrap();
+    let main = plan.changes.iter().find(|c| c.urn.name() == "main").unwrap();
+    assert_eq!((main.action, main.delete_before_replace), (Action::Replace, false));
+    let edge = plan.changes.iter().find(|c| c.urn.name() == "edge").unwrap();
+    assert_eq!(edge.after_delete, Some(Urn::new("dev", "test:misc:Bucket", "main")));
+    fake.clear_calls();
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    let calls = fake.calls();
+    let order = [pos(&calls, Op::Create, "main"), pos(&calls, Op::Delete, "main"), pos(&calls, Op::Create, "edge")];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
+    assert!(calls[order[2]].at >= calls[order[1]].at + latency, "created while the old copy was being deleted: {calls:?}");
+    assert_cloud_is(&fake, &report.state, 2);
+
+    // The new copy reads the taker: the taker cannot wait for the old copy's delete.
+    let fake = provider().with_latency(latency);
+    let stack = stack.provider(fake.clone());
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&at("shop", false, false)).await.unwrap().succeeded());
+    let plan = session.preview(&at("shop-v2", true, true)).unwrap();
+    assert!(plan.changes.iter().all(|c| c.after_delete.is_none()), "{plan:?}");
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    assert_cloud_is(&fake, &report.state, 2);
+}
+
 /// The old name's delete fails, then its answer is lost: the create that waits for it
 /// is not made, the cloud holds what state says each time, and the next `up` finishes.
 #[tokio::test(start_paused = true)]

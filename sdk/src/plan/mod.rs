@@ -149,7 +149,8 @@ pub struct Change {
     /// because the new inputs make the same cloud object, no identity property
     /// ([`Property::identity`](crate::schema::Property#structfield.identity)) nor physical
     /// name differing as the type's diff compares them: a declaration renamed, or moved
-    /// onto what the plan frees. Made alongside, the new one would be undone by that
+    /// onto what the plan frees (a resource it deletes, or the old copy a replacement
+    /// leaves, whose delete step this then waits for). Made alongside, the new one would be undone by that
     /// delete (a queue's policy cleared, a queue of the same name adopted, then deleted)
     /// or refused by the cloud (a listener on a port that has one). As for a
     /// delete-before-replace, neither exists in between, and if the create fails, until
@@ -575,6 +576,12 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
             return Err(Error::Invalid(ValidationErrors(problems)));
         }
     }
+    // The changes given a wait for a replacement's old copy below.
+    let freed = if identity_set.is_empty() {
+        Vec::new()
+    } else {
+        wait_for_replaced(graph, &statuses, &identity_set, &mut provider_of, &mut changes, &rank)
+    };
 
     // Deletes: what state has and the program no longer declares, plus old copies left
     // by replacements, dependents before their dependencies (state is stored in
@@ -616,7 +623,7 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     }
     let mut output_diffs = output_diffs(graph, state, &statuses, summary.changes() > 0);
     redact_secrets(&mut output_diffs, None);
-    Ok(Plan {
+    let mut plan = Plan {
         format: PLAN_FORMAT.to_owned(),
         stack: state.stack.clone(),
         base: PlanBase { lineage: state.lineage.clone(), serial: state.serial },
@@ -626,7 +633,55 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
         outputs: graph.exports.clone(),
         output_diffs,
         components: graph.components.clone(),
-    })
+    };
+    // Such a wait can close a loop with the replacement itself (the new copy stands on
+    // the resource that waits, or that resource on the replaced one): the steps would
+    // wait for each other. Then the two are left to run side by side, as before.
+    if !freed.is_empty() && crate::apply::steps_loop(&plan, state) {
+        for position in freed {
+            plan.changes[position].after_delete = None;
+        }
+    }
+    Ok(plan)
+}
+
+/// Gives each create or update in `moved` that takes over what a replacement's old copy
+/// gives up (a queue given the name another queue is renamed away from) a wait for that
+/// copy's delete ([`Change::after_delete`]): made first, it would be answered with the
+/// old copy, or refused. Looked for once every node is planned, since the replaced
+/// resource may come after it in the order. `changes` are the nodes' changes, node `i`'s
+/// at `rank[i]`; answers the positions of those given one.
+fn wait_for_replaced(
+    graph: &Graph,
+    statuses: &[Option<NodeStatus<'_>>],
+    moved: &[usize],
+    provider_of: &mut ProviderOf<'_>,
+    changes: &mut [Change],
+    rank: &[usize],
+) -> Vec<usize> {
+    // The old copies the plan deletes (not those it forgets), by type.
+    let mut replaced_of_type: HashMap<&str, Vec<&ResourceState>> = HashMap::new();
+    for (i, status) in statuses.iter().enumerate() {
+        let Some(NodeStatus { action: Action::Replace, old: Some(old), .. }) = status else { continue };
+        if !old.options.retain_on_delete && !graph.nodes[i].decl.options().retain_on_delete {
+            replaced_of_type.entry(old.ty.as_str()).or_default().push(old);
+        }
+    }
+    let mut given = Vec::new();
+    if replaced_of_type.is_empty() {
+        return given;
+    }
+    for &i in moved {
+        let Some(NodeStatus { action: Action::Create | Action::Update, planned: Some(planned), after_delete: None, .. }) = &statuses[i] else {
+            continue;
+        };
+        let node = &graph.nodes[i];
+        if let Some(old) = same_object_deleted(&node.urn, &node.decl, planned, &replaced_of_type, provider_of) {
+            changes[rank[i]].after_delete = Some(old.urn.clone());
+            given.push(rank[i]);
+        }
+    }
+    given
 }
 
 /// The resource of `decl`'s type that state has and the plan deletes (not one it keeps,
