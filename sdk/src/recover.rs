@@ -70,42 +70,66 @@ impl std::fmt::Display for Recovery {
     }
 }
 
-/// Settles every pending operation of `state` through the providers; the result has
-/// none left and a new serial. For operations this process saw end with an uncertain
-/// outcome: each call has returned, so the cloud's answer now is its last word. For
-/// operations another process left behind, see [`resolve_interrupted`].
+/// Settles every pending operation of `state` through the providers, once, at once;
+/// the result has none left and a new serial. For previews: a call still on its way
+/// may take effect after this looked (see [`resolve_interrupted`]).
 pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>)> {
     providers.ready(state.pending.iter().map(|op| op.urn.ty())).await?;
     settle_each(state, providers).await.map(|(settled, recoveries, _)| (settled, recoveries))
 }
 
-/// Settles the pending operations of a process that died (or lost its lock) during
-/// them, whose calls may still be on their way: as [`resolve_pending`], and where the
-/// cloud does not show a call done yet (a create not found, a delete's resource still
-/// there, an update), it waits the providers' [`landing_window`] and settles again, so
-/// that a late call is seen. The wait counts from now: the process's last call was
-/// sent before it lost the stack, however long it had retried.
+/// Settles the pending operations of a process that died (or lost its lock, or had
+/// its operation cut off) during them, whose calls may still be on their way: as
+/// [`resolve_pending`], and where the cloud does not show a call done yet (a create
+/// not found, a delete's resource still there, an update), it waits the providers'
+/// [`landing_window`] and looks at those again, so that a late call is seen. The wait
+/// counts from now: the process's last call was sent before it lost the stack, however
+/// long it had retried.
 ///
 /// [`landing_window`]: crate::Provider::landing_window
 pub async fn resolve_interrupted(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>)> {
-    providers.ready(state.pending.iter().map(|op| op.urn.ty())).await?;
-    let (settled, recoveries, undone) = settle_each(state, providers).await?;
-    let window = providers.landing_window(undone.iter().map(|urn| urn.ty()));
-    if window.is_zero() {
-        return Ok((settled, recoveries));
-    }
-    tokio::time::sleep(window).await;
-    settle_each(state, providers).await.map(|(settled, recoveries, _)| (settled, recoveries))
+    settle_late(state, providers, None).await
 }
 
-/// Settles each pending operation of `state` once; also answers the resources whose
-/// call the cloud does not show done (a late call may still change them).
-async fn settle_each(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>, Vec<Urn>)> {
+/// [`resolve_interrupted`], for calls this process saw end uncertainly at `ended` (an
+/// answer lost, a connection reset, its own timeout): the wait is what is left of the
+/// landing window after then. `None`: the whole window, from now.
+pub(crate) async fn settle_late(state: &StackState, providers: &Providers, ended: Option<tokio::time::Instant>) -> Result<(StackState, Vec<Recovery>)> {
+    providers.ready(state.pending.iter().map(|op| op.urn.ty())).await?;
+    let (settled, recoveries, undone) = settle_each(state, providers).await?;
+    let window = providers.landing_window(undone.iter().map(|u| state.pending[u.op].urn.ty()));
+    let wait = ended.map_or(window, |ended| window.saturating_sub(ended.elapsed()));
+    if wait.is_zero() {
+        return Ok((settled, recoveries));
+    }
+    tokio::time::sleep(wait).await;
+    // Only what the first look did not find done is looked at again: what it settled
+    // stays settled (a look-up by tag may miss for a while what it found once).
+    let mut again = settled;
+    again.serial -= 1;
+    again.pending = undone.iter().map(|u| state.pending[u.op].clone()).collect();
+    let (settled, later, _) = settle_each(&again, providers).await?;
+    let mut recoveries: Vec<Recovery> =
+        recoveries.into_iter().enumerate().filter(|(i, _)| !undone.iter().any(|u| u.recovery == *i)).map(|(_, r)| r).collect();
+    recoveries.extend(later);
+    Ok((settled, recoveries))
+}
+
+/// A pending operation the cloud did not show done: its position in `pending`, and
+/// that of the recovery that said so.
+struct Undone {
+    op: usize,
+    recovery: usize,
+}
+
+/// Settles each pending operation of `state` once; also answers those whose call the
+/// cloud does not show done (a late call may still change them).
+async fn settle_each(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>, Vec<Undone>)> {
     let mut next = state.clone();
     next.pending.clear();
     let mut recoveries = Vec::with_capacity(state.pending.len());
     let mut undone = Vec::new();
-    for op in &state.pending {
+    for (position, op) in state.pending.iter().enumerate() {
         let provider = providers.for_token(op.urn.ty()).ok_or_else(|| Error::NoProvider {
             package: op.urn.ty().split(':').next().unwrap_or_default().to_owned(),
             urn: op.urn.clone(),
@@ -160,7 +184,7 @@ async fn settle_each(state: &StackState, providers: &Providers) -> Result<(Stack
                         recoveries.push(Recovery::Adopted { urn: op.urn.clone(), id, duplicates });
                     }
                     None => {
-                        undone.push(op.urn.clone());
+                        undone.push(Undone { op: position, recovery: recoveries.len() });
                         recoveries.push(Recovery::Dropped { urn: op.urn.clone() });
                     }
                 }
@@ -181,7 +205,7 @@ async fn settle_each(state: &StackState, providers: &Providers) -> Result<(Stack
                 // An update read back may be from before it; a delete's resource may be
                 // about to go.
                 if exists {
-                    undone.push(op.urn.clone());
+                    undone.push(Undone { op: position, recovery: recoveries.len() });
                 }
                 match read {
                     Some(obs) => {

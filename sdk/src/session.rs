@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::apply::{apply, ApplyReport};
 use crate::error::Result;
 use crate::plan::Plan;
-use crate::recover::{resolve_interrupted, resolve_pending, Recovery};
+use crate::recover::{resolve_interrupted, settle_late, Recovery};
 use crate::refresh::RefreshReport;
 use crate::stack::Stack;
 
@@ -68,6 +68,9 @@ pub struct Session<S> {
     journal: Option<Arc<dyn cairn_state::Journal>>,
     /// An event record was staged in the journal and may not be durable yet.
     staged: bool,
+    /// When an apply last ended with steps whose calls may still take effect (left
+    /// pending): settling them waits out what is left of the landing window after it.
+    uncertain_since: Option<tokio::time::Instant>,
     /// Dropped with the session: tells the thread of a spawned reconciler that its
     /// runtime, which drives tasks the session's clients started, may stop.
     runtime_hold: Option<tokio::sync::oneshot::Sender<()>>,
@@ -108,6 +111,7 @@ where
                 recovered,
                 broken: None,
                 unfinished: None,
+                uncertain_since: None,
                 committing: None,
                 journaled_events: 0,
                 journal: None,
@@ -230,6 +234,9 @@ where
         // its first step's record has usually carried them already.
         self.flush().await?;
         let report = applied?;
+        if !report.state.pending.is_empty() {
+            self.uncertain_since = Some(tokio::time::Instant::now());
+        }
         if !report.succeeded() {
             // A journal that failed stays failed: the next apply opens it again.
             self.journal = None;
@@ -361,16 +368,19 @@ where
     /// Settles operations left pending (by a crash, or by an uncertain failure in an
     /// earlier apply of this session) and records the result. `up`, `destroy` and
     /// `refresh` do this first; call it before `preview` if the state has pending
-    /// operations.
+    /// operations. Where the cloud does not show such a call done, it first waits what
+    /// is left of the providers' landing window after the apply that left it
+    /// ([`crate::recover::resolve_interrupted`]), as the call may still land.
     pub async fn settle(&mut self) -> Result<&[Recovery]> {
         self.usable()?;
         self.resume().await?;
         if !self.state.pending.is_empty() {
             // Settling reads the cloud: what was staged is durable first.
             self.flush().await?;
-            let (settled, recovered) = resolve_pending(&self.state, self.stack.providers()).await?;
+            let (settled, recovered) = settle_late(&self.state, self.stack.providers(), self.uncertain_since).await?;
             self.recovered.extend(recovered);
             self.commit(settled).await?;
+            self.uncertain_since = None;
         }
         Ok(&self.recovered)
     }

@@ -241,6 +241,42 @@ async fn a_create_that_lands_after_its_process_died_is_adopted_not_made_again() 
     session.close().await.unwrap();
 }
 
+/// The same within the session that saw the create end uncertainly (a connection
+/// reset after the request went out): the next operation's settling waits out the rest
+/// of the window after that apply before it concludes the create never happened.
+#[tokio::test(start_paused = true)]
+async fn a_create_whose_connection_was_lost_is_looked_for_again_until_the_window_ends() {
+    use cairn_sdk::Provider as _;
+    let window = Duration::from_secs(5);
+    let cloud = provider().with_landing_window(window).lose_response("orders", Op::Create);
+    let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
+        cx.add(Queue::new("orders"));
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert_eq!(session.up(&()).await.unwrap().state.pending.len(), 1);
+    let ended = tokio::time::Instant::now();
+    // Not there yet: it lands 3 s after the apply ended.
+    let [sent] = &cloud.resources()[..] else { panic!("one create") };
+    cloud.remove(&sent.id);
+    let late = tokio::spawn({
+        let (cloud, urn, inputs) = (cloud.clone(), sent.urn.clone(), sent.inputs.clone());
+        async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cloud.create(&urn, &inputs).await.unwrap().id
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recovered = session.settle().await.unwrap().to_vec();
+    let waited = ended.elapsed();
+    assert!(waited >= window && waited < window + Duration::from_millis(100), "it waited the rest of the window, no more: {waited:?}");
+    let late = late.await.unwrap();
+    assert_eq!(recovered, [Recovery::Adopted { urn: sent.urn.clone(), id: late.clone(), duplicates: Vec::new() }]);
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded() && report.steps.is_empty(), "{:?}", report.steps);
+    assert_eq!(cloud.resources().len(), 1);
+}
+
 #[tokio::test]
 async fn an_update_whose_answer_was_lost_is_read_back() {
     let cloud = provider();
