@@ -221,7 +221,8 @@ impl Plan {
                 continue;
             }
             // And the delete a create, update or replacement waits for (a declaration
-            // renamed): without it, the two would be the same cloud object at once.
+            // renamed; or a replacement, whose old copy gives up what this takes):
+            // without it, the two would be the same cloud object at once.
             for d in self.changes[i].dependencies.iter().flatten().chain(&self.changes[i].after_delete) {
                 if let Some(&j) = index.get(d) {
                     todo.push(j);
@@ -636,10 +637,15 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     };
     // Such a wait can close a loop with the replacement itself (the new copy stands on
     // the resource that waits, or that resource on the replaced one): the steps would
-    // wait for each other. Then the two are left to run side by side, as before.
+    // wait for each other. Then those two are left to run side by side, as before.
     if !freed.is_empty() && crate::apply::steps_loop(&plan, state) {
-        for position in freed {
-            plan.changes[position].after_delete = None;
+        // Taken out, then given back one at a time where it closes no loop.
+        let waits: Vec<Option<Urn>> = freed.iter().map(|&position| plan.changes[position].after_delete.take()).collect();
+        for (&position, wait) in freed.iter().zip(waits) {
+            plan.changes[position].after_delete = wait;
+            if crate::apply::steps_loop(&plan, state) {
+                plan.changes[position].after_delete = None;
+            }
         }
     }
     Ok(plan)
@@ -684,22 +690,22 @@ fn wait_for_replaced(
     given
 }
 
-/// The resource of `decl`'s type that state has and the plan deletes (not one it keeps,
-/// with `retain_on_delete`, nor an old copy a replacement left) which is the very cloud
-/// object that `urn` with `planned` inputs is: every identity property and physical
-/// name is known, set on both (or left to its default), and not a difference as the
-/// type's diff compares them (a DNS name's trailing dot is none). Only those properties
-/// are diffed. A generated name is made from the URN, so only a name the program gives
-/// matches.
+/// The resource among `deletes_of_type` (by type: what the plan deletes and does not
+/// keep with `retain_on_delete`, or the old copies its replacements delete) which is the
+/// very cloud object that `urn` with `planned` inputs is: every identity property and
+/// physical name is known, set on both (or left to its default), and not a difference
+/// as the type's diff compares them (a DNS name's trailing dot is none). Only those
+/// properties are diffed. A generated name is made from the URN, so only a name the
+/// program gives matches.
 fn same_object_deleted<'a>(
     urn: &Urn,
     decl: &crate::resource::Decl,
     planned: &[(&str, Planned<'_>)],
-    deleted_of_type: &HashMap<&str, Vec<&'a ResourceState>>,
+    deletes_of_type: &HashMap<&str, Vec<&'a ResourceState>>,
     provider_of: &mut ProviderOf<'_>,
 ) -> Option<&'a ResourceState> {
     let ty = decl.ty;
-    let deletes = deleted_of_type.get(ty.token)?;
+    let deletes = deletes_of_type.get(ty.token)?;
     // A name Cairn generates is made from the URN: no other resource has it.
     if ty.inputs().any(|p| p.auto_name && decl.get(p.name).is_none()) {
         return None;
