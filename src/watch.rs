@@ -336,5 +336,8 @@ async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<M
             _ => {}
         })
         .await?;
+    if failing {
+        println!("standby for stack '{}': the state store answers again", stack.name());
+    }
     Ok(session)
 }

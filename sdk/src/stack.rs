@@ -38,6 +38,7 @@ pub enum Standby<'a> {
     /// The store failed (a service or I/O error) after it had answered before: the
     /// standby tries again at its next poll, and gives up once such errors have lasted
     /// [`STANDBY_STORE_ERRORS_FOR`] in a row.
+    #[non_exhaustive]
     StoreFailing {
         /// The store's error.
         error: &'a Error,
