@@ -687,8 +687,9 @@ async fn a_create_that_lands_after_its_process_died_is_adopted_not_made_twice() 
     assert!(dying.await.unwrap_err().is_cancelled());
     store.force_unlock("faults-late").await.unwrap();
 
-    // The next process settles the create; the request lands after its first look.
-    let looks = || proxy.stats().by_operation.get("ListCertificates").copied().unwrap_or(0);
+    // The next process settles the create; the request lands after its first look has
+    // been answered.
+    let looks = || proxy.stats().answered_by_operation.get("ListCertificates").copied().unwrap_or(0);
     let before = looks();
     let recovering = tokio::spawn({
         let (stack, store) = (stack.clone(), store.clone());
@@ -702,6 +703,7 @@ async fn a_create_that_lands_after_its_process_died_is_adopted_not_made_twice() 
     let status = tokio::task::spawn_blocking(move || holder.release(Release::Forward)).await.unwrap();
     assert_eq!(status, Some(200), "the late request was made");
     let mut session = recovering.await.unwrap().unwrap();
+    assert!(waited.elapsed() >= cairn_aws::LANDING_WINDOW, "it looked again after the window: {:?}", waited.elapsed());
     assert!(
         matches!(session.recovered(), [cairn::Recovery::Adopted { duplicates, .. }] if duplicates.is_empty()),
         "{:?}",

@@ -180,6 +180,9 @@ pub struct ProxyStats {
     /// `amz-sdk-request` header says `attempt=2` or later), by operation: answers that
     /// failed (a fault injected, or the service behind the proxy), not calls the code made.
     pub retries_by_operation: BTreeMap<String, u64>,
+    /// The calls forwarded unfaulted whose upstream answer has come back, by operation:
+    /// the upstream has done them (a test can wait for a read to be answered).
+    pub answered_by_operation: BTreeMap<String, u64>,
     /// How many faults of each kind were injected (kinds never injected are absent).
     pub faults: BTreeMap<Fault, u64>,
     /// The faulted calls, in the order they arrived.
@@ -702,6 +705,7 @@ async fn run(
     let Some(fault) = fault else {
         return Ok(match shared.forward(&parts, body).await {
             Ok(response) => {
+                *shared.state().stats.answered_by_operation.entry(call.operation.clone()).or_default() += 1;
                 let (mut head, body) = response.into_parts();
                 remove_hop_by_hop(&mut head.headers);
                 Response::from_parts(head, body.boxed())
