@@ -397,7 +397,7 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// sent it died: the request may be on its way, or the service still at work on it.
     /// When a crash interrupted operations, the engine settles them (see
     /// [`crate::recover`]); where a look-up finds the call not done yet (a create not
-    /// there, a delete's resource still there, an update read back), it waits this long
+    /// there, a delete's resource still there), it waits this long
     /// and looks again before it concludes, so that a late call does not leave a second
     /// copy of a resource, or a state that names one the cloud deleted. The default,
     /// zero, suits a provider whose calls cannot outlive its process (an in-memory one).

@@ -81,7 +81,7 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
 /// Settles the pending operations of a process that died (or lost its lock, or had
 /// its operation cut off) during them, whose calls may still be on their way: as
 /// [`resolve_pending`], and where the cloud does not show a call done yet (a create
-/// not found, a delete's resource still there, an update), it waits the providers'
+/// not found, a delete's resource still there), it waits the providers'
 /// [`landing_window`] and looks at those again, so that a late call is seen. The wait
 /// counts from now: the process's last call was sent before it lost the stack, however
 /// long it had retried.
@@ -109,9 +109,17 @@ pub(crate) async fn settle_late(state: &StackState, providers: &Providers, ended
     again.serial -= 1;
     again.pending = undone.iter().map(|u| state.pending[u.op].clone()).collect();
     let (settled, later, _) = settle_each(&again, providers).await?;
-    let mut recoveries: Vec<Recovery> =
-        recoveries.into_iter().enumerate().filter(|(i, _)| !undone.iter().any(|u| u.recovery == *i)).map(|(_, r)| r).collect();
-    recoveries.extend(later);
+    // Each op looked at again gives one recovery, in the same order: each replaces the
+    // first look's, in its place.
+    let mut recoveries = recoveries;
+    if later.len() == undone.len() {
+        for (u, r) in undone.iter().zip(later) {
+            recoveries[u.recovery] = r;
+        }
+    } else {
+        recoveries = recoveries.into_iter().enumerate().filter(|(i, _)| !undone.iter().any(|u| u.recovery == *i)).map(|(_, r)| r).collect();
+        recoveries.extend(later);
+    }
     Ok((settled, recoveries))
 }
 
@@ -202,9 +210,11 @@ async fn settle_each(state: &StackState, providers: &Providers) -> Result<(Stack
                     read = provider.lookup(&op.urn, &r.inputs).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().find(|o| &o.id == id);
                 }
                 let exists = read.is_some();
-                // An update read back may be from before it; a delete's resource may be
-                // about to go.
-                if exists {
+                // A delete's resource may be about to go. (An update that lands after
+                // its read-back is made again by the next plan, whose inputs it has not
+                // caught up with; not waited for, since AWS updates refused part-way are
+                // uncertain too, and each would hold a reconciler for the window.)
+                if exists && op.kind != StepOp::Update {
                     undone.push(Undone { op: position, recovery: recoveries.len() });
                 }
                 match read {
