@@ -200,34 +200,48 @@ async fn an_adopted_resource_keeps_its_options_and_dependencies() {
     assert_eq!(cloud.resources().len(), 2, "adopted, not created again");
 }
 
-/// A create the dead process sent can land after it died. Opening the stack does not
-/// find it at first; it looks again after the provider's landing window, and adopts it
-/// instead of making a second copy that state would never know.
-#[tokio::test(start_paused = true)]
-async fn a_create_that_lands_after_its_process_died_is_adopted_not_made_again() {
-    use cairn_sdk::Provider as _;
-    let window = Duration::from_secs(5);
+/// One queue, `orders`, on a provider with `window` as its landing window whose first
+/// create of it takes effect but loses its answer (the create is left pending).
+fn late_stack(window: Duration) -> (TestProvider, Stack<()>) {
     let cloud = provider().with_landing_window(window).lose_response("orders", Op::Create);
     let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
         cx.add(Queue::new("orders"));
         Ok(())
     });
+    (cloud, stack)
+}
+
+/// Takes back the one resource `cloud` holds (its create had not landed yet) and makes
+/// it again `after` from now (it lands late), answering its new id.
+fn land_later(cloud: &TestProvider, after: Duration) -> (Urn, tokio::task::JoinHandle<String>) {
+    use cairn_sdk::Provider as _;
+    let [sent] = &cloud.resources()[..] else { panic!("one create") };
+    cloud.remove(&sent.id);
+    let (cloud, urn, inputs) = (cloud.clone(), sent.urn.clone(), sent.inputs.clone());
+    let task = tokio::spawn({
+        let urn = urn.clone();
+        async move {
+            tokio::time::sleep(after).await;
+            cloud.create(&urn, &inputs).await.unwrap().id
+        }
+    });
+    (urn, task)
+}
+
+/// A create the dead process sent can land after it died. Opening the stack does not
+/// find it at first; it looks again after the provider's landing window, and adopts it
+/// instead of making a second copy that state would never know.
+#[tokio::test(start_paused = true)]
+async fn a_create_that_lands_after_its_process_died_is_adopted_not_made_again() {
+    let window = Duration::from_secs(5);
+    let (cloud, stack) = late_stack(window);
     let store = Arc::new(MemoryStore::new());
     let mut session = stack.lock(store.clone(), "up").await.unwrap();
     assert_eq!(session.up(&()).await.unwrap().state.pending.len(), 1);
     drop(session); // the process dies, its create pending and its lock held
 
     // Its call had not reached the cloud yet: it does 2 s later.
-    let [sent] = &cloud.resources()[..] else { panic!("one create") };
-    cloud.remove(&sent.id);
-    let urn = Urn::new("dev", "test:queue:Queue", "orders");
-    let late = tokio::spawn({
-        let (cloud, urn, inputs) = (cloud.clone(), urn.clone(), sent.inputs.clone());
-        async move {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            cloud.create(&urn, &inputs).await.unwrap().id
-        }
-    });
+    let (urn, late) = land_later(&cloud, Duration::from_secs(2));
     store.force_unlock("dev").await.unwrap();
     let opened = tokio::time::Instant::now();
     let mut session = stack.lock(store.clone(), "up").await.unwrap();
@@ -246,32 +260,19 @@ async fn a_create_that_lands_after_its_process_died_is_adopted_not_made_again() 
 /// of the window after that apply before it concludes the create never happened.
 #[tokio::test(start_paused = true)]
 async fn a_create_whose_connection_was_lost_is_looked_for_again_until_the_window_ends() {
-    use cairn_sdk::Provider as _;
     let window = Duration::from_secs(5);
-    let cloud = provider().with_landing_window(window).lose_response("orders", Op::Create);
-    let stack = Stack::<()>::new("dev").provider(cloud.clone()).program(|cx, _| {
-        cx.add(Queue::new("orders"));
-        Ok(())
-    });
+    let (cloud, stack) = late_stack(window);
     let mut session = stack.in_memory_session().await.unwrap();
     assert_eq!(session.up(&()).await.unwrap().state.pending.len(), 1);
     let ended = tokio::time::Instant::now();
     // Not there yet: it lands 3 s after the apply ended.
-    let [sent] = &cloud.resources()[..] else { panic!("one create") };
-    cloud.remove(&sent.id);
-    let late = tokio::spawn({
-        let (cloud, urn, inputs) = (cloud.clone(), sent.urn.clone(), sent.inputs.clone());
-        async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            cloud.create(&urn, &inputs).await.unwrap().id
-        }
-    });
+    let (urn, late) = land_later(&cloud, Duration::from_secs(3));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let recovered = session.settle().await.unwrap().to_vec();
     let waited = ended.elapsed();
     assert!(waited >= window && waited < window + Duration::from_millis(100), "it waited the rest of the window, no more: {waited:?}");
     let late = late.await.unwrap();
-    assert_eq!(recovered, [Recovery::Adopted { urn: sent.urn.clone(), id: late.clone(), duplicates: Vec::new() }]);
+    assert_eq!(recovered, [Recovery::Adopted { urn, id: late, duplicates: Vec::new() }]);
     let report = session.up(&()).await.unwrap();
     assert!(report.succeeded() && report.steps.is_empty(), "{:?}", report.steps);
     assert_eq!(cloud.resources().len(), 1);
