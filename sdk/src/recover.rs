@@ -109,16 +109,13 @@ pub(crate) async fn settle_late(state: &StackState, providers: &Providers, ended
     again.serial -= 1;
     again.pending = undone.iter().map(|u| state.pending[u.op].clone()).collect();
     let (settled, later, _) = settle_each(&again, providers).await?;
-    // Each op looked at again gives one recovery, in the same order: each replaces the
-    // first look's, in its place.
+    // Each op looked at again gives one recovery, in the same order (the first look
+    // found each with what it needs: a create's inputs, a resource's id and entry):
+    // each replaces the first look's, in its place.
+    debug_assert_eq!(later.len(), undone.len());
     let mut recoveries = recoveries;
-    if later.len() == undone.len() {
-        for (u, r) in undone.iter().zip(later) {
-            recoveries[u.recovery] = r;
-        }
-    } else {
-        recoveries = recoveries.into_iter().enumerate().filter(|(i, _)| !undone.iter().any(|u| u.recovery == *i)).map(|(_, r)| r).collect();
-        recoveries.extend(later);
+    for (u, r) in undone.iter().zip(later) {
+        recoveries[u.recovery] = r;
     }
     Ok((settled, recoveries))
 }
