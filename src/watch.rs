@@ -302,6 +302,7 @@ async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<M
     let mut told = None;
     // Whether the store's errors were reported and have not passed yet.
     let mut failing = false;
+    let answers_again = || println!("standby for stack '{}': the state store answers again", stack.name());
     let session = stack
         .lock_when_free(shared.store.clone(), "watch", STANDBY_POLL, || shared.hold_back(stack.name()), |found| match found {
             Standby::Held(holder) => {
@@ -309,7 +310,7 @@ async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<M
                 s.role = Role::Standby;
                 s.lock_holder = serde_json::to_value(holder).ok();
                 if std::mem::take(&mut failing) {
-                    println!("standby for stack '{}': the state store answers again", stack.name());
+                    answers_again();
                 }
                 if told.as_deref() != Some(holder.token.as_str()) {
                     println!(
@@ -337,7 +338,7 @@ async fn acquire<S: UserState>(shared: &Shared, stack: &Stack<S>, status: &Arc<M
         })
         .await?;
     if failing {
-        println!("standby for stack '{}': the state store answers again", stack.name());
+        answers_again();
     }
     Ok(session)
 }
