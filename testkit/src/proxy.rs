@@ -183,6 +183,9 @@ pub struct ProxyStats {
     /// The calls forwarded unfaulted whose upstream answer has come back, by operation:
     /// the upstream has done them (a test can wait for a read to be answered).
     pub answered_by_operation: BTreeMap<String, u64>,
+    /// The calls the proxy answered itself, with answers given to
+    /// [`FaultProxy::answer_instead`], by operation: the upstream never saw them.
+    pub answered_instead: BTreeMap<String, u64>,
     /// How many faults of each kind were injected (kinds never injected are absent).
     pub faults: BTreeMap<Fault, u64>,
     /// The faulted calls, in the order they arrived.
@@ -335,6 +338,17 @@ impl FaultProxy {
             call: HeldCall { arrived: arrived_tx, release: release_rx, done: done_tx },
         });
         Holder { id, shared: Arc::clone(&self.shared), arrived, held_action: None, release: Some(release), done }
+    }
+
+    /// Answers the next call of `operation` (named as [`ProxyStats::by_operation`] names
+    /// it: `RevokeSecurityGroupEgress`) with `body` and status 200, in the upstream's
+    /// stead: the upstream never sees the call. For answers a real service gives and the
+    /// local AWS never does, such as EC2's revoke that does not find a rule made a moment
+    /// before (eventual consistency), or a read that does not show it yet. Each answer is
+    /// given once, in the order set. The call takes no part in the fault plan's count or
+    /// a hold's, and is never faulted.
+    pub fn answer_instead(&self, operation: &str, body: impl Into<String>) {
+        self.shared.state().answers.push((operation.to_owned(), body.into()));
     }
 
     /// The counts and the log of faults since the start or the last [`FaultProxy::reset_stats`].
@@ -514,6 +528,8 @@ struct State {
     stats: ProxyStats,
     hold: Option<HoldSlot>,
     next_hold_id: u64,
+    /// Answers to give in the upstream's stead, by operation, first set first.
+    answers: Vec<(String, String)>,
 }
 
 struct HoldSlot {
@@ -534,6 +550,8 @@ struct HeldCall {
 enum Verdict {
     Run { latency: Option<Duration>, fault: Option<Fault> },
     Hold(HeldCall),
+    /// Answer with this body, not forwarded.
+    Answer(String),
 }
 
 impl Shared {
@@ -552,6 +570,7 @@ impl Shared {
                 stats: ProxyStats::default(),
                 hold: None,
                 next_hold_id: 0,
+                answers: Vec::new(),
             }),
             next_request_id: AtomicU64::new(1),
         }
@@ -570,6 +589,11 @@ impl Shared {
         *state.stats.by_operation.entry(call.operation.clone()).or_default() += 1;
         if call.retry {
             *state.stats.retries_by_operation.entry(call.operation.clone()).or_default() += 1;
+        }
+        if let Some(at) = state.answers.iter().position(|(op, _)| *op == call.operation) {
+            let (operation, body) = state.answers.remove(at);
+            *state.stats.answered_instead.entry(operation).or_default() += 1;
+            return Verdict::Answer(body);
         }
         let latency = state.plan.latency;
         if !call.mutating {
@@ -698,6 +722,7 @@ async fn run(
     let (latency, fault) = match verdict {
         Verdict::Run { latency, fault } => (latency, fault),
         Verdict::Hold(held) => return run_held(&shared, &parts, body, &call, held).await,
+        Verdict::Answer(text) => return Ok(answer_response(&call.protocol, text, &shared.request_id())),
     };
     if let Some(latency) = latency {
         tokio::time::sleep(latency).await;
@@ -1006,6 +1031,21 @@ fn rest_xml_error(code: &str, message: &str, request_id: &str) -> String {
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <Error><Code>{code}</Code><Message>{message}</Message><RequestId>{request_id}</RequestId></Error>"
     )
+}
+
+/// A successful answer with `body`, in the content type the call's protocol reads.
+fn answer_response(protocol: &Protocol, body: String, request_id: &str) -> Response<ProxyBody> {
+    let content_type = match protocol {
+        Protocol::Ec2Query | Protocol::AwsQuery | Protocol::RestXml => HeaderValue::from_static("text/xml"),
+        Protocol::AwsJson { content_type, .. } => content_type.clone(),
+        Protocol::RpcV2Cbor => HeaderValue::from_static("application/cbor"),
+    };
+    let mut response = Response::new(full_body(body));
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-amzn-requestid", id);
+    }
+    response
 }
 
 fn plain_response(status: StatusCode, text: String) -> Response<ProxyBody> {

@@ -3,6 +3,7 @@
 use aws_sdk_ec2::types::{Filter, IpPermission, SecurityGroup as AwsGroup};
 use cairn_aws::ec2::{Rule, SecurityGroup, Vpc, SECURITY_GROUP};
 use cairn_sdk::{Action, DynamicResource, Provider as _, Stack, StackState, Urn};
+use cairn_testkit::FaultProxy;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -165,6 +166,48 @@ async fn rules_changed_outside_cairn_are_set_right_by_the_next_update() {
     let g = group(&ec2, &app).await.unwrap();
     assert_eq!(rule_lines(g.ip_permissions()), ["tcp 8081-8081 10.0.0.0/8"], "the hand-made rule is revoked");
     assert_eq!(rule_lines(g.ip_permissions_egress()), ["tcp 443-443 0.0.0.0/0"], "egress exactly as declared");
+    assert!(session.destroy().await.unwrap().succeeded());
+}
+
+/// EC2's answer to a revoke of the rule it gives every new group, when it does not see
+/// that rule yet (eventual consistency): success, with the rule listed as unknown.
+const ALL_OUT_UNKNOWN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<RevokeSecurityGroupEgressResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+  <requestId>59dbff89-35bd-4eac-99ed-be587EXAMPLE</requestId>
+  <return>true</return>
+  <unknownIpPermissionSet>
+    <item><ipProtocol>-1</ipProtocol><ipRanges><item><cidrIp>0.0.0.0/0</cidrIp></item></ipRanges></item>
+  </unknownIpPermissionSet>
+</RevokeSecurityGroupEgressResponse>"#;
+
+#[tokio::test]
+async fn a_revoke_that_finds_no_rule_is_not_taken_for_done() {
+    // Through the fault proxy, which answers the create's revoke of the all-out rule
+    // itself, as EC2 does when it does not see the rule yet: moto keeps the rule.
+    let proxy = FaultProxy::start(cairn_testkit::moto().endpoint());
+    cairn_testkit::moto().configure_env();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let stack = Stack::<()>::new("ec2-sg-unrevoked").provider(cairn_aws::Provider::new(&config)).program(|cx, _| {
+        let vpc = cx.add(Vpc::new("net").cidr_block("10.29.0.0/16"));
+        // No egress declared: no traffic out.
+        cx.add(SecurityGroup::new("locked").vpc_id(vpc.id()).ingress(Rule::tcp(443).from_cidr("10.29.0.0/16")));
+        Ok(())
+    });
+    proxy.answer_instead("RevokeSecurityGroupEgress", ALL_OUT_UNKNOWN);
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert_eq!(proxy.stats().answered_instead.get("RevokeSecurityGroupEgress"), Some(&1), "the proxy answered the revoke");
+
+    // The create read the group again and revoked the rule for good: the group lets
+    // nothing out, as declared and as state says.
+    let locked = id_of(&report.state, SG, "locked");
+    let g = group(&ec2, &locked).await.unwrap();
+    assert_eq!(rule_lines(g.ip_permissions_egress()), Vec::<String>::new(), "the all-out rule is gone");
+    let recorded = report.state.resource(&Urn::new("ec2-sg-unrevoked", SG, "locked")).unwrap();
+    assert_eq!(recorded.inputs.get("egress"), None, "state records no egress");
+    assert!(session.refresh().await.unwrap().drift.is_empty(), "no drift");
     assert!(session.destroy().await.unwrap().succeeded());
 }
 

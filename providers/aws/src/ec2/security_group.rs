@@ -418,10 +418,22 @@ fn rules(perms: &[IpPermission], own: &str) -> Vec<RuleEntry> {
     canonical(Some(&out))
 }
 
+/// Whether AWS took away every rule a sync of the rules asked it to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+enum Revoked {
+    All,
+    /// A revoke answered that some rules were not there (`UnknownIpPermissions`, or
+    /// `Return` false). In a VPC, AWS answers so for a rule it does not see yet, such as
+    /// the one it gave the group a moment before: that rule may be there still.
+    NotAll,
+}
+
 /// Brings the group's rules from `current` (read from AWS) to `desired`: authorizes
 /// what is missing first, then revokes what is not declared, so traffic that stays
 /// allowed is never interrupted.
-async fn sync_rules(aws: &Clients, id: &str, current: &SecurityGroupInputs, desired: &SecurityGroupInputs) -> Result<(), ProviderError> {
+async fn sync_rules(aws: &Clients, id: &str, current: &SecurityGroupInputs, desired: &SecurityGroupInputs) -> Result<Revoked, ProviderError> {
+    let mut revoked = Revoked::All;
     for (key, have, want) in [("ingress", &current.ingress, &desired.ingress), ("egress", &current.egress, &desired.egress)] {
         let (have, want) = (canonical(have.as_deref()), canonical(want.as_deref()));
         let add: Vec<IpPermission> = want.iter().filter(|r| !have.contains(r)).map(|r| permission(r, id)).collect();
@@ -440,16 +452,21 @@ async fn sync_rules(aws: &Clients, id: &str, current: &SecurityGroupInputs, desi
         }
         if !remove.is_empty() {
             let action = format!("removing {key} rules");
-            if ingress {
+            let all = if ingress {
                 let req = aws.ec2.revoke_security_group_ingress().group_id(id).set_ip_permissions(Some(remove));
-                req.send().await.map_err(|e| aws_error(&action, e, hints))?;
+                let out = req.send().await.map_err(|e| aws_error(&action, e, hints))?;
+                out.r#return() != Some(false) && out.unknown_ip_permissions().is_empty()
             } else {
                 let req = aws.ec2.revoke_security_group_egress().group_id(id).set_ip_permissions(Some(remove));
-                req.send().await.map_err(|e| aws_error(&action, e, hints))?;
+                let out = req.send().await.map_err(|e| aws_error(&action, e, hints))?;
+                out.r#return() != Some(false) && out.unknown_ip_permissions().is_empty()
+            };
+            if !all {
+                revoked = Revoked::NotAll;
             }
         }
     }
-    Ok(())
+    Ok(revoked)
 }
 
 #[async_trait]
@@ -485,8 +502,10 @@ impl Kind for SecurityGroupKind {
             // one of those (whenever it came, before, during or after the sync), the
             // group now has exactly the declared rules.
             let (synced, first) = tokio::join!(sync_rules(aws, &id, &fresh, &want), self.read(aws, urn, &id, inputs));
-            synced?;
-            if let Some(mut first) = first? {
+            // Unless a revoke found no rule to take away: the rule AWS gave may then be
+            // there still, and a read that shows it proves nothing.
+            let first = if synced? == Revoked::All { first? } else { None };
+            if let Some(mut first) = first {
                 let got = SecurityGroupInputs::from_props(&first.inputs)?;
                 let within = |seen: &Option<Vec<RuleEntry>>, allowed: &[&Option<Vec<RuleEntry>>]| {
                     seen.iter().flatten().all(|rule| allowed.iter().any(|a| a.iter().flatten().any(|r| r == rule)))
@@ -498,14 +517,15 @@ impl Kind for SecurityGroupKind {
                     return Ok(first);
                 }
             }
-            // Otherwise (a rule AWS added, such as ::/0 in an IPv6 VPC): read it again after
-            // the sync and set it right.
+            // Otherwise (a rule AWS added, such as ::/0 in an IPv6 VPC, or a revoke that
+            // found nothing): read it again after the sync and set it right.
             let read = self.read_created(aws, urn, &id, inputs).await?;
             let got = SecurityGroupInputs::from_props(&read.inputs)?;
             if same(&got.ingress, &want.ingress) && same(&got.egress, &want.egress) {
                 return Ok(read);
             }
-            sync_rules(aws, &id, &got, &want).await?;
+            // The read that follows records what the group has, whatever the revokes said.
+            let _ = sync_rules(aws, &id, &got, &want).await?;
             self.read_created(aws, urn, &id, inputs).await
         })
         .await
@@ -535,7 +555,8 @@ impl Kind for SecurityGroupKind {
         // Diff against the rules the group has now, not the ones in state: rules changed
         // outside Cairn are set right too, and nothing is authorized twice.
         let current = self.read_updated(aws, urn, id, old).await?;
-        sync_rules(aws, id, &SecurityGroupInputs::from_props(&current.inputs)?, &want).await?;
+        // The read at the end records what the group has, whatever the revokes said.
+        let _ = sync_rules(aws, id, &SecurityGroupInputs::from_props(&current.inputs)?, &want).await?;
         retag(&aws.ec2, urn, id, was.tags.as_ref(), want.tags.as_ref()).await?;
         self.read_updated(aws, urn, id, new).await
     }
