@@ -351,6 +351,12 @@ impl FaultProxy {
         self.shared.state().answers.push((operation.to_owned(), body.into()));
     }
 
+    /// Drops the answers set with [`FaultProxy::answer_instead`] and not given yet;
+    /// returns how many there were.
+    pub fn clear_answers(&self) -> usize {
+        std::mem::take(&mut self.shared.state().answers).len()
+    }
+
     /// The counts and the log of faults since the start or the last [`FaultProxy::reset_stats`].
     pub fn stats(&self) -> ProxyStats {
         self.shared.state().stats.clone()

@@ -482,6 +482,65 @@ async fn an_endpoint_already_subscribed_outside_cairn_is_refused() {
     assert!(subscription(&sns, &sub).await.is_none() && topic(&sns, &topic_arn).await.is_none());
 }
 
+/// What AWS lists for a subscription its endpoint has not confirmed: no ARN.
+fn pending_listing(topic_arn: &str, protocol: &str, endpoint: &str) -> String {
+    format!(
+        r#"<ListSubscriptionsByTopicResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">
+  <ListSubscriptionsByTopicResult>
+    <Subscriptions>
+      <member><TopicArn>{topic_arn}</TopicArn><Protocol>{protocol}</Protocol><SubscriptionArn>PendingConfirmation</SubscriptionArn><Owner>123456789012</Owner><Endpoint>{endpoint}</Endpoint></member>
+    </Subscriptions>
+  </ListSubscriptionsByTopicResult>
+  <ResponseMetadata><RequestId>0c4bd3b7-5a6e-4bc2-8c3c-4c4f5f0e3a21</RequestId></ResponseMetadata>
+</ListSubscriptionsByTopicResponse>"#
+    )
+}
+
+/// A subscribe whose answer is lost, to an endpoint that has not confirmed yet (HTTP,
+/// email): its look-up lists it without an ARN. It is found all the same, not dropped
+/// and then refused as not Cairn's once confirmed.
+#[tokio::test]
+async fn a_lost_subscribe_still_unconfirmed_is_found_not_dropped() {
+    let (_, sns, _) = aws().await;
+    // Through the fault proxy: it loses the subscribe's answer, then lists the
+    // subscription as AWS does until its endpoint confirms (moto confirms at once).
+    let proxy = cairn_testkit::FaultProxy::start(cairn_testkit::moto().endpoint());
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
+    let stack = Stack::<bool>::new("sns-unconfirmed").provider(cairn_aws::Provider::new(&config)).program(|cx, subscribe| {
+        let topic = cx.add(Topic::new("events"));
+        let queue = cx.add(Queue::new("inbox"));
+        if *subscribe {
+            cx.add(Subscription::new("to-queue").topic_arn(topic.arn()).protocol("sqs").endpoint(queue.arn()));
+        }
+        Ok(())
+    });
+    let mut session = stack.in_memory_session().await.unwrap();
+    let state = session.up(&false).await.unwrap().state;
+    let topic_arn = id_of(&state, TOPIC, "events");
+    let queue_arn = resource(&state, QUEUE, "inbox").outputs.get("arn").unwrap().as_str().unwrap().to_owned();
+
+    proxy.set_plan(cairn_testkit::FaultPlan::always(cairn_testkit::Fault::LostAnswer));
+    let report = session.up(&true).await.unwrap();
+    assert!(!report.succeeded(), "the subscribe's answer was lost");
+    proxy.set_plan(cairn_testkit::FaultPlan::none());
+    let listed = sns.list_subscriptions_by_topic().topic_arn(&topic_arn).send().await.unwrap();
+    let made: Vec<String> = listed.subscriptions().iter().filter_map(|s| s.subscription_arn()).map(str::to_owned).collect();
+    assert_eq!(made.len(), 1, "the subscribe took effect: {made:?}");
+
+    // Both looks (before and after the landing window) see it unconfirmed.
+    for _ in 0..2 {
+        proxy.answer_instead("ListSubscriptionsByTopic", pending_listing(&topic_arn, "sqs", &queue_arn));
+    }
+    let report = session.up(&true).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert_eq!(proxy.clear_answers(), 1, "the first look found it");
+    assert_eq!(id_of(&report.state, SUBSCRIPTION, "to-queue"), made[0], "the subscription made is the one in state");
+    let listed = sns.list_subscriptions_by_topic().topic_arn(&topic_arn).send().await.unwrap();
+    assert_eq!(listed.subscriptions().len(), 1, "no second subscription");
+    assert!(session.destroy().await.unwrap().succeeded());
+    assert!(subscription(&sns, &made[0]).await.is_none() && topic(&sns, &topic_arn).await.is_none());
+}
+
 #[test]
 fn bad_topic_and_subscription_settings_are_refused_before_any_call() {
     let topic = "arn:aws:sns:us-east-1:123456789012:events";

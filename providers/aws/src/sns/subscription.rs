@@ -281,9 +281,33 @@ impl Kind for SubscriptionKind {
             return Ok(Vec::new());
         }
         let mut found = Vec::new();
+        let mut pending = false;
         for arn in subscribed(aws, topic, protocol, endpoint, &want).await? {
-            if arn != PENDING {
+            if arn == PENDING {
+                pending = true;
+            } else {
                 found.extend(self.read(aws, urn, &arn, created_with).await?);
+            }
+        }
+        // A subscription its endpoint has not confirmed (HTTP, email) is listed without
+        // its ARN, yet it is the create's doing all the same: left unfound, it would be
+        // dropped, and once confirmed, refused by the next create as not Cairn's. Only
+        // subscribing again tells its ARN; AWS makes no second one, and sends the
+        // endpoint its confirmation request again.
+        if pending {
+            let out = aws
+                .sns
+                .subscribe()
+                .topic_arn(topic)
+                .protocol(protocol)
+                .endpoint(endpoint)
+                .return_subscription_arn(true)
+                .set_attributes(Some(attributes(&want)))
+                .send()
+                .await
+                .map_err(|e| aws_error("finding the unconfirmed subscription", e, |c| hint(c, &want)))?;
+            if let Some(arn) = out.subscription_arn().filter(|a| a.starts_with("arn:") && !found.iter().any(|f| f.id == *a)) {
+                found.extend(self.read(aws, urn, arn, created_with).await?);
             }
         }
         Ok(found)
