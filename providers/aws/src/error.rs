@@ -60,7 +60,9 @@ fn throttled_or_timed_out(code: &str) -> bool {
 /// and says what the engine may conclude from it:
 ///
 /// - an answer of HTTP 500 with an HTML page: the endpoint does not implement the
-///   operation (the local AWS answers so), `Unsupported`;
+///   operation (the local AWS answers so), `Unsupported`. The local AWS also answers so
+///   when it fails on an operation it has, which only its log tells apart: the message
+///   says so;
 /// - a service error of the 4xx kind, other than throttling: AWS refused the request
 ///   before acting on it, `Failed`;
 /// - throttling or a timeout on AWS's side, a 5xx, an answer that could not be read, a request that could not be
@@ -87,7 +89,9 @@ where
         })
     };
     if status == Some(500) && html() {
-        return ProviderError::unsupported(format!("the AWS endpoint does not implement {action}: it answered HTTP 500 with an HTML page"));
+        return ProviderError::unsupported(format!(
+            "the AWS endpoint does not implement {action}: it answered HTTP 500 with an HTML page (a local AWS answers so too when it fails on an operation it has; its log tells which)"
+        ));
     }
     match e {
         SdkError::ServiceError(service) => {

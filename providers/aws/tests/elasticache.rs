@@ -159,7 +159,7 @@ async fn a_subnet_group_is_created_retagged_replaced_and_moto_lacks_the_rest() {
     let s = step(&report, "cache", StepOp::Update);
     assert_eq!(
         shown(&s.status),
-        failed("aws:elasticache:SubnetGroup 'cache': the AWS endpoint does not implement changing the subnet group (ModifyCacheSubnetGroup): it answered HTTP 500 with an HTML page")
+        failed("aws:elasticache:SubnetGroup 'cache': the AWS endpoint does not implement changing the subnet group (ModifyCacheSubnetGroup): it answered HTTP 500 with an HTML page (a local AWS answers so too when it fails on an operation it has; its log tells which)")
     );
     eprintln!("ModifyCacheSubnetGroup failed after {:?}", s.elapsed);
     assert!(s.elapsed < UNSUPPORTED_WITHIN, "{:?}", s.elapsed);
@@ -179,7 +179,7 @@ async fn a_subnet_group_is_created_retagged_replaced_and_moto_lacks_the_rest() {
     let s = step(&report, "cache", StepOp::DeleteReplaced);
     assert_eq!(
         shown(&s.status),
-        failed("aws:elasticache:SubnetGroup 'cache': the AWS endpoint does not implement deleting the subnet group (DeleteCacheSubnetGroup): it answered HTTP 500 with an HTML page")
+        failed("aws:elasticache:SubnetGroup 'cache': the AWS endpoint does not implement deleting the subnet group (DeleteCacheSubnetGroup): it answered HTTP 500 with an HTML page (a local AWS answers so too when it fails on an operation it has; its log tells which)")
     );
     eprintln!("DeleteCacheSubnetGroup failed after {:?}", s.elapsed);
     assert!(s.elapsed < UNSUPPORTED_WITHIN, "{:?}", s.elapsed);
@@ -286,7 +286,7 @@ async fn a_cache_cluster_is_created_retagged_and_replaced_and_moto_never_finishe
     let s = step(&report, "sessions", StepOp::Update);
     assert_eq!(
         shown(&s.status),
-        failed("aws:elasticache:CacheCluster 'sessions': the AWS endpoint does not implement changing the cache cluster (ModifyCacheCluster): it answered HTTP 500 with an HTML page")
+        failed("aws:elasticache:CacheCluster 'sessions': the AWS endpoint does not implement changing the cache cluster (ModifyCacheCluster): it answered HTTP 500 with an HTML page (a local AWS answers so too when it fails on an operation it has; its log tells which)")
     );
     eprintln!("ModifyCacheCluster failed after {:?}", s.elapsed);
     assert!(s.elapsed < UNSUPPORTED_WITHIN, "{:?}", s.elapsed);
@@ -420,7 +420,7 @@ async fn a_replication_group_is_created_modified_in_place_and_replaced() {
     let s = step(&report, "orders", StepOp::Update);
     assert_eq!(
         shown(&s.status),
-        failed("aws:elasticache:ReplicationGroup 'orders': the AWS endpoint does not implement adding replicas (IncreaseReplicaCount): it answered HTTP 500 with an HTML page")
+        failed("aws:elasticache:ReplicationGroup 'orders': the AWS endpoint does not implement adding replicas (IncreaseReplicaCount): it answered HTTP 500 with an HTML page (a local AWS answers so too when it fails on an operation it has; its log tells which)")
     );
     eprintln!("IncreaseReplicaCount failed after {:?}", s.elapsed);
     assert!(s.elapsed < UNSUPPORTED_WITHIN, "{:?}", s.elapsed);
