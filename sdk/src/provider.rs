@@ -412,6 +412,15 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// resource type that carries no tags (a DNS record, a queue policy) finds itself
     /// through them, by its parent and its key.
     async fn lookup(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError>;
+
+    /// [`Provider::lookup`], when the engine settles an interrupted create holding the
+    /// stack's lock (never for a preview): it may also make a call that makes nothing
+    /// new but tells what no read can, where the cloud has such a call. An SNS
+    /// subscription its endpoint has not confirmed is listed without its ARN, which only
+    /// subscribing again tells (AWS makes no second one). The default: the look-up.
+    async fn lookup_created(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+        self.lookup(urn, created_with).await
+    }
 }
 
 /// The diff the schema implies: every changed input, known or not, with replacement

@@ -75,7 +75,7 @@ impl std::fmt::Display for Recovery {
 /// may take effect after this looked (see [`resolve_interrupted`]).
 pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>)> {
     providers.ready(state.pending.iter().map(|op| op.urn.ty())).await?;
-    settle_each(state, providers).await.map(|(settled, recoveries, _)| (settled, recoveries))
+    settle_each(state, providers, Look::Preview).await.map(|(settled, recoveries, _)| (settled, recoveries))
 }
 
 /// Settles the pending operations of a process that died (or lost its lock, or had
@@ -96,7 +96,7 @@ pub async fn resolve_interrupted(state: &StackState, providers: &Providers) -> R
 /// landing window after then. `None`: the whole window, from now.
 pub(crate) async fn settle_late(state: &StackState, providers: &Providers, ended: Option<tokio::time::Instant>) -> Result<(StackState, Vec<Recovery>)> {
     providers.ready(state.pending.iter().map(|op| op.urn.ty())).await?;
-    let (settled, recoveries, undone) = settle_each(state, providers).await?;
+    let (settled, recoveries, undone) = settle_each(state, providers, Look::Locked).await?;
     let window = providers.landing_window(undone.iter().map(|u| state.pending[u.op].urn.ty()));
     let wait = ended.map_or(window, |ended| window.saturating_sub(ended.elapsed()));
     if wait.is_zero() {
@@ -108,7 +108,7 @@ pub(crate) async fn settle_late(state: &StackState, providers: &Providers, ended
     let mut again = settled;
     again.serial -= 1;
     again.pending = undone.iter().map(|u| state.pending[u.op].clone()).collect();
-    let (settled, later, _) = settle_each(&again, providers).await?;
+    let (settled, later, _) = settle_each(&again, providers, Look::Locked).await?;
     // Each op looked at again gives one recovery, in the same order (the first look
     // found each with what it needs: a create's inputs, a resource's id and entry):
     // each replaces the first look's, in its place.
@@ -127,9 +127,18 @@ struct Undone {
     recovery: usize,
 }
 
+/// How settling may look for what an interrupted create made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Reads alone ([`crate::Provider::lookup`]): a preview holds no lock.
+    Preview,
+    /// Under the stack's lock: [`crate::Provider::lookup_created`].
+    Locked,
+}
+
 /// Settles each pending operation of `state` once; also answers those whose call the
 /// cloud does not show done (a late call may still change them).
-async fn settle_each(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>, Vec<Undone>)> {
+async fn settle_each(state: &StackState, providers: &Providers, look: Look) -> Result<(StackState, Vec<Recovery>, Vec<Undone>)> {
     let mut next = state.clone();
     next.pending.clear();
     let mut recoveries = Vec::with_capacity(state.pending.len());
@@ -153,8 +162,12 @@ async fn settle_each(state: &StackState, providers: &Providers) -> Result<(Stack
         match op.kind {
             StepOp::Create | StepOp::CreateReplacement => {
                 let known: Vec<&str> = next.resources.iter().filter(|r| r.urn == op.urn).map(|r| r.id.as_str()).collect();
+                let found = match look {
+                    Look::Preview => provider.lookup(&op.urn, &op.inputs).await,
+                    Look::Locked => provider.lookup_created(&op.urn, &op.inputs).await,
+                };
                 let mut found: Vec<Observed> =
-                    provider.lookup(&op.urn, &op.inputs).await.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().filter(|o| !known.contains(&o.id.as_str())).collect();
+                    found.map_err(|e| failed(e.at(&op.urn, ProviderOp::Lookup)))?.into_iter().filter(|o| !known.contains(&o.id.as_str())).collect();
                 // More than one copy means the create was sent more than once. Which one
                 // is adopted must not depend on the order the cloud lists them in.
                 found.sort_by(|a, b| a.id.cmp(&b.id));

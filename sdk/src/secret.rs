@@ -502,6 +502,11 @@ impl Provider for Opening {
         let given = Self::open(urn, ProviderOp::Lookup, created_with)?;
         Ok(self.0.lookup(urn, &given.props).await?.into_iter().map(|o| reseal(o, &[&given])).collect())
     }
+
+    async fn lookup_created(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+        let given = Self::open(urn, ProviderOp::Lookup, created_with)?;
+        Ok(self.0.lookup_created(urn, &given.props).await?.into_iter().map(|o| reseal(o, &[&given])).collect())
+    }
 }
 
 #[cfg(test)]

@@ -278,6 +278,71 @@ async fn a_create_whose_connection_was_lost_is_looked_for_again_until_the_window
     assert_eq!(cloud.resources().len(), 1);
 }
 
+/// A cloud whose listing cannot show what a create made (an SNS subscription not yet
+/// confirmed has no ARN in it) until the look-up that settles under the lock asks in a
+/// way that may write ([`cairn_sdk::Provider::lookup_created`]); counts those.
+#[derive(Debug, Clone)]
+struct ShownOnlyWhenAsked {
+    cloud: TestProvider,
+    asked: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl cairn_sdk::Provider for ShownOnlyWhenAsked {
+    fn package(&self) -> &str {
+        self.cloud.package()
+    }
+    async fn create(&self, urn: &Urn, inputs: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        self.cloud.create(urn, inputs).await
+    }
+    async fn read(&self, urn: &Urn, id: &str, inputs: &cairn_sdk::Props, outputs: &cairn_sdk::Props) -> Result<Option<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        self.cloud.read(urn, id, inputs, outputs).await
+    }
+    async fn update(&self, urn: &Urn, id: &str, old: &cairn_sdk::Props, new: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
+        self.cloud.update(urn, id, old, new).await
+    }
+    async fn delete(&self, urn: &Urn, id: &str, inputs: &cairn_sdk::Props, outputs: &cairn_sdk::Props) -> Result<(), cairn_sdk::ProviderError> {
+        self.cloud.delete(urn, id, inputs, outputs).await
+    }
+    async fn lookup(&self, _: &Urn, _: &cairn_sdk::Props) -> Result<Vec<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        Ok(Vec::new())
+    }
+    async fn lookup_created(&self, urn: &Urn, created_with: &cairn_sdk::Props) -> Result<Vec<cairn_sdk::Observed>, cairn_sdk::ProviderError> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.cloud.lookup(urn, created_with).await
+    }
+}
+
+/// Previews settle interrupted creates by reading alone: they hold no lock, so they
+/// never make the look-up that may write. Opening the stack for changes does, and
+/// adopts what the create made.
+#[tokio::test]
+async fn only_settling_under_the_lock_makes_the_look_up_that_may_write() {
+    let cloud = provider().lose_response("orders", Op::Create);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let stack = Stack::<()>::new("dev").provider(ShownOnlyWhenAsked { cloud: cloud.clone(), asked: asked.clone() }).program(|cx, _| {
+        cx.add(Queue::new("orders"));
+        Ok(())
+    });
+    let store = Arc::new(MemoryStore::new());
+    let mut session = stack.lock(store.clone(), "up").await.unwrap();
+    assert_eq!(session.up(&()).await.unwrap().state.pending.len(), 1);
+    drop(session); // the process dies, its create pending
+    store.force_unlock("dev").await.unwrap();
+
+    let (state, recovered) = stack.load(store.as_ref()).await.unwrap();
+    assert!(matches!(recovered[..], [Recovery::Dropped { .. }]), "{recovered:?}");
+    assert_eq!(stack.preview(&(), &state).unwrap().summary.create, 1);
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "a preview only reads");
+
+    let session = stack.lock(store.clone(), "up").await.unwrap();
+    let [made] = &cloud.resources()[..] else { panic!("one create") };
+    assert_eq!(session.recovered(), [Recovery::Adopted { urn: made.urn.clone(), id: made.id.clone(), duplicates: Vec::new() }]);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert!(!session.preview(&()).unwrap().has_changes());
+    session.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_update_whose_answer_was_lost_is_read_back() {
     let cloud = provider();

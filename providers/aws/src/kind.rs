@@ -115,6 +115,11 @@ pub(crate) trait Kind: Send + Sync + std::fmt::Debug {
     /// without tags, by its parent and key in `created_with`, the inputs its create was
     /// sent with, empty when unknown).
     async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError>;
+    /// The look-up when settling an interrupted create under the lock
+    /// ([`cairn_sdk::Provider::lookup_created`]). The default: [`Kind::lookup`].
+    async fn lookup_created(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+        self.lookup(aws, urn, created_with).await
+    }
 
     /// Reads back what a create made. It exists: a failure here is
     /// [`ProviderError::Incomplete`], so the resource is recorded and read again later.

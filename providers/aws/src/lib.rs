@@ -261,6 +261,10 @@ impl cairn_sdk::Provider for Provider {
     async fn lookup(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
         self.kind(urn)?.lookup(&self.clients, urn, created_with).await
     }
+
+    async fn lookup_created(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+        self.kind(urn)?.lookup_created(&self.clients, urn, created_with).await
+    }
 }
 
 #[cfg(test)]

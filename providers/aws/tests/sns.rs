@@ -527,7 +527,8 @@ async fn a_lost_subscribe_still_unconfirmed_is_found_not_dropped() {
     let made: Vec<String> = listed.subscriptions().iter().filter_map(|s| s.subscription_arn()).map(str::to_owned).collect();
     assert_eq!(made.len(), 1, "the subscribe took effect: {made:?}");
 
-    // Both looks (before and after the landing window) see it unconfirmed.
+    // Both looks (the settling's first, and its second after the landing window) see
+    // it unconfirmed, as AWS would.
     for _ in 0..2 {
         proxy.answer_instead("ListSubscriptionsByTopic", pending_listing(&topic_arn, "sqs", &queue_arn));
     }

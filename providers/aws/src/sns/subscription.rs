@@ -275,42 +275,63 @@ impl Kind for SubscriptionKind {
     }
 
     async fn lookup(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+        Ok(self.listed(aws, urn, created_with).await?.0)
+    }
+
+    async fn lookup_created(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError> {
+        let (mut found, unconfirmed) = self.listed(aws, urn, created_with).await?;
+        if !unconfirmed {
+            return Ok(found);
+        }
+        // A subscription its endpoint has not confirmed (HTTP, email) is listed without
+        // its ARN, yet it may be the interrupted create's: left unfound, the create would
+        // be dropped, and once confirmed, the next create would refuse it as not Cairn's.
+        // Only subscribing again tells its ARN: AWS makes no second one, and sends the
+        // endpoint its confirmation request again.
+        let want = SubscriptionInputs::from_props(created_with)?;
+        let (topic, protocol, endpoint) = key(&want);
+        let answer = aws
+            .sns
+            .subscribe()
+            .topic_arn(topic)
+            .protocol(protocol)
+            .endpoint(endpoint)
+            .return_subscription_arn(true)
+            .set_attributes(Some(attributes(&want)))
+            .send()
+            .await;
+        let out = match answer {
+            Ok(out) => out,
+            // Unconfirmed with other attributes: not the create's. Or the topic is gone.
+            Err(e) if missing(&e, &["InvalidParameter: already exists", "NotFound"]) => return Ok(found),
+            Err(e) => return Err(aws_error("finding the unconfirmed subscription (Subscribe)", e, |c| hint(c, &want))),
+        };
+        if let Some(arn) = out.subscription_arn().filter(|a| a.starts_with("arn:") && !found.iter().any(|f| f.id == *a)) {
+            found.extend(self.read(aws, urn, arn, created_with).await?);
+        }
+        Ok(found)
+    }
+}
+
+impl SubscriptionKind {
+    /// The subscriptions of the topic by the protocol to the endpoint in `created_with`,
+    /// read; and whether the listing also shows one unconfirmed (no ARN).
+    async fn listed(&self, aws: &Clients, urn: &Urn, created_with: &Props) -> Result<(Vec<Observed>, bool), ProviderError> {
         let want = SubscriptionInputs::from_props(created_with)?;
         let (topic, protocol, endpoint) = key(&want);
         if topic.is_empty() || protocol.is_empty() || endpoint.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let mut found = Vec::new();
-        let mut pending = false;
+        let mut unconfirmed = false;
         for arn in subscribed(aws, topic, protocol, endpoint, &want).await? {
             if arn == PENDING {
-                pending = true;
+                unconfirmed = true;
             } else {
                 found.extend(self.read(aws, urn, &arn, created_with).await?);
             }
         }
-        // A subscription its endpoint has not confirmed (HTTP, email) is listed without
-        // its ARN, yet it is the create's doing all the same: left unfound, it would be
-        // dropped, and once confirmed, refused by the next create as not Cairn's. Only
-        // subscribing again tells its ARN; AWS makes no second one, and sends the
-        // endpoint its confirmation request again.
-        if pending {
-            let out = aws
-                .sns
-                .subscribe()
-                .topic_arn(topic)
-                .protocol(protocol)
-                .endpoint(endpoint)
-                .return_subscription_arn(true)
-                .set_attributes(Some(attributes(&want)))
-                .send()
-                .await
-                .map_err(|e| aws_error("finding the unconfirmed subscription", e, |c| hint(c, &want)))?;
-            if let Some(arn) = out.subscription_arn().filter(|a| a.starts_with("arn:") && !found.iter().any(|f| f.id == *a)) {
-                found.extend(self.read(aws, urn, arn, created_with).await?);
-            }
-        }
-        Ok(found)
+        Ok((found, unconfirmed))
     }
 }
 
