@@ -8,6 +8,8 @@
 //!   (reads are never faulted, so a test can always look at what really happened);
 //! - hold the n-th mutating call ([`FaultProxy::hold_nth_mutating`]) until the test
 //!   says whether it reaches the upstream, for tests that kill a client mid-call;
+//! - answer a call itself with an answer the test gives ([`FaultProxy::answer_instead`]),
+//!   for answers AWS gives and moto never does;
 //! - count calls and log the faults it injected ([`FaultProxy::stats`]).
 //!
 //! The proxy runs on its own thread with its own tokio runtime, so it keeps serving
@@ -345,9 +347,10 @@ impl FaultProxy {
     /// stead: the upstream never sees the call. For answers a real service gives and the
     /// local AWS never does, such as EC2's revoke that does not find a rule made a moment
     /// before (eventual consistency), or a read that does not show it yet. Each answer is
-    /// given once, in the order set. The call takes no part in the fault plan's count or
-    /// a hold's, and is never faulted.
-    pub fn answer_instead(&self, operation: &str, body: impl Into<String>) {
+    /// given once, in the order set. The call is counted ([`ProxyStats::calls`] and the
+    /// rest) and delayed by the plan's latency, but takes no part in the fault plan's
+    /// ordinals or a hold's count, and is never faulted.
+    pub fn answer_instead(&self, operation: &str, body: impl Into<Bytes>) {
         self.shared.state().answers.push((operation.to_owned(), body.into()));
     }
 
@@ -535,7 +538,7 @@ struct State {
     hold: Option<HoldSlot>,
     next_hold_id: u64,
     /// Answers to give in the upstream's stead, by operation, first set first.
-    answers: Vec<(String, String)>,
+    answers: Vec<(String, Bytes)>,
 }
 
 struct HoldSlot {
@@ -556,8 +559,8 @@ struct HeldCall {
 enum Verdict {
     Run { latency: Option<Duration>, fault: Option<Fault> },
     Hold(HeldCall),
-    /// Answer with this body, not forwarded.
-    Answer(String),
+    /// Answer with this body after the latency, not forwarded.
+    Answer { latency: Option<Duration>, body: Bytes },
 }
 
 impl Shared {
@@ -596,12 +599,13 @@ impl Shared {
         if call.retry {
             *state.stats.retries_by_operation.entry(call.operation.clone()).or_default() += 1;
         }
+        let latency = state.plan.latency;
         if let Some(at) = state.answers.iter().position(|(op, _)| *op == call.operation) {
             let (operation, body) = state.answers.remove(at);
             *state.stats.answered_instead.entry(operation).or_default() += 1;
-            return Verdict::Answer(body);
+            state.stats.mutating_calls += u64::from(call.mutating);
+            return Verdict::Answer { latency, body };
         }
-        let latency = state.plan.latency;
         if !call.mutating {
             return Verdict::Run { latency, fault: None };
         }
@@ -728,7 +732,12 @@ async fn run(
     let (latency, fault) = match verdict {
         Verdict::Run { latency, fault } => (latency, fault),
         Verdict::Hold(held) => return run_held(&shared, &parts, body, &call, held).await,
-        Verdict::Answer(text) => return Ok(answer_response(&call.protocol, text, &shared.request_id())),
+        Verdict::Answer { latency, body } => {
+            if let Some(latency) = latency {
+                tokio::time::sleep(latency).await;
+            }
+            return Ok(answer_response(&call.protocol, body, &shared.request_id()));
+        }
     };
     if let Some(latency) = latency {
         tokio::time::sleep(latency).await;
@@ -979,6 +988,18 @@ fn error_response(protocol: &Protocol, error: AwsError, request_id: &str) -> Res
             Some("InternalFailure;Receiver"),
         ),
     };
+    aws_response(protocol, status, content_type, body, request_id, query_error)
+}
+
+/// An answer as an AWS service shapes it for the call's protocol.
+fn aws_response(
+    protocol: &Protocol,
+    status: StatusCode,
+    content_type: HeaderValue,
+    body: Bytes,
+    request_id: &str,
+    query_error: Option<&'static str>,
+) -> Response<ProxyBody> {
     let mut response = Response::new(full_body(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -1040,18 +1061,13 @@ fn rest_xml_error(code: &str, message: &str, request_id: &str) -> String {
 }
 
 /// A successful answer with `body`, in the content type the call's protocol reads.
-fn answer_response(protocol: &Protocol, body: String, request_id: &str) -> Response<ProxyBody> {
+fn answer_response(protocol: &Protocol, body: Bytes, request_id: &str) -> Response<ProxyBody> {
     let content_type = match protocol {
         Protocol::Ec2Query | Protocol::AwsQuery | Protocol::RestXml => HeaderValue::from_static("text/xml"),
         Protocol::AwsJson { content_type, .. } => content_type.clone(),
         Protocol::RpcV2Cbor => HeaderValue::from_static("application/cbor"),
     };
-    let mut response = Response::new(full_body(body));
-    response.headers_mut().insert(CONTENT_TYPE, content_type);
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert("x-amzn-requestid", id);
-    }
-    response
+    aws_response(protocol, StatusCode::OK, content_type, body, request_id, None)
 }
 
 fn plain_response(status: StatusCode, text: String) -> Response<ProxyBody> {

@@ -338,6 +338,39 @@ fn a_seeded_plan_faults_the_same_calls_every_run() {
 }
 
 #[test]
+fn answers_given_instead_go_once_each_in_order_to_their_operation() {
+    let (upstream, proxy) = start();
+    let mut conn = Conn::open(&proxy);
+    proxy.set_plan(FaultPlan::always(Fault::Status500));
+    proxy.answer_instead("RevokeSecurityGroupEgress", "<first/>");
+    proxy.answer_instead("RevokeSecurityGroupEgress", "<second/>");
+    proxy.answer_instead("DescribeVpcs", "<vpcs/>");
+
+    // Matched by operation, first set first; a mutating call answered so is not faulted.
+    let read = conn.ec2("DescribeVpcs").unwrap();
+    assert_eq!((read.status, read.body.as_str(), read.header("content-type")), (200, "<vpcs/>", Some("text/xml")));
+    assert_eq!(conn.ec2("RevokeSecurityGroupEgress").unwrap().body, "<first/>");
+    assert_eq!(conn.ec2("RevokeSecurityGroupEgress").unwrap().body, "<second/>");
+    // None left: the plan's fault, its ordinal the first.
+    assert_eq!(conn.ec2("RevokeSecurityGroupEgress").unwrap().status, 500);
+    assert!(upstream.seen().is_empty(), "the upstream never saw a call");
+
+    let stats = proxy.stats();
+    assert_eq!((stats.calls, stats.mutating_calls), (4, 3));
+    assert_eq!(stats.answered_instead.values().sum::<u64>(), 3);
+    assert_eq!(stats.faulted.iter().map(|f| f.ordinal).collect::<Vec<_>>(), [0]);
+    // A JSON call is answered in its request's content type; unused answers are dropped.
+    proxy.set_plan(FaultPlan::none());
+    proxy.answer_instead("GetQueueUrl", r#"{"QueueUrl":"q"}"#);
+    let json = [("X-Amz-Target", "AmazonSQS.GetQueueUrl"), ("Content-Type", "application/x-amz-json-1.0")];
+    let answer = conn.send("POST", "/", &json, "{}").unwrap();
+    assert_eq!((answer.body.as_str(), answer.header("content-type")), (r#"{"QueueUrl":"q"}"#, Some("application/x-amz-json-1.0")));
+    proxy.answer_instead("DeleteVpc", "<never/>");
+    assert_eq!(proxy.clear_answers(), 1);
+    assert_eq!(conn.ec2("DeleteVpc").unwrap().body, "upstream saw POST / Action=DeleteVpc&Version=2016-11-15");
+}
+
+#[test]
 fn a_held_call_is_forwarded_on_release_and_its_client_gets_no_answer() {
     let (upstream, proxy) = start();
     let mut holder = proxy.hold_nth_mutating(2);

@@ -180,25 +180,33 @@ const ALL_OUT_UNKNOWN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
   </unknownIpPermissionSet>
 </RevokeSecurityGroupEgressResponse>"#;
 
-#[tokio::test]
-async fn a_revoke_that_finds_no_rule_is_not_taken_for_done() {
-    // Through the fault proxy, which answers the create's revoke of the all-out rule
-    // itself, as EC2 does when it does not see the rule yet: moto keeps the rule.
+/// A proxy in front of the local AWS, with the SDK configured to go through it, and a
+/// stack of one VPC and a group `locked` in it that allows no traffic out.
+async fn locked_through_proxy(stack: &str, cidr: &'static str) -> (FaultProxy, aws_sdk_ec2::Client, Stack<()>) {
     let proxy = FaultProxy::start(cairn_testkit::moto().endpoint());
     cairn_testkit::moto().configure_env();
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
-    let ec2 = aws_sdk_ec2::Client::new(&config);
-    let stack = Stack::<()>::new("ec2-sg-unrevoked").provider(cairn_aws::Provider::new(&config)).program(|cx, _| {
-        let vpc = cx.add(Vpc::new("net").cidr_block("10.29.0.0/16"));
+    let stack = Stack::<()>::new(stack).provider(cairn_aws::Provider::new(&config)).program(move |cx, _| {
+        let vpc = cx.add(Vpc::new("net").cidr_block(cidr));
         // No egress declared: no traffic out.
-        cx.add(SecurityGroup::new("locked").vpc_id(vpc.id()).ingress(Rule::tcp(443).from_cidr("10.29.0.0/16")));
+        cx.add(SecurityGroup::new("locked").vpc_id(vpc.id()).ingress(Rule::tcp(443).from_cidr(cidr)));
         Ok(())
     });
+    (proxy, aws_sdk_ec2::Client::new(&config), stack)
+}
+
+#[tokio::test]
+async fn a_revoke_that_finds_no_rule_is_not_taken_for_done() {
+    // The proxy answers the create's revoke of the all-out rule itself, as EC2 does when
+    // it does not see the rule yet: moto keeps the rule.
+    let (proxy, ec2, stack) = locked_through_proxy("ec2-sg-unrevoked", "10.29.0.0/16").await;
     proxy.answer_instead("RevokeSecurityGroupEgress", ALL_OUT_UNKNOWN);
     let mut session = stack.in_memory_session().await.unwrap();
     let report = session.up(&()).await.unwrap();
     assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
-    assert_eq!(proxy.stats().answered_instead.get("RevokeSecurityGroupEgress"), Some(&1), "the proxy answered the revoke");
+    let stats = proxy.stats();
+    assert_eq!(stats.answered_instead.get("RevokeSecurityGroupEgress"), Some(&1), "the proxy answered the first revoke");
+    assert_eq!(stats.by_operation.get("RevokeSecurityGroupEgress"), Some(&2), "and moto the second");
 
     // The create read the group again and revoked the rule for good: the group lets
     // nothing out, as declared and as state says.
@@ -207,6 +215,31 @@ async fn a_revoke_that_finds_no_rule_is_not_taken_for_done() {
     assert_eq!(rule_lines(g.ip_permissions_egress()), Vec::<String>::new(), "the all-out rule is gone");
     let recorded = report.state.resource(&Urn::new("ec2-sg-unrevoked", SG, "locked")).unwrap();
     assert_eq!(recorded.inputs.get("egress"), None, "state records no egress");
+    assert!(session.refresh().await.unwrap().drift.is_empty(), "no drift");
+    assert!(session.destroy().await.unwrap().succeeded());
+}
+
+/// When the second revoke does not find the rule either, the create does not claim
+/// the declared rules: its step fails with the group kept in state as AWS lists it,
+/// and the next `up` revokes the rule.
+#[tokio::test]
+async fn a_rule_that_will_not_go_fails_the_create_and_the_next_up_takes_it_away() {
+    let (proxy, ec2, stack) = locked_through_proxy("ec2-sg-unrevoked-twice", "10.28.0.0/16").await;
+    for _ in 0..2 {
+        proxy.answer_instead("RevokeSecurityGroupEgress", ALL_OUT_UNKNOWN);
+    }
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
+    let errors: Vec<String> = report.failures().filter_map(|s| s.status.error()).map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("did not come to the declared ones after two syncs") && errors[0].contains("kept in state"), "{}", errors[0]);
+    let locked = id_of(&report.state, SG, "locked");
+    assert_eq!(rule_lines(group(&ec2, &locked).await.unwrap().ip_permissions_egress()), ["-1 all 0.0.0.0/0"]);
+
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    assert_eq!(id_of(&report.state, SG, "locked"), locked, "the same group, set right");
+    assert_eq!(rule_lines(group(&ec2, &locked).await.unwrap().ip_permissions_egress()), Vec::<String>::new());
     assert!(session.refresh().await.unwrap().drift.is_empty(), "no drift");
     assert!(session.destroy().await.unwrap().succeeded());
 }
