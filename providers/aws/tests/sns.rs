@@ -439,19 +439,24 @@ async fn a_subscription_delivers_to_a_queue_changes_in_place_is_replaced_and_des
     assert!(sqs.get_queue_url().queue_name(inbox.rsplit('/').next().unwrap()).send().await.is_err());
 }
 
-/// An endpoint already subscribed outside Cairn is refused, not adopted: destroying the
-/// resource would otherwise remove that subscription.
-#[tokio::test]
-async fn an_endpoint_already_subscribed_outside_cairn_is_refused() {
-    let (provider, sns, _) = aws().await;
-    let stack = Stack::<bool>::new("sns-subscription-taken").provider(provider).program(|cx, subscribe| {
+/// A topic and a queue; S: whether the queue is subscribed to the topic.
+fn inbox_stack(stack: &str, aws: cairn_aws::Provider) -> Stack<bool> {
+    Stack::<bool>::new(stack).provider(aws).program(|cx, subscribe| {
         let topic = cx.add(Topic::new("events"));
         let queue = cx.add(Queue::new("inbox"));
         if *subscribe {
             cx.add(Subscription::new("to-queue").topic_arn(topic.arn()).protocol("sqs").endpoint(queue.arn()));
         }
         Ok(())
-    });
+    })
+}
+
+/// An endpoint already subscribed outside Cairn is refused, not adopted: destroying the
+/// resource would otherwise remove that subscription.
+#[tokio::test]
+async fn an_endpoint_already_subscribed_outside_cairn_is_refused() {
+    let (provider, sns, _) = aws().await;
+    let stack = inbox_stack("sns-subscription-taken", provider);
     let mut session = stack.in_memory_session().await.unwrap();
     let state = session.up(&false).await.unwrap().state;
     let topic_arn = id_of(&state, TOPIC, "events");
@@ -506,14 +511,7 @@ async fn a_lost_subscribe_still_unconfirmed_is_found_not_dropped() {
     // subscription as AWS does until its endpoint confirms (moto confirms at once).
     let proxy = cairn_testkit::FaultProxy::start(cairn_testkit::moto().endpoint());
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
-    let stack = Stack::<bool>::new("sns-unconfirmed").provider(cairn_aws::Provider::new(&config)).program(|cx, subscribe| {
-        let topic = cx.add(Topic::new("events"));
-        let queue = cx.add(Queue::new("inbox"));
-        if *subscribe {
-            cx.add(Subscription::new("to-queue").topic_arn(topic.arn()).protocol("sqs").endpoint(queue.arn()));
-        }
-        Ok(())
-    });
+    let stack = inbox_stack("sns-unconfirmed", cairn_aws::Provider::new(&config));
     let mut session = stack.in_memory_session().await.unwrap();
     let state = session.up(&false).await.unwrap().state;
     let topic_arn = id_of(&state, TOPIC, "events");

@@ -186,6 +186,18 @@ async fn subscribed(aws: &Clients, topic: &str, protocol: &str, endpoint: &str, 
     .await
 }
 
+/// A subscribe of `want`'s endpoint to its topic, answered with the subscription's ARN
+/// (even while unconfirmed).
+fn subscribe(sns: &aws_sdk_sns::Client, want: &SubscriptionInputs) -> aws_sdk_sns::operation::subscribe::builders::SubscribeFluentBuilder {
+    let (topic, protocol, endpoint) = key(want);
+    sns.subscribe()
+        .topic_arn(topic)
+        .protocol(protocol)
+        .endpoint(endpoint)
+        .return_subscription_arn(true)
+        .set_attributes(Some(attributes(want)))
+}
+
 /// The attributes a subscribe sends.
 fn attributes(want: &SubscriptionInputs) -> HashMap<String, String> {
     let mut a = HashMap::new();
@@ -211,15 +223,7 @@ impl Kind for SubscriptionKind {
         if let Some(arn) = subscribed(aws, topic, protocol, endpoint, &want).await?.into_iter().find(|a| a != PENDING) {
             return Err(taken(&want, Some(&arn)));
         }
-        let out = aws
-            .once
-            .sns
-            .subscribe()
-            .topic_arn(topic)
-            .protocol(protocol)
-            .endpoint(endpoint)
-            .return_subscription_arn(true)
-            .set_attributes(Some(attributes(&want)))
+        let out = subscribe(&aws.once.sns, &want)
             .send()
             .await
             .map_err(|e| {
@@ -289,17 +293,7 @@ impl Kind for SubscriptionKind {
         // Only subscribing again tells its ARN: AWS makes no second one, and sends the
         // endpoint its confirmation request again.
         let want = SubscriptionInputs::from_props(created_with)?;
-        let (topic, protocol, endpoint) = key(&want);
-        let answer = aws
-            .sns
-            .subscribe()
-            .topic_arn(topic)
-            .protocol(protocol)
-            .endpoint(endpoint)
-            .return_subscription_arn(true)
-            .set_attributes(Some(attributes(&want)))
-            .send()
-            .await;
+        let answer = subscribe(&aws.sns, &want).send().await;
         let out = match answer {
             Ok(out) => out,
             // Unconfirmed with other attributes: not the create's. Or the topic is gone.
