@@ -410,7 +410,8 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// interrupted; during a replacement the old and the new copy both match.
     /// `created_with` are the inputs the create was sent with (empty when not known): a
     /// resource type that carries no tags (a DNS record, a queue policy) finds itself
-    /// through them, by its parent and its key.
+    /// through them, by its parent and its key. Reads alone: previews call it without
+    /// the stack's lock (settling under the lock calls [`Provider::lookup_created`]).
     async fn lookup(&self, urn: &Urn, created_with: &Props) -> Result<Vec<Observed>, ProviderError>;
 
     /// [`Provider::lookup`], when the engine settles an interrupted create holding the

@@ -84,9 +84,11 @@ pub async fn resolve_pending(state: &StackState, providers: &Providers) -> Resul
 /// not found, a delete's resource still there), it waits the providers'
 /// [`landing_window`] and looks at those again, so that a late call is seen. The wait
 /// counts from now: the process's last call was sent before it lost the stack, however
-/// long it had retried.
+/// long it had retried. Call it holding the stack's lock: creates are looked for with
+/// [`lookup_created`], which may make calls of its own.
 ///
 /// [`landing_window`]: crate::Provider::landing_window
+/// [`lookup_created`]: crate::Provider::lookup_created
 pub async fn resolve_interrupted(state: &StackState, providers: &Providers) -> Result<(StackState, Vec<Recovery>)> {
     settle_late(state, providers, None).await
 }

@@ -292,6 +292,9 @@ impl cairn_sdk::Provider for ShownOnlyWhenAsked {
     fn package(&self) -> &str {
         self.cloud.package()
     }
+    fn landing_window(&self) -> Duration {
+        self.cloud.landing_window()
+    }
     async fn create(&self, urn: &Urn, inputs: &cairn_sdk::Props) -> Result<cairn_sdk::Observed, cairn_sdk::ProviderError> {
         self.cloud.create(urn, inputs).await
     }

@@ -524,12 +524,15 @@ impl Kind for SecurityGroupKind {
             if same(&got.ingress, &want.ingress) && same(&got.egress, &want.egress) {
                 return Ok(read);
             }
-            let revoked = sync_rules(aws, &id, &got, &want).await?;
+            // A read after a sync is trusted whatever its revokes answered: the group
+            // has the rules it shows.
+            let _ = sync_rules(aws, &id, &got, &want).await?;
             let read = self.read_created(aws, urn, &id, inputs).await?;
             let got = SecurityGroupInputs::from_props(&read.inputs)?;
-            if revoked == Revoked::NotAll || !same(&got.ingress, &want.ingress) || !same(&got.egress, &want.egress) {
-                // Not the declared rules, or not shown to be: the step fails with the
-                // group kept in state (`finish`), and the next run reads it and syncs again.
+            if !same(&got.ingress, &want.ingress) || !same(&got.egress, &want.egress) {
+                // Not the declared rules: the step fails with the group kept in state
+                // (`finish`), rather than succeed with rules the program did not declare,
+                // and the next run reads it and syncs again.
                 return Err(ProviderError::failed(format!(
                     "its rules did not come to the declared ones after two syncs: AWS lists ingress {}, egress {}",
                     serde_json::to_string(&canonical(got.ingress.as_deref())).unwrap_or_default(),

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use cairn_sdk::schema::Default;
-use cairn_sdk::{CheckFailure, Decl, Observed, Props, ProviderError, Urn};
+use cairn_sdk::{CheckFailure, Decl, ErrorKind, Observed, Props, ProviderError, Urn};
 use serde_json::Value;
 
 use crate::error::{aws_error, missing, no_hint, or_missing};
@@ -296,9 +296,14 @@ impl Kind for SubscriptionKind {
         let answer = subscribe(&aws.sns, &want).send().await;
         let out = match answer {
             Ok(out) => out,
-            // Unconfirmed with other attributes: not the create's. Or the topic is gone.
-            Err(e) if missing(&e, &["InvalidParameter: already exists", "NotFound"]) => return Ok(found),
-            Err(e) => return Err(aws_error("finding the unconfirmed subscription (Subscribe)", e, |c| hint(c, &want))),
+            // Refused (unconfirmed with other attributes: not the create's; the topic
+            // gone; not allowed): as before this look, nothing found, and the create
+            // planned again says why. Only an answer that may have done something fails
+            // the settling.
+            Err(e) => {
+                let e = aws_error("finding the unconfirmed subscription (Subscribe)", e, |c| hint(c, &want));
+                return if e.kind() == &ErrorKind::Failed { Ok(found) } else { Err(e) };
+            }
         };
         if let Some(arn) = out.subscription_arn().filter(|a| a.starts_with("arn:") && !found.iter().any(|f| f.id == *a)) {
             found.extend(self.read(aws, urn, arn, created_with).await?);
