@@ -539,6 +539,47 @@ async fn a_name_a_replacement_gives_up_is_taken_once_its_old_copy_is_deleted() {
     assert_cloud_is(&fake, &report.state, 2);
 }
 
+/// The same when the taker is itself replaced onto the name (a second rename in the
+/// same change): its new copy is created once the other's old copy is deleted.
+#[tokio::test(start_paused = true)]
+async fn a_replacement_onto_a_name_another_replacement_gives_up_waits_for_its_old_copy() {
+    static BUCKET: ResourceType =
+        ResourceType::new("test:misc:Bucket", &[Property::input("name").auto_name().forces_replacement()]);
+    let latency = Duration::from_millis(5);
+    let fake = provider().with_latency(latency);
+    // S: the names of `edge` (declared first) and `main`.
+    let stack = Stack::<(String, String)>::new("dev").provider(fake.clone()).program(|cx, (edge, main)| {
+        cx.add(DynamicResource::new(&BUCKET, "edge").set("name", edge.as_str()));
+        cx.add(DynamicResource::new(&BUCKET, "main").set("name", main.as_str()));
+        Ok(())
+    });
+    let names = |edge: &str, main: &str| (edge.to_owned(), main.to_owned());
+    let mut session = stack.in_memory_session().await.unwrap();
+    assert!(session.up(&names("edge", "shop")).await.unwrap().succeeded());
+
+    let plan = session.preview(&names("shop", "shop-v2")).unwrap();
+    let change = |name: &str| plan.changes.iter().find(|c| c.urn.name() == name && c.action != Action::Delete).unwrap();
+    assert_eq!((change("main").action, change("main").delete_before_replace), (Action::Replace, false));
+    assert_eq!((change("edge").action, change("edge").delete_before_replace), (Action::Replace, false));
+    assert_eq!(change("edge").after_delete, Some(Urn::new("dev", "test:misc:Bucket", "main")));
+    fake.clear_calls();
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    let calls = fake.calls();
+    let order = [pos(&calls, Op::Create, "main"), pos(&calls, Op::Delete, "main"), pos(&calls, Op::Create, "edge")];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
+    assert!(calls[order[2]].at >= calls[order[1]].at + latency, "created while the old copy was being deleted: {calls:?}");
+    assert_cloud_is(&fake, &report.state, 2);
+
+    // Two that swap names would each wait for the other: one wait is dropped (the
+    // race left as it was), and the plan applies.
+    let plan = session.preview(&names("shop-v2", "shop")).unwrap();
+    assert_eq!(plan.changes.iter().filter(|c| c.after_delete.is_some()).count(), 1, "{plan:?}");
+    let report = session.apply(&plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    assert_cloud_is(&fake, &report.state, 2);
+}
+
 /// The old name's delete fails, then its answer is lost: the create that waits for it
 /// is not made, the cloud holds what state says each time, and the next `up` finishes.
 #[tokio::test(start_paused = true)]

@@ -651,10 +651,11 @@ pub fn plan(graph: &Graph, state: &StackState, providers: &Providers, user_state
     Ok(plan)
 }
 
-/// Gives each create or update in `moved` that takes over what a replacement's old copy
-/// gives up (a queue given the name another queue is renamed away from) a wait for that
-/// copy's delete ([`Change::after_delete`]): made first, it would be answered with the
-/// old copy, or refused. Looked for once every node is planned, since the replaced
+/// Gives each create, update or replacement in `moved` that takes over what another
+/// replacement's old copy gives up (a queue given the name another queue is renamed away
+/// from) a wait for that copy's delete ([`Change::after_delete`]): made first, it would
+/// be answered with the old copy, or refused. A replacement's wait holds its new copy's
+/// create. Looked for once every node is planned, since the replaced
 /// resource may come after it in the order. `changes` are the nodes' changes, node `i`'s
 /// at `rank[i]`; answers the positions of those given one.
 fn wait_for_replaced(
@@ -678,7 +679,7 @@ fn wait_for_replaced(
         return given;
     }
     for &i in moved {
-        let Some(NodeStatus { action: Action::Create | Action::Update, planned: Some(planned), after_delete: None, .. }) = &statuses[i] else {
+        let Some(NodeStatus { action: Action::Create | Action::Update | Action::Replace, planned: Some(planned), after_delete: None, .. }) = &statuses[i] else {
             continue;
         };
         let node = &graph.nodes[i];
@@ -711,7 +712,8 @@ fn same_object_deleted<'a>(
         return None;
     }
     let mine = identity_values(ty, |name| planned.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))?;
-    deletes.iter().copied().find(|old| {
+    // Not its own old copy: a replacement that moves it off its identity gives that up.
+    deletes.iter().copied().filter(|old| old.urn != *urn).find(|old| {
         // Both sides hold the identity properties alone: any difference is one of them.
         let Some(theirs) = identity_values(ty, |name| old.inputs.get(name).map(|v| Planned::Known(Cow::Borrowed(v)))) else {
             return false;
