@@ -487,6 +487,24 @@ async fn a_resource_replaced_onto_a_renamed_declaration_goes_first_rather_than_w
     assert_eq!(fake.resources().len(), 2);
 }
 
+/// Applies `plan` through `fake` (whose calls take `latency`), checking that `edge` is
+/// created after `main`'s new copy, and only once the delete of `main`'s old copy ended.
+async fn apply_edge_after_mains_old_copy<S: serde::Serialize + serde::de::DeserializeOwned + Default + Send + Sync + 'static>(
+    session: &mut cairn_sdk::Session<S>,
+    plan: &cairn_sdk::Plan,
+    fake: &TestProvider,
+    latency: Duration,
+) {
+    fake.clear_calls();
+    let report = session.apply(plan).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.steps);
+    let calls = fake.calls();
+    let order = [pos(&calls, Op::Create, "main"), pos(&calls, Op::Delete, "main"), pos(&calls, Op::Create, "edge")];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
+    assert!(calls[order[2]].at >= calls[order[1]].at + latency, "created while the old copy was being deleted: {calls:?}");
+    assert_cloud_is(fake, &report.state, 2);
+}
+
 /// A name a replacement gives up (its resource renamed create-before-delete), taken by
 /// another declaration in the same plan: the taker waits for the old copy's delete,
 /// though it comes first in the order. Where that wait would close a loop (the
@@ -518,14 +536,7 @@ async fn a_name_a_replacement_gives_up_is_taken_once_its_old_copy_is_deleted() {
     assert_eq!((main.action, main.delete_before_replace), (Action::Replace, false));
     let edge = plan.changes.iter().find(|c| c.urn.name() == "edge").unwrap();
     assert_eq!(edge.after_delete, Some(Urn::new("dev", "test:misc:Bucket", "main")));
-    fake.clear_calls();
-    let report = session.apply(&plan).await.unwrap();
-    assert!(report.succeeded(), "{:?}", report.steps);
-    let calls = fake.calls();
-    let order = [pos(&calls, Op::Create, "main"), pos(&calls, Op::Delete, "main"), pos(&calls, Op::Create, "edge")];
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
-    assert!(calls[order[2]].at >= calls[order[1]].at + latency, "created while the old copy was being deleted: {calls:?}");
-    assert_cloud_is(&fake, &report.state, 2);
+    apply_edge_after_mains_old_copy(&mut session, &plan, &fake, latency).await;
 
     // The new copy reads the taker: the taker cannot wait for the old copy's delete.
     let fake = provider().with_latency(latency);
@@ -562,14 +573,7 @@ async fn a_replacement_onto_a_name_another_replacement_gives_up_waits_for_its_ol
     assert_eq!((change("main").action, change("main").delete_before_replace), (Action::Replace, false));
     assert_eq!((change("edge").action, change("edge").delete_before_replace), (Action::Replace, false));
     assert_eq!(change("edge").after_delete, Some(Urn::new("dev", "test:misc:Bucket", "main")));
-    fake.clear_calls();
-    let report = session.apply(&plan).await.unwrap();
-    assert!(report.succeeded(), "{:?}", report.steps);
-    let calls = fake.calls();
-    let order = [pos(&calls, Op::Create, "main"), pos(&calls, Op::Delete, "main"), pos(&calls, Op::Create, "edge")];
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
-    assert!(calls[order[2]].at >= calls[order[1]].at + latency, "created while the old copy was being deleted: {calls:?}");
-    assert_cloud_is(&fake, &report.state, 2);
+    apply_edge_after_mains_old_copy(&mut session, &plan, &fake, latency).await;
 
     // Two that swap names would each wait for the other: the wait of the one later in
     // the order is dropped (that one's create races as before), and the plan applies.
