@@ -10,6 +10,7 @@
 //!   says whether it reaches the upstream, for tests that kill a client mid-call;
 //! - answer a call itself with an answer the test gives ([`FaultProxy::answer_instead`]),
 //!   for answers AWS gives and moto never does;
+//! - inject a fault into the next call of one operation ([`FaultProxy::fault_next`]);
 //! - count calls and log the faults it injected ([`FaultProxy::stats`]).
 //!
 //! The proxy runs on its own thread with its own tokio runtime, so it keeps serving
@@ -216,7 +217,7 @@ impl ProxyStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultedCall {
     /// The call's ordinal among the mutating calls since the plan was set (from 0): the
-    /// index the plan's seed decided on.
+    /// index the plan's seed decided on, or that a [`FaultProxy::fault_next`] took over.
     pub ordinal: u64,
     /// The AWS action (`CreateVpc`), or the HTTP method for REST calls (`PUT`).
     pub action: String,
@@ -351,13 +352,35 @@ impl FaultProxy {
     /// rest) and delayed by the plan's latency, but takes no part in the fault plan's
     /// ordinals or a hold's count, and is never faulted.
     pub fn answer_instead(&self, operation: &str, body: impl Into<Bytes>) {
-        self.shared.state().answers.push((operation.to_owned(), body.into()));
+        self.answer_instead_with_status(operation, 200, body);
     }
 
-    /// Drops the answers set with [`FaultProxy::answer_instead`] and not given yet;
-    /// returns how many there were.
+    /// [`FaultProxy::answer_instead`] with another HTTP status: an error answer AWS gives
+    /// and the local AWS does not, its body shaped by the test for the call's protocol
+    /// (for EC2, `<Response><Errors><Error><Code>...`).
+    ///
+    /// # Panics
+    /// If `status` is not an HTTP status code.
+    pub fn answer_instead_with_status(&self, operation: &str, status: u16, body: impl Into<Bytes>) {
+        let status = StatusCode::from_u16(status).expect("an HTTP status code");
+        self.shared.state().instead.push((operation.to_owned(), Instead::Answer(status, body.into())));
+    }
+
+    /// Injects `fault` into the next call of `operation`, whatever the plan says: to lose
+    /// the answer of one chosen write ([`Fault::LostAnswer`]) without counting calls to
+    /// find its ordinal. Given once, in the order set, together with the answers of
+    /// [`FaultProxy::answer_instead`]. A mutating call keeps its place in the plan's
+    /// ordinals (the plan's own fate for that ordinal is not drawn), takes no part in a
+    /// hold's count, and is logged as any fault is ([`ProxyStats::faulted`]); a read can
+    /// be faulted so too, and is logged with the ordinal the next mutating call will get.
+    pub fn fault_next(&self, operation: &str, fault: Fault) {
+        self.shared.state().instead.push((operation.to_owned(), Instead::Fault(fault)));
+    }
+
+    /// Drops the answers set with [`FaultProxy::answer_instead`] and the faults set with
+    /// [`FaultProxy::fault_next`] not given yet; returns how many there were.
     pub fn clear_answers(&self) -> usize {
-        std::mem::take(&mut self.shared.state().answers).len()
+        std::mem::take(&mut self.shared.state().instead).len()
     }
 
     /// The counts and the log of faults since the start or the last [`FaultProxy::reset_stats`].
@@ -537,8 +560,14 @@ struct State {
     stats: ProxyStats,
     hold: Option<HoldSlot>,
     next_hold_id: u64,
-    /// Answers to give in the upstream's stead, by operation, first set first.
-    answers: Vec<(String, Bytes)>,
+    /// What to do in the plan's stead with the next call of an operation, first set first.
+    instead: Vec<(String, Instead)>,
+}
+
+/// What [`FaultProxy::answer_instead`] and [`FaultProxy::fault_next`] set for one call.
+enum Instead {
+    Answer(StatusCode, Bytes),
+    Fault(Fault),
 }
 
 struct HoldSlot {
@@ -560,7 +589,7 @@ enum Verdict {
     Run { latency: Option<Duration>, fault: Option<Fault> },
     Hold(HeldCall),
     /// Answer with this body after the latency, not forwarded.
-    Answer { latency: Option<Duration>, body: Bytes },
+    Answer { latency: Option<Duration>, status: StatusCode, body: Bytes },
 }
 
 impl Shared {
@@ -579,7 +608,7 @@ impl Shared {
                 stats: ProxyStats::default(),
                 hold: None,
                 next_hold_id: 0,
-                answers: Vec::new(),
+                instead: Vec::new(),
             }),
             next_request_id: AtomicU64::new(1),
         }
@@ -600,18 +629,27 @@ impl Shared {
             *state.stats.retries_by_operation.entry(call.operation.clone()).or_default() += 1;
         }
         let latency = state.plan.latency;
-        if let Some(at) = state.answers.iter().position(|(op, _)| *op == call.operation) {
-            let (operation, body) = state.answers.remove(at);
-            *state.stats.answered_instead.entry(operation).or_default() += 1;
-            state.stats.mutating_calls += u64::from(call.mutating);
-            return Verdict::Answer { latency, body };
-        }
-        if !call.mutating {
+        let instead = state.instead.iter().position(|(op, _)| *op == call.operation).map(|at| state.instead.remove(at).1);
+        let one_fault = match instead {
+            Some(Instead::Answer(status, body)) => {
+                *state.stats.answered_instead.entry(call.operation.clone()).or_default() += 1;
+                state.stats.mutating_calls += u64::from(call.mutating);
+                return Verdict::Answer { latency, status, body };
+            }
+            Some(Instead::Fault(fault)) => Some(fault),
+            None => None,
+        };
+        if !call.mutating && one_fault.is_none() {
             return Verdict::Run { latency, fault: None };
         }
-        state.stats.mutating_calls += 1;
+        state.stats.mutating_calls += u64::from(call.mutating);
         let ordinal = state.mutating_since_plan;
-        state.mutating_since_plan += 1;
+        state.mutating_since_plan += u64::from(call.mutating);
+        if let Some(fault) = one_fault {
+            *state.stats.faults.entry(fault).or_default() += 1;
+            state.stats.faulted.push(FaultedCall { ordinal, action: call.action.clone(), fault });
+            return Verdict::Run { latency, fault: Some(fault) };
+        }
 
         if let Some(slot) = state.hold.as_mut() {
             slot.remaining -= 1;
@@ -732,11 +770,11 @@ async fn run(
     let (latency, fault) = match verdict {
         Verdict::Run { latency, fault } => (latency, fault),
         Verdict::Hold(held) => return run_held(&shared, &parts, body, &call, held).await,
-        Verdict::Answer { latency, body } => {
+        Verdict::Answer { latency, status, body } => {
             if let Some(latency) = latency {
                 tokio::time::sleep(latency).await;
             }
-            return Ok(answer_response(&call.protocol, body, &shared.request_id()));
+            return Ok(answer_response(&call.protocol, status, body, &shared.request_id()));
         }
     };
     if let Some(latency) = latency {
@@ -1061,13 +1099,13 @@ fn rest_xml_error(code: &str, message: &str, request_id: &str) -> String {
 }
 
 /// A successful answer with `body`, in the content type the call's protocol reads.
-fn answer_response(protocol: &Protocol, body: Bytes, request_id: &str) -> Response<ProxyBody> {
+fn answer_response(protocol: &Protocol, status: StatusCode, body: Bytes, request_id: &str) -> Response<ProxyBody> {
     let content_type = match protocol {
         Protocol::Ec2Query | Protocol::AwsQuery | Protocol::RestXml => HeaderValue::from_static("text/xml"),
         Protocol::AwsJson { content_type, .. } => content_type.clone(),
         Protocol::RpcV2Cbor => HeaderValue::from_static("application/cbor"),
     };
-    aws_response(protocol, StatusCode::OK, content_type, body, request_id, None)
+    aws_response(protocol, status, content_type, body, request_id, None)
 }
 
 fn plain_response(status: StatusCode, text: String) -> Response<ProxyBody> {

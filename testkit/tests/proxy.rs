@@ -365,9 +365,42 @@ fn answers_given_instead_go_once_each_in_order_to_their_operation() {
     let json = [("X-Amz-Target", "AmazonSQS.GetQueueUrl"), ("Content-Type", "application/x-amz-json-1.0")];
     let answer = conn.send("POST", "/", &json, "{}").unwrap();
     assert_eq!((answer.body.as_str(), answer.header("content-type")), (r#"{"QueueUrl":"q"}"#, Some("application/x-amz-json-1.0")));
+    // An error answer, with its status.
+    proxy.answer_instead_with_status("CreateVpc", 400, "<Response><Errors/></Response>");
+    let refused = conn.ec2("CreateVpc").unwrap();
+    assert_eq!((refused.status, refused.body.as_str()), (400, "<Response><Errors/></Response>"));
     proxy.answer_instead("DeleteVpc", "<never/>");
     assert_eq!(proxy.clear_answers(), 1);
     assert_eq!(conn.ec2("DeleteVpc").unwrap().body, "upstream saw POST / Action=DeleteVpc&Version=2016-11-15");
+}
+
+#[test]
+fn a_fault_set_for_an_operation_hits_its_next_call_once_in_the_plans_place() {
+    let (upstream, proxy) = start();
+    proxy.fault_next("CreateVpc", Fault::LostAnswer);
+    proxy.fault_next("DescribeVpcs", Fault::Throttle);
+
+    let mut conn = Conn::open(&proxy);
+    assert_eq!(conn.ec2("DeleteVpc").unwrap().status, 200, "another operation goes through");
+    assert_eq!(conn.ec2("DescribeVpcs").unwrap().status, 503, "a read can be faulted so too");
+    assert_eq!(conn.ec2("DescribeVpcs").unwrap().status, 200, "once");
+    // Forwarded, and its answer lost.
+    assert_dropped(Conn::open(&proxy).ec2("CreateVpc"));
+    assert_eq!(Conn::open(&proxy).ec2("CreateVpc").unwrap().status, 200);
+
+    let seen: Vec<String> = upstream.seen().into_iter().map(|s| s.body).collect();
+    let form = |action: &str| format!("Action={action}&Version=2016-11-15");
+    assert_eq!(seen, [form("DeleteVpc"), form("DescribeVpcs"), form("CreateVpc"), form("CreateVpc")]);
+    let stats = proxy.stats();
+    let faulted: Vec<(u64, &str, Fault)> = stats.faulted.iter().map(|f| (f.ordinal, f.action.as_str(), f.fault)).collect();
+    // The write keeps its ordinal among the writes; the read is logged with the next one.
+    assert_eq!(faulted, [(1, "DescribeVpcs", Fault::Throttle), (1, "CreateVpc", Fault::LostAnswer)]);
+    assert_eq!((stats.calls, stats.mutating_calls), (5, 3));
+
+    // Set and not given: dropped with the answers.
+    proxy.fault_next("DeleteVpc", Fault::Status500);
+    assert_eq!(proxy.clear_answers(), 1);
+    assert_eq!(conn.ec2("DeleteVpc").unwrap().status, 200);
 }
 
 #[test]
