@@ -3,7 +3,7 @@
 use aws_sdk_ec2::types::{Filter, IpPermission, SecurityGroup as AwsGroup};
 use cairn_aws::ec2::{Rule, SecurityGroup, Vpc, SECURITY_GROUP};
 use cairn_sdk::{Action, DynamicResource, Provider as _, Stack, StackState, Urn};
-use cairn_testkit::FaultProxy;
+use cairn_testkit::{Fault, FaultProxy};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -181,15 +181,16 @@ const ALL_OUT_UNKNOWN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 </RevokeSecurityGroupEgressResponse>"#;
 
 /// A proxy in front of the local AWS, with the SDK configured to go through it, and a
-/// stack of one VPC and a group `locked` in it that allows no traffic out.
-async fn locked_through_proxy(stack: &str, cidr: &'static str) -> (FaultProxy, aws_sdk_ec2::Client, Stack<()>) {
+/// stack of one VPC and a group `locked` in it that lets in TCP on `ports` from the VPC
+/// and allows no traffic out.
+async fn locked_through_proxy(stack: &str, cidr: &'static str, ports: &'static [u16]) -> (FaultProxy, aws_sdk_ec2::Client, Stack<()>) {
     let proxy = FaultProxy::start(cairn_testkit::moto().endpoint());
     cairn_testkit::moto().configure_env();
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
     let stack = Stack::<()>::new(stack).provider(cairn_aws::Provider::new(&config)).program(move |cx, _| {
         let vpc = cx.add(Vpc::new("net").cidr_block(cidr));
         // No egress declared: no traffic out.
-        cx.add(SecurityGroup::new("locked").vpc_id(vpc.id()).ingress(Rule::tcp(443).from_cidr(cidr)));
+        cx.add(SecurityGroup::new("locked").vpc_id(vpc.id()).ingress_rules(ports.iter().map(|&p| Rule::tcp(p).from_cidr(cidr))));
         Ok(())
     });
     (proxy, aws_sdk_ec2::Client::new(&config), stack)
@@ -199,7 +200,7 @@ async fn locked_through_proxy(stack: &str, cidr: &'static str) -> (FaultProxy, a
 async fn a_revoke_that_finds_no_rule_is_not_taken_for_done() {
     // The proxy answers the create's revoke of the all-out rule itself, as EC2 does when
     // it does not see the rule yet: moto keeps the rule.
-    let (proxy, ec2, stack) = locked_through_proxy("ec2-sg-unrevoked", "10.29.0.0/16").await;
+    let (proxy, ec2, stack) = locked_through_proxy("ec2-sg-unrevoked", "10.29.0.0/16", &[443]).await;
     proxy.answer_instead("RevokeSecurityGroupEgress", ALL_OUT_UNKNOWN);
     let mut session = stack.in_memory_session().await.unwrap();
     let report = session.up(&()).await.unwrap();
@@ -224,7 +225,7 @@ async fn a_revoke_that_finds_no_rule_is_not_taken_for_done() {
 /// and the next `up` revokes the rule.
 #[tokio::test]
 async fn a_rule_that_will_not_go_fails_the_create_and_the_next_up_takes_it_away() {
-    let (proxy, ec2, stack) = locked_through_proxy("ec2-sg-unrevoked-twice", "10.28.0.0/16").await;
+    let (proxy, ec2, stack) = locked_through_proxy("ec2-sg-unrevoked-twice", "10.28.0.0/16", &[443]).await;
     for _ in 0..2 {
         proxy.answer_instead("RevokeSecurityGroupEgress", ALL_OUT_UNKNOWN);
     }
@@ -241,6 +242,28 @@ async fn a_rule_that_will_not_go_fails_the_create_and_the_next_up_takes_it_away(
     assert_eq!(id_of(&report.state, SG, "locked"), locked, "the same group, set right");
     assert_eq!(rule_lines(group(&ec2, &locked).await.unwrap().ip_permissions_egress()), Vec::<String>::new());
     assert!(session.refresh().await.unwrap().drift.is_empty(), "no drift");
+    assert!(session.destroy().await.unwrap().succeeded());
+}
+
+/// An add whose answer was lost took effect: the SDK sends it again, and EC2 refuses the
+/// whole batch as the group has its rules. Taken for done, rule by rule.
+#[tokio::test]
+async fn an_add_whose_answer_was_lost_is_taken_for_done() {
+    let (proxy, ec2, stack) = locked_through_proxy("ec2-sg-lost-add", "10.27.0.0/16", &[443, 8443]).await;
+    proxy.fault_next("AuthorizeSecurityGroupIngress", Fault::LostAnswer);
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let stats = proxy.stats();
+    assert_eq!(stats.faults_of(Fault::LostAnswer), 1);
+    assert_eq!(stats.retries_by_operation.get("AuthorizeSecurityGroupIngress"), Some(&1), "the SDK sent the batch again");
+    assert_eq!(stats.by_operation.get("AuthorizeSecurityGroupIngress"), Some(&4), "the batch twice, then each rule");
+
+    let locked = id_of(&report.state, SG, "locked");
+    let g = group(&ec2, &locked).await.unwrap();
+    assert_eq!(rule_lines(g.ip_permissions()), ["tcp 443-443 10.27.0.0/16", "tcp 8443-8443 10.27.0.0/16"]);
+    assert_eq!(rule_lines(g.ip_permissions_egress()), Vec::<String>::new());
+    assert!(session.refresh().await.unwrap().drift.is_empty(), "state says what the group has");
     assert!(session.destroy().await.unwrap().succeeded());
 }
 

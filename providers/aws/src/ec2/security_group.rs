@@ -11,6 +11,9 @@
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range, PrefixListId, ResourceType as Ec2Type, UserIdGroupPair};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use cairn_sdk::provider::{DiffRequest, DiffResult};
 use cairn_sdk::schema::Default;
 use cairn_sdk::{CheckFailure, Decl, Input, Observed, Prop, Props, ProviderError, Tags, Urn};
@@ -20,7 +23,7 @@ use serde_json::Value;
 use super::{
     canonical, declared_items, is_ipv4_network, list_of_objects, observed_tags, retag, set_diff, set_items, tag_spec, tagged_with, urn_filter,
 };
-use crate::error::{aws_error, no_hint, or_missing};
+use crate::error::{aws_error, code, no_hint, or_missing};
 use crate::kind::{finish, read_each, Clients, Kind};
 
 cairn_sdk::resource! {
@@ -440,15 +443,17 @@ async fn sync_rules(aws: &Clients, id: &str, current: &SecurityGroupInputs, desi
         let remove: Vec<IpPermission> = have.iter().filter(|r| !want.contains(r)).map(|r| permission(r, id)).collect();
         let ingress = key == "ingress";
         let hints = |c: &str| hint(c, desired);
-        if !add.is_empty() {
-            let action = format!("adding {key} rules");
-            if ingress {
-                let req = aws.ec2.authorize_security_group_ingress().group_id(id).set_ip_permissions(Some(add));
-                req.send().await.map_err(|e| aws_error(&action, e, hints))?;
-            } else {
-                let req = aws.ec2.authorize_security_group_egress().group_id(id).set_ip_permissions(Some(add));
-                req.send().await.map_err(|e| aws_error(&action, e, hints))?;
+        let action = format!("adding {key} rules");
+        if add.len() > 1 && !authorize(aws, id, ingress, add.clone(), &action, hints).await? {
+            // EC2 adds a batch whole or not at all, and refuses it whole if the group has
+            // one of its rules already: the SDK sent it again after its answer was lost,
+            // or a read lagging behind an earlier add left the rule out of `have`. One
+            // at a time, a rule the group has counts as added.
+            for rule in add {
+                authorize(aws, id, ingress, vec![rule], &action, hints).await?;
             }
+        } else if add.len() == 1 {
+            authorize(aws, id, ingress, add, &action, hints).await?;
         }
         if !remove.is_empty() {
             let action = format!("removing {key} rules");
@@ -467,6 +472,33 @@ async fn sync_rules(aws: &Clients, id: &str, current: &SecurityGroupInputs, desi
         }
     }
     Ok(revoked)
+}
+
+/// Adds `rules` to the group's ingress (or egress) in one call. `Ok(false)`: EC2 refused
+/// them all as the group has one of them already (`InvalidPermission.Duplicate`).
+async fn authorize(
+    aws: &Clients,
+    id: &str,
+    ingress: bool,
+    rules: Vec<IpPermission>,
+    action: &str,
+    hints: impl Fn(&str) -> Option<String>,
+) -> Result<bool, ProviderError> {
+    fn added<T, E>(answer: Result<T, SdkError<E, HttpResponse>>, action: &str, hints: impl Fn(&str) -> Option<String>) -> Result<bool, ProviderError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match answer {
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some("InvalidPermission.Duplicate") => Ok(false),
+            Err(e) => Err(aws_error(action, e, hints)),
+        }
+    }
+    if ingress {
+        added(aws.ec2.authorize_security_group_ingress().group_id(id).set_ip_permissions(Some(rules)).send().await, action, hints)
+    } else {
+        added(aws.ec2.authorize_security_group_egress().group_id(id).set_ip_permissions(Some(rules)).send().await, action, hints)
+    }
 }
 
 #[async_trait]
