@@ -277,6 +277,40 @@ async fn a_subnet_moves_between_route_tables_of_the_stack_in_one_apply() {
     assert!(session.destroy().await.unwrap().succeeded());
 }
 
+/// EC2's answer to associating a subnet that has a route table already (the local AWS
+/// answers with the association made before).
+const ALREADY_ASSOCIATED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Response><Errors><Error><Code>Resource.AlreadyAssociated</Code><Message>the specified association for route table conflicts with an existing association</Message></Error></Errors><RequestID>59dbff89-35bd-4eac-99ed-be587EXAMPLE</RequestID></Response>"#;
+
+/// An association whose answer was lost: the SDK sends it again, and EC2 refuses it as
+/// the subnet has a table, the one the first attempt gave it. Taken for done.
+#[tokio::test]
+async fn an_association_whose_answer_was_lost_is_taken_for_done() {
+    use cairn_testkit::{Fault, FaultProxy};
+    let proxy = FaultProxy::start(cairn_testkit::moto().endpoint());
+    cairn_testkit::moto().configure_env();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(proxy.endpoint()).load().await;
+    let stack = Stack::<()>::new("ec2-rt-lost-association").provider(cairn_aws::Provider::new(&config)).program(|cx, _| {
+        let vpc = cx.add(Vpc::new("net").cidr_block("10.34.0.0/16"));
+        let s = cx.add(Subnet::new("s").vpc_id(vpc.id()).cidr_block("10.34.1.0/24").availability_zone("us-east-1a"));
+        cx.add(RouteTable::new("t").vpc_id(vpc.id()).subnet_id(s.id()));
+        Ok(())
+    });
+    proxy.fault_next("AssociateRouteTable", Fault::LostAnswer);
+    proxy.answer_instead_with_status("AssociateRouteTable", 400, ALREADY_ASSOCIATED);
+    let mut session = stack.in_memory_session().await.unwrap();
+    let report = session.up(&()).await.unwrap();
+    assert!(report.succeeded(), "{:?}", report.failures().collect::<Vec<_>>());
+    let stats = proxy.stats();
+    assert_eq!((stats.faults_of(Fault::LostAnswer), stats.answered_instead.get("AssociateRouteTable")), (1, Some(&1)), "the retry was refused");
+
+    let ec2 = aws_sdk_ec2::Client::new(&config);
+    let (t, s) = (id_of(&report.state, RT, "t"), id_of(&report.state, "aws:ec2:Subnet", "s"));
+    assert_eq!(subnets(&table(&ec2, &t).await.unwrap()), [s.as_str()]);
+    assert!(session.refresh().await.unwrap().drift.is_empty(), "state says what the table has");
+    assert!(session.destroy().await.unwrap().succeeded());
+}
+
 #[test]
 fn bad_routes_are_refused_before_any_call() {
     let stack = Stack::<()>::new("ec2-rt-checks").program(|cx, _| {

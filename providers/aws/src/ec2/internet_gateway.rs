@@ -9,7 +9,7 @@ use cairn_sdk::{Observed, Props, ProviderError, Tags, Urn};
 use serde_json::Value;
 
 use super::{observed_tags, retag, tag_spec, tagged_with, urn_filter};
-use crate::error::{aws_error, missing, or_missing};
+use crate::error::{aws_error, code, missing, or_missing};
 use crate::kind::{finish, read_each, Clients, Kind};
 
 cairn_sdk::resource! {
@@ -53,14 +53,18 @@ fn hint(code: &str) -> Option<String> {
 }
 
 async fn attach(aws: &Clients, id: &str, vpc: &str) -> Result<(), ProviderError> {
-    aws.ec2
-        .attach_internet_gateway()
-        .internet_gateway_id(id)
-        .vpc_id(vpc)
-        .send()
-        .await
-        .map_err(|e| aws_error("attaching the gateway to its VPC", e, hint))?;
-    Ok(())
+    let Err(e) = aws.ec2.attach_internet_gateway().internet_gateway_id(id).vpc_id(vpc).send().await else { return Ok(()) };
+    // Refused as attached already: the SDK sent the attach again after its answer was
+    // lost, and the first one did it. Unless the VPC has another gateway.
+    if code(&e) == Some("Resource.AlreadyAssociated") {
+        let answer = aws.ec2.describe_internet_gateways().internet_gateway_ids(id).send().await;
+        let gateway = or_missing(answer, MISSING, "reading the internet gateway", hint)?;
+        let attachments = gateway.iter().flat_map(|out| out.internet_gateways()).flat_map(|g| g.attachments());
+        if attachments.into_iter().any(|a| a.vpc_id() == Some(vpc)) {
+            return Ok(());
+        }
+    }
+    Err(aws_error("attaching the gateway to its VPC", e, hint))
 }
 
 async fn detach(aws: &Clients, id: &str, vpc: &str) -> Result<(), ProviderError> {

@@ -222,7 +222,6 @@ fn hint(code: &str) -> Option<String> {
             Some("a route's NAT gateway does not exist (was it deleted outside Cairn? run refresh)".to_owned())
         }
         "InvalidSubnetID.NotFound" => Some("a subnet to associate does not exist (was it deleted outside Cairn? run refresh)".to_owned()),
-        "RouteAlreadyExists" => Some("a route to that destination was added outside Cairn meanwhile; run again".to_owned()),
         "RouteLimitExceeded" => Some("the table has more routes than AWS allows (50 by default); remove some or ask AWS for more".to_owned()),
         "RouteTableLimitExceeded" => {
             Some("the VPC's route table quota (200 by default) is used up; delete unused tables or ask AWS for more".to_owned())
@@ -310,6 +309,13 @@ macro_rules! with_target {
     }};
 }
 
+/// Points the table's route to `dest` at `route`'s target.
+async fn replace_route(aws: &Clients, id: &str, dest: &str, route: &RouteEntry) -> Result<(), ProviderError> {
+    let req = aws.ec2.replace_route().route_table_id(id).destination_cidr_block(dest);
+    with_target!(req, route).send().await.map_err(|e| aws_error(&format!("changing the route to {dest}"), e, hint))?;
+    Ok(())
+}
+
 /// Brings the table's routes and associations to `desired`, from `current` (what AWS
 /// just answered) or else from what AWS has now.
 async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &RouteTableInputs, current: Option<AwsRouteTable>) -> Result<(), ProviderError> {
@@ -324,12 +330,16 @@ async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &RouteTableInputs, cu
         match have.get(dest) {
             None => {
                 let req = aws.ec2.create_route().route_table_id(id).destination_cidr_block(dest);
-                with_target!(req, route).send().await.map_err(|e| aws_error(&format!("adding the route to {dest}"), e, hint))?;
+                match with_target!(req, route).send().await {
+                    Ok(_) => {}
+                    // The table has a route there now: the SDK sent the create again after
+                    // its answer was lost, or one was added meanwhile. Pointed at the
+                    // declared target, whichever it was.
+                    Err(e) if code(&e) == Some("RouteAlreadyExists") => replace_route(aws, id, dest, route).await?,
+                    Err(e) => return Err(aws_error(&format!("adding the route to {dest}"), e, hint)),
+                }
             }
-            Some(current) if current != route => {
-                let req = aws.ec2.replace_route().route_table_id(id).destination_cidr_block(dest);
-                with_target!(req, route).send().await.map_err(|e| aws_error(&format!("changing the route to {dest}"), e, hint))?;
-            }
+            Some(current) if current != route => replace_route(aws, id, dest, route).await?,
             Some(_) => {}
         }
     }
@@ -354,21 +364,17 @@ async fn sync(aws: &Clients, urn: &Urn, id: &str, desired: &RouteTableInputs, cu
 /// table outside the stack keeps it, and the step fails saying so. Cairn looks before
 /// associating because moto, unlike AWS, answers a second association with the first.
 async fn associate(aws: &Clients, urn: &Urn, id: &str, subnet: &str) -> Result<(), ProviderError> {
-    let filter = Filter::builder().name("association.subnet-id").values(subnet).build();
-    let out = aws
-        .ec2
-        .describe_route_tables()
-        .filters(filter)
-        .send()
-        .await
-        .map_err(|e| aws_error(&format!("finding the route table of subnet {subnet}"), e, hint))?;
-    let current = out.route_tables().iter().find_map(|rt| Some((rt, associations(rt).remove(subnet)?)));
-    let Some((other, association)) = current else {
+    let Some((other, association)) = table_of(aws, subnet).await? else {
         return match aws.ec2.associate_route_table().route_table_id(id).subnet_id(subnet).send().await {
             Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("Resource.AlreadyAssociated") => Err(ProviderError::failed(format!(
-                "subnet {subnet} was associated with another route table meanwhile; a subnet has one route table: run again"
+            // Associated already: with this table if the SDK sent the association again
+            // after its answer was lost.
+            Err(e) if code(&e) == Some("Resource.AlreadyAssociated") => match table_of(aws, subnet).await? {
+                Some((table, _)) if table.route_table_id() == Some(id) => Ok(()),
+                _ => Err(ProviderError::failed(format!(
+                    "subnet {subnet} was associated with another route table meanwhile; a subnet has one route table: run again"
                 ))),
+            },
             Err(e) => Err(aws_error(&format!("associating subnet {subnet}"), e, hint)),
         };
     };
@@ -390,6 +396,19 @@ async fn associate(aws: &Clients, urn: &Urn, id: &str, subnet: &str) -> Result<(
         .await
         .map_err(|e| aws_error(&format!("moving subnet {subnet} from route table {other_id}"), e, hint))?;
     Ok(())
+}
+
+/// The route table `subnet` is associated with, and the association's id.
+async fn table_of(aws: &Clients, subnet: &str) -> Result<Option<(AwsRouteTable, String)>, ProviderError> {
+    let filter = Filter::builder().name("association.subnet-id").values(subnet).build();
+    let out = aws
+        .ec2
+        .describe_route_tables()
+        .filters(filter)
+        .send()
+        .await
+        .map_err(|e| aws_error(&format!("finding the route table of subnet {subnet}"), e, hint))?;
+    Ok(out.route_tables().iter().find_map(|rt| Some((rt.clone(), associations(rt).remove(subnet)?))))
 }
 
 async fn disassociate(aws: &Clients, subnet: &str, association: &str) -> Result<(), ProviderError> {
