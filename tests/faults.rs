@@ -24,7 +24,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use cairn::StackState;
-use cairn_testkit::{Fault, FaultPlan, FaultProxy, Release};
+use cairn_testkit::{is_mutating_action, Fault, FaultPlan, FaultProxy, Release};
 use shop::Shop;
 
 /// The proxy in front of this binary's moto.
@@ -1166,4 +1166,53 @@ async fn the_calls_each_verb_makes_are_counted_by_operation() {
     assert_eq!(session.up(&spike).await.unwrap().summary.update, 1);
     text += &counts("up, web capacity 2 -> 6");
     insta::assert_snapshot!("calls_per_verb", text);
+}
+
+/// Each write of the shop's first `up`, one at a time, has its answer lost after it took
+/// effect, with the SDK's retries on (as by default). A write the SDK sends again must
+/// not fail its step: adding a rule, a route, an attachment that the first attempt made
+/// already is done. The one step a lost answer may fail is a create (sent once, never
+/// retried, so that it cannot make a second resource), whose outcome is unknown: it fails
+/// as uncertain, what depends on it waits, and the next `up` settles it. Then the cloud
+/// holds exactly what state records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_any_one_write_of_an_up_fails_at_most_its_create() {
+    let proxy = proxy();
+    let _turn = TURN.lock().await;
+    let aws = cairn_aws::Provider::new(&sdk_config(&proxy.endpoint(), true).await);
+    let stack = |name: &str| shop::stack(name, aws.clone(), shop::ShopConfig::default());
+    // The writes an up makes, from one without faults.
+    proxy.reset_stats();
+    let mut session = stack("lost-one").in_memory_session().await.unwrap();
+    assert!(session.up(&Shop::default()).await.unwrap().succeeded());
+    let writes: Vec<String> = proxy.stats().by_operation.into_keys().filter(|op| is_mutating_action(op) || op.starts_with("POST ")).collect();
+    assert!(writes.len() >= 25, "the shop's writes: {writes:?}");
+
+    let mut wrong = Vec::new();
+    for (i, op) in writes.iter().enumerate() {
+        let name = format!("lost-one-{i}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = cairn::state::open(&format!("file://{}", dir.path().display())).await.unwrap();
+        proxy.reset_stats();
+        proxy.fault_next(op, Fault::LostAnswer);
+        let mut session = stack(&name).lock(store.clone(), "up").await.unwrap();
+        let report = session.up(&Shop::default()).await.unwrap();
+        session.close().await.unwrap();
+        assert_eq!(proxy.stats().faults_of(Fault::LostAnswer), 1, "{op}: its answer was lost");
+        // Failed: one create, uncertain; the rest skipped.
+        let failed: Vec<_> = report.failures().filter_map(|f| Some((f.op, f.status.error()?))).collect();
+        let uncertain_create = |(step, e): &(cairn::StepOp, &cairn::ProviderError)| *step == cairn::StepOp::Create && e.is_uncertain();
+        if failed.len() > 1 || !failed.iter().all(uncertain_create) {
+            wrong.push(format!("{op}: {:?}", failed.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>()));
+        }
+
+        let mut session = stack(&name).lock(store.clone(), "up").await.unwrap();
+        let report = session.up(&Shop::default()).await.unwrap();
+        assert!(report.succeeded(), "{op}, the next up: {:?}", report.failures().collect::<Vec<_>>());
+        let state = session.state().clone();
+        session.close().await.unwrap();
+        assert_eq!(state.resources.len(), declared(&Shop::default()), "{op}");
+        assert_eq!(compare(&state).await, Comparison::default(), "{op}");
+    }
+    assert!(wrong.is_empty(), "{} of {} writes failed a step they should not have:\n{}", wrong.len(), writes.len(), wrong.join("\n"));
 }
