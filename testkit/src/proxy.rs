@@ -5,7 +5,7 @@
 //! top of that it can, per call:
 //!
 //! - inject a random [`Fault`] into *mutating* calls, following a seeded [`FaultPlan`]
-//!   (reads are never faulted, so a test can always look at what really happened);
+//!   (the plan never faults a read, so a test can always look at what really happened);
 //! - hold the n-th mutating call ([`FaultProxy::hold_nth_mutating`]) until the test
 //!   says whether it reaches the upstream, for tests that kill a client mid-call;
 //! - answer a call itself with an answer the test gives ([`FaultProxy::answer_instead`]),
@@ -57,7 +57,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::oneshot;
 
-/// A fault the proxy can inject into a mutating call.
+/// A fault the proxy can inject into a mutating call (by its [`FaultPlan`]), or into any
+/// call ([`FaultProxy::fault_next`]).
 ///
 /// The error answers ([`Fault::Status500`], [`Fault::Throttle`],
 /// [`Fault::Status500AfterForward`]) follow the protocol of the call:
@@ -218,6 +219,8 @@ impl ProxyStats {
 pub struct FaultedCall {
     /// The call's ordinal among the mutating calls since the plan was set (from 0): the
     /// index the plan's seed decided on, or that a [`FaultProxy::fault_next`] took over.
+    /// A read faulted by `fault_next` has none of its own: it is logged with the next
+    /// mutating call's.
     pub ordinal: u64,
     /// The AWS action (`CreateVpc`), or the HTTP method for REST calls (`PUT`).
     pub action: String,
@@ -588,7 +591,7 @@ struct HeldCall {
 enum Verdict {
     Run { latency: Option<Duration>, fault: Option<Fault> },
     Hold(HeldCall),
-    /// Answer with this body after the latency, not forwarded.
+    /// Answer with this status and body after the latency, not forwarded.
     Answer { latency: Option<Duration>, status: StatusCode, body: Bytes },
 }
 
@@ -1098,7 +1101,7 @@ fn rest_xml_error(code: &str, message: &str, request_id: &str) -> String {
     )
 }
 
-/// A successful answer with `body`, in the content type the call's protocol reads.
+/// An answer with `status` and `body`, in the content type the call's protocol reads.
 fn answer_response(protocol: &Protocol, status: StatusCode, body: Bytes, request_id: &str) -> Response<ProxyBody> {
     let content_type = match protocol {
         Protocol::Ec2Query | Protocol::AwsQuery | Protocol::RestXml => HeaderValue::from_static("text/xml"),

@@ -401,6 +401,23 @@ fn a_fault_set_for_an_operation_hits_its_next_call_once_in_the_plans_place() {
     proxy.fault_next("DeleteVpc", Fault::Status500);
     assert_eq!(proxy.clear_answers(), 1);
     assert_eq!(conn.ec2("DeleteVpc").unwrap().status, 200);
+
+    // In the plan's place: the plan's own fault is not drawn for that call, and the call
+    // does not count towards a hold.
+    proxy.set_plan(FaultPlan::always(Fault::Throttle));
+    proxy.reset_stats();
+    proxy.fault_next("CreateVpc", Fault::Status500);
+    let mut holder = proxy.hold_nth_mutating(1);
+    assert_eq!(conn.ec2("CreateVpc").unwrap().status, 500, "faulted as set, not throttled nor held");
+    assert_eq!(holder.wait(Duration::from_millis(20)), None, "not held");
+    let mut other = Conn::open(&proxy);
+    let held = std::thread::spawn(move || other.ec2("DeleteVpc"));
+    assert_eq!(holder.wait(Duration::from_secs(10)).as_deref(), Some("DeleteVpc"), "the next write is held");
+    assert_eq!(holder.release(Release::Drop), None);
+    assert_dropped(held.join().unwrap());
+    let stats = proxy.stats();
+    assert_eq!((stats.faults_of(Fault::Status500), stats.faults_of(Fault::Throttle)), (1, 0));
+    proxy.set_plan(FaultPlan::none());
 }
 
 #[test]

@@ -54,8 +54,9 @@ fn hint(code: &str) -> Option<String> {
 
 async fn attach(aws: &Clients, id: &str, vpc: &str) -> Result<(), ProviderError> {
     let Err(e) = aws.ec2.attach_internet_gateway().internet_gateway_id(id).vpc_id(vpc).send().await else { return Ok(()) };
-    // Refused as attached already: the SDK sent the attach again after its answer was
-    // lost, and the first one did it. Unless the VPC has another gateway.
+    // Refused as attached already: done if this gateway is attached to this VPC (the SDK
+    // sent the attach again after its answer was lost). If the VPC has another gateway,
+    // the refusal stands.
     if code(&e) == Some("Resource.AlreadyAssociated") {
         let answer = aws.ec2.describe_internet_gateways().internet_gateway_ids(id).send().await;
         let gateway = or_missing(answer, MISSING, "reading the internet gateway", hint)?;

@@ -444,16 +444,23 @@ async fn sync_rules(aws: &Clients, id: &str, current: &SecurityGroupInputs, desi
         let ingress = key == "ingress";
         let hints = |c: &str| hint(c, desired);
         let action = format!("adding {key} rules");
-        if add.len() > 1 && !authorize(aws, id, ingress, add.clone(), &action, hints).await? {
-            // EC2 adds a batch whole or not at all, and refuses it whole if the group has
-            // one of its rules already: the SDK sent it again after its answer was lost,
-            // or a read lagging behind an earlier add left the rule out of `have`. One
-            // at a time, a rule the group has counts as added.
-            for rule in add {
-                authorize(aws, id, ingress, vec![rule], &action, hints).await?;
+        match add.len() {
+            0 => {}
+            1 => {
+                authorize(aws, id, ingress, add, &action, hints).await?;
             }
-        } else if add.len() == 1 {
-            authorize(aws, id, ingress, add, &action, hints).await?;
+            _ => {
+                if !authorize(aws, id, ingress, add.clone(), &action, hints).await? {
+                    // EC2 adds a batch whole or not at all, and refuses it whole if the
+                    // group has one of its rules already: the SDK sent it again after its
+                    // answer was lost, or a read lagging behind an earlier add left the
+                    // rule out of `have`. One at a time, a rule the group has counts as
+                    // added.
+                    for rule in add {
+                        authorize(aws, id, ingress, vec![rule], &action, hints).await?;
+                    }
+                }
+            }
         }
         if !remove.is_empty() {
             let action = format!("removing {key} rules");
