@@ -414,6 +414,12 @@ impl Journal for S3Journal {
             if self.store.before_lease_ends(&self.lock, self.store.create(&key, bytes.clone())).await? {
                 return Ok(());
             }
+            // Refused as the key exists: by this very record, if the SDK sent it again
+            // after it had landed (its answer lost). Not written again under the next key,
+            // where a load would replay it twice.
+            if self.store.get(&key).await?.is_some_and(|(found, _)| found == bytes) {
+                return Ok(());
+            }
             let held = self.store.lock_holder(&self.lock.stack).await?;
             crate::store::check_held(&self.lock, held.as_ref())?;
         }
@@ -664,26 +670,29 @@ impl Store for S3Store {
         let records = self.list(&self.key(stack, "journal/")).await?;
         let bytes = serde_json::to_vec(state).expect("state serializes");
         let len = bytes.len() as u64;
-        let put = self.client.put_object().bucket(&self.bucket).key(&key).body(ByteStream::from(bytes));
+        // Kept to tell this snapshot if the SDK's second attempt is refused (below).
+        let put = self.client.put_object().bucket(&self.bucket).key(&key).body(ByteStream::from(bytes.clone()));
         let put = match &current {
             None => put.if_none_match("*"),
             Some((_, etag)) => put.set_if_match(expected.or_else(|| etag.clone())),
         };
         let sent = self.before_lease_ends(lock, async { Ok(put.send().await) }).await?;
-        match sent {
-            Ok(out) => {
-                self.written.fetch_add(len, Ordering::Relaxed);
-                if let Some(etag) = out.e_tag() {
-                    self.snapshot_etags.set(stack, Some(etag));
-                }
-            }
-            Err(e) => {
-                return Err(match classify(e) {
-                    S3Failure::PreconditionFailed => conflict(),
-                    S3Failure::NotFound => self.remote("writing", &key, "the bucket does not exist".into()),
-                    S3Failure::Other(m) => self.remote("writing", &key, m),
-                })
-            }
+        let etag = match sent {
+            Ok(out) => out.e_tag().map(str::to_owned),
+            Err(e) => match classify(e) {
+                // Refused on the ETag: another writer's, or this very snapshot's, if the
+                // SDK sent it again after it had landed (its answer lost).
+                S3Failure::PreconditionFailed => match self.get(&key).await? {
+                    Some((found, etag)) if found == bytes => etag,
+                    _ => return Err(conflict()),
+                },
+                S3Failure::NotFound => return Err(self.remote("writing", &key, "the bucket does not exist".into())),
+                S3Failure::Other(m) => return Err(self.remote("writing", &key, m)),
+            },
+        };
+        self.written.fetch_add(len, Ordering::Relaxed);
+        if let Some(etag) = etag {
+            self.snapshot_etags.set(stack, Some(&etag));
         }
         // Those records are in the snapshot now. Cleared only while the lock is still this
         // holder's: a holder whose commit landed just before a takeover (its lock broken

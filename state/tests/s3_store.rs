@@ -334,3 +334,55 @@ async fn a_claim_refused_after_the_lock_was_broken_does_not_write_over_the_newer
     assert_eq!(direct.lock_holder("dev").await.unwrap().unwrap().token, newer.info.token);
     direct.unlock(newer).await.unwrap();
 }
+
+/// A record whose answer is lost (S3 wrote it; the connection closed before the reply):
+/// the SDK sends it again, S3 refuses that as the key exists, and the journal finds its
+/// own record there. Written once: not again under the next key, where a load would
+/// replay it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_answer_is_lost_is_written_once() {
+    let bucket = "record-lost";
+    let direct = store(bucket).await;
+    let (proxy, proxied) = through_proxy(bucket).await;
+    let lock = proxied.lock("dev", "up").await.unwrap();
+    let journal = proxied.journal(&lock).await.unwrap();
+    proxy.fault_next(&format!("PUT /{bucket}/stacks"), cairn_testkit::Fault::LostAnswer);
+    journal.record(JournalRecord::UserState { base: 0, value: json!("once") }).await.unwrap();
+    assert_eq!(proxy.clear_answers(), 0, "the record's answer was lost");
+    assert_eq!(proxy.stats().retries_by_operation.get(&format!("PUT /{bucket}/stacks")), Some(&1), "and the SDK sent it again");
+    let listed = direct.client().list_objects_v2().bucket(bucket).prefix("stacks/dev/journal/").send().await.unwrap();
+    let records: Vec<&str> = listed.contents().iter().filter(|o| o.size() > Some(0)).filter_map(|o| o.key()).collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    proxied.unlock(lock).await.unwrap();
+}
+
+/// A commit whose answer is lost: the SDK sends it again, S3 refuses that on the ETag
+/// the first one changed, and the commit finds its own snapshot there: done, not a
+/// conflict with another writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_done() {
+    let bucket = "commit-lost";
+    let direct = store(bucket).await;
+    let (proxy, proxied) = through_proxy(bucket).await;
+    let lock = proxied.lock("dev", "up").await.unwrap();
+    proxied.commit(&lock, &StackState::new("dev")).await.unwrap();
+    let loaded = proxied.load("dev").await.unwrap().unwrap();
+    // The commit backs the snapshot up (a copy, also a PUT), then writes it.
+    let put = proxy.hold_nth_mutating(2);
+    let committing = tokio::spawn(async move {
+        let committed = proxied.commit(&lock, &StackState { serial: 1, ..loaded }).await;
+        (proxied, lock, committed)
+    });
+    let put = arrived(put).await;
+    let released = tokio::task::spawn_blocking(move || put.release(cairn_testkit::Release::Forward));
+    assert_eq!(released.await.unwrap(), Some(200), "the commit took effect");
+    let (proxied, lock, committed) = committing.await.unwrap();
+    committed.expect("a commit that landed is done");
+    assert_eq!(proxy.stats().retries_by_operation.get(&format!("PUT /{bucket}/stacks")), Some(&1), "the SDK sent it again");
+    let landed = direct.load("dev").await.unwrap().unwrap();
+    assert_eq!(landed.serial, 1);
+    // And the next commit follows it, on the ETag the commit found.
+    proxied.commit(&lock, &StackState { serial: 2, ..landed }).await.unwrap();
+    proxied.unlock(lock).await.unwrap();
+    assert_eq!(direct.load("dev").await.unwrap().unwrap().serial, 2);
+}
