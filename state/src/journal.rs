@@ -223,13 +223,17 @@ impl Journal for NoJournal {
 /// Applies journal records, in order, to the snapshot they were written against.
 /// Records for another serial (left by a compaction that crashed before truncating the
 /// journal) are skipped. An [`JournalRecord::Events`] record advances the serial.
-/// Begins without an end become pending operations. Applying a record of an apply
+/// Begins without an end become pending operations. A step's begin or end found twice
+/// counts once. Applying a record of an apply
 /// (user state, begin, end) sets [`StackState::replayed`](crate::StackState::replayed):
 /// that apply's commit was lost, and its records sit at the serial it started from.
 /// Event records alone do not: each moved the serial on as it was written, so the
 /// state they give is the one the writing session had.
 pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = JournalRecord>) {
     let mut open: Vec<((u64, u32), PendingOperation)> = Vec::new();
+    // A record written twice (by a store that took a write sent again for a second
+    // one) counts once: a step begins once and ends once.
+    let mut ended: std::collections::HashSet<(u64, u32)> = std::collections::HashSet::new();
     for record in records {
         if record.base() != state.serial {
             continue;
@@ -244,8 +248,15 @@ pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = J
                 }
                 state.serial += 1;
             }
-            JournalRecord::Begin { step, op, .. } => open.push((step, op)),
+            JournalRecord::Begin { step, op, .. } => {
+                if !ended.contains(&step) && !open.iter().any(|(s, _)| *s == step) {
+                    open.push((step, op));
+                }
+            }
             JournalRecord::End { step, effect, .. } => {
+                if !ended.insert(step) {
+                    continue;
+                }
                 let begun = open.iter().position(|(s, _)| *s == step).map(|i| open.remove(i).1);
                 let effect = match (effect, begun) {
                     (StepEffect::Created { id, outputs, replaced }, Some(op)) => {
@@ -343,11 +354,17 @@ mod tests {
 
         let old = ResourceState { id: "q-1".into(), ..made.clone() };
         let mut state = StackState { resources: vec![old.clone()], ..StackState::new("dev") };
-        replay(
-            &mut state,
-            [JournalRecord::Begin { base: 0, step: (1, 0), op: begun }, JournalRecord::End { base: 0, step: (1, 0), effect }],
-        );
-        assert_eq!(state.resources, [ResourceState { pending_delete: true, ..old }, made]);
+        let begin = JournalRecord::Begin { base: 0, step: (1, 0), op: begun };
+        let end = JournalRecord::End { base: 0, step: (1, 0), effect };
+        replay(&mut state, [begin.clone(), end.clone()]);
+        assert_eq!(state.resources, [ResourceState { pending_delete: true, ..old.clone() }, made.clone()]);
         assert!(state.pending.is_empty());
+
+        // Each record written twice: replayed once. Else the second end would take the
+        // new copy for the old one.
+        let mut twice = StackState { resources: vec![old.clone()], ..StackState::new("dev") };
+        replay(&mut twice, [begin.clone(), begin.clone(), end.clone(), begin, end]);
+        assert_eq!(twice.resources, [ResourceState { pending_delete: true, ..old }, made]);
+        assert!(twice.pending.is_empty(), "{:?}", twice.pending);
     }
 }
