@@ -224,16 +224,16 @@ impl Journal for NoJournal {
 /// Records for another serial (left by a compaction that crashed before truncating the
 /// journal) are skipped. An [`JournalRecord::Events`] record advances the serial.
 /// Begins without an end become pending operations. A step's begin or end found twice
-/// counts once. Applying a record of an apply
-/// (user state, begin, end) sets [`StackState::replayed`](crate::StackState::replayed):
-/// that apply's commit was lost, and its records sit at the serial it started from.
-/// Event records alone do not: each moved the serial on as it was written, so the
-/// state they give is the one the writing session had.
+/// counts once. Applying a record of an apply (user state, begin, end) sets
+/// [`StackState::replayed`](crate::StackState::replayed): that apply's commit was lost,
+/// and its records sit at the serial it started from. Event records alone do not: each
+/// moved the serial on as it was written, so the state they give is the one the writing
+/// session had.
 pub fn replay(state: &mut crate::StackState, records: impl IntoIterator<Item = JournalRecord>) {
     let mut open: Vec<((u64, u32), PendingOperation)> = Vec::new();
-    // A record written twice (by a store that took a write sent again for a second
-    // one) counts once: a step begins once and ends once.
-    let mut ended: std::collections::HashSet<(u64, u32)> = std::collections::HashSet::new();
+    // A record written twice (a write the SDK sent again, taken by the store as a second
+    // record) counts once: a step begins once and ends once.
+    let mut ended: rustc_hash::FxHashSet<(u64, u32)> = rustc_hash::FxHashSet::default();
     for record in records {
         if record.base() != state.serial {
             continue;

@@ -414,14 +414,14 @@ impl Journal for S3Journal {
             if self.store.before_lease_ends(&self.lock, self.store.create(&key, bytes.clone())).await? {
                 return Ok(());
             }
-            // Refused as the key exists: by this very record, if the SDK sent it again
-            // after it had landed (its answer lost). Not written again under the next key,
-            // where a load would replay it twice.
+            let held = self.store.lock_holder(&self.lock.stack).await?;
+            crate::store::check_held(&self.lock, held.as_ref())?;
+            // Refused as the key exists, and the lock still this writer's: by this very
+            // record, if the SDK sent it again after it had landed (its answer lost). Not
+            // written again under the next key, where a load would replay it twice.
             if self.store.get(&key).await?.is_some_and(|(found, _)| found == bytes) {
                 return Ok(());
             }
-            let held = self.store.lock_holder(&self.lock.stack).await?;
-            crate::store::check_held(&self.lock, held.as_ref())?;
         }
         Err(self.store.remote("writing", &self.store.key(&self.lock.stack, "journal/"), "eight record keys in a row were taken by another writer".into()))
     }
@@ -668,9 +668,10 @@ impl Store for S3Store {
         // The records this snapshot takes in: listed before it is written, so that only
         // they are cleared after (a record written after the listing is not in it).
         let records = self.list(&self.key(stack, "journal/")).await?;
-        let bytes = serde_json::to_vec(state).expect("state serializes");
+        // Shared with the request, to recognise this snapshot if the SDK's second attempt
+        // is refused (below).
+        let bytes = bytes::Bytes::from(serde_json::to_vec(state).expect("state serializes"));
         let len = bytes.len() as u64;
-        // Kept to tell this snapshot if the SDK's second attempt is refused (below).
         let put = self.client.put_object().bucket(&self.bucket).key(&key).body(ByteStream::from(bytes.clone()));
         let put = match &current {
             None => put.if_none_match("*"),
@@ -681,9 +682,14 @@ impl Store for S3Store {
             Ok(out) => out.e_tag().map(str::to_owned),
             Err(e) => match classify(e) {
                 // Refused on the ETag: another writer's, or this very snapshot's, if the
-                // SDK sent it again after it had landed (its answer lost).
+                // SDK sent it again after it had landed (its answer lost). Its bytes, while
+                // the lock is still this holder's, tell which.
                 S3Failure::PreconditionFailed => match self.get(&key).await? {
-                    Some((found, etag)) if found == bytes => etag,
+                    Some((found, etag)) if found == bytes => {
+                        let held = self.lock_holder(stack).await?;
+                        crate::store::check_held(lock, held.as_ref()).map_err(|_| conflict())?;
+                        etag
+                    }
                     _ => return Err(conflict()),
                 },
                 S3Failure::NotFound => return Err(self.remote("writing", &key, "the bucket does not exist".into())),

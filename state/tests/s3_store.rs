@@ -374,6 +374,10 @@ async fn a_commit_whose_answer_is_lost_is_done() {
         (proxied, lock, committed)
     });
     let put = arrived(put).await;
+    // It is the snapshot's write: the backup is made, the snapshot not yet written.
+    let bak = direct.client().head_object().bucket(bucket).key("stacks/dev/state.json.bak").send().await;
+    assert!(bak.is_ok(), "the backup was made first: {bak:?}");
+    assert_eq!(direct.load("dev").await.unwrap().unwrap().serial, 0);
     let released = tokio::task::spawn_blocking(move || put.release(cairn_testkit::Release::Forward));
     assert_eq!(released.await.unwrap(), Some(200), "the commit took effect");
     let (proxied, lock, committed) = committing.await.unwrap();
