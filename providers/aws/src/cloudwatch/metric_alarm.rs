@@ -368,7 +368,9 @@ impl Kind for MetricAlarmKind {
             )));
         }
         let tags: Vec<(String, String)> = tags::wanted(urn, want.tags.as_ref()).into_iter().collect();
-        put(&aws.once.cloudwatch, &want)
+        // With the SDK's retries: PutMetricAlarm sets the alarm of that name, so a call
+        // sent again after its answer was lost sets the same alarm again.
+        put(&aws.cloudwatch, &want)
             .set_tags(Some(tags.iter().map(|(k, v)| tag(k, v)).collect()))
             .send()
             .await

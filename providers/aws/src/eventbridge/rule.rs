@@ -212,7 +212,9 @@ impl Kind for RuleKind {
             }
         }
         let tags = tag_list(tags::wanted(urn, want.tags.as_ref()))?;
-        put_rule(&aws.once.eventbridge, &want)
+        // With the SDK's retries: PutRule sets the rule of that name, so a call sent again
+        // after its answer was lost sets the same rule again.
+        put_rule(&aws.eventbridge, &want)
             .set_tags(Some(tags.clone()))
             .send()
             .await

@@ -223,7 +223,9 @@ impl Kind for SubscriptionKind {
         if let Some(arn) = subscribed(aws, topic, protocol, endpoint, &want).await?.into_iter().find(|a| a != PENDING) {
             return Err(taken(&want, Some(&arn)));
         }
-        let out = subscribe(&aws.once.sns, &want)
+        // With the SDK's retries: SNS answers a Subscribe of an endpoint already
+        // subscribed, with the same attributes, with that subscription.
+        let out = subscribe(&aws.sns, &want)
             .send()
             .await
             .map_err(|e| {

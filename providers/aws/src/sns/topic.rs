@@ -206,8 +206,10 @@ impl Kind for TopicKind {
     async fn create(&self, aws: &Clients, urn: &Urn, inputs: &Props) -> Result<Observed, ProviderError> {
         let want = TopicInputs::from_props(inputs)?;
         let name = physical_name(&want);
+        // With the SDK's retries: SNS answers a CreateTopic of an existing name, tags and
+        // attributes with that topic, so a call sent again after its answer was lost
+        // finds the topic the first one made (and `claim` checks it is this resource's).
         let out = aws
-            .once
             .sns
             .create_topic()
             .name(&name)

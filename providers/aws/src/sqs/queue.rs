@@ -175,8 +175,10 @@ impl Kind for QueueKind {
         if want.fifo == Some(true) {
             attrs.insert(Attr::FifoQueue, "true".into());
         }
+        // With the SDK's retries: SQS answers a CreateQueue of an existing name and the
+        // same attributes with that queue, so a call sent again after its answer was
+        // lost finds the queue the first one made.
         let out = aws
-            .once
             .sqs
             .create_queue()
             .queue_name(physical_name(&want))

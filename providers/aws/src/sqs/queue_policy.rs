@@ -165,7 +165,8 @@ impl Kind for QueuePolicyKind {
             }
             Some(_) => {}
         }
-        set(&aws.once.sqs, url, policy.to_string(), "setting the queue's policy").await?;
+        // With the SDK's retries: setting the policy again sets the same policy.
+        set(&aws.sqs, url, policy.to_string(), "setting the queue's policy").await?;
         self.read_created(aws, urn, url, inputs).await
     }
 
