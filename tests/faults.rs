@@ -1195,6 +1195,7 @@ async fn a_lost_answer_to_any_one_write_of_an_up_fails_at_most_an_uncertain_crea
     let rest_write = |op: &str| ["POST ", "PUT ", "PATCH ", "DELETE "].iter().any(|m| op.starts_with(m));
     let writes: Vec<String> = proxy.stats().by_operation.into_keys().filter(|op| is_mutating_action(op) || rest_write(op)).collect();
     assert!(writes.len() >= 25, "the shop's writes: {writes:?}");
+    assert!(RETRIED_CREATES.iter().all(|c| writes.iter().any(|w| w == c)), "the shop makes each retried create: {writes:?}");
 
     let mut wrong = Vec::new();
     for (i, op) in writes.iter().enumerate() {

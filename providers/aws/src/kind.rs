@@ -8,17 +8,19 @@ use serde_json::Value;
 /// The service clients, twice: `aws.ec2` and the like, which the SDK retries as its
 /// configuration says (reads, changes, deletes: a repeat finds the work done or answers
 /// with an error that the next run's read-back settles), and `aws.once.ec2`, which it
-/// never retries, for creates. A create whose answer was lost and that is sent again
-/// makes a second resource unless the service deduplicates it, which only a few AWS
-/// creates do by client token, and the local AWS does for none. Cairn settles such a
-/// create itself, by looking the resource up through the `cairn:urn` tag the create call
-/// sets. The creates that set a resource by its name or id, and so answer a repeat with
-/// the same resource on AWS and the local AWS alike (an alarm, a rule, a target, a queue,
-/// a topic, a subscription, a queue policy), use the retried clients.
+/// never retries, for creates that would make a second resource. A create whose answer
+/// was lost and that is sent again makes a second resource unless the service
+/// deduplicates it, which only a few AWS creates do by client token, and the local AWS
+/// does for none. Cairn settles such a create itself, by looking the resource up through
+/// the `cairn:urn` tag the create call sets. The creates that set a resource by its name
+/// or key, and so answer a repeat with the same resource on AWS and the local AWS alike
+/// (an alarm, a rule, a target, a queue, a topic, a subscription, a queue policy), use
+/// the retried clients.
 #[derive(Debug, Clone)]
 pub(crate) struct Clients {
     retried: Services,
-    /// The same services with the SDK's retries off: for creates.
+    /// The same services with the SDK's retries off: for creates that would make a
+    /// second resource if sent again.
     pub(crate) once: Services,
 }
 

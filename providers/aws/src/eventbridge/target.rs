@@ -164,7 +164,8 @@ impl Kind for TargetKind {
                 "rule {rule} on event bus {bus} already has a target with id {target_id}; set target_id to another id"
             )));
         }
-        // With the SDK's retries: PutTargets sets the target of that id.
+        // With the SDK's retries: PutTargets sets the target of that id, so a call sent
+        // again after its answer was lost sets the same target again.
         put(&aws.eventbridge, "adding the target (PutTargets)", bus, rule, target_id, &want).await?;
         let id = format!("{bus}|{rule}|{target_id}");
         self.read_created(aws, urn, &id, inputs).await

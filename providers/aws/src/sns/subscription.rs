@@ -224,7 +224,8 @@ impl Kind for SubscriptionKind {
             return Err(taken(&want, Some(&arn)));
         }
         // With the SDK's retries: SNS answers a Subscribe of an endpoint already
-        // subscribed, with the same attributes, with that subscription.
+        // subscribed, with the same attributes, with that subscription (an unconfirmed
+        // endpoint gets its confirmation request again).
         let out = subscribe(&aws.sns, &want)
             .send()
             .await
